@@ -1,0 +1,71 @@
+"""The broker port: publish to a named queue; consume with ack and nack.
+
+Delivery is at least once: a message not acked before its consumer goes away
+is delivered again, so whoever counts must count each item once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Broker", "Delivery", "Handler", "Subscription", "dead_letter_queue"]
+
+
+def dead_letter_queue(queue: str) -> str:
+    """Where messages rejected from ``queue`` go."""
+    return f"{queue}.dead"
+
+
+class Delivery(Protocol):
+    """One delivery of one message; settle it exactly once."""
+
+    @property
+    def body(self) -> bytes:
+        """The message as published."""
+        ...
+
+    @property
+    def delivery_count(self) -> int:
+        """1 on the first delivery, 2 on the first redelivery, and so on."""
+        ...
+
+    async def ack(self) -> None:
+        """The message is handled; forget it."""
+        ...
+
+    async def nack(self, *, requeue: bool, reason: str = "") -> None:
+        """Deliver it again (``requeue``) or dead-letter it with ``reason``."""
+        ...
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Subscription(Protocol):
+    """A running consumer of one queue."""
+
+    async def cancel(self) -> None:
+        """Stop taking new messages; in-flight handlers finish."""
+        ...
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """A message broker. A handler that raises has its delivery dead-lettered."""
+
+    async def publish(self, queue: str, body: bytes) -> None:
+        """Return once the broker holds the message."""
+        ...
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
+        """Call ``handler`` for each message, at most ``prefetch`` at a time."""
+        ...
+
+    async def in_flight(self, queue: str) -> int:
+        """Messages of ``queue`` queued or delivered but not yet settled."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop consuming and release connections."""
+        ...

@@ -1,0 +1,164 @@
+"""The in-process broker (``memory://``): asyncio queues in one process.
+
+It keeps the semantics that matter for tracking: a message is in flight
+until acked, a nack may requeue it (delivered again, with its count raised),
+and a rejected message lands in the queue's dead-letter list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from jobtrack.broker.base import Handler, dead_letter_queue
+from jobtrack.errors import BrokerError
+
+__all__ = ["DeadLetter", "InMemoryBroker"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected message and why it was rejected."""
+
+    body: bytes
+    reason: str
+    delivery_count: int
+
+
+@dataclass(slots=True)
+class _Message:
+    body: bytes
+    delivery_count: int = 0
+
+
+@dataclass(slots=True)
+class _Queue:
+    ready: asyncio.Queue[_Message] = field(default_factory=asyncio.Queue)
+    unacked: int = 0
+
+
+class _MemoryDelivery:
+    __slots__ = ("_broker", "_message", "_queue", "_settled")
+
+    def __init__(self, broker: InMemoryBroker, queue: str, message: _Message) -> None:
+        self._broker = broker
+        self._queue = queue
+        self._message = message
+        self._settled = False
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def delivery_count(self) -> int:
+        return self._message.delivery_count
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> None:
+        self._settle()
+
+    async def nack(self, *, requeue: bool, reason: str = "") -> None:
+        self._settle()
+        if requeue:
+            self._broker.queue(self._queue).ready.put_nowait(self._message)
+        else:
+            self._broker.dead_letter(self._queue, self._message, reason)
+
+    def _settle(self) -> None:
+        if self._settled:
+            raise BrokerError("delivery already acked or nacked")
+        self._settled = True
+        self._broker.queue(self._queue).unacked -= 1
+
+
+class _MemorySubscription:
+    def __init__(self, tasks: list[asyncio.Task[None]]) -> None:
+        self._tasks = tasks
+
+    async def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class InMemoryBroker:
+    """A :class:`~jobtrack.broker.base.Broker` inside one process."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self._subscriptions: list[_MemorySubscription] = []
+        self.dead_letters: dict[str, list[DeadLetter]] = {}
+
+    def queue(self, name: str) -> _Queue:
+        """The queue called ``name``, created on first use."""
+        if name not in self._queues:
+            self._queues[name] = _Queue()
+        return self._queues[name]
+
+    def dead_letter(self, queue: str, message: _Message, reason: str) -> None:
+        """Keep a rejected message in the queue's dead-letter list."""
+        target = dead_letter_queue(queue)
+        self.dead_letters.setdefault(target, []).append(
+            DeadLetter(message.body, reason, message.delivery_count)
+        )
+        logger.warning(
+            "dead-lettered a message from %s: %s",
+            queue,
+            reason,
+            extra={"action": "dead_letter", "queue": queue},
+        )
+
+    async def publish(self, queue: str, body: bytes) -> None:
+        """Put the message on the queue."""
+        self.queue(queue).ready.put_nowait(_Message(body))
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> _MemorySubscription:
+        """Run ``prefetch`` handlers concurrently over the queue."""
+        if prefetch < 1:
+            raise BrokerError(f"prefetch must be at least 1, not {prefetch}")
+        tasks = [
+            asyncio.create_task(self._deliver(queue, handler), name=f"consume:{queue}:{i}")
+            for i in range(prefetch)
+        ]
+        subscription = _MemorySubscription(tasks)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    async def in_flight(self, queue: str) -> int:
+        """Messages queued or delivered and not yet settled."""
+        state = self.queue(queue)
+        return state.ready.qsize() + state.unacked
+
+    async def aclose(self) -> None:
+        """Stop every consumer."""
+        for subscription in self._subscriptions:
+            await subscription.cancel()
+        self._subscriptions.clear()
+
+    async def _deliver(self, queue: str, handler: Handler) -> None:
+        state = self.queue(queue)
+        while True:
+            message = await state.ready.get()
+            message.delivery_count += 1
+            state.unacked += 1
+            delivery = _MemoryDelivery(self, queue, message)
+            try:
+                await handler(delivery)
+            except asyncio.CancelledError:
+                if not delivery.settled:
+                    await delivery.nack(requeue=True)
+                raise
+            except Exception as exc:
+                logger.exception("handler failed on a message from %s", queue)
+                if not delivery.settled:
+                    await delivery.nack(requeue=False, reason=f"handler error: {exc!r}")
+            else:
+                if not delivery.settled:
+                    await delivery.nack(requeue=False, reason="handler returned without settling")

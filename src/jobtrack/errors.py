@@ -1,0 +1,104 @@
+"""The one exception root of jobtrack.
+
+Every error jobtrack raises on purpose derives from :class:`JobtrackError`;
+driver errors (sqlite3, psycopg, aio-pika, Pillow) are translated once, at the
+backend boundary, and chained with ``raise ... from exc``::
+
+    JobtrackError
+    ├── NotFound
+    │   ├── JobNotFound
+    │   ├── StageNotFound
+    │   └── CollectionNotFound
+    ├── InvalidRequest              (also a ValueError)
+    │   ├── InvalidIncrement
+    │   ├── PathRefused
+    │   └── MalformedMessage
+    ├── StoreError
+    │   └── StoreUnavailable        transient: retry later
+    ├── BrokerError
+    └── ImageError                  corrupt, truncated, hostile or unsupported image
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "CollectionNotFound",
+    "ImageError",
+    "InvalidIncrement",
+    "InvalidRequest",
+    "JobNotFound",
+    "JobtrackError",
+    "MalformedMessage",
+    "NotFound",
+    "PathRefused",
+    "StageNotFound",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+
+class JobtrackError(Exception):
+    """Root of every error jobtrack raises on purpose."""
+
+
+class NotFound(JobtrackError):
+    """A job, stage or collection that does not exist."""
+
+
+class JobNotFound(NotFound):
+    """No job has this id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found")
+        self.job_id = job_id
+
+
+class StageNotFound(NotFound):
+    """The job exists but has no stage of this name."""
+
+    def __init__(self, job_id: str, stage: str) -> None:
+        super().__init__(f"job {job_id!r} has no stage {stage!r}")
+        self.job_id = job_id
+        self.stage = stage
+
+
+class CollectionNotFound(NotFound):
+    """No collection has this id."""
+
+    def __init__(self, collection_id: str) -> None:
+        super().__init__(f"collection {collection_id!r} not found")
+        self.collection_id = collection_id
+
+
+class InvalidRequest(JobtrackError, ValueError):
+    """The caller asked for something that can never succeed."""
+
+
+class InvalidIncrement(InvalidRequest):
+    """A negative, empty or absurd increment."""
+
+
+class PathRefused(InvalidRequest):
+    """A path that does not exist, is not a folder, or escapes its root."""
+
+
+class MalformedMessage(InvalidRequest):
+    """A broker message that does not follow the message schema."""
+
+
+class StoreError(JobtrackError):
+    """The store failed to carry out an operation."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or is busy; the operation may succeed later."""
+
+
+class BrokerError(JobtrackError):
+    """The broker failed to carry out an operation."""
+
+
+class ImageError(JobtrackError):
+    """An image that cannot be turned into a rendition: corrupt, truncated,
+    a decompression bomb, or a format we do not read."""

@@ -1,0 +1,106 @@
+"""Job and Stage: immutable snapshots of what the store holds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from jobtrack.model.status import JobStatus, StageStatus
+
+__all__ = ["RESERVED_ATTRIBUTES", "Job", "Stage", "StageCounts"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One named phase of a job and its item counts."""
+
+    name: str
+    status: StageStatus = StageStatus.PENDING
+    total_items: int = 0
+    completed_items: int = 0
+    failed_items: int = 0
+    total_final: bool = False
+    message: str = ""
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+    @property
+    def done_items(self) -> int:
+        """Items counted either way, completed or failed."""
+        return self.completed_items + self.failed_items
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stage as in the JSON contract."""
+        return {
+            "status": self.status.value,
+            "total_items": self.total_items,
+            "completed_items": self.completed_items,
+            "failed_items": self.failed_items,
+            "total_final": self.total_final,
+            "message": self.message,
+            "started_at": _iso(self.started_at),
+            "completed_at": _iso(self.completed_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StageCounts:
+    """What a reconciler found for one stage: the ground truth."""
+
+    total_items: int
+    completed_items: int
+    failed_items: int
+    total_final: bool = True
+
+
+#: Keys of the job's JSON that attributes may not shadow.
+RESERVED_ATTRIBUTES = frozenset(
+    {"id", "job_type", "status", "created_at", "updated_at", "completed_at", "message", "stages"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One user-visible piece of work, made of ordered stages.
+
+    ``attributes`` carries what the job is about (for a collection scan,
+    ``{"collection": {"id": ..., "path": ...}}``); it is shown at the top
+    level of the job's JSON.
+    """
+
+    id: str
+    job_type: str
+    status: JobStatus
+    created_at: datetime
+    updated_at: datetime
+    stages: Mapping[str, Stage]
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    message: str = ""
+    completed_at: datetime | None = None
+
+    def stage(self, name: str) -> Stage:
+        """The stage called ``name``; KeyError if the job has none."""
+        return self.stages[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as in the JSON contract (CLI ``--json`` and HTTP API)."""
+        data: dict[str, Any] = {
+            "id": self.id,
+            "job_type": self.job_type,
+            "status": self.status.value,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "completed_at": _iso(self.completed_at),
+            "message": self.message,
+            "stages": {name: stage.to_dict() for name, stage in self.stages.items()},
+        }
+        data.update(self.attributes)
+        return data
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

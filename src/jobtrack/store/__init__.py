@@ -1,0 +1,43 @@
+"""The store port and its backends.
+
+``open_store(url)`` picks the backend from the URL: ``memory://`` or
+``sqlite:///path/to/file.db``.
+"""
+
+from __future__ import annotations
+
+from jobtrack.errors import InvalidRequest
+from jobtrack.model import Clock, utc_now
+from jobtrack.store.base import DEFAULT_PAGE_SIZE, STUCK_QUERY_LIMIT, Increment, JobQuery, JobStore
+from jobtrack.store.memory import InMemoryJobStore
+from jobtrack.store.sqlite import SqliteDatabase, SqliteJobStore
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "STUCK_QUERY_LIMIT",
+    "InMemoryJobStore",
+    "Increment",
+    "JobQuery",
+    "JobStore",
+    "SqliteDatabase",
+    "SqliteJobStore",
+    "open_store",
+    "sqlite_path",
+]
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a ``sqlite:///path`` URL."""
+    if not url.startswith("sqlite:///"):
+        raise InvalidRequest(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)")
+    path = url.removeprefix("sqlite://")
+    return ":memory:" if path == "/:memory:" else path
+
+
+def open_store(url: str, *, clock: Clock = utc_now) -> JobStore:
+    """Open the store a URL names."""
+    if url == "memory://":
+        return InMemoryJobStore(clock=clock)
+    if url.startswith("sqlite:"):
+        return SqliteJobStore.open(sqlite_path(url), clock=clock)
+    raise InvalidRequest(f"unsupported store URL {url!r}: use memory:// or sqlite:///path")

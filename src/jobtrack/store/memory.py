@@ -1,0 +1,208 @@
+"""An in-memory store: for unit tests, and for users' own tests.
+
+It applies :mod:`jobtrack.model.rules` directly, under one lock, so it is the
+reference the contract suite holds every other backend to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from jobtrack.errors import InvalidRequest, JobNotFound, StageNotFound
+from jobtrack.model import (
+    ACTIVE_JOB_STATUSES,
+    RESERVED_ATTRIBUTES,
+    Clock,
+    Job,
+    JobStatus,
+    Stage,
+    StageCounts,
+    apply_increment,
+    derive_job_status,
+    new_id,
+    raise_total,
+    seal_total,
+    set_counts,
+    start_stage,
+    utc_now,
+)
+from jobtrack.store.base import STUCK_QUERY_LIMIT, Increment, JobQuery
+
+__all__ = ["InMemoryJobStore", "validate_new_job"]
+
+
+def validate_new_job(
+    job_type: str, stages: Sequence[str], attributes: Mapping[str, Any] | None
+) -> None:
+    """Refuse a job no backend should store."""
+    if not job_type:
+        raise InvalidRequest("a job needs a job_type")
+    if not stages:
+        raise InvalidRequest("a job needs at least one stage")
+    if len(set(stages)) != len(stages) or not all(stages):
+        raise InvalidRequest(f"stage names must be unique and non-empty: {list(stages)}")
+    clash = RESERVED_ATTRIBUTES.intersection(attributes or {})
+    if clash:
+        raise InvalidRequest(f"attributes may not use reserved keys: {sorted(clash)}")
+
+
+class InMemoryJobStore:
+    """A :class:`~jobtrack.store.base.JobStore` held in a dict."""
+
+    def __init__(self, *, clock: Clock = utc_now) -> None:
+        self._clock = clock
+        self._jobs: dict[str, Job] = {}
+        self._item_keys: dict[str, set[tuple[str, str]]] = {}
+        self._lock = asyncio.Lock()
+
+    async def create_job(
+        self,
+        job_type: str,
+        stages: Sequence[str],
+        *,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Create a pending job with these stages, in this order."""
+        validate_new_job(job_type, stages, attributes)
+        now = self._clock()
+        job = Job(
+            id=new_id(),
+            job_type=job_type,
+            status=JobStatus.PENDING,
+            created_at=now,
+            updated_at=now,
+            stages={name: Stage(name=name) for name in stages},
+            attributes=dict(attributes or {}),
+        )
+        self._jobs[job.id] = job
+        return job
+
+    async def get_job(self, job_id: str) -> Job:
+        """The job as it is now."""
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise JobNotFound(job_id) from None
+
+    async def list_jobs(self, query: JobQuery = JobQuery()) -> list[Job]:
+        """Jobs matching the query, newest first."""
+        jobs = [
+            job
+            for job in self._jobs.values()
+            if (query.status is None or job.status is query.status)
+            and (query.job_type is None or job.job_type == query.job_type)
+        ]
+        jobs.sort(key=lambda job: (job.created_at, job.id), reverse=True)
+        return jobs[query.offset : query.offset + query.limit]
+
+    async def increment(
+        self,
+        job_id: str,
+        stage: str,
+        *,
+        completed: int = 1,
+        failed: int = 0,
+        item_key: str | None = None,
+    ) -> Increment:
+        """Count finished items, at most once per item key."""
+        async with self._lock:
+            job, current = self._stage(job_id, stage)
+            now = self._clock()
+            counted = apply_increment(current, now, completed=completed, failed=failed)
+            keys = self._item_keys.setdefault(job_id, set())
+            if counted is None or (item_key is not None and (stage, item_key) in keys):
+                return Increment(counted=False, stage=current, job_status=job.status)
+            if item_key is not None:
+                keys.add((stage, item_key))
+            job = self._put_stage(job, counted, now)
+            return Increment(counted=True, stage=counted, job_status=job.status)
+
+    async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:
+        """Add ``by`` items to the stage's (unsealed) total."""
+        return await self._change(job_id, stage, lambda s, now: raise_total(s, now, by=by))
+
+    async def seal_total(self, job_id: str, stage: str, *, total: int | None = None) -> Stage:
+        """Make the stage's total final; it may complete at once."""
+        return await self._change(job_id, stage, lambda s, now: seal_total(s, now, total=total))
+
+    async def start_stage(self, job_id: str, stage: str, *, message: str | None = None) -> Stage:
+        """Mark a stage as started (and set its message)."""
+        return await self._change(
+            job_id, stage, lambda s, now: start_stage(s, now, message=message)
+        )
+
+    async def end_job(self, job_id: str, status: JobStatus, *, message: str = "") -> Job:
+        """Complete, fail or cancel a job; a job already ended stays as it is."""
+        if not status.terminal:
+            raise InvalidRequest(f"a job can only be ended as completed, failed or cancelled, not {status}")
+        async with self._lock:
+            job = await self.get_job(job_id)
+            if job.status.terminal:
+                return job
+            now = self._clock()
+            ended = replace(job, status=status, message=message, updated_at=now, completed_at=now)
+            self._jobs[job_id] = ended
+            self._item_keys.pop(job_id, None)
+            return ended
+
+    async def find_stuck(
+        self, job_type: str, *, updated_before: datetime, limit: int = STUCK_QUERY_LIMIT
+    ) -> list[Job]:
+        """Active jobs of this type not updated since ``updated_before``, oldest first."""
+        stuck = [
+            job
+            for job in self._jobs.values()
+            if job.job_type == job_type
+            and job.status in ACTIVE_JOB_STATUSES
+            and job.updated_at < updated_before
+        ]
+        stuck.sort(key=lambda job: job.updated_at)
+        return stuck[:limit]
+
+    async def set_counts(self, job_id: str, counts: Mapping[str, StageCounts]) -> Job:
+        """Set stage counts to the ground truth, up or down."""
+        async with self._lock:
+            job = await self.get_job(job_id)
+            now = self._clock()
+            for name, truth in counts.items():
+                _, current = self._stage(job_id, name)
+                job = self._put_stage(job, set_counts(current, now, truth), now)
+            return job
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    def _stage(self, job_id: str, stage: str) -> tuple[Job, Stage]:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        current = job.stages.get(stage)
+        if current is None:
+            raise StageNotFound(job_id, stage)
+        return job, current
+
+    def _put_stage(self, job: Job, stage: Stage, now: datetime) -> Job:
+        stages = {**job.stages, stage.name: stage}
+        status = derive_job_status(job.status, (s.status for s in stages.values()))
+        completed_at = job.completed_at
+        if status.terminal and completed_at is None:
+            completed_at = now
+        updated = replace(job, stages=stages, status=status, updated_at=now, completed_at=completed_at)
+        self._jobs[job.id] = updated
+        if status.terminal:
+            self._item_keys.pop(job.id, None)
+        return updated
+
+    async def _change(
+        self, job_id: str, stage: str, change: Callable[[Stage, datetime], Stage]
+    ) -> Stage:
+        async with self._lock:
+            job, current = self._stage(job_id, stage)
+            now = self._clock()
+            changed = change(current, now)
+            self._put_stage(job, changed, now)
+            return changed

@@ -1,0 +1,178 @@
+"""One SQLite database file: connection settings, migrations, error mapping.
+
+The job store and the reference pipeline's catalog share one database file
+(and one connection per process), each with its own migrations.
+
+Statements run on the calling thread, not in a thread pool: a statement here
+takes a few microseconds, and a hop to a worker thread and back would cost
+several times that on every increment. Writers wait for each other through
+SQLite's busy timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+from jobtrack.errors import StoreError, StoreUnavailable
+
+__all__ = [
+    "SqliteDatabase",
+    "from_micros",
+    "load_queries",
+    "to_micros",
+]
+
+logger = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_QUERY_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_BUSY = ("database is locked", "database is busy", "unable to open database")
+
+
+def to_micros(moment: datetime) -> int:
+    """A timezone-aware datetime as integer microseconds since the epoch."""
+    return (moment - _EPOCH) // _MICRO
+
+
+def from_micros(value: int) -> datetime:
+    """The inverse of :func:`to_micros`."""
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def load_queries(package: str, name: str = "queries.sql") -> dict[str, str]:
+    """The named queries of a ``.sql`` resource (``-- name: x`` headers)."""
+    text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
+    parts = _QUERY_HEADER.split(text)
+    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
+
+
+@dataclass(frozen=True, slots=True)
+class _Migration:
+    version: int
+    name: str
+    resource: Traversable
+
+
+class SqliteDatabase:
+    """A connection to one SQLite file in WAL mode, ready for the stores."""
+
+    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with self.translate_errors():
+            self.connection = sqlite3.connect(self.path, isolation_level=None)
+            self.connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self.connection.execute("PRAGMA journal_mode = WAL")
+            self.connection.execute("PRAGMA synchronous = NORMAL")
+            self.connection.execute("PRAGMA foreign_keys = ON")
+            self.connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,"
+                " applied_at INTEGER NOT NULL, PRIMARY KEY (component, version))"
+            )
+
+    @contextmanager
+    def translate_errors(self) -> Iterator[None]:
+        """Turn sqlite3 errors into jobtrack's own, once, at this boundary."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if any(marker in str(exc) for marker in _BUSY):
+                raise StoreUnavailable(f"SQLite database {self.path} unavailable: {exc}") from exc
+            raise StoreError(f"SQLite error: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite error: {exc}") from exc
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock up front
+        (``BEGIN IMMEDIATE``), so it never fails half-way on a busy lock."""
+        with self.translate_errors():
+            self.connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.connection
+            except BaseException:
+                self.connection.execute("ROLLBACK")
+                raise
+            self.connection.execute("COMMIT")
+
+    def migrate(self, component: str, package: str) -> list[int]:
+        """Apply the ``NNNN_name.sql`` migrations of ``package`` not yet applied
+        for ``component``; returns the versions applied now."""
+        migrations = _migrations(package)
+        applied_now: list[int] = []
+        with self.write() as conn:
+            done = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT version FROM schema_migrations WHERE component = ?", (component,)
+                )
+            }
+            for migration in migrations:
+                if migration.version in done:
+                    continue
+                for statement in _statements(migration.resource.read_text(encoding="utf-8")):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (component, version, name, applied_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (component, migration.version, migration.name, to_micros(datetime.now(UTC))),
+                )
+                applied_now.append(migration.version)
+        if applied_now:
+            logger.info(
+                "migrated %s to version %d",
+                component,
+                applied_now[-1],
+                extra={"action": "migrate", "component": component},
+            )
+        return applied_now
+
+    def schema_version(self, component: str) -> int:
+        """The highest migration applied for ``component`` (0 for none)."""
+        with self.translate_errors():
+            row = self.connection.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE component = ?",
+                (component,),
+            ).fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.connection.close()
+
+
+def _migrations(package: str) -> list[_Migration]:
+    found: list[_Migration] = []
+    for entry in resources.files(package).iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(_Migration(int(match.group(1)), entry.name, entry))
+    found.sort(key=lambda m: m.version)
+    return found
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a script into statements, keeping trigger bodies whole."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        if not pending and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip():
+        raise StoreError(f"incomplete SQL statement in migration: {pending[:80]!r}")

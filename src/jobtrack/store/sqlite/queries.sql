@@ -1,0 +1,70 @@
+-- Named queries of the SQLite job store; each begins with a "-- name: x" line.
+
+-- name: increment
+-- The hot path: count items and apply the stage rules in one statement.
+-- The triggers on stages touch the job and re-derive its status.
+UPDATE stages SET
+    completed_items = completed_items + :completed,
+    failed_items = failed_items + :failed,
+    status = CASE
+        WHEN total_final AND completed_items + failed_items + :completed + :failed >= total_items
+            THEN CASE WHEN total_items > 0 AND completed_items + :completed = 0
+                      THEN 'failed' ELSE 'completed' END
+        ELSE 'in_progress'
+    END,
+    started_at = COALESCE(started_at, :now),
+    completed_at = CASE
+        WHEN total_final AND completed_items + failed_items + :completed + :failed >= total_items
+            THEN :now
+    END,
+    updated_at = :now
+WHERE job_id = :job_id AND name = :stage AND status NOT IN ('completed', 'failed')
+RETURNING name, status, total_items, completed_items, failed_items, total_final, message,
+          started_at, completed_at, (SELECT status FROM jobs WHERE id = :job_id) AS job_status_before;
+
+-- name: claim_item_key
+INSERT INTO item_keys (job_id, stage, item_key) VALUES (:job_id, :stage, :item_key)
+ON CONFLICT DO NOTHING;
+
+-- name: insert_job
+INSERT INTO jobs (id, job_type, status, attributes, created_at, updated_at)
+VALUES (:id, :job_type, 'pending', :attributes, :now, :now);
+
+-- name: insert_stage
+INSERT INTO stages (job_id, name, position, updated_at) VALUES (:job_id, :name, :position, :now);
+
+-- name: get_job
+SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
+FROM jobs WHERE id = :job_id;
+
+-- name: get_job_status
+SELECT status FROM jobs WHERE id = :job_id;
+
+-- name: get_stages
+SELECT job_id, name, status, total_items, completed_items, failed_items, total_final, message,
+       started_at, completed_at
+FROM stages WHERE job_id = :job_id ORDER BY position;
+
+-- name: get_stage
+SELECT name, status, total_items, completed_items, failed_items, total_final, message,
+       started_at, completed_at
+FROM stages WHERE job_id = :job_id AND name = :stage;
+
+-- name: put_stage
+UPDATE stages SET
+    status = :status, total_items = :total_items, completed_items = :completed_items,
+    failed_items = :failed_items, total_final = :total_final, message = :message,
+    started_at = :started_at, completed_at = :completed_at, updated_at = :now
+WHERE job_id = :job_id AND name = :name;
+
+-- name: end_job
+UPDATE jobs SET status = :status, message = :message, updated_at = :now, completed_at = :now
+WHERE id = :job_id AND status NOT IN ('completed', 'failed', 'cancelled');
+
+-- name: find_stuck
+-- The seed's query; served by idx_stuck_jobs (job_type, status, updated_at).
+SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
+FROM jobs
+WHERE job_type = :job_type AND status IN ('pending', 'in_progress') AND updated_at < :before
+ORDER BY updated_at
+LIMIT :limit;

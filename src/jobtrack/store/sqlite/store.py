@@ -1,0 +1,309 @@
+"""The SQLite job store: the embedded default (``sqlite:///path``).
+
+The per-item increment is one ``UPDATE … RETURNING`` whose ``CASE``
+expressions apply the stage rules and whose triggers touch the job and
+re-derive its status; with an item key it is preceded, in the same
+``BEGIN IMMEDIATE`` transaction, by an insert into ``item_keys`` whose primary
+key makes the same (job, stage, item) count once. The rarer writes (totals,
+seals, reconciliation) read the stage and apply :mod:`jobtrack.model.rules`
+inside one write transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from jobtrack.errors import InvalidRequest, JobNotFound, StageNotFound
+from jobtrack.model import (
+    Clock,
+    Job,
+    JobStatus,
+    Stage,
+    StageCounts,
+    StageStatus,
+    check_increment,
+    new_id,
+    raise_total,
+    seal_total,
+    set_counts,
+    start_stage,
+    utc_now,
+)
+from jobtrack.store.base import STUCK_QUERY_LIMIT, Increment, JobQuery
+from jobtrack.store.memory import validate_new_job
+from jobtrack.store.sqlite.database import SqliteDatabase, from_micros, load_queries, to_micros
+
+__all__ = ["SqliteJobStore"]
+
+_Q = load_queries("jobtrack.store.sqlite")
+_JOB_COLUMNS = "id, job_type, status, attributes, message, created_at, updated_at, completed_at"
+
+
+class SqliteJobStore:
+    """A :class:`~jobtrack.store.base.JobStore` on one SQLite database."""
+
+    def __init__(self, database: SqliteDatabase, *, clock: Clock = utc_now) -> None:
+        self.database = database
+        self._clock = clock
+        database.migrate("jobs", "jobtrack.store.sqlite.migrations")
+
+    @classmethod
+    def open(cls, path: str, *, clock: Clock = utc_now) -> SqliteJobStore:
+        """Open (creating and migrating as needed) the database at ``path``."""
+        return cls(SqliteDatabase(path), clock=clock)
+
+    async def create_job(
+        self,
+        job_type: str,
+        stages: Sequence[str],
+        *,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Create a pending job with these stages, in this order."""
+        validate_new_job(job_type, stages, attributes)
+        job_id = new_id()
+        now = to_micros(self._clock())
+        with self.database.write() as conn:
+            conn.execute(
+                _Q["insert_job"],
+                {
+                    "id": job_id,
+                    "job_type": job_type,
+                    "attributes": json.dumps(dict(attributes or {})),
+                    "now": now,
+                },
+            )
+            conn.executemany(
+                _Q["insert_stage"],
+                [
+                    {"job_id": job_id, "name": name, "position": i, "now": now}
+                    for i, name in enumerate(stages)
+                ],
+            )
+        return await self.get_job(job_id)
+
+    async def get_job(self, job_id: str) -> Job:
+        """The job as it is now."""
+        with self.database.translate_errors():
+            conn = self.database.connection
+            row = conn.execute(_Q["get_job"], {"job_id": job_id}).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            stages = conn.execute(_Q["get_stages"], {"job_id": job_id}).fetchall()
+        return _job(row, [_stage(s[1:]) for s in stages])
+
+    async def list_jobs(self, query: JobQuery = JobQuery()) -> list[Job]:
+        """Jobs matching the query, newest first."""
+        where, params = [], {"limit": query.limit, "offset": query.offset}
+        if query.status is not None:
+            where.append("status = :status")
+            params["status"] = query.status.value
+        if query.job_type is not None:
+            where.append("job_type = :job_type")
+            params["job_type"] = query.job_type
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT :limit OFFSET :offset"
+        with self.database.translate_errors():
+            rows = self.database.connection.execute(sql, params).fetchall()
+        return self._with_stages(rows)
+
+    async def increment(
+        self,
+        job_id: str,
+        stage: str,
+        *,
+        completed: int = 1,
+        failed: int = 0,
+        item_key: str | None = None,
+    ) -> Increment:
+        """Count finished items atomically; at most once per item key."""
+        check_increment(completed, failed)
+        params = {
+            "job_id": job_id,
+            "stage": stage,
+            "completed": completed,
+            "failed": failed,
+            "now": to_micros(self._clock()),
+        }
+        if item_key is None:
+            with self.database.translate_errors():
+                row = self.database.connection.execute(_Q["increment"], params).fetchone()
+                return self._increment_result(job_id, stage, row)
+        with self.database.write() as conn:
+            claim = conn.execute(
+                _Q["claim_item_key"], {"job_id": job_id, "stage": stage, "item_key": item_key}
+            )
+            if claim.rowcount == 0:
+                return self._not_counted(job_id, stage)
+            row = conn.execute(_Q["increment"], params).fetchone()
+            if row is None:
+                # Unknown or terminal stage: keep no key for an item not counted.
+                conn.execute(
+                    "DELETE FROM item_keys WHERE job_id = ? AND stage = ? AND item_key = ?",
+                    (job_id, stage, item_key),
+                )
+            return self._increment_result(job_id, stage, row)
+
+    async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:
+        """Add ``by`` items to the stage's (unsealed) total."""
+        return self._change(job_id, stage, lambda s, now: raise_total(s, now, by=by))
+
+    async def seal_total(self, job_id: str, stage: str, *, total: int | None = None) -> Stage:
+        """Make the stage's total final; it may complete at once."""
+        return self._change(job_id, stage, lambda s, now: seal_total(s, now, total=total))
+
+    async def start_stage(self, job_id: str, stage: str, *, message: str | None = None) -> Stage:
+        """Mark a stage as started (and set its message)."""
+        return self._change(job_id, stage, lambda s, now: start_stage(s, now, message=message))
+
+    async def end_job(self, job_id: str, status: JobStatus, *, message: str = "") -> Job:
+        """Complete, fail or cancel a job; a job already ended stays as it is."""
+        if not status.terminal:
+            raise InvalidRequest(
+                f"a job can only be ended as completed, failed or cancelled, not {status}"
+            )
+        params = {
+            "job_id": job_id,
+            "status": status.value,
+            "message": message,
+            "now": to_micros(self._clock()),
+        }
+        with self.database.write() as conn:
+            conn.execute(_Q["end_job"], params)
+        return await self.get_job(job_id)
+
+    async def find_stuck(
+        self, job_type: str, *, updated_before: datetime, limit: int = STUCK_QUERY_LIMIT
+    ) -> list[Job]:
+        """Active jobs of this type not updated since ``updated_before``, oldest first."""
+        params = {"job_type": job_type, "before": to_micros(updated_before), "limit": limit}
+        with self.database.translate_errors():
+            rows = self.database.connection.execute(_Q["find_stuck"], params).fetchall()
+        return self._with_stages(rows)
+
+    async def set_counts(self, job_id: str, counts: Mapping[str, StageCounts]) -> Job:
+        """Set stage counts to the ground truth, up or down, in one transaction."""
+        now = self._clock()
+        with self.database.write() as conn:
+            for name, truth in counts.items():
+                current = self._read_stage(conn, job_id, name)
+                self._write_stage(conn, job_id, set_counts(current, now, truth), now)
+        return await self.get_job(job_id)
+
+    async def aclose(self) -> None:
+        """Close the database connection."""
+        self.database.close()
+
+    def _change(self, job_id: str, stage: str, change: Callable[[Stage, datetime], Stage]) -> Stage:
+        now = self._clock()
+        with self.database.write() as conn:
+            changed = change(self._read_stage(conn, job_id, stage), now)
+            self._write_stage(conn, job_id, changed, now)
+        return changed
+
+    def _read_stage(self, conn: sqlite3.Connection, job_id: str, stage: str) -> Stage:
+        row = conn.execute(_Q["get_stage"], {"job_id": job_id, "stage": stage}).fetchone()
+        if row is None:
+            self._raise_missing(job_id, stage)
+        return _stage(row)
+
+    def _write_stage(self, conn: sqlite3.Connection, job_id: str, stage: Stage, now: datetime) -> None:
+        conn.execute(
+            _Q["put_stage"],
+            {
+                "job_id": job_id,
+                "name": stage.name,
+                "status": stage.status.value,
+                "total_items": stage.total_items,
+                "completed_items": stage.completed_items,
+                "failed_items": stage.failed_items,
+                "total_final": int(stage.total_final),
+                "message": stage.message,
+                "started_at": _micros_or_none(stage.started_at),
+                "completed_at": _micros_or_none(stage.completed_at),
+                "now": to_micros(now),
+            },
+        )
+
+    def _increment_result(self, job_id: str, stage: str, row: Any) -> Increment:
+        if row is None:
+            return self._not_counted(job_id, stage)
+        counted = _stage(row[:9])
+        job_status = JobStatus(row[9])
+        if counted.status.terminal or job_status is JobStatus.PENDING:
+            # The triggers may have moved the job on; read what they wrote.
+            job_status = self._job_status(job_id)
+        return Increment(counted=True, stage=counted, job_status=job_status)
+
+    def _not_counted(self, job_id: str, stage: str) -> Increment:
+        current = self._read_stage(self.database.connection, job_id, stage)
+        return Increment(counted=False, stage=current, job_status=self._job_status(job_id))
+
+    def _job_status(self, job_id: str) -> JobStatus:
+        row = self.database.connection.execute(_Q["get_job_status"], {"job_id": job_id}).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return JobStatus(row[0])
+
+    def _raise_missing(self, job_id: str, stage: str) -> None:
+        self._job_status(job_id)
+        raise StageNotFound(job_id, stage)
+
+    def _with_stages(self, rows: list[Any]) -> list[Job]:
+        if not rows:
+            return []
+        ids = [row[0] for row in rows]
+        marks = ",".join("?" * len(ids))
+        with self.database.translate_errors():
+            stage_rows = self.database.connection.execute(
+                f"SELECT job_id, name, status, total_items, completed_items, failed_items,"
+                f" total_final, message, started_at, completed_at"
+                f" FROM stages WHERE job_id IN ({marks}) ORDER BY job_id, position",
+                ids,
+            ).fetchall()
+        by_job: dict[str, list[Stage]] = {job_id: [] for job_id in ids}
+        for stage_row in stage_rows:
+            by_job[stage_row[0]].append(_stage(stage_row[1:]))
+        return [_job(row, by_job[row[0]]) for row in rows]
+
+
+def _micros_or_none(moment: datetime | None) -> int | None:
+    return None if moment is None else to_micros(moment)
+
+
+def _datetime_or_none(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
+
+
+def _stage(row: Sequence[Any]) -> Stage:
+    return Stage(
+        name=row[0],
+        status=StageStatus(row[1]),
+        total_items=row[2],
+        completed_items=row[3],
+        failed_items=row[4],
+        total_final=bool(row[5]),
+        message=row[6],
+        started_at=_datetime_or_none(row[7]),
+        completed_at=_datetime_or_none(row[8]),
+    )
+
+
+def _job(row: Sequence[Any], stages: list[Stage]) -> Job:
+    return Job(
+        id=row[0],
+        job_type=row[1],
+        status=JobStatus(row[2]),
+        attributes=json.loads(row[3]),
+        message=row[4],
+        created_at=from_micros(row[5]),
+        updated_at=from_micros(row[6]),
+        completed_at=_datetime_or_none(row[7]),
+        stages={stage.name: stage for stage in stages},
+    )

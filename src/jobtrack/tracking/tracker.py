@@ -1,0 +1,167 @@
+"""ProgressTracker: how a consumer reports a finished item.
+
+Best effort, as the seed asks: tracking never fails the work. A write the
+store refuses for good (unknown job or stage, a bad increment) is logged and
+dropped; a write that fails for a transient reason is logged, kept, and
+retried with backoff, so that nothing is lost to a short outage. What is
+lost anyway (the process dies with writes still pending) is what the
+monitor's reconciliation is for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from jobtrack.errors import InvalidRequest, NotFound
+from jobtrack.store.base import JobStore
+
+__all__ = ["PendingIncrement", "ProgressTracker"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingIncrement:
+    """An increment the store could not take yet."""
+
+    job_id: str
+    stage: str
+    item_key: str | None
+    failed: bool
+
+
+class ProgressTracker:
+    """Counts finished items into a :class:`~jobtrack.store.base.JobStore`.
+
+    :param log_every: log a progress line every this many items per stage.
+    :param max_pending: how many failed writes to keep for retry; past it the
+        oldest are dropped (and left to reconciliation), so memory stays bounded.
+    :param enabled: when False, nothing is written (the rollback switch:
+        the monitor alone then keeps counts).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        log_every: int = 50,
+        max_pending: int = 100_000,
+        retry_after: float = 0.5,
+        max_retry_after: float = 30.0,
+        enabled: bool = True,
+    ) -> None:
+        self._store = store
+        self._log_every = log_every
+        self._pending: deque[PendingIncrement] = deque(maxlen=max_pending)
+        self._retry_after = retry_after
+        self._max_retry_after = max_retry_after
+        self._backoff = retry_after
+        self._next_retry = 0.0
+        self._seen: dict[tuple[str, str], int] = {}
+        self.enabled = enabled
+        self.dropped = 0
+
+    @property
+    def pending(self) -> int:
+        """Increments waiting for the store to come back."""
+        return len(self._pending)
+
+    async def increment(
+        self, job_id: str, stage: str, *, item_key: str | None = None, failed: bool = False
+    ) -> bool:
+        """Report one finished item (``failed`` if it could not be done).
+
+        Never raises. Returns True when the store has taken the write (or
+        knows the item already), False when it is kept for retry or dropped.
+        """
+        if not self.enabled:
+            return False
+        if self._pending and time.monotonic() >= self._next_retry:
+            await self.retry_pending()
+        return await self._write(PendingIncrement(job_id, stage, item_key, failed), retry=False)
+
+    async def retry_pending(self) -> int:
+        """Try the kept increments again, oldest first; returns how many remain."""
+        while self._pending:
+            if not await self._write(self._pending[0], retry=True):
+                return len(self._pending)
+            self._pending.popleft()
+        self._backoff = self._retry_after
+        return 0
+
+    async def flush(self, *, timeout: float) -> bool:
+        """Retry kept increments until none remain or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while self._pending:
+            if await self.retry_pending() == 0:
+                break
+            if time.monotonic() >= deadline:
+                logger.warning(
+                    "%d progress writes still pending; reconciliation will correct the counts",
+                    len(self._pending),
+                    extra={"action": "progress_pending"},
+                )
+                return False
+            await asyncio.sleep(min(self._backoff, max(deadline - time.monotonic(), 0.0)))
+        return True
+
+    async def _write(self, item: PendingIncrement, *, retry: bool) -> bool:
+        try:
+            result = await self._store.increment(
+                item.job_id,
+                item.stage,
+                completed=0 if item.failed else 1,
+                failed=1 if item.failed else 0,
+                item_key=item.item_key,
+            )
+        except (NotFound, InvalidRequest) as exc:
+            logger.warning("progress not recorded: %s", exc, extra={"action": "progress_refused"})
+            return True  # nothing to retry: the store will never take it
+        except Exception as exc:
+            self._keep(item, exc, retry=retry)
+            return False
+        if result.counted:
+            self._log_progress(item, result.stage.completed_items, result.stage.failed_items,
+                               result.stage.total_items, result.stage.status.terminal)
+        return True
+
+    def _keep(self, item: PendingIncrement, exc: Exception, *, retry: bool) -> None:
+        if not retry:
+            if len(self._pending) == self._pending.maxlen:
+                self.dropped += 1
+            self._pending.append(item)
+        self._next_retry = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self._max_retry_after)
+        logger.warning(
+            "progress write failed for job %s stage %s (%d pending), will retry: %s",
+            item.job_id,
+            item.stage,
+            len(self._pending),
+            exc,
+            extra={"action": "progress_write_failed", "job_id": item.job_id},
+        )
+
+    def _log_progress(
+        self, item: PendingIncrement, completed: int, failed: int, total: int, done: bool
+    ) -> None:
+        key = (item.job_id, item.stage)
+        seen = self._seen.get(key, 0) + 1
+        if done:
+            self._seen.pop(key, None)
+            logger.info(
+                "job %s stage %s finished: %d completed, %d failed of %d",
+                item.job_id, item.stage, completed, failed, total,
+                extra={"action": "stage_finished", "job_id": item.job_id, "stage": item.stage},
+            )
+            return
+        self._seen[key] = seen
+        if seen % self._log_every == 0:
+            logger.info(
+                "job %s stage %s: %d/%d items (%d failed)",
+                item.job_id, item.stage, completed + failed, total, failed,
+                extra={"action": "progress", "job_id": item.job_id, "stage": item.stage},
+            )
