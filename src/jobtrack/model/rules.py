@@ -27,6 +27,7 @@ __all__ = [
     "MAX_INCREMENT",
     "apply_increment",
     "check_increment",
+    "default_completed",
     "derive_job_status",
     "derive_stage_status",
     "raise_total",
@@ -37,6 +38,13 @@ __all__ = [
 
 #: The largest single increment accepted; anything above is a bug upstream.
 MAX_INCREMENT = 1_000_000
+
+
+def default_completed(completed: int | None, failed: int) -> int:
+    """An increment counts one completed item unless told otherwise."""
+    if completed is None:
+        return 0 if failed else 1
+    return completed
 
 
 def check_increment(completed: int, failed: int) -> None:

@@ -69,12 +69,15 @@ class JobStore(Protocol):
         job_id: str,
         stage: str,
         *,
-        completed: int = 1,
+        completed: int | None = None,
         failed: int = 0,
         item_key: str | None = None,
     ) -> Increment:
         """Count finished items atomically, with the status transitions they
-        imply. With ``item_key``, the same (job, stage, item) counts once."""
+        imply. With ``item_key``, the same (job, stage, item) counts once.
+
+        ``completed`` defaults to 1, or to 0 when ``failed`` is given.
+        """
         ...
 
     async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:

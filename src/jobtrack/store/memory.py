@@ -22,6 +22,7 @@ from jobtrack.model import (
     Stage,
     StageCounts,
     apply_increment,
+    default_completed,
     derive_job_status,
     new_id,
     raise_total,
@@ -104,11 +105,12 @@ class InMemoryJobStore:
         job_id: str,
         stage: str,
         *,
-        completed: int = 1,
+        completed: int | None = None,
         failed: int = 0,
         item_key: str | None = None,
     ) -> Increment:
         """Count finished items, at most once per item key."""
+        completed = default_completed(completed, failed)
         async with self._lock:
             job, current = self._stage(job_id, stage)
             now = self._clock()

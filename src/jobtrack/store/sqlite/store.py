@@ -26,6 +26,7 @@ from jobtrack.model import (
     StageCounts,
     StageStatus,
     check_increment,
+    default_completed,
     new_id,
     raise_total,
     seal_total,
@@ -118,11 +119,12 @@ class SqliteJobStore:
         job_id: str,
         stage: str,
         *,
-        completed: int = 1,
+        completed: int | None = None,
         failed: int = 0,
         item_key: str | None = None,
     ) -> Increment:
         """Count finished items atomically; at most once per item key."""
+        completed = default_completed(completed, failed)
         check_increment(completed, failed)
         params = {
             "job_id": job_id,

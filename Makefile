@@ -1,0 +1,44 @@
+# The two commands of the quick start are `make demo` and `make test`;
+# each installs what it needs first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo-data
+SAMPLE_COUNT ?= 200
+
+.PHONY: install demo test lint typecheck unit bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $(STAMP)
+
+demo: install
+	@test -d $(DEMO_DIR)/collection || $(BIN)/jobtrack sample $(DEMO_DIR)/collection --count $(SAMPLE_COUNT)
+	$(BIN)/jobtrack scan $(DEMO_DIR)/collection --data-dir $(DEMO_DIR)/state
+	@echo "Thumbnails and cache copies are under $(DEMO_DIR)/state/renditions/;"
+	@echo "list the job with: $(BIN)/jobtrack jobs list --data-dir $(DEMO_DIR)/state"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+unit: install
+	$(BIN)/pytest tests/unit tests/contract
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache

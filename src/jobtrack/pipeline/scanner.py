@@ -1,0 +1,183 @@
+"""The scanner: registers a collection's images and feeds the stages.
+
+It raises the thumbnail and cache totals batch by batch while consumers are
+already at work, and seals them only when the walk is over (rule 2 of the
+design: no stage completes on a total still being counted). An image whose
+artifacts are up to date is counted as done on the spot, without rework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobtrack.broker import Broker
+from jobtrack.model import Job, JobStatus
+from jobtrack.pipeline.catalog import ArtifactStatus, Catalog, Collection, ImageState, ScannedFile
+from jobtrack.pipeline.messages import StageMessage, encode_message
+from jobtrack.pipeline.stages import (
+    DEFAULT_RENDITIONS,
+    JOB_TYPE,
+    SCAN,
+    STAGES,
+    RenditionSpec,
+    queue_for,
+)
+from jobtrack.pipeline.walk import Refused, Skipped, WalkEntry, resolve_root, walk_images
+from jobtrack.store import JobStore
+
+__all__ = ["ScanReport", "ScanStart", "Scanner"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanStart:
+    """The job a scan request got: a new one, or the one already running."""
+
+    job: Job
+    collection: Collection
+    created: bool
+
+
+@dataclass(slots=True)
+class ScanReport:
+    """What one walk found."""
+
+    images: int = 0
+    up_to_date: int = 0
+    published: int = 0
+    skipped: int = 0
+    refused: list[Refused] = field(default_factory=list)
+    retired: int = 0
+
+    def summary(self) -> str:
+        """One line for the scan stage's message."""
+        return (
+            f"{self.images} images ({self.up_to_date} up to date), "
+            f"{self.skipped} other files skipped, {len(self.refused)} paths refused"
+        )
+
+
+class Scanner:
+    """Starts collection-scan jobs and walks their folders."""
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        catalog: Catalog,
+        broker: Broker,
+        renditions: Sequence[RenditionSpec] = DEFAULT_RENDITIONS,
+        batch_size: int = 64,
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._broker = broker
+        self._renditions = tuple(renditions)
+        self._batch_size = batch_size
+
+    async def start(self, path: str | Path) -> ScanStart:
+        """The collection's running job, or a new job for it.
+
+        One job per collection at a time: the current job is swapped in with
+        a compare-and-set, so two scans racing for one collection agree.
+        """
+        root = resolve_root(path)
+        collection = await self._catalog.ensure_collection(str(root))
+        while True:
+            current = await self._current_job(collection)
+            if current is not None:
+                return ScanStart(current, collection, created=False)
+            job = await self._store.create_job(
+                JOB_TYPE,
+                STAGES,
+                attributes={"collection": {"id": collection.id, "path": collection.root}},
+            )
+            if await self._catalog.swap_job(collection.id, expected=collection.job_id, job_id=job.id):
+                logger.info(
+                    "job %s started for %s",
+                    job.id,
+                    root,
+                    extra={"action": "job_started", "job_id": job.id},
+                )
+                return ScanStart(job, collection, created=True)
+            await self._store.end_job(job.id, JobStatus.CANCELLED, message="another scan won")
+            collection = await self._catalog.get_collection(collection.id)
+
+    async def run(self, job: Job, collection: Collection) -> ScanReport:
+        """Walk the collection, register its images, publish the work, seal the totals."""
+        root = Path(collection.root)
+        await self._store.start_stage(job.id, SCAN, message=f"walking {root}")
+        report = ScanReport()
+        entries = walk_images(root)
+        while batch := await asyncio.to_thread(_next_batch, entries, self._batch_size, report):
+            await self._register(job, collection, batch, report)
+        report.retired = await self._catalog.retire_unseen(collection.id, job.id)
+        for spec in self._renditions:
+            await self._store.seal_total(job.id, spec.stage)
+        await self._store.start_stage(job.id, SCAN, message=report.summary())
+        await self._store.seal_total(job.id, SCAN)
+        for refused in report.refused:
+            logger.warning(
+                "refused %s: %s", refused.relpath, refused.reason, extra={"action": "path_refused"}
+            )
+        return report
+
+    async def _current_job(self, collection: Collection) -> Job | None:
+        if collection.job_id is None:
+            return None
+        job = await self._store.get_job(collection.job_id)
+        return None if job.status.terminal else job
+
+    async def _register(
+        self, job: Job, collection: Collection, batch: list[ScannedFile], report: ScanReport
+    ) -> None:
+        states = await self._catalog.register_images(collection.id, job.id, batch)
+        count = len(states)
+        report.images += count
+        await self._store.raise_total(job.id, SCAN, by=count)
+        for spec in self._renditions:
+            await self._store.raise_total(job.id, spec.stage, by=count)
+        up_to_date = {state.image.id for state in states}
+        for spec in self._renditions:
+            done, failed = 0, 0
+            for state in states:
+                artifact = state.current(spec.stage, spec.variant)
+                if artifact is None:
+                    up_to_date.discard(state.image.id)
+                    await self._publish(job, collection, state, spec.stage)
+                    report.published += 1
+                elif artifact.status is ArtifactStatus.OK:
+                    done += 1
+                else:
+                    failed += 1
+            if done or failed:
+                await self._store.increment(job.id, spec.stage, completed=done, failed=failed)
+        report.up_to_date += len(up_to_date)
+        await self._store.increment(job.id, SCAN, completed=count)
+
+    async def _publish(
+        self, job: Job, collection: Collection, state: ImageState, stage: str
+    ) -> None:
+        message = StageMessage(
+            job_id=job.id, collection_id=collection.id, image_id=state.image.id, stage=stage
+        )
+        await self._broker.publish(queue_for(stage), encode_message(message))
+
+
+def _next_batch(entries: Iterator[WalkEntry], size: int, report: ScanReport) -> list[ScannedFile]:
+    batch: list[ScannedFile] = []
+    for entry in entries:
+        if isinstance(entry, Refused):
+            report.refused.append(entry)
+        elif isinstance(entry, Skipped):
+            report.skipped += 1
+        else:
+            batch.append(entry)
+            if len(batch) == size:
+                break
+    return batch

@@ -1,0 +1,71 @@
+"""Settings: one frozen object, from flags, then ``JOBTRACK_*`` variables.
+
+The same names serve every command, so a worker, a monitor and a server
+started with one environment share one store, one broker and one data folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobtrack.errors import InvalidRequest
+
+__all__ = ["Settings", "default_data_dir"]
+
+_TRUE = {"1", "on", "true", "yes"}
+_FALSE = {"0", "off", "false", "no"}
+
+
+def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
+    """``$JOBTRACK_DATA_DIR``, else ``$XDG_DATA_HOME/jobtrack``, else ``~/.local/share/jobtrack``."""
+    if env.get("JOBTRACK_DATA_DIR"):
+        return Path(env["JOBTRACK_DATA_DIR"])
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "jobtrack"
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise InvalidRequest(f"{name} must be on or off, not {raw!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Where jobtrack keeps its state and how it runs."""
+
+    data_dir: Path
+    store_url: str
+    broker_url: str = "memory://"
+    consumer_progress: bool = True
+    workers: int = 2
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] = os.environ,
+        *,
+        data_dir: Path | None = None,
+        store_url: str | None = None,
+        broker_url: str | None = None,
+        workers: int | None = None,
+    ) -> Settings:
+        """Flags first (the keyword arguments), then the environment, then defaults."""
+        folder = (data_dir or default_data_dir(env)).expanduser().resolve()
+        return cls(
+            data_dir=folder,
+            store_url=store_url
+            or env.get("JOBTRACK_STORE_URL")
+            or f"sqlite:///{folder / 'jobtrack.db'}",
+            broker_url=broker_url or env.get("JOBTRACK_BROKER_URL") or "memory://",
+            consumer_progress=_flag(env, "JOBTRACK_CONSUMER_PROGRESS", True),
+            workers=workers or int(env.get("JOBTRACK_WORKERS") or os.cpu_count() or 1),
+        )

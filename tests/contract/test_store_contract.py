@@ -1,0 +1,233 @@
+"""The store contract: the same bodies against every backend."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from jobtrack.errors import InvalidIncrement, InvalidRequest, JobNotFound, StageNotFound
+from jobtrack.model import JobStatus, StageCounts, StageStatus
+from jobtrack.store import JobQuery, JobStore
+from tests.conftest import SteppingClock
+
+STAGES = ("scan", "thumbnail", "cache")
+
+
+async def test_create_and_get(store: JobStore) -> None:
+    job = await store.create_job("collection-scan", STAGES, attributes={"collection": {"id": "c1"}})
+    fetched = await store.get_job(job.id)
+    assert fetched == job
+    assert fetched.status is JobStatus.PENDING
+    assert list(fetched.stages) == list(STAGES)
+    assert all(s.status is StageStatus.PENDING for s in fetched.stages.values())
+    assert fetched.to_dict()["collection"] == {"id": "c1"}
+
+
+@pytest.mark.parametrize(
+    ("job_type", "stages", "attributes"),
+    [("", ["a"], None), ("t", [], None), ("t", ["a", "a"], None), ("t", ["a"], {"status": 1})],
+)
+async def test_create_refuses_bad_jobs(
+    store: JobStore, job_type: str, stages: list[str], attributes: dict[str, int] | None
+) -> None:
+    with pytest.raises(InvalidRequest):
+        await store.create_job(job_type, stages, attributes=attributes)
+    assert await store.list_jobs() == []
+
+
+async def test_unknown_job_and_stage(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    with pytest.raises(JobNotFound):
+        await store.get_job("nope")
+    with pytest.raises(JobNotFound):
+        await store.increment("nope", "a")
+    with pytest.raises(JobNotFound):
+        await store.increment("nope", "a", item_key="k")
+    with pytest.raises(StageNotFound):
+        await store.increment(job.id, "b")
+    with pytest.raises(StageNotFound):
+        await store.increment(job.id, "b", item_key="k")
+    with pytest.raises(StageNotFound):
+        await store.raise_total(job.id, "b", by=1)
+    # The refused keyed increment kept no key: the real stage still counts it.
+    assert (await store.get_job(job.id)).stage("a").completed_items == 0
+
+
+@pytest.mark.parametrize(("completed", "failed"), [(-1, 0), (0, -1), (0, 0), (10**7, 0)])
+async def test_bad_increments_are_refused(store: JobStore, completed: int, failed: int) -> None:
+    job = await store.create_job("t", ["a"])
+    with pytest.raises(InvalidIncrement):
+        await store.increment(job.id, "a", completed=completed, failed=failed)
+    assert (await store.get_job(job.id)).stage("a").completed_items == 0
+
+
+async def test_increment_starts_stage_and_job(store: JobStore) -> None:
+    job = await store.create_job("t", ["a", "b"])
+    result = await store.increment(job.id, "a")
+    assert result.counted
+    assert result.stage.status is StageStatus.IN_PROGRESS
+    assert result.stage.completed_items == 1
+    assert result.job_status is JobStatus.IN_PROGRESS
+    after = await store.get_job(job.id)
+    assert after.status is JobStatus.IN_PROGRESS
+    assert after.stage("a").started_at is not None
+    assert after.stage("b").status is StageStatus.PENDING
+
+
+async def test_item_key_counts_once(store: JobStore) -> None:
+    job = await store.create_job("t", ["a", "b"])
+    for key in ["x", "y", "x", "z", "y", "x"]:
+        await store.increment(job.id, "a", item_key=key)
+    duplicate = await store.increment(job.id, "a", item_key="z")
+    assert not duplicate.counted
+    assert duplicate.stage.completed_items == 3
+    # The same key on another stage is another item.
+    assert (await store.increment(job.id, "b", item_key="x")).counted
+    assert (await store.get_job(job.id)).stage("b").completed_items == 1
+
+
+async def test_stage_waits_for_seal(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    await store.raise_total(job.id, "a", by=2)
+    await store.increment(job.id, "a")
+    await store.increment(job.id, "a")
+    await store.increment(job.id, "a")  # ahead of the scanner's next raise
+    stage = (await store.get_job(job.id)).stage("a")
+    assert (stage.status, stage.completed_items, stage.total_items) == (
+        StageStatus.IN_PROGRESS,
+        3,
+        2,
+    )
+    await store.raise_total(job.id, "a", by=1)
+    assert (await store.get_job(job.id)).status is JobStatus.IN_PROGRESS
+    sealed = await store.seal_total(job.id, "a")
+    assert sealed.status is StageStatus.COMPLETED
+    assert sealed.completed_at is not None
+    done = await store.get_job(job.id)
+    assert done.status is JobStatus.COMPLETED
+    assert done.completed_at is not None
+
+
+async def test_sealed_total_cannot_be_raised(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    await store.seal_total(job.id, "a", total=5)
+    with pytest.raises(InvalidRequest):
+        await store.raise_total(job.id, "a", by=1)
+    assert (await store.get_job(job.id)).stage("a").total_items == 5
+
+
+async def test_completion_with_failures_and_all_failed(store: JobStore) -> None:
+    job = await store.create_job("t", ["a", "b"])
+    await store.seal_total(job.id, "a", total=2)
+    await store.seal_total(job.id, "b", total=2)
+    await store.increment(job.id, "a", failed=1)
+    last = await store.increment(job.id, "a")
+    assert last.stage.status is StageStatus.COMPLETED
+    await store.increment(job.id, "b", failed=2)
+    final = await store.get_job(job.id)
+    assert final.stage("b").status is StageStatus.FAILED
+    assert final.status is JobStatus.FAILED
+
+
+async def test_terminal_stage_counts_nothing_more(store: JobStore) -> None:
+    job = await store.create_job("t", ["a", "b"])
+    await store.seal_total(job.id, "a", total=1)
+    await store.increment(job.id, "a", item_key="1")
+    late = await store.increment(job.id, "a", item_key="2")
+    assert not late.counted
+    assert late.stage.completed_items == 1
+    unkeyed = await store.increment(job.id, "a")
+    assert not unkeyed.counted
+    assert (await store.get_job(job.id)).stage("a").completed_items == 1
+
+
+async def test_empty_sealed_stages_complete_the_job(store: JobStore) -> None:
+    job = await store.create_job("t", ["a", "b"])
+    await store.seal_total(job.id, "a", total=0)
+    assert (await store.get_job(job.id)).status is JobStatus.IN_PROGRESS
+    await store.seal_total(job.id, "b")
+    assert (await store.get_job(job.id)).status is JobStatus.COMPLETED
+
+
+async def test_end_job(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    with pytest.raises(InvalidRequest):
+        await store.end_job(job.id, JobStatus.IN_PROGRESS)
+    cancelled = await store.end_job(job.id, JobStatus.CANCELLED, message="user asked")
+    assert (cancelled.status, cancelled.message) == (JobStatus.CANCELLED, "user asked")
+    assert cancelled.completed_at is not None
+    again = await store.end_job(job.id, JobStatus.FAILED, message="too late")
+    assert (again.status, again.message) == (JobStatus.CANCELLED, "user asked")
+    with pytest.raises(JobNotFound):
+        await store.end_job("nope", JobStatus.FAILED)
+
+
+async def test_list_filters_and_pages(store: JobStore) -> None:
+    made = [await store.create_job("a" if i % 2 else "b", ["s"]) for i in range(7)]
+    await store.end_job(made[0].id, JobStatus.CANCELLED)
+    newest_first = [job.id for job in reversed(made)]
+    assert [j.id for j in await store.list_jobs(JobQuery(limit=3))] == newest_first[:3]
+    assert [j.id for j in await store.list_jobs(JobQuery(limit=3, offset=3))] == newest_first[3:6]
+    assert [j.id for j in await store.list_jobs(JobQuery(job_type="a"))] == [
+        made[5].id,
+        made[3].id,
+        made[1].id,
+    ]
+    cancelled = await store.list_jobs(JobQuery(status=JobStatus.CANCELLED))
+    assert [j.id for j in cancelled] == [made[0].id]
+    assert list(cancelled[0].stages) == ["s"]
+
+
+async def test_find_stuck(store: JobStore, clock: SteppingClock) -> None:
+    old = await store.create_job("collection-scan", ["a"])
+    moving = await store.create_job("collection-scan", ["a"])
+    other_type = await store.create_job("other", ["a"])
+    ended = await store.create_job("collection-scan", ["a"])
+    await store.end_job(ended.id, JobStatus.FAILED)
+    clock.advance(600)
+    await store.increment(moving.id, "a")
+    threshold = clock.now - timedelta(seconds=300)
+    stuck = await store.find_stuck("collection-scan", updated_before=threshold)
+    assert [job.id for job in stuck] == [old.id]
+    assert other_type.id not in [j.id for j in await store.find_stuck("other", updated_before=old.created_at)]
+    # The boundary: updated exactly at the threshold is not older than it.
+    assert await store.find_stuck("collection-scan", updated_before=old.updated_at) == []
+
+
+async def test_find_stuck_orders_and_limits(store: JobStore, clock: SteppingClock) -> None:
+    made = [await store.create_job("t", ["a"]) for _ in range(5)]
+    await store.increment(made[0].id, "a")  # now the most recently updated
+    stuck = await store.find_stuck("t", updated_before=clock.now + timedelta(seconds=1), limit=3)
+    assert [j.id for j in stuck] == [made[1].id, made[2].id, made[3].id]
+
+
+async def test_set_counts_up_and_down(store: JobStore) -> None:
+    job = await store.create_job("t", ["a", "b"])
+    for _ in range(5):
+        await store.increment(job.id, "a")
+    job = await store.set_counts(
+        job.id, {"a": StageCounts(4, 3, 1), "b": StageCounts(4, 0, 0, total_final=False)}
+    )
+    a, b = job.stage("a"), job.stage("b")
+    assert (a.status, a.total_items, a.completed_items, a.failed_items, a.total_final) == (
+        StageStatus.COMPLETED,
+        4,
+        3,
+        1,
+        True,
+    )
+    assert (b.status, b.total_items, b.total_final) == (StageStatus.PENDING, 4, False)
+    assert job.status is JobStatus.IN_PROGRESS
+    job = await store.set_counts(job.id, {"b": StageCounts(4, 4, 0)})
+    assert job.status is JobStatus.COMPLETED
+    with pytest.raises(StageNotFound):
+        await store.set_counts(job.id, {"zzz": StageCounts(1, 1, 0)})
+
+
+async def test_job_updated_at_moves_with_every_write(store: JobStore, clock: SteppingClock) -> None:
+    job = await store.create_job("t", ["a"])
+    clock.advance(10)
+    await store.increment(job.id, "a")
+    after = await store.get_job(job.id)
+    assert after.updated_at > job.updated_at + timedelta(seconds=9)
