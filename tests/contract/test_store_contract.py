@@ -190,7 +190,9 @@ async def test_find_stuck(store: JobStore, clock: SteppingClock) -> None:
     threshold = clock.now - timedelta(seconds=300)
     stuck = await store.find_stuck("collection-scan", updated_before=threshold)
     assert [job.id for job in stuck] == [old.id]
-    assert other_type.id not in [j.id for j in await store.find_stuck("other", updated_before=old.created_at)]
+    assert other_type.id not in [
+        j.id for j in await store.find_stuck("other", updated_before=old.created_at)
+    ]
     # The boundary: updated exactly at the threshold is not older than it.
     assert await store.find_stuck("collection-scan", updated_before=old.updated_at) == []
 

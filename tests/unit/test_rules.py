@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -56,7 +57,8 @@ def step(stages: dict[str, Stage], op: Op) -> dict[str, Stage]:
             return {**stages, name: raise_total(stage, NOW, by=op.completed)}
         return {**stages, name: seal_total(stage, NOW)}
     except InvalidRequest:
-        assert op.kind == "raise" and stage.total_final
+        assert op.kind == "raise"
+        assert stage.total_final
         return stages
 
 
@@ -101,7 +103,7 @@ def test_job_completes_exactly_when_all_stages_do(ops: list[Op]) -> None:
 @given(operations)
 def test_terminal_stages_stop_counting(ops: list[Op]) -> None:
     history = run(ops)
-    for (before, _), (after, _) in zip(history, history[1:], strict=False):
+    for (before, _), (after, _) in itertools.pairwise(history):
         for name in STAGES:
             if before[name].status.terminal:
                 assert after[name] == before[name]

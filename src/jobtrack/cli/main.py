@@ -14,13 +14,13 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from jobtrack.cli.progress import JobProgress
 from jobtrack.errors import JobtrackError, NotFound, PathRefused
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import ArtifactStatus
 from jobtrack.pipeline.sample import generate_sample
 from jobtrack.runtime import EmbeddedRuntime, ScanOutcome, Settings
 from jobtrack.store import JobQuery, open_store
-from jobtrack.cli.progress import JobProgress
 
 __all__ = ["cli", "main"]
 
@@ -127,18 +127,20 @@ async def _print_summary(runtime: EmbeddedRuntime, outcome: ScanOutcome) -> None
         _stdout.print(f"{spec.stage:>10}s: {runtime.output_dir(collection['id'], spec)}")
     failures = await _failures(runtime, job)
     if failures:
-        _stdout.print(f"[red]{len(failures)} failed items:[/red]")
+        _stdout.print(f"[red]{len(failures)} images failed:[/red]")
         for line in failures:
             _stdout.print(f"  {line}", markup=False)
 
 
 async def _failures(runtime: EmbeddedRuntime, job: Job) -> list[str]:
+    """One line per failed image: the stages it failed in, and the first error."""
     states = await runtime.catalog.images_of_job(job.attributes["collection"]["id"], job.id)
     lines = []
     for state in states:
-        for artifact in state.artifacts.values():
-            if artifact.status is ArtifactStatus.FAILED:
-                lines.append(f"{artifact.kind}: {state.image.relpath}: {artifact.error}")
+        failed = [a for a in state.artifacts.values() if a.status is ArtifactStatus.FAILED]
+        if failed:
+            kinds = ", ".join(sorted(a.kind for a in failed))
+            lines.append(f"{state.image.relpath} ({kinds}): {failed[0].error}")
     return lines
 
 
@@ -242,10 +244,20 @@ async def _with_store(settings: Settings, action: Any) -> Any:
 
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--count", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Files to write, the broken ones included.")
-@click.option("--broken", type=click.IntRange(min=0), default=2, show_default=True,
-              help="How many of them are broken image files.")
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Files to write, the broken ones included.",
+)
+@click.option(
+    "--broken",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="How many of them are broken image files.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same files.")
 @click.option("--max-megapixels", type=click.FloatRange(0.1, 50), default=12.0, show_default=True)
 def sample(directory: Path, count: int, broken: int, seed: int, max_megapixels: float) -> None:

@@ -18,9 +18,9 @@ from jobtrack.model.status import ACTIVE_JOB_STATUSES, JobStatus, StageStatus
 
 __all__ = [
     "ACTIVE_JOB_STATUSES",
-    "Clock",
     "MAX_INCREMENT",
     "RESERVED_ATTRIBUTES",
+    "Clock",
     "Job",
     "JobStatus",
     "Stage",

@@ -50,7 +50,9 @@ def default_completed(completed: int | None, failed: int) -> int:
 def check_increment(completed: int, failed: int) -> None:
     """Refuse negative, empty and absurd increments."""
     if completed < 0 or failed < 0:
-        raise InvalidIncrement(f"increment must not be negative (completed={completed}, failed={failed})")
+        raise InvalidIncrement(
+            f"increment must not be negative (completed={completed}, failed={failed})"
+        )
     if completed + failed == 0:
         raise InvalidIncrement("increment must count at least one item")
     if completed + failed > MAX_INCREMENT:

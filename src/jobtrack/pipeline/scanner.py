@@ -97,7 +97,9 @@ class Scanner:
                 STAGES,
                 attributes={"collection": {"id": collection.id, "path": collection.root}},
             )
-            if await self._catalog.swap_job(collection.id, expected=collection.job_id, job_id=job.id):
+            if await self._catalog.swap_job(
+                collection.id, expected=collection.job_id, job_id=job.id
+            ):
                 logger.info(
                     "job %s started for %s",
                     job.id,

@@ -25,7 +25,7 @@ from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.consumer import RenditionConsumer
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
-from jobtrack.pipeline.scanner import ScanReport, Scanner
+from jobtrack.pipeline.scanner import Scanner, ScanReport
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec, queue_for
 from jobtrack.runtime.settings import Settings
 from jobtrack.store import JobStore, open_store
@@ -73,7 +73,7 @@ class EmbeddedRuntime:
         self.broker: Broker = open_broker(settings.broker_url)
         self._exit.push_async_callback(self.broker.aclose)
         self.tracker = ProgressTracker(self.store, enabled=settings.consumer_progress)
-        self._exit.push_async_callback(self.tracker.flush, timeout=5.0)
+        self._exit.push_async_callback(self.tracker.flush, max_wait=5.0)
         self._executor = ProcessPoolExecutor(
             max_workers=settings.workers, mp_context=multiprocessing.get_context("forkserver")
         )
@@ -111,7 +111,9 @@ class EmbeddedRuntime:
         """The folder a stage writes a collection's artifacts to."""
         return spec.output_path(self.settings.data_dir, collection_id, "x").parent
 
-    async def scan(self, path: str | Path, *, on_progress: ProgressCallback | None = None) -> ScanOutcome:
+    async def scan(
+        self, path: str | Path, *, on_progress: ProgressCallback | None = None
+    ) -> ScanOutcome:
         """Scan the collection at ``path`` and wait for its job to end."""
         start = await self.scanner.start(path)
         walk: asyncio.Task[ScanReport] | None = None
@@ -164,7 +166,10 @@ class EmbeddedRuntime:
         logger.warning(
             "job %s reconciled against the catalog: %s",
             job.id,
-            ", ".join(f"{name} {c.completed_items}+{c.failed_items}/{c.total_items}" for name, c in counts.items()),
+            ", ".join(
+                f"{name} {c.completed_items}+{c.failed_items}/{c.total_items}"
+                for name, c in counts.items()
+            ),
             extra={"action": "reconciled", "job_id": job.id},
         )
         if not job.status.terminal:

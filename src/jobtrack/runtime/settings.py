@@ -20,7 +20,8 @@ _FALSE = {"0", "off", "false", "no"}
 
 
 def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
-    """``$JOBTRACK_DATA_DIR``, else ``$XDG_DATA_HOME/jobtrack``, else ``~/.local/share/jobtrack``."""
+    """``$JOBTRACK_DATA_DIR``, else ``$XDG_DATA_HOME/jobtrack``,
+    else ``~/.local/share/jobtrack``."""
     if env.get("JOBTRACK_DATA_DIR"):
         return Path(env["JOBTRACK_DATA_DIR"])
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")

@@ -60,7 +60,7 @@ class JobStore(Protocol):
         """The job as it is now."""
         ...
 
-    async def list_jobs(self, query: JobQuery = JobQuery()) -> list[Job]:
+    async def list_jobs(self, query: JobQuery | None = None) -> list[Job]:
         """Jobs matching the query, newest first."""
         ...
 

@@ -89,8 +89,9 @@ class InMemoryJobStore:
         except KeyError:
             raise JobNotFound(job_id) from None
 
-    async def list_jobs(self, query: JobQuery = JobQuery()) -> list[Job]:
+    async def list_jobs(self, query: JobQuery | None = None) -> list[Job]:
         """Jobs matching the query, newest first."""
+        query = query or JobQuery()
         jobs = [
             job
             for job in self._jobs.values()
@@ -140,7 +141,9 @@ class InMemoryJobStore:
     async def end_job(self, job_id: str, status: JobStatus, *, message: str = "") -> Job:
         """Complete, fail or cancel a job; a job already ended stays as it is."""
         if not status.terminal:
-            raise InvalidRequest(f"a job can only be ended as completed, failed or cancelled, not {status}")
+            raise InvalidRequest(
+                f"a job can only be ended as completed, failed or cancelled, not {status}"
+            )
         async with self._lock:
             job = await self.get_job(job_id)
             if job.status.terminal:
@@ -193,7 +196,9 @@ class InMemoryJobStore:
         completed_at = job.completed_at
         if status.terminal and completed_at is None:
             completed_at = now
-        updated = replace(job, stages=stages, status=status, updated_at=now, completed_at=completed_at)
+        updated = replace(
+            job, stages=stages, status=status, updated_at=now, completed_at=completed_at
+        )
         self._jobs[job.id] = updated
         if status.terminal:
             self._item_keys.pop(job.id, None)

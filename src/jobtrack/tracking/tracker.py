@@ -93,9 +93,9 @@ class ProgressTracker:
         self._backoff = self._retry_after
         return 0
 
-    async def flush(self, *, timeout: float) -> bool:
-        """Retry kept increments until none remain or ``timeout`` seconds pass."""
-        deadline = time.monotonic() + timeout
+    async def flush(self, *, max_wait: float) -> bool:
+        """Retry kept increments until none remain or ``max_wait`` seconds pass."""
+        deadline = time.monotonic() + max_wait
         while self._pending:
             if await self.retry_pending() == 0:
                 break
@@ -125,8 +125,13 @@ class ProgressTracker:
             self._keep(item, exc, retry=retry)
             return False
         if result.counted:
-            self._log_progress(item, result.stage.completed_items, result.stage.failed_items,
-                               result.stage.total_items, result.stage.status.terminal)
+            self._log_progress(
+                item,
+                result.stage.completed_items,
+                result.stage.failed_items,
+                result.stage.total_items,
+                result.stage.status.terminal,
+            )
         return True
 
     def _keep(self, item: PendingIncrement, exc: Exception, *, retry: bool) -> None:
@@ -154,7 +159,11 @@ class ProgressTracker:
             self._seen.pop(key, None)
             logger.info(
                 "job %s stage %s finished: %d completed, %d failed of %d",
-                item.job_id, item.stage, completed, failed, total,
+                item.job_id,
+                item.stage,
+                completed,
+                failed,
+                total,
                 extra={"action": "stage_finished", "job_id": item.job_id, "stage": item.stage},
             )
             return
@@ -162,6 +171,10 @@ class ProgressTracker:
         if seen % self._log_every == 0:
             logger.info(
                 "job %s stage %s: %d/%d items (%d failed)",
-                item.job_id, item.stage, completed + failed, total, failed,
+                item.job_id,
+                item.stage,
+                completed + failed,
+                total,
+                failed,
                 extra={"action": "progress", "job_id": item.job_id, "stage": item.stage},
             )

@@ -74,7 +74,14 @@ class SqliteCatalog:
     ) -> list[ImageState]:
         """Record the files as seen by this job's scan, in one transaction."""
         rows = [
-            (image_id_for(collection_id, f.relpath), collection_id, f.relpath, f.size, f.mtime_ns, job_id)
+            (
+                image_id_for(collection_id, f.relpath),
+                collection_id,
+                f.relpath,
+                f.size,
+                f.mtime_ns,
+                job_id,
+            )
             for f in files
         ]
         with self.database.write() as conn:

@@ -97,9 +97,11 @@ class SqliteJobStore:
             stages = conn.execute(_Q["get_stages"], {"job_id": job_id}).fetchall()
         return _job(row, [_stage(s[1:]) for s in stages])
 
-    async def list_jobs(self, query: JobQuery = JobQuery()) -> list[Job]:
+    async def list_jobs(self, query: JobQuery | None = None) -> list[Job]:
         """Jobs matching the query, newest first."""
-        where, params = [], {"limit": query.limit, "offset": query.offset}
+        query = query or JobQuery()
+        where: list[str] = []
+        params: dict[str, str | int] = {"limit": query.limit, "offset": query.offset}
         if query.status is not None:
             where.append("status = :status")
             params["status"] = query.status.value
@@ -215,7 +217,9 @@ class SqliteJobStore:
             self._raise_missing(job_id, stage)
         return _stage(row)
 
-    def _write_stage(self, conn: sqlite3.Connection, job_id: str, stage: Stage, now: datetime) -> None:
+    def _write_stage(
+        self, conn: sqlite3.Connection, job_id: str, stage: Stage, now: datetime
+    ) -> None:
         conn.execute(
             _Q["put_stage"],
             {

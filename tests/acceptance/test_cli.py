@@ -1,0 +1,133 @@
+"""The real command line, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+JOBTRACK = [sys.executable, "-m", "jobtrack"]
+
+
+def run(*args: str | Path, data_dir: Path, check: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "JOBTRACK_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+    env.pop("JOBTRACK_STORE_URL", None)
+    done = subprocess.run(
+        [*JOBTRACK, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "photos"
+    run(
+        "sample",
+        root,
+        "--count",
+        "12",
+        "--broken",
+        "2",
+        "--max-megapixels",
+        "1",
+        data_dir=root.parent,
+        check=True,
+    )
+    return root
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["scan"], ["jobs"], ["jobs", "list"], ["jobs", "show"], ["sample"]],
+)
+def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
+    done = run(*command, "--help", data_dir=tmp_path, check=True)
+    assert done.stdout.startswith("Usage: jobtrack")
+
+
+def test_scan_json_and_jobs_commands(collection: Path, tmp_path: Path) -> None:
+    done = run("scan", collection, "--json", data_dir=tmp_path, check=True)
+    job: dict[str, Any] = json.loads(done.stdout)
+    assert job["status"] == "completed"
+    assert job["job_type"] == "collection-scan"
+    assert job["collection"]["path"] == str(collection.resolve())
+    stages = job["stages"]
+    assert list(stages) == ["scan", "thumbnail", "cache"]
+    for name in ("thumbnail", "cache"):
+        assert {
+            k: stages[name][k]
+            for k in ("status", "total_items", "completed_items", "failed_items", "total_final")
+        } == {
+            "status": "completed",
+            "total_items": 12,
+            "completed_items": 10,
+            "failed_items": 2,
+            "total_final": True,
+        }
+    listed = json.loads(run("jobs", "list", "--json", data_dir=tmp_path, check=True).stdout)
+    assert [j["id"] for j in listed] == [job["id"]]
+    shown = json.loads(
+        run("jobs", "show", job["id"], "--json", data_dir=tmp_path, check=True).stdout
+    )
+    assert shown == job
+    text = run("jobs", "show", job["id"], data_dir=tmp_path, check=True).stdout
+    assert f"job {job['id']} (collection-scan): completed" in text
+
+
+def test_scan_shows_progress_and_summary(collection: Path, tmp_path: Path) -> None:
+    done = run("scan", collection, data_dir=tmp_path, check=True)
+    assert "started: completed" in done.stdout
+    assert "2 images failed:" in done.stdout
+    assert done.stdout.count("(cache, thumbnail): ") == 2
+    thumbnails = tmp_path.resolve() / "renditions"
+    assert f"thumbnails: {thumbnails}" in done.stdout
+    for stage in ("scan", "thumbnail", "cache"):
+        assert stage in done.stderr  # the progress bars
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [("missing", "no such folder"), ("file.jpg", "not a folder")],
+)
+def test_unusable_path_exits_2(tmp_path: Path, target: str, message: str) -> None:
+    (tmp_path / "file.jpg").write_bytes(b"x")
+    done = run("scan", tmp_path / target, data_dir=tmp_path / "state")
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_failed_job_exits_1(tmp_path: Path) -> None:
+    root = tmp_path / "broken"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(b"not an image")
+    (root / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    done = run("scan", root, "--json", data_dir=tmp_path / "state")
+    assert done.returncode == 1
+    job = json.loads(done.stdout)
+    assert job["status"] == "failed"
+    assert job["stages"]["thumbnail"]["status"] == "failed"
+    assert job["stages"]["thumbnail"]["failed_items"] == 2
+
+
+def test_unknown_job_is_a_clear_error(tmp_path: Path) -> None:
+    done = run("jobs", "show", "nope", data_dir=tmp_path)
+    assert done.returncode == 1
+    assert "Error: job 'nope' not found" in done.stderr
+
+
+def test_empty_store_lists_no_jobs(tmp_path: Path) -> None:
+    assert run("jobs", "list", "--json", data_dir=tmp_path, check=True).stdout.strip() == "[]"
+    assert "no jobs" in run("jobs", "list", data_dir=tmp_path, check=True).stdout

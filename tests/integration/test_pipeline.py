@@ -1,0 +1,169 @@
+"""The scan pipeline end to end on the embedded default: real files, real SQLite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from jobtrack.model import Job, JobStatus, StageStatus
+from jobtrack.pipeline.catalog import ArtifactStatus
+from jobtrack.pipeline.sample import SampleManifest, generate_sample
+from jobtrack.pipeline.stages import CACHE, SCAN, THUMBNAIL
+from jobtrack.runtime import EmbeddedRuntime, Settings
+
+GOOD, BROKEN = 14, 2
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleManifest:
+    root = tmp_path_factory.mktemp("collection")
+    return generate_sample(root, count=GOOD + BROKEN, broken=BROKEN, max_megapixels=2.0)
+
+
+def settings_for(data_dir: Path, *, progress: bool = True) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        store_url=f"sqlite:///{data_dir / 'jobtrack.db'}",
+        consumer_progress=progress,
+        workers=2,
+    )
+
+
+def assert_exact(job: Job, *, total: int, failed: int) -> None:
+    assert job.status is JobStatus.COMPLETED
+    scan = job.stage(SCAN)
+    assert (scan.completed_items, scan.failed_items, scan.total_items) == (total, 0, total)
+    for name in (THUMBNAIL, CACHE):
+        stage = job.stage(name)
+        assert stage.status is StageStatus.COMPLETED
+        assert stage.total_final
+        assert (stage.completed_items, stage.failed_items, stage.total_items) == (
+            total - failed,
+            failed,
+            total,
+        )
+
+
+def renditions(data_dir: Path, job: Job, stage: str) -> list[Path]:
+    folder = data_dir / "renditions" / job.attributes["collection"]["id"] / stage
+    return sorted(folder.glob("*.jpg"))
+
+
+async def test_scan_produces_every_rendition_with_exact_counts(
+    sample: SampleManifest, tmp_path: Path
+) -> None:
+    async with EmbeddedRuntime(settings_for(tmp_path)) as runtime:
+        outcome = await runtime.scan(sample.root)
+        states = await runtime.catalog.images_of_job(
+            outcome.job.attributes["collection"]["id"], outcome.job.id
+        )
+    assert outcome.created
+    assert not outcome.reconciled
+    assert_exact(outcome.job, total=GOOD + BROKEN, failed=BROKEN)
+    assert outcome.report is not None
+    assert outcome.report.skipped == len(sample.others)
+    thumbnails = renditions(tmp_path, outcome.job, THUMBNAIL)
+    caches = renditions(tmp_path, outcome.job, CACHE)
+    assert (len(thumbnails), len(caches)) == (GOOD, GOOD)
+    for path in thumbnails:
+        with Image.open(path) as image:
+            assert max(image.size) <= 300
+    failed = {
+        state.image.relpath
+        for state in states
+        for artifact in state.artifacts.values()
+        if artifact.status is ArtifactStatus.FAILED and artifact.error
+    }
+    assert failed == {str(p.relative_to(sample.root)) for p in sample.broken}
+
+
+async def test_rescan_of_an_unchanged_collection_reworks_nothing(
+    sample: SampleManifest, tmp_path: Path
+) -> None:
+    async with EmbeddedRuntime(settings_for(tmp_path)) as runtime:
+        first = await runtime.scan(sample.root)
+        before = {p: p.stat().st_mtime_ns for p in renditions(tmp_path, first.job, THUMBNAIL)}
+        second = await runtime.scan(sample.root)
+    assert second.job.id != first.job.id
+    assert_exact(second.job, total=GOOD + BROKEN, failed=BROKEN)
+    assert second.report is not None
+    assert (second.report.up_to_date, second.report.published) == (GOOD + BROKEN, 0)
+    after = {p: p.stat().st_mtime_ns for p in renditions(tmp_path, second.job, THUMBNAIL)}
+    assert after == before
+
+
+async def test_rescan_reworks_only_what_changed(tmp_path: Path) -> None:
+    manifest = generate_sample(tmp_path / "c", count=6, broken=0, max_megapixels=0.5)
+    data = tmp_path / "state"
+    async with EmbeddedRuntime(settings_for(data)) as runtime:
+        await runtime.scan(manifest.root)
+        changed = manifest.images[0]
+        stat = changed.stat()
+        os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        again = await runtime.scan(manifest.root)
+    assert again.report is not None
+    assert (again.report.up_to_date, again.report.published) == (5, 2)
+    assert_exact(again.job, total=6, failed=0)
+
+
+async def test_one_job_per_collection_at_a_time(sample: SampleManifest, tmp_path: Path) -> None:
+    async with EmbeddedRuntime(settings_for(tmp_path)) as runtime:
+        first = await runtime.scanner.start(sample.root)
+        second = await runtime.scanner.start(sample.root)
+        assert first.created
+        assert not second.created
+        assert second.job.id == first.job.id
+        await runtime.store.end_job(first.job.id, JobStatus.CANCELLED)
+        third = await runtime.scanner.start(sample.root)
+        assert third.created
+        assert third.job.id != first.job.id
+
+
+async def test_hostile_images_are_failed_items(tmp_path: Path) -> None:
+    root = tmp_path / "hostile"
+    generate_sample(root, count=3, broken=0, max_megapixels=0.3)
+    # A PNG whose header claims 40000 x 40000 pixels: a decompression bomb.
+    bomb = Image.new("1", (40000, 40000))
+    bomb.save(root / "bomb.png", optimize=True)
+    (root / "empty.jpg").write_bytes(b"")
+    async with EmbeddedRuntime(settings_for(tmp_path / "state")) as runtime:
+        outcome = await runtime.scan(root)
+        states = await runtime.catalog.images_of_job(
+            outcome.job.attributes["collection"]["id"], outcome.job.id
+        )
+    assert_exact(outcome.job, total=5, failed=2)
+    errors = {
+        s.image.relpath: s.artifacts[THUMBNAIL].error
+        for s in states
+        if s.artifacts[THUMBNAIL].status is ArtifactStatus.FAILED
+    }
+    assert sorted(errors) == ["bomb.png", "empty.jpg"]
+    assert all(error and "Traceback" not in error for error in errors.values())
+
+
+async def test_without_consumer_progress_reconciliation_completes_the_job(
+    sample: SampleManifest, tmp_path: Path
+) -> None:
+    async with EmbeddedRuntime(settings_for(tmp_path, progress=False)) as runtime:
+        outcome = await runtime.scan(sample.root)
+    assert outcome.reconciled
+    assert_exact(outcome.job, total=GOOD + BROKEN, failed=BROKEN)
+
+
+async def test_reconciler_counts_what_is_really_on_disk(
+    sample: SampleManifest, tmp_path: Path
+) -> None:
+    async with EmbeddedRuntime(settings_for(tmp_path)) as runtime:
+        outcome = await runtime.scan(sample.root)
+        counts, missing = await runtime.reconciler.inspect(outcome.job)
+        assert counts[THUMBNAIL].completed_items == GOOD
+        assert counts[THUMBNAIL].failed_items == BROKEN
+        assert missing == {THUMBNAIL: [], CACHE: []}
+        lost = renditions(tmp_path, outcome.job, THUMBNAIL)[0]
+        lost.unlink()
+        counts, missing = await runtime.reconciler.inspect(outcome.job)
+    assert (counts[THUMBNAIL].completed_items, counts[CACHE].completed_items) == (GOOD - 1, GOOD)
+    assert missing == {THUMBNAIL: [lost.stem], CACHE: []}

@@ -1,0 +1,103 @@
+"""The rendition consumer settles every delivery and never crashes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from PIL import Image
+
+from jobtrack.broker import InMemoryBroker
+from jobtrack.errors import StoreUnavailable
+from jobtrack.pipeline.catalog import Artifact, InMemoryCatalog, ScannedFile
+from jobtrack.pipeline.consumer import RenditionConsumer
+from jobtrack.pipeline.messages import StageMessage, encode_message
+from jobtrack.pipeline.stages import STAGES, THUMBNAIL, RenditionSpec, queue_for
+from jobtrack.store import InMemoryJobStore
+from jobtrack.tracking import ProgressTracker
+
+QUEUE = queue_for(THUMBNAIL)
+
+
+class DownCatalog(InMemoryCatalog):
+    async def record_artifact(self, artifact: Artifact) -> None:
+        raise StoreUnavailable("catalog is down")
+
+
+async def setup(
+    tmp_path: Path, catalog: InMemoryCatalog | None = None
+) -> tuple[InMemoryBroker, InMemoryJobStore, str, StageMessage]:
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.new("RGB", (640, 480), "teal").save(root / "a.jpg")
+    catalog = catalog or InMemoryCatalog()
+    store = InMemoryJobStore()
+    collection = await catalog.ensure_collection(str(root))
+    job = await store.create_job("collection-scan", STAGES)
+    [state] = await catalog.register_images(collection.id, job.id, [ScannedFile("a.jpg", 1, 1)])
+    broker = InMemoryBroker()
+    consumer = RenditionConsumer(
+        spec=RenditionSpec(THUMBNAIL, 300),
+        catalog=catalog,
+        tracker=ProgressTracker(store),
+        data_dir=tmp_path / "data",
+        executor=None,
+    )
+    await broker.consume(QUEUE, consumer.handle, prefetch=1)
+    message = StageMessage(
+        job_id=job.id, collection_id=collection.id, image_id=state.image.id, stage=THUMBNAIL
+    )
+    return broker, store, job.id, message
+
+
+async def drain(broker: InMemoryBroker) -> None:
+    for _ in range(500):
+        if await broker.in_flight(QUEUE) == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("queue did not drain")
+
+
+async def test_malformed_messages_are_dead_lettered_and_work_goes_on(tmp_path: Path) -> None:
+    broker, store, job_id, message = await setup(tmp_path)
+    wrong_stage = StageMessage(job_id=job_id, collection_id="c", image_id="i", stage="cache")
+    for body in [b"not json", b'{"job_id": 1}', b"{}", encode_message(wrong_stage)]:
+        await broker.publish(QUEUE, body)
+    await broker.publish(QUEUE, encode_message(message))
+    await drain(broker)
+    dead = broker.dead_letters[f"{QUEUE}.dead"]
+    assert [d.body for d in dead][:3] == [b"not json", b'{"job_id": 1}', b"{}"]
+    assert all(d.reason.startswith("malformed stage message") for d in dead[:3])
+    assert dead[3].reason == "a 'cache' message on the 'thumbnail' queue"
+    assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 1
+    await broker.aclose()
+
+
+async def test_message_delivered_twice_counts_once(tmp_path: Path) -> None:
+    broker, store, job_id, message = await setup(tmp_path)
+    await broker.publish(QUEUE, encode_message(message))
+    await broker.publish(QUEUE, encode_message(message))
+    await drain(broker)
+    assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 1
+    await broker.aclose()
+
+
+async def test_unknown_image_is_dead_lettered(tmp_path: Path) -> None:
+    broker, _store, job_id, _message = await setup(tmp_path)
+    ghost = StageMessage(job_id=job_id, collection_id="c", image_id="ghost", stage=THUMBNAIL)
+    await broker.publish(QUEUE, encode_message(ghost))
+    await drain(broker)
+    [dead] = broker.dead_letters[f"{QUEUE}.dead"]
+    assert dead.reason == "image 'ghost' not found"
+    await broker.aclose()
+
+
+async def test_transient_errors_requeue_until_the_delivery_limit(tmp_path: Path) -> None:
+    broker, store, job_id, message = await setup(tmp_path, DownCatalog())
+    await broker.publish(QUEUE, encode_message(message))
+    await drain(broker)
+    [dead] = broker.dead_letters[f"{QUEUE}.dead"]
+    assert dead.delivery_count == 5
+    assert dead.reason == "StoreUnavailable: catalog is down"
+    assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 0
+    await broker.aclose()

@@ -1,0 +1,90 @@
+"""Walking a collection: containment on resolved paths, loops, non-images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobtrack.errors import PathRefused
+from jobtrack.pipeline.catalog import ScannedFile
+from jobtrack.pipeline.walk import Refused, Skipped, resolve_inside, resolve_root, walk_images
+
+
+def touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    touch(root / "a.jpg")
+    touch(root / "sub" / "b.PNG")
+    touch(root / "sub" / "notes.txt")
+    touch(root / ".hidden.jpg")
+    touch(tmp_path / "outside.jpg")
+    touch(tmp_path / "photos-old" / "c.jpg")  # a sibling sharing the root's prefix
+    return root
+
+
+def entries(root: Path) -> dict[str, object]:
+    return {e.relpath: e for e in walk_images(resolve_root(root))}
+
+
+def test_finds_images_and_skips_others(tree: Path) -> None:
+    found = entries(tree)
+    assert sorted(found) == [".hidden.jpg", "a.jpg", "sub/b.PNG", "sub/notes.txt"]
+    assert isinstance(found["a.jpg"], ScannedFile)
+    assert isinstance(found["sub/b.PNG"], ScannedFile)
+    assert isinstance(found["sub/notes.txt"], Skipped)
+    assert isinstance(found[".hidden.jpg"], Skipped)
+
+
+def test_symlink_out_of_the_root_is_refused(tree: Path) -> None:
+    (tree / "escape.jpg").symlink_to(tree.parent / "outside.jpg")
+    (tree / "escape-dir").symlink_to(tree.parent)
+    found = entries(tree)
+    assert found["escape.jpg"] == Refused("escape.jpg", "resolves outside the collection root")
+    assert found["escape-dir"] == Refused("escape-dir", "resolves outside the collection root")
+
+
+def test_sibling_with_the_roots_prefix_is_refused(tree: Path) -> None:
+    (tree / "old").symlink_to(tree.parent / "photos-old")
+    found = entries(tree)
+    assert found["old"] == Refused("old", "resolves outside the collection root")
+    assert "old/c.jpg" not in found
+    with pytest.raises(PathRefused, match="outside the collection root"):
+        resolve_inside(tree, "../photos-old/c.jpg")
+
+
+def test_dotdot_is_refused(tree: Path) -> None:
+    with pytest.raises(PathRefused, match="outside the collection root"):
+        resolve_inside(tree, "../outside.jpg")
+    assert resolve_inside(tree, "sub/../a.jpg") == tree.resolve() / "a.jpg"
+
+
+def test_symlink_loops_end(tree: Path) -> None:
+    (tree / "sub" / "loop").symlink_to(tree)
+    (tree / "self").symlink_to(tree / "self")
+    found = entries(tree)
+    assert found["self"] == Refused("self", "cannot be resolved (RuntimeError)")
+    images = sorted(r for r, e in found.items() if isinstance(e, ScannedFile))
+    assert images == ["a.jpg", "sub/b.PNG"]
+
+
+def test_symlink_inside_the_root_is_followed_once(tree: Path) -> None:
+    touch(tree / "other" / "d.jpg")
+    (tree / "alias").symlink_to(tree / "other")
+    found = entries(tree)
+    images = sorted(r for r, e in found.items() if isinstance(e, ScannedFile))
+    # "alias" sorts before "other", so the folder is walked under its alias, once.
+    assert images == ["a.jpg", "alias/d.jpg", "sub/b.PNG"]
+
+
+def test_root_must_be_an_existing_folder(tmp_path: Path) -> None:
+    with pytest.raises(PathRefused, match="no such folder"):
+        resolve_root(tmp_path / "missing")
+    with pytest.raises(PathRefused, match="not a folder"):
+        resolve_root(touch(tmp_path / "file.jpg"))
