@@ -68,7 +68,7 @@ async def test_increment_starts_stage_and_job(store: JobStore) -> None:
     assert result.counted
     assert result.stage.status is StageStatus.IN_PROGRESS
     assert result.stage.completed_items == 1
-    assert result.job_status is JobStatus.IN_PROGRESS
+    assert result.job_status is None
     after = await store.get_job(job.id)
     assert after.status is JobStatus.IN_PROGRESS
     assert after.stage("a").started_at is not None
@@ -124,7 +124,9 @@ async def test_completion_with_failures_and_all_failed(store: JobStore) -> None:
     await store.increment(job.id, "a", failed=1)
     last = await store.increment(job.id, "a")
     assert last.stage.status is StageStatus.COMPLETED
-    await store.increment(job.id, "b", failed=2)
+    assert last.job_status is JobStatus.IN_PROGRESS
+    ending = await store.increment(job.id, "b", failed=2)
+    assert ending.job_status is JobStatus.FAILED
     final = await store.get_job(job.id)
     assert final.stage("b").status is StageStatus.FAILED
     assert final.status is JobStatus.FAILED

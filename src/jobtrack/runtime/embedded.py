@@ -146,6 +146,13 @@ class EmbeddedRuntime:
         logger.error("scan of job %s failed: %s", job.id, error, extra={"action": "scan_failed"})
         return await self.store.end_job(job.id, JobStatus.FAILED, message=f"scan failed: {error}")
 
+    async def wait_settled(self, *, poll: float = 0.005) -> None:
+        """Wait until no message is queued or in flight and no progress write is pending."""
+        while True:
+            if await self._settled():
+                return
+            await asyncio.sleep(poll)
+
     async def _settled(self) -> bool:
         """No message queued or in flight, and no progress write pending."""
         for spec in self.renditions:

@@ -23,11 +23,15 @@ STUCK_QUERY_LIMIT = 100
 
 @dataclass(frozen=True, slots=True)
 class Increment:
-    """What an increment did: whether it counted, and the stage after it."""
+    """What an increment did: whether it counted, and the stage after it.
+
+    ``job_status`` is the job's status when this increment ended its stage
+    (the moment a job may have completed), and None otherwise.
+    """
 
     counted: bool
     stage: Stage
-    job_status: JobStatus
+    job_status: JobStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)

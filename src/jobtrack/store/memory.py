@@ -118,11 +118,12 @@ class InMemoryJobStore:
             counted = apply_increment(current, now, completed=completed, failed=failed)
             keys = self._item_keys.setdefault(job_id, set())
             if counted is None or (item_key is not None and (stage, item_key) in keys):
-                return Increment(counted=False, stage=current, job_status=job.status)
+                return Increment(counted=False, stage=current)
             if item_key is not None:
                 keys.add((stage, item_key))
             job = self._put_stage(job, counted, now)
-            return Increment(counted=True, stage=counted, job_status=job.status)
+            ended = job.status if counted.status.terminal else None
+            return Increment(counted=True, stage=counted, job_status=ended)
 
     async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:
         """Add ``by`` items to the stage's (unsealed) total."""

@@ -83,17 +83,20 @@ class SqliteDatabase:
                 " applied_at INTEGER NOT NULL, PRIMARY KEY (component, version))"
             )
 
+    def translate(self, exc: sqlite3.Error) -> StoreError:
+        """The jobtrack error for a sqlite3 error: transient ones (a busy
+        database) are :class:`StoreUnavailable`."""
+        if isinstance(exc, sqlite3.OperationalError) and any(m in str(exc) for m in _BUSY):
+            return StoreUnavailable(f"SQLite database {self.path} unavailable: {exc}")
+        return StoreError(f"SQLite error: {exc}")
+
     @contextmanager
     def translate_errors(self) -> Iterator[None]:
         """Turn sqlite3 errors into jobtrack's own, once, at this boundary."""
         try:
             yield
-        except sqlite3.OperationalError as exc:
-            if any(marker in str(exc) for marker in _BUSY):
-                raise StoreUnavailable(f"SQLite database {self.path} unavailable: {exc}") from exc
-            raise StoreError(f"SQLite error: {exc}") from exc
         except sqlite3.Error as exc:
-            raise StoreError(f"SQLite error: {exc}") from exc
+            raise self.translate(exc) from exc
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:

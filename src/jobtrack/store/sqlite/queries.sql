@@ -3,24 +3,24 @@
 -- name: increment
 -- The hot path: count items and apply the stage rules in one statement.
 -- The triggers on stages touch the job and re-derive its status.
+-- Parameters: ?1 job id, ?2 stage, ?3 completed, ?4 failed, ?5 now.
 UPDATE stages SET
-    completed_items = completed_items + :completed,
-    failed_items = failed_items + :failed,
+    completed_items = completed_items + ?3,
+    failed_items = failed_items + ?4,
     status = CASE
-        WHEN total_final AND completed_items + failed_items + :completed + :failed >= total_items
-            THEN CASE WHEN total_items > 0 AND completed_items + :completed = 0
+        WHEN total_final AND completed_items + failed_items + ?3 + ?4 >= total_items
+            THEN CASE WHEN total_items > 0 AND completed_items + ?3 = 0
                       THEN 'failed' ELSE 'completed' END
         ELSE 'in_progress'
     END,
-    started_at = COALESCE(started_at, :now),
+    started_at = COALESCE(started_at, ?5),
     completed_at = CASE
-        WHEN total_final AND completed_items + failed_items + :completed + :failed >= total_items
-            THEN :now
+        WHEN total_final AND completed_items + failed_items + ?3 + ?4 >= total_items THEN ?5
     END,
-    updated_at = :now
-WHERE job_id = :job_id AND name = :stage AND status NOT IN ('completed', 'failed')
+    updated_at = ?5
+WHERE job_id = ?1 AND name = ?2 AND status NOT IN ('completed', 'failed')
 RETURNING name, status, total_items, completed_items, failed_items, total_final, message,
-          started_at, completed_at, (SELECT status FROM jobs WHERE id = :job_id) AS job_status_before;
+          started_at, completed_at;
 
 -- name: claim_item_key
 INSERT INTO item_keys (job_id, stage, item_key) VALUES (:job_id, :stage, :item_key)

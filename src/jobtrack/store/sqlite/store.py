@@ -41,6 +41,8 @@ from jobtrack.store.sqlite.database import SqliteDatabase, from_micros, load_que
 __all__ = ["SqliteJobStore"]
 
 _Q = load_queries("jobtrack.store.sqlite")
+_INCREMENT = _Q["increment"]
+_STAGE_STATUS = {status.value: status for status in StageStatus}
 _JOB_COLUMNS = "id, job_type, status, attributes, message, created_at, updated_at, completed_at"
 
 
@@ -128,24 +130,21 @@ class SqliteJobStore:
         """Count finished items atomically; at most once per item key."""
         completed = default_completed(completed, failed)
         check_increment(completed, failed)
-        params = {
-            "job_id": job_id,
-            "stage": stage,
-            "completed": completed,
-            "failed": failed,
-            "now": to_micros(self._clock()),
-        }
+        params = (job_id, stage, completed, failed, to_micros(self._clock()))
         if item_key is None:
-            with self.database.translate_errors():
-                row = self.database.connection.execute(_Q["increment"], params).fetchone()
-                return self._increment_result(job_id, stage, row)
+            # The hot path: one statement, no context manager, no transaction block.
+            try:
+                row = self.database.connection.execute(_INCREMENT, params).fetchone()
+            except sqlite3.Error as exc:
+                raise self.database.translate(exc) from exc
+            return self._increment_result(job_id, stage, row)
         with self.database.write() as conn:
             claim = conn.execute(
                 _Q["claim_item_key"], {"job_id": job_id, "stage": stage, "item_key": item_key}
             )
             if claim.rowcount == 0:
                 return self._not_counted(job_id, stage)
-            row = conn.execute(_Q["increment"], params).fetchone()
+            row = conn.execute(_INCREMENT, params).fetchone()
             if row is None:
                 # Unknown or terminal stage: keep no key for an item not counted.
                 conn.execute(
@@ -239,17 +238,17 @@ class SqliteJobStore:
 
     def _increment_result(self, job_id: str, stage: str, row: Any) -> Increment:
         if row is None:
-            return self._not_counted(job_id, stage)
-        counted = _stage(row[:9])
-        job_status = JobStatus(row[9])
-        if counted.status.terminal or job_status is JobStatus.PENDING:
-            # The triggers may have moved the job on; read what they wrote.
-            job_status = self._job_status(job_id)
-        return Increment(counted=True, stage=counted, job_status=job_status)
+            with self.database.translate_errors():
+                return self._not_counted(job_id, stage)
+        counted = _stage(row)
+        if counted.status.terminal:
+            # The triggers have re-derived the job's status; read what they wrote.
+            return Increment(counted=True, stage=counted, job_status=self._job_status(job_id))
+        return Increment(counted=True, stage=counted)
 
     def _not_counted(self, job_id: str, stage: str) -> Increment:
         current = self._read_stage(self.database.connection, job_id, stage)
-        return Increment(counted=False, stage=current, job_status=self._job_status(job_id))
+        return Increment(counted=False, stage=current)
 
     def _job_status(self, job_id: str) -> JobStatus:
         row = self.database.connection.execute(_Q["get_job_status"], {"job_id": job_id}).fetchone()
@@ -290,7 +289,7 @@ def _datetime_or_none(value: int | None) -> datetime | None:
 def _stage(row: Sequence[Any]) -> Stage:
     return Stage(
         name=row[0],
-        status=StageStatus(row[1]),
+        status=_STAGE_STATUS[row[1]],
         total_items=row[2],
         completed_items=row[3],
         failed_items=row[4],

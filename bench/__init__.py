@@ -1,0 +1,1 @@
+"""jobtrack's benchmarks; ``python -m bench`` runs them all."""

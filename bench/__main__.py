@@ -1,0 +1,36 @@
+"""``python -m bench``: run every benchmark and write bench/results/.
+
+Usage::
+
+    python -m bench [--quick]
+
+``--quick`` runs fewer items and runs, to check that the benchmarks work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import increment, pipeline
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    """Run the increment, pipeline and imaging benchmarks."""
+    parser = argparse.ArgumentParser(description="Run jobtrack's benchmarks.")
+    parser.add_argument("--quick", action="store_true", help="fewer items and runs")
+    args = parser.parse_args()
+    quick = args.quick
+    increment.main(["--runs", "2", "--items", "2000"] if quick else ["--runs", "5"])
+    pipeline.main(["--runs", "1", "--images", "20"] if quick else ["--runs", "3"])
+    imaging = [sys.executable, str(HERE / "imaging.py")]
+    subprocess.run([*imaging, "--runs", "1"] if quick else imaging, check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
