@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from jobtrack.store import SqliteJobStore
 
 JOBTRACK = [sys.executable, "-m", "jobtrack"]
 
@@ -131,3 +136,82 @@ def test_unknown_job_is_a_clear_error(tmp_path: Path) -> None:
 def test_empty_store_lists_no_jobs(tmp_path: Path) -> None:
     assert run("jobs", "list", "--json", data_dir=tmp_path, check=True).stdout.strip() == "[]"
     assert "no jobs" in run("jobs", "list", data_dir=tmp_path, check=True).stdout
+
+
+def test_interrupted_scan_cancels_its_job_and_a_rescan_finishes(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    run(
+        "sample",
+        root,
+        "--count",
+        "40",
+        "--broken",
+        "0",
+        "--max-megapixels",
+        "6",
+        data_dir=tmp_path,
+        check=True,
+    )
+    env = {**os.environ, "JOBTRACK_DATA_DIR": str(tmp_path / "state")}
+    scan = subprocess.Popen(
+        [*JOBTRACK, "scan", str(root)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        listed = run("jobs", "list", "--json", data_dir=tmp_path / "state").stdout
+        if listed.strip() not in ("", "[]"):
+            break
+        time.sleep(0.05)
+    scan.send_signal(signal.SIGINT)
+    _, stderr = scan.communicate(timeout=60)
+    assert scan.returncode == 130
+    assert "interrupted: the scan's job was cancelled" in stderr
+    assert "Traceback" not in stderr
+    [job] = json.loads(run("jobs", "list", "--json", data_dir=tmp_path / "state").stdout)
+    assert (job["status"], job["message"]) == ("cancelled", "interrupted before the end")
+    again = json.loads(run("scan", root, "--json", data_dir=tmp_path / "state", check=True).stdout)
+    assert again["id"] != job["id"]
+    assert again["stages"]["cache"]["completed_items"] == 40
+
+
+def test_jobs_cancel(collection: Path, tmp_path: Path) -> None:
+    job = json.loads(run("scan", collection, "--json", data_dir=tmp_path, check=True).stdout)
+    done = run("jobs", "cancel", job["id"], data_dir=tmp_path, check=True)
+    assert f"job {job['id']} had already ended: completed" in done.stdout
+    missing = run("jobs", "cancel", "nope", data_dir=tmp_path)
+    assert missing.returncode == 1
+    assert "Error: job 'nope' not found" in missing.stderr
+
+
+def test_bad_environment_is_a_usage_error(collection: Path, tmp_path: Path) -> None:
+    env_run = subprocess.run(
+        [*JOBTRACK, "scan", str(collection)],
+        env={
+            **os.environ,
+            "JOBTRACK_DATA_DIR": str(tmp_path),
+            "JOBTRACK_CONSUMER_PROGRESS": "maybe",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert env_run.returncode == 2
+    assert "JOBTRACK_CONSUMER_PROGRESS must be on or off, not 'maybe'" in env_run.stderr
+
+
+def test_jobs_cancel_an_active_job(tmp_path: Path) -> None:
+    async def create() -> str:
+        store = SqliteJobStore.open(str(tmp_path / "jobtrack.db"))
+        job = await store.create_job("import", ["fetch"])
+        await store.aclose()
+        return job.id
+
+    job_id = asyncio.run(create())
+    done = run("jobs", "cancel", job_id, "--json", data_dir=tmp_path, check=True)
+    job = json.loads(done.stdout)
+    assert (job["status"], job["message"]) == ("cancelled", "cancelled by the user")

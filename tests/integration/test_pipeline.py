@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,44 @@ async def test_reconciler_counts_what_is_really_on_disk(
         counts, missing = await runtime.reconciler.inspect(outcome.job)
     assert (counts[THUMBNAIL].completed_items, counts[CACHE].completed_items) == (GOOD - 1, GOOD)
     assert missing == {THUMBNAIL: [lost.stem], CACHE: []}
+
+
+async def test_a_second_scan_follows_the_running_job(
+    sample: SampleManifest, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path)
+    async with EmbeddedRuntime(settings) as owner, EmbeddedRuntime(settings) as follower:
+        first, second = await asyncio.gather(owner.scan(sample.root), follower.scan(sample.root))
+    assert first.job.id == second.job.id
+    assert sorted([first.created, second.created]) == [False, True]
+    assert_exact(second.job, total=GOOD + BROKEN, failed=BROKEN)
+
+
+async def test_an_abandoned_job_is_taken_over(sample: SampleManifest, tmp_path: Path) -> None:
+    settings = replace(settings_for(tmp_path), stuck_after=0.2)
+    async with EmbeddedRuntime(settings) as runtime:
+        # A scan whose process died: the job exists, nothing works on it.
+        dead = await runtime.scanner.start(sample.root)
+        await asyncio.sleep(0.3)
+        outcome = await runtime.scan(sample.root)
+        abandoned = await runtime.store.get_job(dead.job.id)
+    assert outcome.created
+    assert outcome.job.id != dead.job.id
+    assert_exact(outcome.job, total=GOOD + BROKEN, failed=BROKEN)
+    assert abandoned.status is JobStatus.FAILED
+    assert abandoned.message == "abandoned: no progress for over 0.2 s"
+
+
+async def test_a_cancelled_scan_cancels_its_job(sample: SampleManifest, tmp_path: Path) -> None:
+    async with EmbeddedRuntime(settings_for(tmp_path)) as runtime:
+        started = asyncio.Event()
+        task = asyncio.create_task(runtime.scan(sample.root, on_progress=lambda _: started.set()))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        [job] = await runtime.store.list_jobs()
+        assert (job.status, job.message) == (JobStatus.CANCELLED, "interrupted before the end")
+        again = await runtime.scan(sample.root)
+    assert again.created
+    assert_exact(again.job, total=GOOD + BROKEN, failed=BROKEN)

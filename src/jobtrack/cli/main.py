@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -15,14 +17,16 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from jobtrack.cli.progress import JobProgress
-from jobtrack.errors import JobtrackError, NotFound, PathRefused
+from jobtrack.errors import InvalidRequest, JobtrackError, PathRefused
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import ArtifactStatus
 from jobtrack.pipeline.sample import generate_sample
 from jobtrack.runtime import EmbeddedRuntime, ScanOutcome, Settings
-from jobtrack.store import JobQuery, open_store
+from jobtrack.store import JobQuery, JobStore, open_store
 
 __all__ = ["cli", "main"]
+
+T = TypeVar("T")
 
 _stderr = Console(stderr=True)
 _stdout = Console(highlight=False)
@@ -89,18 +93,31 @@ def scan(
     Exits 0 when the job completed (failed items are reported, not fatal),
     1 when it failed or was cancelled, 2 when PATH cannot be used.
     """
-    settings = Settings.from_env(
+    settings = _settings(
         data_dir=data_dir, store_url=store_url, broker_url=broker_url, workers=workers
     )
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         outcome = asyncio.run(_scan(settings, path, live=not as_json))
     except PathRefused as exc:
         raise click.UsageError(str(exc)) from None
     except JobtrackError as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        _stderr.print("interrupted: the scan's job was cancelled; run the scan again to resume")
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if as_json:
         click.echo(json.dumps(outcome.job.to_dict(), indent=2))
     sys.exit(0 if outcome.job.status is JobStatus.COMPLETED else 1)
+
+
+def _settings(**flags: Any) -> Settings:
+    try:
+        return Settings.from_env(**flags)
+    except InvalidRequest as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 async def _scan(settings: Settings, path: Path, *, live: bool) -> ScanOutcome:
@@ -124,12 +141,14 @@ async def _print_summary(runtime: EmbeddedRuntime, outcome: ScanOutcome) -> None
         _stdout.print(f"  {job.message}")
     _stdout.print(_stage_table(job))
     for spec in runtime.renditions:
-        _stdout.print(f"{spec.stage:>10}s: {runtime.output_dir(collection['id'], spec)}")
+        _stdout.print(
+            f"{spec.stage:>10}s: {runtime.output_dir(collection['id'], spec)}", soft_wrap=True
+        )
     failures = await _failures(runtime, job)
     if failures:
         _stdout.print(f"[red]{len(failures)} images failed:[/red]")
         for line in failures:
-            _stdout.print(f"  {line}", markup=False)
+            _stdout.print(f"  {line}", markup=False, soft_wrap=True)
 
 
 async def _failures(runtime: EmbeddedRuntime, job: Job) -> list[str]:
@@ -184,14 +203,14 @@ def list_jobs(
     store_url: str | None,
 ) -> None:
     """List jobs, newest first."""
-    settings = Settings.from_env(data_dir=data_dir, store_url=store_url)
+    settings = _settings(data_dir=data_dir, store_url=store_url)
     query = JobQuery(
         status=None if status is None else JobStatus(status),
         job_type=job_type,
         limit=limit,
         offset=offset,
     )
-    found = asyncio.run(_with_store(settings, lambda store: store.list_jobs(query)))
+    found = _with_store(settings, lambda store: store.list_jobs(query))
     if as_json:
         click.echo(json.dumps([job.to_dict() for job in found], indent=2))
         return
@@ -218,11 +237,8 @@ def _stage_names(found: list[Job]) -> list[str]:
 @_store_option
 def show_job(job_id: str, as_json: bool, data_dir: Path | None, store_url: str | None) -> None:
     """Show one job and its stages."""
-    settings = Settings.from_env(data_dir=data_dir, store_url=store_url)
-    try:
-        job = asyncio.run(_with_store(settings, lambda store: store.get_job(job_id)))
-    except NotFound as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = _settings(data_dir=data_dir, store_url=store_url)
+    job = _with_store(settings, lambda store: store.get_job(job_id))
     if as_json:
         click.echo(json.dumps(job.to_dict(), indent=2))
         return
@@ -234,12 +250,44 @@ def show_job(job_id: str, as_json: bool, data_dir: Path | None, store_url: str |
     _stdout.print(_stage_table(job))
 
 
-async def _with_store(settings: Settings, action: Any) -> Any:
-    store = open_store(settings.store_url)
+def _with_store(settings: Settings, action: Callable[[JobStore], Awaitable[T]]) -> T:
+    """Run ``action`` on the settings' store; jobtrack errors become clean CLI errors."""
+
+    async def run() -> T:
+        store = open_store(settings.store_url)
+        try:
+            return await action(store)
+        finally:
+            await store.aclose()
+
     try:
-        return await action(store)
-    finally:
-        await store.aclose()
+        return asyncio.run(run())
+    except JobtrackError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.option("--message", default="cancelled by the user", show_default=True)
+@_json_option
+@_data_dir_option
+@_store_option
+def cancel_job(
+    job_id: str, message: str, as_json: bool, data_dir: Path | None, store_url: str | None
+) -> None:
+    """Cancel a job that has not ended; a job already ended is left as it is."""
+    settings = _settings(data_dir=data_dir, store_url=store_url)
+
+    async def cancel(store: JobStore) -> Job:
+        return await store.end_job(job_id, JobStatus.CANCELLED, message=message)
+
+    job = _with_store(settings, cancel)
+    if as_json:
+        click.echo(json.dumps(job.to_dict(), indent=2))
+    elif job.status is JobStatus.CANCELLED and job.message == message:
+        _stdout.print(f"job {job.id} cancelled")
+    else:
+        _stdout.print(f"job {job.id} had already ended: {job.status.value}")
 
 
 @cli.command()

@@ -17,15 +17,16 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 
 from jobtrack.broker import Broker, Subscription, open_broker
-from jobtrack.model import Job, JobStatus
+from jobtrack.model import Job, JobStatus, utc_now
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.consumer import RenditionConsumer
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
-from jobtrack.pipeline.scanner import Scanner, ScanReport
+from jobtrack.pipeline.scanner import Scanner, ScanReport, ScanStart
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec, queue_for
 from jobtrack.runtime.settings import Settings
 from jobtrack.store import JobStore, open_store
@@ -114,33 +115,76 @@ class EmbeddedRuntime:
     async def scan(
         self, path: str | Path, *, on_progress: ProgressCallback | None = None
     ) -> ScanOutcome:
-        """Scan the collection at ``path`` and wait for its job to end."""
-        start = await self.scanner.start(path)
-        walk: asyncio.Task[ScanReport] | None = None
-        if start.created:
-            walk = asyncio.create_task(self.scanner.run(start.job, start.collection))
-        reconciled = False
+        """Scan the collection at ``path`` and wait for its job to end.
+
+        If the collection's job is already running in another process, follow
+        it instead. With the in-process broker a job can only progress in the
+        process that started it, so a followed job that stops moving for
+        ``stuck_after`` seconds is taken over, and an interrupted scan
+        cancels its own job.
+        """
         while True:
-            job = await self.store.get_job(start.job.id)
+            start = await self.scanner.start(path, stale_after=self._stale_after)
+            if start.created:
+                return await self._run(start, on_progress)
+            job = await self._follow(start.job.id, on_progress)
+            if job is not None:
+                return ScanOutcome(job=job, created=False, report=None, reconciled=False)
+
+    @property
+    def _stale_after(self) -> float | None:
+        in_process = self.settings.broker_url == "memory://"
+        return self.settings.stuck_after if in_process else None
+
+    async def _follow(self, job_id: str, on_progress: ProgressCallback | None) -> Job | None:
+        """Follow another process's job to its end; None if it went stale."""
+        while True:
+            job = await self.store.get_job(job_id)
             if on_progress is not None:
                 on_progress(job)
             if job.status.terminal:
-                break
-            if walk is not None and walk.done() and walk.exception() is not None:
-                job = await self._walk_failed(job, walk.exception())
-                break
-            if walk is not None and walk.done() and await self._settled():
+                return job
+            stale_after = self._stale_after
+            if stale_after is not None and job.updated_at < utc_now() - timedelta(
+                seconds=stale_after
+            ):
+                return None
+            await asyncio.sleep(self._poll_interval)
+
+    async def _run(self, start: ScanStart, on_progress: ProgressCallback | None) -> ScanOutcome:
+        """Run our own job: walk, render, follow, settle."""
+        walk = asyncio.create_task(self.scanner.run(start.job, start.collection))
+        try:
+            job, reconciled = await self._watch(start.job.id, walk, on_progress)
+        except asyncio.CancelledError:
+            walk.cancel()
+            await asyncio.wait([walk])
+            if self._stale_after is not None:
+                await self.store.end_job(
+                    start.job.id, JobStatus.CANCELLED, message="interrupted before the end"
+                )
+            raise
+        await asyncio.wait([walk])
+        report = walk.result() if walk.exception() is None else None
+        return ScanOutcome(job=job, created=True, report=report, reconciled=reconciled)
+
+    async def _watch(
+        self, job_id: str, walk: asyncio.Task[ScanReport], on_progress: ProgressCallback | None
+    ) -> tuple[Job, bool]:
+        while True:
+            job = await self.store.get_job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job.status.terminal:
+                return job, False
+            if walk.done() and walk.exception() is not None:
+                return await self._walk_failed(job, walk.exception()), False
+            if walk.done() and await self._settled():
                 job = await self._settle(job)
-                reconciled = True
                 if on_progress is not None:
                     on_progress(job)
-                break
+                return job, True
             await asyncio.sleep(self._poll_interval)
-        report = None
-        if walk is not None:
-            await asyncio.wait([walk])
-            report = walk.result() if walk.exception() is None else None
-        return ScanOutcome(job=job, created=start.created, report=report, reconciled=reconciled)
 
     async def _walk_failed(self, job: Job, error: BaseException | None) -> Job:
         logger.error("scan of job %s failed: %s", job.id, error, extra={"action": "scan_failed"})

@@ -39,6 +39,19 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise InvalidRequest(f"{name} must be on or off, not {raw!r}")
 
 
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a whole number, not {raw!r}") from None
+    if value < 1:
+        raise InvalidRequest(f"{name} must be at least 1, not {value}")
+    return value
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Where jobtrack keeps its state and how it runs."""
@@ -48,6 +61,7 @@ class Settings:
     broker_url: str = "memory://"
     consumer_progress: bool = True
     workers: int = 2
+    stuck_after: float = 300.0
 
     @classmethod
     def from_env(
@@ -68,5 +82,6 @@ class Settings:
             or f"sqlite:///{folder / 'jobtrack.db'}",
             broker_url=broker_url or env.get("JOBTRACK_BROKER_URL") or "memory://",
             consumer_progress=_flag(env, "JOBTRACK_CONSUMER_PROGRESS", True),
-            workers=workers or int(env.get("JOBTRACK_WORKERS") or os.cpu_count() or 1),
+            workers=workers or _positive(env, "JOBTRACK_WORKERS", os.cpu_count() or 1),
+            stuck_after=_positive(env, "JOBTRACK_STUCK_AFTER", 300),
         )
