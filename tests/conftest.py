@@ -22,6 +22,13 @@ class SteppingClock:
         self.now += timedelta(seconds=seconds)
 
 
+class FrozenClock(SteppingClock):
+    """A clock that only moves when told to."""
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
 @pytest.fixture
 def clock() -> SteppingClock:
     """A clock that starts at a fixed moment."""

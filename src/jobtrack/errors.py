@@ -14,7 +14,8 @@ backend boundary, and chained with ``raise ... from exc``::
     │   ├── PathRefused
     │   └── MalformedMessage
     ├── StoreError
-    │   └── StoreUnavailable        transient: retry later
+    │   ├── StoreUnavailable        transient: retry later
+    │   └── StoreMissing            no database where one was expected
     ├── BrokerError
     └── ImageError                  corrupt, truncated, hostile or unsupported image
 """
@@ -34,6 +35,7 @@ __all__ = [
     "PathRefused",
     "StageNotFound",
     "StoreError",
+    "StoreMissing",
     "StoreUnavailable",
 ]
 
@@ -93,6 +95,10 @@ class StoreError(JobtrackError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached or is busy; the operation may succeed later."""
+
+
+class StoreMissing(StoreError):
+    """Opening an existing store was asked for, and there is none."""
 
 
 class BrokerError(JobtrackError):

@@ -56,7 +56,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["scan"], ["jobs"], ["jobs", "list"], ["jobs", "show"], ["sample"]],
+    [[], ["scan"], ["jobs"], ["jobs", "list"], ["jobs", "show"], ["jobs", "cancel"], ["sample"]],
 )
 def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
     done = run(*command, "--help", data_dir=tmp_path, check=True)
@@ -88,17 +88,24 @@ def test_scan_json_and_jobs_commands(collection: Path, tmp_path: Path) -> None:
         run("jobs", "show", job["id"], "--json", data_dir=tmp_path, check=True).stdout
     )
     assert shown == job
+    assert [f["stages"] for f in job["failures"]] == [["cache", "thumbnail"]] * 2
     text = run("jobs", "show", job["id"], data_dir=tmp_path, check=True).stdout
     assert f"job {job['id']} (collection-scan): completed" in text
 
 
 def test_scan_shows_progress_and_summary(collection: Path, tmp_path: Path) -> None:
     done = run("scan", collection, data_dir=tmp_path, check=True)
-    assert "started: completed" in done.stdout
-    assert "2 images failed:" in done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[0].endswith(" (collection-scan): completed")
+    assert lines[1] == f"  collection: {collection.resolve()}"
+    assert "2 images failed:" in lines
     assert done.stdout.count("(cache, thumbnail): ") == 2
-    thumbnails = tmp_path.resolve() / "renditions"
-    assert f"thumbnails: {thumbnails}" in done.stdout
+    renditions = tmp_path.resolve() / "renditions"
+    assert [
+        line.split(": ", 1)[1].startswith(str(renditions))
+        for line in lines
+        if "renditions: " in line
+    ] == [True, True]
     for stage in ("scan", "thumbnail", "cache"):
         assert stage in done.stderr  # the progress bars
 
@@ -128,14 +135,21 @@ def test_failed_job_exits_1(tmp_path: Path) -> None:
 
 
 def test_unknown_job_is_a_clear_error(tmp_path: Path) -> None:
+    asyncio.run(SqliteJobStore.open(str(tmp_path / "jobtrack.db")).aclose())
     done = run("jobs", "show", "nope", data_dir=tmp_path)
     assert done.returncode == 1
     assert "Error: job 'nope' not found" in done.stderr
 
 
-def test_empty_store_lists_no_jobs(tmp_path: Path) -> None:
-    assert run("jobs", "list", "--json", data_dir=tmp_path, check=True).stdout.strip() == "[]"
-    assert "no jobs" in run("jobs", "list", data_dir=tmp_path, check=True).stdout
+def test_empty_store_lists_no_jobs_and_creates_nothing(tmp_path: Path) -> None:
+    done = run("jobs", "list", "--json", data_dir=tmp_path / "fresh", check=True)
+    assert done.stdout.strip() == "[]"
+    assert "nothing has been stored there yet" in done.stderr
+    assert "no jobs" in run("jobs", "list", data_dir=tmp_path / "fresh", check=True).stdout
+    assert not (tmp_path / "fresh").exists()
+    missing = run("jobs", "show", "abc", data_dir=tmp_path / "fresh")
+    assert missing.returncode == 1
+    assert "no database at" in missing.stderr
 
 
 def test_interrupted_scan_cancels_its_job_and_a_rescan_finishes(tmp_path: Path) -> None:
@@ -215,3 +229,11 @@ def test_jobs_cancel_an_active_job(tmp_path: Path) -> None:
     done = run("jobs", "cancel", job_id, "--json", data_dir=tmp_path, check=True)
     job = json.loads(done.stdout)
     assert (job["status"], job["message"]) == ("cancelled", "cancelled by the user")
+
+
+def test_sample_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "mine.jpg").write_bytes(b"precious")
+    done = run("sample", tmp_path, "--count", "2", data_dir=tmp_path)
+    assert done.returncode == 2
+    assert "is not empty" in done.stderr
+    assert (tmp_path / "mine.jpg").read_bytes() == b"precious"

@@ -235,3 +235,31 @@ async def test_job_updated_at_moves_with_every_write(store: JobStore, clock: Ste
     await store.increment(job.id, "a")
     after = await store.get_job(job.id)
     assert after.updated_at > job.updated_at + timedelta(seconds=9)
+
+
+async def test_an_ended_job_counts_nothing_more(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    await store.increment(job.id, "a", item_key="1")
+    await store.end_job(job.id, JobStatus.CANCELLED)
+    for key in ("1", "1", "2", None):
+        assert not (await store.increment(job.id, "a", item_key=key)).counted
+    assert (await store.get_job(job.id)).stage("a").completed_items == 1
+
+
+async def test_a_sealed_total_is_not_resealed_to_another(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    await store.seal_total(job.id, "a", total=2)
+    assert (await store.seal_total(job.id, "a")).total_items == 2
+    assert (await store.seal_total(job.id, "a", total=2)).total_items == 2
+    with pytest.raises(InvalidRequest, match="sealed at 2"):
+        await store.seal_total(job.id, "a", total=1)
+    assert (await store.get_job(job.id)).stage("a").total_items == 2
+
+
+async def test_set_counts_is_all_or_nothing(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    with pytest.raises(StageNotFound):
+        await store.set_counts(job.id, {"a": StageCounts(1, 1, 0), "zzz": StageCounts(1, 1, 0)})
+    after = await store.get_job(job.id)
+    assert after.stage("a").completed_items == 0
+    assert after.status is JobStatus.PENDING

@@ -2,32 +2,81 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobtrack.errors import InvalidRequest
-from jobtrack.model import Job
+from jobtrack.model import Job, JobStatus, StageCounts
 from jobtrack.store import InMemoryJobStore, JobStore, SqliteJobStore
-from tests.unit.test_rules import STAGES, Op, operations
+from tests.conftest import FrozenClock
+from tests.unit.test_rules import STAGES, Op, increments, raises, seals
+
+
+@dataclass(frozen=True)
+class StoreOp:
+    """An operation only stores have: start, end, reconcile."""
+
+    kind: str  # "start", "end" or "counts"
+    stage: int = 0
+    status: JobStatus = JobStatus.CANCELLED
+    counts: StageCounts = field(default_factory=lambda: StageCounts(0, 0, 0))
+
+
+counts = st.builds(
+    StageCounts,
+    total_items=st.integers(0, 6),
+    completed_items=st.integers(0, 6),
+    failed_items=st.integers(0, 3),
+    total_final=st.booleans(),
+)
+store_ops = st.one_of(
+    st.builds(StoreOp, kind=st.just("start"), stage=st.integers(0, 2)),
+    st.builds(
+        StoreOp,
+        kind=st.just("end"),
+        status=st.sampled_from([JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED]),
+    ),
+    st.builds(StoreOp, kind=st.just("counts"), stage=st.integers(0, 2), counts=counts),
+)
+# Ending a job is rare, so most sequences keep going after it.
+operations = st.lists(st.one_of(increments, increments, raises, seals, store_ops), max_size=50)
 
 
 def snapshot(job: Job) -> tuple[object, ...]:
     stages = tuple(
-        (s.status, s.total_items, s.completed_items, s.failed_items, s.total_final)
+        (
+            s.status,
+            s.total_items,
+            s.completed_items,
+            s.failed_items,
+            s.total_final,
+            s.message,
+            s.started_at,
+            s.completed_at,
+        )
         for s in job.stages.values()
     )
-    return job.status, stages
+    return job.status, job.message, job.updated_at, job.completed_at, stages
 
 
-async def apply(store: JobStore, job_id: str, op: Op, key: str | None) -> str:
+async def apply(store: JobStore, job_id: str, op: Op | StoreOp, key: str | None) -> str:
     name = STAGES[op.stage]
     try:
-        if op.kind == "inc":
+        if isinstance(op, StoreOp):
+            if op.kind == "start":
+                await store.start_stage(job_id, name, message="started")
+            elif op.kind == "end":
+                await store.end_job(job_id, op.status, message="ended")
+            else:
+                await store.set_counts(job_id, {name: op.counts})
+        elif op.kind == "inc":
             result = await store.increment(
                 job_id, name, completed=op.completed, failed=op.failed, item_key=key
             )
-            return f"counted={result.counted}"
-        if op.kind == "raise":
+            return f"counted={result.counted} ended={result.job_status}"
+        elif op.kind == "raise":
             await store.raise_total(job_id, name, by=op.completed)
         else:
             await store.seal_total(job_id, name)
@@ -36,15 +85,19 @@ async def apply(store: JobStore, job_id: str, op: Op, key: str | None) -> str:
     return "ok"
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=operations, keys=st.lists(st.sampled_from(["a", "b", "c", None]), min_size=60))
-async def test_sqlite_matches_the_reference(ops: list[Op], keys: list[str | None]) -> None:
-    reference = InMemoryJobStore()
-    sqlite = SqliteJobStore.open(":memory:")
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=operations, keys=st.lists(st.sampled_from(["a", "b", "c", None]), min_size=50))
+async def test_sqlite_matches_the_reference(
+    ops: list[Op | StoreOp], keys: list[str | None]
+) -> None:
+    clock = FrozenClock()  # one reading per operation, the same for both stores
+    reference = InMemoryJobStore(clock=clock)
+    sqlite = SqliteJobStore.open(":memory:", clock=clock)
     try:
         ref_job = await reference.create_job("t", STAGES)
         sql_job = await sqlite.create_job("t", STAGES)
         for op, key in zip(ops, keys, strict=False):
+            clock.advance(0.001)
             expected = await apply(reference, ref_job.id, op, key)
             assert await apply(sqlite, sql_job.id, op, key) == expected
             assert snapshot(await sqlite.get_job(sql_job.id)) == snapshot(

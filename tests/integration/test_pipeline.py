@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,7 +83,7 @@ async def test_scan_produces_every_rendition_with_exact_counts(
     assert failed == {str(p.relative_to(sample.root)) for p in sample.broken}
 
 
-async def test_rescan_of_an_unchanged_collection_reworks_nothing(
+async def test_rescan_of_an_unchanged_collection_retries_only_its_failures(
     sample: SampleManifest, tmp_path: Path
 ) -> None:
     async with EmbeddedRuntime(settings_for(tmp_path)) as runtime:
@@ -92,7 +93,8 @@ async def test_rescan_of_an_unchanged_collection_reworks_nothing(
     assert second.job.id != first.job.id
     assert_exact(second.job, total=GOOD + BROKEN, failed=BROKEN)
     assert second.report is not None
-    assert (second.report.up_to_date, second.report.published) == (GOOD + BROKEN, 0)
+    # The good images count as done on the spot; the broken ones are tried again.
+    assert (second.report.up_to_date, second.report.published) == (GOOD, 2 * BROKEN)
     after = {p: p.stat().st_mtime_ns for p in renditions(tmp_path, second.job, THUMBNAIL)}
     assert after == before
 
@@ -127,22 +129,24 @@ async def test_one_job_per_collection_at_a_time(sample: SampleManifest, tmp_path
 async def test_hostile_images_are_failed_items(tmp_path: Path) -> None:
     root = tmp_path / "hostile"
     generate_sample(root, count=3, broken=0, max_megapixels=0.3)
-    # A PNG whose header claims 40000 x 40000 pixels: a decompression bomb.
-    bomb = Image.new("1", (40000, 40000))
-    bomb.save(root / "bomb.png", optimize=True)
+    # Decompression bombs: 1.6 gigapixels (past Pillow's own limit) and
+    # 72 megapixels (under Pillow's, over ours), both a few kilobytes on disk.
+    Image.new("1", (40000, 40000)).save(root / "bomb.png", optimize=True)
+    Image.new("1", (9000, 8000)).save(root / "bomb-72mp.png", optimize=True)
     (root / "empty.jpg").write_bytes(b"")
     async with EmbeddedRuntime(settings_for(tmp_path / "state")) as runtime:
         outcome = await runtime.scan(root)
         states = await runtime.catalog.images_of_job(
             outcome.job.attributes["collection"]["id"], outcome.job.id
         )
-    assert_exact(outcome.job, total=5, failed=2)
+    assert_exact(outcome.job, total=6, failed=3)
     errors = {
         s.image.relpath: s.artifacts[THUMBNAIL].error
         for s in states
         if s.artifacts[THUMBNAIL].status is ArtifactStatus.FAILED
     }
-    assert sorted(errors) == ["bomb.png", "empty.jpg"]
+    assert sorted(errors) == ["bomb-72mp.png", "bomb.png", "empty.jpg"]
+    assert "9000x8000 pixels exceeds the limit of 64000000" in str(errors["bomb-72mp.png"])
     assert all(error and "Traceback" not in error for error in errors.values())
 
 
@@ -210,3 +214,76 @@ async def test_a_cancelled_scan_cancels_its_job(sample: SampleManifest, tmp_path
         again = await runtime.scan(sample.root)
     assert again.created
     assert_exact(again.job, total=GOOD + BROKEN, failed=BROKEN)
+
+
+async def test_rescan_remakes_renditions_gone_from_disk(
+    sample: SampleManifest, tmp_path: Path
+) -> None:
+    async with EmbeddedRuntime(settings_for(tmp_path)) as runtime:
+        first = await runtime.scan(sample.root)
+        for path in renditions(tmp_path, first.job, THUMBNAIL)[:3]:
+            path.unlink()
+        again = await runtime.scan(sample.root)
+    assert again.report is not None
+    assert (again.report.up_to_date, again.report.published) == (GOOD - 3, 3 + 2 * BROKEN)
+    assert_exact(again.job, total=GOOD + BROKEN, failed=BROKEN)
+    assert len(renditions(tmp_path, again.job, THUMBNAIL)) == GOOD
+
+
+async def test_a_data_folder_inside_the_collection_is_not_scanned(tmp_path: Path) -> None:
+    manifest = generate_sample(tmp_path / "c", count=4, broken=0, max_megapixels=0.3)
+    async with EmbeddedRuntime(settings_for(manifest.root / "state")) as runtime:
+        await runtime.scan(manifest.root)
+        again = await runtime.scan(manifest.root)
+    assert_exact(again.job, total=4, failed=0)
+
+
+async def test_an_unwritable_output_fails_the_job_not_the_images(
+    sample: SampleManifest, tmp_path: Path
+) -> None:
+    (tmp_path / "renditions").write_text("a file where the folder should be")
+    async with EmbeddedRuntime(settings_for(tmp_path)) as runtime:
+        outcome = await runtime.scan(sample.root)
+        states = await runtime.catalog.images_of_job(
+            outcome.job.attributes["collection"]["id"], outcome.job.id
+        )
+        assert outcome.job.status is JobStatus.FAILED
+        assert outcome.job.message.startswith("items missing after reconciliation")
+        # Only the broken files are blamed; the good images are still to do.
+        failed = [s for s in states if s.artifacts.get(THUMBNAIL)]
+        assert len(failed) == BROKEN
+        (tmp_path / "renditions").unlink()
+        again = await runtime.scan(sample.root)
+    assert_exact(again.job, total=GOOD + BROKEN, failed=BROKEN)
+
+
+async def test_a_killed_image_worker_loses_nothing(sample: SampleManifest, tmp_path: Path) -> None:
+    killed: list[int] = []
+
+    def kill_a_worker(job: Job) -> None:
+        if killed or job.stage(THUMBNAIL).done_items == 0:
+            return
+        processes = runtime.pool._executor._processes  # type: ignore[attr-defined]
+        pid = next(iter(processes))
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    async with EmbeddedRuntime(settings_for(tmp_path)) as runtime:
+        outcome = await runtime.scan(sample.root, on_progress=kill_a_worker)
+    assert len(killed) == 1
+    assert_exact(outcome.job, total=GOOD + BROKEN, failed=BROKEN)
+
+
+async def test_renditions_of_removed_images_are_deleted(tmp_path: Path) -> None:
+    manifest = generate_sample(tmp_path / "c", count=5, broken=0, max_megapixels=0.3)
+    data = tmp_path / "state"
+    async with EmbeddedRuntime(settings_for(data)) as runtime:
+        first = await runtime.scan(manifest.root)
+        manifest.images[0].unlink()
+        again = await runtime.scan(manifest.root)
+    assert again.report is not None
+    assert (again.report.removed, again.report.up_to_date) == (2, 4)
+    assert_exact(again.job, total=4, failed=0)
+    for stage in (THUMBNAIL, CACHE):
+        assert len(renditions(data, first.job, stage)) == 4
+    assert "2 renditions of removed images deleted" in again.job.stage(SCAN).message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
@@ -12,6 +13,7 @@ from jobtrack.errors import StoreUnavailable
 from jobtrack.pipeline.catalog import Artifact, InMemoryCatalog, ScannedFile
 from jobtrack.pipeline.consumer import RenditionConsumer
 from jobtrack.pipeline.messages import StageMessage, encode_message
+from jobtrack.pipeline.pool import RenderPool
 from jobtrack.pipeline.stages import STAGES, THUMBNAIL, RenditionSpec, queue_for
 from jobtrack.store import InMemoryJobStore
 from jobtrack.tracking import ProgressTracker
@@ -41,7 +43,8 @@ async def setup(
         catalog=catalog,
         tracker=ProgressTracker(store),
         data_dir=tmp_path / "data",
-        executor=None,
+        pool=RenderPool(ThreadPoolExecutor),
+        retry_delay=0.0,
     )
     await broker.consume(QUEUE, consumer.handle, prefetch=1)
     message = StageMessage(

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 
-from jobtrack.errors import StoreUnavailable
+from jobtrack.errors import StoreError, StoreUnavailable
 from jobtrack.model import StageStatus
 from jobtrack.store import Increment, InMemoryJobStore
 from jobtrack.tracking import ProgressTracker
 
 
 class FlakyStore(InMemoryJobStore):
-    """An in-memory store that can be switched off."""
+    """An in-memory store that can be switched off, or broken for good, and
+    that yields to the event loop on every call, as a networked store would."""
 
     def __init__(self) -> None:
         super().__init__()
         self.down = False
+        self.broken = False
         self.calls = 0
 
     async def increment(
@@ -30,8 +33,11 @@ class FlakyStore(InMemoryJobStore):
         item_key: str | None = None,
     ) -> Increment:
         self.calls += 1
+        await asyncio.sleep(0)
         if self.down:
             raise StoreUnavailable("store is down")
+        if self.broken:
+            raise StoreError("disk I/O error")
         return await super().increment(
             job_id, stage, completed=completed, failed=failed, item_key=item_key
         )
@@ -53,8 +59,8 @@ async def test_unknown_job_and_stage_are_warnings(caplog: pytest.LogCaptureFixtu
     job = await store.create_job("t", ["a"])
     tracker = ProgressTracker(store)
     with caplog.at_level(logging.WARNING):
-        assert await tracker.increment("missing", "a")
-        assert await tracker.increment(job.id, "nope")
+        assert not await tracker.increment("missing", "a")
+        assert not await tracker.increment(job.id, "nope")
     assert tracker.pending == 0
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [
@@ -128,3 +134,36 @@ async def test_disabled_tracker_writes_nothing() -> None:
     tracker = ProgressTracker(store, enabled=False)
     assert not await tracker.increment(job.id, "a")
     assert store.calls == 0
+
+
+async def test_permanent_store_errors_are_logged_and_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store)
+    store.broken = True
+    with caplog.at_level(logging.ERROR):
+        assert not await tracker.increment(job.id, "a")
+    assert tracker.pending == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"progress write for job {job.id} stage a refused; reconciliation will count it"
+    ]
+
+
+async def test_concurrent_consumers_retry_without_losing_or_doubling() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, retry_after=0.0)
+    store.down = True
+    for i in range(8):
+        await tracker.increment(job.id, "a", item_key=f"kept-{i}")
+    store.down = False
+    results = await asyncio.gather(
+        *(tracker.increment(job.id, "a", item_key=f"new-{i}") for i in range(8)),
+        tracker.retry_pending(),
+        tracker.retry_pending(),
+    )
+    assert results[:8] == [True] * 8
+    assert tracker.pending == 0
+    assert (await store.get_job(job.id)).stage("a").completed_items == 16

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from jobtrack.errors import PathRefused
 from jobtrack.pipeline.catalog import ScannedFile
-from jobtrack.pipeline.walk import Refused, Skipped, resolve_inside, resolve_root, walk_images
+from jobtrack.pipeline.walk import (
+    Refused,
+    Skipped,
+    open_inside,
+    resolve_inside,
+    resolve_root,
+    walk_images,
+)
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -74,13 +83,15 @@ def test_symlink_loops_end(tree: Path) -> None:
     assert images == ["a.jpg", "sub/b.PNG"]
 
 
-def test_symlink_inside_the_root_is_followed_once(tree: Path) -> None:
+def test_symlink_inside_the_root_is_an_alias(tree: Path) -> None:
     touch(tree / "other" / "d.jpg")
     (tree / "alias").symlink_to(tree / "other")
+    (tree / "link.jpg").symlink_to(tree / "a.jpg")
     found = entries(tree)
     images = sorted(r for r, e in found.items() if isinstance(e, ScannedFile))
-    # "alias" sorts before "other", so the folder is walked under its alias, once.
-    assert images == ["a.jpg", "alias/d.jpg", "sub/b.PNG"]
+    # Each file once, under its own name, however many links lead to it.
+    assert images == ["a.jpg", "other/d.jpg", "sub/b.PNG"]
+    assert (found["alias"], found["link.jpg"]) == (Skipped("alias"), Skipped("link.jpg"))
 
 
 def test_root_must_be_an_existing_folder(tmp_path: Path) -> None:
@@ -88,3 +99,50 @@ def test_root_must_be_an_existing_folder(tmp_path: Path) -> None:
         resolve_root(tmp_path / "missing")
     with pytest.raises(PathRefused, match="not a folder"):
         resolve_root(touch(tmp_path / "file.jpg"))
+
+
+def test_hidden_folders_and_excluded_folders_are_skipped(tree: Path) -> None:
+    touch(tree / ".cache" / "e.jpg")
+    touch(tree / "state" / "renditions" / "f.jpg")
+    found = {e.relpath: e for e in walk_images(resolve_root(tree), exclude=[tree / "state"])}
+    assert found[".cache"] == Skipped(".cache")
+    assert found["state"] == Skipped("state")
+    assert not any(r.startswith((".cache/", "state/")) for r in found)
+
+
+def test_names_that_are_not_utf8_are_refused(tree: Path) -> None:
+    bad = os.fsdecode(b"bad\xff.jpg")
+    touch(tree / bad)
+    found = entries(tree)
+    assert found["bad?.jpg"] == Refused("bad?.jpg", "name is not valid UTF-8")
+    assert sorted(r for r, e in found.items() if isinstance(e, ScannedFile)) == [
+        "a.jpg",
+        "sub/b.PNG",
+    ]
+
+
+def test_a_file_gone_since_listing_is_refused(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_stat = Path.stat
+
+    def vanishing(self: Path, *, follow_symlinks: bool = True) -> os.stat_result:
+        if self.name == "a.jpg":
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_stat(self, follow_symlinks=follow_symlinks)
+
+    monkeypatch.setattr(Path, "stat", vanishing)
+    assert entries(tree)["a.jpg"] == Refused("a.jpg", "cannot be read (No such file or directory)")
+
+
+def test_open_inside_checks_the_opened_file(tree: Path) -> None:
+    with open_inside(tree.resolve(), "a.jpg") as opened:
+        assert opened.read() == b"x"
+    # The folder is swapped for a symlink leading out, after the walk.
+    shutil.rmtree(tree / "sub")
+    (tree / "sub").symlink_to(tree.parent / "photos-old")
+    touch(tree.parent / "photos-old" / "b.PNG")
+    with pytest.raises(PathRefused, match="resolves outside the collection root"):
+        open_inside(tree.resolve(), "sub/b.PNG")
+    with pytest.raises(PathRefused, match="not a regular file"):
+        open_inside(tree.resolve(), ".")
+    with pytest.raises(PathRefused, match="cannot be opened"):
+        open_inside(tree.resolve(), "missing.jpg")

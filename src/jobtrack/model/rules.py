@@ -115,9 +115,16 @@ def raise_total(stage: Stage, now: datetime, *, by: int) -> Stage:
 
 def seal_total(stage: Stage, now: datetime, *, total: int | None = None) -> Stage:
     """Declare the stage's total final (optionally setting it); the stage may
-    complete right away if its items are already all counted."""
+    complete right away if its items are already all counted. Sealing again
+    is allowed only without changing the total."""
     if total is not None and total < 0:
         raise InvalidRequest(f"a total cannot be negative ({total})")
+    if stage.total_final:
+        if total is not None and total != stage.total_items:
+            raise InvalidRequest(
+                f"the total of stage {stage.name!r} is sealed at {stage.total_items}"
+            )
+        return stage
     sealed = replace(
         stage,
         total_items=stage.total_items if total is None else total,

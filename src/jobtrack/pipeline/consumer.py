@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import Executor
 from pathlib import Path
 
 from jobtrack.broker import Delivery
-from jobtrack.errors import ImageError, JobtrackError, MalformedMessage, NotFound, PathRefused
+from jobtrack.errors import ImageError, MalformedMessage, NotFound, PathRefused
 from jobtrack.model import Clock, utc_now
 from jobtrack.pipeline.catalog import Artifact, ArtifactStatus, Catalog, ImageRecord
 from jobtrack.pipeline.imaging import Rendition, render
 from jobtrack.pipeline.messages import StageMessage, decode_message
+from jobtrack.pipeline.pool import RenderPool, WorkerCrashed
 from jobtrack.pipeline.stages import RenditionSpec
-from jobtrack.pipeline.walk import resolve_inside
+from jobtrack.pipeline.walk import open_inside
 from jobtrack.tracking import ProgressTracker
 
-__all__ = ["RenditionConsumer"]
+__all__ = ["RenditionConsumer", "render_inside"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,11 @@ logger = logging.getLogger(__name__)
 class RenditionConsumer:
     """Handles the messages of one rendition stage.
 
-    :param max_deliveries: a message that keeps failing for reasons other
-        than its image (the catalog unreachable, say) is requeued until it has
-        been delivered this many times, then dead-lettered.
+    A failure that is not the image's fault (the catalog unreachable, the
+    output folder not writable) requeues the message after a backoff, until
+    it has been delivered ``max_deliveries`` times; then it is dead-lettered.
+    An image whose worker process dies under it that many times is a failed
+    item.
     """
 
     def __init__(
@@ -44,16 +46,18 @@ class RenditionConsumer:
         catalog: Catalog,
         tracker: ProgressTracker,
         data_dir: Path,
-        executor: Executor | None,
+        pool: RenderPool,
         max_deliveries: int = 5,
+        retry_delay: float = 0.2,
         clock: Clock = utc_now,
     ) -> None:
         self.spec = spec
         self._catalog = catalog
         self._tracker = tracker
         self._data_dir = data_dir
-        self._executor = executor
+        self._pool = pool
         self._max_deliveries = max_deliveries
+        self._retry_delay = retry_delay
         self._clock = clock
 
     async def handle(self, delivery: Delivery) -> None:
@@ -68,52 +72,69 @@ class RenditionConsumer:
             await delivery.nack(requeue=False, reason=str(exc))
             return
         try:
-            failed = await self._process(message)
+            failed = await self._process(message, delivery.delivery_count)
         except NotFound as exc:
             await delivery.nack(requeue=False, reason=str(exc))
             return
         except Exception as exc:
-            requeue = delivery.delivery_count < self._max_deliveries
-            logger.warning(
-                "item %s of job %s not done (%s); %s",
-                message.image_id,
-                message.job_id,
-                exc,
-                "requeued" if requeue else "dead-lettered",
-                extra={"action": "item_error", "job_id": message.job_id},
-            )
-            await delivery.nack(requeue=requeue, reason=f"{type(exc).__name__}: {exc}")
+            await self._retry_later(delivery, message, exc)
             return
         await self._tracker.increment(
             message.job_id, self.spec.stage, item_key=message.item_key, failed=failed
         )
         await delivery.ack()
 
-    async def _process(self, message: StageMessage) -> bool:
+    async def _retry_later(self, delivery: Delivery, message: StageMessage, exc: Exception) -> None:
+        requeue = delivery.delivery_count < self._max_deliveries
+        logger.warning(
+            "item %s of job %s not done (%s); %s",
+            message.image_id,
+            message.job_id,
+            exc,
+            "will retry" if requeue else "dead-lettered",
+            extra={"action": "item_error", "job_id": message.job_id},
+        )
+        if requeue:
+            await asyncio.sleep(min(self._retry_delay * 2 ** (delivery.delivery_count - 1), 10.0))
+        await delivery.nack(requeue=requeue, reason=f"{type(exc).__name__}: {exc}")
+
+    async def _process(self, message: StageMessage, delivery_count: int) -> bool:
         """Make and record the artifact; True when the item failed."""
         image = await self._catalog.get_image(message.image_id)
         collection = await self._catalog.get_collection(image.collection_id)
         destination = self.spec.output_path(self._data_dir, collection.id, image.id)
         try:
-            source = resolve_inside(Path(collection.root), image.relpath)
-            rendition = await self._render(source, destination)
-        except (ImageError, PathRefused) as exc:
-            await self._record(image, ArtifactStatus.FAILED, error=str(exc))
-            logger.info(
-                "%s of %s failed: %s",
-                self.spec.stage,
+            rendition = await self._pool.run(
+                render_inside,
+                Path(collection.root),
                 image.relpath,
-                exc,
-                extra={"action": "item_failed", "job_id": message.job_id},
+                destination,
+                self.spec.max_edge,
+                self.spec.quality,
             )
+        except WorkerCrashed:
+            if delivery_count < self._max_deliveries:
+                raise
+            error = f"{image.relpath}: the image worker died {delivery_count} times on it"
+            await self._failed(message, image, destination, error)
+            return True
+        except (ImageError, PathRefused) as exc:
+            await self._failed(message, image, destination, str(exc))
             return True
         await self._record(image, ArtifactStatus.OK, path=str(destination), rendition=rendition)
         return False
 
-    async def _render(self, source: Path, destination: Path) -> Rendition:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, _render_call, source, destination, self.spec.max_edge, self.spec.quality
+    async def _failed(
+        self, message: StageMessage, image: ImageRecord, destination: Path, error: str
+    ) -> None:
+        await asyncio.to_thread(_discard, destination)
+        await self._record(image, ArtifactStatus.FAILED, error=error)
+        logger.info(
+            "%s of %s failed: %s",
+            self.spec.stage,
+            image.relpath,
+            error,
+            extra={"action": "item_failed", "job_id": message.job_id},
         )
 
     async def _record(
@@ -142,11 +163,17 @@ class RenditionConsumer:
         )
 
 
-def _render_call(source: Path, destination: Path, max_edge: int, quality: int) -> Rendition:
-    """Runs in a worker process; keyword arguments do not cross run_in_executor."""
+def _discard(stale: Path) -> None:
+    """Remove a rendition of an earlier version of the image, if there is one."""
     try:
+        stale.unlink(missing_ok=True)
+    except OSError as exc:
+        logger.warning("cannot remove %s: %s", stale, exc, extra={"action": "cleanup_failed"})
+
+
+def render_inside(
+    root: Path, relpath: str, destination: Path, max_edge: int, quality: int
+) -> Rendition:
+    """Runs in a worker process: open the image safely inside its root, render it."""
+    with open_inside(root, relpath) as source:
         return render(source, destination, max_edge=max_edge, quality=quality)
-    except JobtrackError:
-        raise
-    except Exception as exc:  # anything Pillow let through is still a bad image
-        raise ImageError(f"{source.name}: {type(exc).__name__}: {exc}") from exc

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -79,7 +80,7 @@ class Rendition:
 
 
 def render(
-    source: Path,
+    source: Path | BinaryIO,
     destination: Path,
     *,
     max_edge: int,
@@ -87,6 +88,9 @@ def render(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Rendition:
     """Write a JPEG copy of ``source`` whose longest edge is at most ``max_edge``.
+
+    ``source`` is a path, or a file already opened in binary mode (the caller
+    then owns it; errors name it by its ``name`` attribute when that is a path).
 
     Images are never upscaled. The EXIF orientation is applied, transparency is
     flattened onto white and only the first frame of an animation is used. The
@@ -102,13 +106,22 @@ def render(
         OSError: the destination cannot be written; no partial file remains.
     """
     _check_options(max_edge=max_edge, quality=quality, max_pixels=max_pixels)
-    with _decoding(source):
+    label = _label(source)
+    with _decoding(label):
         opened = Image.open(source, formats=_PILLOW_FORMATS)
     with opened:
-        with _decoding(source):
-            image = _prepare(opened, source.name, max_edge=max_edge, max_pixels=max_pixels)
+        with _decoding(label):
+            image = _prepare(opened, label.name, max_edge=max_edge, max_pixels=max_pixels)
         size_bytes = _save_atomically(image, destination, quality=quality)
     return Rendition(width=image.width, height=image.height, size_bytes=size_bytes)
+
+
+def _label(source: Path | BinaryIO) -> Path:
+    """The path errors and logs name the source by."""
+    if isinstance(source, Path):
+        return source
+    name = getattr(source, "name", None)
+    return Path(name) if isinstance(name, str) else Path("image")
 
 
 def _check_options(*, max_edge: int, quality: int, max_pixels: int) -> None:

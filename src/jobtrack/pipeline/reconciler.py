@@ -1,15 +1,15 @@
 """The collection-scan reconciler: true per-stage counts from the catalog.
 
-Ground truth is what was really produced: an artifact counts as completed
-only if the catalog records it for the image's current version and settings
-and its file is on disk; a recorded failure for the current version counts as
-failed; anything else is still missing.
+Ground truth is what was really produced (``ImageState.finished``, the same
+test the scanner uses to skip work): an artifact counts as completed only if
+the catalog records it for the image's current version and settings and its
+file is on disk; a recorded failure for the current version counts as failed;
+anything else is still missing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from jobtrack.model import Job, StageCounts
 from jobtrack.pipeline.catalog import ArtifactStatus, Catalog, ImageState
@@ -54,13 +54,11 @@ class CollectionScanReconciler:
 def _tally(states: list[ImageState], spec: RenditionSpec) -> tuple[int, int, list[str]]:
     completed, failed, absent = 0, 0, []
     for state in states:
-        artifact = state.current(spec.stage, spec.variant)
+        artifact = state.finished(spec.stage, spec.variant)
         if artifact is None:
             absent.append(state.image.id)
         elif artifact.status is ArtifactStatus.FAILED:
             failed += 1
-        elif artifact.path is not None and Path(artifact.path).is_file():
-            completed += 1
         else:
-            absent.append(state.image.id)
+            completed += 1
     return completed, failed, absent

@@ -53,14 +53,18 @@ class ScanReport:
     published: int = 0
     skipped: int = 0
     refused: list[Refused] = field(default_factory=list)
-    retired: int = 0
+    removed: int = 0
 
     def summary(self) -> str:
         """One line for the scan stage's message."""
-        return (
-            f"{self.images} images ({self.up_to_date} up to date), "
-            f"{self.skipped} other files skipped, {len(self.refused)} paths refused"
-        )
+        parts = [
+            f"{_plural(self.images, 'image')} ({self.up_to_date} up to date)",
+            f"{_plural(self.skipped, 'other entry', 'other entries')} skipped",
+            f"{_plural(len(self.refused), 'path')} refused",
+        ]
+        if self.removed:
+            parts.append(f"{_plural(self.removed, 'rendition')} of removed images deleted")
+        return ", ".join(parts)
 
 
 class Scanner:
@@ -74,6 +78,7 @@ class Scanner:
         broker: Broker,
         renditions: Sequence[RenditionSpec] = DEFAULT_RENDITIONS,
         batch_size: int = 64,
+        exclude: Sequence[Path] = (),
         clock: Clock = utc_now,
     ) -> None:
         self._store = store
@@ -81,6 +86,7 @@ class Scanner:
         self._broker = broker
         self._renditions = tuple(renditions)
         self._batch_size = batch_size
+        self._exclude = tuple(exclude)
         self._clock = clock
 
     async def start(self, path: str | Path, *, stale_after: float | None = None) -> ScanStart:
@@ -127,10 +133,11 @@ class Scanner:
         root = Path(collection.root)
         await self._store.start_stage(job.id, SCAN, message=f"walking {root}")
         report = ScanReport()
-        entries = walk_images(root)
+        entries = walk_images(root, exclude=self._exclude)
         while batch := await asyncio.to_thread(_next_batch, entries, self._batch_size, report):
             await self._register(job, collection, batch, report)
-        report.retired = await self._catalog.retire_unseen(collection.id, job.id)
+        gone = await self._catalog.retire_unseen(collection.id, job.id)
+        report.removed = await asyncio.to_thread(_remove_files, gone)
         for spec in self._renditions:
             await self._store.seal_total(job.id, spec.stage)
         await self._store.start_stage(job.id, SCAN, message=report.summary())
@@ -161,21 +168,21 @@ class Scanner:
         await self._store.raise_total(job.id, SCAN, by=count)
         for spec in self._renditions:
             await self._store.raise_total(job.id, spec.stage, by=count)
+        # An item is up to date when its rendition is current and on disk; a
+        # failed item is tried again (the failure may have been passing).
         up_to_date = {state.image.id for state in states}
         for spec in self._renditions:
-            done, failed = 0, 0
+            done = 0
             for state in states:
-                artifact = state.current(spec.stage, spec.variant)
-                if artifact is None:
+                artifact = state.finished(spec.stage, spec.variant)
+                if artifact is not None and artifact.status is ArtifactStatus.OK:
+                    done += 1
+                else:
                     up_to_date.discard(state.image.id)
                     await self._publish(job, collection, state, spec.stage)
                     report.published += 1
-                elif artifact.status is ArtifactStatus.OK:
-                    done += 1
-                else:
-                    failed += 1
-            if done or failed:
-                await self._store.increment(job.id, spec.stage, completed=done, failed=failed)
+            if done:
+                await self._store.increment(job.id, spec.stage, completed=done)
         report.up_to_date += len(up_to_date)
         await self._store.increment(job.id, SCAN, completed=count)
 
@@ -186,6 +193,24 @@ class Scanner:
             job_id=job.id, collection_id=collection.id, image_id=state.image.id, stage=stage
         )
         await self._broker.publish(queue_for(stage), encode_message(message))
+
+
+def _plural(count: int, noun: str, nouns: str | None = None) -> str:
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def _remove_files(paths: list[str]) -> int:
+    removed = 0
+    for path in paths:
+        try:
+            Path(path).unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            logger.warning("cannot remove %s: %s", path, exc, extra={"action": "cleanup_failed"})
+            continue
+        removed += 1
+    return removed
 
 
 def _next_batch(entries: Iterator[WalkEntry], size: int, report: ScanReport) -> list[ScannedFile]:

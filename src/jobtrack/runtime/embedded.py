@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
+import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +24,7 @@ from jobtrack.broker import Broker, Subscription, open_broker
 from jobtrack.model import Job, JobStatus, utc_now
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.consumer import RenditionConsumer
+from jobtrack.pipeline.pool import RenderPool, process_pool
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
 from jobtrack.pipeline.scanner import Scanner, ScanReport, ScanStart
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec, queue_for
@@ -58,10 +58,13 @@ class EmbeddedRuntime:
         *,
         renditions: tuple[RenditionSpec, ...] = DEFAULT_RENDITIONS,
         poll_interval: float = 0.1,
+        pending_grace: float = 10.0,
     ) -> None:
         self.settings = settings
         self.renditions = renditions
         self._poll_interval = poll_interval
+        self._pending_grace = pending_grace
+        self._idle_since: float | None = None
         self._exit = AsyncExitStack()
         self._subscriptions: list[Subscription] = []
 
@@ -75,12 +78,14 @@ class EmbeddedRuntime:
         self._exit.push_async_callback(self.broker.aclose)
         self.tracker = ProgressTracker(self.store, enabled=settings.consumer_progress)
         self._exit.push_async_callback(self.tracker.flush, max_wait=5.0)
-        self._executor = ProcessPoolExecutor(
-            max_workers=settings.workers, mp_context=multiprocessing.get_context("forkserver")
-        )
-        self._exit.callback(self._executor.shutdown, wait=True, cancel_futures=True)
+        self.pool = RenderPool(process_pool(settings.workers))
+        self._exit.callback(self.pool.shutdown)
         self.scanner = Scanner(
-            store=self.store, catalog=self.catalog, broker=self.broker, renditions=self.renditions
+            store=self.store,
+            catalog=self.catalog,
+            broker=self.broker,
+            renditions=self.renditions,
+            exclude=[settings.data_dir],
         )
         self.reconciler = CollectionScanReconciler(catalog=self.catalog, renditions=self.renditions)
         for spec in self.renditions:
@@ -89,7 +94,7 @@ class EmbeddedRuntime:
                 catalog=self.catalog,
                 tracker=self.tracker,
                 data_dir=settings.data_dir,
-                executor=self._executor,
+                pool=self.pool,
             )
             self._subscriptions.append(
                 await self.broker.consume(
@@ -198,14 +203,22 @@ class EmbeddedRuntime:
             await asyncio.sleep(poll)
 
     async def _settled(self) -> bool:
-        """No message queued or in flight, and no progress write pending."""
+        """No message queued or in flight, and no progress write pending.
+
+        Progress writes still pending once the work is idle are given
+        ``pending_grace`` seconds; after that, reconciliation counts the
+        items instead, so an unreachable store cannot hold a scan forever.
+        """
         for spec in self.renditions:
             if await self.broker.in_flight(queue_for(spec.stage)):
+                self._idle_since = None
                 return False
-        if self.tracker.pending:
-            await self.tracker.retry_pending()
-            return False
-        return True
+        if not self.tracker.pending or not await self.tracker.retry_if_due():
+            return True
+        now = time.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+        return now - self._idle_since >= self._pending_grace
 
     async def _settle(self, job: Job) -> Job:
         """Reconcile a job whose work is all settled but which has not ended."""
@@ -214,7 +227,10 @@ class EmbeddedRuntime:
             return job
         counts, missing = await self.reconciler.inspect(job)
         job = await self.store.set_counts(job.id, counts)
-        logger.warning(
+        # Expected when consumers report nothing (the rollback switch); a
+        # sign of lost progress writes otherwise.
+        logger.log(
+            logging.WARNING if self.settings.consumer_progress else logging.INFO,
             "job %s reconciled against the catalog: %s",
             job.id,
             ", ".join(

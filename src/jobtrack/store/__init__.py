@@ -27,17 +27,21 @@ __all__ = [
 
 
 def sqlite_path(url: str) -> str:
-    """The file path of a ``sqlite:///path`` URL."""
-    if not url.startswith("sqlite:///"):
-        raise InvalidRequest(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)")
-    path = url.removeprefix("sqlite://")
-    return ":memory:" if path == "/:memory:" else path
+    """The file path of a SQLite URL, as SQLAlchemy reads them:
+    ``sqlite:///jobs.db`` is relative, ``sqlite:////var/lib/jobs.db`` absolute."""
+    if not url.startswith("sqlite:///") or url == "sqlite:///":
+        raise InvalidRequest(
+            f"not a SQLite URL: {url!r} (expected sqlite:///relative.db or sqlite:////abs.db)"
+        )
+    if "?" in url or "#" in url:
+        raise InvalidRequest(f"SQLite URL options are not supported: {url!r}")
+    return url.removeprefix("sqlite:///")
 
 
-def open_store(url: str, *, clock: Clock = utc_now) -> JobStore:
-    """Open the store a URL names."""
+def open_store(url: str, *, create: bool = True, clock: Clock = utc_now) -> JobStore:
+    """Open the store a URL names; with ``create=False``, only one that exists."""
     if url == "memory://":
         return InMemoryJobStore(clock=clock)
     if url.startswith("sqlite:"):
-        return SqliteJobStore.open(sqlite_path(url), clock=clock)
+        return SqliteJobStore.open(sqlite_path(url), create=create, clock=clock)
     raise InvalidRequest(f"unsupported store URL {url!r}: use memory:// or sqlite:///path")

@@ -22,6 +22,7 @@ from jobtrack.model import (
     Stage,
     StageCounts,
     apply_increment,
+    check_increment,
     default_completed,
     derive_job_status,
     new_id,
@@ -112,12 +113,17 @@ class InMemoryJobStore:
     ) -> Increment:
         """Count finished items, at most once per item key."""
         completed = default_completed(completed, failed)
+        check_increment(completed, failed)
         async with self._lock:
             job, current = self._stage(job_id, stage)
             now = self._clock()
             counted = apply_increment(current, now, completed=completed, failed=failed)
             keys = self._item_keys.setdefault(job_id, set())
-            if counted is None or (item_key is not None and (stage, item_key) in keys):
+            if (
+                counted is None
+                or job.status.terminal
+                or (item_key is not None and (stage, item_key) in keys)
+            ):
                 return Increment(counted=False, stage=current)
             if item_key is not None:
                 keys.add((stage, item_key))
@@ -174,9 +180,10 @@ class InMemoryJobStore:
         async with self._lock:
             job = await self.get_job(job_id)
             now = self._clock()
-            for name, truth in counts.items():
-                _, current = self._stage(job_id, name)
-                job = self._put_stage(job, set_counts(current, now, truth), now)
+            # All or nothing: every stage is checked before any is written.
+            changed = [set_counts(self._stage(job_id, n)[1], now, c) for n, c in counts.items()]
+            for stage in changed:
+                job = self._put_stage(job, stage, now)
             return job
 
     async def aclose(self) -> None:

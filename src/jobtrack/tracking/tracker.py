@@ -1,9 +1,10 @@
 """ProgressTracker: how a consumer reports a finished item.
 
-Best effort, as the seed asks: tracking never fails the work. A write the
-store refuses for good (unknown job or stage, a bad increment) is logged and
-dropped; a write that fails for a transient reason is logged, kept, and
-retried with backoff, so that nothing is lost to a short outage. What is
+Best effort, as the seed asks: tracking never fails the work. A write that
+fails because the store is unavailable is logged, kept, and retried with
+backoff, so that nothing is lost to a short outage; a write the store refuses
+for good (unknown job or stage, a bad increment, any other store error) is
+logged and dropped, since retrying it could never succeed. What is
 lost anyway (the process dies with writes still pending) is what the
 monitor's reconciliation is for.
 """
@@ -15,13 +16,22 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from enum import Enum
 
-from jobtrack.errors import InvalidRequest, NotFound
+from jobtrack.errors import InvalidRequest, NotFound, StoreUnavailable
 from jobtrack.store.base import JobStore
 
 __all__ = ["PendingIncrement", "ProgressTracker"]
 
 logger = logging.getLogger(__name__)
+
+_MAX_TRACKED_STAGES = 10_000
+
+
+class _Outcome(Enum):
+    RECORDED = "recorded"  # the store has the item (or had it already)
+    KEPT = "kept"  # the store is unavailable: kept for retry
+    REFUSED = "refused"  # the store will never take it: logged and dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,7 @@ class ProgressTracker:
         self._backoff = retry_after
         self._next_retry = 0.0
         self._seen: dict[tuple[str, str], int] = {}
+        self._retrying = asyncio.Lock()
         self.enabled = enabled
         self.dropped = 0
 
@@ -75,23 +86,34 @@ class ProgressTracker:
     ) -> bool:
         """Report one finished item (``failed`` if it could not be done).
 
-        Never raises. Returns True when the store has taken the write (or
-        knows the item already), False when it is kept for retry or dropped.
+        Never raises. Returns True when the store has recorded the item (or
+        had it already), False when the write is kept for retry or refused.
         """
         if not self.enabled:
             return False
+        await self.retry_if_due()
+        item = PendingIncrement(job_id, stage, item_key, failed)
+        return await self._write(item, retry=False) is _Outcome.RECORDED
+
+    async def retry_if_due(self) -> int:
+        """Retry the kept increments if the backoff allows; returns how many remain."""
         if self._pending and time.monotonic() >= self._next_retry:
-            await self.retry_pending()
-        return await self._write(PendingIncrement(job_id, stage, item_key, failed), retry=False)
+            return await self.retry_pending()
+        return len(self._pending)
 
     async def retry_pending(self) -> int:
-        """Try the kept increments again, oldest first; returns how many remain."""
-        while self._pending:
-            if not await self._write(self._pending[0], retry=True):
-                return len(self._pending)
-            self._pending.popleft()
-        self._backoff = self._retry_after
-        return 0
+        """Try the kept increments again, oldest first; returns how many remain.
+
+        One retrier at a time: each item is taken off the queue before its
+        write, and put back at the front if the store is still unavailable.
+        """
+        async with self._retrying:
+            while self._pending:
+                item = self._pending.popleft()
+                if await self._write(item, retry=True) is _Outcome.KEPT:
+                    return len(self._pending)
+            self._backoff = self._retry_after
+            return 0
 
     async def flush(self, *, max_wait: float) -> bool:
         """Retry kept increments until none remain or ``max_wait`` seconds pass."""
@@ -109,7 +131,7 @@ class ProgressTracker:
             await asyncio.sleep(min(self._backoff, max(deadline - time.monotonic(), 0.0)))
         return True
 
-    async def _write(self, item: PendingIncrement, *, retry: bool) -> bool:
+    async def _write(self, item: PendingIncrement, *, retry: bool) -> _Outcome:
         try:
             result = await self._store.increment(
                 item.job_id,
@@ -118,12 +140,20 @@ class ProgressTracker:
                 failed=1 if item.failed else 0,
                 item_key=item.item_key,
             )
+        except StoreUnavailable as exc:
+            self._keep(item, exc, retry=retry)
+            return _Outcome.KEPT
         except (NotFound, InvalidRequest) as exc:
             logger.warning("progress not recorded: %s", exc, extra={"action": "progress_refused"})
-            return True  # nothing to retry: the store will never take it
-        except Exception as exc:
-            self._keep(item, exc, retry=retry)
-            return False
+            return _Outcome.REFUSED
+        except Exception:  # a store error no retry can mend; never the consumer's problem
+            logger.exception(
+                "progress write for job %s stage %s refused; reconciliation will count it",
+                item.job_id,
+                item.stage,
+                extra={"action": "progress_refused", "job_id": item.job_id},
+            )
+            return _Outcome.REFUSED
         if result.counted:
             self._log_progress(
                 item,
@@ -132,12 +162,14 @@ class ProgressTracker:
                 result.stage.total_items,
                 result.stage.status.terminal,
             )
-        return True
+        return _Outcome.RECORDED
 
     def _keep(self, item: PendingIncrement, exc: Exception, *, retry: bool) -> None:
-        if not retry:
-            if len(self._pending) == self._pending.maxlen:
-                self.dropped += 1
+        if len(self._pending) == self._pending.maxlen:
+            self.dropped += 1
+        if retry:
+            self._pending.appendleft(item)
+        else:
             self._pending.append(item)
         self._next_retry = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self._max_retry_after)
@@ -167,6 +199,8 @@ class ProgressTracker:
                 extra={"action": "stage_finished", "job_id": item.job_id, "stage": item.stage},
             )
             return
+        if len(self._seen) >= _MAX_TRACKED_STAGES and key not in self._seen:
+            self._seen.clear()  # stages that never finish must not grow this forever
         self._seen[key] = seen
         if seen % self._log_every == 0:
             logger.info(

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 __all__ = [
@@ -103,6 +104,17 @@ class ImageState:
             return artifact
         return None
 
+    def finished(self, kind: str, variant: str) -> Artifact | None:
+        """The artifact if this image's item of that stage is done: a failure
+        recorded for the current version, or a current rendition whose file
+        is really on disk. None when it must be made (again)."""
+        artifact = self.current(kind, variant)
+        if artifact is None or artifact.status is ArtifactStatus.FAILED:
+            return artifact
+        if artifact.path is not None and Path(artifact.path).is_file():
+            return artifact
+        return None
+
 
 def image_id_for(collection_id: str, relpath: str) -> str:
     """A stable id for an image: the same file keeps its id across scans."""
@@ -133,8 +145,9 @@ class Catalog(Protocol):
         """Record the files as seen by this job's scan; return them with their artifacts."""
         ...
 
-    async def retire_unseen(self, collection_id: str, job_id: str) -> int:
-        """Mark images this job's scan did not see as gone; return how many."""
+    async def retire_unseen(self, collection_id: str, job_id: str) -> list[str]:
+        """Mark images this job's scan did not see as gone and forget their
+        artifacts; return the artifacts' file paths, for removal."""
         ...
 
     async def get_image(self, image_id: str) -> ImageRecord:

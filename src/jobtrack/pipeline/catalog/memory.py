@@ -70,14 +70,15 @@ class InMemoryCatalog:
             states.append(ImageState(image, dict(self._artifacts.get(image.id, {}))))
         return states
 
-    async def retire_unseen(self, collection_id: str, job_id: str) -> int:
-        """Mark images this job's scan did not see as gone."""
-        retired = 0
+    async def retire_unseen(self, collection_id: str, job_id: str) -> list[str]:
+        """Mark images this job's scan did not see as gone; forget their artifacts."""
+        paths: list[str] = []
         for image in list(self._images.values()):
             if image.collection_id == collection_id and image.job_id != job_id and image.present:
                 self._images[image.id] = replace(image, present=False)
-                retired += 1
-        return retired
+                artifacts = self._artifacts.pop(image.id, {})
+                paths.extend(a.path for a in artifacts.values() if a.path)
+        return paths
 
     async def get_image(self, image_id: str) -> ImageRecord:
         """One image; NotFound if there is none."""

@@ -94,15 +94,24 @@ class SqliteCatalog:
             )
         return await self._states([row[0] for row in rows])
 
-    async def retire_unseen(self, collection_id: str, job_id: str) -> int:
-        """Mark images this job's scan did not see as gone."""
+    async def retire_unseen(self, collection_id: str, job_id: str) -> list[str]:
+        """Mark images this job's scan did not see as gone; forget their artifacts."""
+        unseen = "SELECT id FROM images WHERE collection_id = ? AND job_id <> ? AND present = 1"
         with self.database.write() as conn:
-            cursor = conn.execute(
-                "UPDATE images SET present = 0"
-                " WHERE collection_id = ? AND job_id <> ? AND present = 1",
-                (collection_id, job_id),
+            paths = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT path FROM artifacts WHERE path IS NOT NULL AND image_id IN ({unseen})",
+                    (collection_id, job_id),
+                )
+            ]
+            conn.execute(
+                f"DELETE FROM artifacts WHERE image_id IN ({unseen})", (collection_id, job_id)
             )
-            return cursor.rowcount
+            conn.execute(
+                f"UPDATE images SET present = 0 WHERE id IN ({unseen})", (collection_id, job_id)
+            )
+        return paths
 
     async def get_image(self, image_id: str) -> ImageRecord:
         """One image; NotFound if there is none."""

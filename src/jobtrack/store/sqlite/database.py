@@ -22,7 +22,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from jobtrack.errors import StoreError, StoreUnavailable
+from jobtrack.errors import StoreError, StoreMissing, StoreUnavailable
 
 __all__ = [
     "SqliteDatabase",
@@ -67,10 +67,12 @@ class _Migration:
 class SqliteDatabase:
     """A connection to one SQLite file in WAL mode, ready for the stores."""
 
-    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(
+        self, path: Path | str, *, create: bool = True, busy_timeout_ms: int = 10_000
+    ) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._prepare_file(Path(self.path), create=create)
         with self.translate_errors():
             self.connection = sqlite3.connect(self.path, isolation_level=None)
             self.connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -82,6 +84,15 @@ class SqliteDatabase:
                 " component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,"
                 " applied_at INTEGER NOT NULL, PRIMARY KEY (component, version))"
             )
+
+    @staticmethod
+    def _prepare_file(path: Path, *, create: bool) -> None:
+        if not create and not path.is_file():
+            raise StoreMissing(f"no database at {path}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create a database at {path}: {exc.strerror}") from exc
 
     def translate(self, exc: sqlite3.Error) -> StoreError:
         """The jobtrack error for a sqlite3 error: transient ones (a busy

@@ -19,6 +19,7 @@ UPDATE stages SET
     END,
     updated_at = ?5
 WHERE job_id = ?1 AND name = ?2 AND status NOT IN ('completed', 'failed')
+  AND (SELECT status FROM jobs WHERE id = ?1) IN ('pending', 'in_progress')
 RETURNING name, status, total_items, completed_items, failed_items, total_final, message,
           started_at, completed_at;
 

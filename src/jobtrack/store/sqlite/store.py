@@ -55,9 +55,10 @@ class SqliteJobStore:
         database.migrate("jobs", "jobtrack.store.sqlite.migrations")
 
     @classmethod
-    def open(cls, path: str, *, clock: Clock = utc_now) -> SqliteJobStore:
-        """Open (creating and migrating as needed) the database at ``path``."""
-        return cls(SqliteDatabase(path), clock=clock)
+    def open(cls, path: str, *, create: bool = True, clock: Clock = utc_now) -> SqliteJobStore:
+        """Open (creating and migrating as needed) the database at ``path``;
+        with ``create=False``, StoreMissing if there is none."""
+        return cls(SqliteDatabase(path, create=create), clock=clock)
 
     async def create_job(
         self,

@@ -1,0 +1,114 @@
+"""``jobtrack jobs``: list, show and cancel jobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from jobtrack.cli.options import (
+    data_dir_option,
+    json_option,
+    settings_from,
+    stderr,
+    stdout,
+    store_option,
+    with_store,
+)
+from jobtrack.cli.views import job_json, jobs_table, print_job
+from jobtrack.errors import StoreMissing
+from jobtrack.model import Job, JobStatus
+from jobtrack.pipeline.catalog import catalog_for
+from jobtrack.pipeline.failures import ItemFailure, job_failures
+from jobtrack.store import JobQuery, JobStore
+
+__all__ = ["jobs"]
+
+
+@click.group()
+def jobs() -> None:
+    """List, show and cancel jobs."""
+
+
+@jobs.command("list")
+@click.option("--status", type=click.Choice([s.value for s in JobStatus]), help="Only this status.")
+@click.option("--type", "job_type", help="Only this job type.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@json_option
+@data_dir_option
+@store_option
+def list_jobs(
+    status: str | None,
+    job_type: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+    data_dir: Path | None,
+    store_url: str | None,
+) -> None:
+    """List jobs, newest first."""
+    settings = settings_from(data_dir=data_dir, store_url=store_url)
+    query = JobQuery(
+        status=None if status is None else JobStatus(status),
+        job_type=job_type,
+        limit=limit,
+        offset=offset,
+    )
+
+    def no_store(exc: StoreMissing) -> list[Job]:
+        stderr.print(f"{exc}: nothing has been stored there yet")
+        return []
+
+    found = with_store(settings, lambda store: store.list_jobs(query), on_missing=no_store)
+    if as_json:
+        click.echo(json.dumps([job.to_dict() for job in found], indent=2))
+        return
+    stdout.print(jobs_table(found) if found else "no jobs")
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@json_option
+@data_dir_option
+@store_option
+def show_job(job_id: str, as_json: bool, data_dir: Path | None, store_url: str | None) -> None:
+    """Show one job: its stages, where its renditions are, and what failed."""
+    settings = settings_from(data_dir=data_dir, store_url=store_url)
+
+    async def show(store: JobStore) -> tuple[Job, list[ItemFailure]]:
+        job = await store.get_job(job_id)
+        return job, await job_failures(catalog_for(store), job)
+
+    job, failures = with_store(settings, show)
+    if as_json:
+        click.echo(json.dumps(job_json(job, failures), indent=2))
+        return
+    print_job(stdout, job, failures, data_dir=settings.data_dir)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.option("--message", default="cancelled by the user", show_default=True)
+@json_option
+@data_dir_option
+@store_option
+def cancel_job(
+    job_id: str, message: str, as_json: bool, data_dir: Path | None, store_url: str | None
+) -> None:
+    """Cancel a job that has not ended; a job already ended is left as it is."""
+    settings = settings_from(data_dir=data_dir, store_url=store_url)
+
+    async def cancel(store: JobStore) -> tuple[bool, Job]:
+        before = await store.get_job(job_id)
+        after = await store.end_job(job_id, JobStatus.CANCELLED, message=message)
+        return not before.status.terminal, after
+
+    cancelled, job = with_store(settings, cancel)
+    if as_json:
+        click.echo(json.dumps(job.to_dict(), indent=2))
+    elif cancelled:
+        stdout.print(f"job {job.id} cancelled")
+    else:
+        stdout.print(f"job {job.id} had already ended: {job.status.value}")

@@ -1,0 +1,83 @@
+"""What the commands share: options, consoles, settings and store access."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from jobtrack.errors import InvalidRequest, JobtrackError, StoreMissing
+from jobtrack.runtime import Settings
+from jobtrack.store import JobStore, open_store
+
+__all__ = [
+    "data_dir_option",
+    "json_option",
+    "settings_from",
+    "stderr",
+    "stdout",
+    "store_option",
+    "with_store",
+]
+
+T = TypeVar("T")
+
+stderr = Console(stderr=True)
+stdout = Console(highlight=False, soft_wrap=True)
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="JOBTRACK_DATA_DIR",
+    show_envvar=True,
+    help="Where the database and renditions live [default: ~/.local/share/jobtrack].",
+)
+store_option = click.option(
+    "--store",
+    "store_url",
+    envvar="JOBTRACK_STORE_URL",
+    show_envvar=True,
+    help="Store URL: sqlite:///relative.db, sqlite:////absolute.db or memory://"
+    " [default: DATA_DIR/jobtrack.db].",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def settings_from(**flags: Any) -> Settings:
+    """Settings from flags, then the environment; bad values are usage errors."""
+    try:
+        return Settings.from_env(**flags)
+    except InvalidRequest as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def with_store(
+    settings: Settings,
+    action: Callable[[JobStore], Awaitable[T]],
+    *,
+    on_missing: Callable[[StoreMissing], T] | None = None,
+) -> T:
+    """Run ``action`` on the settings' existing store (never creating one);
+    jobtrack errors become clean command-line errors."""
+
+    async def run() -> T:
+        store = open_store(settings.store_url, create=False)
+        try:
+            return await action(store)
+        finally:
+            await store.aclose()
+
+    try:
+        return asyncio.run(run())
+    except StoreMissing as exc:
+        if on_missing is None:
+            raise click.ClickException(f"{exc}: nothing has been stored there yet") from None
+        return on_missing(exc)
+    except InvalidRequest as exc:
+        raise click.UsageError(str(exc)) from None
+    except JobtrackError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,93 @@
+"""How jobs look on the terminal and in JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from jobtrack.model import Job, Stage
+from jobtrack.pipeline.failures import ItemFailure
+from jobtrack.pipeline.stages import DEFAULT_RENDITIONS
+
+__all__ = ["job_json", "jobs_table", "plural", "print_job"]
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def job_json(job: Job, failures: Sequence[ItemFailure] | None = None) -> dict[str, Any]:
+    """The job as in the JSON contract, with its failed items when known."""
+    data = job.to_dict()
+    if failures is not None:
+        data["failures"] = [failure.to_dict() for failure in failures]
+    return data
+
+
+def stage_cell(stage: Stage) -> str:
+    """``48/50`` with failures spelled out: ``48/50 (2 failed)``."""
+    cell = f"{stage.completed_items}/{stage.total_items}"
+    if not stage.total_final:
+        cell += "+"
+    return f"{cell} ({stage.failed_items} failed)" if stage.failed_items else cell
+
+
+def jobs_table(jobs: Sequence[Job]) -> Table:
+    """One row per job: id, type, status, created, then a cell per stage."""
+    names: list[str] = []
+    for job in jobs:
+        names.extend(name for name in job.stages if name not in names)
+    table = Table(box=None, pad_edge=False)
+    table.add_column("id", no_wrap=True, min_width=32)
+    for column in ("type", "status", "created", *names):
+        table.add_column(column, no_wrap=True)
+    for job in jobs:
+        cells = [stage_cell(job.stages[n]) if n in job.stages else "" for n in names]
+        table.add_row(job.id, job.job_type, job.status.value, job.to_dict()["created_at"], *cells)
+    return table
+
+
+def stage_table(job: Job) -> Table:
+    """The job's stages, one row each."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("stage", "status", "completed", "failed", "total", "final"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("message")
+    for stage in job.stages.values():
+        table.add_row(
+            stage.name,
+            stage.status.value,
+            str(stage.completed_items),
+            str(stage.failed_items),
+            str(stage.total_items),
+            "yes" if stage.total_final else "no",
+            stage.message,
+        )
+    return table
+
+
+def print_job(
+    console: Console, job: Job, failures: Sequence[ItemFailure], *, data_dir: Path | None
+) -> None:
+    """The job, its stages, where its renditions are and what failed."""
+    console.print(f"job {job.id} ({job.job_type}): [bold]{job.status.value}[/bold]")
+    collection = job.attributes.get("collection")
+    if isinstance(collection, dict):
+        console.print(f"  collection: {collection['path']}", markup=False)
+    if job.message:
+        console.print(f"  {job.message}", markup=False)
+    console.print(stage_table(job))
+    if isinstance(collection, dict) and data_dir is not None:
+        for spec in DEFAULT_RENDITIONS:
+            folder = spec.output_path(data_dir, collection["id"], "x").parent
+            console.print(f"{spec.stage:>10} renditions: {folder}", markup=False)
+    if failures:
+        console.print(f"[red]{plural(len(failures), 'image')} failed:[/red]")
+        for failure in failures:
+            stages = ", ".join(failure.stages)
+            console.print(f"  {failure.image} ({stages}): {failure.error}", markup=False)
