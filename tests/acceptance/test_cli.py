@@ -158,7 +158,7 @@ def test_interrupted_scan_cancels_its_job_and_a_rescan_finishes(tmp_path: Path) 
         "sample",
         root,
         "--count",
-        "40",
+        "60",
         "--broken",
         "0",
         "--max-megapixels",
@@ -166,7 +166,8 @@ def test_interrupted_scan_cancels_its_job_and_a_rescan_finishes(tmp_path: Path) 
         data_dir=tmp_path,
         check=True,
     )
-    env = {**os.environ, "JOBTRACK_DATA_DIR": str(tmp_path / "state")}
+    # One worker, so that the scan is sure to be still running when interrupted.
+    env = {**os.environ, "JOBTRACK_DATA_DIR": str(tmp_path / "state"), "JOBTRACK_WORKERS": "1"}
     scan = subprocess.Popen(
         [*JOBTRACK, "scan", str(root)],
         env=env,
@@ -189,7 +190,7 @@ def test_interrupted_scan_cancels_its_job_and_a_rescan_finishes(tmp_path: Path) 
     assert (job["status"], job["message"]) == ("cancelled", "interrupted before the end")
     again = json.loads(run("scan", root, "--json", data_dir=tmp_path / "state", check=True).stdout)
     assert again["id"] != job["id"]
-    assert again["stages"]["cache"]["completed_items"] == 40
+    assert again["stages"]["cache"]["completed_items"] == 60
 
 
 def test_jobs_cancel(collection: Path, tmp_path: Path) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -165,6 +167,7 @@ async def test_reconciler_counts_what_is_really_on_disk(
     async with EmbeddedRuntime(settings_for(tmp_path)) as runtime:
         outcome = await runtime.scan(sample.root)
         counts, missing = await runtime.reconciler.inspect(outcome.job)
+        assert await runtime.reconciler.count(outcome.job) == counts
         assert counts[THUMBNAIL].completed_items == GOOD
         assert counts[THUMBNAIL].failed_items == BROKEN
         assert missing == {THUMBNAIL: [], CACHE: []}
@@ -287,3 +290,23 @@ async def test_renditions_of_removed_images_are_deleted(tmp_path: Path) -> None:
     for stage in (THUMBNAIL, CACHE):
         assert len(renditions(data, first.job, stage)) == 4
     assert "2 renditions of removed images deleted" in again.job.stage(SCAN).message
+
+
+async def test_a_job_whose_scan_process_died_is_taken_over_at_once(
+    sample: SampleManifest, tmp_path: Path
+) -> None:
+    child = subprocess.Popen(["true"])  # noqa: ASYNC220 - a process that is gone at once
+    child.wait()
+    dead_pid = child.pid
+    async with EmbeddedRuntime(settings_for(tmp_path)) as runtime:
+        runner = {"host": socket.gethostname(), "pid": dead_pid}
+        dead = await runtime.scanner.start(sample.root, attributes={"runner": runner})
+        outcome = await runtime.scan(sample.root)
+        abandoned = await runtime.store.get_job(dead.job.id)
+    assert outcome.created
+    assert outcome.job.attributes["runner"] == {"host": socket.gethostname(), "pid": os.getpid()}
+    assert_exact(outcome.job, total=GOOD + BROKEN, failed=BROKEN)
+    assert (abandoned.status, abandoned.message) == (
+        JobStatus.FAILED,
+        f"abandoned: the scan that ran it (process {dead_pid}) is gone",
+    )

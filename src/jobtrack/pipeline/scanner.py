@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from jobtrack.broker import Broker
-from jobtrack.model import Clock, Job, JobStatus, utc_now
+from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import ArtifactStatus, Catalog, Collection, ImageState, ScannedFile
 from jobtrack.pipeline.messages import StageMessage, encode_message
 from jobtrack.pipeline.stages import (
@@ -79,7 +79,6 @@ class Scanner:
         renditions: Sequence[RenditionSpec] = DEFAULT_RENDITIONS,
         batch_size: int = 64,
         exclude: Sequence[Path] = (),
-        clock: Clock = utc_now,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -87,33 +86,39 @@ class Scanner:
         self._renditions = tuple(renditions)
         self._batch_size = batch_size
         self._exclude = tuple(exclude)
-        self._clock = clock
 
-    async def start(self, path: str | Path, *, stale_after: float | None = None) -> ScanStart:
+    async def start(
+        self,
+        path: str | Path,
+        *,
+        abandoned: Callable[[Job], str | None] | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> ScanStart:
         """The collection's running job, or a new job for it.
 
         One job per collection at a time: the current job is swapped in with
-        a compare-and-set, so two scans racing for one collection agree. With
-        ``stale_after``, a running job not updated for that many seconds is
-        taken to be abandoned (its process died with the work it held): it is
-        failed, and a new job takes over, re-doing only what is missing.
+        a compare-and-set, so two scans racing for one collection agree. A
+        running job for which ``abandoned`` gives a reason (its process died
+        with the work it held) is failed with that reason, and a new job
+        takes over, re-doing only what is missing. ``attributes`` are added
+        to a new job's own.
         """
         root = resolve_root(path)
         collection = await self._catalog.ensure_collection(str(root))
         while True:
             current = await self._current_job(collection)
-            if current is not None and not self._stale(current, stale_after):
+            reason = None if current is None or abandoned is None else abandoned(current)
+            if current is not None and reason is None:
                 return ScanStart(current, collection, created=False)
-            if current is not None:
-                await self._store.end_job(
-                    current.id,
-                    JobStatus.FAILED,
-                    message=f"abandoned: no progress for over {stale_after:g} s",
-                )
+            if current is not None and reason is not None:
+                await self._store.end_job(current.id, JobStatus.FAILED, message=reason)
             job = await self._store.create_job(
                 JOB_TYPE,
                 STAGES,
-                attributes={"collection": {"id": collection.id, "path": collection.root}},
+                attributes={
+                    **(attributes or {}),
+                    "collection": {"id": collection.id, "path": collection.root},
+                },
             )
             if await self._catalog.swap_job(
                 collection.id, expected=collection.job_id, job_id=job.id
@@ -147,11 +152,6 @@ class Scanner:
                 "refused %s: %s", refused.relpath, refused.reason, extra={"action": "path_refused"}
             )
         return report
-
-    def _stale(self, job: Job, stale_after: float | None) -> bool:
-        if stale_after is None:
-            return False
-        return job.updated_at < self._clock() - timedelta(seconds=stale_after)
 
     async def _current_job(self, collection: Collection) -> Job | None:
         if collection.job_id is None:

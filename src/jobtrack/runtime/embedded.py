@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from jobtrack.broker import Broker, Subscription, open_broker
 from jobtrack.model import Job, JobStatus, utc_now
@@ -37,6 +40,22 @@ __all__ = ["EmbeddedRuntime", "ScanOutcome"]
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[Job], None]
+
+
+def _runner() -> dict[str, Any]:
+    """Who runs a scan, recorded on its job so that another process can tell
+    whether the job's runner is still alive."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,30 +148,43 @@ class EmbeddedRuntime:
         cancels its own job.
         """
         while True:
-            start = await self.scanner.start(path, stale_after=self._stale_after)
+            start = await self.scanner.start(
+                path, abandoned=self._abandoned, attributes={"runner": _runner()}
+            )
             if start.created:
                 return await self._run(start, on_progress)
             job = await self._follow(start.job.id, on_progress)
             if job is not None:
                 return ScanOutcome(job=job, created=False, report=None, reconciled=False)
 
-    @property
-    def _stale_after(self) -> float | None:
-        in_process = self.settings.broker_url == "memory://"
-        return self.settings.stuck_after if in_process else None
+    def _abandoned(self, job: Job) -> str | None:
+        """Why a running job can no longer progress, or None if it may.
+
+        Only with the in-process broker: there a job's work lives in the
+        process that started it, so the job is abandoned once that process is
+        gone, or once it has not moved for ``stuck_after`` seconds.
+        """
+        if self.settings.broker_url != "memory://":
+            return None
+        runner, me = job.attributes.get("runner"), _runner()
+        if isinstance(runner, dict) and runner.get("host") == me["host"]:
+            pid = runner.get("pid")
+            if isinstance(pid, int) and pid != me["pid"] and not _alive(pid):
+                return f"abandoned: the scan that ran it (process {pid}) is gone"
+        quiet = utc_now() - job.updated_at
+        if quiet > timedelta(seconds=self.settings.stuck_after):
+            return f"abandoned: no progress for over {self.settings.stuck_after:g} s"
+        return None
 
     async def _follow(self, job_id: str, on_progress: ProgressCallback | None) -> Job | None:
-        """Follow another process's job to its end; None if it went stale."""
+        """Follow another process's job to its end; None if it was abandoned."""
         while True:
             job = await self.store.get_job(job_id)
             if on_progress is not None:
                 on_progress(job)
             if job.status.terminal:
                 return job
-            stale_after = self._stale_after
-            if stale_after is not None and job.updated_at < utc_now() - timedelta(
-                seconds=stale_after
-            ):
+            if self._abandoned(job) is not None:
                 return None
             await asyncio.sleep(self._poll_interval)
 
@@ -164,7 +196,7 @@ class EmbeddedRuntime:
         except asyncio.CancelledError:
             walk.cancel()
             await asyncio.wait([walk])
-            if self._stale_after is not None:
+            if self.settings.broker_url == "memory://":
                 await self.store.end_job(
                     start.job.id, JobStatus.CANCELLED, message="interrupted before the end"
                 )

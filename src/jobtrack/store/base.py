@@ -12,9 +12,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from jobtrack.model import Job, JobStatus, Stage, StageCounts
+from jobtrack.errors import InvalidRequest
+from jobtrack.model import RESERVED_ATTRIBUTES, Job, JobStatus, Stage, StageCounts
 
-__all__ = ["DEFAULT_PAGE_SIZE", "STUCK_QUERY_LIMIT", "Increment", "JobQuery", "JobStore"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "STUCK_QUERY_LIMIT",
+    "Increment",
+    "JobQuery",
+    "JobStore",
+    "validate_new_job",
+]
 
 DEFAULT_PAGE_SIZE = 50
 #: At most this many jobs per stuck-job query, as the seed's ``Limit(100)``.
@@ -42,6 +50,21 @@ class JobQuery:
     job_type: str | None = None
     limit: int = DEFAULT_PAGE_SIZE
     offset: int = 0
+
+
+def validate_new_job(
+    job_type: str, stages: Sequence[str], attributes: Mapping[str, Any] | None
+) -> None:
+    """Refuse a job no backend should store."""
+    if not job_type:
+        raise InvalidRequest("a job needs a job_type")
+    if not stages:
+        raise InvalidRequest("a job needs at least one stage")
+    if len(set(stages)) != len(stages) or not all(stages):
+        raise InvalidRequest(f"stage names must be unique and non-empty: {list(stages)}")
+    clash = RESERVED_ATTRIBUTES.intersection(attributes or {})
+    if clash:
+        raise InvalidRequest(f"attributes may not use reserved keys: {sorted(clash)}")
 
 
 @runtime_checkable

@@ -15,7 +15,6 @@ from typing import Any
 from jobtrack.errors import InvalidRequest, JobNotFound, StageNotFound
 from jobtrack.model import (
     ACTIVE_JOB_STATUSES,
-    RESERVED_ATTRIBUTES,
     Clock,
     Job,
     JobStatus,
@@ -32,24 +31,9 @@ from jobtrack.model import (
     start_stage,
     utc_now,
 )
-from jobtrack.store.base import STUCK_QUERY_LIMIT, Increment, JobQuery
+from jobtrack.store.base import STUCK_QUERY_LIMIT, Increment, JobQuery, validate_new_job
 
-__all__ = ["InMemoryJobStore", "validate_new_job"]
-
-
-def validate_new_job(
-    job_type: str, stages: Sequence[str], attributes: Mapping[str, Any] | None
-) -> None:
-    """Refuse a job no backend should store."""
-    if not job_type:
-        raise InvalidRequest("a job needs a job_type")
-    if not stages:
-        raise InvalidRequest("a job needs at least one stage")
-    if len(set(stages)) != len(stages) or not all(stages):
-        raise InvalidRequest(f"stage names must be unique and non-empty: {list(stages)}")
-    clash = RESERVED_ATTRIBUTES.intersection(attributes or {})
-    if clash:
-        raise InvalidRequest(f"attributes may not use reserved keys: {sorted(clash)}")
+__all__ = ["InMemoryJobStore"]
 
 
 class InMemoryJobStore:

@@ -34,8 +34,7 @@ from jobtrack.model import (
     start_stage,
     utc_now,
 )
-from jobtrack.store.base import STUCK_QUERY_LIMIT, Increment, JobQuery
-from jobtrack.store.memory import validate_new_job
+from jobtrack.store.base import STUCK_QUERY_LIMIT, Increment, JobQuery, validate_new_job
 from jobtrack.store.sqlite.database import SqliteDatabase, from_micros, load_queries, to_micros
 
 __all__ = ["SqliteJobStore"]

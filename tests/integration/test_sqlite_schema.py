@@ -1,0 +1,52 @@
+"""The SQLite schema: versioned migrations, applied once, the seed's index used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jobtrack.pipeline.catalog import SqliteCatalog
+from jobtrack.store import SqliteDatabase, SqliteJobStore
+from jobtrack.store.sqlite.store import _Q
+
+
+def test_migrations_apply_once_per_component(tmp_path: Path) -> None:
+    database = SqliteDatabase(tmp_path / "jobs.db")
+    assert database.schema_version("jobs") == 0
+    store = SqliteJobStore(database)
+    SqliteCatalog(database)
+    assert (database.schema_version("jobs"), database.schema_version("catalog")) == (1, 1)
+    # Opening again (another process, a restart) applies nothing more.
+    assert database.migrate("jobs", "jobtrack.store.sqlite.migrations") == []
+    again = SqliteDatabase(tmp_path / "jobs.db")
+    assert again.migrate("catalog", "jobtrack.pipeline.catalog.migrations") == []
+    tables = {
+        row[0]
+        for row in database.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+    }
+    assert tables == {
+        "schema_migrations",
+        "jobs",
+        "stages",
+        "item_keys",
+        "collections",
+        "images",
+        "artifacts",
+    }
+    del store
+    database.close()
+    again.close()
+
+
+def test_the_stuck_query_uses_the_seeds_index(tmp_path: Path) -> None:
+    store = SqliteJobStore.open(str(tmp_path / "jobs.db"))
+    plan = store.database.connection.execute(
+        "EXPLAIN QUERY PLAN " + _Q["find_stuck"],
+        {"job_type": "collection-scan", "before": 0, "limit": 100},
+    ).fetchall()
+    details = " ".join(row[-1] for row in plan)
+    # A search on the seed's composite index, never a scan of the table.
+    assert "SEARCH jobs USING INDEX idx_stuck_jobs (job_type=? AND status=? AND updated_at<?)" in (
+        details
+    )
+    assert "SCAN jobs" not in details
+    store.database.close()
