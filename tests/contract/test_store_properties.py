@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +12,7 @@ from jobtrack.errors import InvalidRequest
 from jobtrack.model import Job, JobStatus, StageCounts
 from jobtrack.store import InMemoryJobStore, JobStore, SqliteJobStore
 from tests.conftest import FrozenClock
+from tests.postgres import database_url, new_schema
 from tests.unit.test_rules import STAGES, Op, increments, raises, seals
 
 
@@ -85,23 +87,58 @@ async def apply(store: JobStore, job_id: str, op: Op | StoreOp, key: str | None)
     return "ok"
 
 
+async def replay(
+    store: JobStore, clock: FrozenClock, ops: list[Op | StoreOp], keys: list[str | None]
+) -> None:
+    """Apply the operations to ``store`` and to the reference, comparing each step."""
+    reference = InMemoryJobStore(clock=clock)
+    ref_job = await reference.create_job("t", STAGES)
+    job = await store.create_job("t", STAGES)
+    for op, key in zip(ops, keys, strict=False):
+        clock.advance(0.001)
+        expected = await apply(reference, ref_job.id, op, key)
+        assert await apply(store, job.id, op, key) == expected
+        assert snapshot(await store.get_job(job.id)) == snapshot(
+            await reference.get_job(ref_job.id)
+        )
+
+
+KEYS = st.lists(st.sampled_from(["a", "b", "c", None]), min_size=50)
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=operations, keys=st.lists(st.sampled_from(["a", "b", "c", None]), min_size=50))
+@given(ops=operations, keys=KEYS)
 async def test_sqlite_matches_the_reference(
     ops: list[Op | StoreOp], keys: list[str | None]
 ) -> None:
     clock = FrozenClock()  # one reading per operation, the same for both stores
-    reference = InMemoryJobStore(clock=clock)
     sqlite = SqliteJobStore.open(":memory:", clock=clock)
     try:
-        ref_job = await reference.create_job("t", STAGES)
-        sql_job = await sqlite.create_job("t", STAGES)
-        for op, key in zip(ops, keys, strict=False):
-            clock.advance(0.001)
-            expected = await apply(reference, ref_job.id, op, key)
-            assert await apply(sqlite, sql_job.id, op, key) == expected
-            assert snapshot(await sqlite.get_job(sql_job.id)) == snapshot(
-                await reference.get_job(ref_job.id)
-            )
+        await replay(sqlite, clock, ops, keys)
     finally:
         await sqlite.aclose()
+
+
+@pytest.fixture(scope="module")
+def postgres_url(postgres_database: str) -> str:
+    """One schema for every example: each example makes its own job."""
+    return database_url(postgres_database, schema=new_schema(postgres_database))
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(ops=operations, keys=KEYS)
+async def test_postgres_matches_the_reference(
+    postgres_url: str, ops: list[Op | StoreOp], keys: list[str | None]
+) -> None:
+    from jobtrack.store.postgres import PostgresJobStore
+
+    clock = FrozenClock()
+    store = PostgresJobStore(postgres_url, clock=clock, max_size=1)
+    try:
+        await replay(store, clock, ops, keys)
+    finally:
+        await store.aclose()

@@ -22,7 +22,7 @@ def test_sqlite_paths(url: str, path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["sqlite://jobs.db", "sqlite:///", "sqlite:///x.db?mode=ro", "postgres://x", "bogus"]
+    "url", ["sqlite://jobs.db", "sqlite:///", "sqlite:///x.db?mode=ro", "mysql://x", "bogus"]
 )
 def test_bad_urls_are_refused(url: str) -> None:
     with pytest.raises(InvalidRequest):

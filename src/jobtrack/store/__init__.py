@@ -1,7 +1,8 @@
 """The store port and its backends.
 
-``open_store(url)`` picks the backend from the URL: ``memory://`` or
-``sqlite:///path/to/file.db``.
+``open_store(url)`` picks the backend from the URL: ``memory://``,
+``sqlite:///path/to/file.db`` or ``postgresql://user@host/db`` (which needs the
+``postgres`` extra).
 """
 
 from __future__ import annotations
@@ -39,9 +40,20 @@ def sqlite_path(url: str) -> str:
 
 
 def open_store(url: str, *, create: bool = True, clock: Clock = utc_now) -> JobStore:
-    """Open the store a URL names; with ``create=False``, only one that exists."""
+    """Open the store a URL names; with ``create=False``, only one that exists
+    (for SQLite; a server's database always exists)."""
     if url == "memory://":
         return InMemoryJobStore(clock=clock)
     if url.startswith("sqlite:"):
         return SqliteJobStore.open(sqlite_path(url), create=create, clock=clock)
-    raise InvalidRequest(f"unsupported store URL {url!r}: use memory:// or sqlite:///path")
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from jobtrack.store.postgres import PostgresJobStore  # noqa: PLC0415 - optional
+        except ImportError as exc:
+            raise InvalidRequest(
+                f"{url.split(':', 1)[0]} URLs need psycopg: pip install 'jobtrack[postgres]'"
+            ) from exc
+        return PostgresJobStore(url, clock=clock)
+    raise InvalidRequest(
+        f"unsupported store URL {url!r}: use memory://, sqlite:///path or postgresql://…"
+    )

@@ -12,31 +12,21 @@ SQLite's busy timeout.
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from jobtrack.errors import StoreError, StoreMissing, StoreUnavailable
+from jobtrack.store.sql import migrations
 
-__all__ = [
-    "SqliteDatabase",
-    "from_micros",
-    "load_queries",
-    "to_micros",
-]
+__all__ = ["SqliteDatabase", "from_micros", "to_micros"]
 
 logger = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-_QUERY_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _BUSY = ("database is locked", "database is busy", "unable to open database")
 
 
@@ -48,20 +38,6 @@ def to_micros(moment: datetime) -> int:
 def from_micros(value: int) -> datetime:
     """The inverse of :func:`to_micros`."""
     return _EPOCH + timedelta(microseconds=value)
-
-
-def load_queries(package: str, name: str = "queries.sql") -> dict[str, str]:
-    """The named queries of a ``.sql`` resource (``-- name: x`` headers)."""
-    text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
-    parts = _QUERY_HEADER.split(text)
-    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts), 2)}
-
-
-@dataclass(frozen=True, slots=True)
-class _Migration:
-    version: int
-    name: str
-    resource: Traversable
 
 
 class SqliteDatabase:
@@ -125,7 +101,7 @@ class SqliteDatabase:
     def migrate(self, component: str, package: str) -> list[int]:
         """Apply the ``NNNN_name.sql`` migrations of ``package`` not yet applied
         for ``component``; returns the versions applied now."""
-        migrations = _migrations(package)
+        found = migrations(package)
         applied_now: list[int] = []
         with self.write() as conn:
             done = {
@@ -134,10 +110,10 @@ class SqliteDatabase:
                     "SELECT version FROM schema_migrations WHERE component = ?", (component,)
                 )
             }
-            for migration in migrations:
+            for migration in found:
                 if migration.version in done:
                     continue
-                for statement in _statements(migration.resource.read_text(encoding="utf-8")):
+                for statement in _statements(migration.read()):
                     conn.execute(statement)
                 conn.execute(
                     "INSERT INTO schema_migrations (component, version, name, applied_at)"
@@ -166,16 +142,6 @@ class SqliteDatabase:
     def close(self) -> None:
         """Close the connection."""
         self.connection.close()
-
-
-def _migrations(package: str) -> list[_Migration]:
-    found: list[_Migration] = []
-    for entry in resources.files(package).iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append(_Migration(int(match.group(1)), entry.name, entry))
-    found.sort(key=lambda m: m.version)
-    return found
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -35,7 +35,8 @@ from jobtrack.model import (
     utc_now,
 )
 from jobtrack.store.base import STUCK_QUERY_LIMIT, Increment, JobQuery, validate_new_job
-from jobtrack.store.sqlite.database import SqliteDatabase, from_micros, load_queries, to_micros
+from jobtrack.store.sql import load_queries
+from jobtrack.store.sqlite.database import SqliteDatabase, from_micros, to_micros
 
 __all__ = ["SqliteJobStore"]
 

@@ -1,0 +1,58 @@
+-- Named queries of the PostgreSQL job store; each begins with a "-- name: x" line.
+
+-- name: increment
+SELECT * FROM jobtrack_increment(%s, %s, %s, %s, %s, %s);
+
+-- name: insert_job
+INSERT INTO jobs (id, job_type, status, attributes, created_at, updated_at)
+VALUES (%(id)s, %(job_type)s, 'pending', %(attributes)s, %(now)s, %(now)s);
+
+-- name: insert_stages
+INSERT INTO stages (job_id, name, position)
+SELECT %(job_id)s, name, position - 1
+FROM unnest(%(names)s::text[]) WITH ORDINALITY AS s (name, position);
+
+-- name: get_job
+SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
+FROM jobs WHERE id = %(job_id)s;
+
+-- name: lock_job
+SELECT status FROM jobs WHERE id = %(job_id)s FOR UPDATE;
+
+-- name: get_stages
+SELECT job_id, name, status, total_items, completed_items, failed_items, total_final, message,
+       started_at, completed_at
+FROM stages WHERE job_id = ANY(%(job_ids)s) ORDER BY job_id, position;
+
+-- name: lock_stage
+SELECT name, status, total_items, completed_items, failed_items, total_final, message,
+       started_at, completed_at
+FROM stages WHERE job_id = %(job_id)s AND name = %(stage)s FOR UPDATE;
+
+-- name: put_stage
+UPDATE stages SET
+    status = %(status)s, total_items = %(total_items)s, completed_items = %(completed_items)s,
+    failed_items = %(failed_items)s, total_final = %(total_final)s, message = %(message)s,
+    started_at = %(started_at)s, completed_at = %(completed_at)s
+WHERE job_id = %(job_id)s AND name = %(name)s;
+
+-- name: touch_and_settle
+WITH touched AS (UPDATE jobs SET updated_at = %(now)s WHERE id = %(job_id)s RETURNING id)
+SELECT jobtrack_settle_job(id, %(now)s) FROM touched;
+
+-- name: end_job
+UPDATE jobs SET status = %(status)s, message = %(message)s, updated_at = %(now)s,
+    completed_at = %(now)s
+WHERE id = %(job_id)s AND status IN ('pending', 'in_progress');
+
+-- name: forget_keys
+DELETE FROM item_keys WHERE job_id = %(job_id)s;
+
+-- name: find_stuck
+-- The seed's query; served by idx_stuck_jobs (job_type, status, updated_at).
+SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
+FROM jobs
+WHERE job_type = %(job_type)s AND status IN ('pending', 'in_progress')
+  AND updated_at < %(before)s
+ORDER BY updated_at
+LIMIT %(limit)s;

@@ -1,0 +1,340 @@
+"""The PostgreSQL job store (``postgresql://…``), on psycopg 3 with a pool.
+
+The per-item increment is one round trip: ``jobtrack_increment`` (in the
+migration) touches and locks the job row, claims the item key, counts the
+items with the stage rules in an ``UPDATE … RETURNING`` and re-derives the
+job's status when the stage changed. Taking the job's row lock first orders
+every writer of one job, so the re-derivation sees the other stages as
+committed: two stages finishing at once complete the job exactly once. The
+rarer writes (totals, seals, reconciliation) lock the job, then the stage,
+and apply :mod:`jobtrack.model.rules` in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+
+from jobtrack.errors import (
+    InvalidRequest,
+    JobNotFound,
+    StageNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from jobtrack.model import (
+    Clock,
+    Job,
+    JobStatus,
+    Stage,
+    StageCounts,
+    StageStatus,
+    check_increment,
+    default_completed,
+    new_id,
+    raise_total,
+    seal_total,
+    set_counts,
+    start_stage,
+    utc_now,
+)
+from jobtrack.store.base import STUCK_QUERY_LIMIT, Increment, JobQuery, validate_new_job
+from jobtrack.store.sql import load_queries, migrations
+
+__all__ = ["PostgresJobStore"]
+
+_Q = load_queries("jobtrack.store.postgres")
+_STAGE_STATUS = {status.value: status for status in StageStatus}
+_MIGRATION_LOCK = 0x6A6F62747261636B  # "jobtrack": one migrator at a time
+_Connection = psycopg.AsyncConnection[TupleRow]
+
+
+class PostgresJobStore:
+    """A :class:`~jobtrack.store.base.JobStore` on PostgreSQL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        timeout: float = 10.0,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.url = url
+        self._clock = clock
+        self._pool: psycopg_pool.AsyncConnectionPool[_Connection] = (
+            psycopg_pool.AsyncConnectionPool(
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=timeout,
+                open=False,
+                kwargs={"autocommit": True},
+            )
+        )
+        self._ready = False
+        self._opening = asyncio.Lock()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[_Connection]:
+        """A pooled connection, with driver errors translated once, here."""
+        try:
+            if not self._ready:
+                await self._open()
+            async with self._pool.connection() as conn:
+                yield conn
+        except psycopg_pool.PoolTimeout as exc:
+            raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL error: {exc}") from exc
+
+    async def _open(self) -> None:
+        async with self._opening:
+            if self._ready:
+                return
+            await self._pool.open(wait=False)
+            async with self._pool.connection() as conn:
+                await migrate(conn, "jobs", "jobtrack.store.postgres.migrations")
+            self._ready = True
+
+    async def create_job(
+        self,
+        job_type: str,
+        stages: Sequence[str],
+        *,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Create a pending job with these stages, in this order."""
+        validate_new_job(job_type, stages, attributes)
+        job_id = new_id()
+        async with self.connection() as conn, conn.transaction():
+            await conn.execute(
+                _Q["insert_job"],
+                {
+                    "id": job_id,
+                    "job_type": job_type,
+                    "attributes": Jsonb(dict(attributes or {})),
+                    "now": self._clock(),
+                },
+            )
+            await conn.execute(_Q["insert_stages"], {"job_id": job_id, "names": list(stages)})
+        return await self.get_job(job_id)
+
+    async def get_job(self, job_id: str) -> Job:
+        """The job as it is now."""
+        async with self.connection() as conn:
+            row = await (await conn.execute(_Q["get_job"], {"job_id": job_id})).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            return (await self._with_stages(conn, [row]))[0]
+
+    async def list_jobs(self, query: JobQuery | None = None) -> list[Job]:
+        """Jobs matching the query, newest first."""
+        query = query or JobQuery()
+        sql = (
+            "SELECT id, job_type, status, attributes, message, created_at, updated_at,"
+            " completed_at FROM jobs"
+            " WHERE (%(status)s::text IS NULL OR status = %(status)s)"
+            " AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)"
+            " ORDER BY created_at DESC, id DESC LIMIT %(limit)s OFFSET %(offset)s"
+        )
+        params = {
+            "status": None if query.status is None else query.status.value,
+            "job_type": query.job_type,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+        async with self.connection() as conn:
+            rows = await (await conn.execute(sql, params)).fetchall()
+            return await self._with_stages(conn, rows)
+
+    async def increment(
+        self,
+        job_id: str,
+        stage: str,
+        *,
+        completed: int | None = None,
+        failed: int = 0,
+        item_key: str | None = None,
+    ) -> Increment:
+        """Count finished items in one round trip; at most once per item key."""
+        completed = default_completed(completed, failed)
+        check_increment(completed, failed)
+        params = (job_id, stage, completed, failed, item_key, self._clock())
+        async with self.connection() as conn:
+            row = await (await conn.execute(_Q["increment"], params, prepare=True)).fetchone()
+        assert row is not None  # the function always returns one row
+        outcome = row[0]
+        if outcome == "no_job":
+            raise JobNotFound(job_id)
+        if outcome == "no_stage":
+            raise StageNotFound(job_id, stage)
+        ended = None if row[10] is None else JobStatus(row[10])
+        return Increment(counted=outcome == "counted", stage=_stage(row[1:10]), job_status=ended)
+
+    async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:
+        """Add ``by`` items to the stage's (unsealed) total."""
+        return await self._change(job_id, stage, lambda s, now: raise_total(s, now, by=by))
+
+    async def seal_total(self, job_id: str, stage: str, *, total: int | None = None) -> Stage:
+        """Make the stage's total final; it may complete at once."""
+        return await self._change(job_id, stage, lambda s, now: seal_total(s, now, total=total))
+
+    async def start_stage(self, job_id: str, stage: str, *, message: str | None = None) -> Stage:
+        """Mark a stage as started (and set its message)."""
+        return await self._change(
+            job_id, stage, lambda s, now: start_stage(s, now, message=message)
+        )
+
+    async def end_job(self, job_id: str, status: JobStatus, *, message: str = "") -> Job:
+        """Complete, fail or cancel a job; a job already ended stays as it is."""
+        if not status.terminal:
+            raise InvalidRequest(
+                f"a job can only be ended as completed, failed or cancelled, not {status}"
+            )
+        params = {"job_id": job_id, "status": status.value, "message": message}
+        async with self.connection() as conn, conn.transaction():
+            ended = await conn.execute(_Q["end_job"], {**params, "now": self._clock()})
+            if ended.rowcount:
+                await conn.execute(_Q["forget_keys"], params)
+        return await self.get_job(job_id)
+
+    async def find_stuck(
+        self, job_type: str, *, updated_before: datetime, limit: int = STUCK_QUERY_LIMIT
+    ) -> list[Job]:
+        """Active jobs of this type not updated since ``updated_before``, oldest first."""
+        params = {"job_type": job_type, "before": updated_before, "limit": limit}
+        async with self.connection() as conn:
+            rows = await (await conn.execute(_Q["find_stuck"], params)).fetchall()
+            return await self._with_stages(conn, rows)
+
+    async def set_counts(self, job_id: str, counts: Mapping[str, StageCounts]) -> Job:
+        """Set stage counts to the ground truth, up or down, in one transaction."""
+        now = self._clock()
+        async with self.connection() as conn, conn.transaction():
+            await self._lock_job(conn, job_id)
+            for name, truth in counts.items():
+                current = await self._lock_stage(conn, job_id, name)
+                await self._write_stage(conn, job_id, set_counts(current, now, truth))
+            await conn.execute(_Q["touch_and_settle"], {"job_id": job_id, "now": now})
+        return await self.get_job(job_id)
+
+    async def aclose(self) -> None:
+        """Close the pool."""
+        await self._pool.close()
+
+    async def _change(
+        self, job_id: str, stage: str, change: Callable[[Stage, datetime], Stage]
+    ) -> Stage:
+        now = self._clock()
+        async with self.connection() as conn, conn.transaction():
+            await self._lock_job(conn, job_id)
+            changed = change(await self._lock_stage(conn, job_id, stage), now)
+            await self._write_stage(conn, job_id, changed)
+            await conn.execute(_Q["touch_and_settle"], {"job_id": job_id, "now": now})
+        return changed
+
+    async def _lock_job(self, conn: _Connection, job_id: str) -> None:
+        row = await (await conn.execute(_Q["lock_job"], {"job_id": job_id})).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+
+    async def _lock_stage(self, conn: _Connection, job_id: str, stage: str) -> Stage:
+        params = {"job_id": job_id, "stage": stage}
+        row = await (await conn.execute(_Q["lock_stage"], params)).fetchone()
+        if row is None:
+            raise StageNotFound(job_id, stage)
+        return _stage(row)
+
+    async def _write_stage(self, conn: _Connection, job_id: str, stage: Stage) -> None:
+        await conn.execute(
+            _Q["put_stage"],
+            {
+                "job_id": job_id,
+                "name": stage.name,
+                "status": stage.status.value,
+                "total_items": stage.total_items,
+                "completed_items": stage.completed_items,
+                "failed_items": stage.failed_items,
+                "total_final": stage.total_final,
+                "message": stage.message,
+                "started_at": stage.started_at,
+                "completed_at": stage.completed_at,
+            },
+        )
+
+    async def _with_stages(self, conn: _Connection, rows: Sequence[TupleRow]) -> list[Job]:
+        if not rows:
+            return []
+        ids = [row[0] for row in rows]
+        stage_rows = await (await conn.execute(_Q["get_stages"], {"job_ids": ids})).fetchall()
+        by_job: dict[str, list[Stage]] = {job_id: [] for job_id in ids}
+        for stage_row in stage_rows:
+            by_job[stage_row[0]].append(_stage(stage_row[1:]))
+        return [_job(row, by_job[row[0]]) for row in rows]
+
+
+async def migrate(conn: _Connection, component: str, package: str) -> list[int]:
+    """Apply the migrations of ``package`` not yet applied for ``component``,
+    one migrator at a time (an advisory lock); returns the versions applied."""
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " component text NOT NULL, version integer NOT NULL, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (component, version))"
+        )
+        cursor = await conn.execute(
+            "SELECT version FROM schema_migrations WHERE component = %s", (component,)
+        )
+        done = {row[0] for row in await cursor.fetchall()}
+        for migration in migrations(package):
+            if migration.version in done:
+                continue
+            await conn.execute(migration.read().encode())
+            await conn.execute(
+                "INSERT INTO schema_migrations (component, version, name) VALUES (%s, %s, %s)",
+                (component, migration.version, migration.name),
+            )
+            applied.append(migration.version)
+    return applied
+
+
+def _stage(row: Sequence[Any]) -> Stage:
+    return Stage(
+        name=row[0],
+        status=_STAGE_STATUS[row[1]],
+        total_items=row[2],
+        completed_items=row[3],
+        failed_items=row[4],
+        total_final=row[5],
+        message=row[6],
+        started_at=row[7],
+        completed_at=row[8],
+    )
+
+
+def _job(row: Sequence[Any], stages: list[Stage]) -> Job:
+    return Job(
+        id=row[0],
+        job_type=row[1],
+        status=JobStatus(row[2]),
+        attributes=row[3],
+        message=row[4],
+        created_at=row[5],
+        updated_at=row[6],
+        completed_at=row[7],
+        stages={stage.name: stage for stage in stages},
+    )
