@@ -8,7 +8,7 @@ import pytest
 
 from jobtrack.errors import InvalidIncrement, InvalidRequest, JobNotFound, StageNotFound
 from jobtrack.model import JobStatus, StageCounts, StageStatus
-from jobtrack.store import JobQuery, JobStore
+from jobtrack.store import JobQuery, JobStore, StageProgress
 from tests.conftest import SteppingClock
 
 STAGES = ("scan", "thumbnail", "cache")
@@ -263,3 +263,62 @@ async def test_set_counts_is_all_or_nothing(store: JobStore) -> None:
     after = await store.get_job(job.id)
     assert after.stage("a").completed_items == 0
     assert after.status is JobStatus.PENDING
+
+
+async def test_add_progress_counts_keys_once_across_and_within_batches(store: JobStore) -> None:
+    job = await store.create_job("t", ["a", "b"])
+    first = await store.add_progress(
+        [
+            StageProgress(job.id, "a", completed=2, completed_keys=["x", "y", "x"]),
+            StageProgress(job.id, "b", failed_keys=["x"]),
+        ]
+    )
+    assert [(r.counted, r.refused) for r in first] == [(4, None), (1, None)]
+    second = await store.add_progress(
+        [StageProgress(job.id, "a", completed_keys=["y", "z"], failed_keys=["x", "w"])]
+    )
+    assert second[0].counted == 2  # z and w are new; x and y were counted already
+    a, b = (await store.get_job(job.id)).stages.values()
+    assert (a.completed_items, a.failed_items) == (5, 1)
+    assert (b.completed_items, b.failed_items) == (0, 1)
+
+
+async def test_add_progress_refuses_unknown_entries_alone(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    results = await store.add_progress(
+        [
+            StageProgress("nope", "a", completed=1),
+            StageProgress(job.id, "zzz", completed=1),
+            StageProgress(job.id, "a", completed=3),
+        ]
+    )
+    assert [r.refused for r in results] == [
+        "job 'nope' not found",
+        f"job {job.id!r} has no stage 'zzz'",
+        None,
+    ]
+    assert [r.stage is None for r in results] == [True, True, False]
+    assert (await store.get_job(job.id)).stage("a").completed_items == 3
+    with pytest.raises(InvalidIncrement):
+        await store.add_progress([StageProgress(job.id, "a", completed=-1)])
+
+
+async def test_add_progress_ends_stages_and_the_job_once(store: JobStore) -> None:
+    job = await store.create_job("t", ["a", "b"])
+    await store.seal_total(job.id, "a", total=2)
+    await store.seal_total(job.id, "b", total=1)
+    results = await store.add_progress(
+        [
+            StageProgress(job.id, "a", completed_keys=["1", "2", "3"]),
+            StageProgress(job.id, "b", completed_keys=["1"]),
+        ]
+    )
+    assert [(r.counted, r.job_status) for r in results] == [
+        (3, JobStatus.IN_PROGRESS),
+        (1, JobStatus.COMPLETED),
+    ]
+    late = await store.add_progress([StageProgress(job.id, "a", completed=1)])
+    assert (late[0].counted, late[0].job_status) == (0, None)
+    done = await store.get_job(job.id)
+    assert done.status is JobStatus.COMPLETED
+    assert (done.stage("a").completed_items, done.stage("b").completed_items) == (3, 1)

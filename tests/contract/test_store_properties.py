@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from jobtrack.errors import InvalidRequest
 from jobtrack.model import Job, JobStatus, StageCounts
-from jobtrack.store import InMemoryJobStore, JobStore, SqliteJobStore
+from jobtrack.store import InMemoryJobStore, JobStore, SqliteJobStore, StageProgress
 from tests.conftest import FrozenClock
 from tests.postgres import database_url, new_schema
 from tests.unit.test_rules import STAGES, Op, increments, raises, seals
@@ -20,10 +20,12 @@ from tests.unit.test_rules import STAGES, Op, increments, raises, seals
 class StoreOp:
     """An operation only stores have: start, end, reconcile."""
 
-    kind: str  # "start", "end" or "counts"
+    kind: str  # "start", "end", "counts" or "batch"
     stage: int = 0
     status: JobStatus = JobStatus.CANCELLED
     counts: StageCounts = field(default_factory=lambda: StageCounts(0, 0, 0))
+    completed_keys: tuple[str, ...] = ()
+    failed_keys: tuple[str, ...] = ()
 
 
 counts = st.builds(
@@ -41,6 +43,14 @@ store_ops = st.one_of(
         status=st.sampled_from([JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED]),
     ),
     st.builds(StoreOp, kind=st.just("counts"), stage=st.integers(0, 2), counts=counts),
+    st.builds(
+        StoreOp,
+        kind=st.just("batch"),
+        stage=st.integers(0, 2),
+        counts=counts,
+        completed_keys=st.lists(st.sampled_from("abcde"), max_size=4).map(tuple),
+        failed_keys=st.lists(st.sampled_from("abcde"), max_size=3).map(tuple),
+    ),
 )
 # Ending a job is rare, so most sequences keep going after it.
 operations = st.lists(st.one_of(increments, increments, raises, seals, store_ops), max_size=50)
@@ -71,6 +81,20 @@ async def apply(store: JobStore, job_id: str, op: Op | StoreOp, key: str | None)
                 await store.start_stage(job_id, name, message="started")
             elif op.kind == "end":
                 await store.end_job(job_id, op.status, message="ended")
+            elif op.kind == "batch":
+                [result] = await store.add_progress(
+                    [
+                        StageProgress(
+                            job_id,
+                            name,
+                            completed=op.counts.completed_items % 3,
+                            failed=op.counts.failed_items % 2,
+                            completed_keys=op.completed_keys,
+                            failed_keys=op.failed_keys,
+                        )
+                    ]
+                )
+                return f"counted={result.counted} ended={result.job_status}"
             else:
                 await store.set_counts(job_id, {name: op.counts})
         elif op.kind == "inc":

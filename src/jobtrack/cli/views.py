@@ -44,8 +44,11 @@ def jobs_table(jobs: Sequence[Job]) -> Table:
         names.extend(name for name in job.stages if name not in names)
     table = Table(box=None, pad_edge=False)
     table.add_column("id", no_wrap=True, min_width=32)
-    for column in ("type", "status", "created", *names):
-        table.add_column(column, no_wrap=True)
+    table.add_column("type", overflow="fold")
+    table.add_column("status", no_wrap=True, min_width=11)
+    table.add_column("created", overflow="fold")
+    for name in names:
+        table.add_column(name, no_wrap=True)
     for job in jobs:
         cells = [stage_cell(job.stages[n]) if n in job.stages else "" for n in names]
         table.add_row(job.id, job.job_type, job.status.value, job.to_dict()["created_at"], *cells)

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from jobtrack.errors import InvalidRequest
 from jobtrack.model import Clock, utc_now
-from jobtrack.store.base import DEFAULT_PAGE_SIZE, STUCK_QUERY_LIMIT, Increment, JobQuery, JobStore
+from jobtrack.store.base import (
+    DEFAULT_PAGE_SIZE,
+    STUCK_QUERY_LIMIT,
+    Increment,
+    JobQuery,
+    JobStore,
+    ProgressResult,
+    StageProgress,
+)
 from jobtrack.store.memory import InMemoryJobStore
 from jobtrack.store.sqlite import SqliteDatabase, SqliteJobStore
 
@@ -20,8 +28,10 @@ __all__ = [
     "Increment",
     "JobQuery",
     "JobStore",
+    "ProgressResult",
     "SqliteDatabase",
     "SqliteJobStore",
+    "StageProgress",
     "open_store",
     "sqlite_path",
 ]

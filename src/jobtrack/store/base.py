@@ -12,8 +12,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from jobtrack.errors import InvalidRequest
-from jobtrack.model import RESERVED_ATTRIBUTES, Job, JobStatus, Stage, StageCounts
+from jobtrack.errors import InvalidIncrement, InvalidRequest
+from jobtrack.model import (
+    MAX_INCREMENT,
+    RESERVED_ATTRIBUTES,
+    Job,
+    JobStatus,
+    Stage,
+    StageCounts,
+)
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -21,6 +28,10 @@ __all__ = [
     "Increment",
     "JobQuery",
     "JobStore",
+    "ProgressResult",
+    "StageProgress",
+    "as_progress",
+    "check_progress",
     "validate_new_job",
 ]
 
@@ -40,6 +51,40 @@ class Increment:
     counted: bool
     stage: Stage
     job_status: JobStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StageProgress:
+    """Progress to add to one stage in one write: unkeyed counts, plus items
+    known by key, each of which counts once however often it is reported."""
+
+    job_id: str
+    stage: str
+    completed: int = 0
+    failed: int = 0
+    completed_keys: Sequence[str] = ()
+    failed_keys: Sequence[str] = ()
+
+    @property
+    def items(self) -> int:
+        """How many items this reports, before deduplication."""
+        return self.completed + self.failed + len(self.completed_keys) + len(self.failed_keys)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressResult:
+    """What one :class:`StageProgress` did: items counted, the stage after.
+
+    ``refused`` says why nothing was counted when the job or the stage does
+    not exist (``stage`` is then None); ``job_status`` is set when this
+    write ended the stage.
+    """
+
+    progress: StageProgress
+    counted: int
+    stage: Stage | None
+    job_status: JobStatus | None = None
+    refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +110,28 @@ def validate_new_job(
     clash = RESERVED_ATTRIBUTES.intersection(attributes or {})
     if clash:
         raise InvalidRequest(f"attributes may not use reserved keys: {sorted(clash)}")
+
+
+def check_progress(progress: StageProgress) -> None:
+    """Refuse negative counts and absurd batches, as for one increment."""
+    if progress.completed < 0 or progress.failed < 0:
+        raise InvalidIncrement(f"progress must not be negative: {progress}")
+    if progress.items > MAX_INCREMENT:
+        raise InvalidIncrement(f"progress of {progress.items} items exceeds {MAX_INCREMENT}")
+
+
+def as_progress(
+    job_id: str, stage: str, completed: int, failed: int, item_key: str | None
+) -> StageProgress:
+    """One increment as progress: with a key, the item counts once."""
+    if item_key is None:
+        return StageProgress(job_id, stage, completed, failed)
+    if completed + failed != 1:
+        raise InvalidIncrement("an increment with an item key counts exactly one item")
+    keys = (item_key,)
+    return StageProgress(
+        job_id, stage, completed_keys=keys if completed else (), failed_keys=keys if failed else ()
+    )
 
 
 @runtime_checkable
@@ -105,6 +172,12 @@ class JobStore(Protocol):
 
         ``completed`` defaults to 1, or to 0 when ``failed`` is given.
         """
+        ...
+
+    async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
+        """Apply many stages' progress at once, atomically, keys deduplicated
+        in the same write (the coalesced path: one write per flush). An
+        unknown job or stage refuses its own entry, not the batch."""
         ...
 
     async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:

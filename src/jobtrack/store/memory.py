@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from jobtrack.errors import InvalidRequest, JobNotFound, StageNotFound
+from jobtrack.errors import InvalidRequest, JobNotFound, NotFound, StageNotFound
 from jobtrack.model import (
     ACTIVE_JOB_STATUSES,
     Clock,
@@ -31,7 +31,16 @@ from jobtrack.model import (
     start_stage,
     utc_now,
 )
-from jobtrack.store.base import STUCK_QUERY_LIMIT, Increment, JobQuery, validate_new_job
+from jobtrack.store.base import (
+    STUCK_QUERY_LIMIT,
+    Increment,
+    JobQuery,
+    ProgressResult,
+    StageProgress,
+    as_progress,
+    check_progress,
+    validate_new_job,
+)
 
 __all__ = ["InMemoryJobStore"]
 
@@ -98,22 +107,39 @@ class InMemoryJobStore:
         """Count finished items, at most once per item key."""
         completed = default_completed(completed, failed)
         check_increment(completed, failed)
+        progress = as_progress(job_id, stage, completed, failed, item_key)
         async with self._lock:
-            job, current = self._stage(job_id, stage)
+            result = self._add(progress, self._clock())
+        if result.stage is None:
+            self._stage(job_id, stage)  # raises the NotFound it was refused for
+            raise AssertionError("unreachable")
+        return Increment(result.counted > 0, result.stage, result.job_status)
+
+    async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
+        """Apply many stages' progress at once, under one lock."""
+        for progress in batch:
+            check_progress(progress)
+        async with self._lock:
             now = self._clock()
-            counted = apply_increment(current, now, completed=completed, failed=failed)
-            keys = self._item_keys.setdefault(job_id, set())
-            if (
-                counted is None
-                or job.status.terminal
-                or (item_key is not None and (stage, item_key) in keys)
-            ):
-                return Increment(counted=False, stage=current)
-            if item_key is not None:
-                keys.add((stage, item_key))
-            job = self._put_stage(job, counted, now)
-            ended = job.status if counted.status.terminal else None
-            return Increment(counted=True, stage=counted, job_status=ended)
+            return [self._add(progress, now) for progress in batch]
+
+    def _add(self, progress: StageProgress, now: datetime) -> ProgressResult:
+        try:
+            job, current = self._stage(progress.job_id, progress.stage)
+        except NotFound as exc:
+            return ProgressResult(progress, 0, None, refused=str(exc))
+        if job.status.terminal or current.status.terminal:
+            return ProgressResult(progress, 0, current)
+        keys = self._item_keys.setdefault(job.id, set())
+        completed = progress.completed + _claim(keys, progress.stage, progress.completed_keys)
+        failed = progress.failed + _claim(keys, progress.stage, progress.failed_keys)
+        if completed + failed == 0:
+            return ProgressResult(progress, 0, current)
+        counted = apply_increment(current, now, completed=completed, failed=failed)
+        assert counted is not None  # the stage is not terminal
+        job = self._put_stage(job, counted, now)
+        ended = job.status if counted.status.terminal else None
+        return ProgressResult(progress, completed + failed, counted, ended)
 
     async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:
         """Add ``by`` items to the stage's (unsealed) total."""
@@ -205,3 +231,10 @@ class InMemoryJobStore:
             changed = change(current, now)
             self._put_stage(job, changed, now)
             return changed
+
+
+def _claim(keys: set[tuple[str, str]], stage: str, new: Sequence[str]) -> int:
+    """Add the keys not seen yet; return how many were new."""
+    before = len(keys)
+    keys.update((stage, key) for key in new)
+    return len(keys) - before

@@ -167,6 +167,12 @@ class ProgressTracker:
     def _keep(self, item: PendingIncrement, exc: Exception, *, retry: bool) -> None:
         if len(self._pending) == self._pending.maxlen:
             self.dropped += 1
+            logger.warning(
+                "%d progress writes kept for retry; dropping the oldest (reconciliation "
+                "will count it)",
+                len(self._pending),
+                extra={"action": "progress_dropped"},
+            )
         if retry:
             self._pending.appendleft(item)
         else:

@@ -1,7 +1,12 @@
 -- Named queries of the PostgreSQL job store; each begins with a "-- name: x" line.
 
--- name: increment
-SELECT * FROM jobtrack_increment(%s, %s, %s, %s, %s, %s);
+-- name: add
+SELECT * FROM jobtrack_add(%s, %s, %s, %s, %s::text[], %s::text[], %s);
+
+-- name: add_many
+SELECT * FROM jobtrack_add_many(
+    %s::text[], %s::text[], %s::bigint[], %s::bigint[],
+    %s::text[], %s::integer[], %s::integer[], %s::text[], %s::integer[], %s::integer[], %s);
 
 -- name: insert_job
 INSERT INTO jobs (id, job_type, status, attributes, created_at, updated_at)

@@ -46,7 +46,16 @@ from jobtrack.model import (
     start_stage,
     utc_now,
 )
-from jobtrack.store.base import STUCK_QUERY_LIMIT, Increment, JobQuery, validate_new_job
+from jobtrack.store.base import (
+    STUCK_QUERY_LIMIT,
+    Increment,
+    JobQuery,
+    ProgressResult,
+    StageProgress,
+    as_progress,
+    check_progress,
+    validate_new_job,
+)
 from jobtrack.store.sql import load_queries, migrations
 
 __all__ = ["PostgresJobStore"]
@@ -171,17 +180,52 @@ class PostgresJobStore:
         """Count finished items in one round trip; at most once per item key."""
         completed = default_completed(completed, failed)
         check_increment(completed, failed)
-        params = (job_id, stage, completed, failed, item_key, self._clock())
+        p = as_progress(job_id, stage, completed, failed, item_key)
+        params = (
+            job_id,
+            stage,
+            p.completed,
+            p.failed,
+            list(p.completed_keys),
+            list(p.failed_keys),
+            self._clock(),
+        )
         async with self.connection() as conn:
-            row = await (await conn.execute(_Q["increment"], params, prepare=True)).fetchone()
+            row = await (await conn.execute(_Q["add"], params, prepare=True)).fetchone()
         assert row is not None  # the function always returns one row
-        outcome = row[0]
-        if outcome == "no_job":
-            raise JobNotFound(job_id)
-        if outcome == "no_stage":
-            raise StageNotFound(job_id, stage)
-        ended = None if row[10] is None else JobStatus(row[10])
-        return Increment(counted=outcome == "counted", stage=_stage(row[1:10]), job_status=ended)
+        result = _result(p, row)
+        if result.stage is None:
+            raise JobNotFound(job_id) if row[0] == "no_job" else StageNotFound(job_id, stage)
+        return Increment(result.counted > 0, result.stage, result.job_status)
+
+    async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
+        """Apply many stages' progress in one round trip (``jobtrack_add_many``),
+        jobs locked in id order so that concurrent flushes never deadlock."""
+        for progress in batch:
+            check_progress(progress)
+        ordered = sorted(range(len(batch)), key=lambda i: (batch[i].job_id, batch[i].stage))
+        entries = [batch[i] for i in ordered]
+        ckeys, cstart, ccount = _flatten([p.completed_keys for p in entries])
+        fkeys, fstart, fcount = _flatten([p.failed_keys for p in entries])
+        params = (
+            [p.job_id for p in entries],
+            [p.stage for p in entries],
+            [p.completed for p in entries],
+            [p.failed for p in entries],
+            ckeys,
+            cstart,
+            ccount,
+            fkeys,
+            fstart,
+            fcount,
+            self._clock(),
+        )
+        async with self.connection() as conn:
+            rows = await (await conn.execute(_Q["add_many"], params, prepare=True)).fetchall()
+        results: list[ProgressResult | None] = [None] * len(batch)
+        for index, row in zip(ordered, rows, strict=True):
+            results[index] = _result(batch[index], row)
+        return [r for r in results if r is not None]
 
     async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:
         """Add ``by`` items to the stage's (unsealed) total."""
@@ -310,6 +354,28 @@ async def migrate(conn: _Connection, component: str, package: str) -> list[int]:
             )
             applied.append(migration.version)
     return applied
+
+
+def _flatten(groups: Sequence[Sequence[str]]) -> tuple[list[str], list[int], list[int]]:
+    """Ragged key lists as one array, with each group's 1-based start and length."""
+    flat: list[str] = []
+    starts, counts = [], []
+    for group in groups:
+        starts.append(len(flat) + 1)
+        counts.append(len(group))
+        flat.extend(group)
+    return flat, starts, counts
+
+
+def _result(progress: StageProgress, row: Sequence[Any]) -> ProgressResult:
+    found = row[0]
+    if found == "no_job":
+        return ProgressResult(progress, 0, None, refused=str(JobNotFound(progress.job_id)))
+    if found == "no_stage":
+        refused = StageNotFound(progress.job_id, progress.stage)
+        return ProgressResult(progress, 0, None, refused=str(refused))
+    ended = None if row[11] is None else JobStatus(row[11])
+    return ProgressResult(progress, row[1], _stage(row[2:11]), ended)
 
 
 def _stage(row: Sequence[Any]) -> Stage:

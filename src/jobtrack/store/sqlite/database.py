@@ -27,7 +27,15 @@ logger = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
-_BUSY = ("database is locked", "database is busy", "unable to open database")
+# Conditions that pass: another writer, a full or failing disk, a file that
+# cannot be opened just now. A write refused for these is worth retrying.
+_BUSY = (
+    "database is locked",
+    "database is busy",
+    "unable to open database",
+    "database or disk is full",
+    "disk I/O error",
+)
 
 
 def to_micros(moment: datetime) -> int:

@@ -23,9 +23,17 @@ WHERE job_id = ?1 AND name = ?2 AND status NOT IN ('completed', 'failed')
 RETURNING name, status, total_items, completed_items, failed_items, total_final, message,
           started_at, completed_at;
 
--- name: claim_item_key
-INSERT INTO item_keys (job_id, stage, item_key) VALUES (:job_id, :stage, :item_key)
+-- name: claim_keys
+-- ?3 is a JSON array of keys; the changes count says how many were new.
+INSERT INTO item_keys (job_id, stage, item_key)
+SELECT ?1, ?2, value FROM json_each(?3) WHERE true
 ON CONFLICT DO NOTHING;
+
+-- name: stage_and_job
+SELECT s.name, s.status, s.total_items, s.completed_items, s.failed_items, s.total_final,
+       s.message, s.started_at, s.completed_at, j.status
+FROM stages s JOIN jobs j ON j.id = s.job_id
+WHERE s.job_id = ?1 AND s.name = ?2;
 
 -- name: insert_job
 INSERT INTO jobs (id, job_type, status, attributes, created_at, updated_at)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from jobtrack.errors import InvalidRequest, JobNotFound, StageNotFound
+from jobtrack.errors import InvalidRequest, JobNotFound, NotFound, StageNotFound
 from jobtrack.model import (
     Clock,
     Job,
@@ -34,7 +34,16 @@ from jobtrack.model import (
     start_stage,
     utc_now,
 )
-from jobtrack.store.base import STUCK_QUERY_LIMIT, Increment, JobQuery, validate_new_job
+from jobtrack.store.base import (
+    STUCK_QUERY_LIMIT,
+    Increment,
+    JobQuery,
+    ProgressResult,
+    StageProgress,
+    as_progress,
+    check_progress,
+    validate_new_job,
+)
 from jobtrack.store.sql import load_queries
 from jobtrack.store.sqlite.database import SqliteDatabase, from_micros, to_micros
 
@@ -139,20 +148,45 @@ class SqliteJobStore:
             except sqlite3.Error as exc:
                 raise self.database.translate(exc) from exc
             return self._increment_result(job_id, stage, row)
+        progress = as_progress(job_id, stage, completed, failed, item_key)
         with self.database.write() as conn:
-            claim = conn.execute(
-                _Q["claim_item_key"], {"job_id": job_id, "stage": stage, "item_key": item_key}
-            )
-            if claim.rowcount == 0:
-                return self._not_counted(job_id, stage)
-            row = conn.execute(_INCREMENT, params).fetchone()
-            if row is None:
-                # Unknown or terminal stage: keep no key for an item not counted.
-                conn.execute(
-                    "DELETE FROM item_keys WHERE job_id = ? AND stage = ? AND item_key = ?",
-                    (job_id, stage, item_key),
-                )
-            return self._increment_result(job_id, stage, row)
+            result = self._add(conn, progress, params[4])
+        if result.stage is None:
+            self._raise_missing(job_id, stage)
+        assert result.stage is not None
+        return Increment(result.counted > 0, result.stage, result.job_status)
+
+    async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
+        """Apply many stages' progress in one ``BEGIN IMMEDIATE`` transaction:
+        per stage, claim the new keys, then one increment with the counts."""
+        for progress in batch:
+            check_progress(progress)
+        now = to_micros(self._clock())
+        with self.database.write() as conn:
+            return [self._add(conn, progress, now) for progress in batch]
+
+    def _add(self, conn: sqlite3.Connection, progress: StageProgress, now: int) -> ProgressResult:
+        job_id, stage = progress.job_id, progress.stage
+        row = conn.execute(_Q["stage_and_job"], (job_id, stage)).fetchone()
+        if row is None:
+            refused = self._missing(job_id, stage)
+            return ProgressResult(progress, 0, None, refused=str(refused))
+        current, job_status = _stage(row), row[9]
+        if current.status.terminal or job_status not in ("pending", "in_progress"):
+            return ProgressResult(progress, 0, current)
+        completed = progress.completed + self._claim(conn, job_id, stage, progress.completed_keys)
+        failed = progress.failed + self._claim(conn, job_id, stage, progress.failed_keys)
+        if completed + failed == 0:
+            return ProgressResult(progress, 0, current)
+        counted = conn.execute(_INCREMENT, (job_id, stage, completed, failed, now)).fetchone()
+        result = self._increment_result(job_id, stage, counted)
+        return ProgressResult(progress, completed + failed, result.stage, result.job_status)
+
+    @staticmethod
+    def _claim(conn: sqlite3.Connection, job_id: str, stage: str, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        return conn.execute(_Q["claim_keys"], (job_id, stage, json.dumps(list(keys)))).rowcount
 
     async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:
         """Add ``by`` items to the stage's (unsealed) total."""
@@ -258,8 +292,13 @@ class SqliteJobStore:
         return JobStatus(row[0])
 
     def _raise_missing(self, job_id: str, stage: str) -> None:
-        self._job_status(job_id)
-        raise StageNotFound(job_id, stage)
+        raise self._missing(job_id, stage)
+
+    def _missing(self, job_id: str, stage: str) -> NotFound:
+        row = self.database.connection.execute(_Q["get_job_status"], {"job_id": job_id})
+        if row.fetchone() is None:
+            return JobNotFound(job_id)
+        return StageNotFound(job_id, stage)
 
     def _with_stages(self, rows: list[Any]) -> list[Job]:
         if not rows:

@@ -85,73 +85,96 @@ BEGIN
     RETURN v_derived;
 END $$;
 
--- The per-item path, in one round trip: lock the job, claim the item key,
--- count the items with the stage rules, touch the job, re-derive its status
--- when the stage changed. Outcomes: counted, not_counted, no_job, no_stage.
-CREATE FUNCTION jobtrack_increment(
-    p_job text, p_stage text, p_completed bigint, p_failed bigint, p_key text,
-    p_now timestamptz
+-- Add progress to one stage: lock the job (its row lock orders every writer
+-- of the job), claim the new item keys, count the items with the stage
+-- rules, touch the job, and re-derive its status when the stage changed.
+-- found is ok, no_job or no_stage; counted is how many items counted.
+CREATE FUNCTION jobtrack_add(
+    p_job text, p_stage text, p_completed bigint, p_failed bigint,
+    p_completed_keys text[], p_failed_keys text[], p_now timestamptz
 ) RETURNS TABLE (
-    outcome text, name text, status text, total_items bigint, completed_items bigint,
-    failed_items bigint, total_final boolean, message text, started_at timestamptz,
-    completed_at timestamptz, job_status text
+    found text, counted bigint, name text, status text, total_items bigint,
+    completed_items bigint, failed_items bigint, total_final boolean, message text,
+    started_at timestamptz, completed_at timestamptz, job_status text
 ) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_stage stages%ROWTYPE;
+    v_job text;
     v_before text;
-    v_job_status text;
+    v_new_completed bigint := 0;
+    v_new_failed bigint := 0;
+    v_ended text;
 BEGIN
-    -- The job's row lock first: it orders every writer of the job.
-    PERFORM 1 FROM jobs WHERE id = p_job AND jobs.status IN ('pending', 'in_progress')
-    FOR UPDATE;
+    SELECT j.status INTO v_job FROM jobs j WHERE j.id = p_job FOR UPDATE;
     IF NOT FOUND THEN
-        IF NOT EXISTS (SELECT 1 FROM jobs WHERE id = p_job) THEN
-            RETURN QUERY SELECT 'no_job', NULL, NULL, NULL::bigint, NULL::bigint, NULL::bigint,
-                NULL::boolean, NULL, NULL::timestamptz, NULL::timestamptz, NULL;
-            RETURN;
-        END IF;
-        SELECT * INTO v_stage FROM stages s WHERE s.job_id = p_job AND s.name = p_stage;
-        RETURN QUERY SELECT CASE WHEN v_stage.job_id IS NULL THEN 'no_stage' ELSE 'not_counted' END,
-            v_stage.name, v_stage.status, v_stage.total_items, v_stage.completed_items,
-            v_stage.failed_items, v_stage.total_final, v_stage.message, v_stage.started_at,
-            v_stage.completed_at, NULL;
+        RETURN QUERY SELECT 'no_job', 0::bigint, NULL, NULL, NULL::bigint, NULL::bigint,
+            NULL::bigint, NULL::boolean, NULL, NULL::timestamptz, NULL::timestamptz, NULL;
         RETURN;
     END IF;
     SELECT * INTO v_stage FROM stages s WHERE s.job_id = p_job AND s.name = p_stage FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN QUERY SELECT 'no_stage', NULL, NULL, NULL::bigint, NULL::bigint, NULL::bigint,
-            NULL::boolean, NULL, NULL::timestamptz, NULL::timestamptz, NULL;
+        RETURN QUERY SELECT 'no_stage', 0::bigint, NULL, NULL, NULL::bigint, NULL::bigint,
+            NULL::bigint, NULL::boolean, NULL, NULL::timestamptz, NULL::timestamptz, NULL;
         RETURN;
     END IF;
-    IF v_stage.status IN ('completed', 'failed') THEN
-        outcome := 'not_counted';
-    ELSIF p_key IS NOT NULL THEN
-        INSERT INTO item_keys VALUES (p_job, p_stage, p_key) ON CONFLICT DO NOTHING;
-        outcome := CASE WHEN FOUND THEN 'counted' ELSE 'not_counted' END;
-    ELSE
-        outcome := 'counted';
+    IF v_job IN ('pending', 'in_progress') AND v_stage.status NOT IN ('completed', 'failed') THEN
+        IF cardinality(p_completed_keys) > 0 THEN
+            INSERT INTO item_keys SELECT p_job, p_stage, k FROM unnest(p_completed_keys) k
+            ON CONFLICT DO NOTHING;
+            GET DIAGNOSTICS v_new_completed = ROW_COUNT;
+        END IF;
+        IF cardinality(p_failed_keys) > 0 THEN
+            INSERT INTO item_keys SELECT p_job, p_stage, k FROM unnest(p_failed_keys) k
+            ON CONFLICT DO NOTHING;
+            GET DIAGNOSTICS v_new_failed = ROW_COUNT;
+        END IF;
+        v_new_completed := v_new_completed + p_completed;
+        v_new_failed := v_new_failed + p_failed;
     END IF;
-    IF outcome = 'counted' THEN
-        UPDATE jobs SET updated_at = p_now WHERE id = p_job;
+    IF v_new_completed + v_new_failed > 0 THEN
         v_before := v_stage.status;
+        UPDATE jobs SET updated_at = p_now WHERE id = p_job;
         UPDATE stages s SET
-            completed_items = s.completed_items + p_completed,
-            failed_items = s.failed_items + p_failed,
-            status = jobtrack_stage_status(s.total_items, s.completed_items + p_completed,
-                                           s.failed_items + p_failed, s.total_final, true),
+            completed_items = s.completed_items + v_new_completed,
+            failed_items = s.failed_items + v_new_failed,
+            status = jobtrack_stage_status(s.total_items, s.completed_items + v_new_completed,
+                                           s.failed_items + v_new_failed, s.total_final, true),
             started_at = COALESCE(s.started_at, p_now)
         WHERE s.job_id = p_job AND s.name = p_stage
         RETURNING s.* INTO v_stage;
         IF v_stage.status IN ('completed', 'failed') THEN
             UPDATE stages s SET completed_at = p_now
             WHERE s.job_id = p_job AND s.name = p_stage RETURNING s.* INTO v_stage;
-            v_job_status := jobtrack_settle_job(p_job, p_now);
+            v_ended := jobtrack_settle_job(p_job, p_now);
         ELSIF v_before = 'pending' THEN
             PERFORM jobtrack_settle_job(p_job, p_now);
         END IF;
     END IF;
-    RETURN QUERY SELECT outcome, v_stage.name, v_stage.status, v_stage.total_items,
-        v_stage.completed_items, v_stage.failed_items, v_stage.total_final, v_stage.message,
-        v_stage.started_at, v_stage.completed_at, v_job_status;
+    RETURN QUERY SELECT 'ok', v_new_completed + v_new_failed, v_stage.name, v_stage.status,
+        v_stage.total_items, v_stage.completed_items, v_stage.failed_items,
+        v_stage.total_final, v_stage.message, v_stage.started_at, v_stage.completed_at, v_ended;
+END $$;
+
+-- Many stages' progress in one round trip (the coalesced flush). Entry i's
+-- keys are p_ckeys[p_cstart[i] .. p_cstart[i] + p_ccount[i] - 1] (and the
+-- same for failed keys). Callers sort entries by job, so that concurrent
+-- flushes lock jobs in one order and never deadlock.
+CREATE FUNCTION jobtrack_add_many(
+    p_jobs text[], p_stages text[], p_completed bigint[], p_failed bigint[],
+    p_ckeys text[], p_cstart integer[], p_ccount integer[],
+    p_fkeys text[], p_fstart integer[], p_fcount integer[], p_now timestamptz
+) RETURNS TABLE (
+    found text, counted bigint, name text, status text, total_items bigint,
+    completed_items bigint, failed_items bigint, total_final boolean, message text,
+    started_at timestamptz, completed_at timestamptz, job_status text
+) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(p_jobs), 0) LOOP
+        RETURN QUERY SELECT * FROM jobtrack_add(
+            p_jobs[i], p_stages[i], p_completed[i], p_failed[i],
+            p_ckeys[p_cstart[i] : p_cstart[i] + p_ccount[i] - 1],
+            p_fkeys[p_fstart[i] : p_fstart[i] + p_fcount[i] - 1],
+            p_now);
+    END LOOP;
 END $$;
