@@ -98,10 +98,10 @@ async def apply(store: JobStore, job_id: str, op: Op | StoreOp, key: str | None)
             else:
                 await store.set_counts(job_id, {name: op.counts})
         elif op.kind == "inc":
-            result = await store.increment(
+            one = await store.increment(
                 job_id, name, completed=op.completed, failed=op.failed, item_key=key
             )
-            return f"counted={result.counted} ended={result.job_status}"
+            return f"counted={one.counted} ended={one.job_status}"
         elif op.kind == "raise":
             await store.raise_total(job_id, name, by=op.completed)
         else:
