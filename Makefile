@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	PIP_CONSTRAINT=constraints.txt $(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 demo: install

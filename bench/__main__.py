@@ -24,11 +24,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Run jobtrack's benchmarks.")
     parser.add_argument("--quick", action="store_true", help="fewer items and runs")
     args = parser.parse_args()
-    quick = args.quick
-    increment.main(["--runs", "2", "--items", "2000"] if quick else ["--runs", "5"])
-    pipeline.main(["--runs", "1", "--images", "20"] if quick else ["--runs", "3"])
-    imaging = [sys.executable, str(HERE / "imaging.py")]
-    subprocess.run([*imaging, "--runs", "1"] if quick else imaging, check=True)
+    if args.quick:  # a smoke run: its figures go aside, not over the real ones
+        out = ["--out", str(HERE / "results" / "quick")]
+        increment.main(["--runs", "2", "--items", "2000", *out])
+        pipeline.main(["--runs", "1", "--images", "20", *out])
+        subprocess.run([sys.executable, str(HERE / "imaging.py"), "--runs", "1", *out], check=True)
+        return 0
+    increment.main(["--runs", "5"])
+    pipeline.main(["--runs", "3"])
+    subprocess.run([sys.executable, str(HERE / "imaging.py")], check=True)
     return 0
 
 

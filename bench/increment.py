@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench.report import summary, table, write
+from bench.report import RESULTS, summary, table, write
 from jobtrack.model import utc_now
 from jobtrack.store import SqliteJobStore
 from jobtrack.store.sqlite.database import to_micros
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="report folder")
     args = parser.parse_args(argv)
     runs: list[dict[str, float]] = []
     for _ in range(args.runs):
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         "per-run ratios.\n\n"
         + table(["variant", "µs per increment", "vs floor-counter", "vs floor+updated_at"], rows)
     )
-    write("increment", {"items": args.items, "results": results, "ratios": ratios}, markdown)
+    data = {"items": args.items, "results": results, "ratios": ratios}
+    write("increment", data, markdown, out=args.out)
     return 0
 
 

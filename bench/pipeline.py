@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from bench.report import summary, table, write
+from bench.report import RESULTS, summary, table, write
 from jobtrack.model import JobStatus
 from jobtrack.runtime import EmbeddedRuntime, Settings
 
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="report folder")
     args = parser.parse_args(argv)
     source = collection(args.images)
     rates: dict[str, list[float]] = {"on": [], "off": []}
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             "overhead": summary(overheads),
         },
         markdown,
+        out=args.out,
     )
     return 0
 

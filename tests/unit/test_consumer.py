@@ -45,6 +45,7 @@ async def setup(
         data_dir=tmp_path / "data",
         pool=RenderPool(ThreadPoolExecutor),
         retry_delay=0.0,
+        ack_when_durable=True,  # drained means counted
     )
     await broker.consume(QUEUE, consumer.handle, prefetch=1)
     message = StageMessage(

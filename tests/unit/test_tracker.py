@@ -1,15 +1,20 @@
-"""ProgressTracker: best effort, never raises, keeps what failed for retry."""
+"""ProgressTracker: best effort, never raises, keeps what failed for retry.
+
+Every behaviour is checked in both ways of writing: coalesced (the default)
+and per item.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import pytest
 
 from jobtrack.errors import StoreError, StoreUnavailable
 from jobtrack.model import StageStatus
-from jobtrack.store import Increment, InMemoryJobStore
+from jobtrack.store import Increment, InMemoryJobStore, ProgressResult, StageProgress
 from jobtrack.tracking import ProgressTracker
 
 
@@ -21,7 +26,15 @@ class FlakyStore(InMemoryJobStore):
         super().__init__()
         self.down = False
         self.broken = False
-        self.calls = 0
+        self.writes = 0
+
+    async def _fail(self) -> None:
+        self.writes += 1
+        await asyncio.sleep(0)
+        if self.down:
+            raise StoreUnavailable("store is down")
+        if self.broken:
+            raise StoreError("disk I/O error")
 
     async def increment(
         self,
@@ -32,69 +45,86 @@ class FlakyStore(InMemoryJobStore):
         failed: int = 0,
         item_key: str | None = None,
     ) -> Increment:
-        self.calls += 1
-        await asyncio.sleep(0)
-        if self.down:
-            raise StoreUnavailable("store is down")
-        if self.broken:
-            raise StoreError("disk I/O error")
+        await self._fail()
         return await super().increment(
             job_id, stage, completed=completed, failed=failed, item_key=item_key
         )
 
+    async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
+        await self._fail()
+        return await super().add_progress(batch)
 
-async def test_counts_completed_and_failed_items() -> None:
+
+@pytest.fixture(params=[True, False], ids=["coalesced", "per-item"])
+def coalesce(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def tracker_for(store: InMemoryJobStore, coalesce: bool, **options: float) -> ProgressTracker:
+    return ProgressTracker(store, coalesce=coalesce, flush_interval=0.001, **options)  # type: ignore[arg-type]
+
+
+async def test_counts_completed_and_failed_items(coalesce: bool) -> None:
     store = InMemoryJobStore()
     job = await store.create_job("t", ["a"])
-    tracker = ProgressTracker(store)
+    tracker = tracker_for(store, coalesce)
     assert await tracker.increment(job.id, "a", item_key="1")
     assert await tracker.increment(job.id, "a", item_key="2", failed=True)
-    assert await tracker.increment(job.id, "a", item_key="1")  # known already: taken
+    assert await tracker.increment(job.id, "a", item_key="1")  # known already: durable
     stage = (await store.get_job(job.id)).stage("a")
     assert (stage.completed_items, stage.failed_items) == (1, 1)
+    assert await tracker.flush(max_wait=1.0)
 
 
-async def test_unknown_job_and_stage_are_warnings(caplog: pytest.LogCaptureFixture) -> None:
+async def test_unknown_job_and_stage_are_warnings(
+    caplog: pytest.LogCaptureFixture, coalesce: bool
+) -> None:
     store = InMemoryJobStore()
     job = await store.create_job("t", ["a"])
-    tracker = ProgressTracker(store)
+    tracker = tracker_for(store, coalesce)
     with caplog.at_level(logging.WARNING):
         assert not await tracker.increment("missing", "a")
         assert not await tracker.increment(job.id, "nope")
     assert tracker.pending == 0
-    messages = [r.getMessage() for r in caplog.records]
-    assert messages == [
+    assert [r.getMessage() for r in caplog.records] == [
         "progress not recorded: job 'missing' not found",
         f"progress not recorded: job {job.id!r} has no stage 'nope'",
     ]
+    assert await tracker.flush(max_wait=1.0)
 
 
-async def test_store_down_keeps_increments_and_retries(caplog: pytest.LogCaptureFixture) -> None:
+async def test_store_down_keeps_items_and_writes_them_when_back(
+    caplog: pytest.LogCaptureFixture, coalesce: bool
+) -> None:
     store = FlakyStore()
     job = await store.create_job("t", ["a"])
     await store.seal_total(job.id, "a", total=5)
-    tracker = ProgressTracker(store, retry_after=0.0)
+    tracker = tracker_for(store, coalesce, retry_after=0.01)
     store.down = True
     with caplog.at_level(logging.WARNING):
-        for i in range(3):
-            assert not await tracker.increment(job.id, "a", item_key=str(i))
+        receipts = [tracker.add(job.id, "a", item_key=str(i)) for i in range(3)]
+        await asyncio.sleep(0.05)  # writes and retries fail meanwhile
     assert tracker.pending == 3
-    assert any("will retry" in r.getMessage() for r in caplog.records)
+    for receipt in receipts:  # not durable: pending (coalesced) or kept (per item)
+        assert not receipt.done() or not await receipt
+    assert any(
+        "will retry" in r.getMessage() or "next try" in r.getMessage() for r in caplog.records
+    )
     store.down = False
-    # The next increment first drains what was kept, oldest first.
-    assert await tracker.increment(job.id, "a", item_key="3")
+    receipts += [tracker.add(job.id, "a", item_key=str(i)) for i in range(3, 5)]
+    assert await tracker.flush(max_wait=2.0)
     assert tracker.pending == 0
-    assert await tracker.increment(job.id, "a", item_key="4")
     final = (await store.get_job(job.id)).stage("a")
     assert (final.completed_items, final.status) == (5, StageStatus.COMPLETED)
 
 
-async def test_flush_gives_up_after_timeout_without_losing_anything() -> None:
+async def test_flush_gives_up_after_max_wait_without_losing_anything(coalesce: bool) -> None:
     store = FlakyStore()
     job = await store.create_job("t", ["a"])
-    tracker = ProgressTracker(store, retry_after=0.01, max_retry_after=0.02)
+    tracker = tracker_for(store, coalesce, retry_after=0.01, max_retry_after=0.02)
     store.down = True
-    await tracker.increment(job.id, "a")
+    tracker.add(job.id, "a")
+    await asyncio.sleep(0.02)
     assert not await tracker.flush(max_wait=0.1)
     assert tracker.pending == 1
     store.down = False
@@ -103,67 +133,101 @@ async def test_flush_gives_up_after_timeout_without_losing_anything() -> None:
     assert (await store.get_job(job.id)).stage("a").completed_items == 1
 
 
-async def test_pending_buffer_is_bounded() -> None:
+async def test_pending_items_are_bounded(coalesce: bool) -> None:
     store = FlakyStore()
     job = await store.create_job("t", ["a"])
-    tracker = ProgressTracker(store, max_pending=2, retry_after=60)
+    tracker = tracker_for(store, coalesce, max_pending=2, retry_after=60)
     store.down = True
     for i in range(5):
-        await tracker.increment(job.id, "a", item_key=str(i))
+        tracker.add(job.id, "a", item_key=str(i))
+        await asyncio.sleep(0.01)
     assert (tracker.pending, tracker.dropped) == (2, 3)
 
 
-async def test_logs_progress_every_50_items(caplog: pytest.LogCaptureFixture) -> None:
+async def test_logs_progress_every_50_items(
+    caplog: pytest.LogCaptureFixture, coalesce: bool
+) -> None:
     store = InMemoryJobStore()
     job = await store.create_job("t", ["a"])
     await store.raise_total(job.id, "a", by=120)
-    tracker = ProgressTracker(store)
-    with caplog.at_level(logging.INFO, logger="jobtrack.tracking.tracker"):
+    tracker = tracker_for(store, coalesce)
+    with caplog.at_level(logging.INFO, logger="jobtrack.tracking"):
         for i in range(120):
             await tracker.increment(job.id, "a", item_key=str(i))
-    lines = [r.getMessage() for r in caplog.records]
-    assert lines == [
+    assert [r.getMessage() for r in caplog.records] == [
         f"job {job.id} stage a: 50/120 items (0 failed)",
         f"job {job.id} stage a: 100/120 items (0 failed)",
     ]
 
 
-async def test_disabled_tracker_writes_nothing() -> None:
+async def test_disabled_tracker_writes_nothing(coalesce: bool) -> None:
     store = FlakyStore()
     job = await store.create_job("t", ["a"])
-    tracker = ProgressTracker(store, enabled=False)
+    tracker = ProgressTracker(store, coalesce=coalesce, enabled=False)
     assert not await tracker.increment(job.id, "a")
-    assert store.calls == 0
+    assert not await tracker.add(job.id, "a")
+    assert store.writes == 0
 
 
 async def test_permanent_store_errors_are_logged_and_dropped(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, coalesce: bool
 ) -> None:
     store = FlakyStore()
     job = await store.create_job("t", ["a"])
-    tracker = ProgressTracker(store)
+    tracker = tracker_for(store, coalesce)
     store.broken = True
     with caplog.at_level(logging.ERROR):
         assert not await tracker.increment(job.id, "a")
     assert tracker.pending == 0
-    assert [r.getMessage() for r in caplog.records] == [
-        f"progress write for job {job.id} stage a refused; reconciliation will count it"
-    ]
+    [record] = caplog.records
+    assert record.getMessage().endswith("reconciliation will count them") or (
+        record.getMessage().endswith("reconciliation will count it")
+    )
 
 
-async def test_concurrent_consumers_retry_without_losing_or_doubling() -> None:
+async def test_per_item_concurrent_retries_neither_lose_nor_double() -> None:
     store = FlakyStore()
     job = await store.create_job("t", ["a"])
-    tracker = ProgressTracker(store, retry_after=0.0)
+    tracker = ProgressTracker(store, coalesce=False, retry_after=0.0)
     store.down = True
     for i in range(8):
         await tracker.increment(job.id, "a", item_key=f"kept-{i}")
     store.down = False
     results = await asyncio.gather(
-        *(tracker.increment(job.id, "a", item_key=f"new-{i}") for i in range(8)),
-        tracker.retry_pending(),
-        tracker.retry_pending(),
+        *(tracker.increment(job.id, "a", item_key=f"new-{i}") for i in range(8))
     )
-    assert results[:8] == [True] * 8
+    assert results == [True] * 8
+    assert await tracker.flush(max_wait=1.0)
     assert tracker.pending == 0
     assert (await store.get_job(job.id)).stage("a").completed_items == 16
+
+
+async def test_coalesced_items_reach_the_store_in_one_write() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a", "b"])
+    tracker = ProgressTracker(store, flush_interval=0.05)
+    receipts = [tracker.add(job.id, "a", item_key=f"{i % 700}") for i in range(1000)]
+    receipts += [tracker.add(job.id, "b", failed=True) for _ in range(10)]
+    assert await asyncio.gather(*receipts) == [True] * 1010
+    assert store.writes == 1  # one add_progress for 1,010 items over two stages
+    a, b = (await store.get_job(job.id)).stages.values()
+    assert (a.completed_items, b.failed_items) == (700, 10)
+
+
+async def test_a_full_batch_flushes_before_the_interval() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, flush_interval=60, max_batch=100)
+    receipts = [tracker.add(job.id, "a") for _ in range(100)]
+    assert await asyncio.wait_for(asyncio.gather(*receipts), timeout=5) == [True] * 100
+    assert (await store.get_job(job.id)).stage("a").completed_items == 100
+    assert await tracker.flush(max_wait=1.0)
+
+
+async def test_a_refused_stage_fails_only_its_own_receipts() -> None:
+    store = InMemoryJobStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, flush_interval=0.01)
+    good, bad = tracker.add(job.id, "a"), tracker.add(job.id, "zzz")
+    assert (await good, await bad) == (True, False)
+    assert await tracker.flush(max_wait=1.0)

@@ -36,7 +36,9 @@ class RenditionConsumer:
     output folder not writable) requeues the message after a backoff, until
     it has been delivered ``max_deliveries`` times; then it is dead-lettered.
     An image whose worker process dies under it that many times is a failed
-    item.
+    item. With ``ack_when_durable``, a message is acked only once its item's
+    progress is durable in the store (or ``durable_within`` seconds passed:
+    the tracker keeps it, and reconciliation has the last word).
     """
 
     def __init__(
@@ -49,6 +51,8 @@ class RenditionConsumer:
         pool: RenderPool,
         max_deliveries: int = 5,
         retry_delay: float = 0.2,
+        ack_when_durable: bool = False,
+        durable_within: float = 30.0,
         clock: Clock = utc_now,
     ) -> None:
         self.spec = spec
@@ -58,6 +62,8 @@ class RenditionConsumer:
         self._pool = pool
         self._max_deliveries = max_deliveries
         self._retry_delay = retry_delay
+        self._ack_when_durable = ack_when_durable
+        self._durable_within = durable_within
         self._clock = clock
 
     async def handle(self, delivery: Delivery) -> None:
@@ -79,9 +85,11 @@ class RenditionConsumer:
         except Exception as exc:
             await self._retry_later(delivery, message, exc)
             return
-        await self._tracker.increment(
+        receipt = self._tracker.add(
             message.job_id, self.spec.stage, item_key=message.item_key, failed=failed
         )
+        if self._ack_when_durable:
+            await receipt.wait(self._durable_within)
         await delivery.ack()
 
     async def _retry_later(self, delivery: Delivery, message: StageMessage, exc: Exception) -> None:

@@ -95,7 +95,12 @@ class EmbeddedRuntime:
         self.catalog: Catalog = catalog_for(self.store)
         self.broker: Broker = open_broker(settings.broker_url)
         self._exit.push_async_callback(self.broker.aclose)
-        self.tracker = ProgressTracker(self.store, enabled=settings.consumer_progress)
+        self.tracker = ProgressTracker(
+            self.store,
+            enabled=settings.consumer_progress,
+            coalesce=settings.coalesce,
+            flush_interval=settings.flush_interval,
+        )
         self._exit.push_async_callback(self.tracker.flush, max_wait=5.0)
         self.pool = RenderPool(process_pool(settings.workers))
         self._exit.callback(self.pool.shutdown)
@@ -217,10 +222,14 @@ class EmbeddedRuntime:
             if walk.done() and walk.exception() is not None:
                 return await self._walk_failed(job, walk.exception()), False
             if walk.done() and await self._settled():
-                job = await self._settle(job)
+                # The last writes may have ended the job just now.
+                job = await self.store.get_job(job_id)
+                reconcile = not job.status.terminal
+                if reconcile:
+                    job = await self._settle(job)
                 if on_progress is not None:
                     on_progress(job)
-                return job, True
+                return job, reconcile
             await asyncio.sleep(self._poll_interval)
 
     async def _walk_failed(self, job: Job, error: BaseException | None) -> Job:
@@ -245,7 +254,7 @@ class EmbeddedRuntime:
             if await self.broker.in_flight(queue_for(spec.stage)):
                 self._idle_since = None
                 return False
-        if not self.tracker.pending or not await self.tracker.retry_if_due():
+        if not self.tracker.pending or not await self.tracker.flush_if_due():
             return True
         now = time.monotonic()
         if self._idle_since is None:
@@ -254,9 +263,6 @@ class EmbeddedRuntime:
 
     async def _settle(self, job: Job) -> Job:
         """Reconcile a job whose work is all settled but which has not ended."""
-        job = await self.store.get_job(job.id)
-        if job.status.terminal:
-            return job
         counts, missing = await self.reconciler.inspect(job)
         job = await self.store.set_counts(job.id, counts)
         # Expected when consumers report nothing (the rollback switch); a

@@ -15,6 +15,7 @@ from jobtrack.errors import InvalidRequest
 
 __all__ = ["Settings", "default_data_dir"]
 
+_WRITE_MODES = {"coalesced": True, "per-item": False}
 _TRUE = {"1", "on", "true", "yes"}
 _FALSE = {"0", "off", "false", "no"}
 
@@ -39,6 +40,13 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise InvalidRequest(f"{name} must be on or off, not {raw!r}")
 
 
+def _choice(env: Mapping[str, str], name: str, choices: Mapping[str, bool]) -> bool:
+    raw = env.get(name) or next(iter(choices))
+    if raw not in choices:
+        raise InvalidRequest(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return choices[raw]
+
+
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -60,6 +68,8 @@ class Settings:
     store_url: str
     broker_url: str = "memory://"
     consumer_progress: bool = True
+    coalesce: bool = True
+    flush_interval: float = 0.1
     workers: int = 2
     stuck_after: float = 300.0
 
@@ -82,6 +92,10 @@ class Settings:
             or f"sqlite:///{folder / 'jobtrack.db'}",
             broker_url=broker_url or env.get("JOBTRACK_BROKER_URL") or "memory://",
             consumer_progress=_flag(env, "JOBTRACK_CONSUMER_PROGRESS", True),
+            coalesce=_choice(
+                env, "JOBTRACK_PROGRESS_WRITES", {"coalesced": True, "per-item": False}
+            ),
+            flush_interval=_positive(env, "JOBTRACK_FLUSH_INTERVAL_MS", 100) / 1000,
             workers=workers or _positive(env, "JOBTRACK_WORKERS", os.cpu_count() or 1),
             stuck_after=_positive(env, "JOBTRACK_STUCK_AFTER", 300),
         )

@@ -1,5 +1,6 @@
 """The tracking core: the consumer-facing ProgressTracker."""
 
-from jobtrack.tracking.tracker import PendingIncrement, ProgressTracker
+from jobtrack.tracking.coalescer import Receipt
+from jobtrack.tracking.tracker import ProgressTracker
 
-__all__ = ["PendingIncrement", "ProgressTracker"]
+__all__ = ["ProgressTracker", "Receipt"]

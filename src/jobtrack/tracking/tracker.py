@@ -1,220 +1,128 @@
 """ProgressTracker: how a consumer reports a finished item.
 
-Best effort, as the seed asks: tracking never fails the work. A write that
-fails because the store is unavailable is logged, kept, and retried with
-backoff, so that nothing is lost to a short outage; a write the store refuses
-for good (unknown job or stage, a bad increment, any other store error) is
-logged and dropped, since retrying it could never succeed. What is
-lost anyway (the process dies with writes still pending) is what the
-monitor's reconciliation is for.
+Best effort, as the seed asks: tracking never fails the work. Reporting an
+item never raises and never blocks for long; what the store cannot take yet
+(it is unavailable) is kept and retried with backoff, so nothing is lost to
+a short outage, and what the store refuses for good (an unknown job or
+stage) is logged and dropped. What is lost anyway (the process dies with
+items still unwritten) is what the monitor's reconciliation is for.
+
+Two ways of writing, chosen at construction:
+
+- coalesced (the default): items are folded in memory and written once per
+  flush, keys deduplicated in that same write (:mod:`.coalescer`);
+- per item (``coalesce=False``): one store write per item, as the seed
+  describes (:mod:`.per_item`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from collections import deque
-from dataclasses import dataclass
-from enum import Enum
 
-from jobtrack.errors import InvalidRequest, NotFound, StoreUnavailable
 from jobtrack.store.base import JobStore
+from jobtrack.tracking.coalescer import Coalescer, Receipt
+from jobtrack.tracking.per_item import PendingIncrement, PerItemWriter
+from jobtrack.tracking.progress_log import ProgressLog
 
-__all__ = ["PendingIncrement", "ProgressTracker"]
-
-logger = logging.getLogger(__name__)
-
-_MAX_TRACKED_STAGES = 10_000
-
-
-class _Outcome(Enum):
-    RECORDED = "recorded"  # the store has the item (or had it already)
-    KEPT = "kept"  # the store is unavailable: kept for retry
-    REFUSED = "refused"  # the store will never take it: logged and dropped
-
-
-@dataclass(frozen=True, slots=True)
-class PendingIncrement:
-    """An increment the store could not take yet."""
-
-    job_id: str
-    stage: str
-    item_key: str | None
-    failed: bool
+__all__ = ["ProgressTracker"]
 
 
 class ProgressTracker:
     """Counts finished items into a :class:`~jobtrack.store.base.JobStore`.
 
+    :param coalesce: fold items and write them once per flush (default), or
+        write each item on its own.
+    :param flush_interval: seconds between coalesced flushes.
+    :param max_batch: flush at once when this many items wait.
+    :param max_pending: items kept for the store at most; past it, new ones
+        are dropped (and left to reconciliation), so memory stays bounded.
     :param log_every: log a progress line every this many items per stage.
-    :param max_pending: how many failed writes to keep for retry; past it the
-        oldest are dropped (and left to reconciliation), so memory stays bounded.
-    :param enabled: when False, nothing is written (the rollback switch:
-        the monitor alone then keeps counts).
+    :param enabled: when False, nothing is written (the rollback switch: the
+        monitor alone then keeps the counts).
     """
 
     def __init__(
         self,
         store: JobStore,
         *,
+        coalesce: bool = True,
+        flush_interval: float = 0.1,
+        max_batch: int = 50_000,
+        max_pending: int = 1_000_000,
         log_every: int = 50,
-        max_pending: int = 100_000,
         retry_after: float = 0.5,
         max_retry_after: float = 30.0,
         enabled: bool = True,
     ) -> None:
-        self._store = store
-        self._log_every = log_every
-        self._pending: deque[PendingIncrement] = deque(maxlen=max_pending)
-        self._retry_after = retry_after
-        self._max_retry_after = max_retry_after
-        self._backoff = retry_after
-        self._next_retry = 0.0
-        self._seen: dict[tuple[str, str], int] = {}
-        self._retrying = asyncio.Lock()
+        progress_log = ProgressLog(log_every)
         self.enabled = enabled
-        self.dropped = 0
+        self.coalesce = coalesce
+        self._coalescer = Coalescer(
+            store,
+            progress_log,
+            flush_interval=flush_interval,
+            max_batch=max_batch,
+            max_pending=max_pending,
+            retry_after=retry_after,
+            max_retry_after=max_retry_after,
+        )
+        self._per_item = PerItemWriter(
+            store,
+            progress_log,
+            max_pending=max_pending,
+            retry_after=retry_after,
+            max_retry_after=max_retry_after,
+        )
+        self._writes: set[asyncio.Task[bool]] = set()
 
     @property
     def pending(self) -> int:
-        """Increments waiting for the store to come back."""
-        return len(self._pending)
+        """Items reported and not yet in the store."""
+        return self._coalescer.pending + self._per_item.pending + len(self._writes)
+
+    @property
+    def dropped(self) -> int:
+        """Items given up on because too many were waiting."""
+        return self._coalescer.dropped + self._per_item.dropped
+
+    def add(
+        self, job_id: str, stage: str, *, item_key: str | None = None, failed: bool = False
+    ) -> Receipt:
+        """Report one finished item (``failed`` if it could not be done) and
+        return at once; the receipt resolves when the item is durable."""
+        if not self.enabled:
+            return Receipt.resolved(False)
+        if self.coalesce:
+            return self._coalescer.add(job_id, stage, item_key=item_key, failed=failed)
+        write = asyncio.get_running_loop().create_task(
+            self._per_item.increment(PendingIncrement(job_id, stage, item_key, failed))
+        )
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+        return Receipt(write)
 
     async def increment(
         self, job_id: str, stage: str, *, item_key: str | None = None, failed: bool = False
     ) -> bool:
-        """Report one finished item (``failed`` if it could not be done).
-
-        Never raises. Returns True when the store has recorded the item (or
-        had it already), False when the write is kept for retry or refused.
-        """
+        """Report one finished item and wait until it is durable (True) or
+        refused or kept for a later retry (False). Never raises."""
         if not self.enabled:
             return False
-        await self.retry_if_due()
-        item = PendingIncrement(job_id, stage, item_key, failed)
-        return await self._write(item, retry=False) is _Outcome.RECORDED
+        if self.coalesce:
+            return await self.add(job_id, stage, item_key=item_key, failed=failed)
+        return await self._per_item.increment(PendingIncrement(job_id, stage, item_key, failed))
 
-    async def retry_if_due(self) -> int:
-        """Retry the kept increments if the backoff allows; returns how many remain."""
-        if self._pending and time.monotonic() >= self._next_retry:
-            return await self.retry_pending()
-        return len(self._pending)
-
-    async def retry_pending(self) -> int:
-        """Try the kept increments again, oldest first; returns how many remain.
-
-        One retrier at a time: each item is taken off the queue before its
-        write, and put back at the front if the store is still unavailable.
-        """
-        async with self._retrying:
-            while self._pending:
-                item = self._pending.popleft()
-                if await self._write(item, retry=True) is _Outcome.KEPT:
-                    return len(self._pending)
-            self._backoff = self._retry_after
-            return 0
+    async def flush_if_due(self) -> int:
+        """Write what waits, if no backoff holds it back; returns what still waits."""
+        if self._coalescer.pending:
+            await self._coalescer.flush()
+        await self._per_item.retry_if_due()
+        return self.pending
 
     async def flush(self, *, max_wait: float) -> bool:
-        """Retry kept increments until none remain or ``max_wait`` seconds pass."""
-        deadline = time.monotonic() + max_wait
-        while self._pending:
-            if await self.retry_pending() == 0:
-                break
-            if time.monotonic() >= deadline:
-                logger.warning(
-                    "%d progress writes still pending; reconciliation will correct the counts",
-                    len(self._pending),
-                    extra={"action": "progress_pending"},
-                )
-                return False
-            await asyncio.sleep(min(self._backoff, max(deadline - time.monotonic(), 0.0)))
-        return True
-
-    async def _write(self, item: PendingIncrement, *, retry: bool) -> _Outcome:
-        try:
-            result = await self._store.increment(
-                item.job_id,
-                item.stage,
-                completed=0 if item.failed else 1,
-                failed=1 if item.failed else 0,
-                item_key=item.item_key,
-            )
-        except StoreUnavailable as exc:
-            self._keep(item, exc, retry=retry)
-            return _Outcome.KEPT
-        except (NotFound, InvalidRequest) as exc:
-            logger.warning("progress not recorded: %s", exc, extra={"action": "progress_refused"})
-            return _Outcome.REFUSED
-        except Exception:  # a store error no retry can mend; never the consumer's problem
-            logger.exception(
-                "progress write for job %s stage %s refused; reconciliation will count it",
-                item.job_id,
-                item.stage,
-                extra={"action": "progress_refused", "job_id": item.job_id},
-            )
-            return _Outcome.REFUSED
-        if result.counted:
-            self._log_progress(
-                item,
-                result.stage.completed_items,
-                result.stage.failed_items,
-                result.stage.total_items,
-                result.stage.status.terminal,
-            )
-        return _Outcome.RECORDED
-
-    def _keep(self, item: PendingIncrement, exc: Exception, *, retry: bool) -> None:
-        if len(self._pending) == self._pending.maxlen:
-            self.dropped += 1
-            logger.warning(
-                "%d progress writes kept for retry; dropping the oldest (reconciliation "
-                "will count it)",
-                len(self._pending),
-                extra={"action": "progress_dropped"},
-            )
-        if retry:
-            self._pending.appendleft(item)
-        else:
-            self._pending.append(item)
-        self._next_retry = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, self._max_retry_after)
-        logger.warning(
-            "progress write failed for job %s stage %s (%d pending), will retry: %s",
-            item.job_id,
-            item.stage,
-            len(self._pending),
-            exc,
-            extra={"action": "progress_write_failed", "job_id": item.job_id},
+        """Write everything that waits, retrying for up to ``max_wait`` seconds."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        return await self._per_item.flush(max_wait=max_wait) and await self._coalescer.aclose(
+            max_wait=max_wait
         )
-
-    def _log_progress(
-        self, item: PendingIncrement, completed: int, failed: int, total: int, done: bool
-    ) -> None:
-        key = (item.job_id, item.stage)
-        seen = self._seen.get(key, 0) + 1
-        if done:
-            self._seen.pop(key, None)
-            logger.info(
-                "job %s stage %s finished: %d completed, %d failed of %d",
-                item.job_id,
-                item.stage,
-                completed,
-                failed,
-                total,
-                extra={"action": "stage_finished", "job_id": item.job_id, "stage": item.stage},
-            )
-            return
-        if len(self._seen) >= _MAX_TRACKED_STAGES and key not in self._seen:
-            self._seen.clear()  # stages that never finish must not grow this forever
-        self._seen[key] = seen
-        if seen % self._log_every == 0:
-            logger.info(
-                "job %s stage %s: %d/%d items (%d failed)",
-                item.job_id,
-                item.stage,
-                completed + failed,
-                total,
-                failed,
-                extra={"action": "progress", "job_id": item.job_id, "stage": item.stage},
-            )
