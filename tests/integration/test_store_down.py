@@ -1,0 +1,96 @@
+"""PostgreSQL stopped in the middle of a run: the tracker keeps the items,
+never crashes or blocks the producer, and the counts end exact.
+
+This stops and starts the local server (``pg_ctlcluster``), so it runs only
+where that is possible: as root on a machine with the cluster installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobtrack.model import JobStatus
+from jobtrack.store.postgres import PostgresJobStore
+from jobtrack.tracking import ProgressTracker
+from tests.postgres import database_url, require_server, scratch_database
+
+ITEMS = 600
+
+
+def _cluster(action: str) -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, "-m", "fast"]
+        if action == "stop"
+        else ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    require_server()
+    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
+        pytest.skip("needs pg_ctlcluster to stop and start the server")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to stop and start the server")
+    with scratch_database("store_down") as name:
+        yield database_url(name)
+
+
+@pytest.mark.parametrize("coalesce", [True, False], ids=["coalesced", "per-item"])
+async def test_counts_end_exact_across_a_server_restart(
+    postgres_url: str, coalesce: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="jobtrack.tracking")
+    store = PostgresJobStore(postgres_url, timeout=1.0)
+    job = await store.create_job("t", ["thumbnail"])
+    await store.seal_total(job.id, "thumbnail", total=ITEMS)
+    tracker = ProgressTracker(
+        store, coalesce=coalesce, flush_interval=0.05, retry_after=0.2, max_retry_after=1.0
+    )
+    slowest = 0.0
+    try:
+        for i in range(ITEMS):
+            if i == ITEMS // 3:
+                await asyncio.to_thread(_cluster, "stop")
+            if i == 2 * ITEMS // 3:
+                await asyncio.to_thread(_cluster, "start")
+            started = time.monotonic()
+            tracker.add(job.id, "thumbnail", item_key=f"item-{i}")
+            slowest = max(slowest, time.monotonic() - started)
+            await asyncio.sleep(0.002)
+    finally:
+        await asyncio.to_thread(_start_if_stopped)
+    # Writes failed while the server was away, and reporting never blocked.
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert failures, "no write failed: the server was not really stopped"
+    assert slowest < 0.05
+    assert await tracker.flush(max_wait=60)
+    done = await store.get_job(job.id)
+    assert done.stage("thumbnail").completed_items == ITEMS
+    assert done.status is JobStatus.COMPLETED
+    await store.aclose()
+
+
+def _start_if_stopped() -> None:
+    with contextlib.suppress(subprocess.CalledProcessError):  # already running
+        _cluster("start")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        probe = subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", "5432"], check=False)
+        if probe.returncode == 0:
+            return
+        time.sleep(0.2)
