@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,10 @@ class Receipt:
     def done(self) -> bool:
         """Whether the outcome is known."""
         return self._future.done()
+
+    def add_done_callback(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(durable)`` once the outcome is known."""
+        self._future.add_done_callback(lambda future: callback(future.result()))
 
     async def wait(self, within: float | None = None) -> bool:
         """The outcome; False if it is not known within ``within`` seconds."""

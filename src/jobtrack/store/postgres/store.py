@@ -92,6 +92,9 @@ class PostgresJobStore:
         )
         self._ready = False
         self._opening = asyncio.Lock()
+        self._timeout = timeout
+        self._hot: _Connection | None = None
+        self._hot_lock = asyncio.Lock()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[_Connection]:
@@ -101,12 +104,8 @@ class PostgresJobStore:
                 await self._open()
             async with self._pool.connection() as conn:
                 yield conn
-        except psycopg_pool.PoolTimeout as exc:
-            raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"PostgreSQL unavailable: {exc}") from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL error: {exc}") from exc
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _translate(exc) from exc
 
     async def _open(self) -> None:
         async with self._opening:
@@ -190,13 +189,39 @@ class PostgresJobStore:
             list(p.failed_keys),
             self._clock(),
         )
-        async with self.connection() as conn:
-            row = await (await conn.execute(_Q["add"], params, prepare=True)).fetchone()
-        assert row is not None  # the function always returns one row
-        result = _result(p, row)
-        if result.stage is None:
+        row = await self._hot_fetch(_Q["add"], params)
+        if row[0] != "ok":
             raise JobNotFound(job_id) if row[0] == "no_job" else StageNotFound(job_id, stage)
-        return Increment(result.counted > 0, result.stage, result.job_status)
+        ended = None if row[11] is None else JobStatus(row[11])
+        return Increment(row[1] > 0, _stage(row[2:11]), ended)
+
+    async def _hot_fetch(self, sql: str, params: Sequence[Any]) -> TupleRow:
+        """One row from one statement, on a connection kept out of the pool for
+        the per-item path, so that a loop of increments pays no pool checkout;
+        a caller arriving while it is busy takes a pooled connection instead."""
+        if self._hot_lock.locked():
+            async with self.connection() as conn:
+                row = await (await conn.execute(sql, params, prepare=True)).fetchone()
+        else:
+            async with self._hot_lock:
+                try:
+                    if self._hot is None or self._hot.closed:
+                        if not self._ready:
+                            await self._open()
+                        self._hot = await psycopg.AsyncConnection.connect(
+                            self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
+                        )
+                    row = await (await self._hot.execute(sql, params, prepare=True)).fetchone()
+                except psycopg.Error as exc:
+                    await self._drop_hot()
+                    raise _translate(exc) from exc
+        assert row is not None  # the function always returns one row
+        return row
+
+    async def _drop_hot(self) -> None:
+        if self._hot is not None:
+            await self._hot.close()
+            self._hot = None
 
     async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
         """Apply many stages' progress in one round trip (``jobtrack_add_many``),
@@ -275,7 +300,8 @@ class PostgresJobStore:
         return await self.get_job(job_id)
 
     async def aclose(self) -> None:
-        """Close the pool."""
+        """Close the pool and the per-item connection."""
+        await self._drop_hot()
         await self._pool.close()
 
     async def _change(
@@ -354,6 +380,14 @@ async def migrate(conn: _Connection, component: str, package: str) -> list[int]:
             )
             applied.append(migration.version)
     return applied
+
+
+def _translate(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> StoreError:
+    """The jobtrack error for a driver error: the server unreachable or the
+    pool exhausted are :class:`StoreUnavailable`."""
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError):
+        return StoreUnavailable(f"PostgreSQL unavailable: {exc}")
+    return StoreError(f"PostgreSQL error: {exc}")
 
 
 def _flatten(groups: Sequence[Sequence[str]]) -> tuple[list[str], list[int], list[int]]:
