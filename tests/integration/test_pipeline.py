@@ -18,6 +18,7 @@ from jobtrack.pipeline.catalog import ArtifactStatus
 from jobtrack.pipeline.sample import SampleManifest, generate_sample
 from jobtrack.pipeline.stages import CACHE, SCAN, THUMBNAIL
 from jobtrack.runtime import EmbeddedRuntime, Settings
+from tests.postgres import database_url, require_server, scratch_database
 
 GOOD, BROKEN = 14, 2
 
@@ -310,3 +311,17 @@ async def test_a_job_whose_scan_process_died_is_taken_over_at_once(
         JobStatus.FAILED,
         f"abandoned: the scan that ran it (process {dead_pid}) is gone",
     )
+
+
+async def test_a_scan_on_postgresql_ends_exact(sample: SampleManifest, tmp_path: Path) -> None:
+    require_server()
+    with scratch_database("pipeline") as name:
+        settings = replace(settings_for(tmp_path), store_url=database_url(name))
+        async with EmbeddedRuntime(settings) as runtime:
+            first = await runtime.scan(sample.root)
+            again = await runtime.scan(sample.root)
+    assert_exact(first.job, total=GOOD + BROKEN, failed=BROKEN)
+    assert_exact(again.job, total=GOOD + BROKEN, failed=BROKEN)
+    assert again.report is not None
+    assert (again.report.up_to_date, again.report.published) == (GOOD, 2 * BROKEN)
+    assert len(renditions(tmp_path, first.job, THUMBNAIL)) == GOOD

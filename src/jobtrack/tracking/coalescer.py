@@ -154,8 +154,8 @@ class Coalescer:
             fold.completed_keys[item_key] = None
         self._items += 1
         self._start()
-        if self._items >= self._max_batch:
-            self._wake.set()
+        if self._items >= self._max_batch and not self._backoff:
+            self._wake.set()  # a full batch goes now, unless the store is backing us off
         return Receipt(fold.waiters[-1])
 
     async def flush(self) -> bool:

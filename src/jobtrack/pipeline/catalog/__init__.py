@@ -38,4 +38,10 @@ def catalog_for(store: JobStore) -> Catalog:
         return SqliteCatalog(store.database)
     if isinstance(store, InMemoryJobStore):
         return InMemoryCatalog()
+    if type(store).__name__ == "PostgresJobStore":  # imported only when in use
+        from jobtrack.pipeline.catalog.postgres import PostgresCatalog  # noqa: PLC0415
+        from jobtrack.store.postgres import PostgresJobStore  # noqa: PLC0415
+
+        assert isinstance(store, PostgresJobStore)
+        return PostgresCatalog(store)
     raise InvalidRequest(f"no catalog backend for {type(store).__name__}")
