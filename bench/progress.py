@@ -18,9 +18,10 @@ coalesced, coalesced+key
     flush (100 ms), keys deduplicated in the same write. The rate counts an
     item once it is durable; staleness is the time from ``add`` to durable
     (sampled on every 64th item). Unpaced, the writers report as fast as
-    they can, so staleness there is the backlog's; ``coalesced+key@100000``
-    (16 writers, one hot job, PostgreSQL) reports 100,000 items a second in
-    all, the target load, and its staleness is the one that matters.
+    they can, so staleness there is the backlog's; ``coalesced+key@125000``
+    (16 writers, one hot job, PostgreSQL) offers 125,000 items a second in
+    all, just above the 100,000 target, and its staleness is the one that
+    matters.
 
 Every configuration checks that the store's final count is exactly the sum
 the writers report. Last, 16 writers run the seed's read-modify-write
@@ -59,7 +60,7 @@ ADMIN_URL = os.environ.get(
 )
 MODES = ("floor", "per-item", "per-item+key", "coalesced", "coalesced+key")
 SPREAD_JOBS = 1000
-PACED_RATE = 100_000
+PACED_RATE = 125_000
 STAGE = "a"
 
 
@@ -117,7 +118,7 @@ async def _tracked(task: Task) -> Outcome:
     store = open_store(task.url)
     coalesce = task.mode.startswith("coalesced")
     keyed = "+key" in task.mode
-    # "coalesced+key@100000": the writers together report that many items a second.
+    # "coalesced+key@125000": the writers together report that many items a second.
     paced = int(task.mode.split("@")[1]) if "@" in task.mode else 0
     tracker = ProgressTracker(store, coalesce=coalesce, flush_interval=0.1, log_every=10**9)
     jobs = task.job_ids

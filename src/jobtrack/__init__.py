@@ -23,10 +23,12 @@ from jobtrack.store import (
     InMemoryJobStore,
     JobQuery,
     JobStore,
+    ProgressResult,
     SqliteJobStore,
+    StageProgress,
     open_store,
 )
-from jobtrack.tracking import ProgressTracker
+from jobtrack.tracking import ProgressTracker, Receipt
 
 __version__ = version("jobtrack")
 
@@ -42,11 +44,14 @@ __all__ = [
     "JobStore",
     "JobtrackError",
     "NotFound",
+    "ProgressResult",
     "ProgressTracker",
+    "Receipt",
     "SqliteJobStore",
     "Stage",
     "StageCounts",
     "StageNotFound",
+    "StageProgress",
     "StageStatus",
     "StoreError",
     "StoreUnavailable",

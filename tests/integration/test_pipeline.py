@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from jobtrack.errors import InvalidRequest
 from jobtrack.model import Job, JobStatus, StageStatus
 from jobtrack.pipeline.catalog import ArtifactStatus
 from jobtrack.pipeline.sample import SampleManifest, generate_sample
@@ -325,3 +326,11 @@ async def test_a_scan_on_postgresql_ends_exact(sample: SampleManifest, tmp_path:
     assert again.report is not None
     assert (again.report.up_to_date, again.report.published) == (GOOD, 2 * BROKEN)
     assert len(renditions(tmp_path, first.job, THUMBNAIL)) == GOOD
+
+
+async def test_a_bad_setting_leaves_nothing_behind(tmp_path: Path) -> None:
+    settings = replace(settings_for(tmp_path / "state"), broker_url="bogus://x")
+    with pytest.raises(InvalidRequest, match="unsupported broker URL"):
+        async with EmbeddedRuntime(settings):
+            raise AssertionError("not reached")
+    assert not (tmp_path / "state").exists()

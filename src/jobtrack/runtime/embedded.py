@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 from jobtrack.broker import Broker, Subscription, open_broker
+from jobtrack.errors import StoreError
 from jobtrack.model import Job, JobStatus, utc_now
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.consumer import RenditionConsumer
@@ -88,13 +89,24 @@ class EmbeddedRuntime:
         self._subscriptions: list[Subscription] = []
 
     async def __aenter__(self) -> EmbeddedRuntime:
+        try:
+            await self._start()
+        except BaseException:
+            await self._exit.aclose()  # release what was opened before the failure
+            raise
+        return self
+
+    async def _start(self) -> None:
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.broker: Broker = open_broker(settings.broker_url)  # refuses a bad URL first
+        self._exit.push_async_callback(self.broker.aclose)
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot use {settings.data_dir}: {exc.strerror}") from exc
         self.store: JobStore = open_store(settings.store_url)
         self._exit.push_async_callback(self.store.aclose)
         self.catalog: Catalog = catalog_for(self.store)
-        self.broker: Broker = open_broker(settings.broker_url)
-        self._exit.push_async_callback(self.broker.aclose)
         self.tracker = ProgressTracker(
             self.store,
             enabled=settings.consumer_progress,
@@ -125,7 +137,6 @@ class EmbeddedRuntime:
                     queue_for(spec.stage), consumer.handle, prefetch=settings.workers + 1
                 )
             )
-        return self
 
     async def __aexit__(
         self,
