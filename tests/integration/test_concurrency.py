@@ -8,33 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from jobtrack.model import JobStatus, StageStatus
 from jobtrack.store import JobStore, open_store
-from tests.postgres import database_url, require_server, scratch_database
 
 WRITERS = 16
 PER_WRITER = 1000
 RACERS = 64
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    require_server()
-    with scratch_database("concurrency") as name:
-        yield database_url(name)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 def _writer(url: str, job_id: str, keys: list[str] | None, count: int, out: object) -> None:

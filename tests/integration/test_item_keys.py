@@ -2,30 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import psycopg
-import pytest
 
 from jobtrack.model import JobStatus
 from jobtrack.store import JobStore, SqliteJobStore, StageProgress, open_store
-from tests.postgres import database_url, require_server, scratch_database
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    require_server()
-    with scratch_database("item_keys") as name:
-        yield database_url(name)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 def keys_of(store: JobStore, url: str, job_id: str) -> int:

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ import pytest
 from jobtrack.model import JobStatus
 from jobtrack.store.postgres import PostgresJobStore
 from jobtrack.tracking import ProgressTracker
-from tests.postgres import database_url, require_server, scratch_database
 
 ITEMS = 600
 
@@ -39,15 +37,13 @@ def _cluster(action: str) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    require_server()
+@pytest.fixture(autouse=True)
+def cluster_control() -> None:
+    """Stopping the server needs pg_ctlcluster, and root."""
     if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
         pytest.skip("needs pg_ctlcluster to stop and start the server")
     if os.geteuid() != 0:
         pytest.skip("needs root to stop and start the server")
-    with scratch_database("store_down") as name:
-        yield database_url(name)
 
 
 @pytest.mark.parametrize("coalesce", [True, False], ids=["coalesced", "per-item"])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "Artifact",
@@ -22,6 +22,7 @@ __all__ = [
     "ImageRecord",
     "ImageState",
     "ScannedFile",
+    "artifact_from_row",
     "image_id_for",
 ]
 
@@ -114,6 +115,24 @@ class ImageState:
         if artifact.path is not None and Path(artifact.path).is_file():
             return artifact
         return None
+
+
+def artifact_from_row(row: Sequence[Any], produced_at: datetime) -> Artifact:
+    """An artifact from a row of the artifacts table, in column order
+    (``produced_at`` converted by the backend)."""
+    return Artifact(
+        image_id=row[0],
+        kind=row[1],
+        status=ArtifactStatus(row[2]),
+        variant=row[3],
+        source_size=row[4],
+        source_mtime_ns=row[5],
+        produced_at=produced_at,
+        path=row[7],
+        error=row[8],
+        width=row[9],
+        height=row[10],
+    )
 
 
 def image_id_for(collection_id: str, relpath: str) -> str:

@@ -9,11 +9,11 @@ from jobtrack.errors import CollectionNotFound, NotFound
 from jobtrack.model import Clock, new_id, utc_now
 from jobtrack.pipeline.catalog.base import (
     Artifact,
-    ArtifactStatus,
     Collection,
     ImageRecord,
     ImageState,
     ScannedFile,
+    artifact_from_row,
     image_id_for,
 )
 from jobtrack.store.sqlite import SqliteDatabase
@@ -202,16 +202,4 @@ def _image(row: Sequence[Any]) -> ImageRecord:
 
 
 def _artifact(row: Sequence[Any]) -> Artifact:
-    return Artifact(
-        image_id=row[0],
-        kind=row[1],
-        status=ArtifactStatus(row[2]),
-        variant=row[3],
-        source_size=row[4],
-        source_mtime_ns=row[5],
-        produced_at=from_micros(row[6]),
-        path=row[7],
-        error=row[8],
-        width=row[9],
-        height=row[10],
-    )
+    return artifact_from_row(row, from_micros(row[6]))
