@@ -322,3 +322,13 @@ async def test_add_progress_ends_stages_and_the_job_once(store: JobStore) -> Non
     done = await store.get_job(job.id)
     assert done.status is JobStatus.COMPLETED
     assert (done.stage("a").completed_items, done.stage("b").completed_items) == (3, 1)
+
+
+@pytest.mark.parametrize("key", ["", "nul\x00key", "k" * 1001])
+async def test_keys_no_backend_can_hold_are_refused(store: JobStore, key: str) -> None:
+    job = await store.create_job("t", ["a"])
+    with pytest.raises(InvalidIncrement):
+        await store.increment(job.id, "a", item_key=key)
+    with pytest.raises(InvalidIncrement):
+        await store.add_progress([StageProgress(job.id, "a", completed_keys=[key])])
+    assert (await store.get_job(job.id)).stage("a").completed_items == 0

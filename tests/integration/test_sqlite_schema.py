@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from jobtrack.errors import StoreError
 from jobtrack.pipeline.catalog import SqliteCatalog
 from jobtrack.store import SqliteDatabase, SqliteJobStore
 from jobtrack.store.sqlite.store import _Q
@@ -50,3 +53,19 @@ def test_the_stuck_query_uses_the_seeds_index(tmp_path: Path) -> None:
     )
     assert "SCAN jobs" not in details
     store.database.close()
+
+
+def test_a_failed_commit_leaves_the_connection_usable(tmp_path: Path) -> None:
+    database = SqliteDatabase(tmp_path / "jobs.db")
+    conn = database.connection
+    conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    conn.execute(
+        "CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    with pytest.raises(StoreError, match="FOREIGN KEY"), database.write() as tx:
+        tx.execute("INSERT INTO child VALUES (1)")  # fails only at COMMIT
+    assert not conn.in_transaction
+    with database.write() as tx:
+        tx.execute("INSERT INTO parent VALUES (1)")
+    assert conn.execute("SELECT count(*) FROM parent").fetchone() == (1,)
+    database.close()

@@ -231,3 +231,52 @@ async def test_a_refused_stage_fails_only_its_own_receipts() -> None:
     good, bad = tracker.add(job.id, "a"), tracker.add(job.id, "zzz")
     assert (await good, await bad) == (True, False)
     assert await tracker.flush(max_wait=1.0)
+
+
+async def test_a_coalesced_increment_writes_now_and_never_waits_for_the_store() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, flush_interval=60)  # the interval never comes
+    assert await asyncio.wait_for(tracker.increment(job.id, "a"), timeout=5)
+    store.down = True
+    assert not await asyncio.wait_for(tracker.increment(job.id, "a"), timeout=5)
+    assert tracker.pending == 1  # kept for later
+    store.down = False
+    assert await tracker.flush(max_wait=5)
+    assert (await store.get_job(job.id)).stage("a").completed_items == 2
+
+
+async def test_a_cancelled_flush_keeps_its_items() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, flush_interval=60)
+    receipt = tracker.add(job.id, "a", item_key="x")
+    gate = asyncio.Event()
+
+    async def stalled(batch: Sequence[StageProgress]) -> list[ProgressResult]:
+        await gate.wait()
+        raise AssertionError("not reached")
+
+    real = store.add_progress
+    store.add_progress = stalled  # type: ignore[method-assign]
+    flushing = asyncio.create_task(tracker.flush_if_due())
+    await asyncio.sleep(0.01)
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert (tracker.pending, receipt.done()) == (1, False)
+    store.add_progress = real  # type: ignore[method-assign]
+    assert await tracker.flush(max_wait=5)
+    assert await receipt
+    assert (await store.get_job(job.id)).stage("a").completed_items == 1
+
+
+@pytest.mark.parametrize("key", ["", "nul\x00key", "k" * 1001])
+async def test_keys_no_store_can_hold_are_refused_alone(key: str, coalesce: bool) -> None:
+    store = InMemoryJobStore()
+    job = await store.create_job("t", ["a"])
+    tracker = tracker_for(store, coalesce)
+    bad, good = tracker.add(job.id, "a", item_key=key), tracker.add(job.id, "a", item_key="ok")
+    assert (await bad, await good) == (False, True)
+    assert await tracker.flush(max_wait=1.0)
+    assert (await store.get_job(job.id)).stage("a").completed_items == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -58,6 +59,18 @@ class RenderPool:
         broken.shutdown(wait=False, cancel_futures=True)
         self._executor = self._factory()
 
-    def shutdown(self) -> None:
-        """Stop the workers, dropping work not yet started."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def shutdown(self, *, grace: float = 10.0) -> None:
+        """Stop the workers, dropping work not yet started. A worker still
+        running after ``grace`` seconds is terminated: a pool that lost a
+        worker can otherwise wait forever in its own shutdown."""
+        executor = self._executor
+        # The executor's own record of its processes: the only handle on them.
+        workers = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                logger.warning("terminating image worker %s", worker.pid)
+                worker.terminate()
+                worker.join(1.0)

@@ -24,6 +24,7 @@ from jobtrack.model import (
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
+    "MAX_KEY_LENGTH",
     "STUCK_QUERY_LIMIT",
     "Increment",
     "JobQuery",
@@ -32,6 +33,7 @@ __all__ = [
     "StageProgress",
     "as_progress",
     "check_progress",
+    "key_problem",
     "validate_new_job",
 ]
 
@@ -112,12 +114,30 @@ def validate_new_job(
         raise InvalidRequest(f"attributes may not use reserved keys: {sorted(clash)}")
 
 
+MAX_KEY_LENGTH = 1000
+
+
+def key_problem(key: str) -> str | None:
+    """Why an item key cannot be stored by every backend, or None."""
+    if not key:
+        return "an item key must not be empty"
+    if len(key) > MAX_KEY_LENGTH:
+        return f"an item key must not exceed {MAX_KEY_LENGTH} characters"
+    if "\x00" in key:
+        return "an item key must not contain NUL characters"
+    return None
+
+
 def check_progress(progress: StageProgress) -> None:
-    """Refuse negative counts and absurd batches, as for one increment."""
+    """Refuse negative counts, absurd batches and keys no backend can store."""
     if progress.completed < 0 or progress.failed < 0:
         raise InvalidIncrement(f"progress must not be negative: {progress}")
     if progress.items > MAX_INCREMENT:
         raise InvalidIncrement(f"progress of {progress.items} items exceeds {MAX_INCREMENT}")
+    for key in (*progress.completed_keys, *progress.failed_keys):
+        problem = key_problem(key)
+        if problem is not None:
+            raise InvalidIncrement(f"{problem}: {key[:40]!r}")
 
 
 def as_progress(
@@ -126,6 +146,9 @@ def as_progress(
     """One increment as progress: with a key, the item counts once."""
     if item_key is None:
         return StageProgress(job_id, stage, completed, failed)
+    problem = key_problem(item_key)
+    if problem is not None:
+        raise InvalidIncrement(f"{problem}: {item_key[:40]!r}")
     if completed + failed != 1:
         raise InvalidIncrement("an increment with an item key counts exactly one item")
     keys = (item_key,)

@@ -126,6 +126,11 @@ class Coalescer:
         """Items reported and not yet durable."""
         return self._items
 
+    @property
+    def backing_off(self) -> bool:
+        """True while the store was unavailable at the last flush."""
+        return self._backoff > 0
+
     def add(self, job_id: str, stage: str, *, item_key: str | None, failed: bool) -> Receipt:
         """Fold one item in; never blocks, never raises."""
         if self._items >= self._max_pending:
@@ -218,6 +223,9 @@ class Coalescer:
         except StoreUnavailable as exc:
             self._keep(folds, items, exc)
             return False
+        except asyncio.CancelledError:
+            self._restore(folds, items)  # the write may or may not have happened: keys make it safe
+            raise
         except Exception:  # nothing a retry can mend; never the consumer's problem
             logger.exception(
                 "%d progress items refused by the store; reconciliation will count them",
@@ -241,13 +249,7 @@ class Coalescer:
         exc: Exception,
     ) -> None:
         """Put a batch the store could not take back in front of newer items."""
-        for key, older in folds.items():
-            newer = self._folds.get(key)
-            if newer is None:
-                self._folds[key] = older
-            else:
-                newer.merge(older)
-        self._items += items
+        self._restore(folds, items)
         self._backoff = min(max(self._backoff * 2, self._retry_after), self._max_retry_after)
         logger.warning(
             "progress flush failed (%d items kept, next try in %.1f s): %s",
@@ -256,6 +258,15 @@ class Coalescer:
             exc,
             extra={"action": "progress_write_failed"},
         )
+
+    def _restore(self, folds: dict[tuple[str, str], _Fold], items: int) -> None:
+        for key, older in folds.items():
+            newer = self._folds.get(key)
+            if newer is None:
+                self._folds[key] = older
+            else:
+                newer.merge(older)
+        self._items += items
 
     def _report(self, results: list[ProgressResult]) -> None:
         for result in results:

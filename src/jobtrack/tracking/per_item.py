@@ -136,8 +136,7 @@ class PerItemWriter:
         if len(self._pending) == self._pending.maxlen:
             self.dropped += 1
             logger.warning(
-                "%d progress writes kept for retry; dropping the oldest (reconciliation "
-                "will count it)",
+                "%d progress writes kept for retry; dropping one (reconciliation will count it)",
                 len(self._pending),
                 extra={"action": "progress_dropped"},
             )

@@ -18,13 +18,17 @@ Two ways of writing, chosen at construction:
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from jobtrack.store.base import JobStore
+from jobtrack.model import MAX_INCREMENT
+from jobtrack.store.base import JobStore, key_problem
 from jobtrack.tracking.coalescer import Coalescer, Receipt
 from jobtrack.tracking.per_item import PendingIncrement, PerItemWriter
 from jobtrack.tracking.progress_log import ProgressLog
 
 __all__ = ["ProgressTracker"]
+
+logger = logging.getLogger("jobtrack.tracking")
 
 
 class ProgressTracker:
@@ -55,6 +59,8 @@ class ProgressTracker:
         enabled: bool = True,
     ) -> None:
         progress_log = ProgressLog(log_every)
+        max_pending = min(max_pending, MAX_INCREMENT)  # one stage's flush must stay one write
+        self._max_pending = max_pending
         self.enabled = enabled
         self.coalesce = coalesce
         self._coalescer = Coalescer(
@@ -92,8 +98,19 @@ class ProgressTracker:
         return at once; the receipt resolves when the item is durable."""
         if not self.enabled:
             return Receipt.resolved(False)
+        if item_key is not None and (problem := key_problem(item_key)) is not None:
+            logger.warning(
+                "progress not recorded: %s: %r",
+                problem,
+                item_key[:40],
+                extra={"action": "progress_refused"},
+            )
+            return Receipt.resolved(False)
         if self.coalesce:
             return self._coalescer.add(job_id, stage, item_key=item_key, failed=failed)
+        if self.pending >= self._max_pending:
+            self._per_item.dropped += 1
+            return Receipt.resolved(False)
         write = asyncio.get_running_loop().create_task(
             self._per_item.increment(PendingIncrement(job_id, stage, item_key, failed))
         )
@@ -104,13 +121,19 @@ class ProgressTracker:
     async def increment(
         self, job_id: str, stage: str, *, item_key: str | None = None, failed: bool = False
     ) -> bool:
-        """Report one finished item and wait until it is durable (True) or
-        refused or kept for a later retry (False). Never raises."""
+        """Report one finished item and write it now: True once durable,
+        False when refused, or kept for a later retry because the store is
+        unavailable (then this returns at once). Never raises."""
         if not self.enabled:
             return False
-        if self.coalesce:
-            return await self.add(job_id, stage, item_key=item_key, failed=failed)
-        return await self._per_item.increment(PendingIncrement(job_id, stage, item_key, failed))
+        if not self.coalesce:
+            if item_key is not None and key_problem(item_key) is not None:
+                return await self.add(job_id, stage, item_key=item_key, failed=failed)
+            return await self._per_item.increment(PendingIncrement(job_id, stage, item_key, failed))
+        receipt = self.add(job_id, stage, item_key=item_key, failed=failed)
+        if not receipt.done() and not self._coalescer.backing_off:
+            await self._coalescer.flush()  # now, not at the next interval
+        return await receipt.wait(0)
 
     async def flush_if_due(self) -> int:
         """Write what waits, if no backoff holds it back; returns what still waits."""
@@ -122,7 +145,7 @@ class ProgressTracker:
     async def flush(self, *, max_wait: float) -> bool:
         """Write everything that waits, retrying for up to ``max_wait`` seconds."""
         if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+            await asyncio.wait(set(self._writes), timeout=max_wait)
         return await self._per_item.flush(max_wait=max_wait) and await self._coalescer.aclose(
             max_wait=max_wait
         )

@@ -1,7 +1,7 @@
 """The PostgreSQL job store (``postgresql://…``), on psycopg 3 with a pool.
 
-The per-item increment is one round trip: ``jobtrack_increment`` (in the
-migration) touches and locks the job row, claims the item key, counts the
+The per-item increment is one round trip: ``jobtrack_add`` (in the
+migration) locks the job row, claims the item key, counts the
 items with the stage rules in an ``UPDATE … RETURNING`` and re-derives the
 job's status when the stage changed. Taking the job's row lock first orders
 every writer of one job, so the re-derivation sees the other stages as
@@ -88,17 +88,23 @@ class PostgresJobStore:
                 timeout=timeout,
                 open=False,
                 kwargs={"autocommit": True},
+                # A connection left broken by a server restart is replaced
+                # before use, not handed out to fail once.
+                check=psycopg_pool.AsyncConnectionPool.check_connection,
             )
         )
         self._ready = False
         self._opening = asyncio.Lock()
         self._timeout = timeout
         self._hot: _Connection | None = None
+        self._closed = False
         self._hot_lock = asyncio.Lock()
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[_Connection]:
         """A pooled connection, with driver errors translated once, here."""
+        if self._closed:
+            raise StoreError("the PostgreSQL store is closed")
         try:
             if not self._ready:
                 await self._open()
@@ -199,6 +205,8 @@ class PostgresJobStore:
         """One row from one statement, on a connection kept out of the pool for
         the per-item path, so that a loop of increments pays no pool checkout;
         a caller arriving while it is busy takes a pooled connection instead."""
+        if self._closed:
+            raise StoreError("the PostgreSQL store is closed")
         if self._hot_lock.locked():
             async with self.connection() as conn:
                 row = await (await conn.execute(sql, params, prepare=True)).fetchone()
@@ -301,6 +309,7 @@ class PostgresJobStore:
 
     async def aclose(self) -> None:
         """Close the pool and the per-item connection."""
+        self._closed = True
         await self._drop_hot()
         await self._pool.close()
 

@@ -101,10 +101,11 @@ class SqliteDatabase:
             self.connection.execute("BEGIN IMMEDIATE")
             try:
                 yield self.connection
+                self.connection.execute("COMMIT")
             except BaseException:
-                self.connection.execute("ROLLBACK")
+                if self.connection.in_transaction:  # the body or the COMMIT failed
+                    self.connection.execute("ROLLBACK")
                 raise
-            self.connection.execute("COMMIT")
 
     def migrate(self, component: str, package: str) -> list[int]:
         """Apply the ``NNNN_name.sql`` migrations of ``package`` not yet applied
