@@ -118,6 +118,7 @@ class Coalescer:
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.dropped = 0
         self.flushes = 0
 
@@ -176,7 +177,10 @@ class Coalescer:
             await asyncio.sleep(min(self._backoff or self._retry_after, 1.0))
             flushed = await self.flush()
         if self._task is not None:
-            self._task.cancel()
+            # Stopped by a flag, not by cancel(): before Python 3.12 a cancel
+            # can be swallowed by the loop's wait_for, and the task would run on.
+            self._stopping = True
+            self._wake.set()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         for fold in self._folds.values():
@@ -191,12 +195,13 @@ class Coalescer:
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
+            self._stopping = False
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="jobtrack-progress-flush"
             )
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._backoff or self._interval)
             self._wake.clear()
