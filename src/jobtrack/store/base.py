@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from jobtrack.errors import InvalidIncrement, InvalidRequest
+from jobtrack.errors import InvalidIncrement, InvalidRequest, NotFound
 from jobtrack.model import (
     MAX_INCREMENT,
     RESERVED_ATTRIBUTES,
@@ -77,16 +77,28 @@ class StageProgress:
 class ProgressResult:
     """What one :class:`StageProgress` did: items counted, the stage after.
 
-    ``refused`` says why nothing was counted when the job or the stage does
-    not exist (``stage`` is then None); ``job_status`` is set when this
-    write ended the stage.
+    ``missing`` is the error when the job or the stage does not exist
+    (``stage`` is then None); ``job_status`` is set when this write ended
+    the stage.
     """
 
     progress: StageProgress
     counted: int
     stage: Stage | None
     job_status: JobStatus | None = None
-    refused: str | None = None
+    missing: NotFound | None = None
+
+    @property
+    def refused(self) -> str | None:
+        """Why nothing was counted, when the job or stage does not exist."""
+        return None if self.missing is None else str(self.missing)
+
+    def as_increment(self) -> Increment:
+        """The result of a single increment; raises what it was refused for."""
+        if self.missing is not None:
+            raise self.missing
+        assert self.stage is not None  # only a missing job or stage has none
+        return Increment(self.counted > 0, self.stage, self.job_status)
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,11 +109,7 @@ class InMemoryJobStore:
         check_increment(completed, failed)
         progress = as_progress(job_id, stage, completed, failed, item_key)
         async with self._lock:
-            result = self._add(progress, self._clock())
-        if result.stage is None:
-            self._stage(job_id, stage)  # raises the NotFound it was refused for
-            raise AssertionError("unreachable")
-        return Increment(result.counted > 0, result.stage, result.job_status)
+            return self._add(progress, self._clock()).as_increment()
 
     async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
         """Apply many stages' progress at once, under one lock."""
@@ -127,7 +123,7 @@ class InMemoryJobStore:
         try:
             job, current = self._stage(progress.job_id, progress.stage)
         except NotFound as exc:
-            return ProgressResult(progress, 0, None, refused=str(exc))
+            return ProgressResult(progress, 0, None, missing=exc)
         if job.status.terminal or current.status.terminal:
             return ProgressResult(progress, 0, current)
         keys = self._item_keys.setdefault(job.id, set())

@@ -413,10 +413,10 @@ def _flatten(groups: Sequence[Sequence[str]]) -> tuple[list[str], list[int], lis
 def _result(progress: StageProgress, row: Sequence[Any]) -> ProgressResult:
     found = row[0]
     if found == "no_job":
-        return ProgressResult(progress, 0, None, refused=str(JobNotFound(progress.job_id)))
+        return ProgressResult(progress, 0, None, missing=JobNotFound(progress.job_id))
     if found == "no_stage":
         refused = StageNotFound(progress.job_id, progress.stage)
-        return ProgressResult(progress, 0, None, refused=str(refused))
+        return ProgressResult(progress, 0, None, missing=refused)
     ended = None if row[11] is None else JobStatus(row[11])
     return ProgressResult(progress, row[1], _stage(row[2:11]), ended)
 

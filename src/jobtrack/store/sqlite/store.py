@@ -151,10 +151,7 @@ class SqliteJobStore:
         progress = as_progress(job_id, stage, completed, failed, item_key)
         with self.database.write() as conn:
             result = self._add(conn, progress, params[4])
-        if result.stage is None:
-            self._raise_missing(job_id, stage)
-        assert result.stage is not None
-        return Increment(result.counted > 0, result.stage, result.job_status)
+        return result.as_increment()
 
     async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
         """Apply many stages' progress in one ``BEGIN IMMEDIATE`` transaction:
@@ -170,7 +167,7 @@ class SqliteJobStore:
         row = conn.execute(_Q["stage_and_job"], (job_id, stage)).fetchone()
         if row is None:
             refused = self._missing(job_id, stage)
-            return ProgressResult(progress, 0, None, refused=str(refused))
+            return ProgressResult(progress, 0, None, missing=refused)
         current, job_status = _stage(row), row[9]
         if current.status.terminal or job_status not in ("pending", "in_progress"):
             return ProgressResult(progress, 0, current)
