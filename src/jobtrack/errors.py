@@ -24,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerError",
+    "BrokerUnavailable",
     "CollectionNotFound",
     "ImageError",
     "InvalidIncrement",
@@ -103,6 +104,10 @@ class StoreMissing(StoreError):
 
 class BrokerError(JobtrackError):
     """The broker failed to carry out an operation."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached; the operation may succeed later."""
 
 
 class ImageError(JobtrackError):

@@ -1,4 +1,5 @@
-"""The broker port and its backends (``memory://`` in-process)."""
+"""The broker port and its backends: ``memory://`` (in-process) and
+``amqp://`` (RabbitMQ)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ __all__ = [
 
 
 def open_broker(url: str) -> Broker:
-    """Open the broker a URL names."""
+    """Open the broker a URL names (connecting lazily, on first use)."""
     if url == "memory://":
         return InMemoryBroker()
-    raise InvalidRequest(f"unsupported broker URL {url!r}: use memory://")
+    if url.startswith(("amqp://", "amqps://")):
+        from jobtrack.broker.rabbitmq import RabbitMQBroker  # noqa: PLC0415 (aio-pika on demand)
+
+        return RabbitMQBroker(url)
+    raise InvalidRequest(f"unsupported broker URL {url!r}: use memory:// or amqp://…")

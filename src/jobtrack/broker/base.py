@@ -6,15 +6,29 @@ is delivered again, so whoever counts must count each item once.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Broker", "Delivery", "Handler", "Subscription", "dead_letter_queue"]
+__all__ = [
+    "Broker",
+    "Delivery",
+    "Handler",
+    "Subscription",
+    "dead_letter_queue",
+    "is_dead_letter_queue",
+]
+
+_DEAD = ".dead"
 
 
 def dead_letter_queue(queue: str) -> str:
     """Where messages rejected from ``queue`` go."""
-    return f"{queue}.dead"
+    return f"{queue}{_DEAD}"
+
+
+def is_dead_letter_queue(queue: str) -> bool:
+    """Whether ``queue`` is where another queue's rejected messages go."""
+    return queue.endswith(_DEAD)
 
 
 class Delivery(Protocol):
@@ -45,8 +59,9 @@ Handler = Callable[[Delivery], Awaitable[None]]
 class Subscription(Protocol):
     """A running consumer of one queue."""
 
-    async def cancel(self) -> None:
-        """Stop taking new messages; in-flight handlers finish."""
+    async def cancel(self, *, grace: float = 0.0) -> None:
+        """Stop taking new messages; give the handlers in flight ``grace``
+        seconds to finish, then stop them (their messages are delivered again)."""
         ...
 
 
@@ -56,6 +71,10 @@ class Broker(Protocol):
 
     async def publish(self, queue: str, body: bytes) -> None:
         """Return once the broker holds the message."""
+        ...
+
+    async def publish_many(self, queue: str, bodies: Iterable[bytes]) -> None:
+        """Publish several messages; return once the broker holds them all."""
         ...
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:

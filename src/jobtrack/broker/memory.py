@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from jobtrack.broker.base import Handler, dead_letter_queue
@@ -79,13 +80,21 @@ class _MemoryDelivery:
 
 
 class _MemorySubscription:
-    def __init__(self, tasks: list[asyncio.Task[None]]) -> None:
-        self._tasks = tasks
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[None]] = []
+        self.busy: set[asyncio.Task[None]] = set()  # tasks running a handler
+        self.stopping = False
 
-    async def cancel(self) -> None:
-        for task in self._tasks:
+    async def cancel(self, *, grace: float = 0.0) -> None:
+        self.stopping = True
+        for task in self.tasks:
+            if task not in self.busy:
+                task.cancel()
+        if grace > 0 and self.busy:
+            await asyncio.wait(set(self.busy), timeout=grace)
+        for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 class InMemoryBroker:
@@ -119,15 +128,22 @@ class InMemoryBroker:
         """Put the message on the queue."""
         self.queue(queue).ready.put_nowait(_Message(body))
 
+    async def publish_many(self, queue: str, bodies: Iterable[bytes]) -> None:
+        """Put the messages on the queue."""
+        for body in bodies:
+            self.queue(queue).ready.put_nowait(_Message(body))
+
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> _MemorySubscription:
         """Run ``prefetch`` handlers concurrently over the queue."""
         if prefetch < 1:
             raise BrokerError(f"prefetch must be at least 1, not {prefetch}")
-        tasks = [
-            asyncio.create_task(self._deliver(queue, handler), name=f"consume:{queue}:{i}")
+        subscription = _MemorySubscription()
+        subscription.tasks = [
+            asyncio.create_task(
+                self._deliver(queue, handler, subscription), name=f"consume:{queue}:{i}"
+            )
             for i in range(prefetch)
         ]
-        subscription = _MemorySubscription(tasks)
         self._subscriptions.append(subscription)
         return subscription
 
@@ -142,13 +158,18 @@ class InMemoryBroker:
             await subscription.cancel()
         self._subscriptions.clear()
 
-    async def _deliver(self, queue: str, handler: Handler) -> None:
+    async def _deliver(
+        self, queue: str, handler: Handler, subscription: _MemorySubscription
+    ) -> None:
         state = self.queue(queue)
-        while True:
+        me = asyncio.current_task()
+        assert me is not None
+        while not subscription.stopping:
             message = await state.ready.get()
             message.delivery_count += 1
             state.unacked += 1
             delivery = _MemoryDelivery(self, queue, message)
+            subscription.busy.add(me)
             try:
                 await handler(delivery)
             except asyncio.CancelledError:
@@ -162,3 +183,5 @@ class InMemoryBroker:
             else:
                 if not delivery.settled:
                     await delivery.nack(requeue=False, reason="handler returned without settling")
+            finally:
+                subscription.busy.discard(me)

@@ -1,4 +1,4 @@
-"""The ``jobtrack`` command line: ``scan``, ``jobs``, ``sample``."""
+"""The ``jobtrack`` command line: ``scan``, ``worker``, ``jobs``, ``sample``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 
 from jobtrack.cli.jobs import jobs
 from jobtrack.cli.options import (
+    broker_option,
     data_dir_option,
     json_option,
     settings_from,
@@ -23,8 +24,9 @@ from jobtrack.cli.options import (
 )
 from jobtrack.cli.progress import JobProgress
 from jobtrack.cli.views import job_json, plural, print_job
+from jobtrack.cli.worker import worker
 from jobtrack.errors import InvalidRequest, JobtrackError
-from jobtrack.model import JobStatus
+from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.failures import ItemFailure, job_failures
 from jobtrack.pipeline.sample import generate_sample
 from jobtrack.runtime import EmbeddedRuntime, ScanOutcome, Settings
@@ -56,6 +58,7 @@ def cli(verbose: int) -> None:
 
 
 cli.add_command(jobs)
+cli.add_command(worker)
 
 
 @cli.command()
@@ -63,19 +66,19 @@ cli.add_command(jobs)
 @json_option
 @data_dir_option
 @store_option
-@click.option(
-    "--broker",
-    "broker_url",
-    envvar="JOBTRACK_BROKER_URL",
-    show_envvar=True,
-    help="Broker URL [default: memory://].",
-)
+@broker_option
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
     envvar="JOBTRACK_WORKERS",
     show_envvar=True,
-    help="Image worker processes [default: one per core].",
+    help="Image worker processes, with the in-process broker [default: one per core].",
+)
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Only walk and publish the work (a shared broker's workers do it), print the job"
+    " id (the job with --json) and exit.",
 )
 def scan(
     path: Path,
@@ -84,26 +87,41 @@ def scan(
     store_url: str | None,
     broker_url: str | None,
     workers: int | None,
+    no_wait: bool,
 ) -> None:
     """Scan the image collection at PATH: thumbnails and cache copies, live.
 
-    A rescan does only what is missing or changed. Exits 0 when the job
-    completed (failed items are listed, not fatal), 1 when it failed, 2 when
-    PATH or a setting cannot be used, 130 when interrupted (the job is then
-    cancelled; scan again to resume).
+    With the in-process broker (the default) the work is done here; with
+    --broker amqp://… (and a shared --store) `jobtrack worker` processes do
+    it and the scan follows the job. A rescan does only what is missing or
+    changed. Exits 0 when the job completed (failed items are listed, not
+    fatal), 1 when it failed, 2 when PATH or a setting cannot be used, 130
+    when interrupted (a job whose work was not all published is cancelled;
+    scan again to resume).
     """
     settings = settings_from(
         data_dir=data_dir, store_url=store_url, broker_url=broker_url, workers=workers
     )
+    if no_wait:
+        _enqueue(settings, path, as_json=as_json)
+        return
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    seen: dict[str, EmbeddedRuntime] = {}
     try:
-        outcome, failures = asyncio.run(_scan(settings, path, live=not as_json))
+        outcome, failures = asyncio.run(_scan(settings, path, live=not as_json, seen=seen))
     except InvalidRequest as exc:
         raise click.UsageError(str(exc)) from None
     except JobtrackError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        stderr.print("interrupted: the scan's job was cancelled; scan again to resume")
+        runtime = seen.get("runtime")
+        if runtime is None or runtime.cancelled or runtime.current_job_id is None:
+            stderr.print("interrupted: the scan's job was cancelled; scan again to resume")
+        else:
+            stderr.print(
+                f"stopped following job {runtime.current_job_id}; its workers go on"
+                f" (jobtrack jobs show {runtime.current_job_id})"
+            )
         sys.exit(EXIT_INTERRUPTED)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -116,10 +134,36 @@ def scan(
     sys.exit(0 if outcome.job.status is JobStatus.COMPLETED else 1)
 
 
+def _enqueue(settings: Settings, path: Path, *, as_json: bool) -> None:
+    async def run() -> tuple[Job, bool]:
+        async with EmbeddedRuntime(settings) as runtime:
+            return await runtime.enqueue(path)
+
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        job, created = asyncio.run(run())
+    except InvalidRequest as exc:
+        raise click.UsageError(str(exc)) from None
+    except JobtrackError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        stderr.print("interrupted: the job was cancelled before all its work was published")
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if as_json:
+        click.echo(json.dumps(job_json(job, None), indent=2))
+    else:
+        click.echo(job.id)
+        if not created:
+            stderr.print(f"the collection's job {job.id} is running already; nothing new queued")
+
+
 async def _scan(
-    settings: Settings, path: Path, *, live: bool
+    settings: Settings, path: Path, *, live: bool, seen: dict[str, EmbeddedRuntime]
 ) -> tuple[ScanOutcome, list[ItemFailure]]:
     async with EmbeddedRuntime(settings) as runtime:
+        seen["runtime"] = runtime
         if live:
             with JobProgress(stderr) as progress:
                 outcome = await runtime.scan(path, on_progress=progress.update)

@@ -15,6 +15,7 @@ from jobtrack.runtime import Settings
 from jobtrack.store import JobStore, open_store
 
 __all__ = [
+    "broker_option",
     "data_dir_option",
     "json_option",
     "settings_from",
@@ -45,6 +46,14 @@ store_option = click.option(
     " [default: DATA_DIR/jobtrack.db].",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+broker_option = click.option(
+    "--broker",
+    "broker_url",
+    envvar="JOBTRACK_BROKER_URL",
+    show_envvar=True,
+    help="Broker URL: memory:// (in this process) or amqp://user:password@host:port/vhost"
+    " [default: memory://].",
+)
 
 
 def settings_from(**flags: Any) -> Settings:

@@ -38,7 +38,9 @@ class RenditionConsumer:
     An image whose worker process dies under it that many times is a failed
     item. With ``ack_when_durable``, a message is acked only once its item's
     progress is durable in the store (or ``durable_within`` seconds passed:
-    the tracker keeps it, and reconciliation has the last word).
+    the tracker keeps it, and reconciliation has the last word; None waits
+    as long as it takes, so an unreachable store stops the intake once
+    ``prefetch`` messages wait).
     """
 
     def __init__(
@@ -52,7 +54,7 @@ class RenditionConsumer:
         max_deliveries: int = 5,
         retry_delay: float = 0.2,
         ack_when_durable: bool = False,
-        durable_within: float = 30.0,
+        durable_within: float | None = 30.0,
         clock: Clock = utc_now,
     ) -> None:
         self.spec = spec
@@ -77,6 +79,15 @@ class RenditionConsumer:
         except MalformedMessage as exc:
             await delivery.nack(requeue=False, reason=str(exc))
             return
+        if delivery.delivery_count > 1:
+            logger.info(
+                "%s of image %s for job %s delivered again (delivery %d)",
+                message.stage,
+                message.image_id,
+                message.job_id,
+                delivery.delivery_count,
+                extra={"action": "redelivered", "job_id": message.job_id},
+            )
         try:
             failed = await self._process(message, delivery.delivery_count)
         except NotFound as exc:

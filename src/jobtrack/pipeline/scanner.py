@@ -17,7 +17,7 @@ from typing import Any
 
 from jobtrack.broker import Broker
 from jobtrack.model import Job, JobStatus
-from jobtrack.pipeline.catalog import ArtifactStatus, Catalog, Collection, ImageState, ScannedFile
+from jobtrack.pipeline.catalog import ArtifactStatus, Catalog, Collection, ScannedFile
 from jobtrack.pipeline.messages import StageMessage, encode_message
 from jobtrack.pipeline.stages import (
     DEFAULT_RENDITIONS,
@@ -172,27 +172,30 @@ class Scanner:
         # failed item is tried again (the failure may have been passing).
         up_to_date = {state.image.id for state in states}
         for spec in self._renditions:
-            done = 0
+            done, work = 0, []
             for state in states:
                 artifact = state.finished(spec.stage, spec.variant)
                 if artifact is not None and artifact.status is ArtifactStatus.OK:
                     done += 1
                 else:
                     up_to_date.discard(state.image.id)
-                    await self._publish(job, collection, state, spec.stage)
-                    report.published += 1
+                    work.append(
+                        encode_message(
+                            StageMessage(
+                                job_id=job.id,
+                                collection_id=collection.id,
+                                image_id=state.image.id,
+                                stage=spec.stage,
+                            )
+                        )
+                    )
+            if work:
+                await self._broker.publish_many(queue_for(spec.stage), work)
+                report.published += len(work)
             if done:
                 await self._store.increment(job.id, spec.stage, completed=done)
         report.up_to_date += len(up_to_date)
         await self._store.increment(job.id, SCAN, completed=count)
-
-    async def _publish(
-        self, job: Job, collection: Collection, state: ImageState, stage: str
-    ) -> None:
-        message = StageMessage(
-            job_id=job.id, collection_id=collection.id, image_id=state.image.id, stage=stage
-        )
-        await self._broker.publish(queue_for(stage), encode_message(message))
 
 
 def _plural(count: int, noun: str, nouns: str | None = None) -> str:

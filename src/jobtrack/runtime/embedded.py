@@ -1,11 +1,15 @@
-"""The embedded runtime: store, broker, consumers and scanner in one process.
+"""The scan runtime: store, broker, scanner and, on the in-process broker,
+the consumers, in one process.
 
-``EmbeddedRuntime.scan`` runs a collection scan to its end: the walk feeds
-the in-process broker, the consumers render in a process pool, and the job's
-counts are followed until the job ends. When all the work is settled and the
-job still has not ended (a progress write lost, a message dead-lettered),
-the counts are reconciled against the catalog; what is still missing then
-fails the job with the reason, so a scan always ends.
+``EmbeddedRuntime.scan`` runs a collection scan to its end. On the default
+in-process broker (``memory://``) the walk feeds the consumers here, which
+render in a process pool, and the job's counts are followed until the job
+ends; when all the work is settled and the job still has not ended (a
+progress write lost, a message dead-lettered), the counts are reconciled
+against the catalog and what is still missing fails the job with the
+reason, so a scan always ends. On a shared broker (``amqp://``) the walk
+publishes, ``jobtrack worker`` processes anywhere do the work, and the scan
+follows the job (``enqueue`` only publishes).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from jobtrack.broker import Broker, Subscription, open_broker
-from jobtrack.errors import StoreError
+from jobtrack.errors import InvalidRequest, StoreError
 from jobtrack.model import Job, JobStatus, utc_now
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.consumer import RenditionConsumer
@@ -87,6 +91,8 @@ class EmbeddedRuntime:
         self._idle_since: float | None = None
         self._exit = AsyncExitStack()
         self._subscriptions: list[Subscription] = []
+        self.current_job_id: str | None = None  # the job this runtime started
+        self.cancelled = False  # whether an interruption cancelled it
 
     async def __aenter__(self) -> EmbeddedRuntime:
         try:
@@ -114,8 +120,6 @@ class EmbeddedRuntime:
             flush_interval=settings.flush_interval,
         )
         self._exit.push_async_callback(self.tracker.flush, max_wait=5.0)
-        self.pool = RenderPool(process_pool(settings.workers))
-        self._exit.callback(self.pool.shutdown)
         self.scanner = Scanner(
             store=self.store,
             catalog=self.catalog,
@@ -124,6 +128,10 @@ class EmbeddedRuntime:
             exclude=[settings.data_dir],
         )
         self.reconciler = CollectionScanReconciler(catalog=self.catalog, renditions=self.renditions)
+        if not self.local_work:
+            return
+        self.pool = RenderPool(process_pool(settings.workers))
+        self._exit.callback(self.pool.shutdown)
         for spec in self.renditions:
             consumer = RenditionConsumer(
                 spec=spec,
@@ -147,6 +155,11 @@ class EmbeddedRuntime:
         for subscription in self._subscriptions:
             await subscription.cancel()
         await self._exit.aclose()
+
+    @property
+    def local_work(self) -> bool:
+        """Whether the work happens in this process (the in-process broker)."""
+        return self.settings.broker_url == "memory://"
 
     def output_dir(self, collection_id: str, spec: RenditionSpec) -> Path:
         """The folder a stage writes a collection's artifacts to."""
@@ -173,6 +186,35 @@ class EmbeddedRuntime:
             if job is not None:
                 return ScanOutcome(job=job, created=False, report=None, reconciled=False)
 
+    async def enqueue(self, path: str | Path) -> tuple[Job, bool]:
+        """Walk the collection and publish its work, without waiting for it:
+        (the job, whether it is new). A collection whose job is running
+        already gets no second one."""
+        if self.local_work:
+            raise InvalidRequest(
+                "enqueueing alone needs a broker that workers reach (amqp://…); "
+                "with memory:// the work happens in the scanning process"
+            )
+        start = await self.scanner.start(path, attributes={"runner": _runner()})
+        if not start.created:
+            return start.job, False
+        self.current_job_id = start.job.id
+        try:
+            await self.scanner.run(start.job, start.collection)
+        except asyncio.CancelledError:
+            await self._cancel_unpublished(start.job.id)
+            raise
+        except Exception as exc:
+            await self._walk_failed(start.job, exc)
+            raise
+        return await self.store.get_job(start.job.id), True
+
+    async def _cancel_unpublished(self, job_id: str) -> None:
+        self.cancelled = True
+        await self.store.end_job(
+            job_id, JobStatus.CANCELLED, message="interrupted before all its work was published"
+        )
+
     def _abandoned(self, job: Job) -> str | None:
         """Why a running job can no longer progress, or None if it may.
 
@@ -180,7 +222,7 @@ class EmbeddedRuntime:
         process that started it, so the job is abandoned once that process is
         gone, or once it has not moved for ``stuck_after`` seconds.
         """
-        if self.settings.broker_url != "memory://":
+        if not self.local_work:
             return None
         runner, me = job.attributes.get("runner"), _runner()
         if isinstance(runner, dict) and runner.get("host") == me["host"]:
@@ -206,16 +248,21 @@ class EmbeddedRuntime:
 
     async def _run(self, start: ScanStart, on_progress: ProgressCallback | None) -> ScanOutcome:
         """Run our own job: walk, render, follow, settle."""
+        self.current_job_id = start.job.id
         walk = asyncio.create_task(self.scanner.run(start.job, start.collection))
         try:
             job, reconciled = await self._watch(start.job.id, walk, on_progress)
         except asyncio.CancelledError:
+            walked = walk.done()
             walk.cancel()
             await asyncio.wait([walk])
-            if self.settings.broker_url == "memory://":
+            if self.local_work:
+                self.cancelled = True
                 await self.store.end_job(
                     start.job.id, JobStatus.CANCELLED, message="interrupted before the end"
                 )
+            elif not walked:
+                await self._cancel_unpublished(start.job.id)
             raise
         await asyncio.wait([walk])
         report = walk.result() if walk.exception() is None else None
@@ -232,7 +279,7 @@ class EmbeddedRuntime:
                 return job, False
             if walk.done() and walk.exception() is not None:
                 return await self._walk_failed(job, walk.exception()), False
-            if walk.done() and await self._settled():
+            if walk.done() and self.local_work and await self._settled():
                 # The last writes may have ended the job just now.
                 job = await self.store.get_job(job_id)
                 reconcile = not job.status.terminal

@@ -82,6 +82,7 @@ class Settings:
         store_url: str | None = None,
         broker_url: str | None = None,
         workers: int | None = None,
+        consumer_progress: bool | None = None,
     ) -> Settings:
         """Flags first (the keyword arguments), then the environment, then defaults."""
         folder = (data_dir or default_data_dir(env)).expanduser().resolve()
@@ -91,7 +92,9 @@ class Settings:
             or env.get("JOBTRACK_STORE_URL")
             or f"sqlite:///{folder / 'jobtrack.db'}",
             broker_url=broker_url or env.get("JOBTRACK_BROKER_URL") or "memory://",
-            consumer_progress=_flag(env, "JOBTRACK_CONSUMER_PROGRESS", True),
+            consumer_progress=_flag(env, "JOBTRACK_CONSUMER_PROGRESS", True)
+            if consumer_progress is None
+            else consumer_progress,
             coalesce=_choice(
                 env, "JOBTRACK_PROGRESS_WRITES", {"coalesced": True, "per-item": False}
             ),

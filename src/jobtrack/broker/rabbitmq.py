@@ -1,0 +1,526 @@
+"""The RabbitMQ backend (``amqp://``), on aio-pika.
+
+What it guarantees, and how:
+
+- **Nothing is lost once ``publish`` returns**: queues are durable (quorum
+  queues where the server has them), messages persistent, and the channel
+  runs publisher confirms, so a publish returns only once the broker holds
+  the message.
+- **Acks are manual**, and sent by the handler when it chooses (the
+  consumers ack only once the item's progress is durable). A message whose
+  consumer goes away unacked is delivered again.
+- **Dead letters keep their reason**: a message nacked without requeue is
+  republished (confirmed) to ``<queue>.dead`` with the reason in its
+  ``x-jobtrack-reason`` header, then acked. A quorum queue also has a
+  delivery limit: past it, the server itself dead-letters the message to the
+  same queue (a consumer that crashes on it every time cannot loop forever).
+- **Reconnection resumes consuming.** aio-pika's ``connect_robust`` has had
+  reconnects that come back with no consumers or that ack on a dead channel
+  (mosquito/aio-pika issues #231, #334, #626), so this module supervises a
+  plain connection itself: when it closes, it connects again with backoff,
+  declares what it had declared and starts every subscription on a new
+  channel. A delivery remembers the channel it came on; settling it after
+  that channel is gone does nothing (the server has already put the message
+  back), and never settles a different message on the new channel.
+
+URL options (removed before the URL reaches aio-pika, which takes the
+others, such as ``heartbeat``): ``queue_type`` (``quorum``, the default, or
+``classic``) and ``delivery_limit`` (quorum queues; default 20).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+
+from jobtrack.broker.base import Handler, dead_letter_queue, is_dead_letter_queue
+from jobtrack.errors import BrokerError, BrokerUnavailable, InvalidRequest
+
+__all__ = ["RabbitMQBroker", "parse_amqp_url"]
+
+logger = logging.getLogger(__name__)
+
+REASON_HEADER = "x-jobtrack-reason"
+SOURCE_HEADER = "x-jobtrack-queue"
+_QUEUE_TYPES = ("quorum", "classic")
+# Errors that mean "the connection or channel is gone", not "this call is wrong".
+_GONE: tuple[type[BaseException], ...] = (
+    aio_pika.exceptions.AMQPConnectionError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ChannelClosed,
+    ConnectionError,
+    RuntimeError,  # aiormq: "Connection closed" / "Channel closed"
+)
+_GONE_OR_SLOW: tuple[type[BaseException], ...] = (*_GONE, TimeoutError)
+_UNREACHABLE: tuple[type[BaseException], ...] = (*_GONE, OSError, TimeoutError)
+
+
+def parse_amqp_url(url: str) -> tuple[str, str, int]:
+    """Split jobtrack's options off an ``amqp://`` URL:
+    (the URL for aio-pika, the queue type, the delivery limit)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps"):
+        raise InvalidRequest(f"not an AMQP URL: {url!r}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = {key: value for key, value in query if key in ("queue_type", "delivery_limit")}
+    rest = [(key, value) for key, value in query if key not in options]
+    queue_type = options.get("queue_type", "quorum")
+    if queue_type not in _QUEUE_TYPES:
+        raise InvalidRequest(f"queue_type must be quorum or classic, not {queue_type!r}")
+    raw_limit = options.get("delivery_limit", "20")
+    try:
+        delivery_limit = int(raw_limit)
+    except ValueError:
+        raise InvalidRequest(f"delivery_limit must be a whole number, not {raw_limit!r}") from None
+    if delivery_limit < 1:
+        raise InvalidRequest(f"delivery_limit must be at least 1, not {delivery_limit}")
+    return urlunsplit(parts._replace(query=urlencode(rest))), queue_type, delivery_limit
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _RabbitDelivery:
+    """One delivery; settled on the channel it came on, or not at all."""
+
+    __slots__ = ("_broker", "_message", "_queue", "settled")
+
+    def __init__(self, broker: RabbitMQBroker, queue: str, message: AbstractIncomingMessage):
+        self._broker = broker
+        self._queue = queue
+        self._message = message
+        self.settled = False
+
+    @property
+    def body(self) -> bytes:
+        return self._message.body
+
+    @property
+    def delivery_count(self) -> int:
+        # Quorum queues count returns in x-delivery-count (absent on the
+        # first delivery); classic queues only say "redelivered".
+        count = (self._message.headers or {}).get("x-delivery-count")
+        if isinstance(count, int) and count >= 0:
+            return count + 1
+        return 2 if self._message.redelivered else 1
+
+    async def ack(self) -> None:
+        self._settle()
+        await self._send(self._message.ack(), "ack")
+
+    async def nack(self, *, requeue: bool, reason: str = "") -> None:
+        self._settle()
+        if requeue:
+            await self._send(self._message.nack(requeue=True), "requeue")
+            return
+        try:
+            await self._broker.dead_letter(self._queue, self._message, reason)
+        except BrokerError as exc:
+            # Without our copy, the queue's own dead-letter exchange takes it.
+            logger.warning("dead-letter publish failed (%s); rejecting instead", exc)
+            await self._send(self._message.reject(requeue=False), "reject")
+            return
+        await self._send(self._message.ack(), "ack")
+
+    def _settle(self) -> None:
+        if self.settled:
+            raise BrokerError("delivery already acked or nacked")
+        self.settled = True
+
+    async def _send(self, settle: Any, what: str) -> None:
+        try:
+            await settle
+        except _GONE as exc:
+            logger.info(
+                "%s of a message from %s lost with its channel (%s); the broker delivers it again",
+                what,
+                self._queue,
+                exc,
+                extra={"action": "settle_lost", "queue": self._queue},
+            )
+
+
+class _RabbitSubscription:
+    """A consumer of one queue that survives reconnections."""
+
+    def __init__(self, broker: RabbitMQBroker, queue: str, handler: Handler, prefetch: int):
+        self._broker = broker
+        self.queue = queue
+        self._handler = handler
+        self._prefetch = prefetch
+        self._channel: AbstractChannel | None = None
+        self._amqp_queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        self.unsettled = 0
+        self._restart: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()
+
+    async def start(self, connection: AbstractConnection) -> None:
+        """Open a channel on ``connection`` and start consuming (once)."""
+        async with self._starting:
+            if self.stopping or (self._channel is not None and not self._channel.is_closed):
+                return
+            await self._start(connection)
+
+    async def _start(self, connection: AbstractConnection) -> None:
+        channel = await connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=self._prefetch)
+        amqp_queue = await self._broker.declare(channel, self.queue)
+        self._channel, self._amqp_queue = channel, amqp_queue
+        channel.close_callbacks.add(self._on_channel_close)
+        self._tag = await amqp_queue.consume(self._on_message, no_ack=False)
+        logger.info(
+            "consuming %s (prefetch %d)",
+            self.queue,
+            self._prefetch,
+            extra={"action": "consume", "queue": self.queue},
+        )
+
+    def _on_channel_close(self, channel: object, exc: BaseException | None = None) -> None:
+        # A channel can close alone (the server cancelled the consumer, or
+        # refused a command); the connection's loss is the supervisor's.
+        if self.stopping or channel is not self._channel:
+            return
+        self._channel = self._amqp_queue = self._tag = None
+        logger.warning(
+            "channel consuming %s closed (%s); consuming again",
+            self.queue,
+            exc,
+            extra={"action": "consumer_restart", "queue": self.queue},
+        )
+        self._restart = asyncio.create_task(self._broker.restart(self))
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # aiormq runs this in a task it cancels when the channel closes; the
+        # handler runs in a task of ours, so that a reconnection never
+        # interrupts work half done.
+        task = asyncio.create_task(self._handle(message), name=f"handle:{self.queue}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        delivery = _RabbitDelivery(self._broker, self.queue, message)
+        self.unsettled += 1
+        try:
+            await self._handler(delivery)
+        except asyncio.CancelledError:
+            if not delivery.settled:
+                await delivery.nack(requeue=True)
+            raise
+        except Exception as exc:
+            logger.exception("handler failed on a message from %s", self.queue)
+            if not delivery.settled:
+                await delivery.nack(requeue=False, reason=f"handler error: {exc!r}")
+        else:
+            if not delivery.settled:
+                await delivery.nack(requeue=False, reason="handler returned without settling")
+        finally:
+            self.unsettled -= 1
+
+    async def cancel(self, *, grace: float = 0.0) -> None:
+        """Stop taking messages; give handlers in flight ``grace`` seconds to
+        finish, then stop them (their messages go back to the queue)."""
+        self.stopping = True
+        self._broker.forget(self)
+        if self._restart is not None:
+            self._restart.cancel()
+        if self._amqp_queue is not None and self._tag is not None:
+            with contextlib.suppress(*_GONE_OR_SLOW):
+                await asyncio.wait_for(self._amqp_queue.cancel(self._tag), 5.0)
+        if self._tasks and grace > 0:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in set(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        await self.detach()
+
+    async def detach(self) -> None:
+        """Close this subscription's channel (the server requeues what is unacked)."""
+        channel, self._channel, self._amqp_queue, self._tag = self._channel, None, None, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*_GONE_OR_SLOW):
+                await asyncio.wait_for(channel.close(), 5.0)
+
+
+class RabbitMQBroker:
+    """A :class:`~jobtrack.broker.base.Broker` on RabbitMQ.
+
+    :param url: ``amqp://user:password@host:port/vhost`` with aio-pika's
+        options (``heartbeat=…``) and ours (``queue_type``, ``delivery_limit``).
+    :param publish_timeout: seconds a publish may wait for the broker (through
+        reconnections) before :class:`~jobtrack.errors.BrokerUnavailable`.
+    :param confirm_window: publishes of :meth:`publish_many` awaiting their
+        confirm at once.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        publish_timeout: float = 60.0,
+        confirm_window: int = 100,
+        max_reconnect_delay: float = 5.0,
+    ) -> None:
+        self._url, self.queue_type, self.delivery_limit = parse_amqp_url(url)
+        self._publish_timeout = publish_timeout
+        self._confirm_window = confirm_window
+        self._max_reconnect_delay = max_reconnect_delay
+        self._connection: AbstractConnection | None = None
+        self._publisher: AbstractChannel | None = None
+        self._declared: set[str] = set()
+        self._subscriptions: list[_RabbitSubscription] = []
+        self._ready = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closed = False
+        self.connections = 0  # how many times a connection was made (1 + reconnections)
+
+    def __repr__(self) -> str:
+        return f"RabbitMQBroker({_redacted(self._url)!r})"
+
+    async def connect(self, *, within: float = 30.0) -> None:
+        """Connect now (the first publish or consume does it otherwise)."""
+        await self._connected(within)
+
+    async def _connected(self, within: float) -> AbstractConnection:
+        if self._closed:
+            raise BrokerError("the broker is closed")
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="amqp-supervisor")
+        try:
+            await asyncio.wait_for(self._ready.wait(), within)
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"cannot reach RabbitMQ at {_redacted(self._url)} within {within:g} s"
+            ) from None
+        assert self._connection is not None
+        return self._connection
+
+    async def _supervise(self) -> None:
+        """Keep a connection open, and every subscription consuming on it."""
+        delay = 0.1
+        while not self._closed:
+            try:
+                connection = await aio_pika.connect(self._url, timeout=10)
+            except _UNREACHABLE as exc:
+                logger.warning(
+                    "cannot connect to RabbitMQ at %s (%s); retrying in %.1f s",
+                    _redacted(self._url),
+                    exc,
+                    delay,
+                    extra={"action": "broker_unavailable"},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_reconnect_delay)
+                continue
+            self._lost.clear()
+            connection.close_callbacks.add(self._on_close)
+            try:
+                await self._attach(connection)
+            except _GONE_OR_SLOW as exc:
+                logger.warning("RabbitMQ connection lost while attaching: %s", exc)
+                with contextlib.suppress(*_GONE_OR_SLOW):
+                    await connection.close()
+                await asyncio.sleep(delay)
+                continue
+            delay = 0.1
+            self.connections += 1
+            if self.connections > 1:
+                logger.warning(
+                    "reconnected to RabbitMQ; consuming %d queue(s) again",
+                    len(self._subscriptions),
+                    extra={"action": "broker_reconnected"},
+                )
+            self._ready.set()
+            await self._lost.wait()
+            self._ready.clear()
+            self._connection = self._publisher = None
+            for subscription in list(self._subscriptions):
+                await subscription.detach()
+
+    async def _attach(self, connection: AbstractConnection) -> None:
+        self._declared = set()
+        publisher = await connection.channel(publisher_confirms=True)
+        self._connection, self._publisher = connection, publisher
+        for subscription in list(self._subscriptions):
+            await subscription.start(connection)
+
+    def _on_close(self, _: object, exc: BaseException | None = None) -> None:
+        if not self._closed:
+            logger.warning(
+                "RabbitMQ connection closed: %s",
+                exc,
+                extra={"action": "broker_disconnected"},
+            )
+        self._lost.set()
+
+    async def declare(self, channel: AbstractChannel, queue: str) -> AbstractQueue:
+        """Declare ``queue`` (durable, with its dead-letter queue) on ``channel``."""
+        arguments: dict[str, Any] = {"x-queue-type": self.queue_type}
+        if is_dead_letter_queue(queue):
+            return await channel.declare_queue(queue, durable=True, arguments=arguments)
+        dead: AbstractQueue | None = None
+        if queue not in self._declared:
+            dead = await channel.declare_queue(
+                dead_letter_queue(queue), durable=True, arguments=dict(arguments)
+            )
+        arguments |= {
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dead_letter_queue(queue),
+        }
+        if self.queue_type == "quorum":
+            arguments["x-delivery-limit"] = self.delivery_limit
+        try:
+            declared = await channel.declare_queue(queue, durable=True, arguments=arguments)
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise BrokerError(
+                f"queue {queue!r} exists with other settings than jobtrack's "
+                f"({self.queue_type}, delivery limit {self.delivery_limit}): {exc}"
+            ) from exc
+        if dead is not None:
+            self._declared.add(queue)
+        return declared
+
+    async def publish(self, queue: str, body: bytes) -> None:
+        """Return once the broker has confirmed the message (persistent, durable queue)."""
+        await self._publish(queue, body, headers=None)
+
+    async def publish_many(self, queue: str, bodies: Iterable[bytes]) -> None:
+        """Publish several messages with up to ``confirm_window`` confirms in flight."""
+        window = asyncio.Semaphore(self._confirm_window)
+
+        async def one(body: bytes) -> None:
+            async with window:
+                await self._publish(queue, body, headers=None)
+
+        await asyncio.gather(*(one(body) for body in bodies))
+
+    async def _publish(self, queue: str, body: bytes, headers: dict[str, Any] | None) -> None:
+        deadline = asyncio.get_running_loop().time() + self._publish_timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            connection = await self._connected(max(remaining, 0.001))
+            publisher = self._publisher
+            if publisher is None:  # lost between the wake-up and now
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                if queue not in self._declared:
+                    await self.declare(publisher, queue)
+                message = aio_pika.Message(
+                    body,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    content_type="application/json",
+                    headers=headers,
+                )
+                confirm = await publisher.default_exchange.publish(
+                    message, routing_key=queue, mandatory=True, timeout=max(remaining, 0.001)
+                )
+            except _GONE_OR_SLOW as exc:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise BrokerUnavailable(f"publish to {queue} not confirmed: {exc}") from exc
+                # Not confirmed: wait for the connection to come back and send it again
+                # (it may then be there twice; consumers count each item once).
+                if self._connection is connection:
+                    await asyncio.sleep(0.05)
+                continue
+            except aio_pika.exceptions.DeliveryError as exc:
+                raise BrokerError(f"RabbitMQ refused a message for {queue}: {exc}") from exc
+            if not isinstance(confirm, aiormq.spec.Basic.Ack):
+                raise BrokerError(f"RabbitMQ did not take a message for {queue}: {confirm!r}")
+            return
+
+    async def dead_letter(self, queue: str, message: AbstractIncomingMessage, reason: str) -> None:
+        """Copy a rejected message to ``queue``'s dead-letter queue with ``reason``."""
+        headers = dict(message.headers or {})
+        headers[REASON_HEADER] = reason[:1000]
+        headers[SOURCE_HEADER] = queue
+        await self._publish(dead_letter_queue(queue), message.body, headers=headers)
+        logger.warning(
+            "dead-lettered a message from %s: %s",
+            queue,
+            reason,
+            extra={"action": "dead_letter", "queue": queue},
+        )
+
+    async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> _RabbitSubscription:
+        """Consume ``queue`` on a channel of its own with ``prefetch`` unacked at most."""
+        if prefetch < 1:
+            raise BrokerError(f"prefetch must be at least 1, not {prefetch}")
+        connection = await self._connected(30.0)
+        subscription = _RabbitSubscription(self, queue, handler, prefetch)
+        self._subscriptions.append(subscription)
+        with contextlib.suppress(*_GONE):  # the supervisor starts it on the next connection
+            await subscription.start(connection)
+        return subscription
+
+    async def restart(self, subscription: _RabbitSubscription) -> None:
+        """Start ``subscription`` again on the current connection, if there is one
+        (otherwise the supervisor does it once it has reconnected)."""
+        await asyncio.sleep(0.1)
+        connection = self._connection
+        if connection is None or connection.is_closed or subscription.stopping:
+            return
+        try:
+            await subscription.start(connection)
+        except _GONE_OR_SLOW as exc:
+            logger.warning("cannot consume %s again: %s", subscription.queue, exc)
+        except BrokerError as exc:
+            logger.error("cannot consume %s again: %s", subscription.queue, exc)
+
+    def forget(self, subscription: _RabbitSubscription) -> None:
+        """Do not start ``subscription`` again after a reconnection."""
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+
+    async def in_flight(self, queue: str) -> int:
+        """Messages ready in ``queue`` plus those this process holds unsettled.
+
+        AMQP does not tell how many messages other processes hold unacked.
+        """
+        connection = await self._connected(30.0)
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            declared = await self.declare(channel, queue)
+            ready = declared.declaration_result.message_count or 0
+        finally:
+            with contextlib.suppress(*_GONE):
+                await channel.close()
+        held = sum(s.unsettled for s in self._subscriptions if s.queue == queue)
+        return ready + held
+
+    async def aclose(self) -> None:
+        """Stop every subscription and close the connection."""
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            await subscription.cancel()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(*_GONE_OR_SLOW):
+                await asyncio.wait_for(connection.close(), 5.0)

@@ -1,0 +1,125 @@
+"""``jobtrack worker``: consume stage queues from a shared broker."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import click
+
+from jobtrack.cli.options import (
+    broker_option,
+    data_dir_option,
+    settings_from,
+    store_option,
+)
+from jobtrack.errors import InvalidRequest, JobtrackError
+from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, queue_for
+from jobtrack.runtime import Settings, Worker
+
+__all__ = ["worker"]
+
+STAGES = [spec.stage for spec in DEFAULT_RENDITIONS]
+
+
+@click.command()
+@data_dir_option
+@store_option
+@broker_option
+@click.option(
+    "--stage",
+    "stages",
+    multiple=True,
+    type=click.Choice(STAGES),
+    help="A stage to work on; repeat for several [default: all].",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    envvar="JOBTRACK_WORKERS",
+    show_envvar=True,
+    help="Images rendered at once, in as many processes [default: one per core].",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(1, 10_000),
+    help="Messages per stage held before acking [default: twice --concurrency].",
+)
+@click.option(
+    "--shutdown-grace",
+    type=click.FloatRange(0, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds the messages in flight get to finish on SIGTERM before going back to the queue.",
+)
+@click.option(
+    "--progress/--no-progress",
+    "consumer_progress",
+    default=None,
+    help="Report each item to the store (the default), or not: then the monitor's"
+    " reconciliation alone keeps the counts [env JOBTRACK_CONSUMER_PROGRESS].",
+)
+def worker(
+    data_dir: Path | None,
+    store_url: str | None,
+    broker_url: str | None,
+    stages: tuple[str, ...],
+    concurrency: int | None,
+    prefetch: int | None,
+    shutdown_grace: float,
+    consumer_progress: bool | None,
+) -> None:
+    """Make renditions for the scans of every machine: consume the stage
+    queues of a shared broker (--broker amqp://…) and count into a shared
+    store (--store postgresql://…).
+
+    Messages are acked once their item's progress is durable. SIGTERM or
+    Ctrl-C stops taking messages, lets those in flight finish (or hands them
+    back to the broker after --shutdown-grace) and exits 0.
+    """
+    settings = settings_from(
+        data_dir=data_dir,
+        store_url=store_url,
+        broker_url=broker_url,
+        workers=concurrency,
+        consumer_progress=consumer_progress,
+    )
+    try:
+        runner = Worker(
+            settings,
+            stages=stages,
+            concurrency=settings.workers,
+            prefetch=prefetch,
+            shutdown_grace=shutdown_grace,
+        )
+        asyncio.run(_run(runner, settings))
+    except InvalidRequest as exc:
+        raise click.UsageError(str(exc)) from None
+    except JobtrackError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _run(runner: Worker, settings: Settings) -> None:
+    stop, ready = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def announce() -> None:
+        await ready.wait()
+        click.echo(
+            f"worker ready: {', '.join(queue_for(spec.stage) for spec in runner.specs)}"
+            f" (concurrency {runner.concurrency}, prefetch {runner.prefetch},"
+            f" progress {'on' if settings.consumer_progress else 'off'})",
+            err=True,
+        )
+        await stop.wait()
+        click.echo("worker stopping: finishing the messages in flight", err=True)
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await runner.run(stop, ready=ready)
+    finally:
+        announcer.cancel()
+    click.echo("worker stopped", err=True)

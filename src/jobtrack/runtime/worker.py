@@ -1,0 +1,129 @@
+"""A worker process: consumes stage queues from a shared broker.
+
+``jobtrack worker`` runs one. It makes renditions in a process pool of
+``concurrency`` processes, reports each item to the tracker and acks the
+message only once the item's progress is durable in the store, so a worker
+killed at any moment loses nothing: what it had not acked is delivered
+again, and what it had already counted is not counted twice (items are
+counted once per job and stage).
+
+A graceful stop (``stop`` set, on SIGTERM or Ctrl-C) stops taking messages,
+gives those in flight ``shutdown_grace`` seconds to finish (then hands them
+back to the broker), writes the pending progress and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+
+from jobtrack.broker import Subscription, open_broker
+from jobtrack.errors import InvalidRequest, StoreError
+from jobtrack.pipeline.catalog import catalog_for
+from jobtrack.pipeline.consumer import RenditionConsumer
+from jobtrack.pipeline.pool import RenderPool, process_pool
+from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec, queue_for
+from jobtrack.runtime.settings import Settings
+from jobtrack.store import open_store
+from jobtrack.tracking import ProgressTracker
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    """Consumes the queues of ``stages`` until told to stop.
+
+    :param concurrency: images rendered at once (worker processes).
+    :param prefetch: messages each stage's queue hands this worker before
+        it has acked earlier ones (default: twice ``concurrency``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stages: Sequence[str] = (),
+        concurrency: int = 1,
+        prefetch: int | None = None,
+        shutdown_grace: float = 30.0,
+        renditions: tuple[RenditionSpec, ...] = DEFAULT_RENDITIONS,
+    ) -> None:
+        known = {spec.stage: spec for spec in renditions}
+        unknown = [stage for stage in stages if stage not in known]
+        if unknown:
+            raise InvalidRequest(f"unknown stage {unknown[0]!r}: the stages are {', '.join(known)}")
+        if settings.broker_url == "memory://":
+            raise InvalidRequest(
+                "a worker needs a broker that scans reach too (amqp://…), not memory://"
+            )
+        if settings.store_url == "memory://":
+            raise InvalidRequest("a worker needs a shared store (postgresql://… or sqlite:///…)")
+        if concurrency < 1 or (prefetch is not None and prefetch < 1):
+            raise InvalidRequest("concurrency and prefetch must be at least 1")
+        self.settings = settings
+        self.specs = tuple(known[stage] for stage in stages) if stages else renditions
+        self.concurrency = concurrency
+        self.prefetch = prefetch or 2 * concurrency
+        self.shutdown_grace = shutdown_grace
+
+    async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        """Consume until ``stop`` is set, then shut down gracefully."""
+        settings = self.settings
+        async with AsyncExitStack() as exit_stack:
+            broker = open_broker(settings.broker_url)
+            exit_stack.push_async_callback(broker.aclose)
+            try:
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot use {settings.data_dir}: {exc.strerror}") from exc
+            store = open_store(settings.store_url)
+            exit_stack.push_async_callback(store.aclose)
+            catalog = catalog_for(store)
+            tracker = ProgressTracker(
+                store,
+                enabled=settings.consumer_progress,
+                coalesce=settings.coalesce,
+                flush_interval=settings.flush_interval,
+            )
+            exit_stack.push_async_callback(tracker.flush, max_wait=10.0)
+            pool = RenderPool(process_pool(self.concurrency))
+            exit_stack.callback(pool.shutdown)
+            subscriptions: list[Subscription] = []
+            for spec in self.specs:
+                consumer = RenditionConsumer(
+                    spec=spec,
+                    catalog=catalog,
+                    tracker=tracker,
+                    data_dir=settings.data_dir,
+                    pool=pool,
+                    ack_when_durable=True,
+                    durable_within=None,
+                )
+                subscriptions.append(
+                    await broker.consume(
+                        queue_for(spec.stage), consumer.handle, prefetch=self.prefetch
+                    )
+                )
+            logger.info(
+                "worker consuming %s (concurrency %d, prefetch %d, progress %s)",
+                ", ".join(queue_for(spec.stage) for spec in self.specs),
+                self.concurrency,
+                self.prefetch,
+                "on" if settings.consumer_progress else "off",
+                extra={"action": "worker_ready"},
+            )
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            logger.info(
+                "worker stopping: finishing the messages in flight (up to %g s)",
+                self.shutdown_grace,
+                extra={"action": "worker_stopping"},
+            )
+            await asyncio.gather(
+                *(subscription.cancel(grace=self.shutdown_grace) for subscription in subscriptions)
+            )
