@@ -380,6 +380,27 @@ async def test_cancel_requeues_the_message_a_handler_was_blocked_on(
     await replacement.cancel()
 
 
+async def test_cancel_with_grace_lets_a_handler_finish_and_takes_nothing_new(
+    broker: InMemoryBroker,
+) -> None:
+    finished: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> None:
+        await asyncio.sleep(0.05 if delivery.body == b"quick" else 60)
+        finished.append(delivery.body)
+        await delivery.ack()
+
+    await broker.publish_many(QUEUE, [b"quick", b"stuck"])
+    subscription = await broker.consume(QUEUE, handler, prefetch=2)
+    await let_the_loop_run()
+    await broker.publish(QUEUE, b"queued after")
+    await subscription.cancel(grace=1.0)
+    assert finished == [b"quick"]
+    # the stuck one was handed back; the one queued after was never taken
+    assert await broker.in_flight(QUEUE) == 2
+    assert broker.dead_letters == {}
+
+
 @pytest.mark.parametrize("prefetch", [0, -1])
 async def test_prefetch_below_1_is_refused(broker: InMemoryBroker, prefetch: int) -> None:
     await broker.publish(QUEUE, b"waiting")

@@ -1,0 +1,346 @@
+"""Scans across processes: ``jobtrack worker`` processes on RabbitMQ and
+PostgreSQL, the real CLI in subprocesses, every count checked exactly.
+
+Each test gets a virtual host and a database of its own; the collection of
+500 image files (2 of them broken) is written once for the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import aio_pika
+import pytest
+
+from jobtrack.broker import dead_letter_queue
+from jobtrack.broker.rabbitmq import REASON_HEADER, RabbitMQBroker
+from jobtrack.model import Job, JobStatus, StageCounts
+from jobtrack.pipeline.catalog import ArtifactStatus, catalog_for
+from jobtrack.pipeline.messages import StageMessage, encode_message
+from jobtrack.pipeline.reconciler import CollectionScanReconciler
+from jobtrack.pipeline.stages import queue_for
+from jobtrack.store import JobStore, open_store
+from tests.postgres import database_url, scratch_database
+from tests.postgres import require_server as require_postgres
+from tests.rabbitmq import require_server as require_rabbitmq
+from tests.rabbitmq import restart_app, scratch_vhost, vhost_url
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+JOBTRACK = [sys.executable, "-m", "jobtrack"]
+IMAGES, BROKEN = 500, 2
+RENDITIONS = ("thumbnail", "cache")
+MP = ("--max-megapixels", "1")
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_postgres()
+    require_rabbitmq()
+    root = tmp_path_factory.mktemp("distributed") / "photos"
+    done = subprocess.run(
+        [*JOBTRACK, "sample", str(root), "--count", f"{IMAGES}", "--broken", f"{BROKEN}", *MP],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+@dataclass
+class Cluster:
+    """A store, a broker and a data folder shared by the processes of a test."""
+
+    store_url: str
+    broker_url: str
+    data_dir: Path
+    workers: list[subprocess.Popen[str]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRACK_")}
+        return env | {
+            "JOBTRACK_STORE_URL": self.store_url,
+            "JOBTRACK_BROKER_URL": self.broker_url,
+            "JOBTRACK_DATA_DIR": str(self.data_dir),
+            "COLUMNS": "200",
+        }
+
+    def jobtrack(self, *args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*JOBTRACK, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=False,
+            timeout=240,
+        )
+        assert "Traceback" not in done.stderr, done.stderr
+        return done
+
+    def start_worker(self, *args: str) -> subprocess.Popen[str]:
+        """A ``jobtrack -v worker`` process, returned once it consumes."""
+        log = self.data_dir.parent / f"worker-{len(self.workers)}.log"
+        self.logs.append(log)
+        stream: IO[str] = log.open("w")
+        worker = subprocess.Popen(
+            [*JOBTRACK, "-v", "worker", "--concurrency", "1", *args],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+        )
+        stream.close()
+        self.workers.append(worker)
+        deadline = time.monotonic() + 60
+        while "worker ready" not in log.read_text():
+            assert worker.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        return worker
+
+    def log(self, index: int) -> str:
+        return self.logs[index].read_text()
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    name = request.node.name.removeprefix("test_")[:12]
+    with scratch_database(name) as database, scratch_vhost(name) as vhost:
+        cluster = Cluster(database_url(database), vhost_url(vhost), tmp_path / "state")
+        try:
+            yield cluster
+        finally:
+            cluster.stop_all()
+
+
+@pytest.fixture
+async def store(cluster: Cluster) -> AsyncIterator[JobStore]:
+    store = open_store(cluster.store_url)
+    yield store
+    await store.aclose()
+
+
+async def wait_for(
+    store: JobStore, job_id: str, *, done: int | None = None, within: float = 180
+) -> Job:
+    """The job once it has ended, or once ``done`` rendition items are counted."""
+    deadline = time.monotonic() + within
+    while True:
+        job = await store.get_job(job_id)
+        counted = sum(
+            job.stages[s].completed_items + job.stages[s].failed_items for s in RENDITIONS
+        )
+        if job.status.terminal or (done is not None and counted >= done):
+            return job
+        assert time.monotonic() < deadline, job.to_dict()
+        await asyncio.sleep(0.05)
+
+
+async def assert_exact(store: JobStore, job: Job, *, redone_after: bool = False) -> None:
+    """The job completed with every stage at its true count, and no item was
+    counted before it was really done (a double count completes a stage
+    early), unless items are known to be ``redone_after`` the end."""
+    assert job.status is JobStatus.COMPLETED, job.to_dict()
+    for name in RENDITIONS:
+        stage = job.stages[name]
+        assert (stage.total_items, stage.completed_items, stage.failed_items) == (
+            IMAGES,
+            IMAGES - BROKEN,
+            BROKEN,
+        ), name
+    assert (job.stages["scan"].total_items, job.stages["scan"].completed_items) == (IMAGES, IMAGES)
+    catalog = catalog_for(store)
+    truth = await CollectionScanReconciler(catalog=catalog).count(job)
+    for name in RENDITIONS:
+        stage = job.stages[name]
+        assert truth[name] == StageCounts(
+            stage.total_items, stage.completed_items, stage.failed_items, stage.total_final
+        ), name
+    states = await catalog.images_of_job(job.attributes["collection"]["id"], job.id)
+    for name in RENDITIONS:
+        completed_at = job.stages[name].completed_at
+        assert completed_at is not None
+        produced = [state.artifacts[name].produced_at for state in states]
+        assert len(produced) == IMAGES
+        assert redone_after or max(produced) <= completed_at, name
+        failed = [s for s in states if s.artifacts[name].status is ArtifactStatus.FAILED]
+        assert len(failed) == BROKEN
+
+
+def enqueue(cluster: Cluster, collection: Path) -> str:
+    done = cluster.jobtrack("scan", str(collection), "--no-wait", "--json")
+    assert done.returncode == 0, done.stderr
+    job: dict[str, Any] = json.loads(done.stdout)
+    assert job["stages"]["scan"]["status"] == "completed"
+    assert {job["stages"][s]["total_items"] for s in RENDITIONS} == {IMAGES}
+    return str(job["id"])
+
+
+async def test_three_workers_and_a_followed_scan_end_exact(
+    cluster: Cluster, collection: Path, store: JobStore
+) -> None:
+    for _ in range(3):
+        cluster.start_worker()
+    done = await asyncio.to_thread(cluster.jobtrack, "scan", str(collection), "--json")
+    assert done.returncode == 0, done.stderr
+    job = await store.get_job(json.loads(done.stdout)["id"])
+    await assert_exact(store, job)
+    for index in range(3):  # the work was shared
+        assert "delivered again" not in cluster.log(index)
+    thumbnails = cluster.data_dir / "renditions"
+    assert len(list(thumbnails.rglob("*.jpg"))) == 2 * (IMAGES - BROKEN)
+
+
+async def test_a_killed_worker_s_items_are_redelivered_and_counted_once(
+    cluster: Cluster, collection: Path, store: JobStore
+) -> None:
+    workers = [cluster.start_worker("--prefetch", "8") for _ in range(3)]
+    job_id = await asyncio.to_thread(enqueue, cluster, collection)
+    await wait_for(store, job_id, done=300)
+    workers[0].send_signal(signal.SIGKILL)
+    workers[0].wait(10)
+    cluster.start_worker("--prefetch", "8")
+    job = await wait_for(store, job_id)
+    await assert_exact(store, job)
+    # What the killed worker held unacked went to the others.
+    assert sum(cluster.log(i).count("delivered again") for i in (1, 2, 3)) >= 1
+
+
+async def test_workers_resume_after_a_broker_restart(
+    cluster: Cluster, collection: Path, store: JobStore
+) -> None:
+    for _ in range(2):
+        cluster.start_worker("--prefetch", "4")
+    job_id = await asyncio.to_thread(enqueue, cluster, collection)
+    before = await wait_for(store, job_id, done=200)
+    assert not before.status.terminal
+    restarted = time.monotonic()
+    await asyncio.to_thread(restart_app, 1.0)
+    resumed = await wait_for(store, job_id, done=before.stages["thumbnail"].completed_items + 250)
+    assert not resumed.status.terminal
+    assert time.monotonic() - restarted < 30
+    job = await wait_for(store, job_id)
+    await assert_exact(store, job)
+    for index in range(2):
+        assert "reconnected to RabbitMQ" in cluster.log(index)
+
+
+async def test_a_message_published_twice_counts_once(
+    cluster: Cluster, collection: Path, store: JobStore
+) -> None:
+    job_id = await asyncio.to_thread(enqueue, cluster, collection)
+    catalog = catalog_for(store)
+    job = await store.get_job(job_id)
+    states = await catalog.images_of_job(job.attributes["collection"]["id"], job_id)
+    broker = RabbitMQBroker(cluster.broker_url)
+    try:  # a publisher that resends: each is a new message, not a redelivery
+        for name in RENDITIONS:
+            again = [
+                StageMessage(
+                    job_id=job_id,
+                    collection_id=state.image.collection_id,
+                    image_id=state.image.id,
+                    stage=name,
+                )
+                for state in states[:50]
+            ]
+            await broker.publish_many(queue_for(name), map(encode_message, again))
+        assert await broker.in_flight(queue_for("thumbnail")) == IMAGES + 50
+        cluster.start_worker("--concurrency", "2")
+        job = await wait_for(store, job_id)
+        # The copies queue behind the originals, so they are made again after the end.
+        await assert_exact(store, job, redone_after=True)
+        for name in RENDITIONS:  # every copy was consumed
+            deadline = time.monotonic() + 60
+            while await broker.in_flight(queue_for(name)):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        assert await store.get_job(job_id) == job  # and changed nothing
+    finally:
+        await broker.aclose()
+
+
+async def test_a_malformed_message_is_dead_lettered_and_the_worker_goes_on(
+    cluster: Cluster, collection: Path, store: JobStore
+) -> None:
+    broker = RabbitMQBroker(cluster.broker_url)
+    try:
+        await broker.publish(queue_for("thumbnail"), b'{"v": 1, "job_id": 7}')
+        await broker.publish(queue_for("cache"), b"\xff not json")
+        cluster.start_worker("--concurrency", "2")
+        job_id = await asyncio.to_thread(enqueue, cluster, collection)
+        job = await wait_for(store, job_id)
+        await assert_exact(store, job)  # the broken images are failed items
+        assert cluster.workers[0].poll() is None
+        dead = await dead_letters(cluster.broker_url)
+    finally:
+        await broker.aclose()
+    assert [(body, reason.split(":")[0]) for body, reason in dead["thumbnail"]] == [
+        (b'{"v": 1, "job_id": 7}', "malformed stage message")
+    ]
+    assert [(body, reason.split(":")[0]) for body, reason in dead["cache"]] == [
+        (b"\xff not json", "malformed stage message")
+    ]
+
+
+async def dead_letters(url: str) -> dict[str, list[tuple[bytes, str]]]:
+    connection = await aio_pika.connect(url)
+    found: dict[str, list[tuple[bytes, str]]] = {}
+    try:
+        channel = await connection.channel()
+        for name in RENDITIONS:
+            queue = await channel.get_queue(dead_letter_queue(queue_for(name)), ensure=False)
+            found[name] = []
+            while (message := await queue.get(fail=False, timeout=5)) is not None:
+                found[name].append((message.body, str(message.headers[REASON_HEADER])))
+                await message.ack()
+    finally:
+        await connection.close()
+    return found
+
+
+async def test_sigterm_finishes_or_hands_back_every_message(
+    cluster: Cluster, collection: Path, store: JobStore
+) -> None:
+    worker = cluster.start_worker("--prefetch", "6")
+    job_id = await asyncio.to_thread(enqueue, cluster, collection)
+    await wait_for(store, job_id, done=40)
+    worker.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.wait, 60) == 0
+    assert "worker stopped" in cluster.log(0)
+    job = await store.get_job(job_id)
+    counted = sum(job.stages[s].completed_items + job.stages[s].failed_items for s in RENDITIONS)
+    broker = RabbitMQBroker(cluster.broker_url)
+    try:
+        waiting = sum([await broker.in_flight(queue_for(s)) for s in RENDITIONS])
+    finally:
+        await broker.aclose()
+    # Every message is either counted or back in its queue: none lost, none both.
+    assert (counted + waiting, job.status) == (2 * IMAGES, JobStatus.IN_PROGRESS)
+    cluster.start_worker("--concurrency", "2")
+    await assert_exact(store, await wait_for(store, job_id))

@@ -1,0 +1,315 @@
+"""The RabbitMQ backend against the real server.
+
+Each test uses queues of its own in this module's virtual host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aio_pika
+import pytest
+
+from jobtrack.broker import Delivery, dead_letter_queue
+from jobtrack.broker.rabbitmq import REASON_HEADER, RabbitMQBroker
+from jobtrack.errors import BrokerError, InvalidRequest
+from tests.rabbitmq import (
+    queues,
+    rabbitmqctl,
+    require_server,
+    restart_app,
+    scratch_vhost,
+    vhost_url,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def vhost() -> Iterator[str]:
+    require_server()
+    with scratch_vhost("broker") as name:
+        yield name
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"q-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def broker(vhost: str) -> AsyncIterator[RabbitMQBroker]:
+    broker = RabbitMQBroker(vhost_url(vhost))
+    yield broker
+    await broker.aclose()
+
+
+async def drain(url: str, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Every message waiting in ``queue``, taken with basic.get and acked."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        declared = await channel.get_queue(queue, ensure=False)
+        messages = []
+        while (message := await declared.get(fail=False, timeout=5)) is not None:
+            await message.ack()
+            messages.append(message)
+        return messages
+    finally:
+        await connection.close()
+
+
+async def eventually(read: Callable[[], object], expected: object, within: float = 15) -> bool:
+    """Whether ``read()`` gives ``expected`` within ``within`` seconds
+    (``rabbitmqctl``'s figures lag by a few seconds)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while (value := await asyncio.to_thread(read)) != expected:
+        if asyncio.get_running_loop().time() > deadline:
+            print(f"still {value!r}, expected {expected!r}")
+            return False
+        await asyncio.sleep(0.5)
+    return True
+
+
+async def has_messages(broker: RabbitMQBroker, queue: str, count: int = 1) -> bool:
+    return await broker.in_flight(queue) == count
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float = 20) -> None:
+    """Wait until ``check()`` is true; TimeoutError after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 (polling the server, not an event of ours)
+            await asyncio.sleep(0.05)
+
+
+class Recorder:
+    """A handler that keeps each delivery and settles it as told."""
+
+    def __init__(self, settle: str = "ack") -> None:
+        self.settle = settle
+        self.deliveries: list[Delivery] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, delivery: Delivery) -> None:
+        self.deliveries.append(delivery)
+        self.changed.set()
+        if self.settle == "ack":
+            await delivery.ack()
+        elif self.settle == "requeue":
+            await delivery.nack(requeue=True)
+        elif self.settle in ("hold", "hold-then-decide"):
+            await asyncio.Event().wait()  # until cancelled
+
+    async def wait_for(self, count: int, within: float = 20.0) -> None:
+        async with asyncio.timeout(within):
+            while len(self.deliveries) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_queues_are_durable_quorum_queues_with_a_dead_letter_queue(
+    broker: RabbitMQBroker, vhost: str, queue: str
+) -> None:
+    await broker.publish(queue, b"one")
+    found = queues(vhost)
+    main, dead = found[queue], found[dead_letter_queue(queue)]
+    assert (main["durable"], main["type"], dead["durable"], dead["type"]) == (
+        True,
+        "quorum",
+        True,
+        "quorum",
+    )
+    arguments = {name: value for name, _, value in main["arguments"]}
+    assert arguments == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_queue(queue),
+        "x-delivery-limit": 20,
+    }
+    assert await broker.in_flight(queue) == 1
+
+
+async def test_classic_queues_on_request(vhost: str, queue: str) -> None:
+    broker = RabbitMQBroker(vhost_url(vhost, queue_type="classic"))
+    try:
+        await broker.publish(queue, b"one")
+    finally:
+        await broker.aclose()
+    assert queues(vhost)[queue]["type"] == "classic"
+
+
+async def test_messages_are_persistent_and_arrive_in_order(
+    broker: RabbitMQBroker, vhost: str, queue: str
+) -> None:
+    await broker.publish_many(queue, [b"%d" % i for i in range(300)])
+    assert await broker.in_flight(queue) == 300  # all held once publish_many returned
+    messages = await drain(vhost_url(vhost), queue)
+    assert [m.body for m in messages] == [b"%d" % i for i in range(300)]
+    assert {m.delivery_mode for m in messages} == {aio_pika.DeliveryMode.PERSISTENT}
+
+
+async def test_a_requeued_message_comes_back_with_its_delivery_count(
+    broker: RabbitMQBroker, queue: str
+) -> None:
+    await broker.publish(queue, b"again")
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery.delivery_count)
+        if delivery.delivery_count < 3:
+            await delivery.nack(requeue=True)
+        else:
+            await delivery.ack()
+            done.set()
+
+    await broker.consume(queue, handler, prefetch=1)
+    await asyncio.wait_for(done.wait(), 20)
+    assert seen == [1, 2, 3]
+    assert await broker.in_flight(queue) == 0
+
+
+async def test_a_rejected_message_is_dead_lettered_with_its_reason(
+    broker: RabbitMQBroker, vhost: str, queue: str
+) -> None:
+    await broker.publish(queue, b"bad")
+
+    async def handler(delivery: Delivery) -> None:
+        await delivery.nack(requeue=False, reason="malformed stage message: nope")
+
+    subscription = await broker.consume(queue, handler, prefetch=1)
+    await until(lambda: has_messages(broker, dead_letter_queue(queue)))
+    await subscription.cancel()
+    (dead,) = await drain(vhost_url(vhost), dead_letter_queue(queue))
+    assert dead.body == b"bad"
+    assert dead.headers[REASON_HEADER] == "malformed stage message: nope"
+    assert await broker.in_flight(queue) == 0
+
+
+async def test_a_handler_that_raises_dead_letters_its_message_and_consuming_goes_on(
+    broker: RabbitMQBroker, vhost: str, queue: str
+) -> None:
+    handled: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> None:
+        if delivery.body == b"poison":
+            raise ValueError("cannot handle this")
+        handled.append(delivery.body)
+        await delivery.ack()
+
+    await broker.publish_many(queue, [b"poison", b"fine"])
+    await broker.consume(queue, handler, prefetch=1)
+    await until(lambda: has_messages(broker, dead_letter_queue(queue)))
+    await until(lambda: asyncio.sleep(0.05, bool(handled)))
+    (dead,) = await drain(vhost_url(vhost), dead_letter_queue(queue))
+    assert (dead.body, dead.headers[REASON_HEADER]) == (
+        b"poison",
+        "handler error: ValueError('cannot handle this')",
+    )
+    assert handled == [b"fine"]
+
+
+async def test_past_the_delivery_limit_the_server_dead_letters_the_message(
+    vhost: str, queue: str
+) -> None:
+    broker = RabbitMQBroker(vhost_url(vhost, delivery_limit="2"))
+    try:
+        await broker.publish(queue, b"loops")
+        recorder = Recorder("requeue")
+        await broker.consume(queue, recorder, prefetch=1)
+        await until(lambda: has_messages(broker, dead_letter_queue(queue)))
+    finally:
+        await broker.aclose()
+    # Delivered, returned twice (the limit), then dead-lettered by the server.
+    assert [d.delivery_count for d in recorder.deliveries] == [1, 2, 3]
+    (dead,) = await drain(vhost_url(vhost), dead_letter_queue(queue))
+    assert dead.body == b"loops"
+    deaths: Any = dead.headers["x-death"]
+    assert deaths[0]["reason"] == "delivery_limit"
+
+
+async def test_prefetch_bounds_the_messages_in_flight(broker: RabbitMQBroker, queue: str) -> None:
+    await broker.publish_many(queue, [b"x"] * 10)
+    recorder = Recorder("hold")
+    subscription = await broker.consume(queue, recorder, prefetch=3)
+    await recorder.wait_for(3)
+    await asyncio.sleep(0.5)  # more would have arrived by now
+    assert len(recorder.deliveries) == 3
+    assert await broker.in_flight(queue) == 10  # 7 ready + 3 held here
+    await subscription.cancel()
+    assert await broker.in_flight(queue) == 10  # handed back, none lost
+
+
+async def test_cancel_lets_handlers_finish_within_the_grace(
+    broker: RabbitMQBroker, vhost: str, queue: str
+) -> None:
+    await broker.publish_many(queue, [b"slow", b"stuck"])
+    finished: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> None:
+        await asyncio.sleep(0.3 if delivery.body == b"slow" else 60)
+        finished.append(delivery.body)
+        await delivery.ack()
+
+    subscription = await broker.consume(queue, handler, prefetch=2)
+    await until(lambda: has_messages(broker, queue, 2))
+    await asyncio.sleep(0.1)
+    await subscription.cancel(grace=1.0)
+    assert finished == [b"slow"]
+    (left,) = await drain(vhost_url(vhost), queue)  # the stuck one went back
+    assert left.body == b"stuck"
+
+
+async def test_settling_a_delivery_whose_channel_died_never_touches_the_new_channel(
+    broker: RabbitMQBroker, vhost: str, queue: str
+) -> None:
+    await broker.publish(queue, b"first")
+    recorder = Recorder("hold-then-decide")
+    subscription = await broker.consume(queue, recorder, prefetch=1)
+    await recorder.wait_for(1)
+    rabbitmqctl("close_all_connections", "-p", vhost, "test: connection lost")
+    await recorder.wait_for(2)  # redelivered on the new connection's channel
+    old, new = recorder.deliveries
+    assert (old.body, old.delivery_count, new.body, new.delivery_count) == (
+        b"first",
+        1,
+        b"first",
+        2,
+    )
+    await old.ack()  # delivery tag 1 of a dead channel: must not ack `new` (also tag 1)
+    assert broker.connections == 2
+    assert await eventually(lambda: queues(vhost)[queue]["consumers"], 1)
+    await subscription.cancel()  # `new` unacked: the server takes it back
+    (left,) = await drain(vhost_url(vhost), queue)
+    assert left.body == b"first"
+    with pytest.raises(BrokerError, match="already"):
+        await old.ack()
+
+
+@pytest.mark.slow
+async def test_consuming_and_publishing_resume_after_a_broker_restart(
+    broker: RabbitMQBroker, vhost: str, queue: str
+) -> None:
+    recorder = Recorder("ack")
+    await broker.consume(queue, recorder, prefetch=5)
+    await broker.publish(queue, b"before")
+    await recorder.wait_for(1)
+    await asyncio.to_thread(restart_app, 1.0)
+    # Published while the connection comes back: waits for it, then is confirmed.
+    await broker.publish(queue, b"after")
+    await recorder.wait_for(2, within=30)
+    assert [d.body for d in recorder.deliveries] == [b"before", b"after"]
+    assert await eventually(lambda: queues(vhost)[queue]["consumers"], 1)
+    assert broker.connections == 2
+
+
+def test_bad_url_options_are_refused() -> None:
+    with pytest.raises(InvalidRequest, match="queue_type"):
+        RabbitMQBroker("amqp://localhost/?queue_type=stream")
+    with pytest.raises(InvalidRequest, match="delivery_limit"):
+        RabbitMQBroker("amqp://localhost/?delivery_limit=0")
+    with pytest.raises(InvalidRequest, match="not an AMQP URL"):
+        RabbitMQBroker("http://localhost/")
