@@ -56,7 +56,16 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["scan"], ["jobs"], ["jobs", "list"], ["jobs", "show"], ["jobs", "cancel"], ["sample"]],
+    [
+        [],
+        ["scan"],
+        ["worker"],
+        ["jobs"],
+        ["jobs", "list"],
+        ["jobs", "show"],
+        ["jobs", "cancel"],
+        ["sample"],
+    ],
 )
 def test_every_command_has_help(command: list[str], tmp_path: Path) -> None:
     done = run(*command, "--help", data_dir=tmp_path, check=True)
@@ -119,6 +128,24 @@ def test_unusable_path_exits_2(tmp_path: Path, target: str, message: str) -> Non
     done = run("scan", tmp_path / target, data_dir=tmp_path / "state")
     assert done.returncode == 2
     assert message in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["worker"], "a worker needs a broker that scans reach too (amqp://…), not memory://"),
+        (["worker", "--broker", "amqp://localhost/", "--store", "memory://"], "shared store"),
+        (["worker", "--broker", "amqp://localhost/?queue_type=lazy"], "queue_type must be"),
+        (["worker", "--broker", "redis://localhost/"], "unsupported broker URL"),
+        (["scan", ".", "--no-wait"], "enqueueing alone needs a broker that workers reach"),
+    ],
+)
+def test_distributed_commands_refuse_settings_that_cannot_work(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = run(*args, data_dir=tmp_path / "state")
+    assert done.returncode == 2, done.stderr
+    assert message in " ".join(done.stderr.split())
 
 
 def test_failed_job_exits_1(tmp_path: Path) -> None:

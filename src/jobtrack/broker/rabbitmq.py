@@ -33,7 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Awaitable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -99,15 +100,88 @@ def _redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+class _Acks:
+    """The acks of one channel, merged where the protocol allows.
+
+    Acks are sent at the end of the event loop's turn: a run of settled
+    deliveries at the front of the channel's delivery order goes as one
+    ``basic.ack(multiple=True)``; an ack behind an unsettled delivery goes
+    alone, at once, so no ack ever waits for another message.
+    """
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        self.channel = channel
+        self._order: deque[int] = deque()  # delivery tags not yet passed, in order
+        self._settled: set[int] = set()  # of those, the ones settled (acked or not)
+        self._waiting: dict[int, AbstractIncomingMessage] = {}  # acked, not yet sent
+        self._scheduled = False
+        self._sending: set[asyncio.Future[None]] = set()
+
+    def delivered(self, message: AbstractIncomingMessage) -> None:
+        if message.delivery_tag is not None:
+            self._order.append(message.delivery_tag)
+
+    def settled(self, message: AbstractIncomingMessage) -> None:
+        """A nack or reject was sent for ``message`` on its own."""
+        if message.delivery_tag is not None:
+            self._settled.add(message.delivery_tag)
+
+    def ack(self, message: AbstractIncomingMessage) -> None:
+        tag = message.delivery_tag
+        if tag is None:
+            return
+        self._settled.add(tag)
+        self._waiting[tag] = message
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        self._scheduled = False
+        if self.channel.is_closed:
+            self._waiting.clear()  # the server takes them back; nothing to send
+            return
+        last: AbstractIncomingMessage | None = None
+        while self._order and self._order[0] in self._settled:
+            tag = self._order.popleft()
+            self._settled.discard(tag)
+            last = self._waiting.pop(tag, last)
+        sends = [] if last is None else [last.ack(multiple=True)]
+        sends += [message.ack() for message in self._waiting.values()]
+        self._waiting.clear()
+        for send in sends:
+            task = asyncio.ensure_future(_quietly(send))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+
+async def _quietly(settle: Awaitable[Any]) -> None:
+    try:
+        await settle
+    except _GONE as exc:
+        logger.info(
+            "an ack was lost with its channel (%s); the broker delivers the message again",
+            exc,
+            extra={"action": "settle_lost"},
+        )
+
+
 class _RabbitDelivery:
     """One delivery; settled on the channel it came on, or not at all."""
 
-    __slots__ = ("_broker", "_message", "_queue", "settled")
+    __slots__ = ("_acks", "_broker", "_message", "_queue", "settled")
 
-    def __init__(self, broker: RabbitMQBroker, queue: str, message: AbstractIncomingMessage):
+    def __init__(
+        self,
+        broker: RabbitMQBroker,
+        queue: str,
+        message: AbstractIncomingMessage,
+        acks: _Acks,
+    ):
         self._broker = broker
         self._queue = queue
         self._message = message
+        self._acks = acks
         self.settled = False
 
     @property
@@ -125,11 +199,12 @@ class _RabbitDelivery:
 
     async def ack(self) -> None:
         self._settle()
-        await self._send(self._message.ack(), "ack")
+        self._acks.ack(self._message)
 
     async def nack(self, *, requeue: bool, reason: str = "") -> None:
         self._settle()
         if requeue:
+            self._acks.settled(self._message)
             await self._send(self._message.nack(requeue=True), "requeue")
             return
         try:
@@ -137,9 +212,10 @@ class _RabbitDelivery:
         except BrokerError as exc:
             # Without our copy, the queue's own dead-letter exchange takes it.
             logger.warning("dead-letter publish failed (%s); rejecting instead", exc)
+            self._acks.settled(self._message)
             await self._send(self._message.reject(requeue=False), "reject")
             return
-        await self._send(self._message.ack(), "ack")
+        self._acks.ack(self._message)
 
     def _settle(self) -> None:
         if self.settled:
@@ -175,6 +251,7 @@ class _RabbitSubscription:
         self.unsettled = 0
         self._restart: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
+        self._acks: _Acks | None = None
 
     async def start(self, connection: AbstractConnection) -> None:
         """Open a channel on ``connection`` and start consuming (once)."""
@@ -188,6 +265,7 @@ class _RabbitSubscription:
         await channel.set_qos(prefetch_count=self._prefetch)
         amqp_queue = await self._broker.declare(channel, self.queue)
         self._channel, self._amqp_queue = channel, amqp_queue
+        self._acks = _Acks(channel)
         channel.close_callbacks.add(self._on_channel_close)
         self._tag = await amqp_queue.consume(self._on_message, no_ack=False)
         logger.info(
@@ -215,12 +293,16 @@ class _RabbitSubscription:
         # aiormq runs this in a task it cancels when the channel closes; the
         # handler runs in a task of ours, so that a reconnection never
         # interrupts work half done.
-        task = asyncio.create_task(self._handle(message), name=f"handle:{self.queue}")
+        acks = self._acks
+        if acks is None:
+            return  # the channel is being replaced; the server delivers it again
+        acks.delivered(message)
+        task = asyncio.create_task(self._handle(message, acks), name=f"handle:{self.queue}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
-        delivery = _RabbitDelivery(self._broker, self.queue, message)
+    async def _handle(self, message: AbstractIncomingMessage, acks: _Acks) -> None:
+        delivery = _RabbitDelivery(self._broker, self.queue, message, acks)
         self.unsettled += 1
         try:
             await self._handler(delivery)
