@@ -138,6 +138,7 @@ def test_unusable_path_exits_2(tmp_path: Path, target: str, message: str) -> Non
         (["worker", "--broker", "amqp://localhost/?queue_type=lazy"], "queue_type must be"),
         (["worker", "--broker", "redis://localhost/"], "unsupported broker URL"),
         (["scan", ".", "--no-wait"], "enqueueing alone needs a broker that workers reach"),
+        (["scan", ".", "--broker", "amqp://localhost/", "--store", "memory://"], "shared store"),
     ],
 )
 def test_distributed_commands_refuse_settings_that_cannot_work(

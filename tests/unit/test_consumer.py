@@ -21,9 +21,24 @@ from jobtrack.tracking import ProgressTracker
 QUEUE = queue_for(THUMBNAIL)
 
 
-class DownCatalog(InMemoryCatalog):
+class BrokenCatalog(InMemoryCatalog):
     async def record_artifact(self, artifact: Artifact) -> None:
-        raise StoreUnavailable("catalog is down")
+        raise OSError("no space left on device")
+
+
+class FlakyCatalog(InMemoryCatalog):
+    """Unreachable for the first ``outage`` calls of record_artifact."""
+
+    def __init__(self, outage: int) -> None:
+        super().__init__()
+        self.outage = outage
+        self.calls = 0
+
+    async def record_artifact(self, artifact: Artifact) -> None:
+        self.calls += 1
+        if self.calls <= self.outage:
+            raise StoreUnavailable("catalog is down")
+        await super().record_artifact(artifact)
 
 
 async def setup(
@@ -96,12 +111,25 @@ async def test_unknown_image_is_dead_lettered(tmp_path: Path) -> None:
     await broker.aclose()
 
 
-async def test_transient_errors_requeue_until_the_delivery_limit(tmp_path: Path) -> None:
-    broker, store, job_id, message = await setup(tmp_path, DownCatalog())
+async def test_other_errors_requeue_until_the_delivery_limit(tmp_path: Path) -> None:
+    broker, store, job_id, message = await setup(tmp_path, BrokenCatalog())
     await broker.publish(QUEUE, encode_message(message))
     await drain(broker)
     [dead] = broker.dead_letters[f"{QUEUE}.dead"]
     assert dead.delivery_count == 5
-    assert dead.reason == "StoreUnavailable: catalog is down"
+    assert dead.reason == "OSError: no space left on device"
     assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 0
+    await broker.aclose()
+
+
+async def test_an_unreachable_store_holds_the_message_without_spending_deliveries(
+    tmp_path: Path,
+) -> None:
+    catalog = FlakyCatalog(outage=7)  # more failures than the delivery limit
+    broker, store, job_id, message = await setup(tmp_path, catalog)
+    await broker.publish(QUEUE, encode_message(message))
+    await drain(broker)
+    assert broker.dead_letters == {}
+    assert catalog.calls == 8  # seven refusals, then it took the artifact
+    assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 1
     await broker.aclose()

@@ -67,7 +67,7 @@ _GONE: tuple[type[BaseException], ...] = (
     RuntimeError,  # aiormq: "Connection closed" / "Channel closed"
 )
 _GONE_OR_SLOW: tuple[type[BaseException], ...] = (*_GONE, TimeoutError)
-_UNREACHABLE: tuple[type[BaseException], ...] = (*_GONE, OSError, TimeoutError)
+_START_FAILED: tuple[type[BaseException], ...] = (BrokerError, *_GONE_OR_SLOW)
 
 
 def parse_amqp_url(url: str) -> tuple[str, str, int]:
@@ -122,7 +122,7 @@ class _Acks:
             self._order.append(message.delivery_tag)
 
     def settled(self, message: AbstractIncomingMessage) -> None:
-        """A nack or reject was sent for ``message`` on its own."""
+        """A reject was sent (written, not just queued) for ``message`` on its own."""
         if message.delivery_tag is not None:
             self._settled.add(message.delivery_tag)
 
@@ -135,6 +135,12 @@ class _Acks:
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._send)
+
+    async def flush(self) -> None:
+        """Send what is waiting now, and wait for the sends to be written."""
+        self._send()
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=5.0)
 
     def _send(self) -> None:
         self._scheduled = False
@@ -204,16 +210,18 @@ class _RabbitDelivery:
     async def nack(self, *, requeue: bool, reason: str = "") -> None:
         self._settle()
         if requeue:
-            self._acks.settled(self._message)
-            await self._send(self._message.nack(requeue=True), "requeue")
+            # basic.reject: every server counts it as a delivery (RabbitMQ 4.3
+            # stopped counting requeues by basic.nack), so limits still trip.
+            await self._send(self._message.reject(requeue=True), "requeue")
+            self._acks.settled(self._message)  # only now may a merged ack pass it
             return
         try:
             await self._broker.dead_letter(self._queue, self._message, reason)
         except BrokerError as exc:
             # Without our copy, the queue's own dead-letter exchange takes it.
             logger.warning("dead-letter publish failed (%s); rejecting instead", exc)
-            self._acks.settled(self._message)
             await self._send(self._message.reject(requeue=False), "reject")
+            self._acks.settled(self._message)
             return
         self._acks.ack(self._message)
 
@@ -262,11 +270,18 @@ class _RabbitSubscription:
 
     async def _start(self, connection: AbstractConnection) -> None:
         channel = await connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=self._prefetch)
-        amqp_queue = await self._broker.declare(channel, self.queue)
+        try:
+            await channel.set_qos(prefetch_count=self._prefetch)
+            amqp_queue = await self._broker.declare(channel, self.queue)
+        except BaseException:
+            with contextlib.suppress(*_GONE_OR_SLOW):
+                await channel.close()
+            raise
         self._channel, self._amqp_queue = channel, amqp_queue
         self._acks = _Acks(channel)
         channel.close_callbacks.add(self._on_channel_close)
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_server_cancel)
         self._tag = await amqp_queue.consume(self._on_message, no_ack=False)
         logger.info(
             "consuming %s (prefetch %d)",
@@ -274,6 +289,20 @@ class _RabbitSubscription:
             self._prefetch,
             extra={"action": "consume", "queue": self.queue},
         )
+
+    def _on_server_cancel(self, frame: object) -> None:
+        # The server cancelled our consumer (its queue was deleted, say): the
+        # channel stays open but delivers nothing more. Start over.
+        channel = self._channel
+        if self.stopping or channel is None:
+            return
+        logger.warning(
+            "the server cancelled the consumer of %s; consuming again",
+            self.queue,
+            extra={"action": "consumer_restart", "queue": self.queue},
+        )
+        self._channel = self._amqp_queue = self._tag = None
+        self._restart = asyncio.create_task(self._broker.restart(self, close=channel))
 
     def _on_channel_close(self, channel: object, exc: BaseException | None = None) -> None:
         # A channel can close alone (the server cancelled the consumer, or
@@ -294,8 +323,8 @@ class _RabbitSubscription:
         # handler runs in a task of ours, so that a reconnection never
         # interrupts work half done.
         acks = self._acks
-        if acks is None:
-            return  # the channel is being replaced; the server delivers it again
+        if acks is None or self.stopping:
+            return  # left unacked: the server delivers it again once the channel closes
         acks.delivered(message)
         task = asyncio.create_task(self._handle(message, acks), name=f"handle:{self.queue}")
         self._tasks.add(task)
@@ -323,7 +352,8 @@ class _RabbitSubscription:
     async def cancel(self, *, grace: float = 0.0) -> None:
         """Stop taking messages; give handlers in flight ``grace`` seconds to
         finish, then stop them (their messages go back to the queue)."""
-        self.stopping = True
+        async with self._starting:  # not while a start is half done
+            self.stopping = True
         self._broker.forget(self)
         if self._restart is not None:
             self._restart.cancel()
@@ -334,8 +364,10 @@ class _RabbitSubscription:
             await asyncio.wait(set(self._tasks), timeout=grace)
         for task in set(self._tasks):
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        if self._tasks:  # their hand-backs; bounded, in case the connection is gone
+            await asyncio.wait(set(self._tasks), timeout=10.0)
+        if self._acks is not None:
+            await self._acks.flush()  # before the close, or the server requeues them
         await self.detach()
 
     async def detach(self) -> None:
@@ -375,6 +407,7 @@ class RabbitMQBroker:
         self._subscriptions: list[_RabbitSubscription] = []
         self._ready = asyncio.Event()
         self._lost = asyncio.Event()
+        self._publisher_lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
         self._closed = False
         self.connections = 0  # how many times a connection was made (1 + reconnections)
@@ -406,7 +439,7 @@ class RabbitMQBroker:
         while not self._closed:
             try:
                 connection = await aio_pika.connect(self._url, timeout=10)
-            except _UNREACHABLE as exc:
+            except (*aio_pika.exceptions.CONNECTION_EXCEPTIONS, TimeoutError) as exc:
                 logger.warning(
                     "cannot connect to RabbitMQ at %s (%s); retrying in %.1f s",
                     _redacted(self._url),
@@ -421,8 +454,8 @@ class RabbitMQBroker:
             connection.close_callbacks.add(self._on_close)
             try:
                 await self._attach(connection)
-            except _GONE_OR_SLOW as exc:
-                logger.warning("RabbitMQ connection lost while attaching: %s", exc)
+            except Exception as exc:  # whatever it is, try again later
+                logger.warning("cannot set up on the RabbitMQ connection: %s", exc)
                 with contextlib.suppress(*_GONE_OR_SLOW):
                     await connection.close()
                 await asyncio.sleep(delay)
@@ -459,56 +492,77 @@ class RabbitMQBroker:
         self._lost.set()
 
     async def declare(self, channel: AbstractChannel, queue: str) -> AbstractQueue:
-        """Declare ``queue`` (durable, with its dead-letter queue) on ``channel``."""
+        """Declare ``queue`` (durable, with its dead-letter queue) on ``channel``.
+
+        A queue that exists with other settings is a :class:`BrokerError` (and,
+        as AMQP has it, the end of ``channel``)."""
         arguments: dict[str, Any] = {"x-queue-type": self.queue_type}
-        if is_dead_letter_queue(queue):
-            return await channel.declare_queue(queue, durable=True, arguments=arguments)
-        dead: AbstractQueue | None = None
-        if queue not in self._declared:
-            dead = await channel.declare_queue(
-                dead_letter_queue(queue), durable=True, arguments=dict(arguments)
-            )
-        arguments |= {
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": dead_letter_queue(queue),
-        }
-        if self.queue_type == "quorum":
-            arguments["x-delivery-limit"] = self.delivery_limit
         try:
+            if is_dead_letter_queue(queue):
+                declared = await channel.declare_queue(queue, durable=True, arguments=arguments)
+                self._declared.add(queue)
+                return declared
+            if queue not in self._declared:
+                await channel.declare_queue(
+                    dead_letter_queue(queue), durable=True, arguments=dict(arguments)
+                )
+            arguments |= {
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": dead_letter_queue(queue),
+            }
+            if self.queue_type == "quorum":
+                arguments["x-delivery-limit"] = self.delivery_limit
             declared = await channel.declare_queue(queue, durable=True, arguments=arguments)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise BrokerError(
-                f"queue {queue!r} exists with other settings than jobtrack's "
-                f"({self.queue_type}, delivery limit {self.delivery_limit}): {exc}"
+                f"queue {queue!r} or its dead-letter queue exists with other settings than"
+                f" jobtrack's ({self.queue_type}, delivery limit {self.delivery_limit}): {exc}"
             ) from exc
-        if dead is not None:
-            self._declared.add(queue)
+        self._declared.add(queue)
+        self._declared.add(dead_letter_queue(queue))
         return declared
+
+    async def _publisher_for(self, connection: AbstractConnection) -> AbstractChannel:
+        """The publishing channel, opened again if an error closed it alone."""
+        async with self._publisher_lock:
+            publisher = self._publisher
+            if publisher is None or publisher.is_closed:
+                if connection.is_closed or connection is not self._connection:
+                    raise ConnectionError("the connection is being replaced")
+                publisher = self._publisher = await connection.channel(publisher_confirms=True)
+            return publisher
 
     async def publish(self, queue: str, body: bytes) -> None:
         """Return once the broker has confirmed the message (persistent, durable queue)."""
         await self._publish(queue, body, headers=None)
 
     async def publish_many(self, queue: str, bodies: Iterable[bytes]) -> None:
-        """Publish several messages with up to ``confirm_window`` confirms in flight."""
+        """Publish several messages with up to ``confirm_window`` confirms in
+        flight; return once all are confirmed, or raise at the first failure."""
+        pending = list(bodies)
+        if not pending:
+            return
+        await self._publish(queue, pending[0], headers=None)  # declares the queue once
         window = asyncio.Semaphore(self._confirm_window)
 
         async def one(body: bytes) -> None:
             async with window:
                 await self._publish(queue, body, headers=None)
 
-        await asyncio.gather(*(one(body) for body in bodies))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for body in pending[1:]:
+                    group.create_task(one(body))
+        except ExceptionGroup as failed:  # the first failure, as publish would raise it
+            raise failed.exceptions[0] from None
 
     async def _publish(self, queue: str, body: bytes, headers: dict[str, Any] | None) -> None:
         deadline = asyncio.get_running_loop().time() + self._publish_timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             connection = await self._connected(max(remaining, 0.001))
-            publisher = self._publisher
-            if publisher is None:  # lost between the wake-up and now
-                await asyncio.sleep(0.05)
-                continue
             try:
+                publisher = await self._publisher_for(connection)
                 if queue not in self._declared:
                     await self.declare(publisher, queue)
                 message = aio_pika.Message(
@@ -523,10 +577,9 @@ class RabbitMQBroker:
             except _GONE_OR_SLOW as exc:
                 if asyncio.get_running_loop().time() >= deadline:
                     raise BrokerUnavailable(f"publish to {queue} not confirmed: {exc}") from exc
-                # Not confirmed: wait for the connection to come back and send it again
-                # (it may then be there twice; consumers count each item once).
-                if self._connection is connection:
-                    await asyncio.sleep(0.05)
+                # Not confirmed: send it again once the connection or channel is
+                # back (it may then be there twice; consumers count each item once).
+                await asyncio.sleep(0.05)
                 continue
             except aio_pika.exceptions.DeliveryError as exc:
                 raise BrokerError(f"RabbitMQ refused a message for {queue}: {exc}") from exc
@@ -554,23 +607,35 @@ class RabbitMQBroker:
         connection = await self._connected(30.0)
         subscription = _RabbitSubscription(self, queue, handler, prefetch)
         self._subscriptions.append(subscription)
-        with contextlib.suppress(*_GONE):  # the supervisor starts it on the next connection
-            await subscription.start(connection)
-        return subscription
-
-    async def restart(self, subscription: _RabbitSubscription) -> None:
-        """Start ``subscription`` again on the current connection, if there is one
-        (otherwise the supervisor does it once it has reconnected)."""
-        await asyncio.sleep(0.1)
-        connection = self._connection
-        if connection is None or connection.is_closed or subscription.stopping:
-            return
         try:
             await subscription.start(connection)
-        except _GONE_OR_SLOW as exc:
-            logger.warning("cannot consume %s again: %s", subscription.queue, exc)
-        except BrokerError as exc:
-            logger.error("cannot consume %s again: %s", subscription.queue, exc)
+        except aiormq.exceptions.ChannelClosed as exc:  # refused: no access, not found…
+            self.forget(subscription)
+            raise BrokerError(f"cannot consume {queue}: {exc}") from exc
+        except _GONE_OR_SLOW:
+            pass  # the connection went: the supervisor starts it on the next one
+        return subscription
+
+    async def restart(
+        self, subscription: _RabbitSubscription, *, close: AbstractChannel | None = None
+    ) -> None:
+        """Start ``subscription`` again on the current connection, retrying with
+        backoff (once the connection is lost, the supervisor does it)."""
+        if close is not None and not close.is_closed:
+            with contextlib.suppress(*_GONE_OR_SLOW):
+                await asyncio.wait_for(close.close(), 5.0)
+        delay = 0.1
+        while not subscription.stopping:
+            await asyncio.sleep(delay)
+            connection = self._connection
+            if connection is None or connection.is_closed:
+                return
+            try:
+                await subscription.start(connection)
+                return
+            except _START_FAILED as exc:
+                logger.warning("cannot consume %s again (%s); retrying", subscription.queue, exc)
+            delay = min(delay * 2, self._max_reconnect_delay)
 
     def forget(self, subscription: _RabbitSubscription) -> None:
         """Do not start ``subscription`` again after a reconnection."""
@@ -600,7 +665,7 @@ class RabbitMQBroker:
             await subscription.cancel()
         if self._supervisor is not None:
             self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._supervisor
         connection, self._connection = self._connection, None
         if connection is not None:

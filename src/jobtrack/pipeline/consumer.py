@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from jobtrack.broker import Delivery
-from jobtrack.errors import ImageError, MalformedMessage, NotFound, PathRefused
+from jobtrack.errors import ImageError, MalformedMessage, NotFound, PathRefused, StoreUnavailable
 from jobtrack.model import Clock, utc_now
 from jobtrack.pipeline.catalog import Artifact, ArtifactStatus, Catalog, ImageRecord
 from jobtrack.pipeline.imaging import Rendition, render
@@ -32,11 +32,13 @@ logger = logging.getLogger(__name__)
 class RenditionConsumer:
     """Handles the messages of one rendition stage.
 
-    A failure that is not the image's fault (the catalog unreachable, the
-    output folder not writable) requeues the message after a backoff, until
+    A failure that is not the image's fault (the output folder not
+    writable, say) requeues the message after a backoff, until
     it has been delivered ``max_deliveries`` times; then it is dead-lettered.
     An image whose worker process dies under it that many times is a failed
-    item. With ``ack_when_durable``, a message is acked only once its item's
+    item. While the store is unreachable the message is held and its item
+    tried again with backoff, for as long as it takes. With
+    ``ack_when_durable``, a message is acked only once its item's
     progress is durable in the store (or ``durable_within`` seconds passed:
     the tracker keeps it, and reconciliation has the last word; None waits
     as long as it takes, so an unreachable store stops the intake once
@@ -89,7 +91,7 @@ class RenditionConsumer:
                 extra={"action": "redelivered", "job_id": message.job_id},
             )
         try:
-            failed = await self._process(message, delivery.delivery_count)
+            failed = await self._process_when_reachable(message, delivery.delivery_count)
         except NotFound as exc:
             await delivery.nack(requeue=False, reason=str(exc))
             return
@@ -102,6 +104,26 @@ class RenditionConsumer:
         if self._ack_when_durable:
             await receipt.wait(self._durable_within)
         await delivery.ack()
+
+    async def _process_when_reachable(self, message: StageMessage, delivery_count: int) -> bool:
+        """``_process``, tried again for as long as the store is unreachable: an
+        outage holds the message (and, at ``prefetch``, stops the intake) instead
+        of spending its deliveries."""
+        delay = self._retry_delay
+        while True:
+            try:
+                return await self._process(message, delivery_count)
+            except StoreUnavailable as exc:
+                logger.warning(
+                    "store unreachable for item %s of job %s (%s); trying again in %.1f s",
+                    message.image_id,
+                    message.job_id,
+                    exc,
+                    delay,
+                    extra={"action": "store_unavailable", "job_id": message.job_id},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _retry_later(self, delivery: Delivery, message: StageMessage, exc: Exception) -> None:
         requeue = delivery.delivery_count < self._max_deliveries

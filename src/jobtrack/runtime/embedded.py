@@ -104,6 +104,11 @@ class EmbeddedRuntime:
 
     async def _start(self) -> None:
         settings = self.settings
+        if not self.local_work and settings.store_url == "memory://":
+            raise InvalidRequest(
+                "with a shared broker the workers need a shared store (postgresql://…), "
+                "not memory://"
+            )
         self.broker: Broker = open_broker(settings.broker_url)  # refuses a bad URL first
         self._exit.push_async_callback(self.broker.aclose)
         try:
