@@ -329,6 +329,39 @@ async def test_consuming_and_publishing_resume_after_a_broker_restart(
     assert broker.connections == 2
 
 
+async def test_a_consumer_the_server_cancels_consumes_again(
+    broker: RabbitMQBroker, vhost: str, queue: str
+) -> None:
+    recorder = Recorder("ack")
+    await broker.consume(queue, recorder, prefetch=5)
+    connection = await aio_pika.connect(vhost_url(vhost))
+    try:  # deleting the queue cancels its consumers (basic.cancel from the server)
+        channel = await connection.channel()
+        await channel.queue_delete(queue)
+    finally:
+        await connection.close()
+    assert await eventually(lambda: queues(vhost).get(queue, {}).get("consumers"), 1)
+    await broker.publish(queue, b"after")
+    await recorder.wait_for(1)
+    assert [d.body for d in recorder.deliveries] == [b"after"]
+    assert broker.connections == 1  # the channel started over, not the connection
+
+
+async def test_after_a_refused_declaration_publishing_goes_on(
+    broker: RabbitMQBroker, vhost: str, queue: str
+) -> None:
+    connection = await aio_pika.connect(vhost_url(vhost))
+    try:  # someone else's queue of that name, with other settings
+        channel = await connection.channel()
+        await channel.declare_queue(f"{queue}-taken", durable=False)
+    finally:
+        await connection.close()
+    with pytest.raises(BrokerError, match="exists with other settings"):
+        await broker.publish(f"{queue}-taken", b"refused")
+    await broker.publish(queue, b"fine")  # on a publisher channel opened again
+    assert await broker.in_flight(queue) == 1
+
+
 def test_bad_url_options_are_refused() -> None:
     with pytest.raises(InvalidRequest, match="queue_type"):
         RabbitMQBroker("amqp://localhost/?queue_type=stream")
