@@ -6,6 +6,7 @@ Each test uses queues of its own in this module's virtual host.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -170,6 +171,31 @@ async def test_a_requeued_message_comes_back_with_its_delivery_count(
     await asyncio.wait_for(done.wait(), 20)
     assert seen == [1, 2, 3]
     assert await broker.in_flight(queue) == 0
+
+
+async def test_retry_puts_the_new_body_back_on_a_classic_queue_too(vhost: str, queue: str) -> None:
+    # Classic queues do not count redeliveries; a retry carries its own count.
+    broker = RabbitMQBroker(vhost_url(vhost, queue_type="classic"))
+    try:
+        await broker.publish(queue, b"attempt 1")
+        seen: list[bytes] = []
+        done = asyncio.Event()
+
+        async def handler(delivery: Delivery) -> None:
+            seen.append(delivery.body)
+            attempt = int(delivery.body.split()[-1])
+            if attempt < 4:
+                await delivery.retry(b"attempt %d" % (attempt + 1))
+            else:
+                await delivery.ack()
+                done.set()
+
+        await broker.consume(queue, handler, prefetch=1)
+        await asyncio.wait_for(done.wait(), 20)
+        assert seen == [b"attempt 1", b"attempt 2", b"attempt 3", b"attempt 4"]
+        assert await broker.in_flight(queue) == 0
+    finally:
+        await broker.aclose()
 
 
 async def test_a_rejected_message_is_dead_lettered_with_its_reason(
@@ -360,6 +386,18 @@ async def test_after_a_refused_declaration_publishing_goes_on(
         await broker.publish(f"{queue}-taken", b"refused")
     await broker.publish(queue, b"fine")  # on a publisher channel opened again
     assert await broker.in_flight(queue) == 1
+
+
+async def test_the_heartbeat_is_set_in_the_url(vhost: str) -> None:
+    broker = RabbitMQBroker(vhost_url(vhost, heartbeat="7"))
+    try:
+        await broker.connect()
+        listed = json.loads(
+            rabbitmqctl("list_connections", "vhost", "timeout", "--formatter", "json")
+        )
+    finally:
+        await broker.aclose()
+    assert [row["timeout"] for row in listed if row["vhost"] == vhost] == [7]
 
 
 def test_bad_url_options_are_refused() -> None:

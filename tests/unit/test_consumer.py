@@ -12,7 +12,7 @@ from jobtrack.broker import InMemoryBroker
 from jobtrack.errors import StoreUnavailable
 from jobtrack.pipeline.catalog import Artifact, InMemoryCatalog, ScannedFile
 from jobtrack.pipeline.consumer import RenditionConsumer
-from jobtrack.pipeline.messages import StageMessage, encode_message
+from jobtrack.pipeline.messages import StageMessage, decode_message, encode_message
 from jobtrack.pipeline.pool import RenderPool
 from jobtrack.pipeline.stages import STAGES, THUMBNAIL, RenditionSpec, queue_for
 from jobtrack.store import InMemoryJobStore
@@ -116,7 +116,7 @@ async def test_other_errors_requeue_until_the_delivery_limit(tmp_path: Path) -> 
     await broker.publish(QUEUE, encode_message(message))
     await drain(broker)
     [dead] = broker.dead_letters[f"{QUEUE}.dead"]
-    assert dead.delivery_count == 5
+    assert decode_message(dead.body).attempt == 5  # each retry republished, its attempt raised
     assert dead.reason == "OSError: no space left on device"
     assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 0
     await broker.aclose()

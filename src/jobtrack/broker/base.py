@@ -52,6 +52,12 @@ class Delivery(Protocol):
         """Deliver it again (``requeue``) or dead-letter it with ``reason``."""
         ...
 
+    async def retry(self, body: bytes) -> None:
+        """Settle this delivery by putting ``body`` (the message with its
+        attempt counted) at the back of the queue: a retry that counts on any
+        queue type, whether or not the broker counts redeliveries."""
+        ...
+
 
 Handler = Callable[[Delivery], Awaitable[None]]
 

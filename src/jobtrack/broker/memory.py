@@ -72,6 +72,10 @@ class _MemoryDelivery:
         else:
             self._broker.dead_letter(self._queue, self._message, reason)
 
+    async def retry(self, body: bytes) -> None:
+        self._settle()
+        self._broker.queue(self._queue).ready.put_nowait(_Message(body))
+
     def _settle(self) -> None:
         if self._settled:
             raise BrokerError("delivery already acked or nacked")

@@ -225,6 +225,17 @@ class _RabbitDelivery:
             return
         self._acks.ack(self._message)
 
+    async def retry(self, body: bytes) -> None:
+        self._settle()
+        try:
+            await self._broker.publish(self._queue, body)
+        except BrokerError as exc:
+            logger.warning("retry publish failed (%s); requeueing instead", exc)
+            await self._send(self._message.reject(requeue=True), "requeue")
+            self._acks.settled(self._message)
+            return
+        self._acks.ack(self._message)
+
     def _settle(self) -> None:
         if self.settled:
             raise BrokerError("delivery already acked or nacked")

@@ -13,12 +13,14 @@ import asyncio
 import logging
 from pathlib import Path
 
+import msgspec
+
 from jobtrack.broker import Delivery
 from jobtrack.errors import ImageError, MalformedMessage, NotFound, PathRefused, StoreUnavailable
 from jobtrack.model import Clock, utc_now
 from jobtrack.pipeline.catalog import Artifact, ArtifactStatus, Catalog, ImageRecord
 from jobtrack.pipeline.imaging import Rendition, render
-from jobtrack.pipeline.messages import StageMessage, decode_message
+from jobtrack.pipeline.messages import StageMessage, decode_message, encode_message
 from jobtrack.pipeline.pool import RenderPool, WorkerCrashed
 from jobtrack.pipeline.stages import RenditionSpec
 from jobtrack.pipeline.walk import open_inside
@@ -33,8 +35,9 @@ class RenditionConsumer:
     """Handles the messages of one rendition stage.
 
     A failure that is not the image's fault (the output folder not
-    writable, say) requeues the message after a backoff, until
-    it has been delivered ``max_deliveries`` times; then it is dead-lettered.
+    writable, say) puts the message back, its ``attempt`` raised, after a
+    backoff, until it has been tried ``max_deliveries`` times; then it is
+    dead-lettered.
     An image whose worker process dies under it that many times is a failed
     item. While the store is unreachable the message is held and its item
     tried again with backoff, for as long as it takes. With
@@ -91,7 +94,7 @@ class RenditionConsumer:
                 extra={"action": "redelivered", "job_id": message.job_id},
             )
         try:
-            failed = await self._process_when_reachable(message, delivery.delivery_count)
+            failed = await self._process_when_reachable(message, _attempts(delivery, message))
         except NotFound as exc:
             await delivery.nack(requeue=False, reason=str(exc))
             return
@@ -105,14 +108,14 @@ class RenditionConsumer:
             await receipt.wait(self._durable_within)
         await delivery.ack()
 
-    async def _process_when_reachable(self, message: StageMessage, delivery_count: int) -> bool:
+    async def _process_when_reachable(self, message: StageMessage, attempts: int) -> bool:
         """``_process``, tried again for as long as the store is unreachable: an
         outage holds the message (and, at ``prefetch``, stops the intake) instead
         of spending its deliveries."""
         delay = self._retry_delay
         while True:
             try:
-                return await self._process(message, delivery_count)
+                return await self._process(message, attempts)
             except StoreUnavailable as exc:
                 logger.warning(
                     "store unreachable for item %s of job %s (%s); trying again in %.1f s",
@@ -126,20 +129,23 @@ class RenditionConsumer:
                 delay = min(delay * 2, 10.0)
 
     async def _retry_later(self, delivery: Delivery, message: StageMessage, exc: Exception) -> None:
-        requeue = delivery.delivery_count < self._max_deliveries
+        attempts = _attempts(delivery, message)
+        again = attempts < self._max_deliveries
         logger.warning(
             "item %s of job %s not done (%s); %s",
             message.image_id,
             message.job_id,
             exc,
-            "will retry" if requeue else "dead-lettered",
+            "will retry" if again else "dead-lettered",
             extra={"action": "item_error", "job_id": message.job_id},
         )
-        if requeue:
-            await asyncio.sleep(min(self._retry_delay * 2 ** (delivery.delivery_count - 1), 10.0))
-        await delivery.nack(requeue=requeue, reason=f"{type(exc).__name__}: {exc}")
+        if not again:
+            await delivery.nack(requeue=False, reason=f"{type(exc).__name__}: {exc}")
+            return
+        await asyncio.sleep(min(self._retry_delay * 2 ** (attempts - 1), 10.0))
+        await delivery.retry(encode_message(msgspec.structs.replace(message, attempt=attempts + 1)))
 
-    async def _process(self, message: StageMessage, delivery_count: int) -> bool:
+    async def _process(self, message: StageMessage, attempts: int) -> bool:
         """Make and record the artifact; True when the item failed."""
         image = await self._catalog.get_image(message.image_id)
         collection = await self._catalog.get_collection(image.collection_id)
@@ -154,9 +160,9 @@ class RenditionConsumer:
                 self.spec.quality,
             )
         except WorkerCrashed:
-            if delivery_count < self._max_deliveries:
+            if attempts < self._max_deliveries:
                 raise
-            error = f"{image.relpath}: the image worker died {delivery_count} times on it"
+            error = f"{image.relpath}: the image worker died {attempts} times on it"
             await self._failed(message, image, destination, error)
             return True
         except (ImageError, PathRefused) as exc:
@@ -202,6 +208,13 @@ class RenditionConsumer:
                 height=None if rendition is None else rendition.height,
             )
         )
+
+
+def _attempts(delivery: Delivery, message: StageMessage) -> int:
+    """How many times this item has been tried, this time included: the
+    message's own count (retries republish it) or the broker's, whichever
+    is higher (a worker that died mid-item leaves only the broker's)."""
+    return max(delivery.delivery_count, message.attempt)
 
 
 def _discard(stale: Path) -> None:
