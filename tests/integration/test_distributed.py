@@ -28,7 +28,9 @@ from jobtrack.model import Job, JobStatus, StageCounts
 from jobtrack.pipeline.catalog import ArtifactStatus, catalog_for
 from jobtrack.pipeline.messages import StageMessage, encode_message
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
+from jobtrack.pipeline.sample import generate_sample
 from jobtrack.pipeline.stages import queue_for
+from jobtrack.runtime import EmbeddedRuntime, Settings
 from jobtrack.store import JobStore, open_store
 from tests.postgres import database_url, scratch_database
 from tests.postgres import require_server as require_postgres
@@ -348,3 +350,30 @@ async def test_sigterm_finishes_or_hands_back_every_message(
     assert (counted(job) + waiting, job.status) == (2 * IMAGES, JobStatus.IN_PROGRESS)
     cluster.start_worker("--concurrency", "2")
     await assert_exact(store, await wait_for(store, job_id))
+
+
+async def test_a_followed_scan_without_workers_says_so_and_an_interrupt_leaves_the_job(
+    cluster: Cluster, tmp_path: Path, caplog: pytest.LogCaptureFixture, store: JobStore
+) -> None:
+    root = tmp_path / "few"
+    generate_sample(root, count=3, broken=0, max_megapixels=0.1)
+    settings = Settings.from_env(
+        {}, data_dir=cluster.data_dir, store_url=cluster.store_url, broker_url=cluster.broker_url
+    )
+    async with EmbeddedRuntime(settings) as runtime:
+        runtime.idle_hint = 0.3
+        scan = asyncio.create_task(runtime.scan(root))
+        deadline = time.monotonic() + 30
+        while "is a `jobtrack worker` running" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(0.05)
+        scan.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await scan
+        assert runtime.current_job_id is not None
+        assert not runtime.cancelled  # all published: the job waits for workers
+    job = await store.get_job(runtime.current_job_id)
+    assert (job.status, job.stages["thumbnail"].total_items) == (JobStatus.IN_PROGRESS, 3)
+    cluster.start_worker()
+    job = await wait_for(store, job.id)
+    assert (job.status, counted(job)) == (JobStatus.COMPLETED, 6)

@@ -93,6 +93,7 @@ class EmbeddedRuntime:
         self._subscriptions: list[Subscription] = []
         self.current_job_id: str | None = None  # the job this runtime started
         self.cancelled = False  # whether an interruption cancelled it
+        self.idle_hint = 30.0  # seconds without progress before a hint that no worker runs
 
     async def __aenter__(self) -> EmbeddedRuntime:
         try:
@@ -276,12 +277,22 @@ class EmbeddedRuntime:
     async def _watch(
         self, job_id: str, walk: asyncio.Task[ScanReport], on_progress: ProgressCallback | None
     ) -> tuple[Job, bool]:
+        hinted = False
         while True:
             job = await self.store.get_job(job_id)
             if on_progress is not None:
                 on_progress(job)
             if job.status.terminal:
                 return job, False
+            if not hinted and walk.done() and self._idle(job):
+                hinted = True
+                logger.warning(
+                    "job %s has not moved for %g s: is a `jobtrack worker` running "
+                    "on this broker and store?",
+                    job_id,
+                    self.idle_hint,
+                    extra={"action": "no_progress", "job_id": job_id},
+                )
             if walk.done() and walk.exception() is not None:
                 return await self._walk_failed(job, walk.exception()), False
             if walk.done() and self.local_work and await self._settled():
@@ -294,6 +305,11 @@ class EmbeddedRuntime:
                     on_progress(job)
                 return job, reconcile
             await asyncio.sleep(self._poll_interval)
+
+    def _idle(self, job: Job) -> bool:
+        """Whether a job whose work is elsewhere has not moved for ``idle_hint`` s."""
+        quiet = utc_now() - job.updated_at
+        return not self.local_work and quiet > timedelta(seconds=self.idle_hint)
 
     async def _walk_failed(self, job: Job, error: BaseException | None) -> Job:
         logger.error("scan of job %s failed: %s", job.id, error, extra={"action": "scan_failed"})
