@@ -26,6 +26,7 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailable",
     "CollectionNotFound",
+    "Conflict",
     "ImageError",
     "InvalidIncrement",
     "InvalidRequest",
@@ -88,6 +89,10 @@ class PathRefused(InvalidRequest):
 
 class MalformedMessage(InvalidRequest):
     """A broker message that does not follow the message schema."""
+
+
+class Conflict(JobtrackError):
+    """The record changed since it was read; the operation was not done."""
 
 
 class StoreError(JobtrackError):

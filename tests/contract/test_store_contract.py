@@ -6,7 +6,13 @@ from datetime import timedelta
 
 import pytest
 
-from jobtrack.errors import InvalidIncrement, InvalidRequest, JobNotFound, StageNotFound
+from jobtrack.errors import (
+    Conflict,
+    InvalidIncrement,
+    InvalidRequest,
+    JobNotFound,
+    StageNotFound,
+)
 from jobtrack.model import JobStatus, StageCounts, StageStatus
 from jobtrack.store import JobQuery, JobStore, StageProgress
 from tests.conftest import SteppingClock
@@ -332,3 +338,117 @@ async def test_keys_no_backend_can_hold_are_refused(store: JobStore, key: str) -
     with pytest.raises(InvalidIncrement):
         await store.add_progress([StageProgress(job.id, "a", completed_keys=[key])])
     assert (await store.get_job(job.id)).stage("a").completed_items == 0
+
+
+async def test_set_counts_with_keys_makes_them_exactly_the_counted_items(store: JobStore) -> None:
+    job = await store.create_job("t", ["a", "b"])
+    await store.raise_total(job.id, "a", by=4)
+    for key in ("x", "y"):
+        await store.increment(job.id, "a", item_key=key)
+    await store.increment(job.id, "b", item_key="x")
+    # The truth: x and z are done (z's increment has not arrived yet); y is not.
+    job = await store.set_counts(
+        job.id,
+        {"a": StageCounts(4, 2, 0, total_final=False)},
+        keys={"a": ["x", "z"]},
+    )
+    assert job.stage("a").completed_items == 2
+    late = await store.increment(job.id, "a", item_key="z")  # already counted: nothing
+    again = await store.increment(job.id, "a", item_key="y")  # redone: counts now
+    untouched = await store.increment(job.id, "b", item_key="x")  # other stage's keys kept
+    assert (late.counted, again.counted, untouched.counted) == (False, True, False)
+    assert (await store.get_job(job.id)).stage("a").completed_items == 3
+
+
+async def test_set_counts_with_keys_that_ends_the_job_keeps_no_keys(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    job = await store.set_counts(job.id, {"a": StageCounts(2, 2, 0)}, keys={"a": ["x", "y"]})
+    assert job.status is JobStatus.COMPLETED
+    other = await store.create_job("t", ["a"])  # keys are per job: a new job counts x
+    assert (await store.increment(other.id, "a", item_key="x")).counted
+    with pytest.raises(StageNotFound):
+        await store.set_counts(job.id, {}, keys={"zzz": ["x"]})
+
+
+async def test_events_are_kept_in_order_and_listed_last_first_cut(
+    store: JobStore, clock: SteppingClock
+) -> None:
+    job = await store.create_job("t", ["a"])
+    assert await store.list_events(job.id) == []
+    first = await store.add_event(job.id, "reconciled", "a 95 → 100", {"a": [95, 100]})
+    clock.advance(1)
+    await store.add_event(job.id, "redriven", "5 items published again")
+    await store.add_event(job.id, "failed", "x" * 5000)
+    events = await store.list_events(job.id)
+    assert [(e.kind, e.message[:20], dict(e.data)) for e in events] == [
+        ("reconciled", "a 95 → 100", {"a": [95, 100]}),
+        ("redriven", "5 items published ag", {}),
+        ("failed", "x" * 20, {}),
+    ]
+    assert len(events[2].message) == 2000
+    assert events[0] == first
+    assert events[0].id < events[1].id < events[2].id
+    assert events[0].at < events[1].at
+    assert [e.kind for e in await store.list_events(job.id, limit=2)] == ["redriven", "failed"]
+    assert events[0].to_dict()["data"] == {"a": [95, 100]}
+
+
+async def test_events_of_unknown_jobs_and_without_a_kind_are_refused(store: JobStore) -> None:
+    with pytest.raises(JobNotFound):
+        await store.add_event("nope", "reconciled", "")
+    with pytest.raises(JobNotFound):
+        await store.list_events("nope")
+    job = await store.create_job("t", ["a"])
+    with pytest.raises(InvalidRequest):
+        await store.add_event(job.id, "", "no kind")
+    assert await store.list_events(job.id) == []
+
+
+async def test_find_stuck_pages_on_updated_at(store: JobStore, clock: SteppingClock) -> None:
+    made = [await store.create_job("t", ["a"]) for _ in range(5)]
+    before = clock.now + timedelta(seconds=1)
+    first = await store.find_stuck("t", updated_before=before, limit=2)
+    second = await store.find_stuck(
+        "t", updated_before=before, updated_after=first[-1].updated_at, limit=2
+    )
+    third = await store.find_stuck(
+        "t", updated_before=before, updated_after=second[-1].updated_at, limit=2
+    )
+    assert [j.id for j in first + second + third] == [j.id for j in made]
+    assert (
+        await store.find_stuck("t", updated_before=before, updated_after=made[-1].updated_at) == []
+    )
+
+
+async def test_claim_stuck_lets_one_claimer_win_and_touches_the_job(
+    store: JobStore, clock: SteppingClock
+) -> None:
+    job = await store.create_job("t", ["a"])
+    clock.advance(600)
+    claimed = await store.claim_stuck(job.id, job.updated_at)
+    assert claimed is not None
+    assert await store.claim_stuck(job.id, job.updated_at) is None  # the other monitor
+    after = await store.get_job(job.id)
+    assert after.updated_at == claimed
+    assert await store.find_stuck("t", updated_before=claimed) == []
+    await store.end_job(job.id, JobStatus.CANCELLED)
+    ended = await store.get_job(job.id)
+    assert await store.claim_stuck(job.id, ended.updated_at) is None  # ended: never claimed
+    assert await store.claim_stuck("nope", ended.updated_at) is None
+
+
+async def test_set_counts_if_updated_at_refuses_after_an_increment(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    seen = job.updated_at
+    await store.increment(job.id, "a", item_key="x")  # arrives while a reconciliation runs
+    with pytest.raises(Conflict):
+        await store.set_counts(
+            job.id, {"a": StageCounts(1, 0, 0)}, keys={"a": []}, if_updated_at=seen
+        )
+    after = await store.get_job(job.id)
+    assert after.stage("a").completed_items == 1
+    assert not (await store.increment(after.id, "a", item_key="x")).counted  # key kept
+    done = await store.set_counts(
+        job.id, {"a": StageCounts(1, 1, 0)}, if_updated_at=(await store.get_job(job.id)).updated_at
+    )
+    assert done.status is JobStatus.COMPLETED

@@ -17,7 +17,7 @@ def test_migrations_apply_once_per_component(tmp_path: Path) -> None:
     assert database.schema_version("jobs") == 0
     store = SqliteJobStore(database)
     SqliteCatalog(database)
-    assert (database.schema_version("jobs"), database.schema_version("catalog")) == (1, 1)
+    assert (database.schema_version("jobs"), database.schema_version("catalog")) == (2, 1)
     # Opening again (another process, a restart) applies nothing more.
     assert database.migrate("jobs", "jobtrack.store.sqlite.migrations") == []
     again = SqliteDatabase(tmp_path / "jobs.db")
@@ -31,6 +31,8 @@ def test_migrations_apply_once_per_component(tmp_path: Path) -> None:
         "jobs",
         "stages",
         "item_keys",
+        "job_events",
+        "sqlite_sequence",
         "collections",
         "images",
         "artifacts",
@@ -44,13 +46,14 @@ def test_the_stuck_query_uses_the_seeds_index(tmp_path: Path) -> None:
     store = SqliteJobStore.open(str(tmp_path / "jobs.db"))
     plan = store.database.connection.execute(
         "EXPLAIN QUERY PLAN " + _Q["find_stuck"],
-        {"job_type": "collection-scan", "before": 0, "limit": 100},
+        {"job_type": "collection-scan", "before": 0, "after": -1, "limit": 100},
     ).fetchall()
     details = " ".join(row[-1] for row in plan)
     # A search on the seed's composite index, never a scan of the table.
-    assert "SEARCH jobs USING INDEX idx_stuck_jobs (job_type=? AND status=? AND updated_at<?)" in (
-        details
-    )
+    assert (
+        "SEARCH jobs USING INDEX idx_stuck_jobs (job_type=? AND status=? AND updated_at>? AND"
+        " updated_at<?)" in details
+    ), details
     assert "SCAN jobs" not in details
     store.database.close()
 

@@ -18,7 +18,7 @@ from jobtrack.cli.options import (
 )
 from jobtrack.cli.views import job_json, jobs_table, print_job
 from jobtrack.errors import StoreMissing
-from jobtrack.model import Job, JobStatus
+from jobtrack.model import Job, JobEvent, JobStatus
 from jobtrack.pipeline.catalog import catalog_for
 from jobtrack.pipeline.failures import ItemFailure, job_failures
 from jobtrack.store import JobQuery, JobStore
@@ -74,18 +74,20 @@ def list_jobs(
 @data_dir_option
 @store_option
 def show_job(job_id: str, as_json: bool, data_dir: Path | None, store_url: str | None) -> None:
-    """Show one job: its stages, where its renditions are, and what failed."""
+    """Show one job: its stages, where its renditions are, what failed, and
+    its history (reconciliations, re-drives, failures)."""
     settings = settings_from(data_dir=data_dir, store_url=store_url)
 
-    async def show(store: JobStore) -> tuple[Job, list[ItemFailure]]:
+    async def show(store: JobStore) -> tuple[Job, list[ItemFailure], list[JobEvent]]:
         job = await store.get_job(job_id)
-        return job, await job_failures(catalog_for(store), job)
+        failures = await job_failures(catalog_for(store), job)
+        return job, failures, await store.list_events(job_id)
 
-    job, failures = with_store(settings, show)
+    job, failures, events = with_store(settings, show)
     if as_json:
-        click.echo(json.dumps(job_json(job, failures), indent=2))
+        click.echo(json.dumps(job_json(job, failures, events), indent=2))
         return
-    print_job(stdout, job, failures, data_dir=settings.data_dir)
+    print_job(stdout, job, failures, data_dir=settings.data_dir, events=events)
 
 
 @jobs.command("cancel")

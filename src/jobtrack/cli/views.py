@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from jobtrack.model import Job, Stage
+from jobtrack.model import Job, JobEvent, Stage
 from jobtrack.pipeline.failures import ItemFailure
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS
 
@@ -21,11 +21,17 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def job_json(job: Job, failures: Sequence[ItemFailure] | None = None) -> dict[str, Any]:
-    """The job as in the JSON contract, with its failed items when known."""
+def job_json(
+    job: Job,
+    failures: Sequence[ItemFailure] | None = None,
+    events: Sequence[JobEvent] | None = None,
+) -> dict[str, Any]:
+    """The job as in the JSON contract, with its failed items and its events when known."""
     data = job.to_dict()
     if failures is not None:
         data["failures"] = [failure.to_dict() for failure in failures]
+    if events is not None:
+        data["events"] = [event.to_dict() for event in events]
     return data
 
 
@@ -75,9 +81,14 @@ def stage_table(job: Job) -> Table:
 
 
 def print_job(
-    console: Console, job: Job, failures: Sequence[ItemFailure], *, data_dir: Path | None
+    console: Console,
+    job: Job,
+    failures: Sequence[ItemFailure],
+    *,
+    data_dir: Path | None,
+    events: Sequence[JobEvent] = (),
 ) -> None:
-    """The job, its stages, where its renditions are and what failed."""
+    """The job, its stages, where its renditions are, what failed and its events."""
     console.print(f"job {job.id} ({job.job_type}): [bold]{job.status.value}[/bold]")
     collection = job.attributes.get("collection")
     if isinstance(collection, dict):
@@ -94,3 +105,8 @@ def print_job(
         for failure in failures:
             stages = ", ".join(failure.stages)
             console.print(f"  {failure.image} ({stages}): {failure.error}", markup=False)
+    if events:
+        console.print("events:")
+        for event in events:
+            at = event.at.strftime("%Y-%m-%d %H:%M:%S")
+            console.print(f"  {at}  {event.kind:<11} {event.message}", markup=False)

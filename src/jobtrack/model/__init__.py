@@ -1,7 +1,7 @@
 """Pure domain model: jobs, stages, statuses and their transition rules. No I/O."""
 
 from jobtrack.model.clock import Clock, new_id, utc_now
-from jobtrack.model.job import RESERVED_ATTRIBUTES, Job, Stage, StageCounts
+from jobtrack.model.job import RESERVED_ATTRIBUTES, Job, JobEvent, Stage, StageCounts
 from jobtrack.model.rules import (
     MAX_INCREMENT,
     apply_increment,
@@ -22,6 +22,7 @@ __all__ = [
     "RESERVED_ATTRIBUTES",
     "Clock",
     "Job",
+    "JobEvent",
     "JobStatus",
     "Stage",
     "StageCounts",

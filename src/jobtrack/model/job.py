@@ -9,7 +9,13 @@ from typing import Any
 
 from jobtrack.model.status import JobStatus, StageStatus
 
-__all__ = ["RESERVED_ATTRIBUTES", "Job", "Stage", "StageCounts"]
+__all__ = [
+    "RESERVED_ATTRIBUTES",
+    "Job",
+    "JobEvent",
+    "Stage",
+    "StageCounts",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +110,25 @@ def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One entry of a job's history: reconciled, re-driven, failed…"""
+
+    job_id: str
+    at: datetime
+    kind: str
+    message: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    id: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as in the JSON contract."""
+        return {
+            "id": self.id,
+            "at": _iso(self.at),
+            "kind": self.kind,
+            "message": self.message,
+            "data": dict(self.data),
+        }

@@ -7,7 +7,7 @@ short transaction), never a read-modify-write in the caller.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -17,6 +17,7 @@ from jobtrack.model import (
     MAX_INCREMENT,
     RESERVED_ATTRIBUTES,
     Job,
+    JobEvent,
     JobStatus,
     Stage,
     StageCounts,
@@ -24,6 +25,8 @@ from jobtrack.model import (
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
+    "EVENTS_LIMIT",
+    "MAX_EVENT_MESSAGE",
     "MAX_KEY_LENGTH",
     "STUCK_QUERY_LIMIT",
     "Increment",
@@ -32,6 +35,7 @@ __all__ = [
     "ProgressResult",
     "StageProgress",
     "as_progress",
+    "check_event",
     "check_progress",
     "key_problem",
     "validate_new_job",
@@ -40,6 +44,10 @@ __all__ = [
 DEFAULT_PAGE_SIZE = 50
 #: At most this many jobs per stuck-job query, as the seed's ``Limit(100)``.
 STUCK_QUERY_LIMIT = 100
+#: Events a job's history shows by default.
+EVENTS_LIMIT = 100
+#: The longest event message kept (longer ones are cut).
+MAX_EVENT_MESSAGE = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,16 +240,62 @@ class JobStore(Protocol):
         ...
 
     async def find_stuck(
-        self, job_type: str, *, updated_before: datetime, limit: int = STUCK_QUERY_LIMIT
+        self,
+        job_type: str,
+        *,
+        updated_before: datetime,
+        updated_after: datetime | None = None,
+        limit: int = STUCK_QUERY_LIMIT,
     ) -> list[Job]:
-        """Active jobs of this type not updated since ``updated_before``,
-        oldest first (the seed's stuck-job query, on its index)."""
+        """Active jobs of this type not updated since ``updated_before`` (and
+        updated after ``updated_after``, to page), oldest first: the seed's
+        stuck-job query, on its index."""
         ...
 
-    async def set_counts(self, job_id: str, counts: Mapping[str, StageCounts]) -> Job:
-        """Set stage counts to the ground truth (reconciliation), up or down."""
+    async def claim_stuck(self, job_id: str, updated_at: datetime) -> datetime | None:
+        """Touch an active job whose ``updated_at`` is still ``updated_at``, and
+        return its new ``updated_at``; None if it moved or ended meanwhile.
+        Of several monitors that found the same stuck job, one wins, and the
+        job is not stuck again before another ``stuck_after`` has passed."""
+        ...
+
+    async def set_counts(
+        self,
+        job_id: str,
+        counts: Mapping[str, StageCounts],
+        *,
+        keys: Mapping[str, Collection[str]] | None = None,
+        if_updated_at: datetime | None = None,
+    ) -> Job:
+        """Set stage counts to the ground truth (reconciliation), up or down.
+
+        With ``if_updated_at``, only if the job has not been written since
+        (:class:`~jobtrack.errors.Conflict` otherwise): a reconciliation never
+        overwrites an increment that arrived while it ran.
+
+        With ``keys``, each named stage's counted item keys become exactly
+        those (the items the truth counts), in the same transaction: a late
+        increment of an item already counted then counts nothing, and an item
+        counted before but missing now counts again when it is redone."""
+        ...
+
+    async def add_event(
+        self, job_id: str, kind: str, message: str, data: Mapping[str, Any] | None = None
+    ) -> JobEvent:
+        """Append an entry to the job's history."""
+        ...
+
+    async def list_events(self, job_id: str, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
+        """The job's last ``limit`` events, oldest first."""
         ...
 
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+def check_event(kind: str, message: str) -> str:
+    """Refuse an event without a kind; the message, cut to ``MAX_EVENT_MESSAGE``."""
+    if not kind or len(kind) > 50:
+        raise InvalidRequest(f"an event kind must have 1 to 50 characters, not {kind!r}")
+    return message[:MAX_EVENT_MESSAGE]

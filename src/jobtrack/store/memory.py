@@ -7,16 +7,17 @@ reference the contract suite holds every other backend to.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from jobtrack.errors import InvalidRequest, JobNotFound, NotFound, StageNotFound
+from jobtrack.errors import Conflict, InvalidRequest, JobNotFound, NotFound, StageNotFound
 from jobtrack.model import (
     ACTIVE_JOB_STATUSES,
     Clock,
     Job,
+    JobEvent,
     JobStatus,
     Stage,
     StageCounts,
@@ -32,12 +33,14 @@ from jobtrack.model import (
     utc_now,
 )
 from jobtrack.store.base import (
+    EVENTS_LIMIT,
     STUCK_QUERY_LIMIT,
     Increment,
     JobQuery,
     ProgressResult,
     StageProgress,
     as_progress,
+    check_event,
     check_progress,
     validate_new_job,
 )
@@ -52,6 +55,8 @@ class InMemoryJobStore:
         self._clock = clock
         self._jobs: dict[str, Job] = {}
         self._item_keys: dict[str, set[tuple[str, str]]] = {}
+        self._events: dict[str, list[JobEvent]] = {}
+        self._event_ids = 0
         self._lock = asyncio.Lock()
 
     async def create_job(
@@ -168,7 +173,12 @@ class InMemoryJobStore:
             return ended
 
     async def find_stuck(
-        self, job_type: str, *, updated_before: datetime, limit: int = STUCK_QUERY_LIMIT
+        self,
+        job_type: str,
+        *,
+        updated_before: datetime,
+        updated_after: datetime | None = None,
+        limit: int = STUCK_QUERY_LIMIT,
     ) -> list[Job]:
         """Active jobs of this type not updated since ``updated_before``, oldest first."""
         stuck = [
@@ -177,20 +187,69 @@ class InMemoryJobStore:
             if job.job_type == job_type
             and job.status in ACTIVE_JOB_STATUSES
             and job.updated_at < updated_before
+            and (updated_after is None or job.updated_at > updated_after)
         ]
         stuck.sort(key=lambda job: job.updated_at)
         return stuck[:limit]
 
-    async def set_counts(self, job_id: str, counts: Mapping[str, StageCounts]) -> Job:
-        """Set stage counts to the ground truth, up or down."""
+    async def set_counts(
+        self,
+        job_id: str,
+        counts: Mapping[str, StageCounts],
+        *,
+        keys: Mapping[str, Collection[str]] | None = None,
+        if_updated_at: datetime | None = None,
+    ) -> Job:
+        """Set stage counts to the ground truth, up or down (and, with ``keys``,
+        each named stage's counted keys to exactly those)."""
         async with self._lock:
             job = await self.get_job(job_id)
+            if if_updated_at is not None and job.updated_at != if_updated_at:
+                raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
             now = self._clock()
             # All or nothing: every stage is checked before any is written.
             changed = [set_counts(self._stage(job_id, n)[1], now, c) for n, c in counts.items()]
+            for name in keys or {}:
+                self._stage(job_id, name)
+            if not job.status.terminal:
+                claimed = self._item_keys.setdefault(job_id, set())
+                for name, stage_keys in (keys or {}).items():
+                    claimed.difference_update({k for k in claimed if k[0] == name})
+                    claimed.update((name, key) for key in stage_keys)
             for stage in changed:
                 job = self._put_stage(job, stage, now)
+            if job.status.terminal:
+                self._item_keys.pop(job_id, None)
             return job
+
+    async def claim_stuck(self, job_id: str, updated_at: datetime) -> datetime | None:
+        """Touch an active job still at ``updated_at``; its new ``updated_at``, or None."""
+        async with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status not in ACTIVE_JOB_STATUSES or job.updated_at != updated_at:
+                return None
+            now = self._clock()
+            self._jobs[job_id] = replace(job, updated_at=now)
+            return now
+
+    async def add_event(
+        self, job_id: str, kind: str, message: str, data: Mapping[str, Any] | None = None
+    ) -> JobEvent:
+        """Append an entry to the job's history."""
+        message = check_event(kind, message)
+        async with self._lock:
+            await self.get_job(job_id)
+            self._event_ids += 1
+            event = JobEvent(
+                job_id, self._clock(), kind, message, dict(data or {}), self._event_ids
+            )
+            self._events.setdefault(job_id, []).append(event)
+            return event
+
+    async def list_events(self, job_id: str, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
+        """The job's last ``limit`` events, oldest first."""
+        await self.get_job(job_id)
+        return self._events.get(job_id, [])[-limit:] if limit > 0 else []
 
     async def aclose(self) -> None:
         """Nothing to release."""

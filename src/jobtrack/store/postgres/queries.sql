@@ -58,6 +58,31 @@ DELETE FROM item_keys WHERE job_id = %(job_id)s;
 SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
 FROM jobs
 WHERE job_type = %(job_type)s AND status IN ('pending', 'in_progress')
-  AND updated_at < %(before)s
+  AND updated_at < %(before)s AND updated_at > %(after)s
 ORDER BY updated_at
 LIMIT %(limit)s;
+
+-- name: forget_stage_keys
+DELETE FROM item_keys WHERE job_id = %(job_id)s AND stage = %(stage)s;
+
+-- name: claim_stage_keys
+INSERT INTO item_keys SELECT %(job_id)s, %(stage)s, k FROM unnest(%(keys)s::text[]) k
+ON CONFLICT DO NOTHING;
+
+-- name: add_event
+INSERT INTO job_events (job_id, at, kind, message, data)
+SELECT id, %(at)s, %(kind)s, %(message)s, %(data)s FROM jobs WHERE id = %(job_id)s
+RETURNING id;
+
+-- name: list_events
+SELECT id, job_id, at, kind, message, data FROM (
+    SELECT id, job_id, at, kind, message, data
+    FROM job_events WHERE job_id = %(job_id)s ORDER BY id DESC LIMIT %(limit)s
+) last ORDER BY id;
+
+-- name: claim_stuck
+UPDATE jobs SET updated_at = %(now)s
+WHERE id = %(job_id)s AND updated_at = %(expected)s AND status IN ('pending', 'in_progress');
+
+-- name: lock_job_updated_at
+SELECT status, updated_at FROM jobs WHERE id = %(job_id)s FOR UPDATE;

@@ -13,9 +13,9 @@ and apply :mod:`jobtrack.model.rules` in one transaction.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -24,6 +24,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 from jobtrack.errors import (
+    Conflict,
     InvalidRequest,
     JobNotFound,
     StageNotFound,
@@ -33,6 +34,7 @@ from jobtrack.errors import (
 from jobtrack.model import (
     Clock,
     Job,
+    JobEvent,
     JobStatus,
     Stage,
     StageCounts,
@@ -47,12 +49,14 @@ from jobtrack.model import (
     utc_now,
 )
 from jobtrack.store.base import (
+    EVENTS_LIMIT,
     STUCK_QUERY_LIMIT,
     Increment,
     JobQuery,
     ProgressResult,
     StageProgress,
     as_progress,
+    check_event,
     check_progress,
     validate_new_job,
 )
@@ -61,6 +65,7 @@ from jobtrack.store.sql import load_queries, migrations
 __all__ = ["PostgresJobStore"]
 
 _Q = load_queries("jobtrack.store.postgres")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # before every updated_at: find_stuck with no lower bound
 _STAGE_STATUS = {status.value: status for status in StageStatus}
 _MIGRATION_LOCK = 0x6A6F62747261636B  # "jobtrack": one migrator at a time
 _Connection = psycopg.AsyncConnection[TupleRow]
@@ -288,24 +293,92 @@ class PostgresJobStore:
         return await self.get_job(job_id)
 
     async def find_stuck(
-        self, job_type: str, *, updated_before: datetime, limit: int = STUCK_QUERY_LIMIT
+        self,
+        job_type: str,
+        *,
+        updated_before: datetime,
+        updated_after: datetime | None = None,
+        limit: int = STUCK_QUERY_LIMIT,
     ) -> list[Job]:
         """Active jobs of this type not updated since ``updated_before``, oldest first."""
-        params = {"job_type": job_type, "before": updated_before, "limit": limit}
+        params = {
+            "job_type": job_type,
+            "before": updated_before,
+            "after": updated_after or _EPOCH,
+            "limit": limit,
+        }
         async with self.connection() as conn:
             rows = await (await conn.execute(_Q["find_stuck"], params)).fetchall()
             return await self._with_stages(conn, rows)
 
-    async def set_counts(self, job_id: str, counts: Mapping[str, StageCounts]) -> Job:
-        """Set stage counts to the ground truth, up or down, in one transaction."""
+    async def set_counts(
+        self,
+        job_id: str,
+        counts: Mapping[str, StageCounts],
+        *,
+        keys: Mapping[str, Collection[str]] | None = None,
+        if_updated_at: datetime | None = None,
+    ) -> Job:
+        """Set stage counts to the ground truth, up or down (and, with ``keys``,
+        each named stage's counted keys to exactly those), in one transaction."""
         now = self._clock()
         async with self.connection() as conn, conn.transaction():
-            await self._lock_job(conn, job_id)
-            for name, truth in counts.items():
-                current = await self._lock_stage(conn, job_id, name)
-                await self._write_stage(conn, job_id, set_counts(current, now, truth))
+            cursor = await conn.execute(_Q["lock_job_updated_at"], {"job_id": job_id})
+            row = await cursor.fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            status = str(row[0])
+            if if_updated_at is not None and row[1] != if_updated_at:
+                raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
+            changed = [
+                set_counts(await self._lock_stage(conn, job_id, name), now, truth)
+                for name, truth in counts.items()
+            ]
+            for name, stage_keys in (keys or {}).items():
+                await self._lock_stage(conn, job_id, name)
+                params: dict[str, Any] = {"job_id": job_id, "stage": name}
+                await conn.execute(_Q["forget_stage_keys"], params)
+                if not JobStatus(status).terminal:
+                    # Before the counts: a job they end forgets its keys.
+                    params["keys"] = list(stage_keys)
+                    await conn.execute(_Q["claim_stage_keys"], params)
+            for stage in changed:
+                await self._write_stage(conn, job_id, stage)
             await conn.execute(_Q["touch_and_settle"], {"job_id": job_id, "now": now})
         return await self.get_job(job_id)
+
+    async def claim_stuck(self, job_id: str, updated_at: datetime) -> datetime | None:
+        """Touch an active job still at ``updated_at``; its new ``updated_at``, or None."""
+        now = self._clock()
+        params = {"job_id": job_id, "expected": updated_at, "now": now}
+        async with self.connection() as conn:
+            cursor = await conn.execute(_Q["claim_stuck"], params)
+        return now if cursor.rowcount == 1 else None
+
+    async def add_event(
+        self, job_id: str, kind: str, message: str, data: Mapping[str, Any] | None = None
+    ) -> JobEvent:
+        """Append an entry to the job's history."""
+        message = check_event(kind, message)
+        now = self._clock()
+        payload = dict(data or {})
+        params = {"job_id": job_id, "at": now, "kind": kind, "message": message}
+        async with self.connection() as conn:
+            cursor = await conn.execute(_Q["add_event"], params | {"data": Jsonb(payload)})
+            row = await cursor.fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return JobEvent(job_id, now, kind, message, payload, row[0])
+
+    async def list_events(self, job_id: str, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
+        """The job's last ``limit`` events, oldest first."""
+        await self.get_job(job_id)
+        async with self.connection() as conn:
+            cursor = await conn.execute(
+                _Q["list_events"], {"job_id": job_id, "limit": max(limit, 0)}
+            )
+            rows = await cursor.fetchall()
+        return [JobEvent(r[1], r[2], r[3], r[4], r[5], r[0]) for r in rows]
 
     async def aclose(self) -> None:
         """Close the pool and the per-item connection."""
@@ -324,10 +397,11 @@ class PostgresJobStore:
             await conn.execute(_Q["touch_and_settle"], {"job_id": job_id, "now": now})
         return changed
 
-    async def _lock_job(self, conn: _Connection, job_id: str) -> None:
+    async def _lock_job(self, conn: _Connection, job_id: str) -> str:
         row = await (await conn.execute(_Q["lock_job"], {"job_id": job_id})).fetchone()
         if row is None:
             raise JobNotFound(job_id)
+        return str(row[0])
 
     async def _lock_stage(self, conn: _Connection, job_id: str, stage: str) -> Stage:
         params = {"job_id": job_id, "stage": stage}

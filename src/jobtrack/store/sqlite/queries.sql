@@ -74,6 +74,28 @@ WHERE id = :job_id AND status NOT IN ('completed', 'failed', 'cancelled');
 -- The seed's query; served by idx_stuck_jobs (job_type, status, updated_at).
 SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
 FROM jobs
-WHERE job_type = :job_type AND status IN ('pending', 'in_progress') AND updated_at < :before
+WHERE job_type = :job_type AND status IN ('pending', 'in_progress')
+  AND updated_at < :before AND updated_at > :after
 ORDER BY updated_at
 LIMIT :limit;
+
+-- name: forget_stage_keys
+DELETE FROM item_keys WHERE job_id = ?1 AND stage = ?2;
+
+-- name: add_event
+INSERT INTO job_events (job_id, at, kind, message, data)
+VALUES (:job_id, :at, :kind, :message, :data)
+RETURNING id;
+
+-- name: list_events
+SELECT id, job_id, at, kind, message, data FROM (
+    SELECT id, job_id, at, kind, message, data
+    FROM job_events WHERE job_id = :job_id ORDER BY id DESC LIMIT :limit
+) ORDER BY id;
+
+-- name: claim_stuck
+UPDATE jobs SET updated_at = :now
+WHERE id = :job_id AND updated_at = :expected AND status IN ('pending', 'in_progress');
+
+-- name: get_job_updated_at
+SELECT updated_at FROM jobs WHERE id = :job_id;

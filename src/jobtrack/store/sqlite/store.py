@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from jobtrack.errors import InvalidRequest, JobNotFound, NotFound, StageNotFound
+from jobtrack.errors import Conflict, InvalidRequest, JobNotFound, NotFound, StageNotFound
 from jobtrack.model import (
     Clock,
     Job,
+    JobEvent,
     JobStatus,
     Stage,
     StageCounts,
@@ -35,12 +36,14 @@ from jobtrack.model import (
     utc_now,
 )
 from jobtrack.store.base import (
+    EVENTS_LIMIT,
     STUCK_QUERY_LIMIT,
     Increment,
     JobQuery,
     ProgressResult,
     StageProgress,
     as_progress,
+    check_event,
     check_progress,
     validate_new_job,
 )
@@ -214,22 +217,96 @@ class SqliteJobStore:
         return await self.get_job(job_id)
 
     async def find_stuck(
-        self, job_type: str, *, updated_before: datetime, limit: int = STUCK_QUERY_LIMIT
+        self,
+        job_type: str,
+        *,
+        updated_before: datetime,
+        updated_after: datetime | None = None,
+        limit: int = STUCK_QUERY_LIMIT,
     ) -> list[Job]:
         """Active jobs of this type not updated since ``updated_before``, oldest first."""
-        params = {"job_type": job_type, "before": to_micros(updated_before), "limit": limit}
+        params = {
+            "job_type": job_type,
+            "before": to_micros(updated_before),
+            "after": -1 if updated_after is None else to_micros(updated_after),
+            "limit": limit,
+        }
         with self.database.translate_errors():
             rows = self.database.connection.execute(_Q["find_stuck"], params).fetchall()
         return self._with_stages(rows)
 
-    async def set_counts(self, job_id: str, counts: Mapping[str, StageCounts]) -> Job:
-        """Set stage counts to the ground truth, up or down, in one transaction."""
+    async def set_counts(
+        self,
+        job_id: str,
+        counts: Mapping[str, StageCounts],
+        *,
+        keys: Mapping[str, Collection[str]] | None = None,
+        if_updated_at: datetime | None = None,
+    ) -> Job:
+        """Set stage counts to the ground truth, up or down (and, with ``keys``,
+        each named stage's counted keys to exactly those), in one transaction."""
         now = self._clock()
         with self.database.write() as conn:
-            for name, truth in counts.items():
-                current = self._read_stage(conn, job_id, name)
-                self._write_stage(conn, job_id, set_counts(current, now, truth), now)
+            if if_updated_at is not None:
+                row = conn.execute(_Q["get_job_updated_at"], {"job_id": job_id}).fetchone()
+                if row is not None and row[0] != to_micros(if_updated_at):
+                    raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
+            changed = [
+                set_counts(self._read_stage(conn, job_id, name), now, truth)
+                for name, truth in counts.items()
+            ]
+            active = conn.execute(_Q["get_job_status"], {"job_id": job_id}).fetchone()
+            for name, stage_keys in (keys or {}).items():
+                self._read_stage(conn, job_id, name)
+                conn.execute(_Q["forget_stage_keys"], (job_id, name))
+                if active is not None and not JobStatus(active[0]).terminal:
+                    # Before the counts: a job they end forgets its keys (trigger).
+                    conn.execute(_Q["claim_keys"], (job_id, name, json.dumps(list(stage_keys))))
+            for stage in changed:
+                self._write_stage(conn, job_id, stage, now)
         return await self.get_job(job_id)
+
+    async def claim_stuck(self, job_id: str, updated_at: datetime) -> datetime | None:
+        """Touch an active job still at ``updated_at``; its new ``updated_at``, or None."""
+        now = self._clock()
+        params = {"job_id": job_id, "expected": to_micros(updated_at), "now": to_micros(now)}
+        with self.database.write() as conn:
+            claimed = conn.execute(_Q["claim_stuck"], params).rowcount == 1
+        return now if claimed else None
+
+    async def add_event(
+        self, job_id: str, kind: str, message: str, data: Mapping[str, Any] | None = None
+    ) -> JobEvent:
+        """Append an entry to the job's history."""
+        message = check_event(kind, message)
+        now = self._clock()
+        payload = dict(data or {})
+        with self.database.write() as conn:
+            if conn.execute(_Q["get_job_status"], {"job_id": job_id}).fetchone() is None:
+                raise JobNotFound(job_id)
+            row = conn.execute(
+                _Q["add_event"],
+                {
+                    "job_id": job_id,
+                    "at": to_micros(now),
+                    "kind": kind,
+                    "message": message,
+                    "data": json.dumps(payload),
+                },
+            ).fetchone()
+        return JobEvent(job_id, now, kind, message, payload, row[0])
+
+    async def list_events(self, job_id: str, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
+        """The job's last ``limit`` events, oldest first."""
+        await self.get_job(job_id)
+        with self.database.translate_errors():
+            rows = self.database.connection.execute(
+                _Q["list_events"], {"job_id": job_id, "limit": max(limit, 0)}
+            ).fetchall()
+        return [
+            JobEvent(row[1], from_micros(row[2]), row[3], row[4], json.loads(row[5]), row[0])
+            for row in rows
+        ]
 
     async def aclose(self) -> None:
         """Close the database connection."""

@@ -1,0 +1,36 @@
+"""The stuck-job query on PostgreSQL goes through the seed's index."""
+
+from __future__ import annotations
+
+import psycopg
+
+from jobtrack.store import open_store
+from jobtrack.store.postgres.store import _Q
+
+
+async def test_the_stuck_query_uses_the_seeds_index(postgres_url: str) -> None:
+    store = open_store(postgres_url)
+    await store.list_jobs()  # migrated
+    await store.aclose()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE jobs CASCADE")
+        # 50,000 jobs, most of them ended, as in a store that has run a while.
+        conn.execute(
+            """
+            INSERT INTO jobs (id, job_type, status, created_at, updated_at)
+            SELECT 'j' || n, CASE WHEN n % 10 = 0 THEN 'other' ELSE 'collection-scan' END,
+                   CASE WHEN n % 50 = 0 THEN 'in_progress' ELSE 'completed' END,
+                   now() - n * interval '1 second', now() - n * interval '1 second'
+            FROM generate_series(1, 50000) n
+            """
+        )
+        conn.execute("ANALYZE jobs")
+        params: dict[str, object] = {"job_type": "collection-scan", "limit": 100}
+        params |= {"before": "2100-01-01", "after": "1970-01-01"}
+        plan = "\n".join(
+            row[0] for row in conn.execute("EXPLAIN " + _Q["find_stuck"], params).fetchall()
+        )
+    assert "Index Scan using idx_stuck_jobs on jobs" in plan or (
+        "Bitmap Index Scan on idx_stuck_jobs" in plan
+    ), plan
+    assert "Seq Scan" not in plan, plan
