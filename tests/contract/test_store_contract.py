@@ -409,15 +409,32 @@ async def test_find_stuck_pages_on_updated_at(store: JobStore, clock: SteppingCl
     before = clock.now + timedelta(seconds=1)
     first = await store.find_stuck("t", updated_before=before, limit=2)
     second = await store.find_stuck(
-        "t", updated_before=before, updated_after=first[-1].updated_at, limit=2
+        "t", updated_before=before, after=(first[-1].updated_at, first[-1].id), limit=2
     )
     third = await store.find_stuck(
-        "t", updated_before=before, updated_after=second[-1].updated_at, limit=2
+        "t", updated_before=before, after=(second[-1].updated_at, second[-1].id), limit=2
     )
     assert [j.id for j in first + second + third] == [j.id for j in made]
-    assert (
-        await store.find_stuck("t", updated_before=before, updated_after=made[-1].updated_at) == []
-    )
+    last = (made[-1].updated_at, made[-1].id)
+    assert await store.find_stuck("t", updated_before=before, after=last) == []
+
+
+async def test_find_stuck_pages_through_jobs_updated_at_the_same_moment(
+    store: JobStore, clock: SteppingClock
+) -> None:
+    frozen = clock.now
+    made = []
+    for _ in range(5):
+        clock.now = frozen - timedelta(milliseconds=1)  # every reading gives `frozen`
+        made.append(await store.create_job("t", ["a"]))
+    assert {j.updated_at for j in made} == {frozen}
+    before = frozen + timedelta(seconds=1)
+    seen: list[str] = []
+    after = None
+    while page := await store.find_stuck("t", updated_before=before, after=after, limit=2):
+        seen += [j.id for j in page]
+        after = (page[-1].updated_at, page[-1].id)
+    assert seen == sorted(j.id for j in made)
 
 
 async def test_claim_stuck_lets_one_claimer_win_and_touches_the_job(

@@ -26,7 +26,7 @@ async def test_the_stuck_query_uses_the_seeds_index(postgres_url: str) -> None:
         )
         conn.execute("ANALYZE jobs")
         params: dict[str, object] = {"job_type": "collection-scan", "limit": 100}
-        params |= {"before": "2100-01-01", "after": "1970-01-01"}
+        params |= {"before": "2100-01-01", "after": "1970-01-01", "after_id": ""}
         plan = "\n".join(
             row[0] for row in conn.execute("EXPLAIN " + _Q["find_stuck"], params).fetchall()
         )

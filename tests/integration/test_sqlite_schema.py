@@ -46,7 +46,7 @@ def test_the_stuck_query_uses_the_seeds_index(tmp_path: Path) -> None:
     store = SqliteJobStore.open(str(tmp_path / "jobs.db"))
     plan = store.database.connection.execute(
         "EXPLAIN QUERY PLAN " + _Q["find_stuck"],
-        {"job_type": "collection-scan", "before": 0, "after": -1, "limit": 100},
+        {"job_type": "collection-scan", "before": 0, "after": -1, "after_id": "", "limit": 100},
     ).fetchall()
     details = " ".join(row[-1] for row in plan)
     # A search on the seed's composite index, never a scan of the table.

@@ -244,12 +244,12 @@ class JobStore(Protocol):
         job_type: str,
         *,
         updated_before: datetime,
-        updated_after: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
         limit: int = STUCK_QUERY_LIMIT,
     ) -> list[Job]:
-        """Active jobs of this type not updated since ``updated_before`` (and
-        updated after ``updated_after``, to page), oldest first: the seed's
-        stuck-job query, on its index."""
+        """Active jobs of this type not updated since ``updated_before``,
+        oldest first (ties by id): the seed's stuck-job query, on its index.
+        To page, pass the last job's ``(updated_at, id)`` as ``after``."""
         ...
 
     async def claim_stuck(self, job_id: str, updated_at: datetime) -> datetime | None:

@@ -177,7 +177,7 @@ class InMemoryJobStore:
         job_type: str,
         *,
         updated_before: datetime,
-        updated_after: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
         limit: int = STUCK_QUERY_LIMIT,
     ) -> list[Job]:
         """Active jobs of this type not updated since ``updated_before``, oldest first."""
@@ -187,9 +187,9 @@ class InMemoryJobStore:
             if job.job_type == job_type
             and job.status in ACTIVE_JOB_STATUSES
             and job.updated_at < updated_before
-            and (updated_after is None or job.updated_at > updated_after)
+            and (after is None or (job.updated_at, job.id) > after)
         ]
-        stuck.sort(key=lambda job: job.updated_at)
+        stuck.sort(key=lambda job: (job.updated_at, job.id))
         return stuck[:limit]
 
     async def set_counts(

@@ -58,8 +58,9 @@ DELETE FROM item_keys WHERE job_id = %(job_id)s;
 SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
 FROM jobs
 WHERE job_type = %(job_type)s AND status IN ('pending', 'in_progress')
-  AND updated_at < %(before)s AND updated_at > %(after)s
-ORDER BY updated_at
+  AND updated_at < %(before)s AND updated_at >= %(after)s
+  AND (updated_at, id) > (%(after)s, %(after_id)s)
+ORDER BY updated_at, id
 LIMIT %(limit)s;
 
 -- name: forget_stage_keys

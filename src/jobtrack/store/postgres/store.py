@@ -297,14 +297,15 @@ class PostgresJobStore:
         job_type: str,
         *,
         updated_before: datetime,
-        updated_after: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
         limit: int = STUCK_QUERY_LIMIT,
     ) -> list[Job]:
         """Active jobs of this type not updated since ``updated_before``, oldest first."""
         params = {
             "job_type": job_type,
             "before": updated_before,
-            "after": updated_after or _EPOCH,
+            "after": _EPOCH if after is None else after[0],
+            "after_id": "" if after is None else after[1],
             "limit": limit,
         }
         async with self.connection() as conn:

@@ -75,8 +75,8 @@ WHERE id = :job_id AND status NOT IN ('completed', 'failed', 'cancelled');
 SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
 FROM jobs
 WHERE job_type = :job_type AND status IN ('pending', 'in_progress')
-  AND updated_at < :before AND updated_at > :after
-ORDER BY updated_at
+  AND updated_at < :before AND updated_at >= :after AND (updated_at, id) > (:after, :after_id)
+ORDER BY updated_at, id
 LIMIT :limit;
 
 -- name: forget_stage_keys

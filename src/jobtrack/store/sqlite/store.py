@@ -221,14 +221,15 @@ class SqliteJobStore:
         job_type: str,
         *,
         updated_before: datetime,
-        updated_after: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
         limit: int = STUCK_QUERY_LIMIT,
     ) -> list[Job]:
         """Active jobs of this type not updated since ``updated_before``, oldest first."""
         params = {
             "job_type": job_type,
             "before": to_micros(updated_before),
-            "after": -1 if updated_after is None else to_micros(updated_after),
+            "after": -1 if after is None else to_micros(after[0]),
+            "after_id": "" if after is None else after[1],
             "limit": limit,
         }
         with self.database.translate_errors():

@@ -1,0 +1,227 @@
+"""The monitor's cycle: the seed's safety net, made safe to run anywhere.
+
+Every ``interval`` the monitor asks the store for active jobs whose
+``updated_at`` is older than ``stuck_after`` (the seed's query, on its
+index, 100 at a time, paging until none are left). For each one:
+
+1. **Claim it**: ``JobStore.claim_stuck`` touches the job only if it has not
+   moved since it was read. Of several monitors, one wins; the touch also
+   keeps the job out of the stuck set for another ``stuck_after``, so a job
+   is handled at most once per window and a second cycle changes nothing.
+2. **Reconcile**: the job type's reconciler reads the ground truth; the
+   counts and the counted item keys are set to it in one transaction,
+   guarded by the claim's ``updated_at``: if an increment arrived meanwhile
+   the job is moving, and nothing is overwritten. What changed is recorded
+   as a ``reconciled`` event.
+3. **Slow or stuck**: with items missing, a job whose stages still have work
+   queued or in flight is slow and left alone. Otherwise its missing items
+   are published again (``redriven`` event); after ``max_redrives`` rounds
+   without progress the job is failed with the reason (``failed`` event).
+   A job whose totals were never sealed (its scan stopped before the end)
+   is failed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from jobtrack.errors import Conflict, JobtrackError, NotFound, StoreError
+from jobtrack.model import Clock, Job, JobEvent, JobStatus, StageCounts, utc_now
+from jobtrack.monitor.base import Reconciler, Truth
+from jobtrack.store.base import STUCK_QUERY_LIMIT, JobStore
+
+__all__ = ["CycleReport", "Monitor"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class CycleReport:
+    """What one cycle found and did."""
+
+    stuck: int = 0  # jobs found by the stuck query
+    claimed_elsewhere: int = 0  # moved or taken by another monitor meanwhile
+    moving: int = 0  # an increment arrived during the reconciliation
+    reconciled: int = 0  # jobs whose counts changed
+    completed: int = 0  # jobs the reconciliation completed
+    slow: int = 0  # missing items, but work still queued: left alone
+    redriven: int = 0  # jobs whose missing items were published again
+    items_redriven: int = 0
+    failed: int = 0  # jobs failed with the reason
+    errors: int = 0  # jobs the cycle could not handle (logged)
+    queries: int = 0  # stuck queries run
+    jobs: list[str] = field(default_factory=list)  # ids of the jobs acted on
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def _done(counts: Mapping[str, StageCounts]) -> int:
+    return sum(c.completed_items + c.failed_items for c in counts.values())
+
+
+def _change_text(job: Job, truth: Truth) -> tuple[str, dict[str, Any]]:
+    parts, data = [], {}
+    for name, counts in truth.counts.items():
+        stage = job.stages[name]
+        before = (stage.completed_items, stage.failed_items, stage.total_items)
+        after = (counts.completed_items, counts.failed_items, counts.total_items)
+        if before != after:
+            parts.append(f"{name} {before[0] + before[1]} → {after[0] + after[1]}")
+            data[name] = {"before": list(before), "after": list(after)}
+    return ", ".join(parts), data
+
+
+class Monitor:
+    """Finds stuck jobs of the reconcilers' types and brings them to the truth.
+
+    :param stuck_after: seconds without an update before a job is stuck.
+    :param max_redrives: rounds of re-drive without progress before a job fails.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        reconcilers: Sequence[Reconciler],
+        *,
+        stuck_after: float = 300.0,
+        max_redrives: int = 3,
+        clock: Clock = utc_now,
+        page_size: int = STUCK_QUERY_LIMIT,
+    ) -> None:
+        self._store = store
+        self._reconcilers = {r.job_type: r for r in reconcilers}
+        self.stuck_after = stuck_after
+        self.max_redrives = max_redrives
+        self._clock = clock
+        self._page_size = page_size
+
+    async def cycle(self) -> CycleReport:
+        """One pass over every stuck job; never raises for one job's sake."""
+        report = CycleReport()
+        threshold = self._clock() - timedelta(seconds=self.stuck_after)
+        for job_type, reconciler in self._reconcilers.items():
+            # Before anything is re-driven: this cycle's own messages are no backlog.
+            backlog = await reconciler.backlog()
+            after: tuple[datetime, str] | None = None
+            while True:
+                page = await self._store.find_stuck(
+                    job_type, updated_before=threshold, after=after, limit=self._page_size
+                )
+                report.queries += 1
+                if not page:
+                    break
+                for job in page:
+                    report.stuck += 1
+                    try:
+                        await self._handle(job, reconciler, backlog, report)
+                    except (NotFound, StoreError, Conflict) as exc:
+                        report.errors += 1
+                        logger.warning("job %s not handled: %s", job.id, exc)
+                after = (page[-1].updated_at, page[-1].id)
+        if report.stuck:
+            logger.info(
+                "monitor cycle: %s",
+                ", ".join(f"{k} {v}" for k, v in report.to_dict().items() if v and k != "jobs"),
+                extra={"action": "monitor_cycle"},
+            )
+        return report
+
+    async def run(self, stop: asyncio.Event, *, interval: float = 60.0) -> None:
+        """Run a cycle every ``interval`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self.cycle()
+            except JobtrackError as exc:  # the store is down: try again next time
+                logger.warning("monitor cycle failed: %s", exc, extra={"action": "monitor_error"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def _handle(
+        self,
+        job: Job,
+        reconciler: Reconciler,
+        backlog: Mapping[str, int],
+        report: CycleReport,
+    ) -> None:
+        claimed = await self._store.claim_stuck(job.id, job.updated_at)
+        if claimed is None:
+            report.claimed_elsewhere += 1
+            return
+        truth = await reconciler.truth(job)
+        text, data = _change_text(job, truth)
+        try:
+            job = await self._store.set_counts(
+                job.id, truth.counts, keys=truth.done, if_updated_at=claimed
+            )
+        except Conflict:
+            report.moving += 1
+            return
+        report.jobs.append(job.id)
+        if text:
+            report.reconciled += 1
+            await self._event(job, "reconciled", f"{text} reconciled", data)
+        if job.status.terminal:
+            report.completed += job.status is JobStatus.COMPLETED
+            return
+        unsealed = [name for name, stage in job.stages.items() if not stage.total_final]
+        if unsealed:
+            await self._fail(
+                job, f"stopped before its end: the totals of {', '.join(unsealed)} never sealed"
+            )
+            report.failed += 1
+            return
+        missing = {stage: keys for stage, keys in truth.missing.items() if keys}
+        if not missing:
+            return
+        if any(backlog.get(stage, 0) for stage in missing):
+            report.slow += 1
+            return
+        rounds = await self._rounds_without_progress(job, _done(truth.counts))
+        lost = ", ".join(f"{stage} {len(keys)}" for stage, keys in missing.items())
+        if rounds >= self.max_redrives:
+            await self._fail(job, f"items still missing after {rounds} re-drives: {lost}")
+            report.failed += 1
+            return
+        published = await reconciler.redrive(job, missing)
+        if not published:
+            await self._fail(job, f"items missing and no broker to publish them again: {lost}")
+            report.failed += 1
+            return
+        report.redriven += 1
+        report.items_redriven += published
+        await self._event(
+            job,
+            "redriven",
+            f"{published} missing items published again ({lost}), round {rounds + 1}"
+            f" of {self.max_redrives}",
+            {"round": rounds + 1, "done": _done(truth.counts), "items": published},
+        )
+
+    async def _rounds_without_progress(self, job: Job, done: int) -> int:
+        """Re-drive rounds since the job's counts last moved."""
+        rounds = 0
+        for event in reversed(await self._store.list_events(job.id)):
+            if event.kind == "reconciled":
+                continue
+            if event.kind != "redriven" or event.data.get("done") != done:
+                break
+            rounds += 1
+        return rounds
+
+    async def _fail(self, job: Job, reason: str) -> None:
+        await self._store.end_job(job.id, JobStatus.FAILED, message=reason)
+        await self._event(job, "failed", reason, {})
+
+    async def _event(self, job: Job, kind: str, message: str, data: dict[str, Any]) -> JobEvent:
+        logger.warning(
+            "job %s %s: %s", job.id, kind, message, extra={"action": kind, "job_id": job.id}
+        )
+        return await self._store.add_event(job.id, kind, message, data)
