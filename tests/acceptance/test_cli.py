@@ -60,6 +60,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [],
         ["scan"],
         ["worker"],
+        ["monitor"],
         ["jobs"],
         ["jobs", "list"],
         ["jobs", "show"],
@@ -147,6 +148,17 @@ def test_distributed_commands_refuse_settings_that_cannot_work(
     done = run(*args, data_dir=tmp_path / "state")
     assert done.returncode == 2, done.stderr
     assert message in " ".join(done.stderr.split())
+
+
+def test_monitor_once_on_a_store_with_nothing_stuck(collection: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "state"
+    assert run("scan", collection, "--json", data_dir=data_dir).returncode == 0
+    done = run("monitor", "--once", data_dir=data_dir)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "0 stuck jobs\n"
+    assert "missing items cannot be published again" in " ".join(done.stderr.split())
+    report = json.loads(run("monitor", "--once", "--json", data_dir=data_dir).stdout)
+    assert (report["stuck"], report["queries"]) == (0, 1)
 
 
 def test_failed_job_exits_1(tmp_path: Path) -> None:

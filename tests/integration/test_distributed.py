@@ -377,3 +377,72 @@ async def test_a_followed_scan_without_workers_says_so_and_an_interrupt_leaves_t
     cluster.start_worker()
     job = await wait_for(store, job.id)
     assert (job.status, counted(job)) == (JobStatus.COMPLETED, 6)
+
+
+async def drained(broker_url: str, within: float = 120) -> None:
+    """Wait until both rendition queues are empty and settled."""
+    broker = RabbitMQBroker(broker_url)
+    try:
+        deadline = time.monotonic() + within
+        while sum([await broker.in_flight(queue_for(s)) for s in RENDITIONS]):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+    finally:
+        await broker.aclose()
+
+
+async def test_with_consumer_progress_off_the_monitor_alone_completes_the_job(
+    cluster: Cluster, collection: Path, store: JobStore
+) -> None:
+    cluster.start_worker("--concurrency", "2", "--no-progress")
+    job_id = await asyncio.to_thread(enqueue, cluster, collection)
+    await drained(cluster.broker_url)
+    job = await store.get_job(job_id)
+    assert counted(job) == 0  # the workers reported nothing
+    await asyncio.sleep(1.1)
+    done = await asyncio.to_thread(
+        cluster.jobtrack, "monitor", "--once", "--stuck-after", "1", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["stuck"], report["reconciled"], report["completed"]) == (1, 1, 1)
+    job = await store.get_job(job_id)
+    await assert_exact(store, job)
+    [event] = await store.list_events(job_id)
+    assert event.message == "thumbnail 0 → 500, cache 0 → 500 reconciled"
+    shown = json.loads(cluster.jobtrack("jobs", "show", job_id, "--json").stdout)
+    assert [e["kind"] for e in shown["events"]] == ["reconciled"]
+
+
+async def test_lost_messages_are_redriven_and_the_job_completes(
+    cluster: Cluster, collection: Path, store: JobStore
+) -> None:
+    job_id = await asyncio.to_thread(enqueue, cluster, collection)
+    connection = await aio_pika.connect(cluster.broker_url)
+    try:  # every message is lost before any worker takes it
+        channel = await connection.channel()
+        for name in RENDITIONS:
+            queue = await channel.get_queue(queue_for(name), ensure=False)
+            await queue.purge()
+    finally:
+        await connection.close()
+    await asyncio.sleep(1.1)
+    done = await asyncio.to_thread(
+        cluster.jobtrack, "monitor", "--once", "--stuck-after", "1", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["redriven"], report["items_redriven"]) == (1, 2 * IMAGES)
+    again = json.loads(
+        (
+            await asyncio.to_thread(
+                cluster.jobtrack, "monitor", "--once", "--stuck-after", "1", "--json"
+            )
+        ).stdout
+    )
+    # Its re-driven messages now wait in the queue: slow, not stuck; nothing twice.
+    assert (again["stuck"], again["slow"], again["redriven"]) == (1, 1, 0)
+    cluster.start_worker("--concurrency", "2")
+    job = await wait_for(store, job_id)
+    await assert_exact(store, job)
+    assert [e.kind for e in await store.list_events(job_id)] == ["redriven"]

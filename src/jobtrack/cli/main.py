@@ -1,4 +1,4 @@
-"""The ``jobtrack`` command line: ``scan``, ``worker``, ``jobs``, ``sample``."""
+"""The ``jobtrack`` command line: ``scan``, ``worker``, ``monitor``, ``jobs``, ``sample``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import click
 from rich.logging import RichHandler
 
 from jobtrack.cli.jobs import jobs
+from jobtrack.cli.monitor import monitor
 from jobtrack.cli.options import (
     broker_option,
     data_dir_option,
@@ -26,7 +27,7 @@ from jobtrack.cli.progress import JobProgress
 from jobtrack.cli.views import job_json, plural, print_job
 from jobtrack.cli.worker import worker
 from jobtrack.errors import InvalidRequest, JobtrackError
-from jobtrack.model import Job, JobStatus
+from jobtrack.model import Job, JobEvent, JobStatus
 from jobtrack.pipeline.failures import ItemFailure, job_failures
 from jobtrack.pipeline.sample import generate_sample
 from jobtrack.runtime import EmbeddedRuntime, ScanOutcome, Settings
@@ -59,6 +60,7 @@ def cli(verbose: int) -> None:
 
 cli.add_command(jobs)
 cli.add_command(worker)
+cli.add_command(monitor)
 
 
 @cli.command()
@@ -108,7 +110,7 @@ def scan(
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     seen: dict[str, EmbeddedRuntime] = {}
     try:
-        outcome, failures = asyncio.run(_scan(settings, path, live=not as_json, seen=seen))
+        outcome, failures, events = asyncio.run(_scan(settings, path, live=not as_json, seen=seen))
     except InvalidRequest as exc:
         raise click.UsageError(str(exc)) from None
     except JobtrackError as exc:
@@ -126,11 +128,11 @@ def scan(
     finally:
         signal.signal(signal.SIGTERM, previous)
     if as_json:
-        click.echo(json.dumps(job_json(outcome.job, failures), indent=2))
+        click.echo(json.dumps(job_json(outcome.job, failures, events), indent=2))
     else:
         if not outcome.created:
             stdout.print("(this job was started by another scan of the same collection)")
-        print_job(stdout, outcome.job, failures, data_dir=settings.data_dir)
+        print_job(stdout, outcome.job, failures, data_dir=settings.data_dir, events=events)
     sys.exit(0 if outcome.job.status is JobStatus.COMPLETED else 1)
 
 
@@ -161,7 +163,7 @@ def _enqueue(settings: Settings, path: Path, *, as_json: bool) -> None:
 
 async def _scan(
     settings: Settings, path: Path, *, live: bool, seen: dict[str, EmbeddedRuntime]
-) -> tuple[ScanOutcome, list[ItemFailure]]:
+) -> tuple[ScanOutcome, list[ItemFailure], list[JobEvent]]:
     async with EmbeddedRuntime(settings) as runtime:
         seen["runtime"] = runtime
         if live:
@@ -169,7 +171,8 @@ async def _scan(
                 outcome = await runtime.scan(path, on_progress=progress.update)
         else:
             outcome = await runtime.scan(path)
-        return outcome, await job_failures(runtime.catalog, outcome.job)
+        failures = await job_failures(runtime.catalog, outcome.job)
+        return outcome, failures, await runtime.store.list_events(outcome.job.id)
 
 
 @cli.command()

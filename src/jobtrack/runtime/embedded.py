@@ -30,6 +30,7 @@ from typing import Any
 from jobtrack.broker import Broker, Subscription, open_broker
 from jobtrack.errors import InvalidRequest, StoreError
 from jobtrack.model import Job, JobStatus, utc_now
+from jobtrack.monitor import Monitor
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.consumer import RenditionConsumer
 from jobtrack.pipeline.pool import RenderPool, process_pool
@@ -133,7 +134,21 @@ class EmbeddedRuntime:
             renditions=self.renditions,
             exclude=[settings.data_dir],
         )
-        self.reconciler = CollectionScanReconciler(catalog=self.catalog, renditions=self.renditions)
+        self.reconciler = CollectionScanReconciler(
+            catalog=self.catalog, renditions=self.renditions, broker=self.broker
+        )
+        # The fallback monitor runs beside the scan, as it would on its own.
+        self.monitor = Monitor(self.store, [self.reconciler], stuck_after=settings.stuck_after)
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(
+            self.monitor.run(stop, interval=settings.monitor_interval), name="monitor"
+        )
+
+        async def stop_monitor() -> None:
+            stop.set()
+            await asyncio.wait([watcher])
+
+        self._exit.push_async_callback(stop_monitor)
         if not self.local_work:
             return
         self.pool = RenderPool(process_pool(settings.workers))
@@ -342,23 +357,29 @@ class EmbeddedRuntime:
 
     async def _settle(self, job: Job) -> Job:
         """Reconcile a job whose work is all settled but which has not ended."""
-        counts, missing = await self.reconciler.inspect(job)
-        job = await self.store.set_counts(job.id, counts)
+        truth = await self.reconciler.truth(job)
+        before = job
+        job = await self.store.set_counts(job.id, truth.counts, keys=truth.done)
+        changes = [
+            f"{name} {b.completed_items + b.failed_items} → {c.completed_items + c.failed_items}"
+            for name, c in truth.counts.items()
+            if (b := before.stages[name]).completed_items + b.failed_items
+            != c.completed_items + c.failed_items
+        ]
         # Expected when consumers report nothing (the rollback switch); a
         # sign of lost progress writes otherwise.
         logger.log(
             logging.WARNING if self.settings.consumer_progress else logging.INFO,
             "job %s reconciled against the catalog: %s",
             job.id,
-            ", ".join(
-                f"{name} {c.completed_items}+{c.failed_items}/{c.total_items}"
-                for name, c in counts.items()
-            ),
+            ", ".join(changes) or "no change",
             extra={"action": "reconciled", "job_id": job.id},
         )
+        if changes:
+            await self.store.add_event(job.id, "reconciled", f"{', '.join(changes)} reconciled")
         if not job.status.terminal:
-            lost = {stage: len(ids) for stage, ids in missing.items() if ids}
-            job = await self.store.end_job(
-                job.id, JobStatus.FAILED, message=f"items missing after reconciliation: {lost}"
-            )
+            lost = ", ".join(f"{stage} {len(ids)}" for stage, ids in truth.missing.items() if ids)
+            reason = f"items missing after reconciliation: {lost}"
+            job = await self.store.end_job(job.id, JobStatus.FAILED, message=reason)
+            await self.store.add_event(job.id, "failed", reason)
         return job

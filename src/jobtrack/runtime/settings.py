@@ -72,6 +72,7 @@ class Settings:
     flush_interval: float = 0.1
     workers: int = 2
     stuck_after: float = 300.0
+    monitor_interval: float = 60.0
 
     @classmethod
     def from_env(
@@ -101,4 +102,5 @@ class Settings:
             flush_interval=_positive(env, "JOBTRACK_FLUSH_INTERVAL_MS", 100) / 1000,
             workers=workers or _positive(env, "JOBTRACK_WORKERS", os.cpu_count() or 1),
             stuck_after=_positive(env, "JOBTRACK_STUCK_AFTER", 300),
+            monitor_interval=_positive(env, "JOBTRACK_MONITOR_INTERVAL", 60),
         )

@@ -1,0 +1,140 @@
+"""``jobtrack monitor``: the fallback monitor, on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+
+import click
+
+from jobtrack.broker import open_broker
+from jobtrack.cli.options import (
+    broker_option,
+    data_dir_option,
+    json_option,
+    settings_from,
+    store_option,
+)
+from jobtrack.errors import InvalidRequest, JobtrackError
+from jobtrack.monitor import CycleReport, Monitor
+from jobtrack.pipeline.catalog import catalog_for
+from jobtrack.pipeline.reconciler import CollectionScanReconciler
+from jobtrack.runtime import Settings
+from jobtrack.store import open_store
+
+__all__ = ["monitor"]
+
+
+@click.command()
+@data_dir_option
+@store_option
+@broker_option
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.01, 86_400),
+    default=60.0,
+    show_default=True,
+    help="Seconds between cycles.",
+)
+@click.option(
+    "--stuck-after",
+    type=click.FloatRange(0.001, 86_400 * 30),
+    help="Seconds without an update before a job is stuck [default: JOBTRACK_STUCK_AFTER or 300].",
+)
+@click.option(
+    "--max-redrives",
+    type=click.IntRange(0, 100),
+    default=3,
+    show_default=True,
+    help="Rounds of re-drive without progress before a job is failed.",
+)
+@click.option("--once", is_flag=True, help="Run one cycle, print what it did, and exit.")
+@json_option
+def monitor(
+    data_dir: Path | None,
+    store_url: str | None,
+    broker_url: str | None,
+    interval: float,
+    stuck_after: float | None,
+    max_redrives: int,
+    once: bool,
+    as_json: bool,
+) -> None:
+    """Find stuck jobs, reconcile them against what was really produced,
+    publish missing items again and fail what cannot finish.
+
+    A job is stuck when it is pending or in progress and nothing has written
+    to it for --stuck-after seconds. Its counts are set to the truth (the
+    change is recorded as an event: jobtrack jobs show ID); if items are
+    still missing and their stage has no backlog, they are published again
+    (needs the workers' broker), and after --max-redrives rounds without
+    progress the job is failed with the reason. Several monitors may run at
+    once: each stuck job is handled by one of them.
+    """
+    settings = settings_from(data_dir=data_dir, store_url=store_url, broker_url=broker_url)
+    try:
+        asyncio.run(
+            _run(
+                settings,
+                interval=interval,
+                stuck_after=stuck_after or settings.stuck_after,
+                max_redrives=max_redrives,
+                once=once,
+                as_json=as_json,
+            )
+        )
+    except InvalidRequest as exc:
+        raise click.UsageError(str(exc)) from None
+    except JobtrackError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _run(
+    settings: Settings,
+    *,
+    interval: float,
+    stuck_after: float,
+    max_redrives: int,
+    once: bool,
+    as_json: bool,
+) -> None:
+    shared = settings.broker_url != "memory://"
+    broker = open_broker(settings.broker_url) if shared else None
+    store = open_store(settings.store_url)
+    try:
+        reconciler = CollectionScanReconciler(catalog=catalog_for(store), broker=broker)
+        watcher = Monitor(store, [reconciler], stuck_after=stuck_after, max_redrives=max_redrives)
+        if not shared:
+            click.echo(
+                "no shared broker (--broker amqp://…): missing items cannot be published"
+                " again, so jobs that miss items are failed",
+                err=True,
+            )
+        if once:
+            _print(await watcher.cycle(), as_json=as_json)
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        click.echo(
+            f"monitor: a cycle every {interval:g} s; stuck after {stuck_after:g} s", err=True
+        )
+        await watcher.run(stop, interval=interval)
+    finally:
+        if broker is not None:
+            await broker.aclose()
+        await store.aclose()
+
+
+def _print(report: CycleReport, *, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    done = {
+        k: v for k, v in report.to_dict().items() if v and k not in ("jobs", "queries", "stuck")
+    }
+    summary = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in done.items())
+    click.echo(f"{report.stuck} stuck jobs" + (f": {summary}" if report.stuck else ""))
