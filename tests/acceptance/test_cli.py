@@ -155,7 +155,7 @@ def test_monitor_once_on_a_store_with_nothing_stuck(collection: Path, tmp_path: 
     assert run("scan", collection, "--json", data_dir=data_dir).returncode == 0
     done = run("monitor", "--once", data_dir=data_dir)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "0 stuck jobs\n"
+    assert done.stdout == "0 jobs looked at\n"
     assert "missing items cannot be published again" in " ".join(done.stderr.split())
     report = json.loads(run("monitor", "--once", "--json", data_dir=data_dir).stdout)
     assert (report["stuck"], report["queries"]) == (0, 1)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from jobtrack.broker import InMemoryBroker
-from jobtrack.errors import StoreUnavailable
+from jobtrack.errors import InvalidRequest, StoreUnavailable
 from jobtrack.model import Job, JobStatus, StageCounts
 from jobtrack.monitor import Monitor, Truth
 from jobtrack.pipeline.catalog import Artifact, ArtifactStatus, InMemoryCatalog, ScannedFile
@@ -44,7 +44,7 @@ class World:
         self.folder = tmp_path
         self.reconciler = CollectionScanReconciler(catalog=self.catalog, broker=self.broker)
 
-    def monitor(self, **options: float) -> Monitor:
+    def monitor(self, **options: float | str) -> Monitor:
         return Monitor(
             self.store,
             [self.reconciler],
@@ -362,3 +362,28 @@ async def test_reconciliation_sets_the_counted_keys_with_the_counts(world: World
 def test_truth_counts_items_once() -> None:
     truth = Truth({THUMBNAIL: StageCounts(3, 1, 0)}, missing={THUMBNAIL: ["a", "b"]})
     assert truth.missing_items == 2
+
+
+async def test_centralized_mode_recounts_every_active_job_each_cycle(world: World) -> None:
+    moving = await world.job(6, made=4, counted=0, name="moving")  # consumers report nothing
+    done = await world.job(6, made=6, counted=0, name="done")
+    monitor = world.monitor(mode="centralized")
+    world.clock.advance(1)
+    report = await monitor.cycle()  # no stuck_after wait: every active job
+    assert (report.stuck, report.reconciled, report.completed) == (2, 2, 1)
+    assert counts(await world.store.get_job(moving.id))[THUMBNAIL] == (6, 4, 0)
+    assert (await world.store.get_job(done.id)).status is JobStatus.COMPLETED
+    world.clock.advance(5)
+    for _ in range(2):  # two more renditions of each stage appear
+        state = (await world.reconciler.truth(moving)).missing[THUMBNAIL][0]
+        for stage in RENDITIONS:
+            await world.make(Path(moving.attributes["collection"]["path"]), state, stage)
+    report = await monitor.cycle()
+    assert (report.stuck, report.reconciled, report.completed) == (1, 1, 1)
+    assert await world.store.list_events(moving.id) == []  # the old service kept no history
+    assert not world.queued(THUMBNAIL)  # and re-drove nothing
+
+
+def test_an_unknown_mode_is_refused(world: World) -> None:
+    with pytest.raises(InvalidRequest, match="mode"):
+        world.monitor(mode="psychic")

@@ -32,11 +32,17 @@ __all__ = ["monitor"]
 @store_option
 @broker_option
 @click.option(
+    "--mode",
+    type=click.Choice(["hybrid", "centralized"]),
+    default="hybrid",
+    show_default=True,
+    help="hybrid: handle stuck jobs only; centralized: recount every active job each"
+    " cycle, as the old polling service did (the rollback plan).",
+)
+@click.option(
     "--interval",
     type=click.FloatRange(0.01, 86_400),
-    default=60.0,
-    show_default=True,
-    help="Seconds between cycles.",
+    help="Seconds between cycles [default: 60, or 5 in centralized mode].",
 )
 @click.option(
     "--stuck-after",
@@ -56,7 +62,8 @@ def monitor(
     data_dir: Path | None,
     store_url: str | None,
     broker_url: str | None,
-    interval: float,
+    mode: str,
+    interval: float | None,
     stuck_after: float | None,
     max_redrives: int,
     once: bool,
@@ -78,7 +85,8 @@ def monitor(
         asyncio.run(
             _run(
                 settings,
-                interval=interval,
+                mode=mode,
+                interval=interval or (5.0 if mode == "centralized" else 60.0),
                 stuck_after=stuck_after or settings.stuck_after,
                 max_redrives=max_redrives,
                 once=once,
@@ -94,6 +102,7 @@ def monitor(
 async def _run(
     settings: Settings,
     *,
+    mode: str,
     interval: float,
     stuck_after: float,
     max_redrives: int,
@@ -105,8 +114,10 @@ async def _run(
     store = open_store(settings.store_url)
     try:
         reconciler = CollectionScanReconciler(catalog=catalog_for(store), broker=broker)
-        watcher = Monitor(store, [reconciler], stuck_after=stuck_after, max_redrives=max_redrives)
-        if not shared:
+        watcher = Monitor(
+            store, [reconciler], stuck_after=stuck_after, max_redrives=max_redrives, mode=mode
+        )
+        if not shared and mode == "hybrid":
             click.echo(
                 "no shared broker (--broker amqp://…): missing items cannot be published"
                 " again, so jobs that miss items are failed",
@@ -120,7 +131,9 @@ async def _run(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         click.echo(
-            f"monitor: a cycle every {interval:g} s; stuck after {stuck_after:g} s", err=True
+            f"monitor ({mode}): a cycle every {interval:g} s"
+            + (f"; stuck after {stuck_after:g} s" if mode == "hybrid" else ""),
+            err=True,
         )
         await watcher.run(stop, interval=interval)
     finally:
@@ -137,4 +150,4 @@ def _print(report: CycleReport, *, as_json: bool) -> None:
         k: v for k, v in report.to_dict().items() if v and k not in ("jobs", "queries", "stuck")
     }
     summary = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in done.items())
-    click.echo(f"{report.stuck} stuck jobs" + (f": {summary}" if report.stuck else ""))
+    click.echo(f"{report.stuck} jobs looked at" + (f": {summary}" if report.stuck else ""))

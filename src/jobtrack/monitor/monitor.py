@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from jobtrack.errors import Conflict, JobtrackError, NotFound, StoreError
+from jobtrack.errors import Conflict, InvalidRequest, JobtrackError, NotFound, StoreError
 from jobtrack.model import Clock, Job, JobEvent, JobStatus, StageCounts, utc_now
 from jobtrack.monitor.base import Reconciler, Truth
 from jobtrack.store.base import STUCK_QUERY_LIMIT, JobStore
@@ -84,6 +84,11 @@ class Monitor:
 
     :param stuck_after: seconds without an update before a job is stuck.
     :param max_redrives: rounds of re-drive without progress before a job fails.
+    :param mode: ``hybrid`` (the default: consumers count, the monitor
+        handles stuck jobs) or ``centralized``, the seed's old service and
+        its rollback plan: every cycle recounts every active job from the
+        truth, whatever the consumers report; it records no events and
+        re-drives nothing, as that service did.
     """
 
     def __init__(
@@ -95,7 +100,11 @@ class Monitor:
         max_redrives: int = 3,
         clock: Clock = utc_now,
         page_size: int = STUCK_QUERY_LIMIT,
+        mode: str = "hybrid",
     ) -> None:
+        if mode not in ("hybrid", "centralized"):
+            raise InvalidRequest(f"mode must be hybrid or centralized, not {mode!r}")
+        self.mode = mode
         self._store = store
         self._reconcilers = {r.job_type: r for r in reconcilers}
         self.stuck_after = stuck_after
@@ -106,7 +115,10 @@ class Monitor:
     async def cycle(self) -> CycleReport:
         """One pass over every stuck job; never raises for one job's sake."""
         report = CycleReport()
-        threshold = self._clock() - timedelta(seconds=self.stuck_after)
+        centralized = self.mode == "centralized"
+        now = self._clock()
+        # Centralized: every active job, updated before now.
+        threshold = now if centralized else now - timedelta(seconds=self.stuck_after)
         for job_type, reconciler in self._reconcilers.items():
             # Before anything is re-driven: this cycle's own messages are no backlog.
             backlog = await reconciler.backlog()
@@ -121,7 +133,10 @@ class Monitor:
                 for job in page:
                     report.stuck += 1
                     try:
-                        await self._handle(job, reconciler, backlog, report)
+                        if centralized:
+                            await self._recount(job, reconciler, report)
+                        else:
+                            await self._handle(job, reconciler, backlog, report)
                     except (NotFound, StoreError, Conflict) as exc:
                         report.errors += 1
                         logger.warning("job %s not handled: %s", job.id, exc)
@@ -204,6 +219,24 @@ class Monitor:
             f" of {self.max_redrives}",
             {"round": rounds + 1, "done": _done(truth.counts), "items": published},
         )
+
+    async def _recount(self, job: Job, reconciler: Reconciler, report: CycleReport) -> None:
+        """The old service's pass: set the counts to the truth, nothing more
+        (unless an increment arrived meanwhile)."""
+        truth = await reconciler.truth(job)
+        text, _ = _change_text(job, truth)
+        if not text:
+            return
+        try:
+            job = await self._store.set_counts(
+                job.id, truth.counts, keys=truth.done, if_updated_at=job.updated_at
+            )
+        except Conflict:
+            report.moving += 1
+            return
+        report.reconciled += 1
+        report.jobs.append(job.id)
+        report.completed += job.status is JobStatus.COMPLETED
 
     async def _rounds_without_progress(self, job: Job, done: int) -> int:
         """Re-drive rounds since the job's counts last moved."""
