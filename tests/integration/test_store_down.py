@@ -14,11 +14,14 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from jobtrack.model import JobStatus
+from jobtrack.errors import StoreError
+from jobtrack.model import Job, JobStatus, StageCounts
+from jobtrack.monitor import Monitor, Truth
 from jobtrack.store.postgres import PostgresJobStore
 from jobtrack.tracking import ProgressTracker
 
@@ -90,3 +93,47 @@ def _start_if_stopped() -> None:
         if probe.returncode == 0:
             return
         time.sleep(0.2)
+
+
+class _AllDone:
+    """A job type whose three items were all produced."""
+
+    job_type = "lost-counts"
+
+    async def truth(self, job: Job) -> Truth:
+        return Truth({"a": StageCounts(3, 3, 0)}, done={"a": ["x", "y", "z"]})
+
+    async def backlog(self) -> dict[str, int]:
+        return {}
+
+    async def redrive(self, job: Job, missing: Mapping[str, Sequence[str]]) -> int:
+        return 0
+
+
+async def test_the_monitor_rides_out_a_server_restart_and_reconciles_after(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = PostgresJobStore(postgres_url, timeout=1.0)
+    job = await store.create_job("lost-counts", ["a"])
+    await store.seal_total(job.id, "a", total=3)  # its counts were all lost
+    monitor = Monitor(store, [_AllDone()], stuck_after=0.5)
+    stop = asyncio.Event()
+    await asyncio.to_thread(_cluster, "stop")
+    try:
+        runner = asyncio.create_task(monitor.run(stop, interval=0.2))
+        await asyncio.sleep(2.0)
+        assert not runner.done()  # cycles fail, the loop goes on
+        assert "monitor cycle failed" in caplog.text
+    finally:
+        await asyncio.to_thread(_start_if_stopped)
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(StoreError):
+            if (await store.get_job(job.id)).status is JobStatus.COMPLETED:
+                break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    stop.set()
+    await runner
+    assert [e.kind for e in await store.list_events(job.id)] == ["reconciled"]
+    await store.aclose()
