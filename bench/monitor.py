@@ -78,6 +78,8 @@ class NoopReconciler:
     async def backlog(self) -> Mapping[str, int]:
         return {STAGE: 1}  # items are still being produced: never re-drive here
 
+    can_redrive = False
+
     async def redrive(self, job: Job, missing: Mapping[str, Sequence[str]]) -> int:
         return 0
 

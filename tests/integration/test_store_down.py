@@ -106,6 +106,8 @@ class _AllDone:
     async def backlog(self) -> dict[str, int]:
         return {}
 
+    can_redrive = False
+
     async def redrive(self, job: Job, missing: Mapping[str, Sequence[str]]) -> int:
         return 0
 

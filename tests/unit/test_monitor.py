@@ -349,13 +349,17 @@ async def test_a_store_outage_fails_the_cycle_gracefully_and_the_next_one_reconc
 
 
 async def test_reconciliation_sets_the_counted_keys_with_the_counts(world: World) -> None:
-    job = await world.job(4, made=4, counted=2)
-    world.clock.advance(STUCK_AFTER + 1)
+    # Image 2 was made but its count is late; image 3 was never made.
+    job = await world.job(4, made=3, counted=2)
     states = await world.catalog.images_of_job(job.attributes["collection"]["id"], job.id)
-    # The counts of items 3 and 4 were still on their way when the monitor ran.
+    world.clock.advance(STUCK_AFTER + 1)
     await world.monitor().cycle()
-    late = await world.store.increment(job.id, THUMBNAIL, item_key=states[3].image.id)
-    assert not late.counted
+    assert counts(await world.store.get_job(job.id))[THUMBNAIL] == (4, 3, 0)  # still active
+    late = await world.store.increment(job.id, THUMBNAIL, item_key=states[2].image.id)
+    assert not late.counted  # the reconciliation counted it already
+    assert counts(await world.store.get_job(job.id))[THUMBNAIL] == (4, 3, 0)
+    redone = await world.store.increment(job.id, THUMBNAIL, item_key=states[3].image.id)
+    assert redone.counted
     assert counts(await world.store.get_job(job.id))[THUMBNAIL] == (4, 4, 0)
 
 

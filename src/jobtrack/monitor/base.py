@@ -48,7 +48,11 @@ class Reconciler(Protocol):
         not stuck."""
         ...
 
+    @property
+    def can_redrive(self) -> bool:
+        """Whether :meth:`redrive` can publish anything (a broker is there)."""
+        ...
+
     async def redrive(self, job: Job, missing: Mapping[str, Sequence[str]]) -> int:
-        """Publish the missing items again; how many were published (0 when
-        this reconciler cannot re-drive)."""
+        """Publish the missing items again; how many were published."""
         ...

@@ -140,6 +140,9 @@ class Monitor:
                     except (NotFound, StoreError, Conflict) as exc:
                         report.errors += 1
                         logger.warning("job %s not handled: %s", job.id, exc)
+                    except Exception:  # one job's trouble never stops the others
+                        report.errors += 1
+                        logger.exception("job %s not handled", job.id)
                 after = (page[-1].updated_at, page[-1].id)
         if report.stuck:
             logger.info(
@@ -156,6 +159,8 @@ class Monitor:
                 await self.cycle()
             except JobtrackError as exc:  # the store is down: try again next time
                 logger.warning("monitor cycle failed: %s", exc, extra={"action": "monitor_error"})
+            except Exception:
+                logger.exception("monitor cycle failed", extra={"action": "monitor_error"})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
@@ -205,24 +210,27 @@ class Monitor:
             await self._fail(job, f"items still missing after {rounds} re-drives: {lost}")
             report.failed += 1
             return
-        published = await reconciler.redrive(job, missing)
-        if not published:
+        if not reconciler.can_redrive:
             await self._fail(job, f"items missing and no broker to publish them again: {lost}")
             report.failed += 1
             return
-        report.redriven += 1
-        report.items_redriven += published
+        items = truth.missing_items
+        # The round is recorded first: a round that is not recorded could repeat forever.
         await self._event(
             job,
             "redriven",
-            f"{published} missing items published again ({lost}), round {rounds + 1}"
+            f"{items} missing items published again ({lost}), round {rounds + 1}"
             f" of {self.max_redrives}",
-            {"round": rounds + 1, "done": _done(truth.counts), "items": published},
+            {"round": rounds + 1, "done": _done(truth.counts), "items": items},
         )
+        report.items_redriven += await reconciler.redrive(job, missing)
+        report.redriven += 1
 
     async def _recount(self, job: Job, reconciler: Reconciler, report: CycleReport) -> None:
         """The old service's pass: set the counts to the truth, nothing more
         (unless an increment arrived meanwhile)."""
+        if not all(stage.total_final for stage in job.stages.values()):
+            return  # still walking: its producer counts as it goes
         truth = await reconciler.truth(job)
         text, _ = _change_text(job, truth)
         if not text:

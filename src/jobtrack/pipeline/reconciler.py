@@ -76,6 +76,11 @@ class CollectionScanReconciler:
             for spec in self._renditions
         }
 
+    @property
+    def can_redrive(self) -> bool:
+        """Whether there is a broker to publish missing items to."""
+        return self._broker is not None
+
     async def redrive(self, job: Job, missing: Mapping[str, Sequence[str]]) -> int:
         """Publish a message for every missing item; how many."""
         if self._broker is None:

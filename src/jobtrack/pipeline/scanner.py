@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jobtrack.broker import Broker
+from jobtrack.errors import StoreError
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import ArtifactStatus, Catalog, Collection, ScannedFile
 from jobtrack.pipeline.messages import StageMessage, encode_message
@@ -79,7 +80,9 @@ class Scanner:
         renditions: Sequence[RenditionSpec] = DEFAULT_RENDITIONS,
         batch_size: int = 64,
         exclude: Sequence[Path] = (),
+        heartbeat: float = 30.0,
     ) -> None:
+        self._heartbeat = heartbeat
         self._store = store
         self._catalog = catalog
         self._broker = broker
@@ -139,8 +142,15 @@ class Scanner:
         await self._store.start_stage(job.id, SCAN, message=f"walking {root}")
         report = ScanReport()
         entries = walk_images(root, exclude=self._exclude)
-        while batch := await asyncio.to_thread(_next_batch, entries, self._batch_size, report):
-            await self._register(job, collection, batch, report)
+        # A long stretch without images writes nothing: the heartbeat keeps the
+        # job from looking stuck (a walk that stopped stops beating).
+        beating = asyncio.create_task(self._beat(job, root, report), name="scan-heartbeat")
+        try:
+            while batch := await asyncio.to_thread(_next_batch, entries, self._batch_size, report):
+                await self._register(job, collection, batch, report)
+        finally:
+            beating.cancel()
+            await asyncio.wait([beating])
         gone = await self._catalog.retire_unseen(collection.id, job.id)
         report.removed = await asyncio.to_thread(_remove_files, gone)
         for spec in self._renditions:
@@ -152,6 +162,16 @@ class Scanner:
                 "refused %s: %s", refused.relpath, refused.reason, extra={"action": "path_refused"}
             )
         return report
+
+    async def _beat(self, job: Job, root: Path, report: ScanReport) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                await self._store.start_stage(
+                    job.id, SCAN, message=f"walking {root}: {report.images} images so far"
+                )
+            except StoreError as exc:
+                logger.warning("scan heartbeat not written: %s", exc)
 
     async def _current_job(self, collection: Collection) -> Job | None:
         if collection.job_id is None:

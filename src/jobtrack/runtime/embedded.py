@@ -137,18 +137,23 @@ class EmbeddedRuntime:
         self.reconciler = CollectionScanReconciler(
             catalog=self.catalog, renditions=self.renditions, broker=self.broker
         )
-        # The fallback monitor runs beside the scan, as it would on its own.
         self.monitor = Monitor(self.store, [self.reconciler], stuck_after=settings.stuck_after)
-        stop = asyncio.Event()
-        watcher = asyncio.create_task(
-            self.monitor.run(stop, interval=settings.monitor_interval), name="monitor"
-        )
+        if not self.local_work:
+            # With a shared broker the fallback monitor runs beside the scan, as it
+            # would on its own. With the in-process broker it must not: another
+            # process's work is invisible here, and its items would be re-driven
+            # into this process (a local job is reconciled when its work is done).
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(
+                self.monitor.run(stop, interval=settings.monitor_interval), name="monitor"
+            )
 
-        async def stop_monitor() -> None:
-            stop.set()
-            await asyncio.wait([watcher])
+            async def stop_monitor() -> None:
+                stop.set()
+                watcher.cancel()
+                await asyncio.wait([watcher])
 
-        self._exit.push_async_callback(stop_monitor)
+            self._exit.push_async_callback(stop_monitor)
         if not self.local_work:
             return
         self.pool = RenderPool(process_pool(settings.workers))

@@ -1,0 +1,49 @@
+"""A walk that finds no image for a long while still shows it is alive."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+import jobtrack.pipeline.scanner as scanner_module
+from jobtrack.broker import InMemoryBroker
+from jobtrack.pipeline.catalog import InMemoryCatalog
+from jobtrack.pipeline.scanner import Scanner
+from jobtrack.pipeline.stages import SCAN
+from jobtrack.store import InMemoryJobStore
+
+
+async def test_a_slow_walk_touches_its_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.new("RGB", (32, 24), "teal").save(root / "a.jpg")
+    real = scanner_module._next_batch
+
+    def slow(entries: Iterator[Any], size: int, report: Any) -> Any:
+        time.sleep(0.3)  # a long stretch of folders without images
+        return real(entries, size, report)
+
+    monkeypatch.setattr(scanner_module, "_next_batch", slow)
+    store = InMemoryJobStore()
+    scanner = Scanner(
+        store=store, catalog=InMemoryCatalog(), broker=InMemoryBroker(), heartbeat=0.05
+    )
+    start = await scanner.start(root)
+    touched: list[str] = []
+    start_stage = store.start_stage
+
+    async def spy(job_id: str, stage: str, *, message: str | None = None) -> Any:
+        touched.append(message or "")
+        return await start_stage(job_id, stage, message=message)
+
+    monkeypatch.setattr(store, "start_stage", spy)
+    report = await scanner.run(start.job, start.collection)
+    beats = [m for m in touched if m.startswith(f"walking {root}:")]
+    assert len(beats) >= 5  # about one every 0.05 s over 0.6 s of walking
+    assert report.images == 1
+    assert (await store.get_job(start.job.id)).stages[SCAN].total_final
