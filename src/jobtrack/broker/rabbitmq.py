@@ -161,14 +161,17 @@ class _Acks:
             task.add_done_callback(self._sending.discard)
 
 
-async def _quietly(settle: Awaitable[Any]) -> None:
+async def _quietly(settle: Awaitable[Any], what: str = "ack", queue: str = "") -> None:
+    """Send a settle; if its channel is gone, the server has the message back."""
     try:
         await settle
     except _GONE as exc:
         logger.info(
-            "an ack was lost with its channel (%s); the broker delivers the message again",
+            "%s of a message from %s lost with its channel (%s); the broker delivers it again",
+            what,
+            queue or "a queue",
             exc,
-            extra={"action": "settle_lost"},
+            extra={"action": "settle_lost", "queue": queue},
         )
 
 
@@ -241,17 +244,8 @@ class _RabbitDelivery:
             raise BrokerError("delivery already acked or nacked")
         self.settled = True
 
-    async def _send(self, settle: Any, what: str) -> None:
-        try:
-            await settle
-        except _GONE as exc:
-            logger.info(
-                "%s of a message from %s lost with its channel (%s); the broker delivers it again",
-                what,
-                self._queue,
-                exc,
-                extra={"action": "settle_lost", "queue": self._queue},
-            )
+    async def _send(self, settle: Awaitable[Any], what: str) -> None:
+        await _quietly(settle, what, self._queue)
 
 
 class _RabbitSubscription:

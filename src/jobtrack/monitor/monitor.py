@@ -36,7 +36,7 @@ from jobtrack.model import Clock, Job, JobEvent, JobStatus, StageCounts, utc_now
 from jobtrack.monitor.base import Reconciler, Truth
 from jobtrack.store.base import STUCK_QUERY_LIMIT, JobStore
 
-__all__ = ["CycleReport", "Monitor"]
+__all__ = ["CycleReport", "Monitor", "describe_changes"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,9 @@ def _done(counts: Mapping[str, StageCounts]) -> int:
     return sum(c.completed_items + c.failed_items for c in counts.values())
 
 
-def _change_text(job: Job, truth: Truth) -> tuple[str, dict[str, Any]]:
+def describe_changes(job: Job, truth: Truth) -> tuple[str, dict[str, Any]]:
+    """What setting ``job`` to ``truth`` changes: "thumbnail 95 → 100, …" (empty
+    when nothing), and per stage the (completed, failed, total) before and after."""
     parts, data = [], {}
     for name, counts in truth.counts.items():
         stage = job.stages[name]
@@ -176,7 +178,7 @@ class Monitor:
             report.claimed_elsewhere += 1
             return
         truth = await reconciler.truth(job)
-        text, data = _change_text(job, truth)
+        text, data = describe_changes(job, truth)
         try:
             job = await self._store.set_counts(
                 job.id, truth.counts, keys=truth.done, if_updated_at=claimed
@@ -232,7 +234,7 @@ class Monitor:
         if not all(stage.total_final for stage in job.stages.values()):
             return  # still walking: its producer counts as it goes
         truth = await reconciler.truth(job)
-        text, _ = _change_text(job, truth)
+        text, _ = describe_changes(job, truth)
         if not text:
             return
         try:

@@ -30,7 +30,7 @@ from typing import Any
 from jobtrack.broker import Broker, Subscription, open_broker
 from jobtrack.errors import InvalidRequest, StoreError
 from jobtrack.model import Job, JobStatus, utc_now
-from jobtrack.monitor import Monitor
+from jobtrack.monitor import Monitor, describe_changes
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.consumer import RenditionConsumer
 from jobtrack.pipeline.pool import RenderPool, process_pool
@@ -363,25 +363,19 @@ class EmbeddedRuntime:
     async def _settle(self, job: Job) -> Job:
         """Reconcile a job whose work is all settled but which has not ended."""
         truth = await self.reconciler.truth(job)
-        before = job
+        changes, data = describe_changes(job, truth)
         job = await self.store.set_counts(job.id, truth.counts, keys=truth.done)
-        changes = [
-            f"{name} {b.completed_items + b.failed_items} → {c.completed_items + c.failed_items}"
-            for name, c in truth.counts.items()
-            if (b := before.stages[name]).completed_items + b.failed_items
-            != c.completed_items + c.failed_items
-        ]
         # Expected when consumers report nothing (the rollback switch); a
         # sign of lost progress writes otherwise.
         logger.log(
             logging.WARNING if self.settings.consumer_progress else logging.INFO,
             "job %s reconciled against the catalog: %s",
             job.id,
-            ", ".join(changes) or "no change",
+            changes or "no change",
             extra={"action": "reconciled", "job_id": job.id},
         )
         if changes:
-            await self.store.add_event(job.id, "reconciled", f"{', '.join(changes)} reconciled")
+            await self.store.add_event(job.id, "reconciled", f"{changes} reconciled", data)
         if not job.status.terminal:
             lost = ", ".join(f"{stage} {len(ids)}" for stage, ids in truth.missing.items() if ids)
             reason = f"items missing after reconciliation: {lost}"
