@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from jobtrack.errors import InvalidRequest
-from jobtrack.model import Job, JobStatus, StageCounts
+from jobtrack.model import Job, JobStatus, Stage, StageCounts
 from jobtrack.store import InMemoryJobStore, JobStore, SqliteJobStore, StageProgress
 from tests.conftest import FrozenClock
 from tests.postgres import database_url, new_schema
@@ -164,5 +164,130 @@ async def test_postgres_matches_the_reference(
     store = PostgresJobStore(postgres_url, clock=clock, max_size=1)
     try:
         await replay(store, clock, ops, keys)
+    finally:
+        await store.aclose()
+
+
+# Batches over several jobs: entries for up to three jobs (and an unknown
+# one), three stages (and an unknown one), with keys; a batch may name the
+# same stage twice. PostgreSQL applies a batch without repeats in one
+# statement, and a batch with repeats entry by entry: both must give what
+# the reference gives, entry by entry.
+entries = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # job (3: unknown)
+        st.integers(0, 3),  # stage (3: unknown)
+        st.integers(0, 2),  # completed
+        st.integers(0, 1),  # failed
+        st.lists(st.sampled_from("abcdef"), max_size=4),
+        st.lists(st.sampled_from("abcdef"), max_size=2),
+    ),
+    min_size=1,
+    max_size=9,
+)
+setup = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)), max_size=9
+)  # (job, stage, total): raise the stage's total by that much and seal it
+
+
+async def replay_batches(
+    store: JobStore,
+    clock: FrozenClock,
+    seals: list[tuple[int, int, int]],
+    cancelled: list[int],
+    batches: list[list[tuple[int, int, int, int, list[str], list[str]]]],
+) -> None:
+    reference = InMemoryJobStore(clock=clock)
+    pairs = []
+    for _ in range(3):
+        pairs.append(
+            ((await store.create_job("t", STAGES)).id, (await reference.create_job("t", STAGES)).id)
+        )
+    # The store orders a batch by job id; give both stores that order.
+    pairs.sort()
+    pairs.append(("no-such-job", "no-such-job"))
+    names = [*STAGES, "no-such-stage"]
+    for job, stage, total in seals:
+        for target, side in ((store, 0), (reference, 1)):
+            if not (await target.get_job(pairs[job][side])).stage(names[stage]).total_final:
+                await target.raise_total(pairs[job][side], names[stage], by=total)
+                await target.seal_total(pairs[job][side], names[stage])
+    for job in cancelled:
+        await store.end_job(pairs[job][0], JobStatus.CANCELLED)
+        await reference.end_job(pairs[job][1], JobStatus.CANCELLED)
+    for unsorted in batches:
+        clock.advance(0.001)
+        batch = sorted(unsorted, key=lambda e: (e[0], names[e[1]]))
+        outcomes = []
+        for target, side in ((store, 0), (reference, 1)):
+            progress = [
+                StageProgress(
+                    pairs[j][side],
+                    names[s],
+                    completed=c,
+                    failed=f,
+                    completed_keys=ck,
+                    failed_keys=fk,
+                )
+                for j, s, c, f, ck, fk in batch
+            ]
+            outcomes.append(
+                [
+                    (
+                        r.counted,
+                        r.job_status,
+                        r.refused is None,
+                        r.stage and snapshot_stage(r.stage),
+                    )
+                    for r in await target.add_progress(progress)
+                ]
+            )
+        got, expected = outcomes
+        assert got == expected
+        for pg_id, ref_id in pairs[:3]:
+            assert snapshot(await store.get_job(pg_id)) == snapshot(await reference.get_job(ref_id))
+
+
+def snapshot_stage(s: Stage) -> tuple[object, ...]:
+    return (
+        s.name,
+        s.status,
+        s.total_items,
+        s.completed_items,
+        s.failed_items,
+        s.total_final,
+        s.started_at,
+        s.completed_at,
+    )
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    seals=setup,
+    cancelled=st.lists(st.integers(0, 2), max_size=1),
+    batches=st.lists(entries, min_size=1, max_size=6),
+)
+# Two stages of one job end in one batch: only the second ends the job.
+@example(
+    seals=[(0, 0, 1), (0, 1, 1), (0, 2, 0)],
+    cancelled=[],
+    batches=[[(0, 0, 1, 0, [], []), (0, 1, 1, 0, [], [])]],
+)
+async def test_postgres_batches_match_the_reference(
+    postgres_url: str,
+    seals: list[tuple[int, int, int]],
+    cancelled: list[int],
+    batches: list[list[tuple[int, int, int, int, list[str], list[str]]]],
+) -> None:
+    from jobtrack.store.postgres import PostgresJobStore
+
+    clock = FrozenClock()
+    store = PostgresJobStore(postgres_url, clock=clock, max_size=1)
+    try:
+        await replay_batches(store, clock, seals, cancelled, batches)
     finally:
         await store.aclose()
