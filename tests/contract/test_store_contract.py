@@ -468,3 +468,25 @@ async def test_set_counts_if_updated_at_refuses_after_an_increment(store: JobSto
         job.id, {"a": StageCounts(1, 1, 0)}, if_updated_at=(await store.get_job(job.id)).updated_at
     )
     assert done.status is JobStatus.COMPLETED
+
+
+async def test_end_job_if_updated_at_refuses_after_an_increment(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    seen = job.updated_at
+    await store.increment(job.id, "a", item_key="x")  # arrives while the monitor decides
+    with pytest.raises(Conflict):
+        await store.end_job(job.id, JobStatus.FAILED, message="stuck", if_updated_at=seen)
+    moving = await store.get_job(job.id)
+    assert (moving.status, moving.message) == (JobStatus.IN_PROGRESS, "")
+    assert not (await store.increment(job.id, "a", item_key="x")).counted  # keys kept
+    failed = await store.end_job(
+        job.id, JobStatus.FAILED, message="stuck", if_updated_at=moving.updated_at
+    )
+    assert (failed.status, failed.message) == (JobStatus.FAILED, "stuck")
+    # An ended job stays as it is, whatever the token: no conflict, no change.
+    again = await store.end_job(job.id, JobStatus.CANCELLED, if_updated_at=seen)
+    assert (again.status, again.message, again.updated_at) == (
+        JobStatus.FAILED,
+        "stuck",
+        failed.updated_at,
+    )

@@ -14,7 +14,13 @@ from jobtrack.broker import InMemoryBroker
 from jobtrack.errors import InvalidRequest, StoreUnavailable
 from jobtrack.model import Job, JobStatus, StageCounts
 from jobtrack.monitor import Monitor, Truth
-from jobtrack.pipeline.catalog import Artifact, ArtifactStatus, InMemoryCatalog, ScannedFile
+from jobtrack.pipeline.catalog import (
+    Artifact,
+    ArtifactStatus,
+    Catalog,
+    InMemoryCatalog,
+    ScannedFile,
+)
 from jobtrack.pipeline.messages import StageMessage, decode_message
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
 from jobtrack.pipeline.stages import (
@@ -26,7 +32,7 @@ from jobtrack.pipeline.stages import (
     THUMBNAIL,
     queue_for,
 )
-from jobtrack.store import InMemoryJobStore
+from jobtrack.store import InMemoryJobStore, JobStore
 from tests.conftest import FrozenClock
 
 STUCK_AFTER = 300.0
@@ -36,10 +42,17 @@ RENDITIONS = (THUMBNAIL, CACHE)
 class World:
     """A store, catalog and broker, and collection-scan jobs made by hand."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.clock = FrozenClock()
-        self.store = InMemoryJobStore(clock=self.clock)
-        self.catalog = InMemoryCatalog(clock=self.clock)
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        clock: FrozenClock | None = None,
+        store: JobStore | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self.clock = clock or FrozenClock()
+        self.store = store or InMemoryJobStore(clock=self.clock)
+        self.catalog = catalog or InMemoryCatalog(clock=self.clock)
         self.broker = InMemoryBroker()
         self.folder = tmp_path
         self.reconciler = CollectionScanReconciler(catalog=self.catalog, broker=self.broker)
@@ -185,24 +198,34 @@ async def test_missing_items_are_redriven_then_the_job_fails_without_progress(
     )
 
 
-async def test_progress_after_a_redrive_starts_the_rounds_again(world: World) -> None:
+async def test_no_item_is_redriven_more_than_max_redrives_times(world: World) -> None:
     job = await world.job(10, made=8, counted=8)
-    monitor = world.monitor(max_redrives=1)
+    monitor = world.monitor(max_redrives=2)
+    published: dict[str, int] = {}
+    for round_ in (1, 2):
+        world.clock.advance(STUCK_AFTER + 1)
+        report = await monitor.cycle()
+        assert (report.redriven, report.failed) == (1, 0)
+        queued = [m for stage in RENDITIONS for m in world.queued(stage)]
+        for message in queued:
+            key = f"{message.stage}/{message.image_id}"
+            published[key] = published.get(key, 0) + 1
+        if round_ == 1:  # one re-driven item comes through, the others are lost
+            assert report.items_redriven == 4
+            message = world.queued(THUMBNAIL)[0]
+            root = Path(job.attributes["collection"]["path"])
+            await world.make(root, message.image_id, THUMBNAIL)
+            await world.store.increment(job.id, THUMBNAIL, item_key=message.image_id)
+        else:  # progress in round 1 does not buy the rest a third publish
+            assert report.items_redriven == 3
+        for stage in RENDITIONS:
+            world.lose(stage)
     world.clock.advance(STUCK_AFTER + 1)
-    assert (await monitor.cycle()).redriven == 1
-    message = world.queued(THUMBNAIL)[0]  # one re-driven item is done, the rest lost
-    await world.make(Path(job.attributes["collection"]["path"]), message.image_id, THUMBNAIL)
-    await world.store.increment(job.id, THUMBNAIL, item_key=message.image_id)
-    for stage in RENDITIONS:
-        world.lose(stage)
-    world.clock.advance(STUCK_AFTER + 1)
-    report = await monitor.cycle()  # progress since the last round: re-driven again
-    assert (report.redriven, report.items_redriven, report.failed) == (1, 3, 0)
-    world.lose(THUMBNAIL)
-    world.lose(CACHE)
-    world.clock.advance(STUCK_AFTER + 1)
-    report = await monitor.cycle()  # none since: failed
+    report = await monitor.cycle()
     assert (report.redriven, report.failed) == (0, 1)
+    assert sorted(published.values()) == [1, 2, 2, 2]  # at most max_redrives each
+    failed = await world.store.get_job(job.id)
+    assert failed.message == "items still missing after 2 re-drives: thumbnail 1, cache 2"
 
 
 async def test_slow_is_not_stuck(world: World) -> None:
@@ -226,7 +249,7 @@ class Yielding:
     """The store, giving the event loop a turn around every call, so that two
     monitors in one loop interleave as two processes would."""
 
-    def __init__(self, store: InMemoryJobStore) -> None:
+    def __init__(self, store: JobStore) -> None:
         self._store = store
 
     def __getattr__(self, name: str) -> Any:
@@ -281,6 +304,33 @@ async def test_an_increment_during_the_reconciliation_is_never_overwritten(
     assert (report.moving, report.reconciled) == (1, 0)
     assert counts(await store.get_job(job.id))[THUMBNAIL] == (10, 6, 0)  # 5 + the late one
     assert await store.list_events(job.id) == []
+
+
+async def test_a_job_that_moves_before_it_is_failed_is_not_failed(world: World) -> None:
+    job = await world.job(10, made=8, counted=8)
+    monitor = world.monitor(max_redrives=0)  # missing items fail the job at once
+    real = world.store.list_events
+
+    async def racing(job_id: str, **options: Any) -> list[Any]:
+        # The monitor reads the job's rounds, then fails it: a consumer
+        # reports an item in between.
+        world.clock.advance(0.001)
+        await world.store.increment(job_id, THUMBNAIL, item_key="late")
+        return await real(job_id, **options)
+
+    world.store.list_events = racing  # type: ignore[method-assign]
+    world.clock.advance(STUCK_AFTER + 1)
+    report = await monitor.cycle()
+    world.store.list_events = real  # type: ignore[method-assign]
+    assert (report.failed, report.moving) == (0, 1)
+    moving = await world.store.get_job(job.id)
+    assert moving.status is JobStatus.IN_PROGRESS
+    assert counts(moving)[THUMBNAIL] == (10, 9, 0)
+    assert [e.kind for e in await world.store.list_events(job.id)] == []
+    world.clock.advance(STUCK_AFTER + 1)  # still stuck a window later: now failed
+    report = await monitor.cycle()
+    assert (report.failed, report.moving) == (1, 0)
+    assert (await world.store.get_job(job.id)).status is JobStatus.FAILED
 
 
 async def test_a_job_whose_scan_stopped_before_sealing_is_failed(world: World) -> None:

@@ -54,7 +54,7 @@ __all__ = ["monitor"]
     type=click.IntRange(0, 100),
     default=3,
     show_default=True,
-    help="Rounds of re-drive without progress before a job is failed.",
+    help="Times a missing item is published again, at most, before its job is failed.",
 )
 @click.option("--once", is_flag=True, help="Run one cycle, print what it did, and exit.")
 @json_option
@@ -76,9 +76,9 @@ def monitor(
     to it for --stuck-after seconds. Its counts are set to the truth (the
     change is recorded as an event: jobtrack jobs show ID); if items are
     still missing and their stage has no backlog, they are published again
-    (needs the workers' broker), and after --max-redrives rounds without
-    progress the job is failed with the reason. Several monitors may run at
-    once: each stuck job is handled by one of them.
+    (needs the workers' broker), at most --max-redrives times each; a job
+    with items still missing after that is failed with the reason. Several
+    monitors may run at once: each stuck job is handled by one of them.
     """
     settings = settings_from(data_dir=data_dir, store_url=store_url, broker_url=broker_url)
     try:

@@ -15,8 +15,11 @@ index, 100 at a time, paging until none are left). For each one:
    as a ``reconciled`` event.
 3. **Slow or stuck**: with items missing, a job whose stages still have work
    queued or in flight is slow and left alone. Otherwise its missing items
-   are published again (``redriven`` event); after ``max_redrives`` rounds
-   without progress the job is failed with the reason (``failed`` event).
+   are published again (``redriven`` event); a job with items still missing
+   after ``max_redrives`` rounds is failed with the reason (``failed``
+   event). A round publishes every missing item once, and an item missing
+   now was missing in every earlier round (a job's totals are sealed), so
+   no item is published more than ``max_redrives`` times.
    A job whose totals were never sealed (its scan stopped before the end)
    is failed at once.
 """
@@ -85,7 +88,8 @@ class Monitor:
     """Finds stuck jobs of the reconcilers' types and brings them to the truth.
 
     :param stuck_after: seconds without an update before a job is stuck.
-    :param max_redrives: rounds of re-drive without progress before a job fails.
+    :param max_redrives: times an item is published again, at most, before
+        its job fails.
     :param mode: ``hybrid`` (the default: consumers count, the monitor
         handles stuck jobs) or ``centralized``, the seed's old service and
         its rollback plan: every cycle recounts every active job from the
@@ -196,9 +200,10 @@ class Monitor:
         unsealed = [name for name, stage in job.stages.items() if not stage.total_final]
         if unsealed:
             await self._fail(
-                job, f"stopped before its end: the totals of {', '.join(unsealed)} never sealed"
+                job,
+                f"stopped before its end: the totals of {', '.join(unsealed)} never sealed",
+                report,
             )
-            report.failed += 1
             return
         missing = {stage: keys for stage, keys in truth.missing.items() if keys}
         if not missing:
@@ -206,15 +211,15 @@ class Monitor:
         if any(backlog.get(stage, 0) for stage in missing):
             report.slow += 1
             return
-        rounds = await self._rounds_without_progress(job, _done(truth.counts))
+        rounds = await self._rounds(job)
         lost = ", ".join(f"{stage} {len(keys)}" for stage, keys in missing.items())
         if rounds >= self.max_redrives:
-            await self._fail(job, f"items still missing after {rounds} re-drives: {lost}")
-            report.failed += 1
+            await self._fail(job, f"items still missing after {rounds} re-drives: {lost}", report)
             return
         if not reconciler.can_redrive:
-            await self._fail(job, f"items missing and no broker to publish them again: {lost}")
-            report.failed += 1
+            await self._fail(
+                job, f"items missing and no broker to publish them again: {lost}", report
+            )
             return
         items = truth.missing_items
         # The round is recorded first: a round that is not recorded could repeat forever.
@@ -248,19 +253,24 @@ class Monitor:
         report.jobs.append(job.id)
         report.completed += job.status is JobStatus.COMPLETED
 
-    async def _rounds_without_progress(self, job: Job, done: int) -> int:
-        """Re-drive rounds since the job's counts last moved."""
-        rounds = 0
+    async def _rounds(self, job: Job) -> int:
+        """Re-drive rounds so far: the last ``redriven`` event's round."""
         for event in reversed(await self._store.list_events(job.id)):
-            if event.kind == "reconciled":
-                continue
-            if event.kind != "redriven" or event.data.get("done") != done:
-                break
-            rounds += 1
-        return rounds
+            if event.kind == "redriven":
+                return int(event.data.get("round", 0))
+        return 0
 
-    async def _fail(self, job: Job, reason: str) -> None:
-        await self._store.end_job(job.id, JobStatus.FAILED, message=reason)
+    async def _fail(self, job: Job, reason: str, report: CycleReport) -> None:
+        """Fail the job, unless an increment arrived since ``job`` was read:
+        then it is moving, and not failed."""
+        try:
+            await self._store.end_job(
+                job.id, JobStatus.FAILED, message=reason, if_updated_at=job.updated_at
+            )
+        except Conflict:
+            report.moving += 1
+            return
+        report.failed += 1
         await self._event(job, "failed", reason, {})
 
     async def _event(self, job: Job, kind: str, message: str, data: dict[str, Any]) -> JobEvent:

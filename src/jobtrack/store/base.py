@@ -235,8 +235,18 @@ class JobStore(Protocol):
         """Mark a stage as started (and set its message)."""
         ...
 
-    async def end_job(self, job_id: str, status: JobStatus, *, message: str = "") -> Job:
-        """Complete, fail or cancel a job. A job already ended is left as it is."""
+    async def end_job(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        message: str = "",
+        if_updated_at: datetime | None = None,
+    ) -> Job:
+        """Complete, fail or cancel a job. A job already ended is left as it is.
+
+        With ``if_updated_at``, only if the job has not been written since
+        (its ``updated_at`` is still that); otherwise :class:`Conflict`."""
         ...
 
     async def find_stuck(

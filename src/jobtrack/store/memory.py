@@ -156,7 +156,14 @@ class InMemoryJobStore:
             job_id, stage, lambda s, now: start_stage(s, now, message=message)
         )
 
-    async def end_job(self, job_id: str, status: JobStatus, *, message: str = "") -> Job:
+    async def end_job(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        message: str = "",
+        if_updated_at: datetime | None = None,
+    ) -> Job:
         """Complete, fail or cancel a job; a job already ended stays as it is."""
         if not status.terminal:
             raise InvalidRequest(
@@ -166,6 +173,8 @@ class InMemoryJobStore:
             job = await self.get_job(job_id)
             if job.status.terminal:
                 return job
+            if if_updated_at is not None and job.updated_at != if_updated_at:
+                raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
             now = self._clock()
             ended = replace(job, status=status, message=message, updated_at=now, completed_at=now)
             self._jobs[job_id] = ended

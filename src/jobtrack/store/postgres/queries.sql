@@ -48,7 +48,8 @@ SELECT jobtrack_settle_job(id, %(now)s) FROM touched;
 -- name: end_job
 UPDATE jobs SET status = %(status)s, message = %(message)s, updated_at = %(now)s,
     completed_at = %(now)s
-WHERE id = %(job_id)s AND status IN ('pending', 'in_progress');
+WHERE id = %(job_id)s AND status IN ('pending', 'in_progress')
+  AND (%(if_updated_at)s::timestamptz IS NULL OR updated_at = %(if_updated_at)s::timestamptz);
 
 -- name: forget_keys
 DELETE FROM item_keys WHERE job_id = %(job_id)s;

@@ -279,17 +279,30 @@ class PostgresJobStore:
             job_id, stage, lambda s, now: start_stage(s, now, message=message)
         )
 
-    async def end_job(self, job_id: str, status: JobStatus, *, message: str = "") -> Job:
+    async def end_job(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        message: str = "",
+        if_updated_at: datetime | None = None,
+    ) -> Job:
         """Complete, fail or cancel a job; a job already ended stays as it is."""
         if not status.terminal:
             raise InvalidRequest(
                 f"a job can only be ended as completed, failed or cancelled, not {status}"
             )
-        params = {"job_id": job_id, "status": status.value, "message": message}
+        params: dict[str, Any] = {"job_id": job_id, "status": status.value, "message": message}
+        params |= {"now": self._clock(), "if_updated_at": if_updated_at}
         async with self.connection() as conn, conn.transaction():
-            ended = await conn.execute(_Q["end_job"], {**params, "now": self._clock()})
+            ended = await conn.execute(_Q["end_job"], params)
             if ended.rowcount:
                 await conn.execute(_Q["forget_keys"], params)
+            elif if_updated_at is not None:
+                cursor = await conn.execute(_Q["lock_job_updated_at"], {"job_id": job_id})
+                row = await cursor.fetchone()
+                if row is not None and not JobStatus(row[0]).terminal and row[1] != if_updated_at:
+                    raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
         return await self.get_job(job_id)
 
     async def find_stuck(

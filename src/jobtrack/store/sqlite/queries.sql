@@ -68,7 +68,8 @@ WHERE job_id = :job_id AND name = :name;
 
 -- name: end_job
 UPDATE jobs SET status = :status, message = :message, updated_at = :now, completed_at = :now
-WHERE id = :job_id AND status NOT IN ('completed', 'failed', 'cancelled');
+WHERE id = :job_id AND status NOT IN ('completed', 'failed', 'cancelled')
+  AND (:if_updated_at IS NULL OR updated_at = :if_updated_at);
 
 -- name: find_stuck
 -- The seed's query; served by idx_stuck_jobs (job_type, status, updated_at).
@@ -98,4 +99,4 @@ UPDATE jobs SET updated_at = :now
 WHERE id = :job_id AND updated_at = :expected AND status IN ('pending', 'in_progress');
 
 -- name: get_job_updated_at
-SELECT updated_at FROM jobs WHERE id = :job_id;
+SELECT updated_at, status FROM jobs WHERE id = :job_id;

@@ -200,7 +200,14 @@ class SqliteJobStore:
         """Mark a stage as started (and set its message)."""
         return self._change(job_id, stage, lambda s, now: start_stage(s, now, message=message))
 
-    async def end_job(self, job_id: str, status: JobStatus, *, message: str = "") -> Job:
+    async def end_job(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        message: str = "",
+        if_updated_at: datetime | None = None,
+    ) -> Job:
         """Complete, fail or cancel a job; a job already ended stays as it is."""
         if not status.terminal:
             raise InvalidRequest(
@@ -211,9 +218,11 @@ class SqliteJobStore:
             "status": status.value,
             "message": message,
             "now": to_micros(self._clock()),
+            "if_updated_at": None if if_updated_at is None else to_micros(if_updated_at),
         }
         with self.database.write() as conn:
-            conn.execute(_Q["end_job"], params)
+            if not conn.execute(_Q["end_job"], params).rowcount:
+                _check_unmoved(conn, job_id, if_updated_at)
         return await self.get_job(job_id)
 
     async def find_stuck(
@@ -248,10 +257,7 @@ class SqliteJobStore:
         each named stage's counted keys to exactly those), in one transaction."""
         now = self._clock()
         with self.database.write() as conn:
-            if if_updated_at is not None:
-                row = conn.execute(_Q["get_job_updated_at"], {"job_id": job_id}).fetchone()
-                if row is not None and row[0] != to_micros(if_updated_at):
-                    raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
+            _check_unmoved(conn, job_id, if_updated_at, ended_too=True)
             changed = [
                 set_counts(self._read_stage(conn, job_id, name), now, truth)
                 for name, truth in counts.items()
@@ -395,6 +401,24 @@ class SqliteJobStore:
 
 def _micros_or_none(moment: datetime | None) -> int | None:
     return None if moment is None else to_micros(moment)
+
+
+def _check_unmoved(
+    conn: sqlite3.Connection,
+    job_id: str,
+    if_updated_at: datetime | None,
+    *,
+    ended_too: bool = False,
+) -> None:
+    """Raise :class:`Conflict` if the job was written since ``if_updated_at``
+    (an ended job counts only with ``ended_too``)."""
+    if if_updated_at is None:
+        return
+    row = conn.execute(_Q["get_job_updated_at"], {"job_id": job_id}).fetchone()
+    if row is None or (JobStatus(row[1]).terminal and not ended_too):
+        return
+    if row[0] != to_micros(if_updated_at):
+        raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
 
 
 def _datetime_or_none(value: int | None) -> datetime | None:
