@@ -490,3 +490,44 @@ async def test_end_job_if_updated_at_refuses_after_an_increment(store: JobStore)
         "stuck",
         failed.updated_at,
     )
+
+
+async def test_list_changed_follows_writes_in_order(store: JobStore, clock: SteppingClock) -> None:
+    first = await store.create_job("t", ["a"])
+    second = await store.create_job("t", ["a"])
+    changed = await store.list_changed()
+    assert [job.id for job in changed] == [first.id, second.id]
+    position = (changed[-1].updated_at, changed[-1].id)
+    assert await store.list_changed(after=position) == []
+    await store.increment(first.id, "a", item_key="x")
+    [moved] = await store.list_changed(after=position)
+    assert (moved.id, moved.stage("a").completed_items) == (first.id, 1)
+    assert [j.id for j in await store.list_changed(limit=1)] == [second.id]
+    # Paging by position: a job written twice shows once, at its last write.
+    assert [j.id for j in await store.list_changed(after=(first.created_at, first.id))] == [
+        second.id,
+        first.id,
+    ]
+
+
+async def test_stats_count_jobs_items_events_and_stuck(
+    store: JobStore, clock: SteppingClock
+) -> None:
+    empty = await store.stats(stuck_before=clock.now)
+    assert (empty.jobs, empty.items, empty.events, empty.stuck) == ({}, {}, {}, 0)
+    old = await store.create_job("t", ["a", "b"])
+    await store.increment(old.id, "a", completed=3, failed=1)
+    clock.advance(60)
+    threshold = clock.now
+    recent = await store.create_job("t", ["a"])
+    await store.increment(recent.id, "a", completed=2)
+    done = await store.create_job("t", ["b"])
+    await store.end_job(done.id, JobStatus.CANCELLED)
+    await store.add_event(done.id, "cancelled", "by the user")
+    await store.add_event(old.id, "reconciled", "a 3 → 4")
+    await store.add_event(old.id, "reconciled", "a 4 → 4")
+    stats = await store.stats(stuck_before=threshold)
+    assert stats.jobs == {"in_progress": 2, "cancelled": 1}
+    assert stats.items == {"a": (5, 1), "b": (0, 0)}
+    assert stats.events == {"cancelled": 1, "reconciled": 2}
+    assert stats.stuck == 1  # the old one

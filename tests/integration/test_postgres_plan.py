@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import psycopg
 
 from jobtrack.store import open_store
@@ -33,4 +35,31 @@ async def test_the_stuck_query_uses_the_seeds_index(postgres_url: str) -> None:
     assert "Index Scan using idx_stuck_jobs on jobs" in plan or (
         "Bitmap Index Scan on idx_stuck_jobs" in plan
     ), plan
+    assert "Seq Scan" not in plan, plan
+
+
+async def test_the_change_feed_uses_its_index(postgres_url: str) -> None:
+    store = open_store(postgres_url)
+    await store.list_jobs()  # migrated
+    await store.aclose()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE jobs CASCADE")
+        conn.execute(
+            """
+            INSERT INTO jobs (id, job_type, status, created_at, updated_at)
+            SELECT 'j' || n, 'collection-scan', 'completed',
+                   now() - n * interval '1 second', now() - n * interval '1 second'
+            FROM generate_series(1, 50000) n
+            """
+        )
+        conn.execute("ANALYZE jobs")
+        params = {"after_id": "", "limit": 500}
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN " + _Q["list_changed"],
+                params | {"after": datetime.now(UTC) - timedelta(seconds=5)},
+            ).fetchall()
+        )
+    assert "idx_jobs_changed" in plan, plan
     assert "Seq Scan" not in plan, plan

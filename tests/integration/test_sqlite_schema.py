@@ -17,7 +17,7 @@ def test_migrations_apply_once_per_component(tmp_path: Path) -> None:
     assert database.schema_version("jobs") == 0
     store = SqliteJobStore(database)
     SqliteCatalog(database)
-    assert (database.schema_version("jobs"), database.schema_version("catalog")) == (2, 1)
+    assert (database.schema_version("jobs"), database.schema_version("catalog")) == (3, 1)
     # Opening again (another process, a restart) applies nothing more.
     assert database.migrate("jobs", "jobtrack.store.sqlite.migrations") == []
     again = SqliteDatabase(tmp_path / "jobs.db")
@@ -55,6 +55,16 @@ def test_the_stuck_query_uses_the_seeds_index(tmp_path: Path) -> None:
         " updated_at<?)" in details
     ), details
     assert "SCAN jobs" not in details
+    store.database.close()
+
+
+def test_the_change_feed_uses_its_index(tmp_path: Path) -> None:
+    store = SqliteJobStore.open(str(tmp_path / "jobs.db"))
+    plan = store.database.connection.execute(
+        "EXPLAIN QUERY PLAN " + _Q["list_changed"], {"after": 0, "after_id": "", "limit": 500}
+    ).fetchall()
+    details = " ".join(row[-1] for row in plan)
+    assert "SEARCH jobs USING INDEX idx_jobs_updated (updated_at>?)" in details, details
     store.database.close()
 
 

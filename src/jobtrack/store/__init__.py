@@ -10,6 +10,7 @@ from __future__ import annotations
 from jobtrack.errors import InvalidRequest
 from jobtrack.model import Clock, utc_now
 from jobtrack.store.base import (
+    CHANGES_LIMIT,
     DEFAULT_PAGE_SIZE,
     STUCK_QUERY_LIMIT,
     Increment,
@@ -17,11 +18,13 @@ from jobtrack.store.base import (
     JobStore,
     ProgressResult,
     StageProgress,
+    StoreStats,
 )
 from jobtrack.store.memory import InMemoryJobStore
 from jobtrack.store.sqlite import SqliteDatabase, SqliteJobStore
 
 __all__ = [
+    "CHANGES_LIMIT",
     "DEFAULT_PAGE_SIZE",
     "STUCK_QUERY_LIMIT",
     "InMemoryJobStore",
@@ -32,6 +35,7 @@ __all__ = [
     "SqliteDatabase",
     "SqliteJobStore",
     "StageProgress",
+    "StoreStats",
     "open_store",
     "sqlite_path",
 ]

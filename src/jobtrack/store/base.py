@@ -24,6 +24,7 @@ from jobtrack.model import (
 )
 
 __all__ = [
+    "CHANGES_LIMIT",
     "DEFAULT_PAGE_SIZE",
     "EVENTS_LIMIT",
     "MAX_EVENT_MESSAGE",
@@ -34,6 +35,7 @@ __all__ = [
     "JobStore",
     "ProgressResult",
     "StageProgress",
+    "StoreStats",
     "as_progress",
     "check_event",
     "check_progress",
@@ -44,6 +46,8 @@ __all__ = [
 DEFAULT_PAGE_SIZE = 50
 #: At most this many jobs per stuck-job query, as the seed's ``Limit(100)``.
 STUCK_QUERY_LIMIT = 100
+#: At most this many jobs per change-feed query.
+CHANGES_LIMIT = 500
 #: Events a job's history shows by default.
 EVENTS_LIMIT = 100
 #: The longest event message kept (longer ones are cut).
@@ -107,6 +111,16 @@ class ProgressResult:
             raise self.missing
         assert self.stage is not None  # only a missing job or stage has none
         return Increment(self.counted > 0, self.stage, self.job_status)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """Totals across the store, for metrics."""
+
+    jobs: dict[str, int]  # status -> jobs
+    items: dict[str, tuple[int, int]]  # stage -> (completed, failed) items
+    events: dict[str, int]  # event kind -> events
+    stuck: int  # active jobs not written since the threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +261,18 @@ class JobStore(Protocol):
 
         With ``if_updated_at``, only if the job has not been written since
         (its ``updated_at`` is still that); otherwise :class:`Conflict`."""
+        ...
+
+    async def list_changed(
+        self, *, after: tuple[datetime, str] | None = None, limit: int = CHANGES_LIMIT
+    ) -> list[Job]:
+        """Jobs written after the ``(updated_at, id)`` position ``after``,
+        oldest write first: the change feed (on an index of its own)."""
+        ...
+
+    async def stats(self, *, stuck_before: datetime) -> StoreStats:
+        """Jobs per status, items per stage, events per kind, and how many
+        active jobs were not written since ``stuck_before``."""
         ...
 
     async def find_stuck(

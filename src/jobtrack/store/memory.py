@@ -33,12 +33,14 @@ from jobtrack.model import (
     utc_now,
 )
 from jobtrack.store.base import (
+    CHANGES_LIMIT,
     EVENTS_LIMIT,
     STUCK_QUERY_LIMIT,
     Increment,
     JobQuery,
     ProgressResult,
     StageProgress,
+    StoreStats,
     as_progress,
     check_event,
     check_progress,
@@ -180,6 +182,33 @@ class InMemoryJobStore:
             self._jobs[job_id] = ended
             self._item_keys.pop(job_id, None)
             return ended
+
+    async def list_changed(
+        self, *, after: tuple[datetime, str] | None = None, limit: int = CHANGES_LIMIT
+    ) -> list[Job]:
+        """Jobs written after ``after``, oldest write first (the change feed)."""
+        changed = [
+            job for job in self._jobs.values() if after is None or (job.updated_at, job.id) > after
+        ]
+        changed.sort(key=lambda job: (job.updated_at, job.id))
+        return changed[:limit]
+
+    async def stats(self, *, stuck_before: datetime) -> StoreStats:
+        """Totals across the store, for metrics."""
+        jobs: dict[str, int] = {}
+        items: dict[str, tuple[int, int]] = {}
+        stuck = 0
+        for job in self._jobs.values():
+            jobs[job.status.value] = jobs.get(job.status.value, 0) + 1
+            stuck += job.status in ACTIVE_JOB_STATUSES and job.updated_at < stuck_before
+            for name, stage in job.stages.items():
+                done, failed = items.get(name, (0, 0))
+                items[name] = (done + stage.completed_items, failed + stage.failed_items)
+        events: dict[str, int] = {}
+        for history in self._events.values():
+            for event in history:
+                events[event.kind] = events.get(event.kind, 0) + 1
+        return StoreStats(jobs=jobs, items=items, events=events, stuck=stuck)
 
     async def find_stuck(
         self,

@@ -88,3 +88,25 @@ WHERE id = %(job_id)s AND updated_at = %(expected)s AND status IN ('pending', 'i
 
 -- name: lock_job_updated_at
 SELECT status, updated_at FROM jobs WHERE id = %(job_id)s FOR UPDATE;
+
+-- name: list_changed
+-- The change feed; served by idx_jobs_changed.
+SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
+FROM jobs
+WHERE (updated_at AT TIME ZONE 'UTC') >= (%(after)s::timestamptz AT TIME ZONE 'UTC')
+  AND ((updated_at AT TIME ZONE 'UTC'), id) > ((%(after)s::timestamptz AT TIME ZONE 'UTC'), %(after_id)s)
+ORDER BY (updated_at AT TIME ZONE 'UTC'), id
+LIMIT %(limit)s;
+
+-- name: stats_jobs
+SELECT status, count(*) FROM jobs GROUP BY status;
+
+-- name: stats_items
+SELECT name, sum(completed_items)::bigint, sum(failed_items)::bigint FROM stages GROUP BY name;
+
+-- name: stats_events
+SELECT kind, count(*) FROM job_events GROUP BY kind;
+
+-- name: stats_stuck
+SELECT count(*) FROM jobs
+WHERE status IN ('pending', 'in_progress') AND updated_at < %(before)s;

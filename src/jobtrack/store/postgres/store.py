@@ -49,12 +49,14 @@ from jobtrack.model import (
     utc_now,
 )
 from jobtrack.store.base import (
+    CHANGES_LIMIT,
     EVENTS_LIMIT,
     STUCK_QUERY_LIMIT,
     Increment,
     JobQuery,
     ProgressResult,
     StageProgress,
+    StoreStats,
     as_progress,
     check_event,
     check_progress,
@@ -304,6 +306,35 @@ class PostgresJobStore:
                 if row is not None and not JobStatus(row[0]).terminal and row[1] != if_updated_at:
                     raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
         return await self.get_job(job_id)
+
+    async def list_changed(
+        self, *, after: tuple[datetime, str] | None = None, limit: int = CHANGES_LIMIT
+    ) -> list[Job]:
+        """Jobs written after ``after``, oldest write first (the change feed)."""
+        params = {
+            "after": _EPOCH if after is None else after[0],
+            "after_id": "" if after is None else after[1],
+            "limit": limit,
+        }
+        async with self.connection() as conn:
+            rows = await (await conn.execute(_Q["list_changed"], params)).fetchall()
+            return await self._with_stages(conn, rows)
+
+    async def stats(self, *, stuck_before: datetime) -> StoreStats:
+        """Totals across the store, for metrics."""
+        async with self.connection() as conn:
+            jobs = await (await conn.execute(_Q["stats_jobs"])).fetchall()
+            items = await (await conn.execute(_Q["stats_items"])).fetchall()
+            events = await (await conn.execute(_Q["stats_events"])).fetchall()
+            stuck = await (
+                await conn.execute(_Q["stats_stuck"], {"before": stuck_before})
+            ).fetchone()
+        return StoreStats(
+            jobs={row[0]: row[1] for row in jobs},
+            items={row[0]: (row[1], row[2]) for row in items},
+            events={row[0]: row[1] for row in events},
+            stuck=stuck[0] if stuck else 0,
+        )
 
     async def find_stuck(
         self,

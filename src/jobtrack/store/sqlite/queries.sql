@@ -100,3 +100,24 @@ WHERE id = :job_id AND updated_at = :expected AND status IN ('pending', 'in_prog
 
 -- name: get_job_updated_at
 SELECT updated_at, status FROM jobs WHERE id = :job_id;
+
+-- name: list_changed
+-- The change feed; served by idx_jobs_updated (updated_at, id).
+SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
+FROM jobs
+WHERE updated_at >= :after AND (updated_at, id) > (:after, :after_id)
+ORDER BY updated_at, id
+LIMIT :limit;
+
+-- name: stats_jobs
+SELECT status, count(*) FROM jobs GROUP BY status;
+
+-- name: stats_items
+SELECT name, sum(completed_items), sum(failed_items) FROM stages GROUP BY name;
+
+-- name: stats_events
+SELECT kind, count(*) FROM job_events GROUP BY kind;
+
+-- name: stats_stuck
+SELECT count(*) FROM jobs
+WHERE status IN ('pending', 'in_progress') AND updated_at < :before;

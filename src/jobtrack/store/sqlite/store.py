@@ -36,12 +36,14 @@ from jobtrack.model import (
     utc_now,
 )
 from jobtrack.store.base import (
+    CHANGES_LIMIT,
     EVENTS_LIMIT,
     STUCK_QUERY_LIMIT,
     Increment,
     JobQuery,
     ProgressResult,
     StageProgress,
+    StoreStats,
     as_progress,
     check_event,
     check_progress,
@@ -224,6 +226,34 @@ class SqliteJobStore:
             if not conn.execute(_Q["end_job"], params).rowcount:
                 _check_unmoved(conn, job_id, if_updated_at)
         return await self.get_job(job_id)
+
+    async def list_changed(
+        self, *, after: tuple[datetime, str] | None = None, limit: int = CHANGES_LIMIT
+    ) -> list[Job]:
+        """Jobs written after ``after``, oldest write first (the change feed)."""
+        params = {
+            "after": -1 if after is None else to_micros(after[0]),
+            "after_id": "" if after is None else after[1],
+            "limit": limit,
+        }
+        with self.database.translate_errors():
+            rows = self.database.connection.execute(_Q["list_changed"], params).fetchall()
+        return self._with_stages(rows)
+
+    async def stats(self, *, stuck_before: datetime) -> StoreStats:
+        """Totals across the store, for metrics."""
+        conn = self.database.connection
+        with self.database.translate_errors():
+            jobs = conn.execute(_Q["stats_jobs"]).fetchall()
+            items = conn.execute(_Q["stats_items"]).fetchall()
+            events = conn.execute(_Q["stats_events"]).fetchall()
+            stuck = conn.execute(_Q["stats_stuck"], {"before": to_micros(stuck_before)}).fetchone()
+        return StoreStats(
+            jobs={row[0]: row[1] for row in jobs},
+            items={row[0]: (row[1], row[2]) for row in items},
+            events={row[0]: row[1] for row in events},
+            stuck=stuck[0] if stuck else 0,
+        )
 
     async def find_stuck(
         self,
