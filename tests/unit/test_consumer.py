@@ -10,8 +10,10 @@ from PIL import Image
 
 from jobtrack.broker import InMemoryBroker
 from jobtrack.errors import StoreUnavailable
+from jobtrack.model import JobStatus
 from jobtrack.pipeline.catalog import Artifact, InMemoryCatalog, ScannedFile
 from jobtrack.pipeline.consumer import RenditionConsumer
+from jobtrack.pipeline.gate import JobGate
 from jobtrack.pipeline.messages import StageMessage, decode_message, encode_message
 from jobtrack.pipeline.pool import RenderPool
 from jobtrack.pipeline.stages import STAGES, THUMBNAIL, RenditionSpec, queue_for
@@ -61,6 +63,7 @@ async def setup(
         pool=RenderPool(ThreadPoolExecutor),
         retry_delay=0.0,
         ack_when_durable=True,  # drained means counted
+        gate=JobGate(store, ttl=0.0),
     )
     await broker.consume(QUEUE, consumer.handle, prefetch=1)
     message = StageMessage(
@@ -133,3 +136,26 @@ async def test_an_unreachable_store_holds_the_message_without_spending_deliverie
     assert catalog.calls == 8  # seven refusals, then it took the artifact
     assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 1
     await broker.aclose()
+
+
+async def test_a_cancelled_jobs_items_are_acked_without_work(tmp_path: Path) -> None:
+    broker, store, job_id, message = await setup(tmp_path)
+    await store.end_job(job_id, JobStatus.CANCELLED)
+    await broker.publish(QUEUE, encode_message(message))
+    await drain(broker)
+    assert list((tmp_path / "data").rglob("*.jpg")) == []  # nothing rendered
+    assert broker.dead_letters.get(f"{QUEUE}.dead", []) == []  # acked, not dead-lettered
+    assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 0
+
+
+async def test_the_gate_reads_a_job_once_a_ttl_and_keeps_a_cancellation() -> None:
+    store = InMemoryJobStore()
+    job = await store.create_job("t", ["a"])
+    now = [0.0]
+    gate = JobGate(store, ttl=1.0, monotonic=lambda: now[0])
+    assert not await gate.cancelled(job.id)
+    await store.end_job(job.id, JobStatus.CANCELLED)
+    assert not await gate.cancelled(job.id)  # the answer read 0 s ago still holds
+    now[0] = 1.0
+    assert await gate.cancelled(job.id)
+    assert not await gate.cancelled("no-such-job")  # unknown: the work is done

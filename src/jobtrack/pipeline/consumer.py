@@ -19,6 +19,7 @@ from jobtrack.broker import Delivery
 from jobtrack.errors import ImageError, MalformedMessage, NotFound, PathRefused, StoreUnavailable
 from jobtrack.model import Clock, utc_now
 from jobtrack.pipeline.catalog import Artifact, ArtifactStatus, Catalog, ImageRecord
+from jobtrack.pipeline.gate import JobGate
 from jobtrack.pipeline.imaging import Rendition, render
 from jobtrack.pipeline.messages import StageMessage, decode_message, encode_message
 from jobtrack.pipeline.pool import RenderPool, WorkerCrashed
@@ -61,6 +62,7 @@ class RenditionConsumer:
         ack_when_durable: bool = False,
         durable_within: float | None = 30.0,
         clock: Clock = utc_now,
+        gate: JobGate | None = None,
     ) -> None:
         self.spec = spec
         self._catalog = catalog
@@ -72,6 +74,7 @@ class RenditionConsumer:
         self._ack_when_durable = ack_when_durable
         self._durable_within = durable_within
         self._clock = clock
+        self._gate = gate
 
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivery and settle it; never raises."""
@@ -83,6 +86,16 @@ class RenditionConsumer:
                 )
         except MalformedMessage as exc:
             await delivery.nack(requeue=False, reason=str(exc))
+            return
+        if self._gate is not None and await self._gate.cancelled(message.job_id):
+            logger.info(
+                "%s of image %s skipped: job %s was cancelled",
+                message.stage,
+                message.image_id,
+                message.job_id,
+                extra={"action": "skipped", "job_id": message.job_id},
+            )
+            await delivery.ack()
             return
         if delivery.delivery_count > 1:
             logger.info(

@@ -33,6 +33,7 @@ from jobtrack.model import Job, JobStatus, utc_now
 from jobtrack.monitor import Monitor, describe_changes
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.consumer import RenditionConsumer
+from jobtrack.pipeline.gate import JobGate
 from jobtrack.pipeline.pool import RenderPool, process_pool
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
 from jobtrack.pipeline.scanner import Scanner, ScanReport, ScanStart
@@ -158,6 +159,7 @@ class EmbeddedRuntime:
             return
         self.pool = RenderPool(process_pool(settings.workers))
         self._exit.callback(self.pool.shutdown)
+        gate = JobGate(self.store)
         for spec in self.renditions:
             consumer = RenditionConsumer(
                 spec=spec,
@@ -165,6 +167,7 @@ class EmbeddedRuntime:
                 tracker=self.tracker,
                 data_dir=settings.data_dir,
                 pool=self.pool,
+                gate=gate,
             )
             self._subscriptions.append(
                 await self.broker.consume(

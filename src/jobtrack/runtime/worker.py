@@ -23,6 +23,7 @@ from jobtrack.broker import Subscription, open_broker
 from jobtrack.errors import InvalidRequest, StoreError
 from jobtrack.pipeline.catalog import catalog_for
 from jobtrack.pipeline.consumer import RenditionConsumer
+from jobtrack.pipeline.gate import JobGate
 from jobtrack.pipeline.pool import RenderPool, process_pool
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec, queue_for
 from jobtrack.runtime.settings import Settings
@@ -93,6 +94,7 @@ class Worker:
             pool = RenderPool(process_pool(self.concurrency))
             exit_stack.callback(pool.shutdown)
             subscriptions: list[Subscription] = []
+            gate = JobGate(store)
             for spec in self.specs:
                 consumer = RenditionConsumer(
                     spec=spec,
@@ -102,6 +104,7 @@ class Worker:
                     pool=pool,
                     ack_when_durable=True,
                     durable_within=None,
+                    gate=gate,
                 )
                 subscriptions.append(
                     await broker.consume(
