@@ -24,6 +24,7 @@ from jobtrack.cli.options import (
     store_option,
 )
 from jobtrack.cli.progress import JobProgress
+from jobtrack.cli.serve import serve
 from jobtrack.cli.views import job_json, plural, print_job
 from jobtrack.cli.worker import worker
 from jobtrack.errors import InvalidRequest, JobtrackError
@@ -61,6 +62,7 @@ def cli(verbose: int) -> None:
 cli.add_command(jobs)
 cli.add_command(worker)
 cli.add_command(monitor)
+cli.add_command(serve)
 
 
 @cli.command()

@@ -27,6 +27,7 @@ from typing import Any
 from jobtrack.errors import StoreUnavailable
 from jobtrack.store.base import JobStore, ProgressResult, StageProgress
 from jobtrack.tracking.progress_log import ProgressLog
+from jobtrack.tracking.stats import WRITE_STATS
 
 __all__ = ["Coalescer", "Receipt"]
 
@@ -223,9 +224,11 @@ class Coalescer:
             )
             for (job_id, stage), fold in folds.items()
         ]
+        started = time.perf_counter()
         try:
             results = await self._store.add_progress(batch)
         except StoreUnavailable as exc:
+            WRITE_STATS.failed()
             self._keep(folds, items, exc)
             return False
         except asyncio.CancelledError:
@@ -240,6 +243,7 @@ class Coalescer:
             for fold in folds.values():
                 fold.settle(durable=False)
             return True
+        WRITE_STATS.record(time.perf_counter() - started, items)
         self._backoff = 0.0
         self.flushes += 1
         for fold, result in zip(folds.values(), results, strict=True):

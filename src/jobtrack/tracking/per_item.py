@@ -16,6 +16,7 @@ from enum import Enum
 from jobtrack.errors import InvalidRequest, NotFound, StoreUnavailable
 from jobtrack.store.base import JobStore
 from jobtrack.tracking.progress_log import ProgressLog
+from jobtrack.tracking.stats import WRITE_STATS
 
 __all__ = ["PendingIncrement", "PerItemWriter"]
 
@@ -106,6 +107,7 @@ class PerItemWriter:
         return True
 
     async def _write(self, item: PendingIncrement, *, retry: bool) -> _Outcome:
+        started = time.perf_counter()
         try:
             result = await self._store.increment(
                 item.job_id,
@@ -114,7 +116,9 @@ class PerItemWriter:
                 failed=1 if item.failed else 0,
                 item_key=item.item_key,
             )
+            WRITE_STATS.record(time.perf_counter() - started, 1)
         except StoreUnavailable as exc:
+            WRITE_STATS.failed()
             self._keep(item, exc, retry=retry)
             return _Outcome.KEPT
         except (NotFound, InvalidRequest) as exc:

@@ -1,0 +1,355 @@
+"""The ASGI app: the JSON API, the live stream, metrics and the dashboard.
+
+Every route reads the store the workers and monitors write; the stream polls
+its change feed (:mod:`jobtrack.api.feed`). Errors are JSON, never a
+traceback; the bearer token is checked before any route runs
+(:mod:`jobtrack.api.security`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jobtrack.api.config import ApiConfig
+from jobtrack.api.feed import ChangeFeed, Subscriber
+from jobtrack.api.metrics import render_metrics
+from jobtrack.api.scans import ScanLauncher
+from jobtrack.api.schemas import (
+    CancelOut,
+    ErrorOut,
+    EventsOut,
+    FailuresOut,
+    HealthOut,
+    JobOut,
+    JobPage,
+    JobStatusName,
+    ScanIn,
+)
+from jobtrack.api.security import TokenGuard
+from jobtrack.errors import (
+    Conflict,
+    InvalidRequest,
+    JobtrackError,
+    NotFound,
+    PathRefused,
+    StoreError,
+    StoreMissing,
+)
+from jobtrack.model import Clock, Job, JobStatus, utc_now
+from jobtrack.pipeline.catalog import Catalog, catalog_for
+from jobtrack.pipeline.failures import job_failures
+from jobtrack.runtime import Settings
+from jobtrack.store import JobQuery, JobStore, open_store
+from jobtrack.tracking.stats import WRITE_STATS
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: At most this many jobs in a page, and in a stream's first snapshot.
+MAX_PAGE = 200
+SNAPSHOT_LIMIT = 1000
+
+_bearer = HTTPBearer(auto_error=False, description="JOBTRACK_API_TOKEN")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text}
+    for code, text in (
+        (400, "bad input"),
+        (401, "no or a wrong bearer token"),
+        (403, "not allowed"),
+        (404, "no such job"),
+        (422, "malformed request"),
+        (503, "the store is unreachable"),
+    )
+}
+
+
+@dataclass
+class _Parts:
+    store: JobStore
+    catalog: Catalog
+    feed: ChangeFeed
+    launcher: ScanLauncher
+    config: ApiConfig
+    clock: Clock
+
+
+router = APIRouter()
+
+
+def parts(request: Request) -> _Parts:
+    """What the app opened at start."""
+    found: _Parts = request.app.state.parts
+    return found
+
+
+def _cursor(job: Job) -> str:
+    """A stream event's id: the job's write time in microseconds."""
+    moment = job.updated_at - _EPOCH
+    return str(moment // timedelta(microseconds=1))
+
+
+def _status_of(exc: JobtrackError) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, PathRefused):
+        return 403
+    if isinstance(exc, InvalidRequest | Conflict):
+        return 400 if isinstance(exc, InvalidRequest) else 409
+    if isinstance(exc, StoreError):
+        return 503
+    return 500
+
+
+def create_app(settings: Settings, config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
+    """The app for a store (and broker) from ``settings``, with ``config``'s
+    roots and token."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_store(settings.store_url)
+        feed = ChangeFeed(store, interval=config.feed_interval)
+        stop = asyncio.Event()
+        launcher = ScanLauncher(settings, config.roots)
+        try:
+            await feed.start()
+            polling = asyncio.create_task(feed.run(stop), name="change feed")
+            app.state.parts = _Parts(store, catalog_for(store), feed, launcher, config, clock)
+            yield
+            stop.set()
+            await polling
+        finally:
+            await launcher.aclose()
+            await store.aclose()
+
+    app = FastAPI(
+        title="jobtrack",
+        summary="Progress of multi-stage background jobs, true under crashes and redelivery.",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses=_ERRORS,
+        dependencies=[Security(_bearer)],
+    )
+    app.add_middleware(TokenGuard, token=config.token, reads_need_token=config.reads_need_token)
+
+    _handle_errors(app)
+    app.include_router(router)
+    static = resources.files("jobtrack.api").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    return app
+
+
+def _handle_errors(app: FastAPI) -> None:
+    """Every error as JSON, never a traceback."""
+
+    @app.exception_handler(JobtrackError)
+    async def jobtrack_error(request: Request, exc: JobtrackError) -> JSONResponse:
+        status = 503 if isinstance(exc, StoreMissing) else _status_of(exc)
+        if status >= 500:
+            logger.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg"))}
+            for error in exc.errors()
+        ]
+        return JSONResponse({"error": "malformed request", "detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": "internal error; the server log has the details"}, 500)
+
+
+@router.get("/healthz", response_model=HealthOut, tags=["server"])
+async def healthz(request: Request) -> dict[str, str]:
+    """The server answers and its store is reachable (503 otherwise)."""
+    await parts(request).store.list_jobs(JobQuery(limit=1))
+    return {"status": "ok", "store": "ok"}
+
+
+@router.get("/api/jobs", response_model=JobPage, tags=["jobs"])
+async def list_jobs(
+    request: Request,
+    status: JobStatusName | None = None,
+    job_type: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> dict[str, Any]:
+    """Jobs, newest first, filtered by status and type, a page at a time."""
+    query = JobQuery(
+        status=None if status is None else JobStatus(status),
+        job_type=job_type,
+        limit=limit + 1,
+        offset=offset,
+    )
+    jobs = await parts(request).store.list_jobs(query)
+    more = len(jobs) > limit
+    return {
+        "jobs": [job.to_dict() for job in jobs[:limit]],
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if more else None,
+    }
+
+
+@router.get("/api/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
+async def get_job(request: Request, job_id: str) -> dict[str, Any]:
+    """One job, as in the JSON contract."""
+    return (await parts(request).store.get_job(job_id)).to_dict()
+
+
+@router.get("/api/jobs/{job_id}/events", response_model=EventsOut, tags=["jobs"])
+async def job_events(
+    request: Request, job_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    """The job's history: reconciled, re-driven, failed, cancelled…"""
+    store = parts(request).store
+    await store.get_job(job_id)  # 404 for an unknown job
+    events = await store.list_events(job_id, limit=limit)
+    return {"job_id": job_id, "events": [event.to_dict() for event in events]}
+
+
+@router.get("/api/jobs/{job_id}/failures", response_model=FailuresOut, tags=["jobs"])
+async def failures(request: Request, job_id: str) -> dict[str, Any]:
+    """The job's failed items and their errors."""
+    found = parts(request)
+    job = await found.store.get_job(job_id)
+    items = await job_failures(found.catalog, job)
+    return {"job_id": job_id, "failures": [item.to_dict() for item in items]}
+
+
+@router.post("/api/scans", response_model=JobOut, status_code=202, tags=["jobs"])
+async def start_scan(request: Request, scan: ScanIn) -> dict[str, Any]:
+    """Scan a folder under one of the server's roots; answers with the
+    job as soon as it exists (or the collection's running job)."""
+    job = await parts(request).launcher.start(scan.path)
+    return job.to_dict()
+
+
+@router.post("/api/jobs/{job_id}/cancel", response_model=CancelOut, tags=["jobs"])
+async def cancel(request: Request, job_id: str) -> dict[str, Any]:
+    """Cancel the job: workers ack its queued items without work, and the
+    monitor leaves it alone. A job already ended stays as it is."""
+    store = parts(request).store
+    before = await store.get_job(job_id)
+    after = await store.end_job(job_id, JobStatus.CANCELLED, message="cancelled through the API")
+    cancelled = not before.status.terminal and after.status is JobStatus.CANCELLED
+    if cancelled:
+        await store.add_event(job_id, "cancelled", "cancelled through the API", {})
+    return {"cancelled": cancelled, "job": after.to_dict()}
+
+
+@router.get(
+    "/api/stream",
+    tags=["stream"],
+    response_class=Response,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "the changes"}},
+)
+async def stream(request: Request) -> EventSourceResponse:
+    """Server-sent events: first a ``snapshot`` (the active jobs; after a
+    reconnect with ``Last-Event-ID``, every job changed since), then a
+    ``job`` event for every change, within a poll of the store (0.2 s)."""
+    found = parts(request)
+    subscriber = found.feed.subscribe()
+    since = _since(request.headers.get("last-event-id"))
+    return EventSourceResponse(_events(request, found, subscriber, since), ping=15, send_timeout=30)
+
+
+@router.get(
+    "/metrics",
+    tags=["server"],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: items per stage, jobs per status, stuck jobs,
+    the monitor's events, this process's progress writes and latency."""
+    found = parts(request)
+    threshold = found.clock() - timedelta(seconds=found.config.stuck_after)
+    stats = await found.store.stats(stuck_before=threshold)
+    return Response(
+        render_metrics(stats, WRITE_STATS),
+        media_type="text/plain; version=0.0.4; charset=utf-8",
+    )
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def dashboard() -> HTMLResponse:
+    page = resources.files("jobtrack.api").joinpath("static/index.html")
+    return HTMLResponse(page.read_text(encoding="utf-8"))
+
+
+def _since(last_event_id: str | None) -> int | None:
+    if not last_event_id:
+        return None
+    with contextlib.suppress(ValueError):
+        value = int(last_event_id)
+        if 0 < value < 2**63:
+            return value
+    return None
+
+
+async def _snapshot(found: _Parts, since: int | None) -> tuple[list[Job], bool]:
+    """What a client needs first: every job changed since ``since`` (complete
+    unless more than SNAPSHOT_LIMIT), or else the active jobs."""
+    store = found.store
+    if since is not None:
+        moment = _EPOCH + timedelta(microseconds=since) - timedelta(seconds=2)
+        jobs = await store.list_changed(after=(moment, ""), limit=SNAPSHOT_LIMIT + 1)
+        return jobs[:SNAPSHOT_LIMIT], len(jobs) <= SNAPSHOT_LIMIT
+    active = []
+    for status in (JobStatus.IN_PROGRESS, JobStatus.PENDING):
+        active += await store.list_jobs(JobQuery(status=status, limit=SNAPSHOT_LIMIT))
+    return active[:SNAPSHOT_LIMIT], True
+
+
+async def _events(
+    request: Request, found: _Parts, subscriber: Subscriber, since: int | None
+) -> AsyncIterator[ServerSentEvent]:
+    try:
+        resync = True
+        while True:
+            if resync:
+                subscriber.lagging = False
+                jobs, complete = await _snapshot(found, since)
+                newest = max((_cursor(job) for job in jobs), key=int, default=str(since or 0))
+                data = {"jobs": [job.to_dict() for job in jobs], "complete": complete}
+                yield ServerSentEvent(data=json.dumps(data), event="snapshot", id=newest)
+                resync = False
+            batch = await subscriber.queue.get()
+            if subscriber.lagging:  # changes were dropped: start again from the store
+                resync, since = True, None
+                continue
+            for job in batch:
+                yield ServerSentEvent(data=json.dumps(job.to_dict()), event="job", id=_cursor(job))
+            if await request.is_disconnected():
+                break
+    finally:
+        found.feed.unsubscribe(subscriber)

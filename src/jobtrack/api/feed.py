@@ -1,0 +1,123 @@
+"""Every change of every job, from the store itself: each API process polls
+the store's change feed (``JobStore.list_changed``, on an index of its own),
+so that with several processes each sees every change, whoever wrote it.
+
+A write's ``updated_at`` is read before its transaction commits, so a write
+may become visible after a later one: each poll reads again from a little
+before the newest change seen (``overlap``) and passes on only what it had
+not passed on yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from jobtrack.errors import JobtrackError
+from jobtrack.model import Job
+from jobtrack.store import CHANGES_LIMIT, JobStore
+
+__all__ = ["ChangeFeed", "Subscriber"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One listener: batches of changed jobs, and whether it fell behind
+    (its queue overflowed: it must start again from a snapshot)."""
+
+    queue: asyncio.Queue[list[Job]] = field(default_factory=lambda: asyncio.Queue(maxsize=1000))
+    lagging: bool = False
+
+
+class ChangeFeed:
+    """Polls the store every ``interval`` seconds and fans the changes out."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        interval: float = 0.2,
+        overlap: timedelta = timedelta(seconds=2),
+    ) -> None:
+        self._store = store
+        self._interval = interval
+        self._overlap = overlap
+        self._subscribers: set[Subscriber] = set()
+        self._sent: dict[str, datetime] = {}  # job id -> the updated_at passed on
+        self._newest: datetime | None = None
+        self.polls = 0
+
+    def subscribe(self) -> Subscriber:
+        """A new listener; changes from the next poll on reach it."""
+        subscriber = Subscriber()
+        self._subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Stop passing changes to ``subscriber``."""
+        self._subscribers.discard(subscriber)
+
+    async def start(self) -> None:
+        """Begin at the newest change in the store: what came before is
+        every client's snapshot, not news."""
+        newest: Job | None = None
+        after: tuple[datetime, str] | None = None
+        while True:  # to the end of the feed, a page at a time
+            page = await self._store.list_changed(after=after, limit=CHANGES_LIMIT)
+            if not page:
+                break
+            newest = page[-1]
+            after = (newest.updated_at, newest.id)
+            if len(page) < CHANGES_LIMIT:
+                break
+        self._newest = None if newest is None else newest.updated_at
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; a store outage only delays the news."""
+        while not stop.is_set():
+            try:
+                await self.poll()
+            except JobtrackError as exc:
+                logger.warning("change feed: %s", exc, extra={"action": "feed_error"})
+            except Exception:
+                logger.exception("change feed failed", extra={"action": "feed_error"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._interval)
+
+    async def poll(self) -> list[Job]:
+        """Read what changed since the last poll and pass it on; returns it."""
+        self.polls += 1
+        after = None if self._newest is None else (self._newest - self._overlap, "")
+        changed: list[Job] = []
+        while True:
+            page = await self._store.list_changed(after=after, limit=CHANGES_LIMIT)
+            for job in page:
+                if self._sent.get(job.id) != job.updated_at:
+                    self._sent[job.id] = job.updated_at
+                    changed.append(job)
+                if self._newest is None or job.updated_at > self._newest:
+                    self._newest = job.updated_at
+            if len(page) < CHANGES_LIMIT:
+                break
+            after = (page[-1].updated_at, page[-1].id)
+        self._forget_old()
+        if changed:
+            for subscriber in list(self._subscribers):
+                try:
+                    subscriber.queue.put_nowait(changed)
+                except asyncio.QueueFull:
+                    subscriber.lagging = True
+        return changed
+
+    def _forget_old(self) -> None:
+        """Jobs not written within twice the overlap are never read again."""
+        if self._newest is None:
+            return
+        horizon = self._newest - 2 * self._overlap
+        for job_id in [j for j, at in self._sent.items() if at < horizon]:
+            del self._sent[job_id]

@@ -1,0 +1,89 @@
+"""``GET /metrics``: Prometheus text, from the store (true across every
+process: items per stage, jobs per status, stuck jobs, the monitor's
+reconciliations and re-drives as recorded in job events) and from this
+process (its progress writes and their latency)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from jobtrack.store import StoreStats
+from jobtrack.tracking.stats import LATENCY_BUCKETS, WriteStats
+
+__all__ = ["render_metrics"]
+
+
+class _Snapshot(Collector):
+    def __init__(self, stats: StoreStats, writes: WriteStats) -> None:
+        self._stats = stats
+        self._writes = writes
+
+    def collect(self) -> Iterator[Metric]:
+        stats, writes = self._stats, self._writes
+        items = GaugeMetricFamily(
+            "jobtrack_stage_items",
+            "Items finished, per stage and outcome, over every job in the store",
+            labels=["stage", "outcome"],
+        )
+        for stage, (completed, failed) in sorted(stats.items.items()):
+            items.add_metric([stage, "completed"], completed)
+            items.add_metric([stage, "failed"], failed)
+        yield items
+        jobs = GaugeMetricFamily(
+            "jobtrack_jobs", "Jobs in the store, per status", labels=["status"]
+        )
+        for status, count in sorted(stats.jobs.items()):
+            jobs.add_metric([status], count)
+        yield jobs
+        yield GaugeMetricFamily(
+            "jobtrack_jobs_stuck",
+            "Active jobs not written for longer than the stuck threshold",
+            value=stats.stuck,
+        )
+        events = CounterMetricFamily(
+            "jobtrack_job_events",
+            "Job events recorded (reconciled, redriven, failed, cancelled…), per kind",
+            labels=["kind"],
+        )
+        for kind, count in sorted(stats.events.items()):
+            events.add_metric([kind], count)
+        yield events
+        yield CounterMetricFamily(
+            "jobtrack_progress_writes",
+            "Progress writes made by this process (one per flush, or per item)",
+            value=writes.writes,
+        )
+        yield CounterMetricFamily(
+            "jobtrack_progress_write_failures",
+            "Progress writes of this process the store did not take (kept, retried)",
+            value=writes.failed_writes,
+        )
+        yield CounterMetricFamily(
+            "jobtrack_progress_items", "Items this process's writes stored", value=writes.items
+        )
+        cumulative, buckets = 0, []
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), writes.buckets, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        yield HistogramMetricFamily(
+            "jobtrack_progress_write_seconds",
+            "Latency of this process's progress writes (a flush, or one increment)",
+            buckets=buckets,
+            sum_value=writes.latency_sum,
+        )
+
+
+def render_metrics(stats: StoreStats, writes: WriteStats) -> bytes:
+    """The exposition text."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(stats, writes))
+    return generate_latest(registry)

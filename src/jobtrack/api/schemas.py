@@ -1,0 +1,124 @@
+"""The API's JSON, as pydantic models: they make the OpenAPI document and
+check every answer against it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "CancelOut",
+    "ErrorOut",
+    "EventOut",
+    "EventsOut",
+    "FailureOut",
+    "FailuresOut",
+    "HealthOut",
+    "JobOut",
+    "JobPage",
+    "ScanIn",
+    "StageOut",
+]
+
+JobStatusName = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
+StageStatusName = Literal["pending", "in_progress", "completed", "failed"]
+
+
+class StageOut(BaseModel):
+    """One stage's counts."""
+
+    status: StageStatusName
+    total_items: int = Field(ge=0)
+    completed_items: int = Field(ge=0)
+    failed_items: int = Field(ge=0)
+    total_final: bool
+    message: str
+    started_at: str | None
+    completed_at: str | None
+
+
+class JobOut(BaseModel):
+    """A job as in the JSON contract; a job type's attributes (a
+    collection-scan's ``collection``) are further keys."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    job_type: str
+    status: JobStatusName
+    created_at: str
+    updated_at: str
+    completed_at: str | None
+    message: str
+    stages: dict[str, StageOut]
+
+
+class JobPage(BaseModel):
+    """A page of jobs, newest first; ``next_offset`` is None on the last page."""
+
+    jobs: list[JobOut]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class EventOut(BaseModel):
+    """One entry of a job's history."""
+
+    id: int
+    at: str
+    kind: str
+    message: str
+    data: dict[str, Any]
+
+
+class EventsOut(BaseModel):
+    """A job's history, oldest first."""
+
+    job_id: str
+    events: list[EventOut]
+
+
+class FailureOut(BaseModel):
+    """An item that failed, in which stages, and why."""
+
+    image: str
+    stages: list[str]
+    error: str
+
+
+class FailuresOut(BaseModel):
+    """A job's failed items."""
+
+    job_id: str
+    failures: list[FailureOut]
+
+
+class ScanIn(BaseModel):
+    """A folder to scan: absolute, or relative to the server's first root."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, max_length=4096)
+
+
+class CancelOut(BaseModel):
+    """The job after the call; ``cancelled`` is False if it had already ended."""
+
+    cancelled: bool
+    job: JobOut
+
+
+class HealthOut(BaseModel):
+    """The server and its store."""
+
+    status: Literal["ok"]
+    store: Literal["ok"]
+
+
+class ErrorOut(BaseModel):
+    """Every error: a message, never a traceback."""
+
+    error: str
+    detail: list[dict[str, Any]] | None = None

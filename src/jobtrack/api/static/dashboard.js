@@ -1,0 +1,303 @@
+// The jobtrack dashboard: one page of jobs from GET /api/jobs, kept live by
+// GET /api/stream (read with fetch, so that the bearer token can be sent, and
+// resumed with Last-Event-ID). Every value shown goes through textContent:
+// nothing from the server is ever parsed as HTML.
+"use strict";
+
+const PAGE = 50;
+const state = {
+  offset: 0,
+  status: "",
+  jobs: new Map(),      // id -> job shown on this page
+  order: [],            // ids in display order
+  samples: new Map(),   // "id/stage" -> [[ms, done], ...] for rate and ETA
+  selected: null,
+  lastEventId: null,
+  newJobs: 0,
+};
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, text, cls) => {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (cls) node.className = cls;
+  return node;
+};
+
+function token() { return sessionStorage.getItem("jobtrack-token") || ""; }
+function headers(extra) {
+  const h = Object.assign({ Accept: "application/json" }, extra || {});
+  if (token()) h.Authorization = "Bearer " + token();
+  return h;
+}
+function say(text, isError) {
+  $("message").textContent = text || "";
+  $("message").className = isError ? "error" : "";
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
+  if (body) init.body = JSON.stringify(body);
+  const response = await fetch(path, init);
+  let data = null;
+  try { data = await response.json(); } catch (e) { data = null; }
+  if (!response.ok) {
+    const reason = data && data.error ? data.error : response.status + " " + response.statusText;
+    throw new Error(reason);
+  }
+  return data;
+}
+
+// ---- rate and ETA -------------------------------------------------------
+
+function record(job) {
+  const now = Date.now();
+  for (const [name, stage] of Object.entries(job.stages)) {
+    const key = job.id + "/" + name;
+    const done = stage.completed_items + stage.failed_items;
+    const list = state.samples.get(key) || [];
+    if (!list.length || list[list.length - 1][1] !== done) list.push([now, done]);
+    while (list.length > 2 && now - list[0][0] > 15000) list.shift();
+    state.samples.set(key, list);
+  }
+}
+
+function rateAndEta(job, name, stage) {
+  const list = state.samples.get(job.id + "/" + name) || [];
+  if (stage.status !== "in_progress" || list.length < 2) return "";
+  const [t0, d0] = list[0];
+  const [t1, d1] = list[list.length - 1];
+  const seconds = (Date.now() - t0) / 1000;
+  if (seconds <= 0 || d1 <= d0) return "";
+  const rate = (d1 - d0) / Math.max(seconds, (t1 - t0) / 1000);
+  const left = stage.total_items - stage.completed_items - stage.failed_items;
+  let text = rate.toFixed(rate < 10 ? 1 : 0) + "/s";
+  if (stage.total_final && left > 0) text += ", ETA " + Math.ceil(left / rate) + " s";
+  return text;
+}
+
+// ---- drawing --------------------------------------------------------------
+
+function stageRow(job, name, stage) {
+  const row = el("div", null, "stage");
+  row.dataset.stage = name;
+  row.append(el("span", name));
+  const total = stage.total_items;
+  const done = stage.completed_items, failed = stage.failed_items;
+  const bar = el("div", null, "bar");
+  bar.setAttribute("role", "progressbar");
+  const percent = total > 0 ? Math.floor((100 * (done + failed)) / total) : (stage.status === "completed" ? 100 : 0);
+  bar.setAttribute("aria-valuenow", String(percent));
+  bar.setAttribute("aria-label", name);
+  const ok = el("div", null, "done");
+  ok.style.width = total > 0 ? (100 * done) / total + "%" : (stage.status === "completed" ? "100%" : "0");
+  const bad = el("div", null, "failed");
+  bad.style.width = total > 0 ? (100 * failed) / total + "%" : "0";
+  bar.append(ok, bad);
+  row.append(bar);
+  let label = done + (failed ? " + " + failed + " failed" : "") + " / " + total + (stage.total_final ? "" : "+");
+  label += " (" + percent + "%)";
+  const extra = rateAndEta(job, name, stage);
+  row.append(el("span", extra ? label + " · " + extra : label, "counts"));
+  return row;
+}
+
+function jobRow(job) {
+  const tr = el("tr");
+  tr.dataset.job = job.id;
+  if (state.selected === job.id) tr.className = "selected";
+  const idCell = el("td");
+  const link = el("a", job.id.slice(0, 12));
+  link.href = "#" + encodeURIComponent(job.id);
+  link.title = job.id;
+  link.addEventListener("click", (event) => { event.preventDefault(); select(job.id); });
+  idCell.append(link, el("div", job.job_type, "type"));
+  if (job.collection && job.collection.path) idCell.append(el("div", job.collection.path, "path"));
+  tr.append(idCell);
+  const status = el("td", job.status.replace("_", " "), "status-" + job.status);
+  status.dataset.status = job.status;
+  if (job.message) status.append(el("div", job.message, "why"));
+  tr.append(status);
+  const stages = el("td");
+  for (const [name, stage] of Object.entries(job.stages)) stages.append(stageRow(job, name, stage));
+  tr.append(stages);
+  tr.append(el("td", new Date(job.updated_at).toLocaleTimeString()));
+  const actions = el("td");
+  if (job.status === "pending" || job.status === "in_progress") {
+    const button = el("button", "Cancel");
+    button.type = "button";
+    button.addEventListener("click", () => cancel(job.id));
+    actions.append(button);
+  }
+  tr.append(actions);
+  return tr;
+}
+
+function draw() {
+  const body = document.querySelector("#jobs tbody");
+  const rows = state.order.map((id) => jobRow(state.jobs.get(id)));
+  body.replaceChildren(...rows);
+  $("page-label").textContent = "page " + (state.offset / PAGE + 1);
+  $("prev").disabled = state.offset === 0;
+  $("new-jobs").hidden = state.newJobs === 0;
+  $("new-jobs").textContent = state.newJobs + " new job" + (state.newJobs === 1 ? "" : "s") + " — show";
+}
+
+function redrawJob(job) {
+  const old = document.querySelector('#jobs tr[data-job="' + CSS.escape(job.id) + '"]');
+  if (old) old.replaceWith(jobRow(job));
+}
+
+// ---- data ---------------------------------------------------------------
+
+async function loadPage() {
+  const query = new URLSearchParams({ limit: String(PAGE), offset: String(state.offset) });
+  if (state.status) query.set("status", state.status);
+  try {
+    const page = await api("GET", "/api/jobs?" + query);
+    state.jobs = new Map(page.jobs.map((job) => [job.id, job]));
+    state.order = page.jobs.map((job) => job.id);
+    page.jobs.forEach(record);
+    state.newJobs = 0;
+    $("next").disabled = page.next_offset === null;
+    draw();
+  } catch (error) {
+    say("Could not load the jobs: " + error.message, true);
+  }
+}
+
+function apply(job) {
+  record(job);
+  const shown = state.jobs.get(job.id);
+  if (shown) {
+    if (shown.updated_at > job.updated_at) return;  // an older write than the one shown
+    state.jobs.set(job.id, job);
+    redrawJob(job);
+  } else if (state.offset === 0 && (!state.status || state.status === job.status)) {
+    if (!state.seen || !state.seen.has(job.id)) {
+      state.newJobs += 1;
+      (state.seen = state.seen || new Set()).add(job.id);
+      $("new-jobs").hidden = false;
+      $("new-jobs").textContent = state.newJobs + " new job" + (state.newJobs === 1 ? "" : "s") + " — show";
+    }
+  }
+  if (state.selected === job.id) showDetail(job);
+}
+
+async function cancel(id) {
+  try {
+    const result = await api("POST", "/api/jobs/" + encodeURIComponent(id) + "/cancel");
+    apply(result.job);
+    say(result.cancelled ? "Job " + id + " cancelled." : "Job " + id + " had already ended.");
+  } catch (error) {
+    say("Cancel refused: " + error.message, true);
+  }
+}
+
+async function select(id) {
+  state.selected = id;
+  draw();
+  const job = state.jobs.get(id);
+  if (job) showDetail(job);
+}
+
+async function showDetail(job) {
+  $("detail").hidden = false;
+  $("detail-title").textContent = "Job " + job.id;
+  $("detail-message").textContent = job.status.replace("_", " ") + (job.message ? ": " + job.message : "");
+  try {
+    const [failures, events] = await Promise.all([
+      api("GET", "/api/jobs/" + encodeURIComponent(job.id) + "/failures"),
+      api("GET", "/api/jobs/" + encodeURIComponent(job.id) + "/events"),
+    ]);
+    const list = failures.failures.map((f) => {
+      const item = el("li");
+      item.append(el("code", f.image), el("span", " (" + f.stages.join(", ") + "): " + f.error));
+      return item;
+    });
+    $("failures").replaceChildren(...(list.length ? list : [el("li", "none")]));
+    const history = events.events.map((e) => el("li", new Date(e.at).toLocaleTimeString() + " " + e.kind + ": " + e.message));
+    $("events").replaceChildren(...(history.length ? history : [el("li", "none")]));
+  } catch (error) {
+    say("Could not load the job's details: " + error.message, true);
+  }
+}
+
+// ---- the stream -----------------------------------------------------------
+
+async function follow() {
+  for (;;) {
+    try {
+      const h = headers({ Accept: "text/event-stream" });
+      if (state.lastEventId) h["Last-Event-ID"] = state.lastEventId;
+      const response = await fetch("/api/stream", { headers: h });
+      if (!response.ok) throw new Error(response.status + " " + response.statusText);
+      $("live").textContent = "live";
+      $("live").className = "live on";
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          handle(buffer.slice(0, cut));
+          buffer = buffer.slice(cut + 2);
+        }
+      }
+    } catch (error) {
+      say("Live updates interrupted (" + error.message + "); reconnecting…", true);
+    }
+    $("live").textContent = "reconnecting…";
+    $("live").className = "live off";
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+function handle(block) {
+  let event = "message", id = null;
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") event = value;
+    else if (field === "data") data.push(value);
+    else if (field === "id") id = value;
+  }
+  if (id) state.lastEventId = id;
+  if (!data.length) return;
+  const payload = JSON.parse(data.join("\n"));
+  if (event === "snapshot") {
+    payload.jobs.forEach(apply);
+    if (!payload.complete) loadPage();
+  } else if (event === "job") {
+    apply(payload);
+  }
+}
+
+// ---- controls -------------------------------------------------------------
+
+$("token").value = token();
+$("token").addEventListener("change", () => sessionStorage.setItem("jobtrack-token", $("token").value));
+$("token-form").addEventListener("submit", (event) => event.preventDefault());
+$("scan-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  sessionStorage.setItem("jobtrack-token", $("token").value);
+  try {
+    const job = await api("POST", "/api/scans", { path: $("scan-path").value });
+    say("Scan started: job " + job.id);
+    if (state.offset === 0) await loadPage();
+  } catch (error) {
+    say("Scan refused: " + error.message, true);
+  }
+});
+$("status-filter").addEventListener("change", () => { state.status = $("status-filter").value; state.offset = 0; loadPage(); });
+$("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadPage(); });
+$("next").addEventListener("click", () => { state.offset += PAGE; loadPage(); });
+$("new-jobs").addEventListener("click", () => { state.offset = 0; loadPage(); });
+
+loadPage().then(follow);

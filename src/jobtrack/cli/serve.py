@@ -1,0 +1,57 @@
+"""``jobtrack serve``: the HTTP API and the live dashboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from jobtrack.cli.options import broker_option, data_dir_option, settings_from, store_option
+from jobtrack.errors import InvalidRequest
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to bind."
+)
+@click.option(
+    "--root",
+    "roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A folder scans may be started under (repeatable) [env JOBTRACK_SCAN_ROOTS].",
+)
+@data_dir_option
+@store_option
+@broker_option
+def serve(
+    host: str,
+    port: int,
+    roots: tuple[Path, ...],
+    data_dir: Path | None,
+    store_url: str | None,
+    broker_url: str | None,
+) -> None:
+    """Serve the HTTP API (/api/…, /metrics, /healthz, OpenAPI at /docs) and
+    the live dashboard (/).
+
+    Binds 127.0.0.1 by default. Every mutating call needs the bearer token
+    JOBTRACK_API_TOKEN; bound to any other address, every call does, and the
+    server refuses to start without one. Scans may only be started under the
+    --root folders.
+    """
+    settings = settings_from(data_dir=data_dir, store_url=store_url, broker_url=broker_url)
+    try:
+        from jobtrack.api import ApiConfig, create_app  # noqa: PLC0415 (an optional extra)
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the HTTP API needs the api extra (pip install 'jobtrack[api]'): {exc}"
+        ) from None
+    try:
+        config = ApiConfig.for_bind(host, roots=roots, stuck_after=settings.stuck_after)
+    except InvalidRequest as exc:
+        raise click.UsageError(str(exc)) from None
+    import uvicorn  # noqa: PLC0415
+
+    uvicorn.run(create_app(settings, config), host=host, port=port, log_level="info")
