@@ -192,6 +192,14 @@ def test_empty_store_lists_no_jobs_and_creates_nothing(tmp_path: Path) -> None:
     assert "no database at" in missing.stderr
 
 
+async def _jobs_in(database: Path) -> int:
+    store = SqliteJobStore.open(str(database))
+    try:
+        return len(await store.list_jobs())
+    finally:
+        await store.aclose()
+
+
 def test_interrupted_scan_cancels_its_job_and_a_rescan_finishes(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     run(
@@ -215,12 +223,14 @@ def test_interrupted_scan_cancels_its_job_and_a_rescan_finishes(tmp_path: Path) 
         stderr=subprocess.PIPE,
         text=True,
     )
+    # Interrupt as soon as the job exists (read from the store directly: a
+    # `jobs list` subprocess per poll could take as long as the scan itself).
+    database = tmp_path / "state" / "jobtrack.db"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        listed = run("jobs", "list", "--json", data_dir=tmp_path / "state").stdout
-        if listed.strip() not in ("", "[]"):
+        if database.exists() and asyncio.run(_jobs_in(database)):
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     scan.send_signal(signal.SIGINT)
     _, stderr = scan.communicate(timeout=60)
     assert scan.returncode == 130

@@ -65,7 +65,9 @@ def test_health_and_the_openapi_document(server: Server) -> None:
         "/metrics",
         "/healthz",
     }
-    assert "HTTPBearer" in document["components"]["securitySchemes"]
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert document["paths"]["/api/scans"]["post"]["security"] == [{"bearer": []}]
+    assert document["paths"]["/api/jobs"]["get"]["security"] == [{}, {"bearer": []}]
 
 
 async def test_jobs_are_listed_filtered_and_paged(server: Server, store: SqliteJobStore) -> None:
@@ -144,8 +146,8 @@ def test_scans_are_confined_to_the_roots(server: Server, tmp_path: Path) -> None
             (str(outside), 403),
             ("escape", 403),  # a symlink out of the root
             ("album/../../..", 403),
-            ("no-such-folder", 400),
-            (str(next(p for p in (server.root / "album").rglob("*") if p.is_file())), 400),
+            ("no-such-folder", 404),
+            (str(next(p for p in (server.root / "album").rglob("*") if p.is_file())), 404),
             ("", 422),
         ):
             refused = client.post("/api/scans", json={"path": path})

@@ -19,10 +19,10 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Query, Request, Security
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -68,7 +68,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_PAGE = 200
 SNAPSHOT_LIMIT = 1000
 
-_bearer = HTTPBearer(auto_error=False, description="JOBTRACK_API_TOKEN")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text}
     for code, text in (
@@ -146,15 +145,49 @@ def create_app(settings: Settings, config: ApiConfig, *, clock: Clock = utc_now)
         version="0.1.0",
         lifespan=lifespan,
         responses=_ERRORS,
-        dependencies=[Security(_bearer)],
     )
     app.add_middleware(TokenGuard, token=config.token, reads_need_token=config.reads_need_token)
 
     _handle_errors(app)
     app.include_router(router)
+    _document_security(app, config)
     static = resources.files("jobtrack.api").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     return app
+
+
+def _document_security(app: FastAPI, config: ApiConfig) -> None:
+    """Say in the OpenAPI document which calls need the bearer token, as
+    this server checks it: mutating calls always; reads when it serves other
+    machines; /healthz never."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            routes=app.routes,
+        )
+        components = document.setdefault("components", {})
+        components.setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "the server's JOBTRACK_API_TOKEN",
+        }
+        for path, operations in document.get("paths", {}).items():
+            for method, operation in operations.items():
+                if path == "/healthz":
+                    operation["security"] = []
+                elif method != "get" or config.reads_need_token:
+                    operation["security"] = [{"bearer": []}]
+                else:
+                    operation["security"] = [{}, {"bearer": []}]  # optional
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _handle_errors(app: FastAPI) -> None:

@@ -9,7 +9,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from jobtrack.errors import InvalidRequest, JobtrackError, PathRefused
+from jobtrack.errors import JobtrackError, NotFound, PathRefused
 from jobtrack.model import Job
 from jobtrack.runtime import EmbeddedRuntime, Settings
 
@@ -25,17 +25,17 @@ def confine(path: str, roots: tuple[Path, ...]) -> Path:
     if not roots:
         raise PathRefused("this server scans nothing: start it with --root FOLDER")
     if not path or "\x00" in path:
-        raise InvalidRequest("a scan needs the path of a folder")
+        raise NotFound(f"no folder at {path!r}")
     given = Path(path)
     candidate = given if given.is_absolute() else roots[0] / given
     try:
         resolved = candidate.resolve(strict=True)
     except (OSError, RuntimeError) as exc:
-        raise InvalidRequest(f"no folder at {path}") from exc
+        raise NotFound(f"no folder at {path}") from exc
     if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
         raise PathRefused(f"{path} is outside the folders this server may scan")
     if not resolved.is_dir():
-        raise InvalidRequest(f"{path} is not a folder")
+        raise NotFound(f"no folder at {path}: it is a file")
     return resolved
 
 
