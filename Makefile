@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-data
 SAMPLE_COUNT ?= 200
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit bench clean browser
 
 install: $(STAMP)
 
@@ -31,8 +31,21 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck browser
 	$(BIN)/pytest
+
+# The dashboard's browser test drives Debian's chromium (Playwright cannot
+# download its own browser here); installed when missing, as root.
+browser:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing chromium for the browser test"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+			|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+		else \
+			echo "no chromium and not root: the browser test will be skipped"; \
+		fi; \
+	}
 
 unit: install
 	$(BIN)/pytest tests/unit tests/contract
@@ -41,4 +54,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache test-artifacts
