@@ -14,13 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import broker, increment, monitor, pipeline, progress
+from bench import broker, increment, monitor, pipeline, progress, stream
 
 HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    """Run the increment, pipeline, progress, broker, monitor and imaging benchmarks."""
+    """Run the increment, pipeline, progress, broker, monitor, stream and imaging benchmarks."""
     parser = argparse.ArgumentParser(description="Run jobtrack's benchmarks.")
     parser.add_argument("--quick", action="store_true", help="fewer items and runs")
     args = parser.parse_args()
@@ -31,13 +31,15 @@ def main() -> int:
         progress.main(["--runs", "1", "--duration", "0.5", *out])
         broker.main(["--runs", "1", "--items", "2000", *out])
         monitor.main(["--jobs", "6,100", "--window", "2", "--million", "100000", *out])
+        stream.main(["--runs", "1", "--seconds", "2", "--clients", "20", *out])
         subprocess.run([sys.executable, str(HERE / "imaging.py"), "--runs", "1", *out], check=True)
         return 0
     increment.main(["--runs", "5"])
     pipeline.main(["--runs", "3"])
     progress.main(["--runs", "3"])
     broker.main(["--runs", "3"])
-    monitor.main([])
+    monitor.main(["--runs", "3"])
+    stream.main(["--runs", "3"])
     subprocess.run([sys.executable, str(HERE / "imaging.py")], check=True)
     return 0
 
