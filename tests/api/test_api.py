@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from httpx_sse import EventSource, connect_sse
+from PIL import Image
 
 from jobtrack.model import JobStatus
 from jobtrack.pipeline.sample import generate_sample
@@ -60,6 +61,7 @@ def test_health_and_the_openapi_document(server: Server) -> None:
         "/api/jobs/{job_id}/events",
         "/api/jobs/{job_id}/failures",
         "/api/jobs/{job_id}/cancel",
+        "/api/jobs/{job_id}/retry",
         "/api/scans",
         "/api/stream",
         "/metrics",
@@ -306,3 +308,44 @@ def test_without_a_token_the_server_takes_no_changes(tmp_path: Path) -> None:
         assert refused.status_code == 403
         assert "JOBTRACK_API_TOKEN" in refused.json()["error"]
         assert client.get("/api/jobs").json()["jobs"] == []  # nothing was started
+
+
+def test_retry_re_drives_the_failed_items_in_a_new_job(server: Server) -> None:
+    with server.client() as client:
+        job = client.post("/api/scans", json={"path": "album"}).json()
+
+        def ended(job_id: str) -> dict[str, Any] | None:
+            found: dict[str, Any] = client.get(f"/api/jobs/{job_id}").json()
+            return found if found["status"] in ("completed", "failed", "cancelled") else None
+
+        first = wait_for(lambda: ended(job["id"]))
+        failures = client.get(f"/api/jobs/{first['id']}/failures").json()["failures"]
+        assert len(failures) == BROKEN
+        # The broken images are mended, then retried.
+        for failure in failures:
+            Image.new("RGB", (64, 48), "navy").save(
+                server.root / "album" / failure["image"], "JPEG"
+            )
+        with server.client(token=None) as anonymous:
+            assert anonymous.post(f"/api/jobs/{first['id']}/retry").status_code == 401
+        answer = client.post(f"/api/jobs/{first['id']}/retry")
+        assert answer.status_code == 202, answer.text
+        retried = answer.json()
+        assert (retried["retried_from"], retried["failed_items"]) == (first["id"], BROKEN)
+        second = wait_for(lambda: ended(retried["job"]["id"]))
+        assert second["id"] != first["id"]
+        assert second["status"] == "completed"
+        for name in ("thumbnail", "cache"):
+            stage = second["stages"][name]
+            assert (stage["total_items"], stage["completed_items"], stage["failed_items"]) == (
+                IMAGES,
+                IMAGES,
+                0,
+            )
+        assert client.get(f"/api/jobs/{second['id']}/failures").json()["failures"] == []
+        events = client.get(f"/api/jobs/{first['id']}/events").json()["events"]
+        assert [(e["kind"], e["data"]) for e in events] == [("retried", {"job": second["id"]})]
+        nothing = client.post(f"/api/jobs/{second['id']}/retry")
+        assert nothing.status_code == 409
+        assert "nothing to retry" in nothing.json()["error"]
+        assert client.post("/api/jobs/nope/retry").status_code == 404

@@ -55,5 +55,6 @@ def test_every_operation_keeps_to_the_document(server: Server) -> None:
         "GET /healthz",
         "GET /metrics",
         "POST /api/jobs/{job_id}/cancel",
+        "POST /api/jobs/{job_id}/retry",
         "POST /api/scans",
     ]

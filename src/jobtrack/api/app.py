@@ -40,6 +40,7 @@ from jobtrack.api.schemas import (
     JobOut,
     JobPage,
     JobStatusName,
+    RetryOut,
     ScanIn,
 )
 from jobtrack.api.security import TokenGuard
@@ -55,6 +56,7 @@ from jobtrack.errors import (
 from jobtrack.model import Clock, Job, JobStatus, utc_now
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.failures import job_failures
+from jobtrack.pipeline.stages import JOB_TYPE
 from jobtrack.runtime import Settings
 from jobtrack.store import JobQuery, JobStore, open_store
 from jobtrack.tracking.stats import WRITE_STATS
@@ -75,6 +77,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "no or a wrong bearer token"),
         (403, "not allowed"),
         (404, "no such job"),
+        (409, "not now: the job is running, or there is nothing to do"),
         (422, "malformed request"),
         (503, "the store is unreachable"),
     )
@@ -297,6 +300,28 @@ async def cancel(request: Request, job_id: str) -> dict[str, Any]:
     if cancelled:
         await store.add_event(job_id, "cancelled", "cancelled through the API", {})
     return {"cancelled": cancelled, "job": after.to_dict()}
+
+
+@router.post("/api/jobs/{job_id}/retry", response_model=RetryOut, status_code=202, tags=["jobs"])
+async def retry(request: Request, job_id: str) -> dict[str, Any]:
+    """Re-drive the failed items of a job that has ended: a new scan of its
+    collection, which redoes only what failed or is missing (what was made
+    and is unchanged counts at once). 409 while the job runs, or when it
+    completed with nothing failed."""
+    found = parts(request)
+    job = await found.store.get_job(job_id)
+    collection = job.attributes.get("collection")
+    if job.job_type != JOB_TYPE or not isinstance(collection, dict):
+        raise Conflict(f"job {job_id} is a {job.job_type} job: only collection scans are retried")
+    if not job.status.terminal:
+        raise Conflict(f"job {job_id} is still running: retry it once it has ended")
+    failures = await job_failures(found.catalog, job)
+    if job.status is JobStatus.COMPLETED and not failures:
+        raise Conflict(f"job {job_id} completed with no failed items: nothing to retry")
+    again = await found.launcher.start(str(collection["path"]))
+    message = f"{len(failures)} failed items re-driven in job {again.id}"
+    await found.store.add_event(job_id, "retried", message, {"job": again.id})
+    return {"retried_from": job_id, "failed_items": len(failures), "job": again.to_dict()}
 
 
 @router.get(

@@ -17,6 +17,7 @@ __all__ = [
     "HealthOut",
     "JobOut",
     "JobPage",
+    "RetryOut",
     "ScanIn",
     "StageOut",
 ]
@@ -107,6 +108,14 @@ class CancelOut(BaseModel):
     """The job after the call; ``cancelled`` is False if it had already ended."""
 
     cancelled: bool
+    job: JobOut
+
+
+class RetryOut(BaseModel):
+    """The new job that re-drives an ended job's failed items."""
+
+    retried_from: str
+    failed_items: int = Field(ge=0)
     job: JobOut
 
 

@@ -129,6 +129,14 @@ function jobRow(job) {
     button.addEventListener("click", () => cancel(job.id));
     actions.append(button);
   }
+  const failedItems = Object.values(job.stages).some((stage) => stage.failed_items > 0);
+  const ended = job.status === "failed" || job.status === "cancelled" || (job.status === "completed" && failedItems);
+  if (job.job_type === "collection-scan" && ended) {
+    const button = el("button", "Retry failed");
+    button.type = "button";
+    button.addEventListener("click", () => retry(job.id));
+    actions.append(button);
+  }
   tr.append(actions);
   return tr;
 }
@@ -191,6 +199,16 @@ async function cancel(id) {
     say(result.cancelled ? "Job " + id + " cancelled." : "Job " + id + " had already ended.");
   } catch (error) {
     say("Cancel refused: " + error.message, true);
+  }
+}
+
+async function retry(id) {
+  try {
+    const result = await api("POST", "/api/jobs/" + encodeURIComponent(id) + "/retry");
+    say(result.failed_items + " failed items re-driven in job " + result.job.id + ".");
+    if (state.offset === 0) await loadPage();
+  } catch (error) {
+    say("Retry refused: " + error.message, true);
   }
 }
 
