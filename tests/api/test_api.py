@@ -64,6 +64,7 @@ def test_health_and_the_openapi_document(server: Server) -> None:
         "/api/jobs/{job_id}/retry",
         "/api/scans",
         "/api/stream",
+        "/api/events",
         "/metrics",
         "/healthz",
     }
@@ -349,3 +350,18 @@ def test_retry_re_drives_the_failed_items_in_a_new_job(server: Server) -> None:
         assert nothing.status_code == 409
         assert "nothing to retry" in nothing.json()["error"]
         assert client.post("/api/jobs/nope/retry").status_code == 404
+
+
+async def test_the_activity_is_every_jobs_latest_events(
+    server: Server, store: SqliteJobStore
+) -> None:
+    job = await store.create_job("active", ["a"])
+    await store.add_event(job.id, "reconciled", "a 3 → 4 reconciled")
+    await store.add_event(job.id, "redriven", "1 missing item published again")
+    with server.client(token=None) as client:
+        latest = client.get("/api/events", params={"limit": 2}).json()["events"]
+        assert client.get("/api/events", params={"limit": 0}).status_code == 422
+    assert [(e["job_id"], e["kind"], e["message"]) for e in latest] == [
+        (job.id, "redriven", "1 missing item published again"),
+        (job.id, "reconciled", "a 3 → 4 reconciled"),
+    ]

@@ -48,6 +48,7 @@ def test_every_operation_keeps_to_the_document(server: Server) -> None:
         calls()
         checked.append(f"{operation.method.upper()} {operation.path}")
     assert sorted(checked) == [
+        "GET /api/events",
         "GET /api/jobs",
         "GET /api/jobs/{job_id}",
         "GET /api/jobs/{job_id}/events",

@@ -101,5 +101,6 @@ def test_everything_shown_is_escaped(browser: Browser, server: Server) -> None:
     expect(row).to_contain_text(hostile)  # shown as text...
     row.locator("a").first.click()
     expect(page.locator("#events")).to_contain_text(hostile)
+    expect(page.locator("#activity-list")).to_contain_text(hostile)
     assert page.evaluate("window.pwned") is None  # ...never run
-    assert page.locator("#jobs img, #events img, #jobs b").count() == 0
+    assert page.locator("#jobs img, #events img, #activity-list img, #jobs b").count() == 0

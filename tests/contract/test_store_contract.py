@@ -531,3 +531,18 @@ async def test_stats_count_jobs_items_events_and_stuck(
     assert stats.items == {"a": (5, 1), "b": (0, 0)}
     assert stats.events == {"cancelled": 1, "reconciled": 2}
     assert stats.stuck == 1  # the old one
+
+
+async def test_recent_events_are_every_jobs_newest_first(store: JobStore) -> None:
+    first = await store.create_job("t", ["a"])
+    second = await store.create_job("t", ["a"])
+    assert await store.recent_events() == []
+    await store.add_event(first.id, "reconciled", "one")
+    await store.add_event(second.id, "redriven", "two")
+    await store.add_event(first.id, "failed", "three")
+    recent = await store.recent_events(limit=2)
+    assert [(e.job_id, e.kind, e.message) for e in recent] == [
+        (first.id, "failed", "three"),
+        (second.id, "redriven", "two"),
+    ]
+    assert [e.message for e in await store.recent_events()] == ["three", "two", "one"]

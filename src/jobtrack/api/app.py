@@ -32,6 +32,7 @@ from jobtrack.api.feed import ChangeFeed, Subscriber
 from jobtrack.api.metrics import render_metrics
 from jobtrack.api.scans import ScanLauncher
 from jobtrack.api.schemas import (
+    ActivityOut,
     CancelOut,
     ErrorOut,
     EventsOut,
@@ -270,6 +271,16 @@ async def job_events(
     await store.get_job(job_id)  # 404 for an unknown job
     events = await store.list_events(job_id, limit=limit)
     return {"job_id": job_id, "events": [event.to_dict() for event in events]}
+
+
+@router.get("/api/events", response_model=ActivityOut, tags=["jobs"])
+async def activity(
+    request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> dict[str, Any]:
+    """The latest events of every job, newest first: what the monitor did
+    (reconciled, redriven, failed) and what users did (cancelled, retried)."""
+    events = await parts(request).store.recent_events(limit=limit)
+    return {"events": [{**event.to_dict(), "job_id": event.job_id} for event in events]}
 
 
 @router.get("/api/jobs/{job_id}/failures", response_model=FailuresOut, tags=["jobs"])

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ActivityEventOut",
+    "ActivityOut",
     "CancelOut",
     "ErrorOut",
     "EventOut",
@@ -72,6 +74,19 @@ class EventOut(BaseModel):
     kind: str
     message: str
     data: dict[str, Any]
+
+
+class ActivityEventOut(EventOut):
+    """One entry of some job's history."""
+
+    job_id: str
+
+
+class ActivityOut(BaseModel):
+    """The latest events of every job, newest first: the monitor's activity
+    (reconciled, redriven, failed) and the users' (cancelled, retried)."""
+
+    events: list[ActivityEventOut]
 
 
 class EventsOut(BaseModel):

@@ -325,6 +325,10 @@ class JobStore(Protocol):
         """The job's last ``limit`` events, oldest first."""
         ...
 
+    async def recent_events(self, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
+        """The last ``limit`` events of every job, newest first."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections."""
         ...

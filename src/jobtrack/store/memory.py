@@ -289,6 +289,12 @@ class InMemoryJobStore:
         await self.get_job(job_id)
         return self._events.get(job_id, [])[-limit:] if limit > 0 else []
 
+    async def recent_events(self, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
+        """The last ``limit`` events of every job, newest first."""
+        every = [event for history in self._events.values() for event in history]
+        every.sort(key=lambda event: event.id, reverse=True)
+        return every[: max(limit, 0)]
+
     async def aclose(self) -> None:
         """Nothing to release."""
 

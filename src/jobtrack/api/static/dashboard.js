@@ -215,8 +215,11 @@ async function retry(id) {
 async function select(id) {
   state.selected = id;
   draw();
-  const job = state.jobs.get(id);
-  if (job) showDetail(job);
+  let job = state.jobs.get(id);
+  if (!job) {
+    try { job = await api("GET", "/api/jobs/" + encodeURIComponent(id)); } catch (error) { say(error.message, true); return; }
+  }
+  showDetail(job);
 }
 
 async function showDetail(job) {
@@ -238,6 +241,23 @@ async function showDetail(job) {
     $("events").replaceChildren(...(history.length ? history : [el("li", "none")]));
   } catch (error) {
     say("Could not load the job's details: " + error.message, true);
+  }
+}
+
+async function loadActivity() {
+  try {
+    const recent = await api("GET", "/api/events?limit=20");
+    const items = recent.events.map((e) => {
+      const item = el("li");
+      const link = el("a", e.job_id.slice(0, 12));
+      link.href = "#" + encodeURIComponent(e.job_id);
+      link.addEventListener("click", (event) => { event.preventDefault(); select(e.job_id); });
+      item.append(el("span", new Date(e.at).toLocaleTimeString() + " "), link, el("span", " " + e.kind + ": " + e.message));
+      return item;
+    });
+    $("activity-list").replaceChildren(...(items.length ? items : [el("li", "none yet")]));
+  } catch (error) {
+    say("Could not load the monitor's activity: " + error.message, true);
   }
 }
 
@@ -319,3 +339,5 @@ $("next").addEventListener("click", () => { state.offset += PAGE; loadPage(); })
 $("new-jobs").addEventListener("click", () => { state.offset = 0; loadPage(); });
 
 loadPage().then(follow);
+loadActivity();
+setInterval(loadActivity, 5000);

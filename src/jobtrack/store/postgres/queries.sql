@@ -110,3 +110,6 @@ SELECT kind, count(*) FROM job_events GROUP BY kind;
 -- name: stats_stuck
 SELECT count(*) FROM jobs
 WHERE status IN ('pending', 'in_progress') AND updated_at < %(before)s;
+
+-- name: recent_events
+SELECT id, job_id, at, kind, message, data FROM job_events ORDER BY id DESC LIMIT %(limit)s;

@@ -425,6 +425,13 @@ class PostgresJobStore:
             rows = await cursor.fetchall()
         return [JobEvent(r[1], r[2], r[3], r[4], r[5], r[0]) for r in rows]
 
+    async def recent_events(self, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
+        """The last ``limit`` events of every job, newest first."""
+        async with self.connection() as conn:
+            cursor = await conn.execute(_Q["recent_events"], {"limit": max(limit, 0)})
+            rows = await cursor.fetchall()
+        return [JobEvent(r[1], r[2], r[3], r[4], r[5], r[0]) for r in rows]
+
     async def aclose(self) -> None:
         """Close the pool and the per-item connection."""
         self._closed = True

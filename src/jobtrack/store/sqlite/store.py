@@ -345,6 +345,17 @@ class SqliteJobStore:
             for row in rows
         ]
 
+    async def recent_events(self, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
+        """The last ``limit`` events of every job, newest first."""
+        with self.database.translate_errors():
+            rows = self.database.connection.execute(
+                _Q["recent_events"], {"limit": max(limit, 0)}
+            ).fetchall()
+        return [
+            JobEvent(row[1], from_micros(row[2]), row[3], row[4], json.loads(row[5]), row[0])
+            for row in rows
+        ]
+
     async def aclose(self) -> None:
         """Close the database connection."""
         self.database.close()
