@@ -104,3 +104,56 @@ def test_everything_shown_is_escaped(browser: Browser, server: Server) -> None:
     expect(page.locator("#activity-list")).to_contain_text(hostile)
     assert page.evaluate("window.pwned") is None  # ...never run
     assert page.locator("#jobs img, #events img, #activity-list img, #jobs b").count() == 0
+
+
+def test_ten_thousand_jobs_page_and_update_in_place(browser: Browser, server: Server) -> None:
+    async def make() -> list[str]:
+        store = SqliteJobStore.open(str(server.data_dir / "jobtrack.db"))
+        try:
+            return [(await store.create_job("bulk", ["work"])).id for _ in range(10_000)]
+        finally:
+            await store.aclose()
+
+    async def progress(job_id: str, items: int) -> None:
+        store = SqliteJobStore.open(str(server.data_dir / "jobtrack.db"))
+        try:
+            await store.increment(job_id, "work", completed=items)
+        finally:
+            await store.aclose()
+
+    with ThreadPoolExecutor(1) as thread:
+        ids = thread.submit(asyncio.run, make()).result()
+        page = browser.new_page()
+        listed: list[str] = []
+        page.on("request", lambda r: listed.append(r.url) if "/api/jobs?" in r.url else None)
+        page.goto(server.url)
+        expect(page.locator("#live")).to_have_text("live", timeout=15_000)
+        rows = page.locator("#jobs tbody tr")
+        expect(rows).to_have_count(50)
+        expect(rows.first).to_have_attribute("data-job", ids[-1])  # newest first
+        assert page.locator("#new-jobs").is_hidden()  # the snapshot is not news
+        # A job on this page moves: its row changes in place, nothing reloads.
+        thread.submit(asyncio.run, progress(ids[-3], 7)).result()
+        counts = page.locator(f'#jobs tr[data-job="{ids[-3]}"] .counts')
+        expect(counts).to_contain_text("7 / 0+")
+        assert len(listed) == 1
+        # A job created now is offered, not forced onto the page.
+        fresh = thread.submit(asyncio.run, make_one(server)).result()
+        expect(page.locator("#new-jobs")).to_have_text("1 new job — show")
+        expect(rows.first).to_have_attribute("data-job", ids[-1])
+        page.click("#new-jobs")
+        expect(rows.first).to_have_attribute("data-job", fresh)
+        assert page.locator("#new-jobs").is_hidden()
+        # Paging: the next 50, older.
+        page.click("#next")
+        expect(page.locator("#page-label")).to_have_text("page 2")
+        expect(rows.first).to_have_attribute("data-job", ids[-50])
+        expect(rows).to_have_count(50)
+
+
+async def make_one(server: Server) -> str:
+    store = SqliteJobStore.open(str(server.data_dir / "jobtrack.db"))
+    try:
+        return (await store.create_job("bulk", ["work"])).id
+    finally:
+        await store.aclose()

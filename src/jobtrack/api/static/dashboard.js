@@ -167,6 +167,7 @@ async function loadPage() {
     state.order = page.jobs.map((job) => job.id);
     page.jobs.forEach(record);
     state.newJobs = 0;
+    state.seen = new Set();
     $("next").disabled = page.next_offset === null;
     draw();
   } catch (error) {
@@ -174,28 +175,41 @@ async function loadPage() {
   }
 }
 
-function apply(job) {
+function newestShown() {
+  let newest = "";
+  for (const job of state.jobs.values()) if (job.created_at > newest) newest = job.created_at;
+  return newest;
+}
+
+// A job from the stream: the row updated in place if it is on this page; a
+// job created after the newest shown counts as new (the first page offers to
+// show it); anything else is on another page and waits for it.
+function apply(job, fromSnapshot) {
   record(job);
   const shown = state.jobs.get(job.id);
   if (shown) {
     if (shown.updated_at > job.updated_at) return;  // an older write than the one shown
     state.jobs.set(job.id, job);
     redrawJob(job);
-  } else if (state.offset === 0 && (!state.status || state.status === job.status)) {
-    if (!state.seen || !state.seen.has(job.id)) {
+  } else if (!fromSnapshot && state.offset === 0 && (!state.status || state.status === job.status)
+             && job.created_at > newestShown()) {
+    state.seen = state.seen || new Set();
+    if (!state.seen.has(job.id)) {
+      state.seen.add(job.id);
       state.newJobs += 1;
-      (state.seen = state.seen || new Set()).add(job.id);
       $("new-jobs").hidden = false;
       $("new-jobs").textContent = state.newJobs + " new job" + (state.newJobs === 1 ? "" : "s") + " — show";
     }
   }
-  if (state.selected === job.id) showDetail(job);
+  if (state.selected === job.id && (Date.now() - (state.detailAt || 0) > 2000 || job.status !== state.detailStatus)) {
+    showDetail(job);  // at most every 2 s while it moves
+  }
 }
 
 async function cancel(id) {
   try {
     const result = await api("POST", "/api/jobs/" + encodeURIComponent(id) + "/cancel");
-    apply(result.job);
+    apply(result.job, false);
     say(result.cancelled ? "Job " + id + " cancelled." : "Job " + id + " had already ended.");
   } catch (error) {
     say("Cancel refused: " + error.message, true);
@@ -223,6 +237,8 @@ async function select(id) {
 }
 
 async function showDetail(job) {
+  state.detailAt = Date.now();
+  state.detailStatus = job.status;
   $("detail").hidden = false;
   $("detail-title").textContent = "Job " + job.id;
   $("detail-message").textContent = job.status.replace("_", " ") + (job.message ? ": " + job.message : "");
@@ -310,10 +326,10 @@ function handle(block) {
   if (!data.length) return;
   const payload = JSON.parse(data.join("\n"));
   if (event === "snapshot") {
-    payload.jobs.forEach(apply);
+    payload.jobs.forEach((job) => apply(job, true));
     if (!payload.complete) loadPage();
   } else if (event === "job") {
-    apply(payload);
+    apply(payload, false);
   }
 }
 
