@@ -3,6 +3,7 @@ SQLite store, which the tests also write directly (as workers would)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -197,11 +198,14 @@ def _read_events(source: EventSource, into: list[tuple[str, str, dict[str, Any]]
             into.append((event.event, event.id, json.loads(event.data)))
 
 
-async def test_the_stream_sends_a_snapshot_then_every_change_within_a_second(
+async def test_the_stream_sends_a_snapshot_then_every_change(
     server: Server, store: SqliteJobStore
 ) -> None:
+    quiet = await store.create_job("streamed", ["a"])
+    await store.increment(quiet.id, "a")  # active, and then left alone
     job = await store.create_job("streamed", ["a"])
-    await store.increment(job.id, "a")  # active: in the snapshot
+    await store.increment(job.id, "a")
+    await asyncio.sleep(2.2)  # both writes are now older than the feed's overlap (2 s)
     received: list[tuple[str, str, dict[str, Any]]] = []
     with httpx.Client(base_url=server.url, timeout=httpx.Timeout(5, read=None)) as client:
         with connect_sse(client, "GET", "/api/stream") as source:
@@ -210,7 +214,8 @@ async def test_the_stream_sends_a_snapshot_then_every_change_within_a_second(
             wait_for(lambda: received, within=10)
             kind, first_id, snapshot = received[0]
             assert kind == "snapshot"
-            assert job.id in {j["id"] for j in snapshot["jobs"]}
+            assert {quiet.id, job.id} <= {j["id"] for j in snapshot["jobs"]}
+            assert snapshot["complete"] is True
             for count in (2, 3):  # (how fast: bench.stream)
                 await store.increment(job.id, "a")
 
@@ -223,18 +228,28 @@ async def test_the_stream_sends_a_snapshot_then_every_change_within_a_second(
                     )
 
                 wait_for(seen, within=10)
+            assert all(d["id"] != quiet.id for k, _, d in received[1:])  # it never moved
             last_id = received[-1][1]
-        # Reconnecting with Last-Event-ID: a snapshot of what changed since,
-        # so a client that missed a write still shows the true counts.
-        await store.increment(job.id, "a")
+        # Missed while away: the job ends. Reconnecting with Last-Event-ID
+        # gives every job written since, and only those: the ended job with
+        # its true counts, not the quiet one.
+        await store.seal_total(job.id, "a", total=3)
         with connect_sse(
             client, "GET", "/api/stream", headers={"Last-Event-ID": last_id}
         ) as source:
             event = next(source.iter_sse())
+        for nonsense in ("x", "-5", "9" * 30):  # a bad Last-Event-ID: a first connection
+            with connect_sse(
+                client, "GET", "/api/stream", headers={"Last-Event-ID": nonsense}
+            ) as source:
+                first = next(source.iter_sse())
+            assert quiet.id in {j["id"] for j in json.loads(first.data)["jobs"]}
     assert int(last_id) > int(first_id)
     assert event.event == "snapshot"
     resumed = {j["id"]: j for j in json.loads(event.data)["jobs"]}
-    assert resumed[job.id]["stages"]["a"]["completed_items"] == 4
+    assert list(resumed) == [job.id]
+    assert resumed[job.id]["status"] == "completed"
+    assert resumed[job.id]["stages"]["a"]["completed_items"] == 3
 
 
 async def test_metrics_count_items_jobs_and_events(server: Server, store: SqliteJobStore) -> None:
@@ -270,6 +285,9 @@ def test_off_this_machine_every_call_needs_the_token(tmp_path: Path) -> None:
         with server.client(token=None) as anonymous:
             assert anonymous.get("/api/jobs").status_code == 401
             assert anonymous.get("/metrics").status_code == 401
+            assert anonymous.get("/api/stream").status_code == 401
+            assert anonymous.get("/openapi.json").status_code == 401
+            assert anonymous.get("/api/events").status_code == 401
             assert anonymous.get("/healthz").status_code == 200  # no data in it
             assert anonymous.get("/").status_code == 200  # the page: no data in it
         with server.client() as client:
@@ -329,6 +347,9 @@ def test_retry_re_drives_the_failed_items_in_a_new_job(server: Server) -> None:
             )
         with server.client(token=None) as anonymous:
             assert anonymous.post(f"/api/jobs/{first['id']}/retry").status_code == 401
+            assert anonymous.get(f"/api/jobs/{first['id']}/events").json()["events"] == []
+            total = len(anonymous.get("/api/jobs", params={"limit": 200}).json()["jobs"])
+        assert len(client.get("/api/jobs", params={"limit": 200}).json()["jobs"]) == total
         answer = client.post(f"/api/jobs/{first['id']}/retry")
         assert answer.status_code == 202, answer.text
         retried = answer.json()

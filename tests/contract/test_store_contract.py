@@ -483,8 +483,11 @@ async def test_end_job_if_updated_at_refuses_after_an_increment(store: JobStore)
         job.id, JobStatus.FAILED, message="stuck", if_updated_at=moving.updated_at
     )
     assert (failed.status, failed.message) == (JobStatus.FAILED, "stuck")
-    # An ended job stays as it is, whatever the token: no conflict, no change.
-    again = await store.end_job(job.id, JobStatus.CANCELLED, if_updated_at=seen)
+    # Ended since the token was read: a conflict, as any write since.
+    with pytest.raises(Conflict):
+        await store.end_job(job.id, JobStatus.CANCELLED, if_updated_at=moving.updated_at)
+    # With its current token, an ended job stays as it is.
+    again = await store.end_job(job.id, JobStatus.CANCELLED, if_updated_at=failed.updated_at)
     assert (again.status, again.message, again.updated_at) == (
         JobStatus.FAILED,
         "stuck",

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from importlib import resources
 from typing import Annotated, Any
 
@@ -24,13 +23,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from jobtrack.api.config import ApiConfig
-from jobtrack.api.feed import ChangeFeed, Subscriber
+from jobtrack.api.feed import ChangeFeed
 from jobtrack.api.metrics import render_metrics
-from jobtrack.api.scans import ScanLauncher
+from jobtrack.api.scans import ScanLauncher, ScanNotStarted
 from jobtrack.api.schemas import (
     ActivityOut,
     CancelOut,
@@ -45,6 +45,7 @@ from jobtrack.api.schemas import (
     ScanIn,
 )
 from jobtrack.api.security import TokenGuard
+from jobtrack.api.stream import job_events_stream, since_header
 from jobtrack.errors import (
     Conflict,
     InvalidRequest,
@@ -54,7 +55,7 @@ from jobtrack.errors import (
     StoreError,
     StoreMissing,
 )
-from jobtrack.model import Clock, Job, JobStatus, utc_now
+from jobtrack.model import Clock, JobStatus, utc_now
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.failures import job_failures
 from jobtrack.pipeline.stages import JOB_TYPE
@@ -66,23 +67,23 @@ __all__ = ["create_app"]
 
 logger = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: At most this many jobs in a page, and in a stream's first snapshot.
+#: At most this many jobs in a page.
 MAX_PAGE = 200
-SNAPSHOT_LIMIT = 1000
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut, "description": text}
-    for code, text in (
-        (400, "bad input"),
-        (401, "no or a wrong bearer token"),
-        (403, "not allowed"),
-        (404, "no such job"),
-        (409, "not now: the job is running, or there is nothing to do"),
-        (422, "malformed request"),
-        (503, "the store is unreachable"),
-    )
+_ERROR_TEXT = {
+    400: "bad input",
+    401: "no or a wrong bearer token",
+    403: "not allowed: outside the scan roots, or the server takes no changes",
+    404: "no such job or folder",
+    409: "not now: the job is running, or there is nothing to do",
+    422: "malformed request",
+    503: "the store is unreachable, or the server cannot start a scan now",
 }
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers an operation can give, for the OpenAPI document."""
+    return {code: {"model": ErrorOut, "description": _ERROR_TEXT[code]} for code in codes}
 
 
 @dataclass
@@ -104,12 +105,6 @@ def parts(request: Request) -> _Parts:
     return found
 
 
-def _cursor(job: Job) -> str:
-    """A stream event's id: the job's write time in microseconds."""
-    moment = job.updated_at - _EPOCH
-    return str(moment // timedelta(microseconds=1))
-
-
 def _status_of(exc: JobtrackError) -> int:
     if isinstance(exc, NotFound):
         return 404
@@ -117,7 +112,7 @@ def _status_of(exc: JobtrackError) -> int:
         return 403
     if isinstance(exc, InvalidRequest | Conflict):
         return 400 if isinstance(exc, InvalidRequest) else 409
-    if isinstance(exc, StoreError):
+    if isinstance(exc, StoreError | ScanNotStarted):
         return 503
     return 500
 
@@ -132,14 +127,16 @@ def create_app(settings: Settings, config: ApiConfig, *, clock: Clock = utc_now)
         feed = ChangeFeed(store, interval=config.feed_interval)
         stop = asyncio.Event()
         launcher = ScanLauncher(settings, config.roots)
+        polling: asyncio.Task[None] | None = None
         try:
             await feed.start()
             polling = asyncio.create_task(feed.run(stop), name="change feed")
             app.state.parts = _Parts(store, catalog_for(store), feed, launcher, config, clock)
             yield
-            stop.set()
-            await polling
         finally:
+            stop.set()
+            if polling is not None:
+                await polling
             await launcher.aclose()
             await store.aclose()
 
@@ -148,9 +145,10 @@ def create_app(settings: Settings, config: ApiConfig, *, clock: Clock = utc_now)
         summary="Progress of multi-stage background jobs, true under crashes and redelivery.",
         version="0.1.0",
         lifespan=lifespan,
-        responses=_ERRORS,
     )
     app.add_middleware(TokenGuard, token=config.token, reads_need_token=config.reads_need_token)
+    if config.allowed_hosts:  # a loopback bind: no other Host (DNS rebinding)
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(config.allowed_hosts))
 
     _handle_errors(app)
     app.include_router(router)
@@ -224,14 +222,14 @@ def _handle_errors(app: FastAPI) -> None:
         return JSONResponse({"error": "internal error; the server log has the details"}, 500)
 
 
-@router.get("/healthz", response_model=HealthOut, tags=["server"])
+@router.get("/healthz", response_model=HealthOut, tags=["server"], responses=_errors(503))
 async def healthz(request: Request) -> dict[str, str]:
     """The server answers and its store is reachable (503 otherwise)."""
     await parts(request).store.list_jobs(JobQuery(limit=1))
     return {"status": "ok", "store": "ok"}
 
 
-@router.get("/api/jobs", response_model=JobPage, tags=["jobs"])
+@router.get("/api/jobs", response_model=JobPage, tags=["jobs"], responses=_errors(401, 422, 503))
 async def list_jobs(
     request: Request,
     status: JobStatusName | None = None,
@@ -256,13 +254,20 @@ async def list_jobs(
     }
 
 
-@router.get("/api/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
+@router.get(
+    "/api/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_errors(401, 404, 503)
+)
 async def get_job(request: Request, job_id: str) -> dict[str, Any]:
     """One job, as in the JSON contract."""
     return (await parts(request).store.get_job(job_id)).to_dict()
 
 
-@router.get("/api/jobs/{job_id}/events", response_model=EventsOut, tags=["jobs"])
+@router.get(
+    "/api/jobs/{job_id}/events",
+    response_model=EventsOut,
+    tags=["jobs"],
+    responses=_errors(401, 404, 422, 503),
+)
 async def job_events(
     request: Request, job_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict[str, Any]:
@@ -273,7 +278,9 @@ async def job_events(
     return {"job_id": job_id, "events": [event.to_dict() for event in events]}
 
 
-@router.get("/api/events", response_model=ActivityOut, tags=["jobs"])
+@router.get(
+    "/api/events", response_model=ActivityOut, tags=["jobs"], responses=_errors(401, 422, 503)
+)
 async def activity(
     request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> dict[str, Any]:
@@ -283,7 +290,12 @@ async def activity(
     return {"events": [{**event.to_dict(), "job_id": event.job_id} for event in events]}
 
 
-@router.get("/api/jobs/{job_id}/failures", response_model=FailuresOut, tags=["jobs"])
+@router.get(
+    "/api/jobs/{job_id}/failures",
+    response_model=FailuresOut,
+    tags=["jobs"],
+    responses=_errors(401, 404, 503),
+)
 async def failures(request: Request, job_id: str) -> dict[str, Any]:
     """The job's failed items and their errors."""
     found = parts(request)
@@ -292,7 +304,13 @@ async def failures(request: Request, job_id: str) -> dict[str, Any]:
     return {"job_id": job_id, "failures": [item.to_dict() for item in items]}
 
 
-@router.post("/api/scans", response_model=JobOut, status_code=202, tags=["jobs"])
+@router.post(
+    "/api/scans",
+    response_model=JobOut,
+    status_code=202,
+    tags=["jobs"],
+    responses=_errors(401, 403, 404, 422, 503),
+)
 async def start_scan(request: Request, scan: ScanIn) -> dict[str, Any]:
     """Scan a folder under one of the server's roots; answers with the
     job as soon as it exists (or the collection's running job)."""
@@ -300,20 +318,39 @@ async def start_scan(request: Request, scan: ScanIn) -> dict[str, Any]:
     return job.to_dict()
 
 
-@router.post("/api/jobs/{job_id}/cancel", response_model=CancelOut, tags=["jobs"])
+@router.post(
+    "/api/jobs/{job_id}/cancel",
+    response_model=CancelOut,
+    tags=["jobs"],
+    responses=_errors(401, 403, 404, 503),
+)
 async def cancel(request: Request, job_id: str) -> dict[str, Any]:
     """Cancel the job: workers ack its queued items without work, and the
     monitor leaves it alone. A job already ended stays as it is."""
     store = parts(request).store
-    before = await store.get_job(job_id)
-    after = await store.end_job(job_id, JobStatus.CANCELLED, message="cancelled through the API")
-    cancelled = not before.status.terminal and after.status is JobStatus.CANCELLED
-    if cancelled:
-        await store.add_event(job_id, "cancelled", "cancelled through the API", {})
-    return {"cancelled": cancelled, "job": after.to_dict()}
+    while True:  # of two cancels at once, one cancels; an increment meanwhile: again
+        before = await store.get_job(job_id)
+        if before.status.terminal:
+            return {"cancelled": False, "job": before.to_dict()}
+        with contextlib.suppress(Conflict):
+            after = await store.end_job(
+                job_id,
+                JobStatus.CANCELLED,
+                message="cancelled through the API",
+                if_updated_at=before.updated_at,
+            )
+            break
+    await store.add_event(job_id, "cancelled", "cancelled through the API", {})
+    return {"cancelled": True, "job": after.to_dict()}
 
 
-@router.post("/api/jobs/{job_id}/retry", response_model=RetryOut, status_code=202, tags=["jobs"])
+@router.post(
+    "/api/jobs/{job_id}/retry",
+    response_model=RetryOut,
+    status_code=202,
+    tags=["jobs"],
+    responses=_errors(401, 403, 404, 409, 503),
+)
 async def retry(request: Request, job_id: str) -> dict[str, Any]:
     """Re-drive the failed items of a job that has ended: a new scan of its
     collection, which redoes only what failed or is missing (what was made
@@ -342,13 +379,14 @@ async def retry(request: Request, job_id: str) -> dict[str, Any]:
     responses={200: {"content": {"text/event-stream": {}}, "description": "the changes"}},
 )
 async def stream(request: Request) -> EventSourceResponse:
-    """Server-sent events: first a ``snapshot`` (the active jobs; after a
-    reconnect with ``Last-Event-ID``, every job changed since), then a
-    ``job`` event for every change, within a poll of the store (0.2 s)."""
+    """Server-sent events: first a ``snapshot`` (the active jobs and those
+    written in the last minute; after a reconnect with ``Last-Event-ID``,
+    every job written since), then a ``job`` event for every change, within
+    a poll of the store (0.2 s)."""
     found = parts(request)
-    subscriber = found.feed.subscribe()
-    since = _since(request.headers.get("last-event-id"))
-    return EventSourceResponse(_events(request, found, subscriber, since), ping=15, send_timeout=30)
+    since = since_header(request.headers.get("last-event-id"))
+    events = job_events_stream(request, found.feed, found.store, since, clock=found.clock)
+    return EventSourceResponse(events, ping=15, send_timeout=30)
 
 
 @router.get(
@@ -372,53 +410,11 @@ async def metrics(request: Request) -> Response:
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def dashboard() -> HTMLResponse:
     page = resources.files("jobtrack.api").joinpath("static/index.html")
-    return HTMLResponse(page.read_text(encoding="utf-8"))
-
-
-def _since(last_event_id: str | None) -> int | None:
-    if not last_event_id:
-        return None
-    with contextlib.suppress(ValueError):
-        value = int(last_event_id)
-        if 0 < value < 2**63:
-            return value
-    return None
-
-
-async def _snapshot(found: _Parts, since: int | None) -> tuple[list[Job], bool]:
-    """What a client needs first: every job changed since ``since`` (complete
-    unless more than SNAPSHOT_LIMIT), or else the active jobs."""
-    store = found.store
-    if since is not None:
-        moment = _EPOCH + timedelta(microseconds=since) - timedelta(seconds=2)
-        jobs = await store.list_changed(after=(moment, ""), limit=SNAPSHOT_LIMIT + 1)
-        return jobs[:SNAPSHOT_LIMIT], len(jobs) <= SNAPSHOT_LIMIT
-    active = []
-    for status in (JobStatus.IN_PROGRESS, JobStatus.PENDING):
-        active += await store.list_jobs(JobQuery(status=status, limit=SNAPSHOT_LIMIT))
-    return active[:SNAPSHOT_LIMIT], True
-
-
-async def _events(
-    request: Request, found: _Parts, subscriber: Subscriber, since: int | None
-) -> AsyncIterator[ServerSentEvent]:
-    try:
-        resync = True
-        while True:
-            if resync:
-                subscriber.lagging = False
-                jobs, complete = await _snapshot(found, since)
-                newest = max((_cursor(job) for job in jobs), key=int, default=str(since or 0))
-                data = {"jobs": [job.to_dict() for job in jobs], "complete": complete}
-                yield ServerSentEvent(data=json.dumps(data), event="snapshot", id=newest)
-                resync = False
-            batch = await subscriber.queue.get()
-            if subscriber.lagging:  # changes were dropped: start again from the store
-                resync, since = True, None
-                continue
-            for job in batch:
-                yield ServerSentEvent(data=json.dumps(job.to_dict()), event="job", id=_cursor(job))
-            if await request.is_disconnected():
-                break
-    finally:
-        found.feed.unsubscribe(subscriber)
+    return HTMLResponse(
+        page.read_text(encoding="utf-8"),
+        headers={
+            "Content-Security-Policy": "default-src 'self'; object-src 'none'; base-uri 'none'",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        },
+    )

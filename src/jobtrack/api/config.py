@@ -37,6 +37,7 @@ class ApiConfig:
     reads_need_token: bool = False
     stuck_after: float = 300.0
     feed_interval: float = 0.2
+    allowed_hosts: tuple[str, ...] = ()  # the Host headers taken; () takes any
 
     @classmethod
     def for_bind(
@@ -67,5 +68,9 @@ class ApiConfig:
                 raise InvalidRequest(f"scan root {root} is not a folder")
             resolved.append(root.resolve())
         return cls(
-            roots=tuple(resolved), token=token, reads_need_token=not local, stuck_after=stuck_after
+            roots=tuple(resolved),
+            token=token,
+            reads_need_token=not local,
+            stuck_after=stuck_after,
+            allowed_hosts=("127.0.0.1", "localhost", "::1", "[::1]") if local else (),
         )

@@ -44,6 +44,10 @@ class ChangeFeed:
         interval: float = 0.2,
         overlap: timedelta = timedelta(seconds=2),
     ) -> None:
+        """``overlap``: how far back each poll reads again; a write whose
+        commit lands more than that after its ``updated_at`` (or a writer
+        whose clock is that far behind) is missed by the stream, though
+        never by the API's reads."""
         self._store = store
         self._interval = interval
         self._overlap = overlap
@@ -65,17 +69,19 @@ class ChangeFeed:
     async def start(self) -> None:
         """Begin at the newest change in the store: what came before is
         every client's snapshot, not news."""
-        newest: Job | None = None
         after: tuple[datetime, str] | None = None
         while True:  # to the end of the feed, a page at a time
             page = await self._store.list_changed(after=after, limit=CHANGES_LIMIT)
             if not page:
                 break
+            for job in page:
+                self._sent[job.id] = job.updated_at  # in the overlap of the first poll
             newest = page[-1]
             after = (newest.updated_at, newest.id)
+            self._newest = newest.updated_at
+            self._forget_old()
             if len(page) < CHANGES_LIMIT:
                 break
-        self._newest = None if newest is None else newest.updated_at
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; a store outage only delays the news."""
@@ -90,21 +96,26 @@ class ChangeFeed:
                 await asyncio.wait_for(stop.wait(), self._interval)
 
     async def poll(self) -> list[Job]:
-        """Read what changed since the last poll and pass it on; returns it."""
+        """Read what changed since the last poll and pass it on; returns it.
+        Nothing counts as passed on unless the whole read succeeded."""
         self.polls += 1
         after = None if self._newest is None else (self._newest - self._overlap, "")
-        changed: list[Job] = []
+        latest: dict[str, Job] = {}
+        newest = self._newest
         while True:
             page = await self._store.list_changed(after=after, limit=CHANGES_LIMIT)
             for job in page:
-                if self._sent.get(job.id) != job.updated_at:
-                    self._sent[job.id] = job.updated_at
-                    changed.append(job)
-                if self._newest is None or job.updated_at > self._newest:
-                    self._newest = job.updated_at
+                latest[job.id] = job  # the feed is in write order: the last is the latest
+                if newest is None or job.updated_at > newest:
+                    newest = job.updated_at
             if len(page) < CHANGES_LIMIT:
                 break
             after = (page[-1].updated_at, page[-1].id)
+        changed = [job for job in latest.values() if self._sent.get(job.id) != job.updated_at]
+        changed.sort(key=lambda job: (job.updated_at, job.id))
+        for job in changed:
+            self._sent[job.id] = job.updated_at
+        self._newest = newest
         self._forget_old()
         if changed:
             for subscriber in list(self._subscribers):

@@ -13,7 +13,16 @@ from jobtrack.errors import JobtrackError, NotFound, PathRefused
 from jobtrack.model import Job
 from jobtrack.runtime import EmbeddedRuntime, Settings
 
-__all__ = ["ScanLauncher", "confine"]
+__all__ = ["MAX_SCANS", "ScanLauncher", "ScanNotStarted", "confine"]
+
+#: Scans one server runs at once (each may have a process pool of its own).
+MAX_SCANS = 4
+
+
+class ScanNotStarted(JobtrackError):
+    """The server could not start the scan now (too many running, or it did
+    not start in time): try again later."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +60,8 @@ class ScanLauncher:
         """Start a scan of ``path`` (or follow the collection's running job);
         returns the job as soon as it exists."""
         folder = confine(path, self.roots)
+        if len(self._tasks) >= MAX_SCANS:
+            raise ScanNotStarted(f"{MAX_SCANS} scans are running: try again when one has ended")
         loop = asyncio.get_running_loop()
         first: asyncio.Future[Job] = loop.create_future()
 
@@ -66,10 +77,9 @@ class ScanLauncher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                logger.exception("scan of %s failed", folder, extra={"action": "scan_error"})
                 if not first.done():
                     first.set_exception(exc)
-                else:
-                    logger.exception("scan of %s failed", folder, extra={"action": "scan_error"})
 
         task = asyncio.create_task(run(), name=f"scan {folder}")
         self._tasks.add(task)
@@ -77,7 +87,8 @@ class ScanLauncher:
         try:
             return await asyncio.wait_for(asyncio.shield(first), wait)
         except TimeoutError as exc:
-            raise JobtrackError(f"the scan of {path} did not start within {wait:g} s") from exc
+            first.add_done_callback(_retrieve)  # a later failure is logged by run()
+            raise ScanNotStarted(f"the scan of {path} did not start within {wait:g} s") from exc
 
     async def aclose(self) -> None:
         """Stop the scans still running (their jobs are cancelled as interrupted)."""
@@ -86,3 +97,8 @@ class ScanLauncher:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _retrieve(future: asyncio.Future[Job]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -22,7 +22,7 @@ class TokenGuard:
 
     def __init__(self, app: ASGIApp, *, token: str | None, reads_need_token: bool) -> None:
         self.app = app
-        self._token = token.encode() if token else None
+        self._token = token.strip().encode() if token and token.strip() else None
         self._reads_need_token = reads_need_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

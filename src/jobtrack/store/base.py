@@ -259,8 +259,9 @@ class JobStore(Protocol):
     ) -> Job:
         """Complete, fail or cancel a job. A job already ended is left as it is.
 
-        With ``if_updated_at``, only if the job has not been written since
-        (its ``updated_at`` is still that); otherwise :class:`Conflict`."""
+        With ``if_updated_at``, only if the job has not been written (nor
+        ended) since: its ``updated_at`` is still that; otherwise
+        :class:`Conflict`."""
         ...
 
     async def list_changed(

@@ -173,10 +173,10 @@ class InMemoryJobStore:
             )
         async with self._lock:
             job = await self.get_job(job_id)
-            if job.status.terminal:
-                return job
             if if_updated_at is not None and job.updated_at != if_updated_at:
                 raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
+            if job.status.terminal:
+                return job
             now = self._clock()
             ended = replace(job, status=status, message=message, updated_at=now, completed_at=now)
             self._jobs[job_id] = ended

@@ -165,6 +165,9 @@ async function loadPage() {
     const page = await api("GET", "/api/jobs?" + query);
     state.jobs = new Map(page.jobs.map((job) => [job.id, job]));
     state.order = page.jobs.map((job) => job.id);
+    for (const key of [...state.samples.keys()]) {  // forget the jobs no longer shown
+      if (!state.jobs.has(key.slice(0, key.indexOf("/")))) state.samples.delete(key);  // ids hold no "/"
+    }
     page.jobs.forEach(record);
     state.newJobs = 0;
     state.seen = new Set();
@@ -185,10 +188,10 @@ function newestShown() {
 // job created after the newest shown counts as new (the first page offers to
 // show it); anything else is on another page and waits for it.
 function apply(job, fromSnapshot) {
-  record(job);
   const shown = state.jobs.get(job.id);
   if (shown) {
     if (shown.updated_at > job.updated_at) return;  // an older write than the one shown
+    record(job);  // rate and ETA: for the jobs shown only
     state.jobs.set(job.id, job);
     redrawJob(job);
   } else if (!fromSnapshot && state.offset === 0 && (!state.status || state.status === job.status)

@@ -303,7 +303,7 @@ class PostgresJobStore:
             elif if_updated_at is not None:
                 cursor = await conn.execute(_Q["lock_job_updated_at"], {"job_id": job_id})
                 row = await cursor.fetchone()
-                if row is not None and not JobStatus(row[0]).terminal and row[1] != if_updated_at:
+                if row is not None and row[1] != if_updated_at:
                     raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
         return await self.get_job(job_id)
 

@@ -99,7 +99,7 @@ UPDATE jobs SET updated_at = :now
 WHERE id = :job_id AND updated_at = :expected AND status IN ('pending', 'in_progress');
 
 -- name: get_job_updated_at
-SELECT updated_at, status FROM jobs WHERE id = :job_id;
+SELECT updated_at FROM jobs WHERE id = :job_id;
 
 -- name: list_changed
 -- The change feed; served by idx_jobs_updated (updated_at, id).

@@ -287,7 +287,7 @@ class SqliteJobStore:
         each named stage's counted keys to exactly those), in one transaction."""
         now = self._clock()
         with self.database.write() as conn:
-            _check_unmoved(conn, job_id, if_updated_at, ended_too=True)
+            _check_unmoved(conn, job_id, if_updated_at)
             changed = [
                 set_counts(self._read_stage(conn, job_id, name), now, truth)
                 for name, truth in counts.items()
@@ -444,21 +444,13 @@ def _micros_or_none(moment: datetime | None) -> int | None:
     return None if moment is None else to_micros(moment)
 
 
-def _check_unmoved(
-    conn: sqlite3.Connection,
-    job_id: str,
-    if_updated_at: datetime | None,
-    *,
-    ended_too: bool = False,
-) -> None:
-    """Raise :class:`Conflict` if the job was written since ``if_updated_at``
-    (an ended job counts only with ``ended_too``)."""
+def _check_unmoved(conn: sqlite3.Connection, job_id: str, if_updated_at: datetime | None) -> None:
+    """Raise :class:`Conflict` if the job was written (or ended) since
+    ``if_updated_at``."""
     if if_updated_at is None:
         return
     row = conn.execute(_Q["get_job_updated_at"], {"job_id": job_id}).fetchone()
-    if row is None or (JobStatus(row[1]).terminal and not ended_too):
-        return
-    if row[0] != to_micros(if_updated_at):
+    if row is not None and row[0] != to_micros(if_updated_at):
         raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
 
 

@@ -1,0 +1,108 @@
+"""The change feed on the in-memory store, with a clock moved by hand."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from jobtrack.api.feed import ChangeFeed
+from jobtrack.errors import StoreUnavailable
+from jobtrack.store import CHANGES_LIMIT, InMemoryJobStore
+from tests.conftest import FrozenClock
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()
+
+
+async def test_each_change_is_passed_on_once(clock: FrozenClock) -> None:
+    store = InMemoryJobStore(clock=clock)
+    old = await store.create_job("t", ["a"])
+    feed = ChangeFeed(store)
+    await feed.start()
+    subscriber = feed.subscribe()
+    assert await feed.poll() == []  # what was there before is no news
+    clock.advance(0.5)
+    await store.increment(old.id, "a")
+    [changed] = await feed.poll()
+    assert (changed.id, changed.stage("a").completed_items) == (old.id, 1)
+    assert await feed.poll() == []  # read again (the overlap), passed on once
+    assert [job.id for job in subscriber.queue.get_nowait()] == [old.id]
+    assert subscriber.queue.empty()
+
+
+async def test_a_write_that_commits_late_is_still_passed_on(clock: FrozenClock) -> None:
+    store = InMemoryJobStore(clock=clock)
+    feed = ChangeFeed(store, overlap=timedelta(seconds=2))
+    await feed.start()
+    clock.advance(10)
+    first = await store.create_job("t", ["a"])
+    assert [job.id for job in await feed.poll()] == [first.id]
+    # A write stamped 1.5 s before the newest seen, visible only now (its
+    # transaction committed late, or its writer's clock is behind).
+    clock.advance(-1.5)
+    late = await store.create_job("t", ["a"])
+    assert [job.id for job in await feed.poll()] == [late.id]
+    clock.advance(-2)  # 3.5 s behind: outside the overlap, and so missed
+    await store.create_job("t", ["a"])
+    assert await feed.poll() == []
+    assert len(await store.list_changed()) == 3  # (the API's reads still see it)
+
+
+async def test_a_failed_poll_loses_nothing(clock: FrozenClock) -> None:
+    store = InMemoryJobStore(clock=clock)
+    feed = ChangeFeed(store)
+    await feed.start()
+    clock.advance(1)
+    made = []
+    for _ in range(CHANGES_LIMIT + 3):  # two pages
+        made.append((await store.create_job("t", ["a"])).id)
+        clock.advance(0.001)
+    real = store.list_changed
+    calls = 0
+
+    async def second_page_fails(**options: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise StoreUnavailable("the store went away")
+        return await real(**options)
+
+    store.list_changed = second_page_fails  # type: ignore[method-assign]
+    subscriber = feed.subscribe()
+    with pytest.raises(StoreUnavailable):
+        await feed.poll()
+    assert subscriber.queue.empty()
+    store.list_changed = real  # type: ignore[method-assign]
+    assert [job.id for job in await feed.poll()] == made  # all of it, in write order
+    assert [job.id for job in subscriber.queue.get_nowait()] == made
+
+
+async def test_a_subscriber_that_falls_behind_is_marked(clock: FrozenClock) -> None:
+    store = InMemoryJobStore(clock=clock)
+    feed = ChangeFeed(store)
+    await feed.start()
+    slow, gone = feed.subscribe(), feed.subscribe()
+    feed.unsubscribe(gone)
+    job = await store.create_job("t", ["a"])
+    for _ in range(slow.queue.maxsize + 1):
+        clock.advance(0.01)
+        await store.increment(job.id, "a")
+        await feed.poll()
+    assert slow.lagging
+    assert slow.queue.full()
+    assert gone.queue.empty()
+
+
+async def test_two_feeds_on_one_store_each_see_every_change(clock: FrozenClock) -> None:
+    store = InMemoryJobStore(clock=clock)  # as two API processes on one database
+    feeds = [ChangeFeed(store), ChangeFeed(store)]
+    for feed in feeds:
+        await feed.start()
+    clock.advance(1)
+    job = await store.create_job("t", ["a"])
+    for feed in feeds:
+        assert [j.id for j in await feed.poll()] == [job.id]
