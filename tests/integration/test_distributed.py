@@ -447,3 +447,19 @@ async def test_lost_messages_are_redriven_and_the_job_completes(
     job = await wait_for(store, job_id)
     await assert_exact(store, job)
     assert [e.kind for e in await store.list_events(job_id)] == ["redriven"]
+
+
+async def test_a_cancelled_jobs_queued_items_are_acked_without_work(
+    cluster: Cluster, collection: Path, store: JobStore
+) -> None:
+    job_id = await asyncio.to_thread(enqueue, cluster, collection)  # no worker yet
+    cancel = await asyncio.to_thread(cluster.jobtrack, "jobs", "cancel", job_id)
+    assert cancel.returncode == 0, cancel.stderr
+    cluster.start_worker("--concurrency", "2")
+    await drained(cluster.broker_url)  # every message taken and acked...
+    job = await store.get_job(job_id)
+    assert job.status is JobStatus.CANCELLED
+    assert counted(job) == 0  # ...none of them counted...
+    assert list(cluster.data_dir.rglob("*.jpg")) == []  # ...or rendered
+    assert cluster.log(0).count("skipped: job") == 2 * IMAGES
+    assert await dead_letters(cluster.broker_url) == {s: [] for s in RENDITIONS}
