@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import aio_pika
+import httpx
 import pytest
 
 from jobtrack.broker import dead_letter_queue
@@ -32,6 +33,7 @@ from jobtrack.pipeline.sample import generate_sample
 from jobtrack.pipeline.stages import queue_for
 from jobtrack.runtime import EmbeddedRuntime, Settings
 from jobtrack.store import JobStore, open_store
+from tests.api.server import free_port
 from tests.postgres import database_url, scratch_database
 from tests.postgres import require_server as require_postgres
 from tests.rabbitmq import require_server as require_rabbitmq
@@ -374,9 +376,15 @@ async def test_a_followed_scan_without_workers_says_so_and_an_interrupt_leaves_t
         assert not runtime.cancelled  # all published: the job waits for workers
     job = await store.get_job(runtime.current_job_id)
     assert (job.status, job.stages["thumbnail"].total_items) == (JobStatus.IN_PROGRESS, 3)
-    cluster.start_worker()
+    port = free_port()
+    cluster.start_worker("--metrics-port", str(port))
     job = await wait_for(store, job.id)
     assert (job.status, counted(job)) == (JobStatus.COMPLETED, 6)
+    # The worker's own progress writes, as Prometheus text: its 6 items.
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert "jobtrack_progress_items_total 6.0" in text.splitlines()
+    assert "jobtrack_progress_write_failures_total 0.0" in text.splitlines()
 
 
 async def drained(broker_url: str, within: float = 120) -> None:

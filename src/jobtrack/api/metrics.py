@@ -1,13 +1,14 @@
 """``GET /metrics``: Prometheus text, from the store (true across every
 process: items per stage, jobs per status, stuck jobs, the monitor's
 reconciliations and re-drives as recorded in job events) and from this
-process (its progress writes and their latency)."""
+process (its progress writes and their latency). ``jobtrack worker
+--metrics-port`` serves a worker's own progress writes the same way."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -17,18 +18,19 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from jobtrack.store import StoreStats
-from jobtrack.tracking.stats import LATENCY_BUCKETS, WriteStats
+from jobtrack.tracking.stats import LATENCY_BUCKETS, WRITE_STATS, WriteStats
 
-__all__ = ["render_metrics"]
+__all__ = ["StoreCollector", "WriteCollector", "render_metrics", "serve_write_metrics"]
 
 
-class _Snapshot(Collector):
-    def __init__(self, stats: StoreStats, writes: WriteStats) -> None:
+class StoreCollector(Collector):
+    """Totals read from the store (one ``JobStore.stats`` per scrape)."""
+
+    def __init__(self, stats: StoreStats) -> None:
         self._stats = stats
-        self._writes = writes
 
     def collect(self) -> Iterator[Metric]:
-        stats, writes = self._stats, self._writes
+        stats = self._stats
         items = GaugeMetricFamily(
             "jobtrack_stage_items",
             "Items finished, per stage and outcome, over every job in the store",
@@ -57,6 +59,16 @@ class _Snapshot(Collector):
         for kind, count in sorted(stats.events.items()):
             events.add_metric([kind], count)
         yield events
+
+
+class WriteCollector(Collector):
+    """This process's progress writes, read at each scrape."""
+
+    def __init__(self, writes: WriteStats) -> None:
+        self._writes = writes
+
+    def collect(self) -> Iterator[Metric]:
+        writes = self._writes
         yield CounterMetricFamily(
             "jobtrack_progress_writes",
             "Progress writes made by this process (one per flush, or per item)",
@@ -83,7 +95,16 @@ class _Snapshot(Collector):
 
 
 def render_metrics(stats: StoreStats, writes: WriteStats) -> bytes:
-    """The exposition text."""
+    """The exposition text of the API's ``/metrics``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(stats, writes))
+    registry.register(StoreCollector(stats))
+    registry.register(WriteCollector(writes))
     return generate_latest(registry)
+
+
+def serve_write_metrics(port: int, *, host: str = "127.0.0.1") -> None:
+    """Serve this process's progress-write metrics on ``host:port``
+    (``/metrics``, in a thread): how a worker shows its flushes."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WriteCollector(WRITE_STATS))
+    start_http_server(port, addr=host, registry=registry)

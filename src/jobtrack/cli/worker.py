@@ -60,6 +60,12 @@ STAGES = [spec.stage for spec in DEFAULT_RENDITIONS]
     help="Report each item to the store (the default), or not: then the monitor's"
     " reconciliation alone keeps the counts [env JOBTRACK_CONSUMER_PROGRESS].",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve this worker's progress-write metrics (Prometheus) on 127.0.0.1:PORT/metrics.",
+)
 def worker(
     data_dir: Path | None,
     store_url: str | None,
@@ -69,6 +75,7 @@ def worker(
     prefetch: int | None,
     shutdown_grace: float,
     consumer_progress: bool | None,
+    metrics_port: int | None,
 ) -> None:
     """Make renditions for the scans of every machine: consume the stage
     queues of a shared broker (--broker amqp://…) and count into a shared
@@ -85,6 +92,17 @@ def worker(
         workers=concurrency,
         consumer_progress=consumer_progress,
     )
+    if metrics_port is not None:
+        try:
+            from jobtrack.api.metrics import serve_write_metrics  # noqa: PLC0415 (optional)
+        except ImportError as exc:
+            raise click.ClickException(
+                f"--metrics-port needs the api extra (pip install 'jobtrack[api]'): {exc}"
+            ) from None
+        try:
+            serve_write_metrics(metrics_port)
+        except OSError as exc:
+            raise click.UsageError(f"--metrics-port {metrics_port}: {exc}") from None
     try:
         runner = Worker(
             settings,
