@@ -192,6 +192,10 @@ def test_empty_store_lists_no_jobs_and_creates_nothing(tmp_path: Path) -> None:
     assert "no database at" in missing.stderr
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def _jobs_in(database: Path) -> int:
     store = SqliteJobStore.open(str(database))
     try:
@@ -219,6 +223,9 @@ def test_interrupted_scan_cancels_its_job_and_a_rescan_finishes(tmp_path: Path) 
     scan = subprocess.Popen(
         [*JOBTRACK, "scan", str(root)],
         env=env,
+        # Ctrl-C as a terminal sends it: a shell starts background commands
+        # with SIGINT ignored, and the scan would inherit that.
+        preexec_fn=_sigint_default,  # noqa: PLW1509
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
