@@ -272,10 +272,11 @@ def snapshot_stage(s: Stage) -> tuple[object, ...]:
     batches=st.lists(entries, min_size=1, max_size=6),
 )
 # Two stages of one job end in one batch: only the second ends the job.
+# (Three entries: a batch of two or fewer goes entry by entry.)
 @example(
     seals=[(0, 0, 1), (0, 1, 1), (0, 2, 0)],
     cancelled=[],
-    batches=[[(0, 0, 1, 0, [], []), (0, 1, 1, 0, [], [])]],
+    batches=[[(0, 0, 1, 0, [], []), (0, 1, 1, 0, [], []), (1, 0, 1, 0, ["k"], ["k", "j", "j"])]],
 )
 async def test_postgres_batches_match_the_reference(
     postgres_url: str,

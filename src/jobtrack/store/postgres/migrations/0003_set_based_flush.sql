@@ -30,7 +30,10 @@ BEGIN
     IF coalesce(cardinality(p_jobs), 0) = 0 THEN
         RETURN;
     END IF;
-    IF EXISTS (
+    -- A few stages: entry by entry is as quick, and needs no planning of
+    -- the statement below. A stage named twice: entry by entry, since the
+    -- second entry must see the first one's effects.
+    IF cardinality(p_jobs) <= 2 OR EXISTS (
         SELECT FROM unnest(p_jobs, p_stages) d (j, s) GROUP BY d.j, d.s HAVING count(*) > 1
     ) THEN
         FOR i IN 1 .. cardinality(p_jobs) LOOP
@@ -58,43 +61,45 @@ BEGIN
         LEFT JOIN jobs jb ON jb.id = d.j
         LEFT JOIN stages st ON st.job_id = d.j AND st.name = d.s
     ),
-    -- An entry's keys, each once; a key given as completed and as failed
-    -- counts as completed, as in jobtrack_add. Entry i owns the keys at
-    -- positions start[i] .. start[i] + count[i] - 1: joined on the position,
-    -- not sliced out of the array (slicing a text array walks it from the
-    -- start, once per entry).
-    given AS (
-        SELECT owner.i, key.k, false AS failed
+    -- Entry i owns the keys at positions start[i] .. start[i] + count[i] - 1:
+    -- joined on the position, not sliced out of the array (slicing a text
+    -- array walks it from the start, once per entry).
+    completed_keys AS (
+        SELECT owner.i, key.k
         FROM unnest(p_ckeys) WITH ORDINALITY key (k, o)
         JOIN (SELECT d.i, generate_series(d.first, d.first + d.n - 1) AS o
               FROM unnest(p_cstart, p_ccount) WITH ORDINALITY d (first, n, i)) owner
           ON owner.o = key.o
-        UNION ALL
-        SELECT owner.i, key.k, true
+    ),
+    -- A key given as completed and as failed counts as completed, as in
+    -- jobtrack_add; failed keys are few, so this set stays small.
+    failed_keys AS (
+        SELECT owner.i, key.k
         FROM unnest(p_fkeys) WITH ORDINALITY key (k, o)
         JOIN (SELECT d.i, generate_series(d.first, d.first + d.n - 1) AS o
               FROM unnest(p_fstart, p_fcount) WITH ORDINALITY d (first, n, i)) owner
           ON owner.o = key.o
+        WHERE NOT EXISTS (SELECT FROM completed_keys c WHERE c.i = owner.i AND c.k = key.k)
     ),
-    wanted AS (
-        SELECT DISTINCT ON (entry.j, entry.s, given.k) entry.j, entry.s, given.k, given.failed
-        FROM given JOIN entry ON entry.i = given.i
-        WHERE entry.open
-        ORDER BY entry.j, entry.s, given.k, given.failed
-    ),
+    -- Repeated keys need no sorting out: ON CONFLICT DO NOTHING inserts a
+    -- key once, and RETURNING gives the rows inserted.
     claimed AS (
         INSERT INTO item_keys (job_id, stage, item_key)
-        SELECT wanted.j, wanted.s, wanted.k FROM wanted
+        SELECT entry.j, entry.s, given.k
+        FROM (SELECT i, k FROM completed_keys UNION ALL SELECT i, k FROM failed_keys) given
+        JOIN entry ON entry.i = given.i
+        WHERE entry.open
         ON CONFLICT DO NOTHING
         RETURNING item_keys.job_id, item_keys.stage, item_key
     ),
     per_stage AS (
-        SELECT w.j, w.s,
-               count(*) FILTER (WHERE NOT w.failed) AS c,
-               count(*) FILTER (WHERE w.failed) AS f
+        SELECT claimed.job_id AS j, claimed.stage AS s,
+               count(*) - count(f.k) AS c, count(f.k) AS f
         FROM claimed
-        JOIN wanted w ON (w.j, w.s, w.k) = (claimed.job_id, claimed.stage, claimed.item_key)
-        GROUP BY w.j, w.s
+        LEFT JOIN (SELECT DISTINCT entry.j, entry.s, failed_keys.k FROM failed_keys
+                   JOIN entry ON entry.i = failed_keys.i) f
+          ON (f.j, f.s, f.k) = (claimed.job_id, claimed.stage, claimed.item_key)
+        GROUP BY claimed.job_id, claimed.stage
     ),
     add AS (
         SELECT entry.i, entry.j, entry.s, entry.before,
