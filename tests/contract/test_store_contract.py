@@ -549,3 +549,13 @@ async def test_recent_events_are_every_jobs_newest_first(store: JobStore) -> Non
         (second.id, "redriven", "two"),
     ]
     assert [e.message for e in await store.recent_events()] == ["three", "two", "one"]
+
+
+async def test_last_change_is_the_newest_write(store: JobStore) -> None:
+    assert await store.last_change() is None
+    first = await store.create_job("t", ["a"])
+    second = await store.create_job("t", ["a"])
+    assert await store.last_change() == (second.updated_at, second.id)
+    await store.increment(first.id, "a")
+    moved = await store.get_job(first.id)
+    assert await store.last_change() == (moved.updated_at, first.id)

@@ -61,5 +61,7 @@ async def test_the_change_feed_uses_its_index(postgres_url: str) -> None:
                 params | {"after": datetime.now(UTC) - timedelta(seconds=5)},
             ).fetchall()
         )
+        last = "\n".join(row[0] for row in conn.execute("EXPLAIN " + _Q["last_change"]))
     assert "idx_jobs_changed" in plan, plan
     assert "Seq Scan" not in plan, plan
+    assert "Index Scan Backward using idx_jobs_changed" in last, last

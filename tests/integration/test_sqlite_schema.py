@@ -65,6 +65,8 @@ def test_the_change_feed_uses_its_index(tmp_path: Path) -> None:
     ).fetchall()
     details = " ".join(row[-1] for row in plan)
     assert "SEARCH jobs USING INDEX idx_jobs_updated (updated_at>?)" in details, details
+    last = store.database.connection.execute("EXPLAIN QUERY PLAN " + _Q["last_change"]).fetchall()
+    assert " ".join(row[-1] for row in last) == "SCAN jobs USING COVERING INDEX idx_jobs_updated"
     store.database.close()
 
 

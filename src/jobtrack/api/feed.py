@@ -67,21 +67,20 @@ class ChangeFeed:
         self._subscribers.discard(subscriber)
 
     async def start(self) -> None:
-        """Begin at the newest change in the store: what came before is
-        every client's snapshot, not news."""
-        after: tuple[datetime, str] | None = None
-        while True:  # to the end of the feed, a page at a time
+        """Begin at the newest write in the store: what came before is every
+        client's snapshot, not news. (What the first poll reads again, in
+        the overlap, counts as passed on.)"""
+        last = await self._store.last_change()
+        if last is None:
+            return
+        self._newest = last[0]
+        after: tuple[datetime, str] | None = (last[0] - self._overlap, "")
+        while after is not None:
             page = await self._store.list_changed(after=after, limit=CHANGES_LIMIT)
-            if not page:
-                break
             for job in page:
-                self._sent[job.id] = job.updated_at  # in the overlap of the first poll
-            newest = page[-1]
-            after = (newest.updated_at, newest.id)
-            self._newest = newest.updated_at
-            self._forget_old()
-            if len(page) < CHANGES_LIMIT:
-                break
+                self._sent[job.id] = job.updated_at
+                self._newest = max(self._newest, job.updated_at)
+            after = (page[-1].updated_at, page[-1].id) if len(page) == CHANGES_LIMIT else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; a store outage only delays the news."""

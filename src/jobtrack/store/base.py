@@ -271,6 +271,11 @@ class JobStore(Protocol):
         oldest write first: the change feed (on an index of its own)."""
         ...
 
+    async def last_change(self) -> tuple[datetime, str] | None:
+        """The ``(updated_at, id)`` position of the newest write (None when
+        the store has no job): where a change feed starts."""
+        ...
+
     async def stats(self, *, stuck_before: datetime) -> StoreStats:
         """Jobs per status, items per stage, events per kind, and how many
         active jobs were not written since ``stuck_before``."""

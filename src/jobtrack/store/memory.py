@@ -193,6 +193,10 @@ class InMemoryJobStore:
         changed.sort(key=lambda job: (job.updated_at, job.id))
         return changed[:limit]
 
+    async def last_change(self) -> tuple[datetime, str] | None:
+        """The position of the newest write."""
+        return max(((job.updated_at, job.id) for job in self._jobs.values()), default=None)
+
     async def stats(self, *, stuck_before: datetime) -> StoreStats:
         """Totals across the store, for metrics."""
         jobs: dict[str, int] = {}

@@ -113,3 +113,7 @@ WHERE status IN ('pending', 'in_progress') AND updated_at < %(before)s;
 
 -- name: recent_events
 SELECT id, job_id, at, kind, message, data FROM job_events ORDER BY id DESC LIMIT %(limit)s;
+
+-- name: last_change
+-- The newest write; idx_jobs_changed read backwards.
+SELECT updated_at, id FROM jobs ORDER BY (updated_at AT TIME ZONE 'UTC') DESC, id DESC LIMIT 1;

@@ -320,6 +320,12 @@ class PostgresJobStore:
             rows = await (await conn.execute(_Q["list_changed"], params)).fetchall()
             return await self._with_stages(conn, rows)
 
+    async def last_change(self) -> tuple[datetime, str] | None:
+        """The position of the newest write."""
+        async with self.connection() as conn:
+            row = await (await conn.execute(_Q["last_change"])).fetchone()
+        return None if row is None else (row[0], row[1])
+
     async def stats(self, *, stuck_before: datetime) -> StoreStats:
         """Totals across the store, for metrics."""
         async with self.connection() as conn:

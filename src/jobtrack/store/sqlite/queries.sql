@@ -124,3 +124,7 @@ WHERE status IN ('pending', 'in_progress') AND updated_at < :before;
 
 -- name: recent_events
 SELECT id, job_id, at, kind, message, data FROM job_events ORDER BY id DESC LIMIT :limit;
+
+-- name: last_change
+-- The newest write; idx_jobs_updated read backwards.
+SELECT updated_at, id FROM jobs ORDER BY updated_at DESC, id DESC LIMIT 1;

@@ -240,6 +240,12 @@ class SqliteJobStore:
             rows = self.database.connection.execute(_Q["list_changed"], params).fetchall()
         return self._with_stages(rows)
 
+    async def last_change(self) -> tuple[datetime, str] | None:
+        """The position of the newest write."""
+        with self.database.translate_errors():
+            row = self.database.connection.execute(_Q["last_change"]).fetchone()
+        return None if row is None else (from_micros(row[0]), row[1])
+
     async def stats(self, *, stuck_before: datetime) -> StoreStats:
         """Totals across the store, for metrics."""
         conn = self.database.connection
