@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from jobtrack.errors import InvalidIncrement, InvalidRequest, NotFound
+from jobtrack.errors import Conflict, InvalidIncrement, InvalidRequest, NotFound
 from jobtrack.model import (
     MAX_INCREMENT,
     RESERVED_ATTRIBUTES,
@@ -39,6 +39,7 @@ __all__ = [
     "as_progress",
     "check_event",
     "check_progress",
+    "check_unmoved",
     "key_problem",
     "validate_new_job",
 ]
@@ -122,6 +123,23 @@ class StoreStats:
     events: dict[str, int]  # event kind -> events
     stuck: int  # active jobs not written since the threshold
 
+    @classmethod
+    def from_rows(
+        cls,
+        jobs: Sequence[Sequence[Any]],
+        items: Sequence[Sequence[Any]],
+        events: Sequence[Sequence[Any]],
+        stuck: int,
+    ) -> StoreStats:
+        """From the rows of the stats queries: (status, jobs), (stage,
+        completed, failed), (kind, events)."""
+        return cls(
+            jobs={row[0]: row[1] for row in jobs},
+            items={row[0]: (row[1], row[2]) for row in items},
+            events={row[0]: row[1] for row in events},
+            stuck=stuck,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class JobQuery:
@@ -131,6 +149,13 @@ class JobQuery:
     job_type: str | None = None
     limit: int = DEFAULT_PAGE_SIZE
     offset: int = 0
+
+
+def check_unmoved(job_id: str, updated_at: datetime, if_updated_at: datetime | None) -> None:
+    """Raise :class:`Conflict` if a job read at ``if_updated_at`` (None: no
+    check) was written since: its ``updated_at`` is now another."""
+    if if_updated_at is not None and updated_at != if_updated_at:
+        raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
 
 
 def validate_new_job(

@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from jobtrack.errors import Conflict, InvalidRequest, JobNotFound, NotFound, StageNotFound
+from jobtrack.errors import InvalidRequest, JobNotFound, NotFound, StageNotFound
 from jobtrack.model import (
     ACTIVE_JOB_STATUSES,
     Clock,
@@ -44,6 +44,7 @@ from jobtrack.store.base import (
     as_progress,
     check_event,
     check_progress,
+    check_unmoved,
     validate_new_job,
 )
 
@@ -173,8 +174,7 @@ class InMemoryJobStore:
             )
         async with self._lock:
             job = await self.get_job(job_id)
-            if if_updated_at is not None and job.updated_at != if_updated_at:
-                raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
+            check_unmoved(job_id, job.updated_at, if_updated_at)
             if job.status.terminal:
                 return job
             now = self._clock()
@@ -246,8 +246,7 @@ class InMemoryJobStore:
         each named stage's counted keys to exactly those)."""
         async with self._lock:
             job = await self.get_job(job_id)
-            if if_updated_at is not None and job.updated_at != if_updated_at:
-                raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
+            check_unmoved(job_id, job.updated_at, if_updated_at)
             now = self._clock()
             # All or nothing: every stage is checked before any is written.
             changed = [set_counts(self._stage(job_id, n)[1], now, c) for n, c in counts.items()]

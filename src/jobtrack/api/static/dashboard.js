@@ -14,6 +14,7 @@ const state = {
   selected: null,
   lastEventId: null,
   newJobs: 0,
+  seen: new Set(),      // ids of the new jobs counted
 };
 
 const $ = (id) => document.getElementById(id);
@@ -147,6 +148,10 @@ function draw() {
   body.replaceChildren(...rows);
   $("page-label").textContent = "page " + (state.offset / PAGE + 1);
   $("prev").disabled = state.offset === 0;
+  showNewJobs();
+}
+
+function showNewJobs() {
   $("new-jobs").hidden = state.newJobs === 0;
   $("new-jobs").textContent = state.newJobs + " new job" + (state.newJobs === 1 ? "" : "s") + " — show";
 }
@@ -196,12 +201,10 @@ function apply(job, fromSnapshot) {
     redrawJob(job);
   } else if (!fromSnapshot && state.offset === 0 && (!state.status || state.status === job.status)
              && job.created_at > newestShown()) {
-    state.seen = state.seen || new Set();
     if (!state.seen.has(job.id)) {
       state.seen.add(job.id);
       state.newJobs += 1;
-      $("new-jobs").hidden = false;
-      $("new-jobs").textContent = state.newJobs + " new job" + (state.newJobs === 1 ? "" : "s") + " — show";
+      showNewJobs();
     }
   }
   if (state.selected === job.id && (Date.now() - (state.detailAt || 0) > 2000 || job.status !== state.detailStatus)) {

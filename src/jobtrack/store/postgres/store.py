@@ -24,7 +24,6 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 from jobtrack.errors import (
-    Conflict,
     InvalidRequest,
     JobNotFound,
     StageNotFound,
@@ -60,6 +59,7 @@ from jobtrack.store.base import (
     as_progress,
     check_event,
     check_progress,
+    check_unmoved,
     validate_new_job,
 )
 from jobtrack.store.sql import load_queries, migrations
@@ -303,8 +303,8 @@ class PostgresJobStore:
             elif if_updated_at is not None:
                 cursor = await conn.execute(_Q["lock_job_updated_at"], {"job_id": job_id})
                 row = await cursor.fetchone()
-                if row is not None and row[1] != if_updated_at:
-                    raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
+                if row is not None:
+                    check_unmoved(job_id, row[1], if_updated_at)
         return await self.get_job(job_id)
 
     async def list_changed(
@@ -312,8 +312,7 @@ class PostgresJobStore:
     ) -> list[Job]:
         """Jobs written after ``after``, oldest write first (the change feed)."""
         params = {
-            "after": _EPOCH if after is None else after[0],
-            "after_id": "" if after is None else after[1],
+            **_position(after),
             "limit": limit,
         }
         async with self.connection() as conn:
@@ -335,12 +334,7 @@ class PostgresJobStore:
             stuck = await (
                 await conn.execute(_Q["stats_stuck"], {"before": stuck_before})
             ).fetchone()
-        return StoreStats(
-            jobs={row[0]: row[1] for row in jobs},
-            items={row[0]: (row[1], row[2]) for row in items},
-            events={row[0]: row[1] for row in events},
-            stuck=stuck[0] if stuck else 0,
-        )
+        return StoreStats.from_rows(jobs, items, events, stuck[0] if stuck else 0)
 
     async def find_stuck(
         self,
@@ -354,8 +348,7 @@ class PostgresJobStore:
         params = {
             "job_type": job_type,
             "before": updated_before,
-            "after": _EPOCH if after is None else after[0],
-            "after_id": "" if after is None else after[1],
+            **_position(after),
             "limit": limit,
         }
         async with self.connection() as conn:
@@ -379,8 +372,7 @@ class PostgresJobStore:
             if row is None:
                 raise JobNotFound(job_id)
             status = str(row[0])
-            if if_updated_at is not None and row[1] != if_updated_at:
-                raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
+            check_unmoved(job_id, row[1], if_updated_at)
             changed = [
                 set_counts(await self._lock_stage(conn, job_id, name), now, truth)
                 for name, truth in counts.items()
@@ -521,6 +513,12 @@ async def migrate(conn: _Connection, component: str, package: str) -> list[int]:
             )
             applied.append(migration.version)
     return applied
+
+
+def _position(after: tuple[datetime, str] | None) -> dict[str, Any]:
+    """A keyset position ``(updated_at, id)`` as query parameters; None:
+    before every job."""
+    return {"after": _EPOCH if after is None else after[0], "after_id": after[1] if after else ""}
 
 
 def _translate(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> StoreError:

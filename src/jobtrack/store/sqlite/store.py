@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from jobtrack.errors import Conflict, InvalidRequest, JobNotFound, NotFound, StageNotFound
+from jobtrack.errors import InvalidRequest, JobNotFound, NotFound, StageNotFound
 from jobtrack.model import (
     Clock,
     Job,
@@ -47,6 +47,7 @@ from jobtrack.store.base import (
     as_progress,
     check_event,
     check_progress,
+    check_unmoved,
     validate_new_job,
 )
 from jobtrack.store.sql import load_queries
@@ -232,8 +233,7 @@ class SqliteJobStore:
     ) -> list[Job]:
         """Jobs written after ``after``, oldest write first (the change feed)."""
         params = {
-            "after": -1 if after is None else to_micros(after[0]),
-            "after_id": "" if after is None else after[1],
+            **_position(after),
             "limit": limit,
         }
         with self.database.translate_errors():
@@ -254,12 +254,7 @@ class SqliteJobStore:
             items = conn.execute(_Q["stats_items"]).fetchall()
             events = conn.execute(_Q["stats_events"]).fetchall()
             stuck = conn.execute(_Q["stats_stuck"], {"before": to_micros(stuck_before)}).fetchone()
-        return StoreStats(
-            jobs={row[0]: row[1] for row in jobs},
-            items={row[0]: (row[1], row[2]) for row in items},
-            events={row[0]: row[1] for row in events},
-            stuck=stuck[0] if stuck else 0,
-        )
+        return StoreStats.from_rows(jobs, items, events, stuck[0] if stuck else 0)
 
     async def find_stuck(
         self,
@@ -273,8 +268,7 @@ class SqliteJobStore:
         params = {
             "job_type": job_type,
             "before": to_micros(updated_before),
-            "after": -1 if after is None else to_micros(after[0]),
-            "after_id": "" if after is None else after[1],
+            **_position(after),
             "limit": limit,
         }
         with self.database.translate_errors():
@@ -456,8 +450,14 @@ def _check_unmoved(conn: sqlite3.Connection, job_id: str, if_updated_at: datetim
     if if_updated_at is None:
         return
     row = conn.execute(_Q["get_job_updated_at"], {"job_id": job_id}).fetchone()
-    if row is not None and row[0] != to_micros(if_updated_at):
-        raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
+    if row is not None:
+        check_unmoved(job_id, from_micros(row[0]), if_updated_at)
+
+
+def _position(after: tuple[datetime, str] | None) -> dict[str, Any]:
+    """A keyset position ``(updated_at, id)`` as query parameters; None:
+    before every job."""
+    return {"after": to_micros(after[0]) if after else -1, "after_id": after[1] if after else ""}
 
 
 def _datetime_or_none(value: int | None) -> datetime | None:
