@@ -12,6 +12,7 @@ from jobtrack.errors import PathRefused
 from jobtrack.pipeline.catalog import ScannedFile
 from jobtrack.pipeline.walk import (
     Refused,
+    ResolvedRoot,
     Skipped,
     open_inside,
     resolve_inside,
@@ -146,3 +147,18 @@ def test_open_inside_checks_the_opened_file(tree: Path) -> None:
         open_inside(tree.resolve(), ".")
     with pytest.raises(PathRefused, match="cannot be opened"):
         open_inside(tree.resolve(), "missing.jpg")
+
+
+def test_a_root_swapped_for_a_symlink_after_it_was_resolved_leads_nowhere(
+    tree: Path, tmp_path: Path
+) -> None:
+    root = ResolvedRoot(resolve_root(tree))
+    root.check_unchanged()
+    tree.rename(tmp_path / "moved")
+    tree.symlink_to(tmp_path / "photos-old", target_is_directory=True)
+    with pytest.raises(PathRefused, match="the folder changed since it was checked"):
+        root.check_unchanged()
+    # The walk of the resolved path does not follow the swap either.
+    assert list(walk_images(root.path)) == [
+        Refused("c.jpg", "resolves outside the collection root")
+    ]

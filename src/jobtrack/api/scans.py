@@ -11,6 +11,7 @@ from pathlib import Path
 
 from jobtrack.errors import JobtrackError, NotFound, PathRefused
 from jobtrack.model import Job
+from jobtrack.pipeline.walk import ResolvedRoot
 from jobtrack.runtime import EmbeddedRuntime, Settings
 
 __all__ = ["MAX_SCANS", "ScanLauncher", "ScanNotStarted", "confine"]
@@ -27,10 +28,15 @@ class ScanNotStarted(JobtrackError):
 logger = logging.getLogger(__name__)
 
 
-def confine(path: str, roots: tuple[Path, ...]) -> Path:
+def confine(path: str, roots: tuple[Path, ...]) -> ResolvedRoot:
     """The folder ``path`` names, if it lies under one of ``roots`` once every
     symlink and ``..`` is resolved; a relative path is taken from the first
-    root."""
+    root. The scan is given this resolved folder, never ``path`` again, so
+    what is scanned is what was checked.
+
+    :raises PathRefused: no roots, or the folder lies outside them.
+    :raises NotFound: no folder at ``path``.
+    """
     if not roots:
         raise PathRefused("this server scans nothing: start it with --root FOLDER")
     if not path or "\x00" in path:
@@ -45,7 +51,7 @@ def confine(path: str, roots: tuple[Path, ...]) -> Path:
         raise PathRefused(f"{path} is outside the folders this server may scan")
     if not resolved.is_dir():
         raise NotFound(f"no folder at {path}: it is a file")
-    return resolved
+    return ResolvedRoot(resolved)
 
 
 class ScanLauncher:

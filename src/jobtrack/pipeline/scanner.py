@@ -28,7 +28,14 @@ from jobtrack.pipeline.stages import (
     RenditionSpec,
     queue_for,
 )
-from jobtrack.pipeline.walk import Refused, Skipped, WalkEntry, resolve_root, walk_images
+from jobtrack.pipeline.walk import (
+    Refused,
+    ResolvedRoot,
+    Skipped,
+    WalkEntry,
+    resolve_root,
+    walk_images,
+)
 from jobtrack.store import JobStore
 
 __all__ = ["ScanReport", "ScanStart", "Scanner"]
@@ -92,7 +99,7 @@ class Scanner:
 
     async def start(
         self,
-        path: str | Path,
+        path: str | Path | ResolvedRoot,
         *,
         abandoned: Callable[[Job], str | None] | None = None,
         attributes: Mapping[str, Any] | None = None,
@@ -104,9 +111,10 @@ class Scanner:
         running job for which ``abandoned`` gives a reason (its process died
         with the work it held) is failed with that reason, and a new job
         takes over, re-doing only what is missing. ``attributes`` are added
-        to a new job's own.
+        to a new job's own. A ``ResolvedRoot`` is taken as it is, never
+        resolved again (what was checked is what is scanned).
         """
-        root = resolve_root(path)
+        root = path.path if isinstance(path, ResolvedRoot) else resolve_root(path)
         collection = await self._catalog.ensure_collection(str(root))
         while True:
             current = await self._current_job(collection)
@@ -139,6 +147,7 @@ class Scanner:
     async def run(self, job: Job, collection: Collection) -> ScanReport:
         """Walk the collection, register its images, publish the work, seal the totals."""
         root = Path(collection.root)
+        ResolvedRoot(root).check_unchanged()
         await self._store.start_stage(job.id, SCAN, message=f"walking {root}")
         report = ScanReport()
         entries = walk_images(root, exclude=self._exclude)

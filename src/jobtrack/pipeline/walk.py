@@ -26,6 +26,7 @@ from jobtrack.pipeline.imaging import IMAGE_SUFFIXES
 
 __all__ = [
     "Refused",
+    "ResolvedRoot",
     "Skipped",
     "WalkEntry",
     "open_inside",
@@ -53,6 +54,33 @@ class Skipped:
 
 
 WalkEntry = ScannedFile | Refused | Skipped
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedRoot:
+    """A collection's folder resolved once, as it was checked: its real path
+    (every symlink and ``..`` gone), which is used as it is and never
+    resolved again, since a symlink swapped in since the check would lead
+    elsewhere. Make one only from a path just resolved (``resolve_root``,
+    or the API's ``confine``)."""
+
+    path: Path
+
+    def check_unchanged(self) -> None:
+        """PathRefused if the folder is no longer at its real path (a part of
+        it was swapped for a symlink since it was resolved). The walk checks
+        each entry against the root as well, so this is not the guard
+        itself: it makes such a scan fail plainly, rather than refuse
+        every entry and retire the collection's images."""
+        try:
+            again = self.path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            again = None
+        if again != self.path or not self.path.is_dir():
+            raise PathRefused(f"{self.path}: the folder changed since it was checked")
+
+    def __str__(self) -> str:
+        return str(self.path)
 
 
 def resolve_root(path: str | Path) -> Path:

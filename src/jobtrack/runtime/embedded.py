@@ -38,6 +38,7 @@ from jobtrack.pipeline.pool import RenderPool, process_pool
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
 from jobtrack.pipeline.scanner import Scanner, ScanReport, ScanStart
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec, queue_for
+from jobtrack.pipeline.walk import ResolvedRoot
 from jobtrack.runtime.settings import Settings
 from jobtrack.store import JobStore, open_store
 from jobtrack.tracking import ProgressTracker
@@ -195,7 +196,7 @@ class EmbeddedRuntime:
         return spec.output_path(self.settings.data_dir, collection_id, "x").parent
 
     async def scan(
-        self, path: str | Path, *, on_progress: ProgressCallback | None = None
+        self, path: str | Path | ResolvedRoot, *, on_progress: ProgressCallback | None = None
     ) -> ScanOutcome:
         """Scan the collection at ``path`` and wait for its job to end.
 
@@ -215,7 +216,7 @@ class EmbeddedRuntime:
             if job is not None:
                 return ScanOutcome(job=job, created=False, report=None, reconciled=False)
 
-    async def enqueue(self, path: str | Path) -> tuple[Job, bool]:
+    async def enqueue(self, path: str | Path | ResolvedRoot) -> tuple[Job, bool]:
         """Walk the collection and publish its work, without waiting for it:
         (the job, whether it is new). A collection whose job is running
         already gets no second one."""
