@@ -82,7 +82,8 @@ def running_server(
             env=environment,
             text=True,
         )
-    server = Server(f"http://127.0.0.1:{port}", data_dir, root, process, log)
+    address = "127.0.0.1" if host in ("0.0.0.0", "localhost") else host
+    server = Server(f"http://{address}:{port}", data_dir, root, process, log)
     try:
         deadline = time.monotonic() + 30
         while True:

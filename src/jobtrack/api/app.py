@@ -25,7 +25,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from jobtrack.api.config import ApiConfig
 from jobtrack.api.feed import ChangeFeed
@@ -44,7 +43,7 @@ from jobtrack.api.schemas import (
     RetryOut,
     ScanIn,
 )
-from jobtrack.api.security import TokenGuard
+from jobtrack.api.security import LoopbackHostGuard, TokenGuard
 from jobtrack.api.stream import job_events_stream, since_header
 from jobtrack.errors import (
     Conflict,
@@ -145,10 +144,13 @@ def create_app(settings: Settings, config: ApiConfig, *, clock: Clock = utc_now)
         summary="Progress of multi-stage background jobs, true under crashes and redelivery.",
         version="0.1.0",
         lifespan=lifespan,
+        # No redirect to the path with or without a slash: its Location
+        # would be built from the caller's Host header.
+        redirect_slashes=False,
     )
     app.add_middleware(TokenGuard, token=config.token, reads_need_token=config.reads_need_token)
-    if config.allowed_hosts:  # a loopback bind: no other Host (DNS rebinding)
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(config.allowed_hosts))
+    if config.loopback_hosts_only:  # a loopback bind: no other Host (DNS rebinding)
+        app.add_middleware(LoopbackHostGuard)
 
     _handle_errors(app)
     app.include_router(router)

@@ -37,7 +37,7 @@ class ApiConfig:
     reads_need_token: bool = False
     stuck_after: float = 300.0
     feed_interval: float = 0.2
-    allowed_hosts: tuple[str, ...] = ()  # the Host headers taken; () takes any
+    loopback_hosts_only: bool = False  # Host must name this machine (DNS rebinding)
 
     @classmethod
     def for_bind(
@@ -52,8 +52,12 @@ class ApiConfig:
         """The settings for a server bound to ``host``: the token from
         ``JOBTRACK_API_TOKEN`` unless given, the roots from
         ``JOBTRACK_SCAN_ROOTS`` (``os.pathsep``-separated) unless given. Off
-        this machine every call needs the token, so one must be set."""
-        token = token or env.get("JOBTRACK_API_TOKEN") or None
+        this machine every call needs the token, so one must be set.
+
+        :raises InvalidRequest: the token is only whitespace; off this
+            machine, no token; a root that is not a folder.
+        """
+        token = _token(token if token is not None else env.get("JOBTRACK_API_TOKEN"))
         if not roots and env.get("JOBTRACK_SCAN_ROOTS"):
             roots = [Path(p) for p in env["JOBTRACK_SCAN_ROOTS"].split(os.pathsep) if p]
         local = is_loopback(host)
@@ -72,5 +76,16 @@ class ApiConfig:
             token=token,
             reads_need_token=not local,
             stuck_after=stuck_after,
-            allowed_hosts=("127.0.0.1", "localhost", "::1", "[::1]") if local else (),
+            loopback_hosts_only=local,
         )
+
+
+def _token(given: str | None) -> str | None:
+    """The token without surrounding whitespace; None when unset or empty."""
+    if not given:
+        return None
+    if not given.strip():
+        raise InvalidRequest(
+            "JOBTRACK_API_TOKEN is blank (only whitespace): set a token, or unset it"
+        )
+    return given.strip()

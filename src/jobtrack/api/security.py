@@ -1,16 +1,23 @@
-"""The bearer token, checked before any route runs (so a refused call has no
-side effect): every mutating call needs it, and every call when the server
-serves other machines. The dashboard page and ``/healthz`` carry no data and
-are always served."""
+"""Checks made before any route runs (so a refused call has no side effect).
+
+The bearer token: every mutating call needs it, and every call when the
+server serves other machines; the dashboard page and ``/healthz`` carry no
+data and are always served. On a loopback bind, the Host header must name
+this machine (so a page on another site cannot reach the server through a
+DNS name rebound to 127.0.0.1). Refusals are JSON, as every error is.
+"""
 
 from __future__ import annotations
 
 import hmac
 import json
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["TokenGuard"]
+from jobtrack.api.config import is_loopback
+
+__all__ = ["LoopbackHostGuard", "TokenGuard"]
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _PUBLIC = ("/healthz", "/static/")
@@ -34,15 +41,8 @@ class TokenGuard:
             await self.app(scope, receive, send)
             return
         status, message = refusal
-        body = json.dumps({"error": message}).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        if status == 401:
-            headers.append((b"www-authenticate", b'Bearer realm="jobtrack"'))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        challenge = [(b"www-authenticate", b'Bearer realm="jobtrack"')] if status == 401 else []
+        await send_error(send, status, message, challenge)
 
     def _needs_token(self, scope: Scope) -> bool:
         path: str = scope["path"]
@@ -66,3 +66,51 @@ class TokenGuard:
         if not hmac.compare_digest(token.strip(), self._token):
             return 401, "the bearer token is not valid"
         return None
+
+
+class LoopbackHostGuard:
+    """ASGI middleware for a loopback bind: answers 400 unless the Host
+    header names this machine (``localhost`` or a loopback address, any
+    port), so a DNS name rebound to 127.0.0.1 reaches nothing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or _local_host(scope):
+            await self.app(scope, receive, send)
+            return
+        await send_error(send, 400, "invalid Host header")
+
+
+def _local_host(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            if any(c in value for c in b"@/?#\\ "):  # a name and a port, nothing else
+                return False
+            try:
+                parts = urlsplit(f"//{value.decode('latin-1')}")
+                _ = parts.port  # ValueError for a port that is not one
+            except ValueError:
+                return False
+            return parts.hostname is not None and is_loopback(parts.hostname)
+    return False  # HTTP/1.1 requires one; the bind's own address is not a name
+
+
+async def send_error(
+    send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer ``status`` with ``{"error": message}`` as JSON."""
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
