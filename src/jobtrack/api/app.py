@@ -56,7 +56,7 @@ from jobtrack.errors import (
 )
 from jobtrack.model import Clock, JobStatus, utc_now
 from jobtrack.pipeline.catalog import Catalog, catalog_for
-from jobtrack.pipeline.failures import job_failures
+from jobtrack.pipeline.failures import job_collection, job_failures
 from jobtrack.pipeline.stages import JOB_TYPE
 from jobtrack.runtime import Settings
 from jobtrack.store import JobQuery, JobStore, open_store
@@ -235,7 +235,7 @@ async def healthz(request: Request) -> dict[str, str]:
 async def list_jobs(
     request: Request,
     status: JobStatusName | None = None,
-    job_type: Annotated[str | None, Query(max_length=200)] = None,
+    job_type: Annotated[str | None, Query(max_length=200, pattern="^[^\x00]*$")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
@@ -360,15 +360,17 @@ async def retry(request: Request, job_id: str) -> dict[str, Any]:
     completed with nothing failed."""
     found = parts(request)
     job = await found.store.get_job(job_id)
-    collection = job.attributes.get("collection")
-    if job.job_type != JOB_TYPE or not isinstance(collection, dict):
+    if job.job_type != JOB_TYPE:
         raise Conflict(f"job {job_id} is a {job.job_type} job: only collection scans are retried")
+    collection = job_collection(job)
+    if collection is None:
+        raise Conflict(f"job {job_id} has no collection to scan again: nothing to retry")
     if not job.status.terminal:
         raise Conflict(f"job {job_id} is still running: retry it once it has ended")
     failures = await job_failures(found.catalog, job)
     if job.status is JobStatus.COMPLETED and not failures:
         raise Conflict(f"job {job_id} completed with no failed items: nothing to retry")
-    again = await found.launcher.start(str(collection["path"]))
+    again = await found.launcher.start(collection.path)
     message = f"{len(failures)} failed items re-driven in job {again.id}"
     await found.store.add_event(job_id, "retried", message, {"job": again.id})
     return {"retried_from": job_id, "failed_items": len(failures), "job": again.to_dict()}

@@ -521,11 +521,15 @@ def _position(after: tuple[datetime, str] | None) -> dict[str, Any]:
     return {"after": _EPOCH if after is None else after[0], "after_id": after[1] if after else ""}
 
 
-def _translate(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> StoreError:
+def _translate(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> StoreError | InvalidRequest:
     """The jobtrack error for a driver error: the server unreachable or the
-    pool exhausted are :class:`StoreUnavailable`."""
+    pool exhausted are :class:`StoreUnavailable`; data PostgreSQL cannot
+    hold (a NUL in a text, a value out of range: ``DataError``) is the
+    caller's :class:`InvalidRequest`, which no retry would mend."""
     if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError):
         return StoreUnavailable(f"PostgreSQL unavailable: {exc}")
+    if isinstance(exc, psycopg.DataError):
+        return InvalidRequest(f"PostgreSQL refused the data: {exc}")
     return StoreError(f"PostgreSQL error: {exc}")
 
 
