@@ -43,7 +43,7 @@ from jobtrack.api.schemas import (
     RetryOut,
     ScanIn,
 )
-from jobtrack.api.security import LoopbackHostGuard, TokenGuard
+from jobtrack.api.security import BodyLimit, LoopbackHostGuard, TokenGuard
 from jobtrack.api.stream import job_events_stream, since_header
 from jobtrack.errors import (
     Conflict,
@@ -147,7 +147,11 @@ def create_app(settings: Settings, config: ApiConfig, *, clock: Clock = utc_now)
         # No redirect to the path with or without a slash: its Location
         # would be built from the caller's Host header.
         redirect_slashes=False,
+        # FastAPI's pages load Swagger UI and ReDoc from a CDN: /docs is ours.
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(BodyLimit)
     app.add_middleware(TokenGuard, token=config.token, reads_need_token=config.reads_need_token)
     if config.loopback_hosts_only:  # a loopback bind: no other Host (DNS rebinding)
         app.add_middleware(LoopbackHostGuard)
@@ -156,6 +160,8 @@ def create_app(settings: Settings, config: ApiConfig, *, clock: Clock = utc_now)
     app.include_router(router)
     _document_security(app, config)
     static = resources.files("jobtrack.api").joinpath("static")
+    swagger = resources.files("fastapi_offline").joinpath("static")
+    app.mount("/static/swagger", StaticFiles(directory=str(swagger)), name="swagger")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
     return app
 
@@ -413,11 +419,27 @@ async def metrics(request: Request) -> Response:
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def dashboard() -> HTMLResponse:
-    page = resources.files("jobtrack.api").joinpath("static/index.html")
+    return _page("index.html", "default-src 'self'")
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+async def docs() -> HTMLResponse:
+    # Swagger UI's stylesheet draws its icons as data: images, and its
+    # components set inline styles.
+    return _page(
+        "docs.html", "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'"
+    )
+
+
+def _page(name: str, sources: str) -> HTMLResponse:
+    """One of the static HTML pages, which no other site may frame."""
+    page = resources.files("jobtrack.api").joinpath("static", name)
     return HTMLResponse(
         page.read_text(encoding="utf-8"),
         headers={
-            "Content-Security-Policy": "default-src 'self'; object-src 'none'; base-uri 'none'",
+            "Content-Security-Policy": f"{sources}; object-src 'none'; base-uri 'none';"
+            " frame-ancestors 'none'",
+            "X-Frame-Options": "DENY",  # for browsers without frame-ancestors
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
         },

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from jobtrack.errors import JobtrackError, NotFound, PathRefused
@@ -54,24 +55,54 @@ def confine(path: str, roots: tuple[Path, ...]) -> ResolvedRoot:
     return ResolvedRoot(resolved)
 
 
+@dataclass(eq=False)
+class _Scan:
+    """A scan this server runs: its task, and the job as last seen."""
+
+    task: asyncio.Task[None]
+    first: asyncio.Future[Job]
+    latest: Job | None = None
+
+
 class ScanLauncher:
-    """Starts scans and keeps them running until the server stops."""
+    """Starts scans and keeps them running until the server stops; a folder
+    already being scanned here is not scanned twice, and takes one slot."""
 
     def __init__(self, settings: Settings, roots: tuple[Path, ...]) -> None:
         self._settings = settings
         self.roots = roots
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._scans: dict[Path, _Scan] = {}
 
     async def start(self, path: str, *, wait: float = 30.0) -> Job:
         """Start a scan of ``path`` (or follow the collection's running job);
-        returns the job as soon as it exists."""
+        returns the job as soon as it exists.
+
+        :raises PathRefused: ``path`` lies outside the roots.
+        :raises NotFound: no folder at ``path``.
+        :raises ScanNotStarted: every slot is taken, or the job did not
+            appear within ``wait`` seconds.
+        """
         folder = confine(path, self.roots)
-        if len(self._tasks) >= MAX_SCANS:
-            raise ScanNotStarted(f"{MAX_SCANS} scans are running: try again when one has ended")
-        loop = asyncio.get_running_loop()
-        first: asyncio.Future[Job] = loop.create_future()
+        running = self._scans.get(folder.path)
+        if running is not None and running.latest is not None and running.latest.status.terminal:
+            running = None  # its job has ended: the task is only closing down
+        if running is None:
+            if len(self._scans) >= MAX_SCANS:
+                raise ScanNotStarted(f"{MAX_SCANS} scans are running: try again when one has ended")
+            running = self._launch(folder)
+        if running.latest is not None:
+            return running.latest
+        try:
+            return await asyncio.wait_for(asyncio.shield(running.first), wait)
+        except TimeoutError as exc:
+            raise ScanNotStarted(f"the scan of {path} did not start within {wait:g} s") from exc
+
+    def _launch(self, folder: ResolvedRoot) -> _Scan:
+        first: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        first.add_done_callback(_retrieve)  # a failure is logged by run()
 
         def seen(job: Job) -> None:
+            scan.latest = job
             if not first.done():
                 first.set_result(job)
 
@@ -87,20 +118,22 @@ class ScanLauncher:
                 if not first.done():
                     first.set_exception(exc)
 
-        task = asyncio.create_task(run(), name=f"scan {folder}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        try:
-            return await asyncio.wait_for(asyncio.shield(first), wait)
-        except TimeoutError as exc:
-            first.add_done_callback(_retrieve)  # a later failure is logged by run()
-            raise ScanNotStarted(f"the scan of {path} did not start within {wait:g} s") from exc
+        scan = _Scan(asyncio.create_task(run(), name=f"scan {folder}"), first)
+        self._scans[folder.path] = scan
+
+        def ended(_: asyncio.Task[None]) -> None:
+            if self._scans.get(folder.path) is scan:
+                del self._scans[folder.path]
+
+        scan.task.add_done_callback(ended)
+        return scan
 
     async def aclose(self) -> None:
         """Stop the scans still running (their jobs are cancelled as interrupted)."""
-        for task in list(self._tasks):
+        tasks = [scan.task for scan in self._scans.values()]
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 

@@ -13,11 +13,15 @@ import hmac
 import json
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobtrack.api.config import is_loopback
 
-__all__ = ["LoopbackHostGuard", "TokenGuard"]
+__all__ = ["MAX_BODY", "BodyLimit", "LoopbackHostGuard", "TokenGuard"]
+
+#: The largest request body taken, in bytes (the largest the API needs is a
+#: scan's path, at most 4096 characters).
+MAX_BODY = 64 * 1024
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _PUBLIC = ("/healthz", "/static/")
@@ -114,3 +118,55 @@ async def send_error(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """ASGI middleware: answers 413 to a request whose body is over
+    ``max_bytes``: by its Content-Length, before reading any of it; without
+    one (chunked), once that much has arrived (such a body is read before
+    the app runs, then handed on)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int = MAX_BODY) -> None:
+        self.app = app
+        self._max = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"the request body is over {self._max} bytes"
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self._max:
+                    await send_error(send, 413, message)
+                    return
+                await self.app(scope, receive, send)  # the server holds it to its length
+                return
+        first = await self._read(receive)
+        if first is None:
+            await send_error(send, 413, message)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return first
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> Message | None:
+        """The whole body as one event (or the disconnect that cut it short);
+        None once it is over the cap."""
+        body = bytearray()
+        while True:
+            event = await receive()
+            if event["type"] != "http.request":
+                return event
+            body += event.get("body", b"")
+            if len(body) > self._max:
+                return None
+            if not event.get("more_body", False):
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
