@@ -14,12 +14,17 @@ from tests.postgres import database_url, require_server, scratch_database
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def store_url() -> Iterator[str]:
     require_server()
     with scratch_database("bad_ids") as name:
-        folder = tmp_path_factory.mktemp("bad-ids")
-        with running_server(folder, extra=["--store", database_url(name)]) as running:
-            yield running
+        yield database_url(name)
+
+
+@pytest.fixture(scope="module")
+def server(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("bad-ids")
+    with running_server(folder, extra=["--store", store_url]) as running:
+        yield running
 
 
 def test_a_nul_in_a_job_id_is_bad_input(server: Server) -> None:
@@ -49,10 +54,8 @@ def test_a_nul_in_a_job_type_is_a_malformed_request(server: Server) -> None:
         assert client.get("/api/jobs", params={"job_type": "a b"}).status_code == 200
 
 
-async def test_the_store_calls_data_it_cannot_hold_an_invalid_request(server: Server) -> None:
-    # The server's own database, read directly.
-    url = next(a for a in server.process.args if str(a).startswith("postgresql://"))  # type: ignore[union-attr]
-    store = open_store(str(url))
+async def test_the_store_calls_data_it_cannot_hold_an_invalid_request(store_url: str) -> None:
+    store = open_store(store_url)
     try:
         with pytest.raises(InvalidRequest, match="cannot contain NUL"):
             await store.get_job("\x00")
