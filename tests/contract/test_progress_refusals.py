@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import jobtrack.store.base
 from jobtrack.errors import InvalidIncrement
 from jobtrack.model import MAX_INCREMENT
 from jobtrack.store import JobStore, StageProgress
@@ -132,3 +133,24 @@ async def test_the_loopback_batch_on_postgresql(
         await coalescer.aclose(max_wait=1.0)
     finally:
         await store.aclose()
+
+
+async def test_a_stage_past_the_bound_goes_as_several_entries_of_one_write(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobtrack.store.base, "MAX_INCREMENT", 10)
+    job = await store.create_job("t", ["a", "b"])
+    await store.seal_total(job.id, "a", total=30)
+    coalescer = Coalescer(store, ProgressLog(50), flush_interval=60, max_entry=10)
+    receipts = [coalescer.add(job.id, "a", item_key=str(i), failed=i % 5 == 0) for i in range(25)]
+    receipts += [coalescer.add(job.id, "a", item_key=str(i), failed=True) for i in range(3)]
+    receipts += [coalescer.add(job.id, "a", item_key=None, failed=False) for _ in range(5)]
+    receipts.append(coalescer.add(job.id, "b", item_key=None, failed=True))
+    assert await coalescer.flush()
+    assert await asyncio.gather(*receipts) == [True] * 34
+    after = await store.get_job(job.id)
+    a, b = after.stage("a"), after.stage("b")
+    # keys 0, 5, 10, 15, 20 failed; 1 and 2 reported failed too, but completed first
+    assert (a.completed_items, a.failed_items, a.status.value) == (25, 5, "completed")
+    assert (b.completed_items, b.failed_items) == (0, 1)
+    await coalescer.aclose(max_wait=1.0)

@@ -274,6 +274,8 @@ class Coalescer:
         still None were not written."""
         try:
             written = await self._store.add_progress(batch[lo:hi])
+            if len(written) != hi - lo:
+                raise StoreError(f"{len(written)} results for {hi - lo} progress entries")
         except StoreUnavailable as exc:
             return exc
         except Exception as exc:  # what the store refused; never the consumer's problem

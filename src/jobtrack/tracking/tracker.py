@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from jobtrack.model import MAX_INCREMENT
 from jobtrack.store.base import JobStore, StageProgress, progress_problem
 from jobtrack.tracking.coalescer import Coalescer
 from jobtrack.tracking.per_item import PendingIncrement, PerItemWriter
@@ -60,7 +59,6 @@ class ProgressTracker:
         enabled: bool = True,
     ) -> None:
         progress_log = ProgressLog(log_every)
-        max_pending = min(max_pending, MAX_INCREMENT)  # one stage's flush must stay one write
         self._max_pending = max_pending
         self.enabled = enabled
         self.coalesce = coalesce
