@@ -424,3 +424,19 @@ async def test_a_stage_past_the_increment_bound_is_split_across_writes(
     a, b = (await store.get_job(job.id)).stages.values()
     assert (a.completed_items, a.failed_items, b.failed_items) == (22, 5, 1)
     await coalescer.aclose(max_wait=1.0)
+
+
+async def test_a_per_item_receipt_resolves_once_its_kept_item_is_written() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, coalesce=False, retry_after=0.0)
+    store.down = True
+    receipt = tracker.add(job.id, "a", item_key="x")
+    await asyncio.sleep(0.01)
+    assert tracker.pending == 1
+    assert not receipt.done()  # kept for retry: not durable, and not refused either
+    store.down = False
+    assert await tracker.flush(max_wait=1.0)
+    assert await receipt
+    assert receipt.refused is None
+    assert (await store.get_job(job.id)).stage("a").completed_items == 1
