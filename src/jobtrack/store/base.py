@@ -240,6 +240,8 @@ def screen_progress(batch: Sequence[StageProgress]) -> list[ProgressResult | Non
     """Each entry's refusal (a result with ``rejected`` set) when no backend
     can store it, or None when it may be written: a backend writes the
     entries screened None and leaves the others alone."""
+    if _storable(batch):
+        return [None] * len(batch)
     screened: list[ProgressResult | None] = []
     for progress in batch:
         problem = progress_problem(progress)
@@ -248,6 +250,25 @@ def screen_progress(batch: Sequence[StageProgress]) -> list[ProgressResult | Non
             None if refusal is None else ProgressResult(progress, 0, None, rejected=refusal)
         )
     return screened
+
+
+def _storable(batch: Sequence[StageProgress]) -> bool:
+    """True when every entry of the batch is storable, told in a few passes
+    over the whole batch (a flush screens tens of thousands of keys); False:
+    look at each entry."""
+    keys = [key for p in batch for group in (p.completed_keys, p.failed_keys) for key in group]
+    if keys and (min(map(len, keys)) == 0 or max(map(len, keys)) > MAX_KEY_LENGTH):
+        return False
+    if any(p.completed < 0 or p.failed < 0 or p.items > MAX_INCREMENT for p in batch):
+        return False
+    text = "".join([*(p.job_id for p in batch), *(p.stage for p in batch), *keys])
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def merge_screened(
