@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from jobtrack.store.base import JobStore, StageProgress, progress_problem
+from jobtrack.store.base import MAX_KEY_LENGTH, JobStore, StageProgress, progress_problem
 from jobtrack.tracking.coalescer import Coalescer
 from jobtrack.tracking.per_item import PendingIncrement, PerItemWriter
 from jobtrack.tracking.progress_log import ProgressLog
@@ -152,6 +152,12 @@ class ProgressTracker:
 
 
 def _item_problem(job_id: str, stage: str, item_key: str | None) -> str | None:
-    """Why no store can hold this item's progress, or None."""
+    """Why no store can hold this item's progress, or None. Every item
+    passes here: plain ASCII text without NUL is told apart at once."""
+    key = item_key or ""
+    text = job_id + stage + key
+    plain = text.isascii() and "\x00" not in text
+    if plain and item_key != "" and len(key) <= MAX_KEY_LENGTH:
+        return None
     keys = () if item_key is None else (item_key,)
     return progress_problem(StageProgress(job_id, stage, completed_keys=keys))
