@@ -1,6 +1,8 @@
 """A message whose item the store refuses is dead-lettered, with the store's
 reason, by a real ``jobtrack worker`` on RabbitMQ and PostgreSQL; the other
-messages are counted exactly and the worker goes on."""
+messages are counted exactly and the worker goes on. Among them, a message
+whose job id holds a NUL byte: before, its flush failed on PostgreSQL and
+took the job's own items in the same flush down with it."""
 
 from __future__ import annotations
 
@@ -106,6 +108,14 @@ async def test_a_worker_dead_letters_an_item_the_store_refuses(tmp_path: Path) -
                 stage="thumbnail",
             )
             await broker.publish(queue_for("thumbnail"), encode_message(orphan))
+            # A job id no store can hold, among the job's own cache items.
+            poison = StageMessage(
+                job_id="poison\x00job",
+                collection_id=state.image.collection_id,
+                image_id=state.image.id,
+                stage="cache",
+            )
+            await broker.publish(queue_for("cache"), encode_message(poison))
             worker = start_worker(env, log)
             deadline = time.monotonic() + 120
             while not (job := await store.get_job(job_id)).status.terminal or (
@@ -127,7 +137,14 @@ async def test_a_worker_dead_letters_an_item_the_store_refuses(tmp_path: Path) -
             assert dead == [
                 (encode_message(orphan), "progress refused by the store: job 'gone' not found")
             ]
-            assert await dead_letters(env["JOBTRACK_BROKER_URL"], queue_for("cache")) == []
+            # Refused by the message's decoder or by the tracker: dead either way.
+            dead = []
+            while not dead:
+                assert time.monotonic() < deadline, log.read_text()
+                dead = await dead_letters(env["JOBTRACK_BROKER_URL"], queue_for("cache"))
+            [(body, reason)] = dead
+            assert body == encode_message(poison)
+            assert reason
             assert worker.poll() is None
             assert "progress refused by the store: job 'gone' not found" in log.read_text()
         finally:
