@@ -305,8 +305,10 @@ async def test_add_progress_refuses_unknown_entries_alone(store: JobStore) -> No
     ]
     assert [r.stage is None for r in results] == [True, True, False]
     assert (await store.get_job(job.id)).stage("a").completed_items == 3
+    [negative] = await store.add_progress([StageProgress(job.id, "a", completed=-1)])
+    assert negative.refused == "progress must not be negative: -1, 0"
     with pytest.raises(InvalidIncrement):
-        await store.add_progress([StageProgress(job.id, "a", completed=-1)])
+        negative.as_increment()
 
 
 async def test_add_progress_ends_stages_and_the_job_once(store: JobStore) -> None:
@@ -335,8 +337,10 @@ async def test_keys_no_backend_can_hold_are_refused(store: JobStore, key: str) -
     job = await store.create_job("t", ["a"])
     with pytest.raises(InvalidIncrement):
         await store.increment(job.id, "a", item_key=key)
+    [refused] = await store.add_progress([StageProgress(job.id, "a", completed_keys=[key])])
+    assert refused.stage is None
     with pytest.raises(InvalidIncrement):
-        await store.add_progress([StageProgress(job.id, "a", completed_keys=[key])])
+        refused.as_increment()
     assert (await store.get_job(job.id)).stage("a").completed_items == 0
 
 

@@ -16,6 +16,8 @@ from jobtrack.errors import StoreError, StoreUnavailable
 from jobtrack.model import StageStatus
 from jobtrack.store import Increment, InMemoryJobStore, ProgressResult, StageProgress
 from jobtrack.tracking import ProgressTracker
+from jobtrack.tracking.coalescer import Coalescer
+from jobtrack.tracking.progress_log import ProgressLog
 
 
 class FlakyStore(InMemoryJobStore):
@@ -279,4 +281,162 @@ async def test_keys_no_store_can_hold_are_refused_alone(key: str, coalesce: bool
     bad, good = tracker.add(job.id, "a", item_key=key), tracker.add(job.id, "a", item_key="ok")
     assert (await bad, await good) == (False, True)
     assert await tracker.flush(max_wait=1.0)
+    assert (await store.get_job(job.id)).stage("a").completed_items == 1
+
+
+class PickyStore(InMemoryJobStore):
+    """An in-memory store whose engine fails any batch holding a poison job
+    id (as a driver error that no screening foresaw), and that records the
+    size of every batch it is given."""
+
+    def __init__(self, poison: str = "poison") -> None:
+        super().__init__()
+        self.poison = poison
+        self.batches: list[list[StageProgress]] = []
+        self.down_after: int | None = None  # unavailable from this call on
+
+    async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
+        self.batches.append(list(batch))
+        await asyncio.sleep(0)
+        if self.down_after is not None and len(self.batches) > self.down_after:
+            raise StoreUnavailable("store is down")
+        if any(p.job_id == self.poison for p in batch):
+            raise StoreError("engine says no")
+        return await super().add_progress(batch)
+
+
+async def test_a_batch_the_store_fails_is_split_until_only_the_bad_entry_is_left(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = PickyStore()
+    jobs = [await store.create_job("t", ["a"]) for _ in range(7)]
+    tracker = ProgressTracker(store, flush_interval=60)
+    receipts = [tracker.add(job.id, "a", item_key="k") for job in jobs[:3]]
+    poison = tracker.add("poison", "a", item_key="k")
+    receipts += [tracker.add(job.id, "a", item_key="k") for job in jobs[3:]]
+    with caplog.at_level(logging.WARNING, logger="jobtrack.tracking"):
+        assert await tracker.flush(max_wait=1.0)
+    assert await asyncio.gather(*receipts) == [True] * 7
+    assert not await poison
+    assert poison.refused == "engine says no"
+    for job in jobs:
+        assert (await store.get_job(job.id)).stage("a").completed_items == 1
+    refusals = [r for r in caplog.records if getattr(r, "action", "") == "progress_refused"]
+    assert len(refusals) == 1
+    assert "'poison'" in refusals[0].getMessage()
+    assert len(store.batches) == 1 + 2 * 3  # a bisection: log2(8) rounds of two writes
+
+
+async def test_a_store_outage_during_the_split_keeps_only_what_was_not_written() -> None:
+    store = PickyStore()
+    jobs = [await store.create_job("t", ["a"]) for _ in range(3)]
+    tracker = ProgressTracker(store, flush_interval=60, retry_after=60)
+    receipts = [tracker.add(jobs[0].id, "a"), tracker.add(jobs[1].id, "a")]
+    poison = tracker.add("poison", "a")
+    receipts.append(tracker.add(jobs[2].id, "a"))
+    store.down_after = 2  # the whole batch fails, its first half is written, then down
+    await tracker.flush_if_due()
+    assert [r.done() for r in receipts] == [True, True, False]
+    assert (await receipts[0], await receipts[1]) == (True, True)
+    assert tracker.pending == 2  # the entries not written: the poison one and the last
+    store.down_after = None
+    assert await tracker.flush(max_wait=1.0)
+    assert await asyncio.gather(*receipts) == [True, True, True]
+    assert not await poison
+    counts = [(await store.get_job(job.id)).stage("a").completed_items for job in jobs]
+    assert counts == [1, 1, 1]  # unkeyed: written once each, never twice
+
+
+async def test_a_refused_item_says_why_on_its_receipt(coalesce: bool) -> None:
+    store = InMemoryJobStore()
+    job = await store.create_job("t", ["a"])
+    tracker = tracker_for(store, coalesce)
+    good = tracker.add(job.id, "a", item_key="ok")
+    nul = tracker.add("job\x00", "a", item_key="x")
+    missing = tracker.add(job.id, "zzz", item_key="x")
+    key = tracker.add(job.id, "a", item_key="bad\udc80")
+    assert [await r for r in (good, nul, missing, key)] == [True, False, False, False]
+    assert good.refused is None
+    assert nul.refused is not None
+    assert "NUL" in nul.refused
+    assert missing.refused == f"job {job.id!r} has no stage 'zzz'"
+    assert key.refused is not None
+    assert "surrogate" in key.refused
+    assert await tracker.flush(max_wait=1.0)
+    assert (await store.get_job(job.id)).stage("a").completed_items == 1
+
+
+async def test_a_dropped_item_is_not_refused() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, max_pending=1, retry_after=60)
+    store.down = True
+    tracker.add(job.id, "a", item_key="1")
+    dropped = tracker.add(job.id, "a", item_key="2")
+    assert not await dropped
+    assert dropped.refused is None  # not the store's verdict: reconciliation counts it
+
+
+async def test_pending_items_stay_bounded_while_a_flush_fails() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a", "b"])
+    tracker = ProgressTracker(store, flush_interval=60, max_pending=10, retry_after=60)
+    gate = asyncio.Event()
+    real = store.add_progress
+
+    async def failing(batch: Sequence[StageProgress]) -> list[ProgressResult]:
+        await gate.wait()
+        raise StoreUnavailable("store is down")
+
+    store.add_progress = failing  # type: ignore[method-assign]
+    first = [tracker.add(job.id, "a", item_key=str(i)) for i in range(10)]
+    flushing = asyncio.create_task(tracker.flush_if_due())
+    await asyncio.sleep(0.01)  # the flush holds the ten items, in flight
+    late = [tracker.add(job.id, "b", item_key=str(i)) for i in range(10)]
+    gate.set()
+    await flushing
+    assert tracker.pending == 10
+    assert tracker.dropped == 10
+    assert [r.done() for r in late] == [True] * 10
+    assert not any(r.done() for r in first)
+    store.add_progress = real  # type: ignore[method-assign]
+    assert await tracker.flush(max_wait=1.0)
+    assert await asyncio.gather(*first) == [True] * 10
+    stages = (await store.get_job(job.id)).stages
+    assert (stages["a"].completed_items, stages["b"].completed_items) == (10, 0)
+
+
+async def test_a_stage_past_the_increment_bound_is_split_across_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import jobtrack.store.base
+
+    monkeypatch.setattr(jobtrack.store.base, "MAX_INCREMENT", 10)
+    store = PickyStore()
+    job = await store.create_job("t", ["a", "b"])
+    coalescer = Coalescer(store, ProgressLog(50), flush_interval=60, max_entry=10)
+    receipts = [coalescer.add(job.id, "a", item_key=str(i), failed=i % 5 == 0) for i in range(23)]
+    receipts += [coalescer.add(job.id, "a", item_key=None, failed=False) for _ in range(4)]
+    receipts.append(coalescer.add(job.id, "b", item_key=None, failed=True))
+    assert await coalescer.flush()
+    assert await asyncio.gather(*receipts) == [True] * 28
+    assert all(p.items <= 10 for batch in store.batches for p in batch)
+    a, b = (await store.get_job(job.id)).stages.values()
+    assert (a.completed_items, a.failed_items, b.failed_items) == (22, 5, 1)
+    await coalescer.aclose(max_wait=1.0)
+
+
+async def test_a_per_item_receipt_resolves_once_its_kept_item_is_written() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, coalesce=False, retry_after=0.0)
+    store.down = True
+    receipt = tracker.add(job.id, "a", item_key="x")
+    await asyncio.sleep(0.01)
+    assert tracker.pending == 1
+    assert not receipt.done()  # kept for retry: not durable, and not refused either
+    store.down = False
+    assert await tracker.flush(max_wait=1.0)
+    assert await receipt
+    assert receipt.refused is None
     assert (await store.get_job(job.id)).stage("a").completed_items == 1

@@ -46,7 +46,8 @@ class RenditionConsumer:
     progress is durable in the store (or ``durable_within`` seconds passed:
     the tracker keeps it, and reconciliation has the last word; None waits
     as long as it takes, so an unreachable store stops the intake once
-    ``prefetch`` messages wait).
+    ``prefetch`` messages wait). A message whose item the store refused for
+    good (its receipt says why) is dead-lettered with that reason.
     """
 
     def __init__(
@@ -119,6 +120,11 @@ class RenditionConsumer:
         )
         if self._ack_when_durable:
             await receipt.wait(self._durable_within)
+        if receipt.refused is not None:  # refused for good: a redelivery would be refused again
+            await delivery.nack(
+                requeue=False, reason=f"progress refused by the store: {receipt.refused}"
+            )
+            return
         await delivery.ack()
 
     async def _process_when_reachable(self, message: StageMessage, attempts: int) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from jobtrack.errors import Conflict, InvalidIncrement, InvalidRequest, NotFound
+from jobtrack.errors import Conflict, InvalidIncrement, InvalidRequest, JobtrackError, NotFound
 from jobtrack.model import (
     MAX_INCREMENT,
     RESERVED_ATTRIBUTES,
@@ -41,6 +41,10 @@ __all__ = [
     "check_progress",
     "check_unmoved",
     "key_problem",
+    "merge_screened",
+    "progress_problem",
+    "screen_progress",
+    "text_problem",
     "validate_new_job",
 ]
 
@@ -90,8 +94,10 @@ class StageProgress:
 class ProgressResult:
     """What one :class:`StageProgress` did: items counted, the stage after.
 
-    ``missing`` is the error when the job or the stage does not exist
-    (``stage`` is then None); ``job_status`` is set when this write ended
+    ``missing`` is the error when the job or the stage does not exist, and
+    ``rejected`` the error when the entry itself can never be stored (text
+    no engine takes, counts out of bounds; see :func:`progress_problem`);
+    ``stage`` is then None. ``job_status`` is set when this write ended
     the stage.
     """
 
@@ -100,17 +106,22 @@ class ProgressResult:
     stage: Stage | None
     job_status: JobStatus | None = None
     missing: NotFound | None = None
+    rejected: JobtrackError | None = None
 
     @property
     def refused(self) -> str | None:
-        """Why nothing was counted, when the job or stage does not exist."""
-        return None if self.missing is None else str(self.missing)
+        """Why nothing was counted, when the entry was refused for good."""
+        error = self.missing or self.rejected
+        return None if error is None else str(error)
 
     def as_increment(self) -> Increment:
-        """The result of a single increment; raises what it was refused for."""
+        """The result of a single increment; raises what it was refused for
+        (:class:`NotFound`, :class:`InvalidIncrement`, ...)."""
         if self.missing is not None:
             raise self.missing
-        assert self.stage is not None  # only a missing job or stage has none
+        if self.rejected is not None:
+            raise self.rejected
+        assert self.stage is not None  # only a refused entry has none
         return Increment(self.counted > 0, self.stage, self.job_status)
 
 
@@ -176,44 +187,122 @@ def validate_new_job(
 MAX_KEY_LENGTH = 1000
 
 
+def text_problem(text: str, what: str) -> str | None:
+    """Why ``text`` (a job id, a stage name, an item key: ``what``) cannot be
+    stored as text by every backend, or None: PostgreSQL refuses NUL
+    characters, and no engine takes a lone surrogate (it is not UTF-8)."""
+    if "\x00" in text:
+        return f"{what} must not contain NUL characters"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return f"{what} must be valid Unicode, not a lone surrogate"
+    return None
+
+
 def key_problem(key: str) -> str | None:
     """Why an item key cannot be stored by every backend, or None."""
     if not key:
         return "an item key must not be empty"
     if len(key) > MAX_KEY_LENGTH:
         return f"an item key must not exceed {MAX_KEY_LENGTH} characters"
-    if "\x00" in key:
-        return "an item key must not contain NUL characters"
+    return text_problem(key, "an item key")
+
+
+def progress_problem(progress: StageProgress) -> str | None:
+    """Why no backend can ever store this entry, or None: a job id, stage
+    name or item key that is not storable text, negative counts, more than
+    ``MAX_INCREMENT`` items."""
+    for text, what in ((progress.job_id, "a job id"), (progress.stage, "a stage name")):
+        problem = text_problem(text, what)
+        if problem is not None:
+            return f"{problem}: {text[:40]!r}"
+    if progress.completed < 0 or progress.failed < 0:
+        return f"progress must not be negative: {progress.completed}, {progress.failed}"
+    if progress.items > MAX_INCREMENT:
+        return f"progress of {progress.items} items exceeds {MAX_INCREMENT}"
+    for key in (*progress.completed_keys, *progress.failed_keys):
+        problem = key_problem(key)
+        if problem is not None:
+            return f"{problem}: {key[:40]!r}"
     return None
 
 
 def check_progress(progress: StageProgress) -> None:
-    """Refuse negative counts, absurd batches and keys no backend can store."""
-    if progress.completed < 0 or progress.failed < 0:
-        raise InvalidIncrement(f"progress must not be negative: {progress}")
-    if progress.items > MAX_INCREMENT:
-        raise InvalidIncrement(f"progress of {progress.items} items exceeds {MAX_INCREMENT}")
-    for key in (*progress.completed_keys, *progress.failed_keys):
-        problem = key_problem(key)
-        if problem is not None:
-            raise InvalidIncrement(f"{problem}: {key[:40]!r}")
+    """Raise :class:`InvalidIncrement` for an entry no backend can store
+    (see :func:`progress_problem`)."""
+    problem = progress_problem(progress)
+    if problem is not None:
+        raise InvalidIncrement(problem)
+
+
+def screen_progress(batch: Sequence[StageProgress]) -> list[ProgressResult | None]:
+    """Each entry's refusal (a result with ``rejected`` set) when no backend
+    can store it, or None when it may be written: a backend writes the
+    entries screened None and leaves the others alone."""
+    if _storable(batch):
+        return [None] * len(batch)
+    screened: list[ProgressResult | None] = []
+    for progress in batch:
+        problem = progress_problem(progress)
+        refusal = None if problem is None else InvalidIncrement(problem)
+        screened.append(
+            None if refusal is None else ProgressResult(progress, 0, None, rejected=refusal)
+        )
+    return screened
+
+
+def _storable(batch: Sequence[StageProgress]) -> bool:
+    """True when every entry of the batch is storable, told in a few passes
+    over the whole batch (a flush screens tens of thousands of keys); False:
+    look at each entry."""
+    keys = [key for p in batch for group in (p.completed_keys, p.failed_keys) for key in group]
+    if keys and (min(map(len, keys)) == 0 or max(map(len, keys)) > MAX_KEY_LENGTH):
+        return False
+    if any(p.completed < 0 or p.failed < 0 or p.items > MAX_INCREMENT for p in batch):
+        return False
+    text = "".join([*(p.job_id for p in batch), *(p.stage for p in batch), *keys])
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def merge_screened(
+    screened: Sequence[ProgressResult | None], written: Sequence[ProgressResult]
+) -> list[ProgressResult]:
+    """The batch's results in input order: the refusals of
+    :func:`screen_progress`, with the results of the entries written (in
+    their order) in the gaps. Raises ValueError if the counts differ."""
+    rest = iter(written)
+    results = [next(rest) if result is None else result for result in screened]
+    if next(rest, None) is not None or len(written) != screened.count(None):
+        raise ValueError("one result per entry written")
+    return results
 
 
 def as_progress(
     job_id: str, stage: str, completed: int, failed: int, item_key: str | None
 ) -> StageProgress:
-    """One increment as progress: with a key, the item counts once."""
+    """One increment as progress: with a key, the item counts once. Raises
+    :class:`InvalidIncrement` for what no backend can store."""
     if item_key is None:
-        return StageProgress(job_id, stage, completed, failed)
-    problem = key_problem(item_key)
-    if problem is not None:
-        raise InvalidIncrement(f"{problem}: {item_key[:40]!r}")
-    if completed + failed != 1:
+        progress = StageProgress(job_id, stage, completed, failed)
+    elif completed + failed != 1:
         raise InvalidIncrement("an increment with an item key counts exactly one item")
-    keys = (item_key,)
-    return StageProgress(
-        job_id, stage, completed_keys=keys if completed else (), failed_keys=keys if failed else ()
-    )
+    else:
+        keys = (item_key,)
+        progress = StageProgress(
+            job_id,
+            stage,
+            completed_keys=keys if completed else (),
+            failed_keys=keys if failed else (),
+        )
+    check_progress(progress)
+    return progress
 
 
 @runtime_checkable
@@ -258,8 +347,12 @@ class JobStore(Protocol):
 
     async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
         """Apply many stages' progress at once, atomically, keys deduplicated
-        in the same write (the coalesced path: one write per flush). An
-        unknown job or stage refuses its own entry, not the batch."""
+        in the same write (the coalesced path: one write per flush); one
+        result per entry, in input order. An entry refused for good (an
+        unknown job or stage, or what :func:`progress_problem` names)
+        refuses itself, not the batch: its result says why, the others are
+        written. Raises :class:`~jobtrack.errors.StoreUnavailable` when the
+        store cannot be reached."""
         ...
 
     async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:

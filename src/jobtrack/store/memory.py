@@ -43,8 +43,9 @@ from jobtrack.store.base import (
     StoreStats,
     as_progress,
     check_event,
-    check_progress,
     check_unmoved,
+    merge_screened,
+    screen_progress,
     validate_new_job,
 )
 
@@ -120,12 +121,13 @@ class InMemoryJobStore:
             return self._add(progress, self._clock()).as_increment()
 
     async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
-        """Apply many stages' progress at once, under one lock."""
-        for progress in batch:
-            check_progress(progress)
+        """Apply many stages' progress at once, under one lock; an entry no
+        backend can store is refused alone."""
+        screened = screen_progress(batch)
         async with self._lock:
             now = self._clock()
-            return [self._add(progress, now) for progress in batch]
+            written = [self._add(p, now) for p, r in zip(batch, screened, strict=True) if r is None]
+        return merge_screened(screened, written)
 
     def _add(self, progress: StageProgress, now: datetime) -> ProgressResult:
         try:

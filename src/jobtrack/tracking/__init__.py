@@ -1,6 +1,6 @@
 """The tracking core: the consumer-facing ProgressTracker."""
 
-from jobtrack.tracking.coalescer import Receipt
+from jobtrack.tracking.receipt import Outcome, Receipt
 from jobtrack.tracking.tracker import ProgressTracker
 
-__all__ = ["ProgressTracker", "Receipt"]
+__all__ = ["Outcome", "ProgressTracker", "Receipt"]

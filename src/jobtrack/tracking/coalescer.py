@@ -9,9 +9,17 @@ one write per flush, whatever the item rate, and stays exact.
 
 A flush happens every ``flush_interval`` seconds, or as soon as
 ``max_batch`` items wait. Each item's :class:`Receipt` resolves when its
-flush is durable. While the store is unavailable, items stay folded (at
-most ``max_pending``; past that, new ones are dropped and left to
-reconciliation) and flushes back off.
+flush is durable. While the store is unavailable, items stay folded and
+flushes back off. At most ``max_pending`` items are held, those of a flush
+under way included; past that, new ones are dropped and left to
+reconciliation. A stage with more than ``max_entry`` items goes to the
+store as several entries, so that no entry passes ``MAX_INCREMENT``.
+
+An entry the store refuses for good (an unknown job or stage, text no
+engine stores) fails its own receipts, with the store's reason, and no
+other's. Should a write fail as a whole for another reason than the store
+being unavailable, the batch is written again in halves, and so on, until
+only the entries that fail on their own are left: those are refused.
 """
 
 from __future__ import annotations
@@ -20,13 +28,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from jobtrack.errors import StoreUnavailable
+from jobtrack.errors import JobtrackError, StoreError, StoreUnavailable
+from jobtrack.model import MAX_INCREMENT
 from jobtrack.store.base import JobStore, ProgressResult, StageProgress
 from jobtrack.tracking.progress_log import ProgressLog
+from jobtrack.tracking.receipt import DURABLE, NOT_WRITTEN, Outcome, Receipt
 from jobtrack.tracking.stats import WRITE_STATS
 
 __all__ = ["Coalescer", "Receipt"]
@@ -34,46 +43,11 @@ __all__ = ["Coalescer", "Receipt"]
 logger = logging.getLogger("jobtrack.tracking")
 
 
-class Receipt:
-    """Resolves to True once an item's progress is durable in the store, or
-    to False when it was refused or dropped. Await it, or :meth:`wait`."""
-
-    __slots__ = ("_future",)
-
-    def __init__(self, future: asyncio.Future[bool]) -> None:
-        self._future = future
-
-    @classmethod
-    def resolved(cls, durable: bool) -> Receipt:
-        """A receipt already settled."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        future.set_result(durable)
-        return cls(future)
-
-    def done(self) -> bool:
-        """Whether the outcome is known."""
-        return self._future.done()
-
-    def add_done_callback(self, callback: Callable[[bool], None]) -> None:
-        """Call ``callback(durable)`` once the outcome is known."""
-        self._future.add_done_callback(lambda future: callback(future.result()))
-
-    async def wait(self, within: float | None = None) -> bool:
-        """The outcome; False if it is not known within ``within`` seconds."""
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._future), within)
-        except TimeoutError:
-            return False
-
-    def __await__(self) -> Generator[Any, None, bool]:
-        return asyncio.shield(self._future).__await__()
-
-
 @dataclass(slots=True)
 class _Fold:
     """One stage's items since the last flush, and who waits for them."""
 
-    waiters: list[asyncio.Future[bool]]
+    waiters: list[asyncio.Future[Outcome]]
     completed: int = 0
     failed: int = 0
     completed_keys: dict[str, None] = field(default_factory=dict)
@@ -86,14 +60,53 @@ class _Fold:
         self.failed_keys = {**older.failed_keys, **self.failed_keys}
         self.waiters = older.waiters + self.waiters
 
-    def settle(self, *, durable: bool) -> None:
+    def settle(self, outcome: Outcome) -> None:
         for waiter in self.waiters:
             if not waiter.done():
-                waiter.set_result(durable)
+                waiter.set_result(outcome)
+
+    def entries(self, job_id: str, stage: str, limit: int) -> list[StageProgress]:
+        """The store entries of this fold, none with more than ``limit``
+        items: one, unless the stage holds more. Completed keys go before
+        failed ones, so a key reported both ways counts as completed, as it
+        would in one entry."""
+        completed, failed = self.completed, self.failed
+        ckeys, fkeys = list(self.completed_keys), list(self.failed_keys)
+        entries = []
+        while True:
+            room = limit
+            c = min(completed, room)
+            room -= c
+            f = min(failed, room)
+            room -= f
+            ck, ckeys = ckeys[:room], ckeys[room:]
+            room -= len(ck)
+            fk, fkeys = fkeys[:room], fkeys[room:]
+            completed, failed = completed - c, failed - f
+            entries.append(StageProgress(job_id, stage, c, f, tuple(ck), tuple(fk)))
+            if not (completed or failed or ckeys or fkeys):
+                return entries
+
+    @classmethod
+    def of(cls, entries: Sequence[StageProgress], waiters: list[asyncio.Future[Outcome]]) -> _Fold:
+        """A fold holding these entries' items, for these waiters."""
+        fold = cls(waiters)
+        for entry in entries:
+            fold.completed += entry.completed
+            fold.failed += entry.failed
+            fold.completed_keys.update(dict.fromkeys(entry.completed_keys))
+            fold.failed_keys.update(dict.fromkeys(entry.failed_keys))
+        return fold
 
 
 class Coalescer:
-    """Folds reported items and flushes them to the store in the background."""
+    """Folds reported items and flushes them to the store in the background.
+
+    :param max_pending: items held at most, a flush's included; past it new
+        items are dropped (their receipts resolve False, not refused).
+    :param max_entry: items per store entry at most; a stage holding more is
+        written as several entries of one batch.
+    """
 
     def __init__(
         self,
@@ -103,19 +116,24 @@ class Coalescer:
         flush_interval: float = 0.1,
         max_batch: int = 50_000,
         max_pending: int = 1_000_000,
+        max_entry: int = MAX_INCREMENT,
         retry_after: float = 0.5,
         max_retry_after: float = 30.0,
     ) -> None:
+        if max_entry < 1:
+            raise ValueError("max_entry must be at least 1")
         self._store = store
         self._log = progress_log
         self._interval = flush_interval
         self._max_batch = max_batch
         self._max_pending = max_pending
+        self._max_entry = max_entry
         self._retry_after = retry_after
         self._max_retry_after = max_retry_after
         self._backoff = 0.0
         self._folds: dict[tuple[str, str], _Fold] = {}
-        self._items = 0
+        self._items = 0  # folded, waiting for a flush
+        self._in_flight = 0  # taken by the flush under way
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -125,8 +143,8 @@ class Coalescer:
 
     @property
     def pending(self) -> int:
-        """Items reported and not yet durable."""
-        return self._items
+        """Items reported and not yet durable (those of a flush under way too)."""
+        return self._items + self._in_flight
 
     @property
     def backing_off(self) -> bool:
@@ -135,20 +153,20 @@ class Coalescer:
 
     def add(self, job_id: str, stage: str, *, item_key: str | None, failed: bool) -> Receipt:
         """Fold one item in; never blocks, never raises."""
-        if self._items >= self._max_pending:
+        if self.pending >= self._max_pending:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 logger.warning(
                     "%d progress items wait for the store; dropping new ones (%d so far), "
                     "reconciliation will count them",
-                    self._items,
+                    self.pending,
                     self.dropped,
                     extra={"action": "progress_dropped"},
                 )
             return Receipt.resolved(False)
         fold = self._folds.get((job_id, stage))
         if fold is None:
-            future = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
             fold = self._folds[(job_id, stage)] = _Fold([future])
         if item_key is None:
             if failed:
@@ -185,7 +203,7 @@ class Coalescer:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         for fold in self._folds.values():
-            fold.settle(durable=False)
+            fold.settle(NOT_WRITTEN)
         if not flushed:
             logger.warning(
                 "%d progress items not written; reconciliation will count them",
@@ -212,53 +230,123 @@ class Coalescer:
         if not self._folds:
             return True
         folds, items = self._folds, self._items
-        self._folds, self._items = {}, 0
-        batch = [
-            StageProgress(
-                job_id,
-                stage,
-                fold.completed,
-                fold.failed,
-                tuple(fold.completed_keys),
-                tuple(fold.failed_keys),
-            )
-            for (job_id, stage), fold in folds.items()
-        ]
+        self._folds, self._items, self._in_flight = {}, 0, items
+        batch: list[StageProgress] = []
+        owners: list[tuple[str, str]] = []
+        for key, fold in folds.items():
+            for entry in fold.entries(*key, self._max_entry):
+                batch.append(entry)
+                owners.append(key)
+        results: list[ProgressResult | None] = [None] * len(batch)
         started = time.perf_counter()
         try:
-            results = await self._store.add_progress(batch)
-        except StoreUnavailable as exc:
-            WRITE_STATS.failed()
-            self._keep(folds, items, exc)
-            return False
+            outage = await self._write(batch, 0, len(batch), results)
         except asyncio.CancelledError:
-            self._restore(folds, items)  # the write may or may not have happened: keys make it safe
+            # Whatever was under way may or may not have happened: keys make it safe.
+            self._in_flight = 0
+            self._settle(folds, owners, batch, results)
             raise
-        except Exception:  # nothing a retry can mend; never the consumer's problem
-            logger.exception(
-                "%d progress items refused by the store; reconciliation will count them",
-                items,
-                extra={"action": "progress_refused"},
-            )
-            for fold in folds.values():
-                fold.settle(durable=False)
-            return True
-        WRITE_STATS.record(time.perf_counter() - started, items)
-        self._backoff = 0.0
-        self.flushes += 1
-        for fold, result in zip(folds.values(), results, strict=True):
-            fold.settle(durable=result.stage is not None)
-        self._report(results)
+        self._in_flight = 0
+        if outage is None:
+            WRITE_STATS.record(time.perf_counter() - started, items)
+            self._backoff = 0.0
+            self.flushes += 1
+        else:
+            WRITE_STATS.failed()
+        self._settle(folds, owners, batch, results)
+        self._report([result for result in results if result is not None])
+        if outage is not None:
+            self._back_off(outage)
+            return False
         return True
 
-    def _keep(
+    async def _write(
+        self,
+        batch: list[StageProgress],
+        lo: int,
+        hi: int,
+        results: list[ProgressResult | None],
+    ) -> StoreUnavailable | None:
+        """Write ``batch[lo:hi]`` into ``results``; a write that fails as a
+        whole (not for unavailability) is written again in halves, until
+        each entry that fails alone is refused with its error. Returns the
+        outage that stopped it, if one did: the entries whose results are
+        still None were not written."""
+        try:
+            written = await self._store.add_progress(batch[lo:hi])
+            if len(written) != hi - lo:
+                raise StoreError(f"{len(written)} results for {hi - lo} progress entries")
+        except StoreUnavailable as exc:
+            return exc
+        except Exception as exc:  # what the store refused; never the consumer's problem
+            if hi - lo == 1:
+                results[lo] = self._refused(batch[lo], exc)
+                return None
+            if hi - lo == len(batch):
+                logger.warning(
+                    "a progress write of %d stages failed (%s); writing it in parts "
+                    "to find the stages refused",
+                    len(batch),
+                    exc,
+                    extra={"action": "progress_write_split"},
+                )
+            middle = (lo + hi) // 2
+            outage = await self._write(batch, lo, middle, results)
+            return outage or await self._write(batch, middle, hi, results)
+        results[lo:hi] = written
+        return None
+
+    @staticmethod
+    def _refused(progress: StageProgress, exc: Exception) -> ProgressResult:
+        """The result of an entry whose write fails on its own."""
+        logger.error(
+            "progress for job %r stage %r refused by the store (%s); reconciliation will count it",
+            progress.job_id[:100],
+            progress.stage[:100],
+            exc,
+            exc_info=exc,
+            extra={"action": "progress_write_error", "job_id": progress.job_id},
+        )
+        error = (
+            exc if isinstance(exc, JobtrackError) else StoreError(f"{type(exc).__name__}: {exc}")
+        )
+        return ProgressResult(progress, 0, None, rejected=error)
+
+    def _settle(
         self,
         folds: dict[tuple[str, str], _Fold],
-        items: int,
-        exc: Exception,
+        owners: list[tuple[str, str]],
+        batch: list[StageProgress],
+        results: list[ProgressResult | None],
     ) -> None:
-        """Put a batch the store could not take back in front of newer items."""
-        self._restore(folds, items)
+        """Resolve the receipts of every fold whose entries all have results;
+        put the entries not written back, in front of newer items."""
+        unwritten: dict[tuple[str, str], list[StageProgress]] = {}
+        refusals: dict[tuple[str, str], str] = {}
+        for key, progress, result in zip(owners, batch, results, strict=True):
+            if result is None:
+                unwritten.setdefault(key, []).append(progress)
+            elif result.refused is not None:
+                refusals.setdefault(key, result.refused)
+        for key, fold in folds.items():
+            if key in unwritten:
+                self._restore(key, _Fold.of(unwritten[key], fold.waiters))
+            elif key in refusals:
+                fold.settle(Outcome.refusal(refusals[key]))
+            else:
+                fold.settle(DURABLE)
+
+    def _restore(self, key: tuple[str, str], older: _Fold) -> None:
+        newer = self._folds.get(key)
+        if newer is None:
+            self._folds[key] = older
+        else:
+            newer.merge(older)
+        self._items += older.completed + older.failed
+        self._items += len(older.completed_keys) + len(older.failed_keys)
+
+    def _back_off(self, exc: Exception) -> None:
+        """Wait longer before the next flush, after the store was unavailable."""
         self._backoff = min(max(self._backoff * 2, self._retry_after), self._max_retry_after)
         logger.warning(
             "progress flush failed (%d items kept, next try in %.1f s): %s",
@@ -268,22 +356,39 @@ class Coalescer:
             extra={"action": "progress_write_failed"},
         )
 
-    def _restore(self, folds: dict[tuple[str, str], _Fold], items: int) -> None:
-        for key, older in folds.items():
-            newer = self._folds.get(key)
-            if newer is None:
-                self._folds[key] = older
-            else:
-                newer.merge(older)
-        self._items += items
-
     def _report(self, results: list[ProgressResult]) -> None:
+        refused = 0
         for result in results:
             if result.stage is None:
-                logger.warning(
-                    "progress not recorded: %s",
-                    result.refused,
-                    extra={"action": "progress_refused"},
-                )
+                refused += 1
+                if refused <= _REFUSALS_LOGGED:
+                    _log_refusal(result)
             elif result.counted:
                 self._log.counted(result.progress.job_id, result.stage, result.counted)
+        if refused > _REFUSALS_LOGGED:
+            logger.warning(
+                "%d more progress entries not recorded in this flush",
+                refused - _REFUSALS_LOGGED,
+                extra={"action": "progress_refused"},
+            )
+
+
+def _log_refusal(result: ProgressResult) -> None:
+    """One line for an entry the store refused: the reason (which names the
+    job and stage when they are unknown)."""
+    progress = result.progress
+    extra = {"action": "progress_refused", "job_id": progress.job_id}
+    if result.missing is not None:
+        logger.warning("progress not recorded: %s", result.refused, extra=extra)
+    else:
+        logger.warning(
+            "progress for job %r stage %r not recorded: %s",
+            progress.job_id[:100],
+            progress.stage[:100],
+            result.refused,
+            extra=extra,
+        )
+
+
+#: Refused entries logged one by one per flush; the rest are counted in one line.
+_REFUSALS_LOGGED = 20

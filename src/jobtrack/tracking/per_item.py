@@ -1,7 +1,9 @@
 """Per-item progress writes: one store write per finished item, as the seed
 describes. A write that fails because the store is unavailable is kept and
 retried with backoff; a write the store refuses for good is logged and
-dropped, since retrying it could never succeed.
+dropped, since retrying it could never succeed. An increment may carry a
+waiter: it resolves once the item is durable (after retries, if need be),
+refused (with the store's reason), or dropped past the bound.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from jobtrack.errors import InvalidRequest, NotFound, StoreUnavailable
 from jobtrack.store.base import JobStore
 from jobtrack.tracking.progress_log import ProgressLog
+from jobtrack.tracking.receipt import DURABLE, NOT_WRITTEN, Outcome
 from jobtrack.tracking.stats import WRITE_STATS
 
 __all__ = ["PendingIncrement", "PerItemWriter"]
@@ -31,12 +34,19 @@ class _Outcome(Enum):
 
 @dataclass(frozen=True, slots=True)
 class PendingIncrement:
-    """An increment the store could not take yet."""
+    """An increment to write, or that the store could not take yet; its
+    ``waiter``, if any, learns the item's fate."""
 
     job_id: str
     stage: str
     item_key: str | None
     failed: bool
+    waiter: asyncio.Future[Outcome] | None = field(default=None, compare=False)
+
+    def settle(self, outcome: Outcome) -> None:
+        """Tell the waiter, if there is one still waiting."""
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(outcome)
 
 
 class PerItemWriter:
@@ -123,15 +133,18 @@ class PerItemWriter:
             return _Outcome.KEPT
         except (NotFound, InvalidRequest) as exc:
             logger.warning("progress not recorded: %s", exc, extra={"action": "progress_refused"})
+            item.settle(Outcome.refusal(str(exc)))
             return _Outcome.REFUSED
-        except Exception:  # a store error no retry can mend; never the consumer's problem
+        except Exception as exc:  # a store error no retry can mend; never the consumer's problem
             logger.exception(
-                "progress write for job %s stage %s refused; reconciliation will count it",
-                item.job_id,
-                item.stage,
+                "progress write for job %r stage %r refused; reconciliation will count it",
+                item.job_id[:100],
+                item.stage[:100],
                 extra={"action": "progress_refused", "job_id": item.job_id},
             )
+            item.settle(Outcome.refusal(str(exc) or type(exc).__name__))
             return _Outcome.REFUSED
+        item.settle(DURABLE)
         if result.counted:
             self._log.counted(item.job_id, result.stage, 1)
         return _Outcome.RECORDED
@@ -139,6 +152,8 @@ class PerItemWriter:
     def _keep(self, item: PendingIncrement, exc: Exception, *, retry: bool) -> None:
         if len(self._pending) == self._pending.maxlen:
             self.dropped += 1
+            # the deque drops the far end to make room: that item is not written
+            (self._pending[-1] if retry else self._pending[0]).settle(NOT_WRITTEN)
             logger.warning(
                 "%d progress writes kept for retry; dropping one (reconciliation will count it)",
                 len(self._pending),

@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from jobtrack.model import MAX_INCREMENT
-from jobtrack.store.base import JobStore, key_problem
-from jobtrack.tracking.coalescer import Coalescer, Receipt
+from jobtrack.store.base import MAX_KEY_LENGTH, JobStore, StageProgress, progress_problem
+from jobtrack.tracking.coalescer import Coalescer
 from jobtrack.tracking.per_item import PendingIncrement, PerItemWriter
 from jobtrack.tracking.progress_log import ProgressLog
+from jobtrack.tracking.receipt import Outcome, Receipt
 
 __all__ = ["ProgressTracker"]
 
@@ -59,7 +59,6 @@ class ProgressTracker:
         enabled: bool = True,
     ) -> None:
         progress_log = ProgressLog(log_every)
-        max_pending = min(max_pending, MAX_INCREMENT)  # one stage's flush must stay one write
         self._max_pending = max_pending
         self.enabled = enabled
         self.coalesce = coalesce
@@ -95,28 +94,29 @@ class ProgressTracker:
         self, job_id: str, stage: str, *, item_key: str | None = None, failed: bool = False
     ) -> Receipt:
         """Report one finished item (``failed`` if it could not be done) and
-        return at once; the receipt resolves when the item is durable."""
+        return at once; the receipt resolves when the item is durable, or
+        refused (with the reason: an id or key no store can hold, an unknown
+        job or stage), or dropped past ``max_pending``."""
         if not self.enabled:
             return Receipt.resolved(False)
-        if item_key is not None and (problem := key_problem(item_key)) is not None:
+        if (problem := _item_problem(job_id, stage, item_key)) is not None:
             logger.warning(
-                "progress not recorded: %s: %r",
-                problem,
-                item_key[:40],
-                extra={"action": "progress_refused"},
+                "progress not recorded: %s", problem, extra={"action": "progress_refused"}
             )
-            return Receipt.resolved(False)
+            return Receipt.refusal(problem)
         if self.coalesce:
             return self._coalescer.add(job_id, stage, item_key=item_key, failed=failed)
         if self.pending >= self._max_pending:
             self._per_item.dropped += 1
             return Receipt.resolved(False)
-        write = asyncio.get_running_loop().create_task(
-            self._per_item.increment(PendingIncrement(job_id, stage, item_key, failed))
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Outcome] = loop.create_future()
+        write = loop.create_task(
+            self._per_item.increment(PendingIncrement(job_id, stage, item_key, failed, waiter))
         )
         self._writes.add(write)
         write.add_done_callback(self._writes.discard)
-        return Receipt(write)
+        return Receipt(waiter)
 
     async def increment(
         self, job_id: str, stage: str, *, item_key: str | None = None, failed: bool = False
@@ -127,7 +127,7 @@ class ProgressTracker:
         if not self.enabled:
             return False
         if not self.coalesce:
-            if item_key is not None and key_problem(item_key) is not None:
+            if _item_problem(job_id, stage, item_key) is not None:
                 return await self.add(job_id, stage, item_key=item_key, failed=failed)
             return await self._per_item.increment(PendingIncrement(job_id, stage, item_key, failed))
         receipt = self.add(job_id, stage, item_key=item_key, failed=failed)
@@ -149,3 +149,15 @@ class ProgressTracker:
         return await self._per_item.flush(max_wait=max_wait) and await self._coalescer.aclose(
             max_wait=max_wait
         )
+
+
+def _item_problem(job_id: str, stage: str, item_key: str | None) -> str | None:
+    """Why no store can hold this item's progress, or None. Every item
+    passes here: plain ASCII text without NUL is told apart at once."""
+    key = item_key or ""
+    text = job_id + stage + key
+    plain = text.isascii() and "\x00" not in text
+    if plain and item_key != "" and len(key) <= MAX_KEY_LENGTH:
+        return None
+    keys = () if item_key is None else (item_key,)
+    return progress_problem(StageProgress(job_id, stage, completed_keys=keys))

@@ -58,8 +58,9 @@ from jobtrack.store.base import (
     StoreStats,
     as_progress,
     check_event,
-    check_progress,
     check_unmoved,
+    merge_screened,
+    screen_progress,
     validate_new_job,
 )
 from jobtrack.store.sql import load_queries, migrations
@@ -240,11 +241,15 @@ class PostgresJobStore:
 
     async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
         """Apply many stages' progress in one round trip (``jobtrack_add_many``),
-        jobs locked in id order so that concurrent flushes never deadlock."""
-        for progress in batch:
-            check_progress(progress)
-        ordered = sorted(range(len(batch)), key=lambda i: (batch[i].job_id, batch[i].stage))
-        entries = [batch[i] for i in ordered]
+        jobs locked in id order so that concurrent flushes never deadlock. An
+        entry no backend can store (a NUL character in a job id, say, which
+        PostgreSQL text refuses) is refused alone, before the call."""
+        screened = screen_progress(batch)
+        todo = [p for p, r in zip(batch, screened, strict=True) if r is None]
+        if not todo:
+            return merge_screened(screened, [])
+        ordered = sorted(range(len(todo)), key=lambda i: (todo[i].job_id, todo[i].stage))
+        entries = [todo[i] for i in ordered]
         ckeys, cstart, ccount = _flatten([p.completed_keys for p in entries])
         fkeys, fstart, fcount = _flatten([p.failed_keys for p in entries])
         params = (
@@ -262,10 +267,10 @@ class PostgresJobStore:
         )
         async with self.connection() as conn:
             rows = await (await conn.execute(_Q["add_many"], params, prepare=True)).fetchall()
-        results: list[ProgressResult | None] = [None] * len(batch)
+        results: list[ProgressResult | None] = [None] * len(todo)
         for index, row in zip(ordered, rows, strict=True):
-            results[index] = _result(batch[index], row)
-        return [r for r in results if r is not None]
+            results[index] = _result(todo[index], row)
+        return merge_screened(screened, [r for r in results if r is not None])
 
     async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:
         """Add ``by`` items to the stage's (unsealed) total."""

@@ -46,8 +46,9 @@ from jobtrack.store.base import (
     StoreStats,
     as_progress,
     check_event,
-    check_progress,
     check_unmoved,
+    merge_screened,
+    screen_progress,
     validate_new_job,
 )
 from jobtrack.store.sql import load_queries
@@ -161,12 +162,14 @@ class SqliteJobStore:
 
     async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
         """Apply many stages' progress in one ``BEGIN IMMEDIATE`` transaction:
-        per stage, claim the new keys, then one increment with the counts."""
-        for progress in batch:
-            check_progress(progress)
+        per stage, claim the new keys, then one increment with the counts.
+        An entry no backend can store is refused alone, before the write."""
+        screened = screen_progress(batch)
+        todo = [p for p, r in zip(batch, screened, strict=True) if r is None]
         now = to_micros(self._clock())
         with self.database.write() as conn:
-            return [self._add(conn, progress, now) for progress in batch]
+            written = [self._add(conn, progress, now) for progress in todo]
+        return merge_screened(screened, written)
 
     def _add(self, conn: sqlite3.Connection, progress: StageProgress, now: int) -> ProgressResult:
         job_id, stage = progress.job_id, progress.stage
