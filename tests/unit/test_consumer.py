@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import msgspec
+import pytest
 from PIL import Image
 
 from jobtrack.broker import InMemoryBroker
@@ -159,3 +162,49 @@ async def test_the_gate_reads_a_job_once_a_ttl_and_keeps_a_cancellation() -> Non
     now[0] = 1.0
     assert await gate.cancelled(job.id)
     assert not await gate.cancelled("no-such-job")  # unknown: the work is done
+
+
+async def test_messages_no_store_can_hold_are_dead_lettered_with_their_reason(
+    tmp_path: Path,
+) -> None:
+    broker, store, job_id, message = await setup(tmp_path)
+    poison = [
+        encode_message(msgspec.structs.replace(message, job_id=job_id + "\x00")),
+        encode_message(msgspec.structs.replace(message, image_id="x" * 10_000)),
+        encode_message(message).replace(job_id.encode(), b"\xed\xa0\x80"),  # a surrogate in UTF-8
+    ]
+    for body in poison:
+        await broker.publish(QUEUE, body)
+    await broker.publish(QUEUE, encode_message(message))
+    await drain(broker)
+    dead = broker.dead_letters[f"{QUEUE}.dead"]
+    assert [d.body for d in dead] == poison
+    assert [d.reason.split(" (")[0] for d in dead[:2]] == [
+        "stage message with a NUL byte in job_id",
+        "stage message whose image_id has 10000 characters",
+    ]
+    assert dead[2].reason.startswith("malformed stage message: 'utf-8' codec can't decode")
+    assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 1
+    await broker.aclose()
+
+
+async def test_a_huge_malformed_message_logs_a_few_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker, store, job_id, message = await setup(tmp_path)
+    huge = [
+        b'{"job_id": "' + b"x" * 10_000_000 + b'\xff"}',  # not UTF-8
+        encode_message(msgspec.structs.replace(message, stage="x" * 10_000_000)),
+    ]
+    with caplog.at_level(logging.DEBUG):
+        for body in huge:
+            await broker.publish(QUEUE, body)
+        await broker.publish(QUEUE, encode_message(message))
+        await drain(broker)
+    logged = sum(len(record.getMessage()) + len(record.exc_text or "") for record in caplog.records)
+    assert logged < 2_000, logged
+    reasons = [d.reason for d in broker.dead_letters[f"{QUEUE}.dead"]]
+    assert len(reasons) == 2
+    assert all(len(reason) < 300 for reason in reasons), reasons
+    assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 1
+    await broker.aclose()

@@ -21,7 +21,7 @@ from jobtrack.model import Clock, utc_now
 from jobtrack.pipeline.catalog import Artifact, ArtifactStatus, Catalog, ImageRecord
 from jobtrack.pipeline.gate import JobGate
 from jobtrack.pipeline.imaging import Rendition, render
-from jobtrack.pipeline.messages import StageMessage, decode_message, encode_message
+from jobtrack.pipeline.messages import StageMessage, brief, decode_message, encode_message
 from jobtrack.pipeline.pool import RenderPool, WorkerCrashed
 from jobtrack.pipeline.stages import RenditionSpec
 from jobtrack.pipeline.walk import open_inside
@@ -109,7 +109,7 @@ class RenditionConsumer:
         try:
             failed = await self._process_when_reachable(message, _attempts(delivery, message))
         except NotFound as exc:
-            await delivery.nack(requeue=False, reason=str(exc))
+            await delivery.nack(requeue=False, reason=brief(str(exc)))
             return
         except Exception as exc:
             await self._retry_later(delivery, message, exc)
@@ -134,7 +134,7 @@ class RenditionConsumer:
                     "store unreachable for item %s of job %s (%s); trying again in %.1f s",
                     message.image_id,
                     message.job_id,
-                    exc,
+                    brief(str(exc)),
                     delay,
                     extra={"action": "store_unavailable", "job_id": message.job_id},
                 )
@@ -148,12 +148,12 @@ class RenditionConsumer:
             "item %s of job %s not done (%s); %s",
             message.image_id,
             message.job_id,
-            exc,
+            brief(str(exc)),
             "will retry" if again else "dead-lettered",
             extra={"action": "item_error", "job_id": message.job_id},
         )
         if not again:
-            await delivery.nack(requeue=False, reason=f"{type(exc).__name__}: {exc}")
+            await delivery.nack(requeue=False, reason=brief(f"{type(exc).__name__}: {exc}"))
             return
         await asyncio.sleep(min(self._retry_delay * 2 ** (attempts - 1), 10.0))
         await delivery.retry(encode_message(msgspec.structs.replace(message, attempt=attempts + 1)))
@@ -193,7 +193,7 @@ class RenditionConsumer:
             "%s of %s failed: %s",
             self.spec.stage,
             image.relpath,
-            error,
+            brief(error),
             extra={"action": "item_failed", "job_id": message.job_id},
         )
 
