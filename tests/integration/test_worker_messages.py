@@ -27,6 +27,7 @@ from PIL import Image
 from jobtrack.broker import dead_letter_queue
 from jobtrack.broker.rabbitmq import REASON_HEADER, RabbitMQBroker
 from jobtrack.model import Job, JobStatus
+from jobtrack.pipeline.catalog import catalog_for
 from jobtrack.pipeline.messages import StageMessage, encode_message
 from jobtrack.pipeline.stages import THUMBNAIL, queue_for
 from jobtrack.store import JobStore, open_store
@@ -99,6 +100,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
             "JOBTRACK_STORE_URL": database_url(database),
             "JOBTRACK_BROKER_URL": vhost_url(vhost),
             "JOBTRACK_DATA_DIR": str(base / "state"),
+            "COLUMNS": "300",
         }
         worker = Worker(env, base / "state", base / "worker.log")
         worker.start()
@@ -206,3 +208,28 @@ async def test_poison_messages_are_dead_lettered_with_their_reason_and_logged_br
     assert worker.process.poll() is None  # the worker goes on
     logged = worker.log.stat().st_size - log_before
     assert logged < 20_000, logged
+
+
+async def test_items_of_a_job_that_has_ended_are_acked_without_work(
+    worker: Worker, store: JobStore, broker: RabbitMQBroker, tmp_path: Path
+) -> None:
+    job = await ended(store, enqueue(worker, collection(tmp_path / "photos"))["id"])
+    assert_exact(job)
+    collection_id = job.attributes["collection"]["id"]
+    states = await catalog_for(store).images_of_job(collection_id, job.id)
+    thumbnails = [Path(str(state.artifacts[THUMBNAIL].path)) for state in states]
+    for path in thumbnails:
+        path.unlink()
+    log_before = worker.log.stat().st_size
+    again = [
+        encode_message(StageMessage(job.id, collection_id, state.image.id, THUMBNAIL))
+        for state in states
+    ]
+    await broker.publish_many(queue_for(THUMBNAIL), again)  # as a redelivery would
+    await drained(broker)
+    assert [path.exists() for path in thumbnails] == [False] * IMAGES  # not rendered again
+    with worker.log.open() as log:
+        log.seek(log_before)
+        assert log.read().count(f"skipped: job {job.id} has ended (completed)") == IMAGES
+    assert await take_dead_letters(worker.env["JOBTRACK_BROKER_URL"], THUMBNAIL) == []
+    assert await store.get_job(job.id) == job

@@ -13,7 +13,7 @@ from PIL import Image
 
 from jobtrack.broker import InMemoryBroker
 from jobtrack.errors import StoreUnavailable
-from jobtrack.model import JobStatus
+from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import Artifact, InMemoryCatalog, ScannedFile
 from jobtrack.pipeline.consumer import RenditionConsumer
 from jobtrack.pipeline.gate import JobGate
@@ -151,17 +151,46 @@ async def test_a_cancelled_jobs_items_are_acked_without_work(tmp_path: Path) -> 
     assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 0
 
 
-async def test_the_gate_reads_a_job_once_a_ttl_and_keeps_a_cancellation() -> None:
+@pytest.mark.parametrize("status", [JobStatus.COMPLETED, JobStatus.FAILED])
+async def test_an_ended_jobs_redelivered_items_are_acked_without_work(
+    tmp_path: Path, status: JobStatus, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker, store, job_id, message = await setup(tmp_path)
+    await store.end_job(job_id, status)
+    with caplog.at_level(logging.INFO):
+        await broker.publish(QUEUE, encode_message(message))
+        await drain(broker)
+    assert list((tmp_path / "data").rglob("*.jpg")) == []  # nothing rendered
+    assert broker.dead_letters.get(f"{QUEUE}.dead", []) == []  # acked, not dead-lettered
+    assert f"skipped: job {job_id} has ended ({status})" in caplog.text
+    await broker.aclose()
+
+
+async def test_the_gate_reads_a_job_once_a_ttl_and_keeps_an_end() -> None:
     store = InMemoryJobStore()
     job = await store.create_job("t", ["a"])
     now = [0.0]
     gate = JobGate(store, ttl=1.0, monotonic=lambda: now[0])
-    assert not await gate.cancelled(job.id)
+    assert await gate.ended(job.id) is None
     await store.end_job(job.id, JobStatus.CANCELLED)
-    assert not await gate.cancelled(job.id)  # the answer read 0 s ago still holds
+    assert await gate.ended(job.id) is None  # the answer read 0 s ago still holds
     now[0] = 1.0
-    assert await gate.cancelled(job.id)
-    assert not await gate.cancelled("no-such-job")  # unknown: the work is done
+    assert await gate.ended(job.id) is JobStatus.CANCELLED
+    assert await gate.ended("no-such-job") is None  # unknown: the work is done
+    done = await store.create_job("t", ["a"])
+    await store.end_job(done.id, JobStatus.COMPLETED)
+    assert await gate.ended(done.id) is JobStatus.COMPLETED
+    reads = []
+    read = store.get_job
+
+    async def counting_get_job(job_id: str) -> Job:
+        reads.append(job_id)
+        return await read(job_id)
+
+    store.get_job = counting_get_job  # type: ignore[method-assign]
+    now[0] = 100.0
+    assert await gate.ended(done.id) is JobStatus.COMPLETED
+    assert reads == []  # an end is final: kept, not read again
 
 
 async def test_messages_no_store_can_hold_are_dead_lettered_with_their_reason(

@@ -87,12 +87,14 @@ class RenditionConsumer:
         except MalformedMessage as exc:
             await delivery.nack(requeue=False, reason=str(exc))
             return
-        if self._gate is not None and await self._gate.cancelled(message.job_id):
+        end = None if self._gate is None else await self._gate.ended(message.job_id)
+        if end is not None:
             logger.info(
-                "%s of image %s skipped: job %s was cancelled",
+                "%s of image %s skipped: job %s has ended (%s)",
                 message.stage,
                 message.image_id,
                 message.job_id,
+                end,
                 extra={"action": "skipped", "job_id": message.job_id},
             )
             await delivery.ack()
