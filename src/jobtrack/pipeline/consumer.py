@@ -164,7 +164,11 @@ class RenditionConsumer:
         """Make and record the artifact; True when the item failed."""
         image = await self._catalog.get_image(message.image_id)
         collection = await self._catalog.get_collection(image.collection_id)
-        destination = self.spec.output_path(self._data_dir, collection.id, image.id)
+        try:
+            destination = self.spec.output_path(self._data_dir, collection.id, image.id)
+        except PathRefused as exc:  # the catalog's ids name no place to write
+            await self._failed(message, image, None, str(exc))
+            return True
         try:
             rendition = await self._pool.run(
                 render_inside,
@@ -187,9 +191,10 @@ class RenditionConsumer:
         return False
 
     async def _failed(
-        self, message: StageMessage, image: ImageRecord, destination: Path, error: str
+        self, message: StageMessage, image: ImageRecord, destination: Path | None, error: str
     ) -> None:
-        await asyncio.to_thread(_discard, destination)
+        if destination is not None:
+            await asyncio.to_thread(_discard, destination)
         await self._record(image, ArtifactStatus.FAILED, error=error)
         logger.info(
             "%s of %s failed: %s",

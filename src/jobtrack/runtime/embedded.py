@@ -134,6 +134,7 @@ class EmbeddedRuntime:
             broker=self.broker,
             renditions=self.renditions,
             exclude=[settings.data_dir],
+            data_dir=settings.data_dir,
         )
         self.reconciler = CollectionScanReconciler(
             catalog=self.catalog, renditions=self.renditions, broker=self.broker

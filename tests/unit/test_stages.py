@@ -1,0 +1,47 @@
+"""Where renditions are written: inside the renditions folder, whatever the ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobtrack.errors import PathRefused
+from jobtrack.pipeline.stages import THUMBNAIL, RenditionSpec, renditions_dir
+
+SPEC = RenditionSpec(THUMBNAIL, 300)
+BAD_IDS = [
+    "../../../../etc/x",
+    "..",
+    ".",
+    "",
+    "a/b",
+    "a\\b",
+    "/etc/passwd",
+    "a\x00b",
+    ".hidden",
+    "x" * 129,
+    "é",
+]
+
+
+def test_a_rendition_lies_in_the_renditions_folder(tmp_path: Path) -> None:
+    path = SPEC.output_path(tmp_path, "0123abcd", "d84542eec42a78014e13c27d")
+    assert (
+        path == tmp_path / "renditions" / "0123abcd" / "thumbnail" / "d84542eec42a78014e13c27d.jpg"
+    )
+    assert renditions_dir(tmp_path) == tmp_path / "renditions"
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_an_image_id_that_is_not_a_plain_name_is_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(PathRefused) as refused:
+        SPEC.output_path(tmp_path, "0123abcd", bad)
+    assert str(refused.value) == f"image id {bad[:40]!r} cannot name a rendition"
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_a_collection_id_that_is_not_a_plain_name_is_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(PathRefused) as refused:
+        SPEC.output_path(tmp_path, bad, "d84542eec42a78014e13c27d")
+    assert str(refused.value) == f"collection id {bad[:40]!r} cannot name a rendition"
