@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -235,5 +238,28 @@ async def test_a_huge_malformed_message_logs_a_few_lines(
     reasons = [d.reason for d in broker.dead_letters[f"{QUEUE}.dead"]]
     assert len(reasons) == 2
     assert all(len(reason) < 300 for reason in reasons), reasons
+    assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 1
+    await broker.aclose()
+
+
+async def test_the_consumer_sweeps_stale_temporaries_of_the_folder_it_writes(
+    tmp_path: Path,
+) -> None:
+    broker, store, job_id, message = await setup(tmp_path)
+    folder = tmp_path / "data" / "renditions" / message.collection_id / THUMBNAIL
+    folder.mkdir(parents=True)
+    debris, working = folder / ".a.jpg.0123456789ab.tmp", folder / ".b.jpg.0123456789ab.tmp"
+    hour_ago = time.time() - 3600
+    for path in (debris, working):
+        path.write_bytes(b"partial")
+        os.utime(path, (hour_ago, hour_ago))
+    with working.open("rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a live writer holds it
+        await broker.publish(QUEUE, encode_message(message))
+        await drain(broker)
+        assert sorted(p.name for p in folder.iterdir()) == [
+            working.name,
+            f"{message.image_id}.jpg",
+        ]
     assert (await store.get_job(job_id)).stage(THUMBNAIL).completed_items == 1
     await broker.aclose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import msgspec
@@ -20,7 +21,7 @@ from jobtrack.errors import ImageError, MalformedMessage, NotFound, PathRefused,
 from jobtrack.model import Clock, utc_now
 from jobtrack.pipeline.catalog import Artifact, ArtifactStatus, Catalog, ImageRecord
 from jobtrack.pipeline.gate import JobGate
-from jobtrack.pipeline.imaging import Rendition, render
+from jobtrack.pipeline.imaging import STALE_TEMPORARY_AGE, Rendition, render, sweep_temporaries
 from jobtrack.pipeline.messages import StageMessage, brief, decode_message, encode_message
 from jobtrack.pipeline.pool import RenderPool, WorkerCrashed
 from jobtrack.pipeline.stages import RenditionSpec
@@ -47,6 +48,10 @@ class RenditionConsumer:
     the tracker keeps it, and reconciliation has the last word; None waits
     as long as it takes, so an unreachable store stops the intake once
     ``prefetch`` messages wait).
+
+    Before writing into a folder, and again every ``stale_after`` seconds,
+    it sweeps the temporary files killed writers left there
+    (:func:`~jobtrack.pipeline.imaging.sweep_temporaries`).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class RenditionConsumer:
         durable_within: float | None = 30.0,
         clock: Clock = utc_now,
         gate: JobGate | None = None,
+        stale_after: float = STALE_TEMPORARY_AGE,
     ) -> None:
         self.spec = spec
         self._catalog = catalog
@@ -75,6 +81,8 @@ class RenditionConsumer:
         self._durable_within = durable_within
         self._clock = clock
         self._gate = gate
+        self._stale_after = stale_after
+        self._swept: dict[Path, float] = {}  # folder -> when swept (monotonic)
 
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivery and settle it; never raises."""
@@ -169,6 +177,7 @@ class RenditionConsumer:
         except PathRefused as exc:  # the catalog's ids name no place to write
             await self._failed(message, image, None, str(exc))
             return True
+        await self._sweep(destination.parent)
         try:
             rendition = await self._pool.run(
                 render_inside,
@@ -189,6 +198,27 @@ class RenditionConsumer:
             return True
         await self._record(image, ArtifactStatus.OK, path=str(destination), rendition=rendition)
         return False
+
+    async def _sweep(self, folder: Path) -> None:
+        now = time.monotonic()
+        swept = self._swept.get(folder)
+        if swept is not None and now - swept < self._stale_after:
+            return
+        self._swept[folder] = now
+        try:
+            removed = await asyncio.to_thread(
+                sweep_temporaries, folder, older_than=self._stale_after
+            )
+        except OSError as exc:
+            logger.warning("cannot sweep %s: %s", folder, exc, extra={"action": "cleanup_failed"})
+            return
+        if removed:
+            logger.info(
+                "removed %d temporary files left by killed writers in %s",
+                removed,
+                folder,
+                extra={"action": "temporaries_swept"},
+            )
 
     async def _failed(
         self, message: StageMessage, image: ImageRecord, destination: Path | None, error: str
