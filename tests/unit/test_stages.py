@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from jobtrack.cli.views import print_job
 from jobtrack.errors import PathRefused
-from jobtrack.pipeline.stages import THUMBNAIL, RenditionSpec, renditions_dir
+from jobtrack.pipeline.stages import STAGES, THUMBNAIL, RenditionSpec, renditions_dir
+from jobtrack.store import InMemoryJobStore
 
 SPEC = RenditionSpec(THUMBNAIL, 300)
 BAD_IDS = [
@@ -45,3 +48,17 @@ def test_a_collection_id_that_is_not_a_plain_name_is_refused(tmp_path: Path, bad
     with pytest.raises(PathRefused) as refused:
         SPEC.output_path(tmp_path, bad, "d84542eec42a78014e13c27d")
     assert str(refused.value) == f"collection id {bad[:40]!r} cannot name a rendition"
+
+
+async def test_a_job_whose_collection_id_names_no_folder_is_still_shown(tmp_path: Path) -> None:
+    store = InMemoryJobStore()
+    job = await store.create_job(
+        "collection-scan", STAGES, attributes={"collection": {"id": "../../x", "path": "/p"}}
+    )
+    console = Console(record=True, width=200)
+    print_job(console, job, [], data_dir=tmp_path)
+    text = console.export_text()
+    assert (
+        f"thumbnail renditions: none (collection id {'../../x'!r} cannot name a rendition)" in text
+    )
+    assert str(tmp_path) not in text
