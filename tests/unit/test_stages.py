@@ -9,7 +9,13 @@ from rich.console import Console
 
 from jobtrack.cli.views import print_job
 from jobtrack.errors import PathRefused
-from jobtrack.pipeline.stages import STAGES, THUMBNAIL, RenditionSpec, renditions_dir
+from jobtrack.pipeline.stages import (
+    STAGES,
+    THUMBNAIL,
+    RenditionSpec,
+    inside_renditions,
+    renditions_dir,
+)
 from jobtrack.store import InMemoryJobStore
 
 SPEC = RenditionSpec(THUMBNAIL, 300)
@@ -62,3 +68,20 @@ async def test_a_job_whose_collection_id_names_no_folder_is_still_shown(tmp_path
         f"thumbnail renditions: none (collection id {'../../x'!r} cannot name a rendition)" in text
     )
     assert str(tmp_path) not in text
+
+
+@pytest.mark.parametrize(
+    ("path", "inside"),
+    [
+        ("renditions/c/thumbnail/i.jpg", True),
+        ("renditions", False),  # the folder itself
+        ("renditions2/c/i.jpg", False),  # a sibling that shares the prefix
+        ("renditions/../victim.txt", False),
+        ("renditions/c/../../../victim.txt", False),
+        ("../elsewhere/renditions/i.jpg", False),
+    ],
+)
+def test_inside_renditions(tmp_path: Path, path: str, inside: bool) -> None:
+    data = tmp_path / "data"
+    assert inside_renditions(data / path, data) is inside
+    assert inside_renditions(str(data / path), data) is inside

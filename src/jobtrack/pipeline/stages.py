@@ -79,8 +79,8 @@ def inside_renditions(path: Path | str, data_dir: Path) -> bool:
     """Whether ``path``, with its ``..`` parts resolved, lies in the renditions
     folder (not the folder itself): the test before a path read from the
     catalog is deleted."""
-    folder = Path(os.path.normpath(os.path.abspath(renditions_dir(data_dir))))
-    return folder in Path(os.path.normpath(os.path.abspath(path))).parents
+    folder = os.path.abspath(renditions_dir(data_dir))  # abspath normalises too
+    return os.path.abspath(path).startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _check_id(kind: str, value: str) -> None:
