@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from jobtrack.errors import PathRefused
 from jobtrack.model import Job, JobEvent, Stage
 from jobtrack.pipeline.failures import ItemFailure
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS
@@ -98,7 +99,10 @@ def print_job(
     console.print(stage_table(job))
     if isinstance(collection, dict) and data_dir is not None:
         for spec in DEFAULT_RENDITIONS:
-            folder = spec.output_path(data_dir, collection["id"], "x").parent
+            try:
+                folder = str(spec.output_path(data_dir, str(collection["id"]), "x").parent)
+            except PathRefused as exc:  # a catalog row no scan would write
+                folder = f"none ({exc})"
             console.print(f"{spec.stage:>10} renditions: {folder}", markup=False)
     if failures:
         console.print(f"[red]{plural(len(failures), 'image')} failed:[/red]")

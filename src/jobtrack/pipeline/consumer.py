@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 import msgspec
@@ -20,8 +21,8 @@ from jobtrack.errors import ImageError, MalformedMessage, NotFound, PathRefused,
 from jobtrack.model import Clock, utc_now
 from jobtrack.pipeline.catalog import Artifact, ArtifactStatus, Catalog, ImageRecord
 from jobtrack.pipeline.gate import JobGate
-from jobtrack.pipeline.imaging import Rendition, render
-from jobtrack.pipeline.messages import StageMessage, decode_message, encode_message
+from jobtrack.pipeline.imaging import STALE_TEMPORARY_AGE, Rendition, render, sweep_temporaries
+from jobtrack.pipeline.messages import StageMessage, brief, decode_message, encode_message
 from jobtrack.pipeline.pool import RenderPool, WorkerCrashed
 from jobtrack.pipeline.stages import RenditionSpec
 from jobtrack.pipeline.walk import open_inside
@@ -48,6 +49,10 @@ class RenditionConsumer:
     as long as it takes, so an unreachable store stops the intake once
     ``prefetch`` messages wait). A message whose item the store refused for
     good (its receipt says why) is dead-lettered with that reason.
+
+    Before writing into a folder, and again every ``stale_after`` seconds,
+    it sweeps the temporary files killed writers left there
+    (:func:`~jobtrack.pipeline.imaging.sweep_temporaries`).
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class RenditionConsumer:
         durable_within: float | None = 30.0,
         clock: Clock = utc_now,
         gate: JobGate | None = None,
+        stale_after: float = STALE_TEMPORARY_AGE,
     ) -> None:
         self.spec = spec
         self._catalog = catalog
@@ -76,6 +82,8 @@ class RenditionConsumer:
         self._durable_within = durable_within
         self._clock = clock
         self._gate = gate
+        self._stale_after = stale_after
+        self._swept: dict[Path, float] = {}  # folder -> when swept (monotonic)
 
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivery and settle it; never raises."""
@@ -88,12 +96,14 @@ class RenditionConsumer:
         except MalformedMessage as exc:
             await delivery.nack(requeue=False, reason=str(exc))
             return
-        if self._gate is not None and await self._gate.cancelled(message.job_id):
+        end = None if self._gate is None else await self._gate.ended(message.job_id)
+        if end is not None:
             logger.info(
-                "%s of image %s skipped: job %s was cancelled",
+                "%s of image %s skipped: job %s has ended (%s)",
                 message.stage,
                 message.image_id,
                 message.job_id,
+                end,
                 extra={"action": "skipped", "job_id": message.job_id},
             )
             await delivery.ack()
@@ -110,7 +120,7 @@ class RenditionConsumer:
         try:
             failed = await self._process_when_reachable(message, _attempts(delivery, message))
         except NotFound as exc:
-            await delivery.nack(requeue=False, reason=str(exc))
+            await delivery.nack(requeue=False, reason=brief(str(exc)))
             return
         except Exception as exc:
             await self._retry_later(delivery, message, exc)
@@ -122,7 +132,7 @@ class RenditionConsumer:
             await receipt.wait(self._durable_within)
         if receipt.refused is not None:  # refused for good: a redelivery would be refused again
             await delivery.nack(
-                requeue=False, reason=f"progress refused by the store: {receipt.refused}"
+                requeue=False, reason=brief(f"progress refused by the store: {receipt.refused}")
             )
             return
         await delivery.ack()
@@ -140,7 +150,7 @@ class RenditionConsumer:
                     "store unreachable for item %s of job %s (%s); trying again in %.1f s",
                     message.image_id,
                     message.job_id,
-                    exc,
+                    brief(str(exc)),
                     delay,
                     extra={"action": "store_unavailable", "job_id": message.job_id},
                 )
@@ -154,12 +164,12 @@ class RenditionConsumer:
             "item %s of job %s not done (%s); %s",
             message.image_id,
             message.job_id,
-            exc,
+            brief(str(exc)),
             "will retry" if again else "dead-lettered",
             extra={"action": "item_error", "job_id": message.job_id},
         )
         if not again:
-            await delivery.nack(requeue=False, reason=f"{type(exc).__name__}: {exc}")
+            await delivery.nack(requeue=False, reason=brief(f"{type(exc).__name__}: {exc}"))
             return
         await asyncio.sleep(min(self._retry_delay * 2 ** (attempts - 1), 10.0))
         await delivery.retry(encode_message(msgspec.structs.replace(message, attempt=attempts + 1)))
@@ -168,7 +178,12 @@ class RenditionConsumer:
         """Make and record the artifact; True when the item failed."""
         image = await self._catalog.get_image(message.image_id)
         collection = await self._catalog.get_collection(image.collection_id)
-        destination = self.spec.output_path(self._data_dir, collection.id, image.id)
+        try:
+            destination = self.spec.output_path(self._data_dir, collection.id, image.id)
+        except PathRefused as exc:  # the catalog's ids name no place to write
+            await self._failed(message, image, None, str(exc))
+            return True
+        await self._sweep(destination.parent)
         try:
             rendition = await self._pool.run(
                 render_inside,
@@ -190,16 +205,38 @@ class RenditionConsumer:
         await self._record(image, ArtifactStatus.OK, path=str(destination), rendition=rendition)
         return False
 
+    async def _sweep(self, folder: Path) -> None:
+        now = time.monotonic()
+        swept = self._swept.get(folder)
+        if swept is not None and now - swept < self._stale_after:
+            return
+        self._swept[folder] = now
+        try:
+            removed = await asyncio.to_thread(
+                sweep_temporaries, folder, older_than=self._stale_after
+            )
+        except OSError as exc:
+            logger.warning("cannot sweep %s: %s", folder, exc, extra={"action": "cleanup_failed"})
+            return
+        if removed:
+            logger.info(
+                "removed %d temporary files left by killed writers in %s",
+                removed,
+                folder,
+                extra={"action": "temporaries_swept"},
+            )
+
     async def _failed(
-        self, message: StageMessage, image: ImageRecord, destination: Path, error: str
+        self, message: StageMessage, image: ImageRecord, destination: Path | None, error: str
     ) -> None:
-        await asyncio.to_thread(_discard, destination)
+        if destination is not None:
+            await asyncio.to_thread(_discard, destination)
         await self._record(image, ArtifactStatus.FAILED, error=error)
         logger.info(
             "%s of %s failed: %s",
             self.spec.stage,
             image.relpath,
-            error,
+            brief(error),
             extra={"action": "item_failed", "job_id": message.job_id},
         )
 

@@ -13,14 +13,28 @@ Decoding is done with Pillow, in a fixed order chosen for speed and safety:
    downscale, flatten transparency onto white;
 4. write a baseline JPEG to a temporary file next to the destination and
    rename it into place, so readers never see a partial rendition.
+
+A writer killed mid-write leaves its temporary file behind:
+:func:`sweep_temporaries` removes those. The writer holds an exclusive
+``flock`` on its temporary file until it is renamed, and the kernel drops
+the lock when the writer dies, however it dies; the sweep removes only
+temporaries older than a bound *and* not locked. The lock alone would do on
+one host; the age bound covers what it cannot (the instant between creating
+the file and locking it, and network filesystems whose locks other hosts do
+not see), the way ``git gc`` prunes only temporary objects past an age.
+A writer's pid in the name would not do: pids are reused, and mean nothing
+on another host or in another pid namespace sharing the data folder.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import re
 import secrets
 import struct
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +46,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from jobtrack.errors import ImageError, InvalidRequest
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "Rendition", "render"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "STALE_TEMPORARY_AGE",
+    "Rendition",
+    "render",
+    "sweep_temporaries",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +89,13 @@ _WHITE = (255, 255, 255)
 _SIXTEEN_TO_EIGHT = 257
 _REDUCING_GAP = 3.0
 _MAX_QUALITY = 100
+
+STALE_TEMPORARY_AGE = 600.0
+"""Seconds after its last write that an unlocked temporary file is debris: a
+rendition is written in well under a second."""
+
+# ".<destination name>.<12 hex digits>.tmp", as _save_atomically names them.
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +278,8 @@ def _save_atomically(image: Image.Image, destination: Path, *, quality: int) -> 
     # 0o666 lets the umask decide the final permissions, as for any new file.
     descriptor = os.open(temporary, flags, 0o666)
     try:
+        # Held until the file is renamed and closed: a sweep leaves it alone.
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
         with os.fdopen(descriptor, "wb") as stream:
             image.save(stream, format="JPEG", quality=quality, optimize=False, progressive=False)
             stream.flush()
@@ -262,3 +292,55 @@ def _save_atomically(image: Image.Image, destination: Path, *, quality: int) -> 
         temporary.unlink(missing_ok=True)
         raise
     return size_bytes
+
+
+def sweep_temporaries(folder: Path, *, older_than: float = STALE_TEMPORARY_AGE) -> int:
+    """Remove the temporary files that writers killed mid-write left in
+    ``folder``: those not written for ``older_than`` seconds whose lock no
+    writer holds. Returns how many were removed; a missing folder has none.
+
+    Never raises for one file (it is left for the next sweep and logged).
+
+    Raises:
+        OSError: ``folder`` cannot be listed (other than missing).
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    cutoff = time.time() - older_than
+    removed = 0
+    for entry in entries:
+        if not _TEMPORARY.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime < cutoff and _remove_unlocked(entry.path):
+                removed += 1
+        except OSError as exc:
+            logger.warning(
+                "cannot sweep %s: %s", entry.path, exc, extra={"action": "cleanup_failed"}
+            )
+    return removed
+
+
+def _remove_unlocked(path: str) -> bool:
+    """Unlink ``path`` if no writer holds its lock; False when one does, or
+    when the name no longer holds the file opened (renamed meanwhile)."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer
+        try:
+            if os.stat(path, follow_symlinks=False).st_ino != os.fstat(descriptor).st_ino:
+                return False
+        except FileNotFoundError:
+            return False  # renamed into place by its writer just now
+        os.unlink(path)  # under our lock: no writer can take this file now
+        return True
+    finally:
+        os.close(descriptor)

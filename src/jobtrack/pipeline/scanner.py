@@ -19,13 +19,14 @@ from jobtrack.broker import Broker
 from jobtrack.errors import StoreError
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import ArtifactStatus, Catalog, Collection, ScannedFile
-from jobtrack.pipeline.messages import StageMessage, encode_message
+from jobtrack.pipeline.messages import StageMessage, brief, encode_message
 from jobtrack.pipeline.stages import (
     DEFAULT_RENDITIONS,
     JOB_TYPE,
     SCAN,
     STAGES,
     RenditionSpec,
+    inside_renditions,
     queue_for,
 )
 from jobtrack.pipeline.walk import (
@@ -88,7 +89,11 @@ class Scanner:
         batch_size: int = 64,
         exclude: Sequence[Path] = (),
         heartbeat: float = 30.0,
+        data_dir: Path | None = None,
     ) -> None:
+        # Renditions of removed images are deleted only inside data_dir's
+        # renditions folder (none without it), whatever paths the catalog holds.
+        self._data_dir = data_dir
         self._heartbeat = heartbeat
         self._store = store
         self._catalog = catalog
@@ -161,7 +166,7 @@ class Scanner:
             beating.cancel()
             await asyncio.wait([beating])
         gone = await self._catalog.retire_unseen(collection.id, job.id)
-        report.removed = await asyncio.to_thread(_remove_files, gone)
+        report.removed = await asyncio.to_thread(_remove_files, gone, self._data_dir)
         for spec in self._renditions:
             await self._store.seal_total(job.id, spec.stage)
         await self._store.start_stage(job.id, SCAN, message=report.summary())
@@ -231,9 +236,16 @@ def _plural(count: int, noun: str, nouns: str | None = None) -> str:
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
-def _remove_files(paths: list[str]) -> int:
+def _remove_files(paths: list[str], data_dir: Path | None) -> int:
     removed = 0
     for path in paths:
+        if data_dir is None or not inside_renditions(path, data_dir):
+            logger.warning(
+                "not removing %s: not in the renditions folder",
+                brief(path),
+                extra={"action": "cleanup_refused"},
+            )
+            continue
         try:
             Path(path).unlink()
         except FileNotFoundError:

@@ -135,6 +135,7 @@ class EmbeddedRuntime:
             broker=self.broker,
             renditions=self.renditions,
             exclude=[settings.data_dir],
+            data_dir=settings.data_dir,
         )
         self.reconciler = CollectionScanReconciler(
             catalog=self.catalog, renditions=self.renditions, broker=self.broker
@@ -192,7 +193,11 @@ class EmbeddedRuntime:
         return self.settings.broker_url == "memory://"
 
     def output_dir(self, collection_id: str, spec: RenditionSpec) -> Path:
-        """The folder a stage writes a collection's artifacts to."""
+        """The folder a stage writes a collection's artifacts to.
+
+        Raises:
+            PathRefused: the collection id is not a plain name.
+        """
         return spec.output_path(self.settings.data_dir, collection_id, "x").parent
 
     async def scan(
