@@ -132,10 +132,19 @@ async def test_mutations_need_the_token_and_a_refusal_changes_nothing(
     after = await store.get_job(job.id)
     assert (after.status, await store.list_events(job.id)) == (JobStatus.IN_PROGRESS, [])
     with server.client() as client:
-        done = client.post(f"/api/jobs/{job.id}/cancel").json()
-        assert (done["cancelled"], done["job"]["status"]) == (True, "cancelled")
-        again = client.post(f"/api/jobs/{job.id}/cancel").json()
-        assert (again["cancelled"], again["job"]["status"]) == (False, "cancelled")
+        done = client.post(f"/api/jobs/{job.id}/cancel")
+        assert done.status_code == 200
+        assert (done.json()["outcome"], done.json()["cancelled"]) == ("cancelled", True)
+        assert done.json()["job"]["status"] == "cancelled"
+        again = client.post(f"/api/jobs/{job.id}/cancel")
+        assert again.status_code == 409  # it had ended: nothing was cancelled
+        assert {k: again.json()[k] for k in ("outcome", "cancelled", "ended_as", "error")} == {
+            "outcome": "ended",
+            "cancelled": False,
+            "ended_as": "cancelled",
+            "error": f"job {job.id} had already ended: cancelled",
+        }
+        assert again.json()["job"]["status"] == "cancelled"
         assert client.post("/api/jobs/nope/cancel").status_code == 404
     [event] = await store.list_events(job.id)
     assert (event.kind, event.message) == ("cancelled", "cancelled through the API")
