@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,14 @@ def test_open_inside_checks_the_opened_file(tree: Path) -> None:
         open_inside(tree.resolve(), ".")
     with pytest.raises(PathRefused, match="cannot be opened"):
         open_inside(tree.resolve(), "missing.jpg")
+
+
+def test_a_set_stop_flag_ends_the_walk_at_the_next_entry(tmp_path: Path) -> None:
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    stop = threading.Event()
+    walk = walk_images(tmp_path.resolve(), stop=stop)
+    first = next(walk)
+    assert first == ScannedFile("a.jpg", 1, first.mtime_ns)  # type: ignore[union-attr]
+    stop.set()
+    assert list(walk) == []

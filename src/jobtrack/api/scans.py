@@ -56,6 +56,11 @@ class ScanLauncher:
         self.roots = roots
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def running(self) -> int:
+        """Scans running now (at most :data:`MAX_SCANS`)."""
+        return len(self._tasks)
+
     async def start(self, path: str, *, wait: float = 30.0) -> Job:
         """Start a scan of ``path`` (or follow the collection's running job);
         returns the job as soon as it exists."""
