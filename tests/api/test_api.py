@@ -267,6 +267,8 @@ async def test_metrics_count_items_jobs_and_events(server: Server, store: Sqlite
         job = await store.create_job("metered", ["m-stage"])
         await store.increment(job.id, "m-stage", completed=7, failed=2)
         await store.add_event(job.id, "redriven", "2 missing items published again")
+        waiting = await store.create_job("metered", ["m-stage"])
+        await store.add_event(waiting.id, "waiting", "behind a backlog being consumed")
         response = client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     after = _metrics(response.text)
@@ -277,6 +279,7 @@ async def test_metrics_count_items_jobs_and_events(server: Server, store: Sqlite
     key = 'jobtrack_jobs{status="in_progress"}'
     assert after[key] - before.get(key, 0) == 1
     assert "jobtrack_jobs_stuck" in after
+    assert after["jobtrack_jobs_waiting"] - before.get("jobtrack_jobs_waiting", 0) == 1
     assert "jobtrack_progress_write_seconds_count" in after
 
 
