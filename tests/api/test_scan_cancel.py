@@ -8,12 +8,16 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from jobtrack.api.scans import ScanLauncher
 from jobtrack.model import JobStatus
 from jobtrack.pipeline.stages import SCAN
 from jobtrack.runtime import Settings, cancel_job
 from jobtrack.store import SqliteJobStore
 from tests.api.server import running_server
+
+pytestmark = pytest.mark.slow
 
 FILES, FOLDERS = 40_000, 8
 

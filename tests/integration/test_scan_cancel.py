@@ -18,6 +18,8 @@ from jobtrack.pipeline.stages import SCAN, THUMBNAIL
 from jobtrack.runtime import cancel_job
 from jobtrack.store import InMemoryJobStore
 
+pytestmark = pytest.mark.slow
+
 FILES, FOLDERS = 40_000, 8
 
 
