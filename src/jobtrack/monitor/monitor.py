@@ -16,8 +16,9 @@ index, 100 at a time, paging until none are left). For each one:
 3. **Slow or stuck**: with items missing, a job whose stages still have work
    queued or in flight, in a backlog that is being consumed (it shrank
    within ``stuck_after``: :mod:`jobtrack.monitor.backlog`), is slow and left
-   alone, visibly: a ``waiting`` event when it is first left alone, then at
-   most once every ``waiting_every`` (an hour). A backlog that has not shrunk
+   alone, visibly: a ``waiting`` event when it is first left alone (or
+   again after a re-drive), then at most once every ``waiting_every`` (an
+   hour) while it stays so. A backlog that has not shrunk
    for ``stuck_after`` (its workers are gone), with the job not moving
    either, does not hold the job: it is stuck. Then its missing items
    are published again (``redriven`` event); a job with items still missing
