@@ -252,8 +252,15 @@ def test_interrupted_scan_cancels_its_job_and_a_rescan_finishes(tmp_path: Path) 
 
 def test_jobs_cancel(collection: Path, tmp_path: Path) -> None:
     job = json.loads(run("scan", collection, "--json", data_dir=tmp_path, check=True).stdout)
-    done = run("jobs", "cancel", job["id"], data_dir=tmp_path, check=True)
+    done = run("jobs", "cancel", job["id"], data_dir=tmp_path)
+    assert done.returncode == 3  # not cancelled: it had ended
     assert f"job {job['id']} had already ended: completed" in done.stdout
+    answer = json.loads(run("jobs", "cancel", job["id"], "--json", data_dir=tmp_path).stdout)
+    assert (answer["outcome"], answer["cancelled"], answer["ended_as"]) == (
+        "ended",
+        False,
+        "completed",
+    )
     missing = run("jobs", "cancel", "nope", data_dir=tmp_path)
     assert missing.returncode == 1
     assert "Error: job 'nope' not found" in missing.stderr
@@ -285,8 +292,17 @@ def test_jobs_cancel_an_active_job(tmp_path: Path) -> None:
 
     job_id = asyncio.run(create())
     done = run("jobs", "cancel", job_id, "--json", data_dir=tmp_path, check=True)
-    job = json.loads(done.stdout)
+    answer = json.loads(done.stdout)
+    assert (answer["outcome"], answer["cancelled"]) == ("cancelled", True)
+    job = answer["job"]
     assert (job["status"], job["message"]) == ("cancelled", "cancelled by the user")
+    again = run("jobs", "cancel", job_id, data_dir=tmp_path)
+    assert again.returncode == 3
+    assert f"job {job_id} had already ended: cancelled" in again.stdout
+    shown = json.loads(run("jobs", "show", job_id, "--json", data_dir=tmp_path).stdout)
+    assert [(e["kind"], e["message"]) for e in shown["events"]] == [
+        ("cancelled", "cancelled by the user")
+    ]
 
 
 def test_sample_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:

@@ -132,10 +132,19 @@ async def test_mutations_need_the_token_and_a_refusal_changes_nothing(
     after = await store.get_job(job.id)
     assert (after.status, await store.list_events(job.id)) == (JobStatus.IN_PROGRESS, [])
     with server.client() as client:
-        done = client.post(f"/api/jobs/{job.id}/cancel").json()
-        assert (done["cancelled"], done["job"]["status"]) == (True, "cancelled")
-        again = client.post(f"/api/jobs/{job.id}/cancel").json()
-        assert (again["cancelled"], again["job"]["status"]) == (False, "cancelled")
+        done = client.post(f"/api/jobs/{job.id}/cancel")
+        assert done.status_code == 200
+        assert (done.json()["outcome"], done.json()["cancelled"]) == ("cancelled", True)
+        assert done.json()["job"]["status"] == "cancelled"
+        again = client.post(f"/api/jobs/{job.id}/cancel")
+        assert again.status_code == 409  # it had ended: nothing was cancelled
+        assert {k: again.json()[k] for k in ("outcome", "cancelled", "ended_as", "error")} == {
+            "outcome": "ended",
+            "cancelled": False,
+            "ended_as": "cancelled",
+            "error": f"job {job.id} had already ended: cancelled",
+        }
+        assert again.json()["job"]["status"] == "cancelled"
         assert client.post("/api/jobs/nope/cancel").status_code == 404
     [event] = await store.list_events(job.id)
     assert (event.kind, event.message) == ("cancelled", "cancelled through the API")
@@ -258,6 +267,8 @@ async def test_metrics_count_items_jobs_and_events(server: Server, store: Sqlite
         job = await store.create_job("metered", ["m-stage"])
         await store.increment(job.id, "m-stage", completed=7, failed=2)
         await store.add_event(job.id, "redriven", "2 missing items published again")
+        waiting = await store.create_job("metered", ["m-stage"])
+        await store.add_event(waiting.id, "waiting", "behind a backlog being consumed")
         response = client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     after = _metrics(response.text)
@@ -268,6 +279,7 @@ async def test_metrics_count_items_jobs_and_events(server: Server, store: Sqlite
     key = 'jobtrack_jobs{status="in_progress"}'
     assert after[key] - before.get(key, 0) == 1
     assert "jobtrack_jobs_stuck" in after
+    assert after["jobtrack_jobs_waiting"] - before.get("jobtrack_jobs_waiting", 0) == 1
     assert "jobtrack_progress_write_seconds_count" in after
 
 

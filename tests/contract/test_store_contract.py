@@ -540,6 +540,22 @@ async def test_stats_count_jobs_items_events_and_stuck(
     assert stats.stuck == 1  # the old one
 
 
+async def test_stats_count_the_active_jobs_left_waiting_behind_a_backlog(
+    store: JobStore,
+) -> None:
+    waiting, redriven, again, ended, other = [await store.create_job("t", ["a"]) for _ in range(5)]
+    await store.add_event(waiting.id, "waiting", "behind a backlog")
+    await store.add_event(waiting.id, "reconciled", "a 1 → 2")  # not a verdict on waiting
+    await store.add_event(redriven.id, "waiting", "behind a backlog")
+    await store.add_event(redriven.id, "redriven", "the backlog stalled")
+    await store.add_event(again.id, "redriven", "missing items")
+    await store.add_event(again.id, "waiting", "behind a backlog")
+    await store.add_event(ended.id, "waiting", "behind a backlog")
+    await store.end_job(ended.id, JobStatus.CANCELLED)
+    await store.add_event(other.id, "reconciled", "a 1 → 2")
+    assert (await store.stats(stuck_before=waiting.created_at)).waiting == 2
+
+
 async def test_recent_events_are_every_jobs_newest_first(store: JobStore) -> None:
     first = await store.create_job("t", ["a"])
     second = await store.create_job("t", ["a"])

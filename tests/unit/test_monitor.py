@@ -113,6 +113,12 @@ class World:
         while not queue.empty():
             queue.get_nowait()
 
+    def consume(self, stage: str, count: int) -> None:
+        """Workers take ``count`` queued messages of a stage."""
+        queue = self.broker.queue(queue_for(stage)).ready
+        for _ in range(count):
+            queue.get_nowait()
+
     def queued(self, stage: str) -> list[StageMessage]:
         queue = self.broker.queue(queue_for(stage)).ready
         return [decode_message(m.body) for m in list(queue._queue)]  # type: ignore[attr-defined]
@@ -228,21 +234,86 @@ async def test_no_item_is_redriven_more_than_max_redrives_times(world: World) ->
     assert failed.message == "items still missing after 2 re-drives: thumbnail 1, cache 2"
 
 
-async def test_slow_is_not_stuck(world: World) -> None:
+async def test_slow_is_not_stuck_while_the_backlog_is_consumed(world: World) -> None:
     job = await world.job(10, made=6, counted=6)
-    # The job's remaining work waits behind a backlog of other jobs' messages.
+    # The job's remaining work waits behind a backlog of other jobs' messages,
+    # which the workers consume: 50 messages between two cycles.
     await world.broker.publish_many(queue_for(THUMBNAIL), [b"other job"] * 1000)
     await world.broker.publish_many(queue_for(CACHE), [b"other job"] * 1000)
     monitor = world.monitor(max_redrives=1)
-    for _ in range(5):  # much longer than stuck_after, and longer than the re-drives allow
+    for _ in range(14):  # 70 min: much longer than stuck_after, and than the re-drives allow
         world.clock.advance(STUCK_AFTER + 1)
         report = await monitor.cycle()
         assert (report.stuck, report.slow, report.redriven, report.failed) == (1, 1, 0, 0)
+        for stage in RENDITIONS:
+            world.consume(stage, 50)
     job = await world.store.get_job(job.id)
     assert job.status is JobStatus.IN_PROGRESS
     assert counts(job)[THUMBNAIL] == (10, 6, 0)
-    assert await world.store.list_events(job.id) == []
-    assert await world.broker.in_flight(queue_for(THUMBNAIL)) == 1000  # nothing added
+    # Visible, but at most once an hour: at the first cycle, then 12 cycles (60.2 min) later.
+    events = await world.store.list_events(job.id)
+    assert [e.kind for e in events] == ["waiting", "waiting"]
+    assert events[1].at - events[0].at == timedelta(seconds=12 * (STUCK_AFTER + 1))
+    assert events[0].message == (
+        "left alone, waiting behind a backlog being consumed: thumbnail 1000, cache 1000"
+        " queued or in flight"
+    )
+    assert events[0].data["backlog"] == {THUMBNAIL: 1000, CACHE: 1000}
+    assert await world.broker.in_flight(queue_for(THUMBNAIL)) == 1000 - 14 * 50  # nothing added
+    assert (await world.store.stats(stuck_before=world.clock.now)).waiting == 1
+
+
+async def test_a_backlog_that_has_not_shrunk_for_stuck_after_is_stuck(world: World) -> None:
+    job = await world.job(10, made=8, counted=8)
+    # A backlog whose workers are gone: it never moves.
+    await world.broker.publish_many(queue_for(THUMBNAIL), [b"other job"] * 1000)
+    await world.broker.publish_many(queue_for(CACHE), [b"other job"] * 1000)
+    monitor = world.monitor(max_redrives=1)
+    world.clock.advance(STUCK_AFTER + 1)
+    first = await monitor.cycle()  # the backlog is new to this monitor: waiting
+    assert (first.slow, first.stalled, first.redriven) == (1, 0, 0)
+    world.clock.advance(STUCK_AFTER + 1)  # the backlog has not shrunk for stuck_after
+    second = await monitor.cycle()
+    assert (second.slow, second.stalled, second.redriven, second.items_redriven) == (0, 1, 1, 4)
+    assert (await world.store.stats(stuck_before=world.clock.now)).waiting == 0
+    world.clock.advance(STUCK_AFTER + 1)  # still nothing: the re-drives are spent
+    third = await monitor.cycle()
+    assert (third.stalled, third.failed) == (1, 1)
+    failed = await world.store.get_job(job.id)
+    assert failed.status is JobStatus.FAILED
+    assert failed.message == "items still missing after 1 re-drives: thumbnail 2, cache 2"
+    events = await world.store.list_events(job.id)
+    assert [e.kind for e in events] == ["waiting", "redriven", "failed"]
+    assert events[1].data["stalled"] == {THUMBNAIL: 1000, CACHE: 1000}
+
+
+async def test_a_new_monitor_remembers_the_backlog_through_the_waiting_event(
+    world: World,
+) -> None:
+    stalled = await world.job(10, made=8, counted=8, name="stalled")
+    await world.broker.publish_many(queue_for(THUMBNAIL), [b"other job"] * 1000)
+    world.clock.advance(STUCK_AFTER + 1)
+    assert (await world.monitor().cycle()).slow == 1  # one process: waiting
+    world.clock.advance(STUCK_AFTER + 1)
+    report = await world.monitor().cycle()  # another (a restart, or --once from cron)
+    assert (report.slow, report.stalled, report.redriven) == (0, 1, 1)
+    kinds = [e.kind for e in await world.store.list_events(stalled.id)]
+    assert kinds == ["waiting", "redriven"]
+
+
+async def test_a_new_monitor_sees_a_backlog_that_shrank_since_the_waiting_event(
+    world: World,
+) -> None:
+    job = await world.job(10, made=8, counted=8)
+    await world.broker.publish_many(queue_for(THUMBNAIL), [b"other job"] * 1000)
+    await world.broker.publish_many(queue_for(CACHE), [b"other job"] * 1000)
+    world.clock.advance(STUCK_AFTER + 1)
+    assert (await world.monitor().cycle()).slow == 1
+    world.consume(THUMBNAIL, 10)
+    world.clock.advance(STUCK_AFTER + 1)
+    report = await world.monitor().cycle()
+    assert (report.slow, report.stalled, report.redriven) == (1, 0, 0)
+    assert [e.kind for e in await world.store.list_events(job.id)] == ["waiting"]
 
 
 class Yielding:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,14 @@ def test_a_root_swapped_for_a_symlink_after_it_was_resolved_leads_nowhere(
     assert list(walk_images(root.path)) == [
         Refused("c.jpg", "resolves outside the collection root")
     ]
+
+
+def test_a_set_stop_flag_ends_the_walk_at_the_next_entry(tmp_path: Path) -> None:
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    stop = threading.Event()
+    walk = walk_images(tmp_path.resolve(), stop=stop)
+    first = next(walk)
+    assert first == ScannedFile("a.jpg", 1, first.mtime_ns)  # type: ignore[union-attr]
+    stop.set()
+    assert list(walk) == []

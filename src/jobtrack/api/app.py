@@ -9,7 +9,6 @@ traceback; the bearer token is checked before any route runs
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +32,7 @@ from jobtrack.api.scans import ScanLauncher, ScanNotStarted
 from jobtrack.api.schemas import (
     ActivityOut,
     CancelOut,
+    CancelRefusedOut,
     ErrorOut,
     EventsOut,
     FailuresOut,
@@ -58,7 +58,7 @@ from jobtrack.model import Clock, JobStatus, utc_now
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.failures import job_collection, job_failures
 from jobtrack.pipeline.stages import JOB_TYPE
-from jobtrack.runtime import Settings
+from jobtrack.runtime import CancelOutcome, Settings, cancel_job
 from jobtrack.store import JobQuery, JobStore, open_store
 from jobtrack.tracking.stats import WRITE_STATS
 
@@ -330,26 +330,27 @@ async def start_scan(request: Request, scan: ScanIn) -> dict[str, Any]:
     "/api/jobs/{job_id}/cancel",
     response_model=CancelOut,
     tags=["jobs"],
-    responses=_errors(401, 403, 404, 503),
+    responses={
+        **_errors(401, 403, 404, 503),
+        409: {
+            "model": CancelRefusedOut,
+            "description": "not cancelled: the job had already ended (outcome `ended`, with"
+            " `ended_as`), or was written during every try (outcome `busy`: try again)",
+        },
+    },
 )
-async def cancel(request: Request, job_id: str) -> dict[str, Any]:
-    """Cancel the job: workers ack its queued items without work, and the
-    monitor leaves it alone. A job already ended stays as it is."""
-    store = parts(request).store
-    while True:  # of two cancels at once, one cancels; an increment meanwhile: again
-        before = await store.get_job(job_id)
-        if before.status.terminal:
-            return {"cancelled": False, "job": before.to_dict()}
-        with contextlib.suppress(Conflict):
-            after = await store.end_job(
-                job_id,
-                JobStatus.CANCELLED,
-                message="cancelled through the API",
-                if_updated_at=before.updated_at,
-            )
-            break
-    await store.add_event(job_id, "cancelled", "cancelled through the API", {})
-    return {"cancelled": True, "job": after.to_dict()}
+async def cancel(request: Request, job_id: str) -> Any:
+    """Cancel the job: its scan stops walking, workers ack its queued items
+    without work, and the monitor leaves it alone; one ``cancelled`` event
+    is recorded. 409 when it had already ended (left as it was) or was busy."""
+    result = await cancel_job(
+        parts(request).store, job_id, message="cancelled through the API", source="api"
+    )
+    if result.cancelled:
+        return result.to_dict()
+    body = {"error": result.describe(), **result.to_dict()}
+    headers = {"Retry-After": "1"} if result.outcome is CancelOutcome.BUSY else None
+    return JSONResponse(body, status_code=409, headers=headers)
 
 
 @router.post(

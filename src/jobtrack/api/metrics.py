@@ -51,6 +51,11 @@ class StoreCollector(Collector):
             "Active jobs not written for longer than the stuck threshold",
             value=stats.stuck,
         )
+        yield GaugeMetricFamily(
+            "jobtrack_jobs_waiting",
+            "Active jobs the monitor left alone, waiting behind a backlog that is being consumed",
+            value=stats.waiting,
+        )
         events = CounterMetricFamily(
             "jobtrack_job_events",
             "Job events recorded (reconciled, redriven, failed, cancelled…), per kind",

@@ -73,6 +73,11 @@ class ScanLauncher:
         self.roots = roots
         self._scans: dict[Path, _Scan] = {}
 
+    @property
+    def running(self) -> int:
+        """Scans running now (at most :data:`MAX_SCANS`)."""
+        return len(self._scans)
+
     async def start(self, path: str, *, wait: float = 30.0) -> Job:
         """Start a scan of ``path`` (or follow the collection's running job);
         returns the job as soon as it exists.

@@ -11,6 +11,7 @@ __all__ = [
     "ActivityEventOut",
     "ActivityOut",
     "CancelOut",
+    "CancelRefusedOut",
     "ErrorOut",
     "EventOut",
     "EventsOut",
@@ -120,10 +121,20 @@ class ScanIn(BaseModel):
 
 
 class CancelOut(BaseModel):
-    """The job after the call; ``cancelled`` is False if it had already ended."""
+    """What a cancel did (``outcome``: cancelled, ended or busy), and the job
+    after the call; ``ended_as`` is the status of a job that had already ended."""
 
+    outcome: Literal["cancelled", "ended", "busy"]
     cancelled: bool
+    ended_as: JobStatusName | None
+    message: str
     job: JobOut
+
+
+class CancelRefusedOut(CancelOut):
+    """A cancel that cancelled nothing (409), with the reason as ``error``."""
+
+    error: str
 
 
 class RetryOut(BaseModel):

@@ -21,6 +21,7 @@ from jobtrack.errors import StoreMissing
 from jobtrack.model import Job, JobEvent, JobStatus
 from jobtrack.pipeline.catalog import catalog_for
 from jobtrack.pipeline.failures import ItemFailure, job_failures
+from jobtrack.runtime.cancel import CancelOutcome, cancel_job
 from jobtrack.store import JobQuery, JobStore
 
 __all__ = ["jobs"]
@@ -90,27 +91,33 @@ def show_job(job_id: str, as_json: bool, data_dir: Path | None, store_url: str |
     print_job(stdout, job, failures, data_dir=settings.data_dir, events=events)
 
 
+#: ``jobtrack jobs cancel`` exit status per outcome (1 stays an error: no such job, no store).
+CANCEL_EXIT = {CancelOutcome.CANCELLED: 0, CancelOutcome.ENDED: 3, CancelOutcome.BUSY: 4}
+
+
 @jobs.command("cancel")
 @click.argument("job_id")
 @click.option("--message", default="cancelled by the user", show_default=True)
 @json_option
 @data_dir_option
 @store_option
-def cancel_job(
+def cancel_job_command(
     job_id: str, message: str, as_json: bool, data_dir: Path | None, store_url: str | None
 ) -> None:
-    """Cancel a job that has not ended; a job already ended is left as it is."""
+    """Cancel a job that has not ended; its scan stops walking within a second.
+
+    Says what really happened, with the exit status: 0 cancelled (recorded
+    as a "cancelled" event); 3 it had already ended (completed, failed or
+    cancelled), and is left as it was; 4 busy: the job was written during
+    every try, so it was not cancelled: try again. --json prints the same
+    answer as the HTTP API.
+    """
     settings = settings_from(data_dir=data_dir, store_url=store_url)
-
-    async def cancel(store: JobStore) -> tuple[bool, Job]:
-        before = await store.get_job(job_id)
-        after = await store.end_job(job_id, JobStatus.CANCELLED, message=message)
-        return not before.status.terminal, after
-
-    cancelled, job = with_store(settings, cancel)
+    result = with_store(
+        settings, lambda store: cancel_job(store, job_id, message=message, source="cli")
+    )
     if as_json:
-        click.echo(json.dumps(job.to_dict(), indent=2))
-    elif cancelled:
-        stdout.print(f"job {job.id} cancelled")
+        click.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        stdout.print(f"job {job.id} had already ended: {job.status.value}")
+        stdout.print(result.describe())
+    raise SystemExit(CANCEL_EXIT[result.outcome])

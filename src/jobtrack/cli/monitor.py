@@ -75,10 +75,13 @@ def monitor(
     A job is stuck when it is pending or in progress and nothing has written
     to it for --stuck-after seconds. Its counts are set to the truth (the
     change is recorded as an event: jobtrack jobs show ID); if items are
-    still missing and their stage has no backlog, they are published again
-    (needs the workers' broker), at most --max-redrives times each; a job
-    with items still missing after that is failed with the reason. Several
-    monitors may run at once: each stuck job is handled by one of them.
+    still missing they are published again (needs the workers' broker), at
+    most --max-redrives times each; a job with items still missing after
+    that is failed with the reason. A job whose missing items wait behind a
+    backlog that is being consumed is left alone (a "waiting" event at most
+    once an hour); a backlog that has not shrunk for --stuck-after no longer
+    holds it. Several monitors may run at once: each stuck job is handled by
+    one of them.
     """
     settings = settings_from(data_dir=data_dir, store_url=store_url, broker_url=broker_url)
     try:

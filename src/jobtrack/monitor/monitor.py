@@ -14,7 +14,13 @@ index, 100 at a time, paging until none are left). For each one:
    the job is moving, and nothing is overwritten. What changed is recorded
    as a ``reconciled`` event.
 3. **Slow or stuck**: with items missing, a job whose stages still have work
-   queued or in flight is slow and left alone. Otherwise its missing items
+   queued or in flight, in a backlog that is being consumed (it shrank
+   within ``stuck_after``: :mod:`jobtrack.monitor.backlog`), is slow and left
+   alone, visibly: a ``waiting`` event when it is first left alone (or
+   again after a re-drive), then at most once every ``waiting_every`` (an
+   hour) while it stays so. A backlog that has not shrunk
+   for ``stuck_after`` (its workers are gone), with the job not moving
+   either, does not hold the job: it is stuck. Then its missing items
    are published again (``redriven`` event); a job with items still missing
    after ``max_redrives`` rounds is failed with the reason (``failed``
    event). A round publishes every missing item once, and an item missing
@@ -36,6 +42,7 @@ from typing import Any
 
 from jobtrack.errors import Conflict, InvalidRequest, JobtrackError, NotFound, StoreError
 from jobtrack.model import Clock, Job, JobEvent, JobStatus, StageCounts, utc_now
+from jobtrack.monitor.backlog import BacklogWatch
 from jobtrack.monitor.base import Reconciler, Truth
 from jobtrack.store.base import STUCK_QUERY_LIMIT, JobStore
 
@@ -53,7 +60,8 @@ class CycleReport:
     moving: int = 0  # an increment arrived during the reconciliation
     reconciled: int = 0  # jobs whose counts changed
     completed: int = 0  # jobs the reconciliation completed
-    slow: int = 0  # missing items, but work still queued: left alone
+    slow: int = 0  # missing items, but queued behind a backlog being consumed: left alone
+    stalled: int = 0  # missing items queued behind a backlog that stopped shrinking: stuck
     redriven: int = 0  # jobs whose missing items were published again
     items_redriven: int = 0
     failed: int = 0  # jobs failed with the reason
@@ -64,6 +72,17 @@ class CycleReport:
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON."""
         return {name: getattr(self, name) for name in self.__slots__}
+
+
+def _last(events: Sequence[JobEvent], *kinds: str) -> JobEvent | None:
+    """The latest of ``events`` of one of these kinds."""
+    return next((event for event in reversed(events) if event.kind in kinds), None)
+
+
+def _rounds(events: Sequence[JobEvent]) -> int:
+    """Re-drive rounds so far: the last ``redriven`` event's round."""
+    last = _last(events, "redriven")
+    return 0 if last is None else int(last.data.get("round", 0))
 
 
 def _done(counts: Mapping[str, StageCounts]) -> int:
@@ -90,6 +109,8 @@ class Monitor:
     :param stuck_after: seconds without an update before a job is stuck.
     :param max_redrives: times an item is published again, at most, before
         its job fails.
+    :param waiting_every: seconds between two ``waiting`` events of a job
+        left alone behind a backlog, at least.
     :param mode: ``hybrid`` (the default: consumers count, the monitor
         handles stuck jobs) or ``centralized``, the seed's old service and
         its rollback plan: every cycle recounts every active job from the
@@ -107,6 +128,7 @@ class Monitor:
         clock: Clock = utc_now,
         page_size: int = STUCK_QUERY_LIMIT,
         mode: str = "hybrid",
+        waiting_every: float = 3600.0,
     ) -> None:
         if mode not in ("hybrid", "centralized"):
             raise InvalidRequest(f"mode must be hybrid or centralized, not {mode!r}")
@@ -117,6 +139,8 @@ class Monitor:
         self.max_redrives = max_redrives
         self._clock = clock
         self._page_size = page_size
+        self.waiting_every = waiting_every
+        self._backlogs = BacklogWatch()
 
     async def cycle(self) -> CycleReport:
         """One pass over every stuck job; never raises for one job's sake."""
@@ -128,6 +152,7 @@ class Monitor:
         for job_type, reconciler in self._reconcilers.items():
             # Before anything is re-driven: this cycle's own messages are no backlog.
             backlog = await reconciler.backlog()
+            self._backlogs.observe(job_type, backlog, now)
             after: tuple[datetime, str] | None = None
             while True:
                 page = await self._store.find_stuck(
@@ -208,10 +233,11 @@ class Monitor:
         missing = {stage: keys for stage, keys in truth.missing.items() if keys}
         if not missing:
             return
-        if any(backlog.get(stage, 0) for stage in missing):
-            report.slow += 1
+        queued = {stage: backlog[stage] for stage in missing if backlog.get(stage, 0)}
+        events = await self._store.list_events(job.id)
+        if queued and await self._waiting(job, reconciler.job_type, queued, events, report):
             return
-        rounds = await self._rounds(job)
+        rounds = _rounds(events)
         lost = ", ".join(f"{stage} {len(keys)}" for stage, keys in missing.items())
         if rounds >= self.max_redrives:
             await self._fail(job, f"items still missing after {rounds} re-drives: {lost}", report)
@@ -228,7 +254,8 @@ class Monitor:
             "redriven",
             f"{items} missing items published again ({lost}), round {rounds + 1}"
             f" of {self.max_redrives}",
-            {"round": rounds + 1, "done": _done(truth.counts), "items": items},
+            {"round": rounds + 1, "done": _done(truth.counts), "items": items}
+            | ({"stalled": queued} if queued else {}),
         )
         report.items_redriven += await reconciler.redrive(job, missing)
         report.redriven += 1
@@ -253,12 +280,41 @@ class Monitor:
         report.jobs.append(job.id)
         report.completed += job.status is JobStatus.COMPLETED
 
-    async def _rounds(self, job: Job) -> int:
-        """Re-drive rounds so far: the last ``redriven`` event's round."""
-        for event in reversed(await self._store.list_events(job.id)):
-            if event.kind == "redriven":
-                return int(event.data.get("round", 0))
-        return 0
+    async def _waiting(
+        self,
+        job: Job,
+        job_type: str,
+        queued: Mapping[str, int],
+        events: Sequence[JobEvent],
+        report: CycleReport,
+    ) -> bool:
+        """Whether the job waits behind a backlog that is being consumed
+        (slow: left alone, and said so at most once every ``waiting_every``);
+        False when every backlog it waits behind has not shrunk for
+        ``stuck_after`` (stalled: the job is stuck)."""
+        now = self._clock()
+        last = _last(events, "waiting")
+        recorded = None if last is None else last.data
+        since: dict[str, datetime] = {}
+        for stage in queued:
+            at = self._backlogs.not_shrunk_since(job_type, stage, recorded)
+            since[stage] = now if at is None else at
+        window = timedelta(seconds=self.stuck_after)
+        if all(now - at >= window for at in since.values()):
+            report.stalled += 1
+            return False
+        report.slow += 1
+        verdict = _last(events, "waiting", "redriven")
+        due = timedelta(seconds=self.waiting_every)
+        if verdict is None or verdict.kind != "waiting" or now - verdict.at >= due:
+            text = ", ".join(f"{stage} {size}" for stage, size in queued.items())
+            await self._event(
+                job,
+                "waiting",
+                f"left alone, waiting behind a backlog being consumed: {text} queued or in flight",
+                BacklogWatch.snapshot(queued, since),
+            )
+        return True
 
     async def _fail(self, job: Job, reason: str, report: CycleReport) -> None:
         """Fail the job, unless an increment arrived since ``job`` was read:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class ScanReport:
     skipped: int = 0
     refused: list[Refused] = field(default_factory=list)
     removed: int = 0
+    ended: JobStatus | None = None  # the job ended while walking: the walk stopped there
 
     def summary(self) -> str:
         """One line for the scan stage's message."""
@@ -90,11 +92,13 @@ class Scanner:
         exclude: Sequence[Path] = (),
         heartbeat: float = 30.0,
         data_dir: Path | None = None,
+        status_interval: float = 0.25,
     ) -> None:
         # Renditions of removed images are deleted only inside data_dir's
         # renditions folder (none without it), whatever paths the catalog holds.
         self._data_dir = data_dir
         self._heartbeat = heartbeat
+        self._status_interval = status_interval
         self._store = store
         self._catalog = catalog
         self._broker = broker
@@ -150,21 +154,43 @@ class Scanner:
             collection = await self._catalog.get_collection(collection.id)
 
     async def run(self, job: Job, collection: Collection) -> ScanReport:
-        """Walk the collection, register its images, publish the work, seal the totals."""
+        """Walk the collection, register its images, publish the work, seal the totals.
+
+        A job that ends meanwhile (cancelled, or failed by a monitor) stops
+        the walk within ``status_interval`` seconds: the report's ``ended``
+        says so, and nothing more is registered, retired or sealed (images
+        the walk did not reach are not gone)."""
         root = Path(collection.root)
         ResolvedRoot(root).check_unchanged()
         await self._store.start_stage(job.id, SCAN, message=f"walking {root}")
         report = ScanReport()
-        entries = walk_images(root, exclude=self._exclude)
+        stop = threading.Event()
+        entries = walk_images(root, exclude=self._exclude, stop=stop)
         # A long stretch without images writes nothing: the heartbeat keeps the
         # job from looking stuck (a walk that stopped stops beating).
-        beating = asyncio.create_task(self._beat(job, root, report), name="scan-heartbeat")
+        helpers = [
+            asyncio.create_task(self._beat(job, root, report), name="scan-heartbeat"),
+            asyncio.create_task(self._until_ended(job, report, stop), name="scan-status"),
+        ]
         try:
             while batch := await asyncio.to_thread(_next_batch, entries, self._batch_size, report):
+                if stop.is_set():
+                    break
                 await self._register(job, collection, batch, report)
         finally:
-            beating.cancel()
-            await asyncio.wait([beating])
+            stop.set()  # the walk thread ends at its next entry, whatever happened here
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.wait(helpers)
+        if report.ended is not None:
+            logger.info(
+                "job %s %s: its walk stopped after %d images",
+                job.id,
+                report.ended.value,
+                report.images,
+                extra={"action": "walk_stopped", "job_id": job.id},
+            )
+            return report
         gone = await self._catalog.retire_unseen(collection.id, job.id)
         report.removed = await asyncio.to_thread(_remove_files, gone, self._data_dir)
         for spec in self._renditions:
@@ -176,6 +202,21 @@ class Scanner:
                 "refused %s: %s", refused.relpath, refused.reason, extra={"action": "path_refused"}
             )
         return report
+
+    async def _until_ended(self, job: Job, report: ScanReport, stop: threading.Event) -> None:
+        """Read the job's status every ``status_interval`` s; once it has
+        ended, record how and stop the walk."""
+        while True:
+            await asyncio.sleep(self._status_interval)
+            try:
+                status = (await self._store.get_job(job.id)).status
+            except StoreError as exc:  # unreachable for now: the walk goes on
+                logger.warning("scan status not read: %s", exc)
+                continue
+            if status.terminal:
+                report.ended = status
+                stop.set()
+                return
 
     async def _beat(self, job: Job, root: Path, report: ScanReport) -> None:
         while True:

@@ -15,6 +15,7 @@ import io
 import logging
 import os
 import stat
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,12 +144,16 @@ def _check_descriptor(fd: int, root: Path, relpath: str) -> None:
         raise PathRefused(f"{relpath}: resolves outside the collection root")
 
 
-def walk_images(root: Path, *, exclude: Iterable[Path] = ()) -> Iterator[WalkEntry]:
+def walk_images(
+    root: Path, *, exclude: Iterable[Path] = (), stop: threading.Event | None = None
+) -> Iterator[WalkEntry]:
     """Every entry under ``root`` (a resolved folder), in a stable order.
 
     Hidden files and folders (names starting with a dot) are skipped, and so
     is every folder in ``exclude`` (resolved): jobtrack's own data folder
-    must never be scanned as part of a collection.
+    must never be scanned as part of a collection. Once ``stop`` is set the
+    walk ends at the next entry (it runs in a thread: the flag is how a
+    cancelled job stops it).
     """
     walk = _Walk(root, {p.resolve() for p in exclude})
     pending: list[tuple[Path, str]] = [(root, "")]
@@ -156,6 +161,8 @@ def walk_images(root: Path, *, exclude: Iterable[Path] = ()) -> Iterator[WalkEnt
         folder, prefix = pending.pop()
         subfolders: list[tuple[Path, str]] = []
         for entry in _sorted_entries(folder):
+            if stop is not None and stop.is_set():
+                return
             found = walk.classify(entry, f"{prefix}{entry.name}")
             if isinstance(found, tuple):
                 subfolders.append(found)

@@ -133,6 +133,9 @@ class StoreStats:
     items: dict[str, tuple[int, int]]  # stage -> (completed, failed) items
     events: dict[str, int]  # event kind -> events
     stuck: int  # active jobs not written since the threshold
+    # Active jobs the monitor last left alone behind a backlog being consumed:
+    # of their "waiting" and "redriven" events, the latest is a "waiting" one.
+    waiting: int = 0
 
     @classmethod
     def from_rows(
@@ -141,6 +144,7 @@ class StoreStats:
         items: Sequence[Sequence[Any]],
         events: Sequence[Sequence[Any]],
         stuck: int,
+        waiting: int = 0,
     ) -> StoreStats:
         """From the rows of the stats queries: (status, jobs), (stage,
         completed, failed), (kind, events)."""
@@ -149,6 +153,7 @@ class StoreStats:
             items={row[0]: (row[1], row[2]) for row in items},
             events={row[0]: row[1] for row in events},
             stuck=stuck,
+            waiting=waiting,
         )
 
 
@@ -395,8 +400,9 @@ class JobStore(Protocol):
         ...
 
     async def stats(self, *, stuck_before: datetime) -> StoreStats:
-        """Jobs per status, items per stage, events per kind, and how many
-        active jobs were not written since ``stuck_before``."""
+        """Jobs per status, items per stage, events per kind, how many
+        active jobs were not written since ``stuck_before``, and how many
+        the monitor last left waiting behind a backlog."""
         ...
 
     async def find_stuck(

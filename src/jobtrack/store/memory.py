@@ -211,10 +211,15 @@ class InMemoryJobStore:
                 done, failed = items.get(name, (0, 0))
                 items[name] = (done + stage.completed_items, failed + stage.failed_items)
         events: dict[str, int] = {}
-        for history in self._events.values():
+        waiting = 0
+        for job_id, history in self._events.items():
             for event in history:
                 events[event.kind] = events.get(event.kind, 0) + 1
-        return StoreStats(jobs=jobs, items=items, events=events, stuck=stuck)
+            verdicts = [e.kind for e in history if e.kind in ("waiting", "redriven")]
+            owner = self._jobs.get(job_id)
+            active = owner is not None and owner.status in ACTIVE_JOB_STATUSES
+            waiting += active and verdicts[-1:] == ["waiting"]
+        return StoreStats(jobs=jobs, items=items, events=events, stuck=stuck, waiting=waiting)
 
     async def find_stuck(
         self,

@@ -111,6 +111,15 @@ SELECT kind, count(*) FROM job_events GROUP BY kind;
 SELECT count(*) FROM jobs
 WHERE status IN ('pending', 'in_progress') AND updated_at < %(before)s;
 
+-- name: stats_waiting
+-- Active jobs the monitor last left alone behind a backlog: of their
+-- waiting and redriven events (on idx_job_events), the latest is a waiting one.
+SELECT count(*) FROM jobs AS j
+WHERE j.status IN ('pending', 'in_progress')
+  AND (SELECT e.kind FROM job_events AS e
+       WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven')
+       ORDER BY e.id DESC LIMIT 1) = 'waiting';
+
 -- name: recent_events
 SELECT id, job_id, at, kind, message, data FROM job_events ORDER BY id DESC LIMIT %(limit)s;
 

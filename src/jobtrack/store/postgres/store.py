@@ -339,7 +339,10 @@ class PostgresJobStore:
             stuck = await (
                 await conn.execute(_Q["stats_stuck"], {"before": stuck_before})
             ).fetchone()
-        return StoreStats.from_rows(jobs, items, events, stuck[0] if stuck else 0)
+            waiting = await (await conn.execute(_Q["stats_waiting"])).fetchone()
+        return StoreStats.from_rows(
+            jobs, items, events, stuck[0] if stuck else 0, waiting[0] if waiting else 0
+        )
 
     async def find_stuck(
         self,

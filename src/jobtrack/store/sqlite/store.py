@@ -257,7 +257,10 @@ class SqliteJobStore:
             items = conn.execute(_Q["stats_items"]).fetchall()
             events = conn.execute(_Q["stats_events"]).fetchall()
             stuck = conn.execute(_Q["stats_stuck"], {"before": to_micros(stuck_before)}).fetchone()
-        return StoreStats.from_rows(jobs, items, events, stuck[0] if stuck else 0)
+            waiting = conn.execute(_Q["stats_waiting"]).fetchone()
+        return StoreStats.from_rows(
+            jobs, items, events, stuck[0] if stuck else 0, waiting[0] if waiting else 0
+        )
 
     async def find_stuck(
         self,
