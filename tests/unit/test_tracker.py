@@ -327,6 +327,29 @@ async def test_a_batch_the_store_fails_is_split_until_only_the_bad_entry_is_left
     assert len(store.batches) == 1 + 2 * 3  # a bisection: log2(8) rounds of two writes
 
 
+async def test_a_store_that_fails_every_entry_alone_is_down_not_refusing() -> None:
+    store = PickyStore()
+    jobs = [await store.create_job("t", ["a"]) for _ in range(3)]
+    tracker = ProgressTracker(store, flush_interval=60, retry_after=60)
+    receipts = [tracker.add(job.id, "a", item_key="k") for job in jobs]
+    original = store.add_progress
+
+    async def broken(batch: Sequence[StageProgress]) -> list[ProgressResult]:
+        store.batches.append(list(batch))
+        raise StoreError("disk I/O error")
+
+    store.add_progress = broken  # type: ignore[method-assign]
+    assert await tracker.flush_if_due() == 3  # kept for the next try, none refused
+    assert len(store.batches) == 1 + 2 + 2  # split down to each entry alone
+    assert [r.done() for r in receipts] == [False, False, False]
+    store.add_progress = original  # type: ignore[method-assign]
+    assert await tracker.flush(max_wait=1.0)
+    assert await asyncio.gather(*receipts) == [True, True, True]
+    assert [r.refused for r in receipts] == [None, None, None]
+    for job in jobs:
+        assert (await store.get_job(job.id)).stage("a").completed_items == 1
+
+
 async def test_a_store_outage_during_the_split_keeps_only_what_was_not_written() -> None:
     store = PickyStore()
     jobs = [await store.create_job("t", ["a"]) for _ in range(3)]

@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from jobtrack.errors import JobtrackError, StoreError, StoreUnavailable
+from jobtrack.errors import InvalidRequest, JobtrackError, StoreError, StoreUnavailable
 from jobtrack.model import MAX_INCREMENT
 from jobtrack.store.base import JobStore, ProgressResult, StageProgress
 from jobtrack.tracking.progress_log import ProgressLog
@@ -241,6 +241,7 @@ class Coalescer:
         started = time.perf_counter()
         try:
             outage = await self._write(batch, 0, len(batch), results)
+            outage = outage or _store_failure(results)
         except asyncio.CancelledError:
             # Whatever was under way may or may not have happened: keys make it safe.
             self._in_flight = 0
@@ -392,3 +393,20 @@ def _log_refusal(result: ProgressResult) -> None:
 
 #: Refused entries logged one by one per flush; the rest are counted in one line.
 _REFUSALS_LOGGED = 20
+
+
+def _store_failure(results: list[ProgressResult | None]) -> StoreUnavailable | None:
+    """When every entry of a flush of two or more failed alone, and none for its
+    data (:class:`InvalidRequest`), the fault is the store's, not the
+    entries': the flush counts as an outage (its entries kept and written
+    again after a backoff), so a store that fails every write never gets
+    its items refused for good. Clears those results and returns the outage."""
+    if len(results) < 2 or any(r is None for r in results):
+        return None  # one entry alone cannot tell its own fault from the store's
+    errors = [r.rejected for r in results if r is not None]
+    if len(errors) != len(results) or any(
+        e is None or isinstance(e, InvalidRequest) for e in errors
+    ):
+        return None
+    results[:] = [None] * len(results)
+    return StoreUnavailable(f"the store failed every progress entry: {errors[0]}")
