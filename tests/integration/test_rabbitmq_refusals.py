@@ -132,6 +132,7 @@ async def test_a_virtual_host_closed_to_the_user_fails_at_once() -> None:
         ("amqp://guest:secret@127.0.0.1:x/", "bad port"),
         ("http://guest:secret@127.0.0.1/", "not an AMQP URL"),
         ("amqp://guest:secret@127.0.0.1/?queue_type=lazy", "queue_type must be"),
+        ("amqp://guest:secret@[::1/", "Invalid IPv6 URL"),
     ],
 )
 def test_a_url_that_cannot_work_is_refused_before_connecting(url: str, why: str) -> None:

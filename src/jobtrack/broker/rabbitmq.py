@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -110,7 +111,10 @@ def parse_amqp_url(url: str) -> tuple[str, str, int]:
     def refuse(why: str) -> ConfigurationError:
         return ConfigurationError(f"bad broker URL {_redacted(url)}: {why}", setting=BROKER_SETTING)
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [IPv6 address, say
+        raise refuse(str(exc)) from None
     if parts.scheme not in ("amqp", "amqps"):
         raise refuse("not an AMQP URL (amqp://user:password@host:port/vhost)")
     try:
@@ -136,10 +140,14 @@ def parse_amqp_url(url: str) -> tuple[str, str, int]:
 
 
 def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # a URL that does not parse: mask what looks like user:password@
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
+    if password is None:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -14,8 +14,10 @@ from jobtrack.cli.options import (
     broker_option,
     data_dir_option,
     json_option,
+    preflight,
     settings_from,
     store_option,
+    usage_error,
 )
 from jobtrack.errors import InvalidRequest, JobtrackError
 from jobtrack.monitor import CycleReport, Monitor
@@ -81,6 +83,7 @@ def monitor(
     monitors may run at once: each stuck job is handled by one of them.
     """
     settings = settings_from(data_dir=data_dir, store_url=store_url, broker_url=broker_url)
+    preflight(settings)
     try:
         asyncio.run(
             _run(
@@ -94,7 +97,7 @@ def monitor(
             )
         )
     except InvalidRequest as exc:
-        raise click.UsageError(str(exc)) from None
+        raise usage_error(exc) from None
     except JobtrackError as exc:
         raise click.ClickException(str(exc)) from None
 
