@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
+from typing import Any
 
+import aio_pika
 import pytest
 
 from jobtrack.broker.backoff import Backoff
@@ -69,3 +72,59 @@ async def test_the_broker_reconnects_with_exponential_backoff_and_jitter() -> No
     finally:
         await broker.aclose()
     assert waits[:6] == [0.08, 0.24, 0.4, 0.64, 0.9, 1.0]
+
+
+class _FlappingConnection:
+    """A connection that the server closes as soon as it is set up."""
+
+    def __init__(self) -> None:
+        self.close_callbacks: set[Any] = set()
+        self.is_closed = False
+
+    async def channel(self, *, publisher_confirms: bool) -> object:
+        asyncio.get_running_loop().call_soon(self._drop)
+        return object()
+
+    def _drop(self) -> None:
+        self.is_closed = True
+        for callback in list(self.close_callbacks):
+            callback(self, ConnectionResetError("dropped"))
+
+    async def close(self) -> None:
+        self.is_closed = True
+
+
+async def test_a_connection_that_keeps_dropping_is_made_again_with_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Connections that drop as soon as they are made are not made again in
+    a tight loop: each one waits the next delay of the backoff."""
+    made: list[_FlappingConnection] = []
+
+    async def connect(url: str, **kwargs: object) -> _FlappingConnection:
+        made.append(_FlappingConnection())
+        return made[-1]
+
+    monkeypatch.setattr(aio_pika, "connect", connect)
+    waits: list[float] = []
+    enough = asyncio.Event()
+
+    async def sleep(delay: float) -> None:
+        waits.append(round(delay, 4))
+        if len(waits) == 5:
+            enough.set()
+            await asyncio.Event().wait()  # until the broker closes
+        await asyncio.sleep(0)
+
+    broker = RabbitMQBroker(
+        "amqp://guest:guest@127.0.0.1:5672/",
+        backoff=lambda: Backoff(initial=0.1, maximum=1.0, random=lambda: 0.5, sleep=sleep),
+    )
+    try:
+        with contextlib.suppress(BrokerUnavailable):  # up for no time at all, again and again
+            await broker.connect(within=0.01)
+        await asyncio.wait_for(enough.wait(), 5)
+    finally:
+        await broker.aclose()
+    assert waits[:5] == [0.1, 0.2, 0.4, 0.8, 1.0]
+    assert len(made) == 5

@@ -540,11 +540,17 @@ class RabbitMQBroker:
                 self._supervise(), name="amqp-supervisor"
             )
             supervisor.add_done_callback(self._on_supervisor_done)
-        if not self._ready.is_set() and not supervisor.done():
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        # Until ready (again: a connection can drop before this task runs),
+        # the supervisor ends, or the time is up.
+        while not self._ready.is_set() and not supervisor.done() and loop.time() < deadline:
             ready = asyncio.ensure_future(self._ready.wait())
             try:
                 await asyncio.wait(
-                    {ready, supervisor}, timeout=within, return_when=asyncio.FIRST_COMPLETED
+                    {ready, supervisor},
+                    timeout=deadline - loop.time(),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
                 ready.cancel()
@@ -614,7 +620,6 @@ class RabbitMQBroker:
                 with contextlib.suppress(*_GONE_OR_SLOW):
                     await connection.close()
                 raise
-            backoff.reset()
             self.connections += 1
             if self.connections > 1:
                 logger.warning(
@@ -622,12 +627,19 @@ class RabbitMQBroker:
                     len(self._subscriptions),
                     extra={"action": "broker_reconnected"},
                 )
+            up_since = asyncio.get_running_loop().time()
             self._ready.set()
             await self._lost.wait()
             self._ready.clear()
             self._connection = self._publisher = None
             for subscription in list(self._subscriptions):
                 await subscription.detach()
+            # A connection that held a while is followed by an attempt at once;
+            # one that keeps dropping soon after it is made, by the backoff.
+            if asyncio.get_running_loop().time() - up_since >= backoff.maximum:
+                backoff.reset()
+            elif not self._closed:
+                await backoff.wait()
 
     async def _attach(self, connection: AbstractConnection) -> None:
         self._declared = set()
