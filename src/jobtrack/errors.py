@@ -12,11 +12,15 @@ backend boundary, and chained with ``raise ... from exc``::
     ├── InvalidRequest              (also a ValueError)
     │   ├── InvalidIncrement
     │   ├── PathRefused
-    │   └── MalformedMessage
+    │   ├── MalformedMessage
+    │   └── ConfigurationError      a setting is wrong: waiting will not help
     ├── StoreError
     │   ├── StoreUnavailable        transient: retry later
     │   └── StoreMissing            no database where one was expected
+    ├── Conflict
     ├── BrokerError
+    │   ├── BrokerUnavailable       transient: retry later
+    │   └── QueueRefused            the server refuses a queue: retrying will not help
     └── ImageError                  corrupt, truncated, hostile or unsupported image
 """
 
@@ -26,6 +30,7 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailable",
     "CollectionNotFound",
+    "ConfigurationError",
     "Conflict",
     "ImageError",
     "InvalidIncrement",
@@ -35,6 +40,7 @@ __all__ = [
     "MalformedMessage",
     "NotFound",
     "PathRefused",
+    "QueueRefused",
     "StageNotFound",
     "StoreError",
     "StoreMissing",
@@ -91,6 +97,19 @@ class MalformedMessage(InvalidRequest):
     """A broker message that does not follow the message schema."""
 
 
+class ConfigurationError(InvalidRequest):
+    """A setting that can never work: a URL that does not parse, a login the
+    server refuses, a database or virtual host that does not exist.
+
+    Raised at once rather than retried like an outage; the message names
+    the setting (``setting``) and shows its URL with the password masked.
+    """
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        super().__init__(f"{message} (check {setting})")
+        self.setting = setting
+
+
 class Conflict(JobtrackError):
     """The record changed since it was read; the operation was not done."""
 
@@ -113,6 +132,11 @@ class BrokerError(JobtrackError):
 
 class BrokerUnavailable(BrokerError):
     """The broker cannot be reached; the operation may succeed later."""
+
+
+class QueueRefused(BrokerError):
+    """The server refused a queue: it exists with other settings, or the user
+    may not use it. Retrying will not help."""
 
 
 class ImageError(JobtrackError):

@@ -21,7 +21,18 @@ What it guarantees, and how:
   declares what it had declared and starts every subscription on a new
   channel. A delivery remembers the channel it came on; settling it after
   that channel is gone does nothing (the server has already put the message
-  back), and never settles a different message on the new channel.
+  back), and never settles a different message on the new channel. The
+  waits between attempts double up to a ceiling, with jitter
+  (:class:`~jobtrack.broker.backoff.Backoff`). A subscription whose queue
+  the server refuses (it exists with other settings, or the user may not
+  use it) is reported once and dropped, never retried at each reconnection.
+- **Configuration errors are not outages.** A login the server refuses, a
+  virtual host that does not exist or is closed to the user, and a URL that
+  does not parse raise :class:`~jobtrack.errors.ConfigurationError` at once
+  (before the first connection succeeds), naming the setting; only errors
+  of the connection itself (a socket, a closed connection or channel, a
+  timeout) count as the broker being away. Any other error, a
+  ``RuntimeError`` of a bug included, is raised to the caller.
 
 URL options (removed before the URL reaches aio-pika, which takes the
 others, such as ``heartbeat``): ``queue_type`` (``quorum``, the default, or
@@ -33,13 +44,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections import deque
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
+import pamqp.exceptions
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -47,57 +60,140 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
+from jobtrack.broker.backoff import Backoff
 from jobtrack.broker.base import Handler, dead_letter_queue, is_dead_letter_queue
-from jobtrack.errors import BrokerError, BrokerUnavailable, InvalidRequest
+from jobtrack.errors import BrokerError, BrokerUnavailable, ConfigurationError, QueueRefused
 
-__all__ = ["RabbitMQBroker", "parse_amqp_url"]
+__all__ = ["BROKER_SETTING", "RabbitMQBroker", "parse_amqp_url"]
 
 logger = logging.getLogger(__name__)
 
 REASON_HEADER = "x-jobtrack-reason"
 SOURCE_HEADER = "x-jobtrack-queue"
+BROKER_SETTING = "JOBTRACK_BROKER_URL / --broker"
 _QUEUE_TYPES = ("quorum", "classic")
-# Errors that mean "the connection or channel is gone", not "this call is wrong".
+# Errors that mean "the connection or channel is gone", not "this call is
+# wrong". Not RuntimeError: a bug raises those too (aiormq's "closed" ones
+# are ChannelInvalidStateError, and connection.channel's is translated in
+# _open_channel).
 _GONE: tuple[type[BaseException], ...] = (
     aio_pika.exceptions.AMQPConnectionError,
     aio_pika.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.ChannelClosed,
     ConnectionError,
-    RuntimeError,  # aiormq: "Connection closed" / "Channel closed"
 )
 _GONE_OR_SLOW: tuple[type[BaseException], ...] = (*_GONE, TimeoutError)
-_START_FAILED: tuple[type[BaseException], ...] = (BrokerError, *_GONE_OR_SLOW)
+# What a failed connection attempt raises when the server is away (or refused).
+_CONNECT_FAILED: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPError,
+    pamqp.exceptions.PAMQPException,
+    OSError,
+    TimeoutError,
+)
+# The server refused to let us consume a queue: retrying cannot help.
+_REFUSED: tuple[type[BaseException], ...] = (
+    QueueRefused,
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.ChannelNotFoundEntity,
+    aiormq.exceptions.ChannelPreconditionFailed,
+)
 
 
 def parse_amqp_url(url: str) -> tuple[str, str, int]:
     """Split jobtrack's options off an ``amqp://`` URL:
-    (the URL for aio-pika, the queue type, the delivery limit)."""
-    parts = urlsplit(url)
+    (the URL for aio-pika, the queue type, the delivery limit).
+
+    :raises ConfigurationError: (an :class:`~jobtrack.errors.InvalidRequest`)
+        for a URL that is not AMQP, has a bad port or a bad option.
+    """
+
+    def refuse(why: str) -> ConfigurationError:
+        return ConfigurationError(f"bad broker URL {_redacted(url)}: {why}", setting=BROKER_SETTING)
+
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [IPv6 address, say
+        raise refuse(str(exc)) from None
     if parts.scheme not in ("amqp", "amqps"):
-        raise InvalidRequest(f"not an AMQP URL: {url!r}")
+        raise refuse("not an AMQP URL (amqp://user:password@host:port/vhost)")
+    try:
+        port = parts.port
+    except ValueError as exc:  # not a number, or out of 0-65535
+        raise refuse(f"bad port ({exc})") from None
+    if port == 0 or not parts.hostname:
+        raise refuse("no host" if not parts.hostname else "port 0")
     query = parse_qsl(parts.query, keep_blank_values=True)
     options = {key: value for key, value in query if key in ("queue_type", "delivery_limit")}
     rest = [(key, value) for key, value in query if key not in options]
     queue_type = options.get("queue_type", "quorum")
     if queue_type not in _QUEUE_TYPES:
-        raise InvalidRequest(f"queue_type must be quorum or classic, not {queue_type!r}")
+        raise refuse(f"queue_type must be quorum or classic, not {queue_type!r}")
     raw_limit = options.get("delivery_limit", "20")
     try:
         delivery_limit = int(raw_limit)
     except ValueError:
-        raise InvalidRequest(f"delivery_limit must be a whole number, not {raw_limit!r}") from None
+        raise refuse(f"delivery_limit must be a whole number, not {raw_limit!r}") from None
     if delivery_limit < 1:
-        raise InvalidRequest(f"delivery_limit must be at least 1, not {delivery_limit}")
+        raise refuse(f"delivery_limit must be at least 1, not {delivery_limit}")
     return urlunsplit(parts._replace(query=urlencode(rest))), queue_type, delivery_limit
 
 
 def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # a URL that does not parse: mask what looks like user:password@
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
+    if password is None:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _login_refused(exc: BaseException, url: str) -> ConfigurationError | None:
+    """The configuration error a failed connection attempt means, if any:
+    the login refused (403 ACCESS_REFUSED), or the virtual host missing or
+    closed to the user (530 NOT_ALLOWED)."""
+    parts = urlsplit(url)
+    user = unquote(parts.username or "guest")
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    where = _redacted(url)
+    errors = aiormq.exceptions
+    if isinstance(exc, errors.ProbableAuthenticationError | errors.AuthenticationError):
+        return ConfigurationError(
+            f"RabbitMQ refused the login of user {user!r} at {where}: wrong user or password"
+            f" ({_first_arg(exc)})",
+            setting=BROKER_SETTING,
+        )
+    code = exc.args[0] if type(exc) is errors.ConnectionClosed and exc.args else None
+    # aiormq 7 raises a refusal of Connection.Open (the virtual host) as an
+    # InvalidFrameError that names the Connection.Close frame it got instead.
+    refused_open = isinstance(exc, errors.InvalidFrameError) and "Connection.OpenOk" in str(exc)
+    if isinstance(exc, errors.ConnectionNotAllowed) or code in (403, 530) or refused_open:
+        return ConfigurationError(
+            f"RabbitMQ refused virtual host {vhost!r} to user {user!r} at {where}:"
+            " it does not exist, or the user has no permission on it",
+            setting=BROKER_SETTING,
+        )
+    return None
+
+
+def _first_arg(exc: BaseException) -> str:
+    return str(exc.args[0]) if exc.args else repr(exc)
+
+
+async def _open_channel(
+    connection: AbstractConnection, *, publisher_confirms: bool
+) -> AbstractChannel:
+    """A new channel; a connection that closed meanwhile is a ConnectionError
+    (aiormq says so with a bare RuntimeError, which a bug raises too)."""
+    try:
+        return await connection.channel(publisher_confirms=publisher_confirms)
+    except RuntimeError as exc:
+        if connection.is_closed:
+            raise ConnectionError(f"the connection closed: {exc}") from exc
+        raise
 
 
 class _Acks:
@@ -265,6 +361,7 @@ class _RabbitSubscription:
         self._restart: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
         self._acks: _Acks | None = None
+        self.refused: BrokerError | None = None  # why the server refused it, once it did
 
     async def start(self, connection: AbstractConnection) -> None:
         """Open a channel on ``connection`` and start consuming (once)."""
@@ -274,7 +371,7 @@ class _RabbitSubscription:
             await self._start(connection)
 
     async def _start(self, connection: AbstractConnection) -> None:
-        channel = await connection.channel(publisher_confirms=False)
+        channel = await _open_channel(connection, publisher_confirms=False)
         try:
             await channel.set_qos(prefetch_count=self._prefetch)
             amqp_queue = await self._broker.declare(channel, self.queue)
@@ -392,6 +489,10 @@ class RabbitMQBroker:
         reconnections) before :class:`~jobtrack.errors.BrokerUnavailable`.
     :param confirm_window: publishes of :meth:`publish_many` awaiting their
         confirm at once.
+    :param max_reconnect_delay: the ceiling of the reconnection backoff.
+    :param backoff: makes the backoff of each run of attempts (tests inject
+        one with their own random and sleep).
+    :raises ConfigurationError: for a URL that does not parse.
     """
 
     def __init__(
@@ -401,11 +502,12 @@ class RabbitMQBroker:
         publish_timeout: float = 60.0,
         confirm_window: int = 100,
         max_reconnect_delay: float = 5.0,
+        backoff: Callable[[], Backoff] | None = None,
     ) -> None:
         self._url, self.queue_type, self.delivery_limit = parse_amqp_url(url)
         self._publish_timeout = publish_timeout
         self._confirm_window = confirm_window
-        self._max_reconnect_delay = max_reconnect_delay
+        self._backoff = backoff or (lambda: Backoff(initial=0.1, maximum=max_reconnect_delay))
         self._connection: AbstractConnection | None = None
         self._publisher: AbstractChannel | None = None
         self._declared: set[str] = set()
@@ -421,51 +523,103 @@ class RabbitMQBroker:
         return f"RabbitMQBroker({_redacted(self._url)!r})"
 
     async def connect(self, *, within: float = 30.0) -> None:
-        """Connect now (the first publish or consume does it otherwise)."""
+        """Connect now (the first publish or consume does it otherwise).
+
+        :raises ConfigurationError: the server refused the login or the
+            virtual host (at once, not after ``within``).
+        :raises BrokerUnavailable: no connection within ``within`` seconds.
+        """
         await self._connected(within)
 
     async def _connected(self, within: float) -> AbstractConnection:
         if self._closed:
             raise BrokerError("the broker is closed")
-        if self._supervisor is None:
-            self._supervisor = asyncio.create_task(self._supervise(), name="amqp-supervisor")
-        try:
-            await asyncio.wait_for(self._ready.wait(), within)
-        except TimeoutError:
+        supervisor = self._supervisor
+        if supervisor is None:
+            supervisor = self._supervisor = asyncio.create_task(
+                self._supervise(), name="amqp-supervisor"
+            )
+            supervisor.add_done_callback(self._on_supervisor_done)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        # Until ready (again: a connection can drop before this task runs),
+        # the supervisor ends, or the time is up.
+        while not self._ready.is_set() and not supervisor.done() and loop.time() < deadline:
+            ready = asyncio.ensure_future(self._ready.wait())
+            try:
+                await asyncio.wait(
+                    {ready, supervisor},
+                    timeout=deadline - loop.time(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                ready.cancel()
+        if supervisor.done():  # it ends on a configuration error or a bug, never on an outage
+            if supervisor.cancelled() or supervisor.exception() is None:
+                raise BrokerError("the broker is closed")
+            raise supervisor.exception()  # type: ignore[misc]
+        if not self._ready.is_set():
             raise BrokerUnavailable(
                 f"cannot reach RabbitMQ at {_redacted(self._url)} within {within:g} s"
-            ) from None
+            )
         assert self._connection is not None
         return self._connection
 
+    def _on_supervisor_done(self, supervisor: asyncio.Task[None]) -> None:
+        if supervisor.cancelled() or supervisor.exception() is None:
+            return
+        exc = supervisor.exception()
+        if not isinstance(exc, ConfigurationError):  # that one goes to every caller as it is
+            logger.error(
+                "the RabbitMQ connection's supervisor stopped on an error",
+                exc_info=exc,
+                extra={"action": "broker_failed"},
+            )
+
     async def _supervise(self) -> None:
-        """Keep a connection open, and every subscription consuming on it."""
-        delay = 0.1
+        """Keep a connection open, and every subscription consuming on it.
+
+        Ends (raising) on a configuration error before the first connection,
+        and on any error that is not the connection's (a bug)."""
+        backoff = self._backoff()
         while not self._closed:
             try:
                 connection = await aio_pika.connect(self._url, timeout=10)
-            except (*aio_pika.exceptions.CONNECTION_EXCEPTIONS, TimeoutError) as exc:
-                logger.warning(
+            except _CONNECT_FAILED as exc:
+                refused = _login_refused(exc, self._url)
+                if refused is not None and self.connections == 0:
+                    raise refused from exc
+                delay = backoff.next_delay()
+                logger.log(
+                    logging.WARNING if refused is None else logging.ERROR,
                     "cannot connect to RabbitMQ at %s (%s); retrying in %.1f s",
                     _redacted(self._url),
-                    exc,
+                    exc if refused is None else refused,
                     delay,
                     extra={"action": "broker_unavailable"},
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_reconnect_delay)
+                await backoff.sleep(delay)
                 continue
             self._lost.clear()
             connection.close_callbacks.add(self._on_close)
             try:
                 await self._attach(connection)
-            except Exception as exc:  # whatever it is, try again later
-                logger.warning("cannot set up on the RabbitMQ connection: %s", exc)
+            except _GONE_OR_SLOW as exc:
+                delay = backoff.next_delay()
+                logger.warning(
+                    "lost the RabbitMQ connection while setting up (%s); retrying in %.1f s",
+                    exc,
+                    delay,
+                    extra={"action": "broker_unavailable"},
+                )
                 with contextlib.suppress(*_GONE_OR_SLOW):
                     await connection.close()
-                await asyncio.sleep(delay)
+                await backoff.sleep(delay)
                 continue
-            delay = 0.1
+            except BaseException:
+                with contextlib.suppress(*_GONE_OR_SLOW):
+                    await connection.close()
+                raise
             self.connections += 1
             if self.connections > 1:
                 logger.warning(
@@ -473,19 +627,43 @@ class RabbitMQBroker:
                     len(self._subscriptions),
                     extra={"action": "broker_reconnected"},
                 )
+            up_since = asyncio.get_running_loop().time()
             self._ready.set()
             await self._lost.wait()
             self._ready.clear()
             self._connection = self._publisher = None
             for subscription in list(self._subscriptions):
                 await subscription.detach()
+            # A connection that held a while is followed by an attempt at once;
+            # one that keeps dropping soon after it is made, by the backoff.
+            if asyncio.get_running_loop().time() - up_since >= backoff.maximum:
+                backoff.reset()
+            elif not self._closed:
+                await backoff.wait()
 
     async def _attach(self, connection: AbstractConnection) -> None:
         self._declared = set()
-        publisher = await connection.channel(publisher_confirms=True)
+        publisher = await _open_channel(connection, publisher_confirms=True)
         self._connection, self._publisher = connection, publisher
         for subscription in list(self._subscriptions):
-            await subscription.start(connection)
+            try:
+                await subscription.start(connection)
+            except _REFUSED as exc:
+                self._refuse(subscription, exc)
+
+    def _refuse(self, subscription: _RabbitSubscription, exc: BaseException) -> BrokerError:
+        """Report, once, that the server refused ``subscription``'s queue, and
+        drop it: it is not started again, at a reconnection or otherwise."""
+        self.forget(subscription)
+        refused = exc if isinstance(exc, BrokerError) else QueueRefused(str(exc))
+        subscription.refused = refused
+        logger.error(
+            "RabbitMQ refused consuming %s; no longer consuming it: %s",
+            subscription.queue,
+            refused,
+            extra={"action": "consume_refused", "queue": subscription.queue},
+        )
+        return refused
 
     def _on_close(self, _: object, exc: BaseException | None = None) -> None:
         if not self._closed:
@@ -519,7 +697,7 @@ class RabbitMQBroker:
                 arguments["x-delivery-limit"] = self.delivery_limit
             declared = await channel.declare_queue(queue, durable=True, arguments=arguments)
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            raise BrokerError(
+            raise QueueRefused(
                 f"queue {queue!r} or its dead-letter queue exists with other settings than"
                 f" jobtrack's ({self.queue_type}, delivery limit {self.delivery_limit}): {exc}"
             ) from exc
@@ -534,7 +712,8 @@ class RabbitMQBroker:
             if publisher is None or publisher.is_closed:
                 if connection.is_closed or connection is not self._connection:
                     raise ConnectionError("the connection is being replaced")
-                publisher = self._publisher = await connection.channel(publisher_confirms=True)
+                publisher = await _open_channel(connection, publisher_confirms=True)
+                self._publisher = publisher
             return publisher
 
     async def publish(self, queue: str, body: bytes) -> None:
@@ -614,9 +793,11 @@ class RabbitMQBroker:
         self._subscriptions.append(subscription)
         try:
             await subscription.start(connection)
-        except aiormq.exceptions.ChannelClosed as exc:  # refused: no access, not found…
+        except _REFUSED as exc:  # other settings, no access, not found…
             self.forget(subscription)
-            raise BrokerError(f"cannot consume {queue}: {exc}") from exc
+            if isinstance(exc, QueueRefused):
+                raise
+            raise QueueRefused(f"cannot consume {queue}: {exc}") from exc
         except _GONE_OR_SLOW:
             pass  # the connection went: the supervisor starts it on the next one
         return subscription
@@ -629,18 +810,20 @@ class RabbitMQBroker:
         if close is not None and not close.is_closed:
             with contextlib.suppress(*_GONE_OR_SLOW):
                 await asyncio.wait_for(close.close(), 5.0)
-        delay = 0.1
+        backoff = self._backoff()
         while not subscription.stopping:
-            await asyncio.sleep(delay)
+            await backoff.wait()
             connection = self._connection
             if connection is None or connection.is_closed:
                 return
             try:
                 await subscription.start(connection)
                 return
-            except _START_FAILED as exc:
+            except _REFUSED as exc:
+                self._refuse(subscription, exc)
+                return
+            except _GONE_OR_SLOW as exc:
                 logger.warning("cannot consume %s again (%s); retrying", subscription.queue, exc)
-            delay = min(delay * 2, self._max_reconnect_delay)
 
     def forget(self, subscription: _RabbitSubscription) -> None:
         """Do not start ``subscription`` again after a reconnection."""
@@ -653,7 +836,7 @@ class RabbitMQBroker:
         AMQP does not tell how many messages other processes hold unacked.
         """
         connection = await self._connected(30.0)
-        channel = await connection.channel(publisher_confirms=False)
+        channel = await _open_channel(connection, publisher_confirms=False)
         try:
             declared = await self.declare(channel, queue)
             ready = declared.declaration_result.message_count or 0

@@ -22,6 +22,7 @@ from jobtrack.cli.options import (
     stderr,
     stdout,
     store_option,
+    usage_error,
 )
 from jobtrack.cli.progress import JobProgress
 from jobtrack.cli.serve import serve
@@ -114,7 +115,7 @@ def scan(
     try:
         outcome, failures, events = asyncio.run(_scan(settings, path, live=not as_json, seen=seen))
     except InvalidRequest as exc:
-        raise click.UsageError(str(exc)) from None
+        raise usage_error(exc) from None
     except JobtrackError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
@@ -147,7 +148,7 @@ def _enqueue(settings: Settings, path: Path, *, as_json: bool) -> None:
     try:
         job, created = asyncio.run(run())
     except InvalidRequest as exc:
-        raise click.UsageError(str(exc)) from None
+        raise usage_error(exc) from None
     except JobtrackError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:

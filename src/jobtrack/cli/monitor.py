@@ -14,8 +14,10 @@ from jobtrack.cli.options import (
     broker_option,
     data_dir_option,
     json_option,
+    preflight,
     settings_from,
     store_option,
+    usage_error,
 )
 from jobtrack.errors import InvalidRequest, JobtrackError
 from jobtrack.monitor import CycleReport, Monitor
@@ -84,6 +86,7 @@ def monitor(
     one of them.
     """
     settings = settings_from(data_dir=data_dir, store_url=store_url, broker_url=broker_url)
+    preflight(settings)
     try:
         asyncio.run(
             _run(
@@ -97,7 +100,7 @@ def monitor(
             )
         )
     except InvalidRequest as exc:
-        raise click.UsageError(str(exc)) from None
+        raise usage_error(exc) from None
     except JobtrackError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -10,18 +10,29 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from jobtrack.errors import InvalidRequest, JobtrackError, StoreMissing
+from jobtrack.broker import open_broker
+from jobtrack.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    InvalidRequest,
+    JobtrackError,
+    StoreError,
+    StoreMissing,
+)
 from jobtrack.runtime import Settings
 from jobtrack.store import JobStore, open_store
 
 __all__ = [
+    "SettingError",
     "broker_option",
     "data_dir_option",
     "json_option",
+    "preflight",
     "settings_from",
     "stderr",
     "stdout",
     "store_option",
+    "usage_error",
     "with_store",
 ]
 
@@ -56,12 +67,65 @@ broker_option = click.option(
 )
 
 
+class SettingError(click.ClickException):
+    """A setting that can never work: one line naming it, exit 2 (as for a
+    usage error, without the usage)."""
+
+    exit_code = 2
+
+
+def usage_error(exc: InvalidRequest) -> click.ClickException:
+    """The command-line error for what can never work: a wrong setting is one
+    line that names it (:class:`SettingError`), anything else a usage error."""
+    if isinstance(exc, ConfigurationError):
+        return SettingError(str(exc))
+    return click.UsageError(str(exc))
+
+
+def preflight(settings: Settings, *, broker: bool = True, within: float = 5.0) -> None:
+    """Connect once to the settings' PostgreSQL store and AMQP broker, so that
+    a wrong setting (a refused login, a missing database or virtual host)
+    stops the command at once with one line, rather than looking like an
+    outage later. A server that is only away is left to the command's own
+    retries.
+
+    :raises SettingError: a setting that can never work.
+    """
+
+    async def check() -> None:
+        if settings.store_url.startswith(("postgresql://", "postgres://")):
+            store = open_store(settings.store_url)
+            try:
+                await asyncio.wait_for(store.last_change(), within)
+            except (StoreError, TimeoutError):
+                pass  # away, not wrong: the command waits for it as it always did
+            finally:
+                await store.aclose()
+        if broker and settings.broker_url != "memory://":
+            opened = open_broker(settings.broker_url)  # refuses an unknown scheme
+            await opened.aclose()
+            from jobtrack.broker.rabbitmq import RabbitMQBroker  # noqa: PLC0415 (aio-pika)
+
+            amqp = RabbitMQBroker(settings.broker_url)
+            try:
+                await amqp.connect(within=within)
+            except BrokerUnavailable:
+                pass
+            finally:
+                await amqp.aclose()
+
+    try:
+        asyncio.run(check())
+    except InvalidRequest as exc:
+        raise usage_error(exc) from None
+
+
 def settings_from(**flags: Any) -> Settings:
     """Settings from flags, then the environment; bad values are usage errors."""
     try:
         return Settings.from_env(**flags)
     except InvalidRequest as exc:
-        raise click.UsageError(str(exc)) from None
+        raise usage_error(exc) from None
 
 
 def with_store(
@@ -87,6 +151,6 @@ def with_store(
             raise click.ClickException(f"{exc}: nothing has been stored there yet") from None
         return on_missing(exc)
     except InvalidRequest as exc:
-        raise click.UsageError(str(exc)) from None
+        raise usage_error(exc) from None
     except JobtrackError as exc:
         raise click.ClickException(str(exc)) from None

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from jobtrack.cli.options import broker_option, data_dir_option, settings_from, store_option
+from jobtrack.cli.options import (
+    broker_option,
+    data_dir_option,
+    preflight,
+    settings_from,
+    store_option,
+    usage_error,
+)
 from jobtrack.errors import InvalidRequest
 
 
@@ -42,6 +49,7 @@ def serve(
     --root folders.
     """
     settings = settings_from(data_dir=data_dir, store_url=store_url, broker_url=broker_url)
+    preflight(settings)
     try:
         from jobtrack.api import ApiConfig, create_app  # noqa: PLC0415 (an optional extra)
     except ImportError as exc:
@@ -51,7 +59,7 @@ def serve(
     try:
         config = ApiConfig.for_bind(host, roots=roots, stuck_after=settings.stuck_after)
     except InvalidRequest as exc:
-        raise click.UsageError(str(exc)) from None
+        raise usage_error(exc) from None
     import uvicorn  # noqa: PLC0415
 
     uvicorn.run(create_app(settings, config), host=host, port=port, log_level="info")

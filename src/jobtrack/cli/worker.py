@@ -11,8 +11,10 @@ import click
 from jobtrack.cli.options import (
     broker_option,
     data_dir_option,
+    preflight,
     settings_from,
     store_option,
+    usage_error,
 )
 from jobtrack.errors import InvalidRequest, JobtrackError
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, queue_for
@@ -92,6 +94,7 @@ def worker(
         workers=concurrency,
         consumer_progress=consumer_progress,
     )
+    preflight(settings)
     if metrics_port is not None:
         try:
             from jobtrack.api.metrics import serve_write_metrics  # noqa: PLC0415 (optional)
@@ -113,7 +116,7 @@ def worker(
         )
         asyncio.run(_run(runner, settings))
     except InvalidRequest as exc:
-        raise click.UsageError(str(exc)) from None
+        raise usage_error(exc) from None
     except JobtrackError as exc:
         raise click.ClickException(str(exc)) from None
 

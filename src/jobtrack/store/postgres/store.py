@@ -63,6 +63,7 @@ from jobtrack.store.base import (
     screen_progress,
     validate_new_job,
 )
+from jobtrack.store.postgres.conninfo import check_url, refusal
 from jobtrack.store.sql import load_queries, migrations
 
 __all__ = ["PostgresJobStore"]
@@ -75,7 +76,11 @@ _Connection = psycopg.AsyncConnection[TupleRow]
 
 
 class PostgresJobStore:
-    """A :class:`~jobtrack.store.base.JobStore` on PostgreSQL."""
+    """A :class:`~jobtrack.store.base.JobStore` on PostgreSQL.
+
+    :raises ConfigurationError: for a URL that can never connect (here), and
+        from the first operation for a login or database the server refuses.
+    """
 
     def __init__(
         self,
@@ -86,6 +91,7 @@ class PostgresJobStore:
         timeout: float = 10.0,
         clock: Clock = utc_now,
     ) -> None:
+        check_url(url)
         self.url = url
         self._clock = clock
         self._pool: psycopg_pool.AsyncConnectionPool[_Connection] = (
@@ -125,10 +131,34 @@ class PostgresJobStore:
         async with self._opening:
             if self._ready:
                 return
+            # One connection of our own first: the pool would retry a refused
+            # login or a missing database in the background until its timeout.
+            first = await self._first_connection()
             await self._pool.open(wait=False)
-            async with self._pool.connection() as conn:
-                await migrate(conn, "jobs", "jobtrack.store.postgres.migrations")
+            if first is None:  # unreachable for now: the pool waits for the server
+                async with self._pool.connection() as conn:
+                    await migrate(conn, "jobs", "jobtrack.store.postgres.migrations")
+            else:
+                try:
+                    await migrate(first, "jobs", "jobtrack.store.postgres.migrations")
+                finally:
+                    await first.close()
             self._ready = True
+
+    async def _first_connection(self) -> _Connection | None:
+        """A connection, or None if the server is away; a configuration error
+        (login refused, no such database) raises."""
+        try:
+            return await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(self.url, autocommit=True), self._timeout
+            )
+        except TimeoutError:
+            return None
+        except psycopg.OperationalError as exc:
+            refused = refusal(exc, self.url)
+            if refused is not None:
+                raise refused from exc
+            return None
 
     async def create_job(
         self,

@@ -1,0 +1,92 @@
+"""Which PostgreSQL connection failures are configuration errors.
+
+A server that is down or busy is an outage: the store waits for it. A URL
+that does not parse, a port out of range, an ``sslmode`` libpq does not
+know, a login the server refuses or a database that does not exist will
+never get better by waiting, so they raise
+:class:`~jobtrack.errors.ConfigurationError` at once, naming the setting.
+
+libpq gives no SQLSTATE for a failed connection (psycopg's ``sqlstate`` is
+None there, as its maintainers say), so the server's refusals are told by
+their words, libpq's and the server's (English, as the server sends them
+before a session has a locale); a SQLSTATE is used where there is one.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from jobtrack.errors import ConfigurationError
+
+__all__ = ["STORE_SETTING", "check_url", "masked", "refusal"]
+
+STORE_SETTING = "JOBTRACK_STORE_URL / --store"
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# invalid_catalog_name, invalid_authorization_specification, invalid_password
+_REFUSED_SQLSTATES = {"3D000", "28000", "28P01"}
+_REFUSED_WORDS = (
+    "does not exist",  # the database or the role (3D000, 28000)
+    "password authentication failed",  # 28P01
+    "authentication failed",
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "permission denied for database",
+    "not permitted to log in",
+    "SSL was required",
+    "connection is bad: invalid",  # a conninfo value libpq refused before connecting
+)
+_FATAL = re.compile(r"FATAL:\s+(.*)", re.DOTALL)
+
+
+def masked(url: str) -> str:
+    """``url`` with its password shown as ``***`` (a URL or a key=value string)."""
+    if "://" not in url:
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # a URL that does not parse: mask what looks like user:password@
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
+    if password is None:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that can never connect, before trying to.
+
+    :raises ConfigurationError: it does not parse, names an unknown option,
+        a port outside 1-65535 or an ``sslmode`` libpq does not know.
+    """
+
+    def refuse(why: str) -> ConfigurationError:
+        return ConfigurationError(f"bad store URL {masked(url)}: {why}", setting=STORE_SETTING)
+
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise refuse(str(exc).strip().replace(url, masked(url))) from None
+    for port in str(params.get("port", "5432")).split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise refuse(f"port {port!r} is not a number in 1-65535")
+    sslmode = params.get("sslmode")
+    if sslmode is not None and sslmode not in _SSLMODES:
+        raise refuse(f"sslmode {sslmode!r} is not one of {', '.join(_SSLMODES)}")
+
+
+def refusal(exc: psycopg.Error, url: str) -> ConfigurationError | None:
+    """The configuration error a failed connection means, or None for an
+    outage (the server down, starting, or out of connections)."""
+    text = str(exc).strip()
+    if exc.sqlstate not in _REFUSED_SQLSTATES and not any(w in text for w in _REFUSED_WORDS):
+        return None
+    fatal = _FATAL.search(text)
+    why = (fatal.group(1) if fatal else text).strip().splitlines()[0]
+    return ConfigurationError(
+        f"PostgreSQL refused the connection to {masked(url)}: {why}", setting=STORE_SETTING
+    )
