@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
@@ -205,6 +206,34 @@ async def test_a_handler_that_raises_is_dead_lettered_and_consuming_goes_on(
     assert list(broker.dead_letters) == [DEAD]
     assert await broker.in_flight(QUEUE) == 0
     await subscription.cancel()
+
+
+async def test_a_handler_error_with_a_huge_message_logs_and_keeps_a_few_lines(
+    broker: InMemoryBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    huge = "x" * 10_000_000
+
+    raised = asyncio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        try:
+            raise ValueError(huge)
+        finally:
+            raised.set()
+
+    await broker.publish(QUEUE, b"body")
+    with caplog.at_level(logging.DEBUG, logger="jobtrack.broker"):
+        subscription = await broker.consume(QUEUE, handler, prefetch=1)
+        async with asyncio.timeout(WAIT):
+            await raised.wait()
+        await subscription.cancel(grace=WAIT)  # the handler's failure settled first
+    [dead] = broker.dead_letters[DEAD]
+    assert dead.reason.startswith("handler error: ValueError('xxx")
+    assert dead.reason.endswith("(9999729 more characters)")
+    logged = sum(len(record.getMessage()) for record in caplog.records)
+    assert len(caplog.text) < 10_000
+    assert logged < 10_000
+    assert "in handler" in caplog.text  # the traceback's frames are kept
 
 
 async def test_a_handler_that_returns_without_settling_is_dead_lettered(

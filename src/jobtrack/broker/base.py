@@ -6,6 +6,7 @@ is delivered again, so whoever counts must count each item once.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, runtime_checkable
 
@@ -14,7 +15,9 @@ __all__ = [
     "Delivery",
     "Handler",
     "Subscription",
+    "clip",
     "dead_letter_queue",
+    "handler_failure",
     "is_dead_letter_queue",
 ]
 
@@ -29,6 +32,28 @@ def dead_letter_queue(queue: str) -> str:
 def is_dead_letter_queue(queue: str) -> bool:
     """Whether ``queue`` is where another queue's rejected messages go."""
     return queue.endswith(_DEAD)
+
+
+LOGGED_TEXT = 300
+"""At most this many characters of a message's text (a reason, an error)
+go into a log line or a dead letter's reason: a huge message must not
+make a huge log."""
+
+
+def clip(text: str, limit: int = LOGGED_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def handler_failure(exc: BaseException) -> tuple[str, str]:
+    """A handler's exception as (reason, traceback): the reason its clipped
+    ``repr`` for the dead letter, the traceback its frames (bounded by the
+    code) followed by that reason, never the whole of a huge message."""
+    reason = clip(f"handler error: {exc!r}")
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    return reason, f"Traceback (most recent call last):\n{frames}{reason}"
 
 
 class Delivery(Protocol):

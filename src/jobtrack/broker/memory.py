@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from jobtrack.broker.base import Handler, dead_letter_queue
+from jobtrack.broker.base import Handler, clip, dead_letter_queue, handler_failure
 from jobtrack.errors import BrokerError
 
 __all__ = ["DeadLetter", "InMemoryBroker"]
@@ -124,7 +124,7 @@ class InMemoryBroker:
         logger.warning(
             "dead-lettered a message from %s: %s",
             queue,
-            reason,
+            clip(reason, 1000),
             extra={"action": "dead_letter", "queue": queue},
         )
 
@@ -181,9 +181,10 @@ class InMemoryBroker:
                     await delivery.nack(requeue=True)
                 raise
             except Exception as exc:
-                logger.exception("handler failed on a message from %s", queue)
+                reason, trace = handler_failure(exc)
+                logger.error("handler failed on a message from %s\n%s", queue, trace)
                 if not delivery.settled:
-                    await delivery.nack(requeue=False, reason=f"handler error: {exc!r}")
+                    await delivery.nack(requeue=False, reason=reason)
             else:
                 if not delivery.settled:
                     await delivery.nack(requeue=False, reason="handler returned without settling")

@@ -61,7 +61,13 @@ from aio_pika.abc import (
 )
 
 from jobtrack.broker.backoff import Backoff
-from jobtrack.broker.base import Handler, dead_letter_queue, is_dead_letter_queue
+from jobtrack.broker.base import (
+    Handler,
+    clip,
+    dead_letter_queue,
+    handler_failure,
+    is_dead_letter_queue,
+)
 from jobtrack.errors import BrokerError, BrokerUnavailable, ConfigurationError, QueueRefused
 
 __all__ = ["BROKER_SETTING", "RabbitMQBroker", "parse_amqp_url"]
@@ -442,9 +448,10 @@ class _RabbitSubscription:
                 await delivery.nack(requeue=True)
             raise
         except Exception as exc:
-            logger.exception("handler failed on a message from %s", self.queue)
+            reason, trace = handler_failure(exc)
+            logger.error("handler failed on a message from %s\n%s", self.queue, trace)
             if not delivery.settled:
-                await delivery.nack(requeue=False, reason=f"handler error: {exc!r}")
+                await delivery.nack(requeue=False, reason=reason)
         else:
             if not delivery.settled:
                 await delivery.nack(requeue=False, reason="handler returned without settling")
@@ -780,7 +787,7 @@ class RabbitMQBroker:
         logger.warning(
             "dead-lettered a message from %s: %s",
             queue,
-            reason,
+            clip(reason, 1000),
             extra={"action": "dead_letter", "queue": queue},
         )
 
