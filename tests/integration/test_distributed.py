@@ -472,3 +472,23 @@ async def test_a_cancelled_jobs_queued_items_are_acked_without_work(
     assert list(cluster.data_dir.rglob("*.jpg")) == []  # ...or rendered
     assert cluster.log(0).count("skipped: job") == 2 * IMAGES
     assert await dead_letters(cluster.broker_url) == {s: [] for s in RENDITIONS}
+
+
+async def test_a_worker_whose_queue_is_refused_stops_and_says_why(cluster: Cluster) -> None:
+    worker = cluster.start_worker("--stage", "thumbnail")
+    queue = queue_for("thumbnail")
+    # Someone deletes the queue and declares it classic: the server cancels the
+    # worker's consumer, and declaring it again as a quorum queue is refused.
+    connection = await aio_pika.connect(cluster.broker_url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_delete(queue)
+        await channel.declare_queue(queue, durable=True)
+    finally:
+        await connection.close()
+    returncode = await asyncio.to_thread(worker.wait, 60)
+    log = cluster.log(0)
+    assert returncode == 1, log
+    assert f"RabbitMQ refused consuming {queue}" in log
+    assert "worker stopping because the broker failed" in log
+    assert "Traceback" not in log.split("worker stopping")[-1]

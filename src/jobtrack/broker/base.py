@@ -10,6 +10,8 @@ import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, runtime_checkable
 
+from jobtrack.errors import BrokerError
+
 __all__ = [
     "Broker",
     "Delivery",
@@ -114,6 +116,13 @@ class Broker(Protocol):
 
     async def in_flight(self, queue: str) -> int:
         """Messages of ``queue`` queued or delivered but not yet settled."""
+        ...
+
+    async def failed(self) -> BrokerError:
+        """Wait until the broker can no longer do its work, and return why:
+        its connection stopped for good (a configuration error, or a bug),
+        or the server refused a queue it consumes. Never returns while the
+        broker works, outages included (it reconnects)."""
         ...
 
     async def aclose(self) -> None:

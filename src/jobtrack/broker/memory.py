@@ -156,6 +156,11 @@ class InMemoryBroker:
         state = self.queue(queue)
         return state.ready.qsize() + state.unacked
 
+    async def failed(self) -> BrokerError:
+        """Never returns: the in-process broker cannot fail apart from its process."""
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def aclose(self) -> None:
         """Stop every consumer."""
         for subscription in self._subscriptions:

@@ -524,6 +524,8 @@ class RabbitMQBroker:
         self._publisher_lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
         self._closed = False
+        self._failure: BrokerError | None = None
+        self._failed = asyncio.Event()
         self.connections = 0  # how many times a connection was made (1 + reconnections)
 
     def __repr__(self) -> str:
@@ -572,10 +574,28 @@ class RabbitMQBroker:
         assert self._connection is not None
         return self._connection
 
+    async def failed(self) -> BrokerError:
+        """Wait until the connection's supervisor stopped for good (a
+        configuration error, or a bug) or the server refused a queue this
+        broker consumes, and return why. Outages never end it."""
+        await self._failed.wait()
+        assert self._failure is not None
+        return self._failure
+
+    def _fail(self, failure: BrokerError) -> None:
+        if self._failure is None:
+            self._failure = failure
+            self._failed.set()
+
     def _on_supervisor_done(self, supervisor: asyncio.Task[None]) -> None:
         if supervisor.cancelled() or supervisor.exception() is None:
             return
         exc = supervisor.exception()
+        self._fail(
+            exc
+            if isinstance(exc, BrokerError)
+            else BrokerError(f"the RabbitMQ connection stopped on an error: {exc!r}")
+        )
         if not isinstance(exc, ConfigurationError):  # that one goes to every caller as it is
             logger.error(
                 "the RabbitMQ connection's supervisor stopped on an error",
@@ -664,6 +684,7 @@ class RabbitMQBroker:
         self.forget(subscription)
         refused = exc if isinstance(exc, BrokerError) else QueueRefused(str(exc))
         subscription.refused = refused
+        self._fail(refused)
         logger.error(
             "RabbitMQ refused consuming %s; no longer consuming it: %s",
             subscription.queue,

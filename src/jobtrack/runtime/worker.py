@@ -19,8 +19,8 @@ import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-from jobtrack.broker import Subscription, open_broker
-from jobtrack.errors import InvalidRequest, StoreError
+from jobtrack.broker import Broker, Subscription, open_broker
+from jobtrack.errors import BrokerError, InvalidRequest, StoreError
 from jobtrack.pipeline.catalog import catalog_for
 from jobtrack.pipeline.consumer import RenditionConsumer
 from jobtrack.pipeline.gate import JobGate
@@ -72,7 +72,13 @@ class Worker:
         self.shutdown_grace = shutdown_grace
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
-        """Consume until ``stop`` is set, then shut down gracefully."""
+        """Consume until ``stop`` is set, then shut down gracefully.
+
+        :raises BrokerError: the broker failed for good (a queue refused,
+            its connection stopped on a configuration error or a bug): the
+            worker stops as gracefully as it can, then raises why, so that
+            a process supervisor sees it exit and can restart it.
+        """
         settings = self.settings
         async with AsyncExitStack() as exit_stack:
             broker = open_broker(settings.broker_url)
@@ -121,12 +127,30 @@ class Worker:
             )
             if ready is not None:
                 ready.set()
-            await stop.wait()
-            logger.info(
-                "worker stopping: finishing the messages in flight (up to %g s)",
+            failure = await _until_stopped_or_failed(stop, broker)
+            logger.log(
+                logging.INFO if failure is None else logging.ERROR,
+                "worker stopping%s: finishing the messages in flight (up to %g s)",
+                "" if failure is None else f" because the broker failed ({failure})",
                 self.shutdown_grace,
                 extra={"action": "worker_stopping"},
             )
             await asyncio.gather(
                 *(subscription.cancel(grace=self.shutdown_grace) for subscription in subscriptions)
             )
+            if failure is not None:
+                raise failure
+
+
+async def _until_stopped_or_failed(stop: asyncio.Event, broker: Broker) -> BrokerError | None:
+    """Wait for ``stop``, or for the broker to fail for good; returns the failure."""
+    stopped = asyncio.create_task(stop.wait())
+    failed = asyncio.create_task(broker.failed())
+    try:
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        failed.cancel()
+    if failed.done() and not failed.cancelled():
+        return failed.result()
+    return None
