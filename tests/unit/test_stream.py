@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from jobtrack.api.feed import ChangeFeed
-from jobtrack.api.stream import EventCache
+from jobtrack.api.stream import STALE, EventCache
 from jobtrack.store import InMemoryJobStore
 from tests.conftest import FrozenClock
 
@@ -50,11 +50,23 @@ async def test_clients_that_connect_together_share_one_snapshot() -> None:
 
     clock.advance(1)
     second = await store.create_job("t", ["a"])
-    await feed.poll()  # news: a client that subscribes now needs a snapshot that has it
+    await feed.poll()  # news: the snapshot and the feed's batch since stand for a new one
     calls.clear()
     again = await snapshots.snapshot(None)
+    assert calls == []
+    assert again.frame is taken[0].frame
+    [since] = feed.batches(again.version, feed.version) or []
+    assert [job.id for job in since.jobs] == [second.id]
+
+    for _ in range(STALE):  # too many batches since: built again
+        clock.advance(1)
+        await store.increment(second.id, "a")
+        await feed.poll()
+    calls.clear()
+    fresh = await snapshots.snapshot(None)
     assert calls == ["list_changed", "list_jobs", "list_jobs"]
-    assert _jobs(again.frame) == [second.id, first.id]
+    assert _jobs(fresh.frame) == [second.id, first.id]
+    assert (fresh.version, feed.batches(fresh.version, feed.version)) == (feed.version, [])
 
 
 async def test_a_failed_build_is_not_kept() -> None:

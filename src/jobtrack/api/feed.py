@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 #: At most this many jobs wait in one subscriber's queue.
 QUEUE_JOBS = 5000
+#: The feed keeps its last this many batches (a snapshot and what came after
+#: it stand for a newer snapshot).
+KEPT_BATCHES = 64
 
 
 class Batch(NamedTuple):
@@ -104,6 +108,16 @@ class ChangeFeed:
         self.polls = 0
         #: Grows with every poll that passes something on.
         self.version = 0
+        self._kept: deque[Batch] = deque(maxlen=KEPT_BATCHES)
+
+    def batches(self, after: int, upto: int) -> list[Batch] | None:
+        """The batches passed on after version ``after`` up to ``upto``, in
+        order; None if the feed no longer keeps them all."""
+        if upto <= after:
+            return []
+        if not self._kept or self._kept[0].version > after + 1:
+            return None
+        return [batch for batch in self._kept if after < batch.version <= upto]
 
     def subscribe(self) -> Subscriber:
         """A new listener; changes from the next poll on reach it."""
@@ -168,6 +182,7 @@ class ChangeFeed:
         if changed:
             self.version += 1
             batch = Batch(self.version, changed)
+            self._kept.append(batch)
             for subscriber in list(self._subscribers):
                 subscriber.offer(batch)
         return changed

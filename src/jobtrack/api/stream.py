@@ -42,6 +42,9 @@ RECENT = timedelta(minutes=1)
 OVERLAP = timedelta(seconds=2)
 #: Bytes per write of an event.
 CHUNK = 64 * 1024
+#: A snapshot this many feed versions old (two seconds of busy polls) is
+#: built again; younger, it is sent with the batches since.
+STALE = 10
 #: Seconds between keep-alive comments on a quiet stream.
 KEEPALIVE = 15.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -92,10 +95,12 @@ async def snapshot(
 class Snapshot:
     """A snapshot event, encoded but for its id (which depends on where the
     client was: it is sent after, as the event's last line); ``newest``:
-    the newest write in it."""
+    the newest write in it; ``version``: the feed's when it was read (the
+    feed's batches after that one bring it up to date)."""
 
     frame: bytes
     newest: datetime | None
+    version: int
 
 
 class EventCache:
@@ -125,18 +130,21 @@ class EventCache:
 
     async def snapshot(self, since: datetime | None) -> Snapshot:
         """The snapshot for a client that subscribed to the feed before
-        asking, and was sent every change up to ``since`` (None: nothing
-        yet); raises what the store raises."""
+        asking and was sent every change up to ``since`` (None: nothing
+        yet); with the feed's batches after its ``version`` it is up to date.
+        Raises what the store raises."""
         version = self._feed.version
         held = self._snapshots.pop(since, None)
-        if held is None or held[0] < version or _failed(held[1]):
-            # Built after the feed's last news: with what the subscriber
-            # gets from now on, nothing is missed.
-            held = (version, asyncio.ensure_future(self._build(since)))
+        if held is None or _failed(held[1]) or not self._usable(held[0], version):
+            held = (version, asyncio.ensure_future(self._build(since, version)))
             held[1].add_done_callback(_retrieve)
         self._snapshots[since] = held  # the newest last
         self._forget(version)
         return await asyncio.shield(held[1])
+
+    def _usable(self, built: int, version: int) -> bool:
+        """A snapshot read at feed version ``built`` is fresh enough now."""
+        return version - built <= STALE and self._feed.batches(built, version) is not None
 
     def changes(self, batch: Batch) -> bytes:
         """The ``job`` events of one batch of changes."""
@@ -151,16 +159,17 @@ class EventCache:
                 self._batches.popitem(last=False)
         return frame
 
-    async def _build(self, since: datetime | None) -> Snapshot:
+    async def _build(self, since: datetime | None, version: int) -> Snapshot:
         async with self._gate:
+            version = max(version, self._feed.version)  # read after all of these
             jobs, complete = await snapshot(self._store, since, clock=self._clock)
             # A thousand jobs take a while to encode: the loop keeps serving.
-            return await asyncio.to_thread(_encode_snapshot, jobs, complete)
+            return await asyncio.to_thread(_encode_snapshot, jobs, complete, version)
 
     def _forget(self, version: int) -> None:
         """Snapshots no client can use again, and the oldest past ``kept``."""
         for key, (built, future) in list(self._snapshots.items()):
-            if built < version and future.done():
+            if future.done() and not self._usable(built, version):
                 del self._snapshots[key]
         while len(self._snapshots) > self._kept:
             del self._snapshots[next(iter(self._snapshots))]
@@ -176,11 +185,19 @@ async def job_events_stream(
         cursor = since
         while True:
             subscriber.resume()  # all of what it held is in the snapshot
+            joined = feed.version  # later batches come through the queue
             taken = await events.snapshot(cursor)
+            missed = feed.batches(taken.version, joined)
+            if missed is None:  # the build took that long: the feed moved on
+                continue
             cursor = _later(cursor, taken.newest)
             for chunk in _chunks(taken.frame):
                 yield chunk
             yield f"id: {micros(cursor) if cursor else 0}\n\n".encode()
+            for batch in missed:
+                cursor = _later(cursor, batch.jobs[-1].updated_at)
+                for chunk in _chunks(events.changes(batch)):
+                    yield chunk
             while True:
                 try:
                     async with asyncio.timeout(KEEPALIVE):
@@ -197,10 +214,10 @@ async def job_events_stream(
         feed.unsubscribe(subscriber)
 
 
-def _encode_snapshot(jobs: list[Job], complete: bool) -> Snapshot:
+def _encode_snapshot(jobs: list[Job], complete: bool, version: int) -> Snapshot:
     data = json.dumps({"jobs": [job.to_dict() for job in jobs], "complete": complete})
     newest = max((job.updated_at for job in jobs), default=None)
-    return Snapshot(f"event: snapshot\ndata: {data}\n".encode(), newest)
+    return Snapshot(f"event: snapshot\ndata: {data}\n".encode(), newest, version)
 
 
 def _event(kind: str, data: str, event_id: str) -> bytes:
