@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from jobtrack.api.feed import QUEUE_JOBS, Batch, ChangeFeed, Subscriber
+from jobtrack.api.feed import KEPT_BATCHES, QUEUE_JOBS, Batch, ChangeFeed, Subscriber
 from jobtrack.errors import StoreUnavailable
 from jobtrack.store import CHANGES_LIMIT, InMemoryJobStore
 from tests.conftest import FrozenClock
@@ -126,3 +126,22 @@ async def test_two_feeds_on_one_store_each_see_every_change(clock: FrozenClock) 
     job = await store.create_job("t", ["a"])
     for feed in feeds:
         assert [j.id for j in await feed.poll()] == [job.id]
+
+
+async def test_the_feed_keeps_its_last_batches(clock: FrozenClock) -> None:
+    store = InMemoryJobStore(clock=clock)
+    feed = ChangeFeed(store)
+    await feed.start()
+    job = await store.create_job("t", ["a"])
+    for _ in range(KEPT_BATCHES + 1):
+        clock.advance(0.01)
+        await store.increment(job.id, "a")
+        await feed.poll()
+    assert feed.version == KEPT_BATCHES + 1
+    assert [b.version for b in feed.batches(feed.version - 2, feed.version) or []] == [
+        feed.version - 1,
+        feed.version,
+    ]
+    assert feed.batches(feed.version, feed.version) == []
+    assert feed.batches(1, feed.version) is not None  # batches 2.. are all kept
+    assert feed.batches(0, feed.version) is None  # batch 1 is forgotten
