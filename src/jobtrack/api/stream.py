@@ -105,9 +105,9 @@ class Snapshot:
 
 class EventCache:
     """The stream's events built once and shared by every client: snapshots
-    (one per starting point while the feed passes nothing new on, at most
-    ``builds`` built at once, ``kept`` kept) and batches of changes (the
-    last ``kept_batches`` encoded)."""
+    (one per starting point, reused while under ``STALE`` feed versions old,
+    at most ``builds`` built at once, ``kept`` kept) and batches of changes
+    (the last ``kept_batches`` encoded)."""
 
     def __init__(
         self,
@@ -205,7 +205,7 @@ async def job_events_stream(
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                if subscriber.lagging:  # changes were dropped: again from the store
+                if subscriber.lagging or not batch.jobs:  # dropped: again from the store
                     break
                 cursor = _later(cursor, batch.jobs[-1].updated_at)  # (in write order)
                 for chunk in _chunks(events.changes(batch)):
