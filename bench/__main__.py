@@ -14,13 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import broker, increment, monitor, pipeline, progress, stream
+from bench import broker, increment, monitor, pipeline, progress, stream, stream_load
 
 HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    """Run the increment, pipeline, progress, broker, monitor, stream and imaging benchmarks."""
+    """Run every benchmark: increment, pipeline, progress, broker, monitor, the two
+    stream ones and imaging."""
     parser = argparse.ArgumentParser(description="Run jobtrack's benchmarks.")
     parser.add_argument("--quick", action="store_true", help="fewer items and runs")
     args = parser.parse_args()
@@ -32,6 +33,7 @@ def main() -> int:
         broker.main(["--runs", "1", "--items", "2000", *out])
         monitor.main(["--jobs", "6,100", "--window", "2", "--million", "100000", *out])
         stream.main(["--runs", "1", "--seconds", "2", "--clients", "20", *out])
+        stream_load.main(["--runs", "1", "--seconds", "2", "--clients", "20", "--slow", "5", *out])
         subprocess.run([sys.executable, str(HERE / "imaging.py"), "--runs", "1", *out], check=True)
         return 0
     increment.main(["--runs", "5"])
@@ -40,6 +42,7 @@ def main() -> int:
     broker.main(["--runs", "3"])
     monitor.main(["--runs", "3"])
     stream.main(["--runs", "3"])
+    stream_load.main(["--runs", "3"])
     subprocess.run([sys.executable, str(HERE / "imaging.py")], check=True)
     return 0
 

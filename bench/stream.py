@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,41 +114,48 @@ async def _run(
     }
 
 
+@contextlib.contextmanager
+def serving(store_url: str, folder: str) -> Iterator[tuple[str, int]]:
+    """A ``jobtrack serve`` on ``store_url`` with ``folder`` as its data
+    directory, answering: its URL and process id; stopped after."""
+    port = _port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRACK_")}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobtrack",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            folder,
+            "--store",
+            store_url,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        yield url, server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+
+
 def _measure(store_url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Start a server on ``store_url``, measure, stop it."""
-    port = _port()
-    with tempfile.TemporaryDirectory() as folder:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRACK_")}
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jobtrack",
-                "serve",
-                "--port",
-                str(port),
-                "--data-dir",
-                folder,
-                "--store",
-                store_url,
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.1)
-            return asyncio.run(_against(url, store_url, args))
-        finally:
-            server.terminate()
-            server.wait(timeout=15)
+    with tempfile.TemporaryDirectory() as folder, serving(store_url, folder) as (url, _):
+        return asyncio.run(_against(url, store_url, args))
 
 
 async def _against(url: str, store_url: str, args: argparse.Namespace) -> dict[str, Any]:

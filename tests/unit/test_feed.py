@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from jobtrack.api.feed import ChangeFeed
+from jobtrack.api.feed import KEPT_BATCHES, QUEUE_JOBS, Batch, ChangeFeed, Subscriber
 from jobtrack.errors import StoreUnavailable
 from jobtrack.store import CHANGES_LIMIT, InMemoryJobStore
 from tests.conftest import FrozenClock
@@ -30,7 +30,7 @@ async def test_each_change_is_passed_on_once(clock: FrozenClock) -> None:
     [changed] = await feed.poll()
     assert (changed.id, changed.stage("a").completed_items) == (old.id, 1)
     assert await feed.poll() == []  # read again (the overlap), passed on once
-    assert [job.id for job in subscriber.queue.get_nowait()] == [old.id]
+    assert [job.id for job in subscriber.queue.get_nowait().jobs] == [old.id]
     assert subscriber.queue.empty()
 
 
@@ -78,23 +78,43 @@ async def test_a_failed_poll_loses_nothing(clock: FrozenClock) -> None:
     assert subscriber.queue.empty()
     store.list_changed = real  # type: ignore[method-assign]
     assert [job.id for job in await feed.poll()] == made  # all of it, in write order
-    assert [job.id for job in subscriber.queue.get_nowait()] == made
+    assert [job.id for job in subscriber.queue.get_nowait().jobs] == made
 
 
-async def test_a_subscriber_that_falls_behind_is_marked(clock: FrozenClock) -> None:
+async def test_a_subscriber_that_falls_behind_holds_a_bounded_queue(clock: FrozenClock) -> None:
     store = InMemoryJobStore(clock=clock)
     feed = ChangeFeed(store)
     await feed.start()
     slow, gone = feed.subscribe(), feed.subscribe()
     feed.unsubscribe(gone)
-    job = await store.create_job("t", ["a"])
-    for _ in range(slow.queue.maxsize + 1):
+    jobs = [await store.create_job("t", ["a"]) for _ in range(50)]
+    held = []
+    for _ in range(2 * QUEUE_JOBS // len(jobs)):  # it never reads
         clock.advance(0.01)
-        await store.increment(job.id, "a")
-        await feed.poll()
+        for job in jobs:
+            await store.increment(job.id, "a")
+        assert len(await feed.poll()) == len(jobs)
+        held.append(slow.queued_jobs)
+    assert max(held) == QUEUE_JOBS  # and no more: then it was cut loose at once
+    assert held[-1] == 0
     assert slow.lagging
-    assert slow.queue.full()
-    assert gone.queue.empty()
+    [wake_up] = _drain(slow)  # only what tells the reader to start again
+    assert wake_up.jobs == []
+    assert gone.queued_jobs == 0
+    assert _drain(gone) == []
+    slow.resume()  # from a snapshot: then news again
+    clock.advance(0.01)
+    await store.increment(jobs[0].id, "a")
+    await feed.poll()
+    assert not slow.lagging
+    assert [[job.id for job in batch.jobs] for batch in _drain(slow)] == [[jobs[0].id]]
+
+
+def _drain(subscriber: Subscriber) -> list[Batch]:
+    found = []
+    while not subscriber.queue.empty():
+        found.append(subscriber.queue.get_nowait())
+    return found
 
 
 async def test_two_feeds_on_one_store_each_see_every_change(clock: FrozenClock) -> None:
@@ -106,3 +126,22 @@ async def test_two_feeds_on_one_store_each_see_every_change(clock: FrozenClock) 
     job = await store.create_job("t", ["a"])
     for feed in feeds:
         assert [j.id for j in await feed.poll()] == [job.id]
+
+
+async def test_the_feed_keeps_its_last_batches(clock: FrozenClock) -> None:
+    store = InMemoryJobStore(clock=clock)
+    feed = ChangeFeed(store)
+    await feed.start()
+    job = await store.create_job("t", ["a"])
+    for _ in range(KEPT_BATCHES + 1):
+        clock.advance(0.01)
+        await store.increment(job.id, "a")
+        await feed.poll()
+    assert feed.version == KEPT_BATCHES + 1
+    assert [b.version for b in feed.batches(feed.version - 2, feed.version) or []] == [
+        feed.version - 1,
+        feed.version,
+    ]
+    assert feed.batches(feed.version, feed.version) == []
+    assert feed.batches(1, feed.version) is not None  # batches 2.. are all kept
+    assert feed.batches(0, feed.version) is None  # batch 1 is forgotten

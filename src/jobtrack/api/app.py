@@ -44,7 +44,7 @@ from jobtrack.api.schemas import (
     ScanIn,
 )
 from jobtrack.api.security import BodyLimit, LoopbackHostGuard, TokenGuard
-from jobtrack.api.stream import job_events_stream, since_header
+from jobtrack.api.stream import EventCache, job_events_stream, since_header
 from jobtrack.errors import (
     Conflict,
     InvalidRequest,
@@ -93,6 +93,7 @@ class _Parts:
     launcher: ScanLauncher
     config: ApiConfig
     clock: Clock
+    events: EventCache
 
 
 router = APIRouter()
@@ -130,7 +131,10 @@ def create_app(settings: Settings, config: ApiConfig, *, clock: Clock = utc_now)
         try:
             await feed.start()
             polling = asyncio.create_task(feed.run(stop), name="change feed")
-            app.state.parts = _Parts(store, catalog_for(store), feed, launcher, config, clock)
+            events = EventCache(store, feed, clock=clock)
+            app.state.parts = _Parts(
+                store, catalog_for(store), feed, launcher, config, clock, events
+            )
             yield
         finally:
             stop.set()
@@ -396,8 +400,8 @@ async def stream(request: Request) -> EventSourceResponse:
     a poll of the store (0.2 s)."""
     found = parts(request)
     since = since_header(request.headers.get("last-event-id"))
-    events = job_events_stream(request, found.feed, found.store, since, clock=found.clock)
-    return EventSourceResponse(events, ping=15, send_timeout=30)
+    events = job_events_stream(found.feed, found.events, since)
+    return EventSourceResponse(events, ping=0, send_timeout=30)  # (the stream's own keep-alive)
 
 
 @router.get(

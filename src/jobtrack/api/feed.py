@@ -6,6 +6,10 @@ A write's ``updated_at`` is read before its transaction commits, so a write
 may become visible after a later one: each poll reads again from a little
 before the newest change seen (``overlap``) and passes on only what it had
 not passed on yet.
+
+A subscriber holds at most ``QUEUE_JOBS`` jobs not yet sent: one that falls
+further behind is cut loose at once (its queue emptied, so a slow client
+holds no memory) and starts again from a snapshot.
 """
 
 from __future__ import annotations
@@ -13,25 +17,72 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from jobtrack.errors import JobtrackError
 from jobtrack.model import Job
 from jobtrack.store import CHANGES_LIMIT, JobStore
 
-__all__ = ["ChangeFeed", "Subscriber"]
+__all__ = ["QUEUE_JOBS", "Batch", "ChangeFeed", "Subscriber"]
 
 logger = logging.getLogger(__name__)
+
+#: At most this many jobs wait in one subscriber's queue.
+QUEUE_JOBS = 5000
+#: The feed keeps its last this many batches (a snapshot and what came after
+#: it stand for a newer snapshot).
+KEPT_BATCHES = 64
+
+
+class Batch(NamedTuple):
+    """What one poll passed on: the feed's version after it, and the jobs
+    in write order (the same objects for every subscriber)."""
+
+    version: int
+    jobs: list[Job]
 
 
 @dataclass(eq=False)
 class Subscriber:
-    """One listener: batches of changed jobs, and whether it fell behind
-    (its queue overflowed: it must start again from a snapshot)."""
+    """One listener: batches of changed jobs, at most ``limit`` jobs in all,
+    and whether it fell behind (then its queue is emptied at once, but for an
+    empty batch that wakes its reader: it must start again from a snapshot)."""
 
-    queue: asyncio.Queue[list[Job]] = field(default_factory=lambda: asyncio.Queue(maxsize=1000))
+    limit: int = QUEUE_JOBS
+    queue: asyncio.Queue[Batch] = field(default_factory=asyncio.Queue)
     lagging: bool = False
+    queued_jobs: int = 0
+
+    def offer(self, batch: Batch) -> None:
+        """Queue ``batch``, or cut the subscriber loose if it would hold too many."""
+        if self.lagging:
+            return
+        if self.queued_jobs + len(batch.jobs) <= self.limit:
+            self.queue.put_nowait(batch)
+            self.queued_jobs += len(batch.jobs)
+            return
+        self.lagging = True
+        self._empty()
+        self.queue.put_nowait(Batch(batch.version, []))
+
+    async def next(self) -> Batch:
+        """The next batch, waiting for one."""
+        batch = await self.queue.get()
+        self.queued_jobs -= len(batch.jobs)
+        return batch
+
+    def resume(self) -> None:
+        """Taken up again from a snapshot: what is queued is in it."""
+        self._empty()
+        self.lagging = False
+
+    def _empty(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queued_jobs = 0
 
 
 class ChangeFeed:
@@ -55,6 +106,18 @@ class ChangeFeed:
         self._sent: dict[str, datetime] = {}  # job id -> the updated_at passed on
         self._newest: datetime | None = None
         self.polls = 0
+        #: Grows with every poll that passes something on.
+        self.version = 0
+        self._kept: deque[Batch] = deque(maxlen=KEPT_BATCHES)
+
+    def batches(self, after: int, upto: int) -> list[Batch] | None:
+        """The batches passed on after version ``after`` up to ``upto``, in
+        order; None if the feed no longer keeps them all."""
+        if upto <= after:
+            return []
+        if not self._kept or self._kept[0].version > after + 1:
+            return None
+        return [batch for batch in self._kept if after < batch.version <= upto]
 
     def subscribe(self) -> Subscriber:
         """A new listener; changes from the next poll on reach it."""
@@ -117,11 +180,11 @@ class ChangeFeed:
         self._newest = newest
         self._forget_old()
         if changed:
+            self.version += 1
+            batch = Batch(self.version, changed)
+            self._kept.append(batch)
             for subscriber in list(self._subscribers):
-                try:
-                    subscriber.queue.put_nowait(changed)
-                except asyncio.QueueFull:
-                    subscriber.lagging = True
+                subscriber.offer(batch)
         return changed
 
     def _forget_old(self) -> None:

@@ -4,8 +4,16 @@ The snapshot makes a client true at once: on a first connection the active
 jobs and every job written in the last ``RECENT`` (the page it just loaded
 may show a job that ended since); after a reconnect with ``Last-Event-ID``
 (a write time in microseconds), every job written since then. A subscriber
-that fell behind (its queue overflowed) gets a snapshot again, from the last
-change it was sent, and its queue is emptied first.
+that fell behind (it had more than the feed's ``QUEUE_JOBS`` jobs waiting)
+gets a snapshot again, from the last change it was sent.
+
+Built once, sent to many (:class:`EventCache`): a snapshot is built and
+encoded once for every client that needs the same one while the feed has
+passed nothing new on, and each batch of changes is encoded once. Events go
+out as shared bytes, ``CHUNK`` bytes a write, each written once the client
+took the one before (and cut after ``send_timeout``), so that a slow client
+holds one chunk of the server's memory, not a copy of a snapshot. The stream
+sends its own keep-alive comments, between events, never inside one.
 
 Event ids are write times, so the feed's limit holds here too: writers'
 clocks must agree within the feed's overlap (2 s).
@@ -13,25 +21,32 @@ clocks must agree within the feed's overlap (2 s).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sse_starlette import ServerSentEvent
-from starlette.requests import Request
-
-from jobtrack.api.feed import ChangeFeed
+from jobtrack.api.feed import Batch, ChangeFeed
 from jobtrack.model import Clock, Job, JobStatus
 from jobtrack.store import JobQuery, JobStore
 
-__all__ = ["SNAPSHOT_LIMIT", "job_events_stream", "since_header"]
+__all__ = ["SNAPSHOT_LIMIT", "EventCache", "Snapshot", "job_events_stream", "since_header"]
 
 #: At most this many jobs in a snapshot (the event says when it is cut).
 SNAPSHOT_LIMIT = 1000
 #: A first snapshot also holds the jobs written this recently.
 RECENT = timedelta(minutes=1)
 OVERLAP = timedelta(seconds=2)
+#: Bytes per write of an event.
+CHUNK = 64 * 1024
+#: A snapshot this many feed versions old (two seconds of busy polls) is
+#: built again; younger, it is sent with the batches since.
+STALE = 10
+#: Seconds between keep-alive comments on a quiet stream.
+KEEPALIVE = 15.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
@@ -76,41 +91,154 @@ async def snapshot(
     return jobs[:SNAPSHOT_LIMIT], complete and len(jobs) <= SNAPSHOT_LIMIT
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot event, encoded but for its id (which depends on where the
+    client was: it is sent after, as the event's last line); ``newest``:
+    the newest write in it; ``version``: the feed's when it was read (the
+    feed's batches after that one bring it up to date)."""
+
+    frame: bytes
+    newest: datetime | None
+    version: int
+
+
+class EventCache:
+    """The stream's events built once and shared by every client: snapshots
+    (one per starting point, reused while under ``STALE`` feed versions old,
+    at most ``builds`` built at once, ``kept`` kept) and batches of changes
+    (the last ``kept_batches`` encoded)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        feed: ChangeFeed,
+        *,
+        clock: Clock,
+        builds: int = 2,
+        kept: int = 8,
+        kept_batches: int = 64,
+    ) -> None:
+        self._store = store
+        self._feed = feed
+        self._clock = clock
+        self._gate = asyncio.Semaphore(builds)
+        self._kept = kept
+        self._snapshots: dict[datetime | None, tuple[int, asyncio.Future[Snapshot]]] = {}
+        self._kept_batches = kept_batches
+        self._batches: OrderedDict[int, bytes] = OrderedDict()
+
+    async def snapshot(self, since: datetime | None) -> Snapshot:
+        """The snapshot for a client that subscribed to the feed before
+        asking and was sent every change up to ``since`` (None: nothing
+        yet); with the feed's batches after its ``version`` it is up to date.
+        Raises what the store raises."""
+        version = self._feed.version
+        held = self._snapshots.pop(since, None)
+        if held is None or _failed(held[1]) or not self._usable(held[0], version):
+            held = (version, asyncio.ensure_future(self._build(since, version)))
+            held[1].add_done_callback(_retrieve)
+        self._snapshots[since] = held  # the newest last
+        self._forget(version)
+        return await asyncio.shield(held[1])
+
+    def _usable(self, built: int, version: int) -> bool:
+        """A snapshot read at feed version ``built`` is fresh enough now."""
+        return version - built <= STALE and self._feed.batches(built, version) is not None
+
+    def changes(self, batch: Batch) -> bytes:
+        """The ``job`` events of one batch of changes."""
+        frame = self._batches.get(batch.version)
+        if frame is None:
+            frame = b"".join(
+                _event("job", json.dumps(job.to_dict()), str(micros(job.updated_at)))
+                for job in batch.jobs
+            )
+            self._batches[batch.version] = frame
+            while len(self._batches) > self._kept_batches:
+                self._batches.popitem(last=False)
+        return frame
+
+    async def _build(self, since: datetime | None, version: int) -> Snapshot:
+        async with self._gate:
+            version = max(version, self._feed.version)  # read after all of these
+            jobs, complete = await snapshot(self._store, since, clock=self._clock)
+            # A thousand jobs take a while to encode: the loop keeps serving.
+            return await asyncio.to_thread(_encode_snapshot, jobs, complete, version)
+
+    def _forget(self, version: int) -> None:
+        """Snapshots no client can use again, and the oldest past ``kept``."""
+        for key, (built, future) in list(self._snapshots.items()):
+            if future.done() and not self._usable(built, version):
+                del self._snapshots[key]
+        while len(self._snapshots) > self._kept:
+            del self._snapshots[next(iter(self._snapshots))]
+
+
 async def job_events_stream(
-    request: Request,
-    feed: ChangeFeed,
-    store: JobStore,
-    since: datetime | None,
-    *,
-    clock: Clock,
-) -> AsyncIterator[ServerSentEvent]:
-    """The events of one client's stream."""
+    feed: ChangeFeed, events: EventCache, since: datetime | None
+) -> AsyncIterator[bytes]:
+    """The events of one client's stream, as bytes (the response ends it
+    when the client goes: sse-starlette listens for the disconnect)."""
     subscriber = feed.subscribe()
     try:
         cursor = since
-        resync = True
         while True:
-            if resync:
-                while not subscriber.queue.empty():  # all of it is in the snapshot
-                    subscriber.queue.get_nowait()
-                subscriber.lagging = False
-                jobs, complete = await snapshot(store, cursor, clock=clock)
-                for job in jobs:
-                    cursor = job.updated_at if cursor is None else max(cursor, job.updated_at)
-                data = {"jobs": [job.to_dict() for job in jobs], "complete": complete}
-                event_id = str(micros(cursor)) if cursor else "0"
-                yield ServerSentEvent(data=json.dumps(data), event="snapshot", id=event_id)
-                resync = False
-            batch = await subscriber.queue.get()
-            if subscriber.lagging:  # changes were dropped: again from the store
-                resync = True
+            subscriber.resume()  # all of what it held is in the snapshot
+            joined = feed.version  # later batches come through the queue
+            taken = await events.snapshot(cursor)
+            missed = feed.batches(taken.version, joined)
+            if missed is None:  # the build took that long: the feed moved on
                 continue
-            for job in batch:
-                cursor = job.updated_at if cursor is None else max(cursor, job.updated_at)
-                yield ServerSentEvent(
-                    data=json.dumps(job.to_dict()), event="job", id=str(micros(job.updated_at))
-                )
-            if await request.is_disconnected():
-                break
+            cursor = _later(cursor, taken.newest)
+            for chunk in _chunks(taken.frame):
+                yield chunk
+            yield f"id: {micros(cursor) if cursor else 0}\n\n".encode()
+            for batch in missed:
+                cursor = _later(cursor, batch.jobs[-1].updated_at)
+                for chunk in _chunks(events.changes(batch)):
+                    yield chunk
+            while True:
+                try:
+                    async with asyncio.timeout(KEEPALIVE):
+                        batch = await subscriber.next()
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                if subscriber.lagging or not batch.jobs:  # dropped: again from the store
+                    break
+                cursor = _later(cursor, batch.jobs[-1].updated_at)  # (in write order)
+                for chunk in _chunks(events.changes(batch)):
+                    yield chunk
     finally:
         feed.unsubscribe(subscriber)
+
+
+def _encode_snapshot(jobs: list[Job], complete: bool, version: int) -> Snapshot:
+    data = json.dumps({"jobs": [job.to_dict() for job in jobs], "complete": complete})
+    newest = max((job.updated_at for job in jobs), default=None)
+    return Snapshot(f"event: snapshot\ndata: {data}\n".encode(), newest, version)
+
+
+def _event(kind: str, data: str, event_id: str) -> bytes:
+    return f"event: {kind}\ndata: {data}\nid: {event_id}\n\n".encode()
+
+
+def _chunks(frame: bytes) -> Iterator[bytes]:
+    for start in range(0, len(frame), CHUNK):
+        yield frame[start : start + CHUNK]
+
+
+def _later(cursor: datetime | None, moment: datetime | None) -> datetime | None:
+    if cursor is None or moment is None:
+        return moment if cursor is None else cursor
+    return max(cursor, moment)
+
+
+def _failed(future: asyncio.Future[Snapshot]) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
+
+
+def _retrieve(future: asyncio.Future[Snapshot]) -> None:
+    if not future.cancelled():
+        future.exception()  # the waiters have it; no "never retrieved" warning

@@ -17,7 +17,7 @@ from jobtrack.pipeline.catalog.base import (
     image_id_for,
 )
 from jobtrack.store.sqlite import SqliteDatabase
-from jobtrack.store.sqlite.database import from_micros, to_micros
+from jobtrack.store.sqlite.database import from_micros, on_database_thread, to_micros
 
 __all__ = ["SqliteCatalog"]
 
@@ -36,7 +36,8 @@ class SqliteCatalog:
         self._clock = clock
         database.migrate("catalog", "jobtrack.pipeline.catalog.migrations")
 
-    async def ensure_collection(self, root: str) -> Collection:
+    @on_database_thread
+    def ensure_collection(self, root: str) -> Collection:
         """The collection at this root, created on first use."""
         with self.database.write() as conn:
             conn.execute(
@@ -49,7 +50,8 @@ class SqliteCatalog:
             ).fetchone()
         return _collection(row)
 
-    async def get_collection(self, collection_id: str) -> Collection:
+    @on_database_thread
+    def get_collection(self, collection_id: str) -> Collection:
         """The collection; CollectionNotFound if there is none."""
         with self.database.translate_errors():
             row = self.database.connection.execute(
@@ -60,7 +62,8 @@ class SqliteCatalog:
             raise CollectionNotFound(collection_id)
         return _collection(row)
 
-    async def swap_job(self, collection_id: str, *, expected: str | None, job_id: str) -> bool:
+    @on_database_thread
+    def swap_job(self, collection_id: str, *, expected: str | None, job_id: str) -> bool:
         """Compare-and-set the collection's current job."""
         with self.database.write() as conn:
             cursor = conn.execute(
@@ -69,7 +72,8 @@ class SqliteCatalog:
             )
             return cursor.rowcount == 1
 
-    async def register_images(
+    @on_database_thread
+    def register_images(
         self, collection_id: str, job_id: str, files: Sequence[ScannedFile]
     ) -> list[ImageState]:
         """Record the files as seen by this job's scan, in one transaction."""
@@ -92,9 +96,10 @@ class SqliteCatalog:
                 " mtime_ns = excluded.mtime_ns, job_id = excluded.job_id, present = 1",
                 rows,
             )
-        return await self._states([row[0] for row in rows])
+        return self._states([row[0] for row in rows])
 
-    async def retire_unseen(self, collection_id: str, job_id: str) -> list[str]:
+    @on_database_thread
+    def retire_unseen(self, collection_id: str, job_id: str) -> list[str]:
         """Mark images this job's scan did not see as gone; forget their artifacts."""
         unseen = "SELECT id FROM images WHERE collection_id = ? AND job_id <> ? AND present = 1"
         with self.database.write() as conn:
@@ -113,7 +118,8 @@ class SqliteCatalog:
             )
         return paths
 
-    async def get_image(self, image_id: str) -> ImageRecord:
+    @on_database_thread
+    def get_image(self, image_id: str) -> ImageRecord:
         """One image; NotFound if there is none."""
         with self.database.translate_errors():
             row = self.database.connection.execute(
@@ -123,7 +129,8 @@ class SqliteCatalog:
             raise NotFound(f"image {image_id!r} not found")
         return _image(row)
 
-    async def record_artifact(self, artifact: Artifact) -> None:
+    @on_database_thread
+    def record_artifact(self, artifact: Artifact) -> None:
         """Record how making an artifact ended, replacing the previous one."""
         with self.database.write() as conn:
             conn.execute(
@@ -145,7 +152,8 @@ class SqliteCatalog:
                 ),
             )
 
-    async def images_of_job(self, collection_id: str, job_id: str) -> list[ImageState]:
+    @on_database_thread
+    def images_of_job(self, collection_id: str, job_id: str) -> list[ImageState]:
         """The images this job's scan saw, with their artifacts."""
         with self.database.translate_errors():
             rows = self.database.connection.execute(
@@ -160,7 +168,7 @@ class SqliteCatalog:
             ).fetchall()
         return _join([_image(row) for row in rows], artifacts)
 
-    async def _states(self, image_ids: list[str]) -> list[ImageState]:
+    def _states(self, image_ids: list[str]) -> list[ImageState]:
         if not image_ids:
             return []
         marks = ",".join("?" * len(image_ids))

@@ -3,25 +3,36 @@
 The job store and the reference pipeline's catalog share one database file
 (and one connection per process), each with its own migrations.
 
-Statements run on the calling thread, not in a thread pool: a statement here
-takes a few microseconds, and a hop to a worker thread and back would cost
-several times that on every increment. Writers wait for each other through
-SQLite's busy timeout.
+The connection lives on a thread of its own, and every statement runs there:
+the stores' async methods are sync bodies that :func:`on_database_thread`
+submits whole (one hop per operation, a transaction never interleaved with
+another). A statement takes microseconds, but a write may wait up to the busy
+timeout for another process's write lock; on the event loop that wait would
+freeze every request of a server, here it holds only this database's queue.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from jobtrack.errors import StoreError, StoreMissing, StoreUnavailable
 from jobtrack.store.sql import migrations
 
-__all__ = ["SqliteDatabase", "from_micros", "to_micros"]
+__all__ = ["SqliteDatabase", "from_micros", "on_database_thread", "to_micros"]
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +60,8 @@ def from_micros(value: int) -> datetime:
 
 
 class SqliteDatabase:
-    """A connection to one SQLite file in WAL mode, ready for the stores."""
+    """A connection to one SQLite file in WAL mode, ready for the stores,
+    owned by a thread of its own (see :meth:`run`)."""
 
     def __init__(
         self, path: Path | str, *, create: bool = True, busy_timeout_ms: int = 10_000
@@ -57,17 +69,45 @@ class SqliteDatabase:
         self.path = str(path)
         if self.path != ":memory:":
             self._prepare_file(Path(self.path), create=create)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobtrack-sqlite")
+        self._thread_id: int | None = None
+        # Made on its thread; usable from another (tests, benchmarks) while idle.
+        self.connection = self.call(self._connect, busy_timeout_ms)
+
+    def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
+        self._thread_id = threading.get_ident()
         with self.translate_errors():
-            self.connection = sqlite3.connect(self.path, isolation_level=None)
-            self.connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            self.connection.execute("PRAGMA journal_mode = WAL")
-            self.connection.execute("PRAGMA synchronous = NORMAL")
-            self.connection.execute("PRAGMA foreign_keys = ON")
-            self.connection.execute(
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            connection.execute("PRAGMA foreign_keys = ON")
+            connection.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,"
                 " applied_at INTEGER NOT NULL, PRIMARY KEY (component, version))"
             )
+        return connection
+
+    async def run(self, work: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``work(*args, **kwargs)`` on the database's thread, after what was
+        submitted before it; the event loop keeps serving meanwhile. Cancelled
+        before it starts, it never runs; once started, it runs to its end.
+        StoreError if the database is closed; whatever ``work`` raises."""
+        return await asyncio.wrap_future(self._submit(work, *args, **kwargs))
+
+    def call(self, work: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``work(*args, **kwargs)`` on the database's thread, waiting for it
+        here (for sync callers: opening, migrations); raises as :meth:`run`."""
+        if threading.get_ident() == self._thread_id:
+            return work(*args, **kwargs)
+        return self._submit(work, *args, **kwargs).result()
+
+    def _submit(self, work: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        try:
+            return self._thread.submit(work, *args, **kwargs)
+        except RuntimeError as exc:  # shut down
+            raise StoreError(f"SQLite database {self.path} is closed") from exc
 
     @staticmethod
     def _prepare_file(path: Path, *, create: bool) -> None:
@@ -110,15 +150,16 @@ class SqliteDatabase:
     def migrate(self, component: str, package: str) -> list[int]:
         """Apply the ``NNNN_name.sql`` migrations of ``package`` not yet applied
         for ``component``; returns the versions applied now."""
+        return self.call(self._migrate, component, package)
+
+    def _migrate(self, component: str, package: str) -> list[int]:
         found = migrations(package)
+        with self.translate_errors():
+            if {m.version for m in found} <= self._applied(component):
+                return []  # as it is most times: no need to wait for the write lock
         applied_now: list[int] = []
         with self.write() as conn:
-            done = {
-                row[0]
-                for row in conn.execute(
-                    "SELECT version FROM schema_migrations WHERE component = ?", (component,)
-                )
-            }
+            done = self._applied(component)  # again, under the lock
             for migration in found:
                 if migration.version in done:
                     continue
@@ -139,8 +180,17 @@ class SqliteDatabase:
             )
         return applied_now
 
+    def _applied(self, component: str) -> set[int]:
+        rows = self.connection.execute(
+            "SELECT version FROM schema_migrations WHERE component = ?", (component,)
+        )
+        return {row[0] for row in rows}
+
     def schema_version(self, component: str) -> int:
         """The highest migration applied for ``component`` (0 for none)."""
+        return self.call(self._schema_version, component)
+
+    def _schema_version(self, component: str) -> int:
         with self.translate_errors():
             row = self.connection.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE component = ?",
@@ -149,8 +199,39 @@ class SqliteDatabase:
         return int(row[0])
 
     def close(self) -> None:
-        """Close the connection."""
-        self.connection.close()
+        """Close the connection once what was submitted before has run, and
+        end its thread."""
+        with contextlib.suppress(StoreError):  # closed already
+            self.call(self.connection.close)
+        self._thread.shutdown(wait=threading.get_ident() != self._thread_id)
+
+    async def aclose(self) -> None:
+        """:meth:`close` without blocking the event loop."""
+        with contextlib.suppress(StoreError):
+            await self.run(self.connection.close)
+        self._thread.shutdown(wait=False)
+
+
+class _UsesDatabase(Protocol):
+    @property
+    def database(self) -> SqliteDatabase: ...
+
+
+_S = TypeVar("_S", bound=_UsesDatabase)
+
+
+def on_database_thread(
+    method: Callable[Concatenate[_S, _P], _T],
+) -> Callable[Concatenate[_S, _P], Coroutine[Any, Any, _T]]:
+    """An async method that runs the sync ``method`` whole on its object's
+    database thread (:meth:`SqliteDatabase.run`); it raises what ``method``
+    raises."""
+
+    @functools.wraps(method)
+    async def on_thread(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await self.database.run(method, self, *args, **kwargs)
+
+    return on_thread
 
 
 def _statements(script: str) -> Iterator[str]:

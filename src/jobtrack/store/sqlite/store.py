@@ -52,7 +52,12 @@ from jobtrack.store.base import (
     validate_new_job,
 )
 from jobtrack.store.sql import load_queries
-from jobtrack.store.sqlite.database import SqliteDatabase, from_micros, to_micros
+from jobtrack.store.sqlite.database import (
+    SqliteDatabase,
+    from_micros,
+    on_database_thread,
+    to_micros,
+)
 
 __all__ = ["SqliteJobStore"]
 
@@ -76,7 +81,8 @@ class SqliteJobStore:
         with ``create=False``, StoreMissing if there is none."""
         return cls(SqliteDatabase(path, create=create), clock=clock)
 
-    async def create_job(
+    @on_database_thread
+    def create_job(
         self,
         job_type: str,
         stages: Sequence[str],
@@ -104,10 +110,14 @@ class SqliteJobStore:
                     for i, name in enumerate(stages)
                 ],
             )
-        return await self.get_job(job_id)
+        return self._get_job(job_id)
 
-    async def get_job(self, job_id: str) -> Job:
+    @on_database_thread
+    def get_job(self, job_id: str) -> Job:
         """The job as it is now."""
+        return self._get_job(job_id)
+
+    def _get_job(self, job_id: str) -> Job:
         with self.database.translate_errors():
             conn = self.database.connection
             row = conn.execute(_Q["get_job"], {"job_id": job_id}).fetchone()
@@ -116,7 +126,8 @@ class SqliteJobStore:
             stages = conn.execute(_Q["get_stages"], {"job_id": job_id}).fetchall()
         return _job(row, [_stage(s[1:]) for s in stages])
 
-    async def list_jobs(self, query: JobQuery | None = None) -> list[Job]:
+    @on_database_thread
+    def list_jobs(self, query: JobQuery | None = None) -> list[Job]:
         """Jobs matching the query, newest first."""
         query = query or JobQuery()
         where: list[str] = []
@@ -135,7 +146,8 @@ class SqliteJobStore:
             rows = self.database.connection.execute(sql, params).fetchall()
         return self._with_stages(rows)
 
-    async def increment(
+    @on_database_thread
+    def increment(
         self,
         job_id: str,
         stage: str,
@@ -160,7 +172,8 @@ class SqliteJobStore:
             result = self._add(conn, progress, params[4])
         return result.as_increment()
 
-    async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
+    @on_database_thread
+    def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
         """Apply many stages' progress in one ``BEGIN IMMEDIATE`` transaction:
         per stage, claim the new keys, then one increment with the counts.
         An entry no backend can store is refused alone, before the write."""
@@ -194,19 +207,23 @@ class SqliteJobStore:
             return 0
         return conn.execute(_Q["claim_keys"], (job_id, stage, json.dumps(list(keys)))).rowcount
 
-    async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:
+    @on_database_thread
+    def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:
         """Add ``by`` items to the stage's (unsealed) total."""
         return self._change(job_id, stage, lambda s, now: raise_total(s, now, by=by))
 
-    async def seal_total(self, job_id: str, stage: str, *, total: int | None = None) -> Stage:
+    @on_database_thread
+    def seal_total(self, job_id: str, stage: str, *, total: int | None = None) -> Stage:
         """Make the stage's total final; it may complete at once."""
         return self._change(job_id, stage, lambda s, now: seal_total(s, now, total=total))
 
-    async def start_stage(self, job_id: str, stage: str, *, message: str | None = None) -> Stage:
+    @on_database_thread
+    def start_stage(self, job_id: str, stage: str, *, message: str | None = None) -> Stage:
         """Mark a stage as started (and set its message)."""
         return self._change(job_id, stage, lambda s, now: start_stage(s, now, message=message))
 
-    async def end_job(
+    @on_database_thread
+    def end_job(
         self,
         job_id: str,
         status: JobStatus,
@@ -229,9 +246,10 @@ class SqliteJobStore:
         with self.database.write() as conn:
             if not conn.execute(_Q["end_job"], params).rowcount:
                 _check_unmoved(conn, job_id, if_updated_at)
-        return await self.get_job(job_id)
+        return self._get_job(job_id)
 
-    async def list_changed(
+    @on_database_thread
+    def list_changed(
         self, *, after: tuple[datetime, str] | None = None, limit: int = CHANGES_LIMIT
     ) -> list[Job]:
         """Jobs written after ``after``, oldest write first (the change feed)."""
@@ -243,13 +261,15 @@ class SqliteJobStore:
             rows = self.database.connection.execute(_Q["list_changed"], params).fetchall()
         return self._with_stages(rows)
 
-    async def last_change(self) -> tuple[datetime, str] | None:
+    @on_database_thread
+    def last_change(self) -> tuple[datetime, str] | None:
         """The position of the newest write."""
         with self.database.translate_errors():
             row = self.database.connection.execute(_Q["last_change"]).fetchone()
         return None if row is None else (from_micros(row[0]), row[1])
 
-    async def stats(self, *, stuck_before: datetime) -> StoreStats:
+    @on_database_thread
+    def stats(self, *, stuck_before: datetime) -> StoreStats:
         """Totals across the store, for metrics."""
         conn = self.database.connection
         with self.database.translate_errors():
@@ -262,7 +282,8 @@ class SqliteJobStore:
             jobs, items, events, stuck[0] if stuck else 0, waiting[0] if waiting else 0
         )
 
-    async def find_stuck(
+    @on_database_thread
+    def find_stuck(
         self,
         job_type: str,
         *,
@@ -281,7 +302,8 @@ class SqliteJobStore:
             rows = self.database.connection.execute(_Q["find_stuck"], params).fetchall()
         return self._with_stages(rows)
 
-    async def set_counts(
+    @on_database_thread
+    def set_counts(
         self,
         job_id: str,
         counts: Mapping[str, StageCounts],
@@ -307,9 +329,10 @@ class SqliteJobStore:
                     conn.execute(_Q["claim_keys"], (job_id, name, json.dumps(list(stage_keys))))
             for stage in changed:
                 self._write_stage(conn, job_id, stage, now)
-        return await self.get_job(job_id)
+        return self._get_job(job_id)
 
-    async def claim_stuck(self, job_id: str, updated_at: datetime) -> datetime | None:
+    @on_database_thread
+    def claim_stuck(self, job_id: str, updated_at: datetime) -> datetime | None:
         """Touch an active job still at ``updated_at``; its new ``updated_at``, or None."""
         now = self._clock()
         params = {"job_id": job_id, "expected": to_micros(updated_at), "now": to_micros(now)}
@@ -317,7 +340,8 @@ class SqliteJobStore:
             claimed = conn.execute(_Q["claim_stuck"], params).rowcount == 1
         return now if claimed else None
 
-    async def add_event(
+    @on_database_thread
+    def add_event(
         self, job_id: str, kind: str, message: str, data: Mapping[str, Any] | None = None
     ) -> JobEvent:
         """Append an entry to the job's history."""
@@ -339,9 +363,10 @@ class SqliteJobStore:
             ).fetchone()
         return JobEvent(job_id, now, kind, message, payload, row[0])
 
-    async def list_events(self, job_id: str, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
+    @on_database_thread
+    def list_events(self, job_id: str, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
         """The job's last ``limit`` events, oldest first."""
-        await self.get_job(job_id)
+        self._get_job(job_id)
         with self.database.translate_errors():
             rows = self.database.connection.execute(
                 _Q["list_events"], {"job_id": job_id, "limit": max(limit, 0)}
@@ -351,7 +376,8 @@ class SqliteJobStore:
             for row in rows
         ]
 
-    async def recent_events(self, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
+    @on_database_thread
+    def recent_events(self, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
         """The last ``limit`` events of every job, newest first."""
         with self.database.translate_errors():
             rows = self.database.connection.execute(
@@ -364,7 +390,7 @@ class SqliteJobStore:
 
     async def aclose(self) -> None:
         """Close the database connection."""
-        self.database.close()
+        await self.database.aclose()
 
     def _change(self, job_id: str, stage: str, change: Callable[[Stage, datetime], Stage]) -> Stage:
         now = self._clock()

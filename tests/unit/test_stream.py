@@ -1,0 +1,89 @@
+"""The stream's snapshots, built once and shared, on the in-memory store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from jobtrack.api.feed import ChangeFeed
+from jobtrack.api.stream import STALE, EventCache
+from jobtrack.store import InMemoryJobStore
+from tests.conftest import FrozenClock
+
+
+def _counting(store: InMemoryJobStore) -> list[str]:
+    calls: list[str] = []
+    for name in ("list_jobs", "list_changed"):
+        real = getattr(store, name)
+
+        async def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            calls.append(_name)
+            return await _real(*args, **kw)
+
+        setattr(store, name, counted)
+    return calls
+
+
+def _jobs(frame: bytes) -> list[str]:
+    [data] = [line for line in frame.decode().split("\n") if line.startswith("data: ")]
+    return [job["id"] for job in json.loads(data.removeprefix("data: "))["jobs"]]
+
+
+async def test_clients_that_connect_together_share_one_snapshot() -> None:
+    clock = FrozenClock()
+    store = InMemoryJobStore(clock=clock)
+    first = await store.create_job("t", ["a"])
+    feed = ChangeFeed(store)
+    await feed.start()
+    calls = _counting(store)
+    snapshots = EventCache(store, feed, clock=clock)
+    taken = await asyncio.gather(*(snapshots.snapshot(None) for _ in range(50)))
+    assert calls == ["list_changed", "list_jobs", "list_jobs"]  # one build for all 50
+    assert all(shot.frame is taken[0].frame for shot in taken)  # the same bytes, not copies
+    assert _jobs(taken[0].frame) == [first.id]
+    assert taken[0].newest == first.updated_at
+
+    calls.clear()
+    assert (await snapshots.snapshot(None)).frame is taken[0].frame  # nothing new: still that one
+    assert calls == []
+
+    clock.advance(1)
+    second = await store.create_job("t", ["a"])
+    await feed.poll()  # news: the snapshot and the feed's batch since stand for a new one
+    calls.clear()
+    again = await snapshots.snapshot(None)
+    assert calls == []
+    assert again.frame is taken[0].frame
+    [since] = feed.batches(again.version, feed.version) or []
+    assert [job.id for job in since.jobs] == [second.id]
+
+    for _ in range(STALE):  # too many batches since: built again
+        clock.advance(1)
+        await store.increment(second.id, "a")
+        await feed.poll()
+    calls.clear()
+    fresh = await snapshots.snapshot(None)
+    assert calls == ["list_changed", "list_jobs", "list_jobs"]
+    assert _jobs(fresh.frame) == [second.id, first.id]
+    assert (fresh.version, feed.batches(fresh.version, feed.version)) == (feed.version, [])
+
+
+async def test_a_failed_build_is_not_kept() -> None:
+    clock = FrozenClock()
+    store = InMemoryJobStore(clock=clock)
+    feed = ChangeFeed(store)
+    snapshots = EventCache(store, feed, clock=clock)
+    real = store.list_jobs
+    failing = True
+
+    async def flaky(*args: Any, **kw: Any) -> Any:
+        if failing:
+            raise RuntimeError("the store went away")
+        return await real(*args, **kw)
+
+    store.list_jobs = flaky  # type: ignore[method-assign]
+    results = await asyncio.gather(snapshots.snapshot(None), return_exceptions=True)
+    assert isinstance(results[0], RuntimeError)
+    failing = False
+    assert _jobs((await snapshots.snapshot(None)).frame) == []
