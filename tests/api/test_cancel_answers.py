@@ -1,28 +1,31 @@
-"""The cancel route's answer for each outcome of the cancel service, in
-process (a busy job cannot be produced on demand through a real server)."""
+"""The cancel route's answers that a real server cannot produce on demand,
+in process: a job cancelled whose event the store then fails to record."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-import jobtrack.api.app as app_module
 from jobtrack.api.app import create_app
 from jobtrack.api.config import ApiConfig
-from jobtrack.runtime import CancelOutcome, CancelResult, Settings
-from jobtrack.store import JobStore
+from jobtrack.errors import StoreUnavailable
+from jobtrack.model import JobEvent
+from jobtrack.runtime import Settings
 
-TOKEN = "t0ken-busy"
+TOKEN = "t0ken-cancel"
 
 
-async def test_a_busy_job_is_a_409_to_try_again(
+async def test_a_cancel_whose_event_is_lost_still_answers_cancelled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def busy(store: JobStore, job_id: str, **options: Any) -> CancelResult:
-        return CancelResult(CancelOutcome.BUSY, await store.get_job(job_id), attempts=5)
+    async def refused(
+        job_id: str, kind: str, message: str, data: Mapping[str, Any] | None = None
+    ) -> JobEvent:
+        raise StoreUnavailable("database is locked")
 
     settings = Settings(data_dir=tmp_path, store_url=f"sqlite:///{tmp_path}/jobtrack.db")
     app = create_app(settings, ApiConfig(token=TOKEN))
@@ -31,15 +34,15 @@ async def test_a_busy_job_is_a_409_to_try_again(
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
     ):
-        job = await app.state.parts.store.create_job("t", ["a"])
-        monkeypatch.setattr(app_module, "cancel_job", busy)
+        store = app.state.parts.store
+        job = await store.create_job("t", ["a"])
+        monkeypatch.setattr(store, "add_event", refused)
         answer = await client.post(
             f"/api/jobs/{job.id}/cancel", headers={"Authorization": f"Bearer {TOKEN}"}
         )
-    assert (answer.status_code, answer.headers["retry-after"]) == (409, "1")
+        assert (await store.get_job(job.id)).status.value == "cancelled"
+    assert answer.status_code == 200
     body = answer.json()
-    assert (body["outcome"], body["cancelled"], body["ended_as"]) == ("busy", False, None)
-    assert body["error"] == (
-        f"job {job.id} was written during each of 5 tries to cancel it: not cancelled, try again"
-    )
-    assert body["job"]["status"] == "pending"
+    assert (body["outcome"], body["cancelled"], body["ended_as"]) == ("cancelled", True, None)
+    assert (body["message"], body["job"]["status"]) == (f"job {job.id} cancelled", "cancelled")
+    assert "retry-after" not in answer.headers

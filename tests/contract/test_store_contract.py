@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -579,3 +580,43 @@ async def test_last_change_is_the_newest_write(store: JobStore) -> None:
     await store.increment(first.id, "a")
     moved = await store.get_job(first.id)
     assert await store.last_change() == (moved.updated_at, first.id)
+
+
+async def test_end_job_if_active_says_whether_this_call_ended_it(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    await store.raise_total(job.id, "a", by=3)
+    await store.increment(job.id, "a", item_key="x")  # written since any read: no matter
+    with pytest.raises(InvalidRequest):
+        await store.end_job_if_active(job.id, JobStatus.IN_PROGRESS)
+    cancelled, changed = await store.end_job_if_active(
+        job.id, JobStatus.CANCELLED, message="user asked"
+    )
+    assert (changed, cancelled.status, cancelled.message) == (
+        True,
+        JobStatus.CANCELLED,
+        "user asked",
+    )
+    assert cancelled.completed_at is not None
+    assert cancelled == await store.get_job(job.id)
+    again, changed = await store.end_job_if_active(job.id, JobStatus.FAILED, message="too late")
+    assert (changed, again) == (False, cancelled)
+    with pytest.raises(JobNotFound):
+        await store.end_job_if_active("nope", JobStatus.CANCELLED)
+
+
+async def test_end_job_if_active_leaves_a_completed_job_and_reports_it(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    await store.seal_total(job.id, "a", total=0)
+    ended, changed = await store.end_job_if_active(job.id, JobStatus.CANCELLED, message="late")
+    assert (changed, ended.status, ended.message) == (False, JobStatus.COMPLETED, "")
+
+
+async def test_two_cancels_racing_end_the_job_once(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    outcomes = await asyncio.gather(
+        *(store.end_job_if_active(job.id, JobStatus.CANCELLED, message=f"#{i}") for i in range(2))
+    )
+    assert sorted(changed for _, changed in outcomes) == [False, True]
+    [(winner, _)] = [outcome for outcome in outcomes if outcome[1]]
+    assert all(ended == winner for ended, _ in outcomes)
+    assert winner.status is JobStatus.CANCELLED

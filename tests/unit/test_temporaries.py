@@ -4,6 +4,7 @@ it, and never the file of a writer still at work."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from jobtrack.pipeline import imaging
 from jobtrack.pipeline.imaging import sweep_temporaries
 
 HOUR_AGO = time.time() - 3600
@@ -114,3 +116,28 @@ def test_a_young_temporary_and_other_files_are_left_alone(writers: Writers) -> N
     assert young.exists()
     assert all(path.read_bytes() == b"kept" for path in others)
     assert sweep_temporaries(folder / "missing", older_than=600) == 0
+
+
+def test_the_lock_is_held_until_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between the write and the rename, a sweep (even one that finds the file
+    # stale) must find the writer's lock held, and leave the file alone.
+    source = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), "teal").save(source)
+    folder = tmp_path / "out"
+    real_replace = os.replace
+    swept: list[tuple[int, list[str]]] = []
+
+    def sweep_then_replace(src: str | Path, dst: str | Path) -> None:
+        removed = sweep_temporaries(folder, older_than=-60)  # every temporary is stale
+        swept.append((removed, sorted(p.name for p in folder.iterdir())))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", sweep_then_replace)
+    imaging.render(source, folder / "a.jpg", max_edge=32)
+    [(removed, present)] = swept
+    assert removed == 0
+    [temporary] = present
+    assert re.fullmatch(r"\.a\.jpg\.[0-9a-f]{12}\.tmp", temporary)
+    assert [p.name for p in folder.iterdir()] == ["a.jpg"]
+    with Image.open(folder / "a.jpg") as rendition:
+        assert rendition.size == (32, 24)

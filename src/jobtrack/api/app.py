@@ -58,7 +58,7 @@ from jobtrack.model import Clock, JobStatus, utc_now
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.failures import job_collection, job_failures
 from jobtrack.pipeline.stages import JOB_TYPE
-from jobtrack.runtime import CancelOutcome, Settings, cancel_job
+from jobtrack.runtime import Settings, cancel_job
 from jobtrack.store import JobQuery, JobStore, open_store
 from jobtrack.tracking.stats import WRITE_STATS
 
@@ -339,22 +339,22 @@ async def start_scan(request: Request, scan: ScanIn) -> dict[str, Any]:
         409: {
             "model": CancelRefusedOut,
             "description": "not cancelled: the job had already ended (outcome `ended`, with"
-            " `ended_as`), or was written during every try (outcome `busy`: try again)",
+            " `ended_as`: completed, failed or cancelled)",
         },
     },
 )
 async def cancel(request: Request, job_id: str) -> Any:
     """Cancel the job: its scan stops walking, workers ack its queued items
     without work, and the monitor leaves it alone; one ``cancelled`` event
-    is recorded. 409 when it had already ended (left as it was) or was busy."""
+    is recorded. A job being written all the time is cancelled all the same.
+    409 when it had already ended (left as it was)."""
     result = await cancel_job(
         parts(request).store, job_id, message="cancelled through the API", source="api"
     )
     if result.cancelled:
         return result.to_dict()
     body = {"error": result.describe(), **result.to_dict()}
-    headers = {"Retry-After": "1"} if result.outcome is CancelOutcome.BUSY else None
-    return JSONResponse(body, status_code=409, headers=headers)
+    return JSONResponse(body, status_code=409)
 
 
 @router.post(

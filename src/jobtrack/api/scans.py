@@ -66,17 +66,22 @@ class _Scan:
 
 class ScanLauncher:
     """Starts scans and keeps them running until the server stops; a folder
-    already being scanned here is not scanned twice, and takes one slot."""
+    already being scanned here is not scanned twice, and takes one slot. A
+    scan whose job has ended but whose task is still closing down (its pool,
+    its broker) keeps its slot until it is done, and is stopped and awaited
+    by :meth:`aclose` like the others."""
 
     def __init__(self, settings: Settings, roots: tuple[Path, ...]) -> None:
         self._settings = settings
         self.roots = roots
         self._scans: dict[Path, _Scan] = {}
+        self._closing: set[_Scan] = set()  # job ended, task not yet done
 
     @property
     def running(self) -> int:
-        """Scans running now (at most :data:`MAX_SCANS`)."""
-        return len(self._scans)
+        """Scans whose task runs now, closing ones included (at most
+        :data:`MAX_SCANS`)."""
+        return len(self._scans) + len(self._closing)
 
     async def start(self, path: str, *, wait: float = 30.0) -> Job:
         """Start a scan of ``path`` (or follow the collection's running job);
@@ -90,9 +95,13 @@ class ScanLauncher:
         folder = confine(path, self.roots)
         running = self._scans.get(folder.path)
         if running is not None and running.latest is not None and running.latest.status.terminal:
-            running = None  # its job has ended: the task is only closing down
+            # Its job has ended: the task is only closing down. Set aside, so
+            # that a new scan of the folder may start beside it.
+            del self._scans[folder.path]
+            self._closing.add(running)
+            running = None
         if running is None:
-            if len(self._scans) >= MAX_SCANS:
+            if self.running >= MAX_SCANS:
                 raise ScanNotStarted(f"{MAX_SCANS} scans are running: try again when one has ended")
             running = self._launch(folder)
         if running.latest is not None:
@@ -127,6 +136,7 @@ class ScanLauncher:
         self._scans[folder.path] = scan
 
         def ended(_: asyncio.Task[None]) -> None:
+            self._closing.discard(scan)
             if self._scans.get(folder.path) is scan:
                 del self._scans[folder.path]
 
@@ -134,13 +144,18 @@ class ScanLauncher:
         return scan
 
     async def aclose(self) -> None:
-        """Stop the scans still running (their jobs are cancelled as interrupted)."""
-        tasks = [scan.task for scan in self._scans.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        """Stop the scans still running, closing ones included (their jobs
+        are cancelled as interrupted), and wait for their tasks to end."""
+        stopping = [*self._scans.values(), *self._closing]
+        for scan in stopping:
+            scan.task.cancel()
+        for scan in stopping:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await scan.task
+        # Done: no slot is held any more, before their done callbacks run.
+        self._closing.difference_update(stopping)
+        for folder in [f for f, scan in self._scans.items() if scan in stopping]:
+            del self._scans[folder]
 
 
 def _retrieve(future: asyncio.Future[Job]) -> None:

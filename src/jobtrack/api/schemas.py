@@ -121,10 +121,10 @@ class ScanIn(BaseModel):
 
 
 class CancelOut(BaseModel):
-    """What a cancel did (``outcome``: cancelled, ended or busy), and the job
-    after the call; ``ended_as`` is the status of a job that had already ended."""
+    """What a cancel did (``outcome``: cancelled, or ended), and the job after
+    the call; ``ended_as`` is the status of a job that had already ended."""
 
-    outcome: Literal["cancelled", "ended", "busy"]
+    outcome: Literal["cancelled", "ended"]
     cancelled: bool
     ended_as: JobStatusName | None
     message: str

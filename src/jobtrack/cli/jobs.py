@@ -92,7 +92,7 @@ def show_job(job_id: str, as_json: bool, data_dir: Path | None, store_url: str |
 
 
 #: ``jobtrack jobs cancel`` exit status per outcome (1 stays an error: no such job, no store).
-CANCEL_EXIT = {CancelOutcome.CANCELLED: 0, CancelOutcome.ENDED: 3, CancelOutcome.BUSY: 4}
+CANCEL_EXIT = {CancelOutcome.CANCELLED: 0, CancelOutcome.ENDED: 3}
 
 
 @jobs.command("cancel")
@@ -107,10 +107,9 @@ def cancel_job_command(
     """Cancel a job that has not ended; its scan stops walking within a second.
 
     Says what really happened, with the exit status: 0 cancelled (recorded
-    as a "cancelled" event); 3 it had already ended (completed, failed or
-    cancelled), and is left as it was; 4 busy: the job was written during
-    every try, so it was not cancelled: try again. --json prints the same
-    answer as the HTTP API.
+    as a "cancelled" event), however busy the job is; 3 it had already ended
+    (completed, failed or cancelled), and is left as it was. --json prints
+    the same answer as the HTTP API.
     """
     settings = settings_from(data_dir=data_dir, store_url=store_url)
     result = with_store(

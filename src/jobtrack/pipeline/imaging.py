@@ -287,7 +287,9 @@ def _save_atomically(image: Image.Image, destination: Path, *, quality: int) -> 
             # crash the renamed file must hold the data, not zero bytes.
             os.fsync(stream.fileno())
             size_bytes = stream.tell()
-        os.replace(temporary, destination)
+            # Renamed while the lock is held (closing the file releases it):
+            # until then a sweep finds a live writer, never a stale file.
+            os.replace(temporary, destination)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

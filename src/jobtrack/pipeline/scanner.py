@@ -44,6 +44,9 @@ __all__ = ["ScanReport", "ScanStart", "Scanner"]
 
 logger = logging.getLogger(__name__)
 
+#: The longest error text a log line of the walk's status helper carries.
+_MAX_ERROR_TEXT = 500
+
 
 @dataclass(frozen=True, slots=True)
 class ScanStart:
@@ -206,13 +209,25 @@ class Scanner:
     async def _until_ended(self, job: Job, report: ScanReport, stop: threading.Event) -> None:
         """Read the job's status every ``status_interval`` s; once it has
         ended, record how and stop the walk."""
+        last_error = ""
         while True:
             await asyncio.sleep(self._status_interval)
             try:
                 status = (await self._store.get_job(job.id)).status
-            except StoreError as exc:  # unreachable for now: the walk goes on
-                logger.warning("scan status not read: %s", exc)
+            except Exception as exc:  # any error: this helper must outlive it
+                # Unreachable, the job not found, a bug: the walk goes on and
+                # the next read may stop it. One line per run of one error.
+                error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_TEXT]
+                if error != last_error:
+                    logger.warning(
+                        "scan status of job %s not read: %s",
+                        job.id,
+                        error,
+                        extra={"action": "scan_status_unread", "job_id": job.id},
+                    )
+                last_error = error
                 continue
+            last_error = ""
             if status.terminal:
                 report.ended = status
                 stop.set()

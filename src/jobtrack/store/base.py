@@ -387,6 +387,20 @@ class JobStore(Protocol):
         :class:`Conflict`."""
         ...
 
+    async def end_job_if_active(
+        self, job_id: str, status: JobStatus, *, message: str = ""
+    ) -> tuple[Job, bool]:
+        """End the job as ``status`` (completed, failed or cancelled) unless it
+        has already ended, however often it is being written meanwhile: one
+        atomic write whose guard is the job's status alone.
+
+        Returns the job after the call and whether this call ended it (False:
+        it had already ended, and the job says as what). Of two calls racing,
+        exactly one ends the job. Raises :class:`InvalidRequest` for a status
+        that is not an end, :class:`~jobtrack.errors.JobNotFound` for an
+        unknown job."""
+        ...
+
     async def list_changed(
         self, *, after: tuple[datetime, str] | None = None, limit: int = CHANGES_LIMIT
     ) -> list[Job]:

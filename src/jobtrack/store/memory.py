@@ -170,6 +170,19 @@ class InMemoryJobStore:
         if_updated_at: datetime | None = None,
     ) -> Job:
         """Complete, fail or cancel a job; a job already ended stays as it is."""
+        job, _ = await self._end(job_id, status, message, if_updated_at)
+        return job
+
+    async def end_job_if_active(
+        self, job_id: str, status: JobStatus, *, message: str = ""
+    ) -> tuple[Job, bool]:
+        """End a job that has not ended; the job after the call, and whether
+        this call ended it."""
+        return await self._end(job_id, status, message, None)
+
+    async def _end(
+        self, job_id: str, status: JobStatus, message: str, if_updated_at: datetime | None
+    ) -> tuple[Job, bool]:
         if not status.terminal:
             raise InvalidRequest(
                 f"a job can only be ended as completed, failed or cancelled, not {status}"
@@ -178,12 +191,12 @@ class InMemoryJobStore:
             job = await self.get_job(job_id)
             check_unmoved(job_id, job.updated_at, if_updated_at)
             if job.status.terminal:
-                return job
+                return job, False
             now = self._clock()
             ended = replace(job, status=status, message=message, updated_at=now, completed_at=now)
             self._jobs[job_id] = ended
             self._item_keys.pop(job_id, None)
-            return ended
+            return ended, True
 
     async def list_changed(
         self, *, after: tuple[datetime, str] | None = None, limit: int = CHANGES_LIMIT

@@ -51,6 +51,13 @@ UPDATE jobs SET status = %(status)s, message = %(message)s, updated_at = %(now)s
 WHERE id = %(job_id)s AND status IN ('pending', 'in_progress')
   AND (%(if_updated_at)s::timestamptz IS NULL OR updated_at = %(if_updated_at)s::timestamptz);
 
+-- name: end_job_if_active
+-- The status is the only guard: a row returned says this call ended the job.
+UPDATE jobs SET status = %(status)s, message = %(message)s, updated_at = %(now)s,
+    completed_at = %(now)s
+WHERE id = %(job_id)s AND status IN ('pending', 'in_progress')
+RETURNING id;
+
 -- name: forget_keys
 DELETE FROM item_keys WHERE job_id = %(job_id)s;
 

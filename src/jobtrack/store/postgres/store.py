@@ -342,6 +342,29 @@ class PostgresJobStore:
                     check_unmoved(job_id, row[1], if_updated_at)
         return await self.get_job(job_id)
 
+    async def end_job_if_active(
+        self, job_id: str, status: JobStatus, *, message: str = ""
+    ) -> tuple[Job, bool]:
+        """End a job that has not ended; the job after the call, and whether
+        this call ended it. A concurrent writer holding the job's row lock
+        is waited for, not a conflict; of two ends racing, the second finds
+        the job ended when the first commits and changes nothing."""
+        if not status.terminal:
+            raise InvalidRequest(
+                f"a job can only be ended as completed, failed or cancelled, not {status}"
+            )
+        params: dict[str, Any] = {"job_id": job_id, "status": status.value, "message": message}
+        params["now"] = self._clock()
+        async with self.connection() as conn, conn.transaction():
+            ended = await conn.execute(_Q["end_job_if_active"], params)
+            changed = await ended.fetchone() is not None
+            if changed:
+                await conn.execute(_Q["forget_keys"], params)
+            row = await (await conn.execute(_Q["get_job"], params)).fetchone()
+            if row is None:
+                raise JobNotFound(job_id)
+            return (await self._with_stages(conn, [row]))[0], changed
+
     async def list_changed(
         self, *, after: tuple[datetime, str] | None = None, limit: int = CHANGES_LIMIT
     ) -> list[Job]:

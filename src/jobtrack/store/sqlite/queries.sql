@@ -71,6 +71,11 @@ UPDATE jobs SET status = :status, message = :message, updated_at = :now, complet
 WHERE id = :job_id AND status NOT IN ('completed', 'failed', 'cancelled')
   AND (:if_updated_at IS NULL OR updated_at = :if_updated_at);
 
+-- name: end_job_if_active
+-- The status is the only guard: the changes count says whether this call ended it.
+UPDATE jobs SET status = :status, message = :message, updated_at = :now, completed_at = :now
+WHERE id = :job_id AND status IN ('pending', 'in_progress');
+
 -- name: find_stuck
 -- The seed's query; served by idx_stuck_jobs (job_type, status, updated_at).
 SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at

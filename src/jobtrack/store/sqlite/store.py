@@ -249,6 +249,26 @@ class SqliteJobStore:
         return self._get_job(job_id)
 
     @on_database_thread
+    def end_job_if_active(
+        self, job_id: str, status: JobStatus, *, message: str = ""
+    ) -> tuple[Job, bool]:
+        """End a job that has not ended; the job after the call, and whether
+        this call ended it (the write changed its row)."""
+        if not status.terminal:
+            raise InvalidRequest(
+                f"a job can only be ended as completed, failed or cancelled, not {status}"
+            )
+        params = {
+            "job_id": job_id,
+            "status": status.value,
+            "message": message,
+            "now": to_micros(self._clock()),
+        }
+        with self.database.write() as conn:
+            changed = conn.execute(_Q["end_job_if_active"], params).rowcount == 1
+        return self._get_job(job_id), changed
+
+    @on_database_thread
     def list_changed(
         self, *, after: tuple[datetime, str] | None = None, limit: int = CHANGES_LIMIT
     ) -> list[Job]:
