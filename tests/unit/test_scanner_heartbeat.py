@@ -47,3 +47,37 @@ async def test_a_slow_walk_touches_its_job(tmp_path: Path, monkeypatch: pytest.M
     assert len(beats) >= 5  # about one every 0.05 s over 0.6 s of walking
     assert report.images == 1
     assert (await store.get_job(start.job.id)).stages[SCAN].total_final
+
+
+async def test_a_heartbeat_that_fails_beats_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.new("RGB", (32, 24), "teal").save(root / "a.jpg")
+    real = scanner_module._next_batch
+
+    def slow(entries: Iterator[Any], size: int, report: Any) -> Any:
+        time.sleep(0.3)
+        return real(entries, size, report)
+
+    monkeypatch.setattr(scanner_module, "_next_batch", slow)
+    store = InMemoryJobStore()
+    scanner = Scanner(
+        store=store, catalog=InMemoryCatalog(), broker=InMemoryBroker(), heartbeat=0.05
+    )
+    start = await scanner.start(root)
+    calls: list[str] = []
+    start_stage = store.start_stage
+
+    async def flaky(job_id: str, stage: str, *, message: str | None = None) -> Any:
+        calls.append(message or "")
+        if len(calls) <= 2 and (message or "").startswith(f"walking {root}:"):
+            raise RuntimeError("not a store error")  # a bug, or a driver's surprise
+        return await start_stage(job_id, stage, message=message)
+
+    monkeypatch.setattr(store, "start_stage", flaky)
+    report = await scanner.run(start.job, start.collection)
+    beats = [m for m in calls if m.startswith(f"walking {root}:")]
+    assert len(beats) >= 5  # it went on beating after the two failures
+    assert report.images == 1

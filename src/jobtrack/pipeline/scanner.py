@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from jobtrack.broker import Broker
-from jobtrack.errors import StoreError
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import ArtifactStatus, Catalog, Collection, ScannedFile
 from jobtrack.pipeline.messages import StageMessage, brief, encode_message
@@ -240,8 +239,12 @@ class Scanner:
                 await self._store.start_stage(
                     job.id, SCAN, message=f"walking {root}: {report.images} images so far"
                 )
-            except StoreError as exc:
-                logger.warning("scan heartbeat not written: %s", exc)
+            except Exception as exc:  # any error: the heartbeat must outlive it
+                logger.warning(
+                    "scan heartbeat not written: %s",
+                    f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_TEXT],
+                    extra={"action": "scan_heartbeat_unwritten", "job_id": job.id},
+                )
 
     async def _current_job(self, collection: Collection) -> Job | None:
         if collection.job_id is None:
