@@ -146,9 +146,8 @@ class ProgressTracker:
         """Write everything that waits, retrying for up to ``max_wait`` seconds."""
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=max_wait)
-        return await self._per_item.flush(max_wait=max_wait) and await self._coalescer.aclose(
-            max_wait=max_wait
-        )
+        per_item = await self._per_item.aclose(max_wait=max_wait)
+        return await self._coalescer.aclose(max_wait=max_wait) and per_item
 
 
 def _item_problem(job_id: str, stage: str, item_key: str | None) -> str | None:
