@@ -616,3 +616,30 @@ async def test_a_fold_split_across_entries_is_refused_when_one_entry_is(
     assert {r.refused for r in receipts} == {"engine says no"}
     assert (await store.get_job(job.id)).stage("a").completed_items == 20
     await coalescer.aclose(max_wait=1.0)
+
+
+async def test_a_batch_mate_only_answered_as_missing_does_not_make_a_fault_the_entrys() -> None:
+    store = PickyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, flush_interval=60, retry_after=60)
+    real = store.add_progress
+    read_only = True
+
+    async def read_only_but_finds_no_ghost(
+        batch: Sequence[StageProgress],
+    ) -> list[ProgressResult]:
+        store.batches.append(list(batch))
+        if read_only and any(p.job_id != "ghost" for p in batch):
+            raise StoreError("cannot execute UPDATE in a read-only transaction")
+        return await real(batch)  # the ghost is answered: no such job
+
+    store.add_progress = read_only_but_finds_no_ghost  # type: ignore[method-assign]
+    ghost = tracker.add("ghost", "a", item_key="k")
+    receipt = tracker.add(job.id, "a", item_key="k")
+    assert await tracker.flush_if_due() == 1  # the real job's item is kept
+    assert (await ghost, ghost.refused) == (False, "job 'ghost' not found")
+    assert not receipt.done()
+    read_only = False
+    assert await tracker.flush(max_wait=1.0)
+    assert (await receipt, receipt.refused) == (True, None)
+    assert (await store.get_job(job.id)).stage("a").completed_items == 1

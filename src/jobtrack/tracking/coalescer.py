@@ -331,13 +331,13 @@ class Coalescer:
         outage: StoreUnavailable | None,
     ) -> StoreUnavailable | None:
         """Decide whose fault the entries that failed alone are. When the
-        store wrote (or answered for) another entry of this flush, theirs:
-        they are refused. Otherwise the store's: they stay unwritten, and
-        the flush is an outage (the one returned)."""
+        store wrote another entry of this flush, theirs: they are refused.
+        Otherwise the store's (an entry it only answered "no such job" for
+        proves no write works): they stay unwritten, and the flush is an
+        outage (the one returned)."""
         if not faults:
             return outage
-        answered = any(r is not None and r.rejected is None for r in results)
-        if answered:
+        if any(r is not None and r.stage is not None for r in results):
             for index, exc in faults.items():
                 results[index] = self._refused(batch[index], exc)
             return outage
