@@ -3,10 +3,13 @@ reason, never acked as if its progress were stored."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+from jobtrack.errors import StoreError
 from jobtrack.pipeline.messages import StageMessage, encode_message
 from jobtrack.pipeline.stages import THUMBNAIL
+from jobtrack.store import ProgressResult, StageProgress
 from tests.unit.test_consumer import QUEUE, drain, setup
 
 
@@ -36,5 +39,28 @@ async def test_a_stored_item_is_acked(tmp_path: Path) -> None:
     await broker.publish(QUEUE, encode_message(message))
     await drain(broker)
     assert not broker.dead_letters.get(f"{QUEUE}.dead")
+    assert (await store.get_job(real_job)).stage(THUMBNAIL).completed_items == 1
+    await broker.aclose()
+
+
+async def test_a_store_fault_on_the_progress_write_holds_the_message_not_dead_letters_it(
+    tmp_path: Path,
+) -> None:
+    broker, store, real_job, message = await setup(tmp_path)
+    real = store.add_progress
+    calls = 0
+
+    async def read_only_at_first(batch: Sequence[StageProgress]) -> list[ProgressResult]:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:  # a failover: the store is read-only for a while
+            raise StoreError("PostgreSQL error: cannot execute UPDATE in a read-only transaction")
+        return await real(batch)
+
+    store.add_progress = read_only_at_first  # type: ignore[method-assign]
+    await broker.publish(QUEUE, encode_message(message))
+    await drain(broker)
+    assert broker.dead_letters == {}
+    assert calls == 3
     assert (await store.get_job(real_job)).stage(THUMBNAIL).completed_items == 1
     await broker.aclose()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from jobtrack.errors import StoreError, StoreUnavailable
+from jobtrack.errors import InvalidRequest, StoreError, StoreUnavailable
 from jobtrack.model import StageStatus
 from jobtrack.store import Increment, InMemoryJobStore, ProgressResult, StageProgress
 from jobtrack.tracking import ProgressTracker
@@ -171,20 +171,21 @@ async def test_disabled_tracker_writes_nothing(coalesce: bool) -> None:
     assert store.writes == 0
 
 
-async def test_permanent_store_errors_are_logged_and_dropped(
+async def test_a_store_error_on_every_write_is_kept_not_dropped(
     caplog: pytest.LogCaptureFixture, coalesce: bool
 ) -> None:
     store = FlakyStore()
     job = await store.create_job("t", ["a"])
-    tracker = tracker_for(store, coalesce)
+    tracker = tracker_for(store, coalesce, retry_after=60)
     store.broken = True
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         assert not await tracker.increment(job.id, "a")
-    assert tracker.pending == 0
-    [record] = caplog.records
-    assert record.getMessage().endswith("reconciliation will count them") or (
-        record.getMessage().endswith("reconciliation will count it")
-    )
+    assert tracker.pending == 1
+    assert not [r for r in caplog.records if getattr(r, "action", "") == "progress_refused"]
+    assert [getattr(r, "action", "") for r in caplog.records][-1] == "progress_write_failed"
+    store.broken = False
+    assert await tracker.flush(max_wait=1.0)
+    assert (await store.get_job(job.id)).stage("a").completed_items == 1
 
 
 async def test_per_item_concurrent_retries_neither_lose_nor_double() -> None:
@@ -462,4 +463,183 @@ async def test_a_per_item_receipt_resolves_once_its_kept_item_is_written() -> No
     assert await tracker.flush(max_wait=1.0)
     assert await receipt
     assert receipt.refused is None
+    assert (await store.get_job(job.id)).stage("a").completed_items == 1
+
+
+class KeyPoisonStore(PickyStore):
+    """A PickyStore whose engine fails any batch holding an entry with a
+    poison item key, rather than a poison job id."""
+
+    async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
+        self.batches.append(list(batch))
+        await asyncio.sleep(0)
+        if self.down_after is not None and len(self.batches) > self.down_after:
+            raise StoreUnavailable("store is down")
+        if any(self.poison in p.completed_keys for p in batch):
+            raise StoreError("engine says no")
+        return await InMemoryJobStore.add_progress(self, batch)
+
+
+async def test_a_store_fault_on_one_job_keeps_its_items_and_counts_them_once(
+    coalesce: bool,
+) -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = tracker_for(store, coalesce, retry_after=0.01)
+    store.broken = True  # a StoreError on every write: read-only failover, say
+    receipts = [tracker.add(job.id, "a", item_key=str(i)) for i in range(100)]
+    await asyncio.sleep(0.05)  # the first writes fail meanwhile
+    assert store.writes > 0
+    assert tracker.pending == 100
+    assert [r.done() for r in receipts] == [False] * 100  # neither refused nor durable
+    store.broken = False
+    assert await asyncio.wait_for(asyncio.gather(*receipts), timeout=5) == [True] * 100
+    assert [r.refused for r in receipts] == [None] * 100
+    receipts = [tracker.add(job.id, "a", item_key=str(i)) for i in range(100)]  # again
+    assert await asyncio.wait_for(asyncio.gather(*receipts), timeout=5) == [True] * 100
+    assert await tracker.flush(max_wait=1.0)
+    assert (await store.get_job(job.id)).stage("a").completed_items == 100
+
+
+async def test_a_data_error_is_still_refused_for_good(coalesce: bool) -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = tracker_for(store, coalesce, retry_after=0.01)
+
+    async def bad_data(*args: object, **kwargs: object) -> list[ProgressResult]:
+        raise InvalidRequest("PostgreSQL refused the data: value out of range")
+
+    store.add_progress = bad_data  # type: ignore[method-assign]
+    store.increment = bad_data  # type: ignore[method-assign,assignment]
+    receipt = tracker.add(job.id, "a", item_key="x")
+    assert not await asyncio.wait_for(receipt, timeout=5)
+    assert receipt.refused == "PostgreSQL refused the data: value out of range"
+    assert tracker.pending == 0
+    assert await tracker.flush(max_wait=1.0)
+
+
+async def test_a_per_item_kept_write_is_retried_without_further_items() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, coalesce=False, retry_after=0.01)
+    store.down = True
+    receipt = tracker.add(job.id, "a", item_key="x")
+    await asyncio.sleep(0.05)
+    assert (tracker.pending, receipt.done()) == (1, False)
+    store.down = False  # nobody reports an item or flushes: the writer retries alone
+    assert await asyncio.wait_for(receipt, timeout=5)
+    assert tracker.pending == 0
+    assert (await store.get_job(job.id)).stage("a").completed_items == 1
+    assert await tracker.flush(max_wait=1.0)
+
+
+async def test_a_per_item_writer_stops_its_retries_on_close() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, coalesce=False, retry_after=0.01)
+    store.down = True
+    receipt = tracker.add(job.id, "a", item_key="x")
+    await asyncio.sleep(0.02)
+    assert not await tracker.flush(max_wait=0.05)
+    assert (await receipt, receipt.refused) == (False, None)  # not written, not refused
+    writes = store.writes
+    await asyncio.sleep(0.1)
+    assert store.writes == writes  # no retry runs on after close
+    assert [t.get_name() for t in asyncio.all_tasks() if "progress" in t.get_name()] == []
+
+
+async def test_a_per_item_write_failing_alone_while_others_are_written_is_refused() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, coalesce=False, retry_after=0.01)
+    real = store.increment
+
+    async def picky(job_id: str, stage: str, **kwargs: object) -> Increment:
+        if kwargs.get("item_key") == "poison":
+            await asyncio.sleep(0)
+            raise StoreError("engine says no")
+        return await real(job_id, stage, **kwargs)  # type: ignore[arg-type]
+
+    store.increment = picky  # type: ignore[method-assign]
+    poison = tracker.add(job.id, "a", item_key="poison")
+    await asyncio.sleep(0.005)
+    good = [tracker.add(job.id, "a", item_key=str(i)) for i in range(3)]
+    assert await asyncio.wait_for(asyncio.gather(*good), timeout=5) == [True] * 3
+    assert not await asyncio.wait_for(poison, timeout=5)
+    assert poison.refused == "engine says no"
+    assert tracker.pending == 0
+    assert await tracker.flush(max_wait=1.0)
+
+
+async def test_a_fold_split_across_entries_keeps_a_refusal_past_an_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import jobtrack.store.base
+
+    monkeypatch.setattr(jobtrack.store.base, "MAX_INCREMENT", 10)
+    store = KeyPoisonStore(poison="k15")
+    job = await store.create_job("t", ["a"])
+    coalescer = Coalescer(store, ProgressLog(50), flush_interval=60, max_entry=10, retry_after=60)
+    receipts = [coalescer.add(job.id, "a", item_key=f"k{i}", failed=False) for i in range(30)]
+    # entries k0-9, k10-19 (poison), k20-29: the whole write fails, k0-9 is
+    # written, then k10-29 fails, k10-19 fails alone (refused), k20-29 meets an outage
+    store.down_after = 4
+    assert not await coalescer.flush()
+    assert [len(b) for b in store.batches] == [3, 1, 2, 1, 1]
+    # one receipt per fold: the refusal wins, at once, though k20-29 waits
+    assert await asyncio.gather(*receipts) == [False] * 30
+    assert {r.refused for r in receipts} == {"engine says no"}
+    assert coalescer.pending == 10
+    assert (await store.get_job(job.id)).stage("a").completed_items == 10
+    store.down_after = None
+    assert await coalescer.flush()  # k20-29 is still written, for nobody
+    assert {r.refused for r in receipts} == {"engine says no"}
+    assert (await store.get_job(job.id)).stage("a").completed_items == 20
+    later = coalescer.add(job.id, "a", item_key="k30", failed=False)
+    assert await coalescer.flush()
+    assert (await later, later.refused) == (True, None)
+    await coalescer.aclose(max_wait=1.0)
+
+
+async def test_a_fold_split_across_entries_is_refused_when_one_entry_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import jobtrack.store.base
+
+    monkeypatch.setattr(jobtrack.store.base, "MAX_INCREMENT", 10)
+    store = KeyPoisonStore(poison="k15")
+    job = await store.create_job("t", ["a"])
+    coalescer = Coalescer(store, ProgressLog(50), flush_interval=60, max_entry=10)
+    receipts = [coalescer.add(job.id, "a", item_key=f"k{i}", failed=False) for i in range(30)]
+    assert await coalescer.flush()
+    assert await asyncio.gather(*receipts) == [False] * 30
+    assert {r.refused for r in receipts} == {"engine says no"}
+    assert (await store.get_job(job.id)).stage("a").completed_items == 20
+    await coalescer.aclose(max_wait=1.0)
+
+
+async def test_a_batch_mate_only_answered_as_missing_does_not_make_a_fault_the_entrys() -> None:
+    store = PickyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, flush_interval=60, retry_after=60)
+    real = store.add_progress
+    read_only = True
+
+    async def read_only_but_finds_no_ghost(
+        batch: Sequence[StageProgress],
+    ) -> list[ProgressResult]:
+        store.batches.append(list(batch))
+        if read_only and any(p.job_id != "ghost" for p in batch):
+            raise StoreError("cannot execute UPDATE in a read-only transaction")
+        return await real(batch)  # the ghost is answered: no such job
+
+    store.add_progress = read_only_but_finds_no_ghost  # type: ignore[method-assign]
+    ghost = tracker.add("ghost", "a", item_key="k")
+    receipt = tracker.add(job.id, "a", item_key="k")
+    assert await tracker.flush_if_due() == 1  # the real job's item is kept
+    assert (await ghost, ghost.refused) == (False, "job 'ghost' not found")
+    assert not receipt.done()
+    read_only = False
+    assert await tracker.flush(max_wait=1.0)
+    assert (await receipt, receipt.refused) == (True, None)
     assert (await store.get_job(job.id)).stage("a").completed_items == 1

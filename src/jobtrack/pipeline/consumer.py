@@ -47,8 +47,14 @@ class RenditionConsumer:
     progress is durable in the store (or ``durable_within`` seconds passed:
     the tracker keeps it, and reconciliation has the last word; None waits
     as long as it takes, so an unreachable store stops the intake once
-    ``prefetch`` messages wait). A message whose item the store refused for
-    good (its receipt says why) is dead-lettered with that reason.
+    ``prefetch`` messages wait). A message whose item's progress is refused
+    for good (its receipt says why) is dead-lettered with that reason when
+    the refusal is known before the ack: with ``ack_when_durable``, any
+    refusal decided within ``durable_within``; without it, only a refusal
+    the tracker decides as the item is reported (a job id, stage or item
+    key no store can hold). A refusal the store decides at a later flush
+    (an unknown job or stage, say) is then only logged, and the message is
+    acked.
 
     Before writing into a folder, and again every ``stale_after`` seconds,
     it sweeps the temporary files killed writers left there

@@ -15,11 +15,24 @@ under way included; past that, new ones are dropped and left to
 reconciliation. A stage with more than ``max_entry`` items goes to the
 store as several entries, so that no entry passes ``MAX_INCREMENT``.
 
-An entry the store refuses for good (an unknown job or stage, text no
-engine stores) fails its own receipts, with the store's reason, and no
-other's. Should a write fail as a whole for another reason than the store
-being unavailable, the batch is written again in halves, and so on, until
-only the entries that fail on their own are left: those are refused.
+An entry is refused for good only for its own fault: the store finds
+something wrong with its data (an unknown job or stage, text or counts no
+engine stores: :class:`~jobtrack.errors.InvalidRequest`,
+:class:`~jobtrack.errors.NotFound`), or its write fails on its own while
+other entries of the same flush are written. A refused entry fails its own
+receipts, with the store's reason, and no other's. Should a write fail as
+a whole, the batch is written again in halves, and so on, until only the
+entries that fail on their own are left. When no entry of the flush could
+be written at all (a read-only failover, a permission error, a store that
+fails every write), the fault is the store's, whatever the error: the
+flush counts as an outage, its items are kept and written again after a
+backoff, and none is refused.
+
+The items of one stage share one receipt per flush. When the stage went
+to the store as several entries and one of them is refused, every one of
+those receipts is refused at once (some of the items were not counted, and
+the receipt cannot tell which), even while other entries of the stage wait
+for a retry; those are still written, for nobody.
 """
 
 from __future__ import annotations
@@ -31,7 +44,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from jobtrack.errors import InvalidRequest, JobtrackError, StoreError, StoreUnavailable
+from jobtrack.errors import (
+    InvalidRequest,
+    JobtrackError,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from jobtrack.model import MAX_INCREMENT
 from jobtrack.store.base import JobStore, ProgressResult, StageProgress
 from jobtrack.tracking.progress_log import ProgressLog
@@ -166,8 +185,9 @@ class Coalescer:
             return Receipt.resolved(False)
         fold = self._folds.get((job_id, stage))
         if fold is None:
-            future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-            fold = self._folds[(job_id, stage)] = _Fold([future])
+            fold = self._folds[(job_id, stage)] = _Fold([])
+        if not fold.waiters:  # new, or entries kept for nobody after a refusal
+            fold.waiters.append(asyncio.get_running_loop().create_future())
         if item_key is None:
             if failed:
                 fold.failed += 1
@@ -238,10 +258,11 @@ class Coalescer:
                 batch.append(entry)
                 owners.append(key)
         results: list[ProgressResult | None] = [None] * len(batch)
+        faults: dict[int, Exception] = {}
         started = time.perf_counter()
         try:
-            outage = await self._write(batch, 0, len(batch), results)
-            outage = outage or _store_failure(results)
+            outage = await self._write(batch, 0, len(batch), results, faults)
+            outage = self._judge(batch, results, faults, outage)
         except asyncio.CancelledError:
             # Whatever was under way may or may not have happened: keys make it safe.
             self._in_flight = 0
@@ -267,12 +288,14 @@ class Coalescer:
         lo: int,
         hi: int,
         results: list[ProgressResult | None],
+        faults: dict[int, Exception],
     ) -> StoreUnavailable | None:
         """Write ``batch[lo:hi]`` into ``results``; a write that fails as a
         whole (not for unavailability) is written again in halves, until
-        each entry that fails alone is refused with its error. Returns the
-        outage that stopped it, if one did: the entries whose results are
-        still None were not written."""
+        each entry that fails alone is left: refused at once for an error
+        about its data, else put in ``faults`` for :meth:`_judge`. Returns
+        the outage that stopped it, if one did: the entries whose results
+        are still None were not written."""
         try:
             written = await self._store.add_progress(batch[lo:hi])
             if len(written) != hi - lo:
@@ -281,7 +304,10 @@ class Coalescer:
             return exc
         except Exception as exc:  # what the store refused; never the consumer's problem
             if hi - lo == 1:
-                results[lo] = self._refused(batch[lo], exc)
+                if isinstance(exc, InvalidRequest | NotFound):
+                    results[lo] = self._refused(batch[lo], exc)
+                else:
+                    faults[lo] = exc
                 return None
             if hi - lo == len(batch):
                 logger.warning(
@@ -292,10 +318,33 @@ class Coalescer:
                     extra={"action": "progress_write_split"},
                 )
             middle = (lo + hi) // 2
-            outage = await self._write(batch, lo, middle, results)
-            return outage or await self._write(batch, middle, hi, results)
+            outage = await self._write(batch, lo, middle, results, faults)
+            return outage or await self._write(batch, middle, hi, results, faults)
         results[lo:hi] = written
         return None
+
+    def _judge(
+        self,
+        batch: list[StageProgress],
+        results: list[ProgressResult | None],
+        faults: dict[int, Exception],
+        outage: StoreUnavailable | None,
+    ) -> StoreUnavailable | None:
+        """Decide whose fault the entries that failed alone are. When the
+        store wrote another entry of this flush, theirs: they are refused.
+        Otherwise the store's (an entry it only answered "no such job" for
+        proves no write works): they stay unwritten, and the flush is an
+        outage (the one returned)."""
+        if not faults:
+            return outage
+        if any(r is not None and r.stage is not None for r in results):
+            for index, exc in faults.items():
+                results[index] = self._refused(batch[index], exc)
+            return outage
+        first = next(iter(faults.values()))
+        return outage or StoreUnavailable(
+            f"the store wrote no progress entry of this flush: {type(first).__name__}: {first}"
+        )
 
     @staticmethod
     def _refused(progress: StageProgress, exc: Exception) -> ProgressResult:
@@ -320,8 +369,9 @@ class Coalescer:
         batch: list[StageProgress],
         results: list[ProgressResult | None],
     ) -> None:
-        """Resolve the receipts of every fold whose entries all have results;
-        put the entries not written back, in front of newer items."""
+        """Resolve the receipts of every fold whose entries all have results,
+        and of every fold with a refused entry; put the entries not written
+        back, in front of newer items."""
         unwritten: dict[tuple[str, str], list[StageProgress]] = {}
         refusals: dict[tuple[str, str], str] = {}
         for key, progress, result in zip(owners, batch, results, strict=True):
@@ -330,11 +380,12 @@ class Coalescer:
             elif result.refused is not None:
                 refusals.setdefault(key, result.refused)
         for key, fold in folds.items():
-            if key in unwritten:
-                self._restore(key, _Fold.of(unwritten[key], fold.waiters))
-            elif key in refusals:
+            if key in refusals:  # the refusal wins, at once: see the module's docstring
                 fold.settle(Outcome.refusal(refusals[key]))
-            else:
+            if key in unwritten:
+                waiters = [] if key in refusals else fold.waiters
+                self._restore(key, _Fold.of(unwritten[key], waiters))
+            elif key not in refusals:
                 fold.settle(DURABLE)
 
     def _restore(self, key: tuple[str, str], older: _Fold) -> None:
@@ -393,20 +444,3 @@ def _log_refusal(result: ProgressResult) -> None:
 
 #: Refused entries logged one by one per flush; the rest are counted in one line.
 _REFUSALS_LOGGED = 20
-
-
-def _store_failure(results: list[ProgressResult | None]) -> StoreUnavailable | None:
-    """When every entry of a flush of two or more failed alone, and none for its
-    data (:class:`InvalidRequest`), the fault is the store's, not the
-    entries': the flush counts as an outage (its entries kept and written
-    again after a backoff), so a store that fails every write never gets
-    its items refused for good. Clears those results and returns the outage."""
-    if len(results) < 2 or any(r is None for r in results):
-        return None  # one entry alone cannot tell its own fault from the store's
-    errors = [r.rejected for r in results if r is not None]
-    if len(errors) != len(results) or any(
-        e is None or isinstance(e, InvalidRequest) for e in errors
-    ):
-        return None
-    results[:] = [None] * len(results)
-    return StoreUnavailable(f"the store failed every progress entry: {errors[0]}")

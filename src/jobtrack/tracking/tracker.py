@@ -2,9 +2,11 @@
 
 Best effort, as the seed asks: tracking never fails the work. Reporting an
 item never raises and never blocks for long; what the store cannot take yet
-(it is unavailable) is kept and retried with backoff, so nothing is lost to
-a short outage, and what the store refuses for good (an unknown job or
-stage) is logged and dropped. What is lost anyway (the process dies with
+(it is unavailable, or fails every write: read-only during a failover, say)
+is kept and retried with backoff, so nothing is lost to a short outage, and
+what the store refuses for good (an unknown job or stage, data it cannot
+hold, an entry that alone fails while others are written) is logged and
+dropped. What is lost anyway (the process dies with
 items still unwritten) is what the monitor's reconciliation is for.
 
 Two ways of writing, chosen at construction:
@@ -146,9 +148,8 @@ class ProgressTracker:
         """Write everything that waits, retrying for up to ``max_wait`` seconds."""
         if self._writes:
             await asyncio.wait(set(self._writes), timeout=max_wait)
-        return await self._per_item.flush(max_wait=max_wait) and await self._coalescer.aclose(
-            max_wait=max_wait
-        )
+        per_item = await self._per_item.aclose(max_wait=max_wait)
+        return await self._coalescer.aclose(max_wait=max_wait) and per_item
 
 
 def _item_problem(job_id: str, stage: str, item_key: str | None) -> str | None:
