@@ -164,3 +164,30 @@ async def make_one(server: Server) -> str:
         return (await store.create_job("bulk", ["work"])).id
     finally:
         await store.aclose()
+
+
+def test_the_api_docs_render_from_the_server_alone(browser: Browser, server: Server) -> None:
+    page: Page = browser.new_page(viewport={"width": 1300, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on(
+        "console",
+        lambda message: errors.append(message.text) if message.type == "error" else None,
+    )
+    elsewhere: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            None
+            if request.url.startswith(server.url) or request.url.startswith("data:")
+            else elsewhere.append(request.url)
+        ),
+    )
+    page.goto(f"{server.url}/docs")
+    # Swagger UI drew the operations of the OpenAPI document, under the page's CSP.
+    expect(page.locator(".opblock-summary-path").first).to_be_visible(timeout=30_000)
+    expect(page.locator('.opblock-summary-path[data-path="/api/jobs"]').first).to_be_visible()
+    assert elsewhere == []
+    assert errors == []
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "docs.png"))
