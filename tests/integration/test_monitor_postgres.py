@@ -86,9 +86,14 @@ async def test_a_thousand_stuck_jobs_two_monitors_each_job_once(
     assert (again.stuck, again.jobs) == (0, [])
 
 
-@pytest.mark.parametrize("arriving", [100, 50], ids=["growing", "steady"])
+@pytest.mark.parametrize(
+    ("arriving", "once"),
+    [(100, False), (50, False), (100, True)],
+    ids=["growing", "steady", "growing-run-once"],
+)
 async def test_a_backlog_consumed_but_not_shrinking_is_slow_not_stuck(
-    own_world: World, arriving: int
+    own_world: World, arriving: int, once: bool
 ) -> None:
-    # Consumption read from PostgreSQL's change feed, on its index.
-    await consumed_but_not_shrinking(own_world, arriving=arriving)
+    # Consumption read from PostgreSQL: the change feed, and count_items for
+    # a monitor that starts afresh every cycle.
+    await consumed_but_not_shrinking(own_world, arriving=arriving, once=once)

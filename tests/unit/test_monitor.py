@@ -287,11 +287,12 @@ async def test_a_backlog_that_has_not_shrunk_for_stuck_after_is_stuck(world: Wor
     assert events[1].data["stalled"] == {THUMBNAIL: 1000, CACHE: 1000}
 
 
-async def consumed_but_not_shrinking(world: World, *, arriving: int) -> None:
+async def consumed_but_not_shrinking(world: World, *, arriving: int, once: bool = False) -> None:
     """A stuck job behind a backlog its workers consume, 50 messages between
     two cycles (the items of another job of the type are counted), while
     ``arriving`` new messages are published meanwhile: the backlog grows
-    (100) or stays the same size (50), and the job is slow all along."""
+    (100) or stays the same size (50), and the job is slow all along. With
+    ``once``, every cycle is a monitor of its own (``--once`` from a scheduler)."""
     job = await world.job(10, made=8, counted=8)
     others = await world.job(2000, made=0, counted=0, name="others")
     for stage in RENDITIONS:
@@ -304,7 +305,7 @@ async def consumed_but_not_shrinking(world: World, *, arriving: int) -> None:
             for n in range(50):
                 await world.store.increment(others.id, stage, item_key=f"{cycle}-{n}")
             await world.broker.publish_many(queue_for(stage), [b"other job"] * arriving)
-        report = await monitor.cycle()
+        report = await (world.monitor(max_redrives=2) if once else monitor).cycle()
         assert (report.stuck, report.slow, report.stalled) == (1, 1, 0)
         assert (report.redriven, report.failed) == (0, 0)
     job = await world.store.get_job(job.id)
@@ -323,6 +324,10 @@ async def test_a_backlog_consumed_but_not_shrinking_is_slow_not_stuck(
     world: World, arriving: int
 ) -> None:
     await consumed_but_not_shrinking(world, arriving=arriving)
+
+
+async def test_a_growing_backlog_consumed_is_slow_for_a_monitor_run_once(world: World) -> None:
+    await consumed_but_not_shrinking(world, arriving=100, once=True)
 
 
 async def test_a_refilled_backlog_is_new_and_holds_the_job_for_stuck_after(

@@ -19,10 +19,13 @@ is stuck.
 This memory lives in the monitor's process, from cycle to cycle. So that a
 monitor that restarts (or runs ``--once`` from a scheduler) does not start
 every backlog afresh, the ``waiting`` event the monitor records when it
-leaves a job alone carries the backlog per stage and since when it had not
-moved (:meth:`BacklogWatch.snapshot`); a monitor that has not itself seen a
-stage move takes that older time, as long as the backlog is no smaller
-than the event recorded (:meth:`BacklogWatch.idle_since`).
+leaves a job alone carries, per stage, the backlog, since when it had not
+moved, and the items of the stage counted over every job of the type
+(:meth:`JobStore.count_items`; :meth:`BacklogWatch.snapshot`). A monitor that
+has not itself seen a stage move (its first reading of the change feed
+knows no job's earlier counts) takes that older time, as long as the
+backlog is no smaller than the event recorded and no item of the stage was
+counted since (:meth:`BacklogWatch.idle_since`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class BacklogWatch:
         self._window = timedelta(seconds=stuck_after)
         self._position: tuple[datetime, str] | None = None
         self._done: dict[str, dict[str, int]] = {}  # per active job seen: items counted
+        self._counted: dict[tuple[str, str], int] = {}  # this cycle's count_items
 
     def observe(self, job_type: str, backlog: Mapping[str, int], now: datetime) -> None:
         """Record one reading of a job type's backlogs (once per cycle)."""
@@ -78,6 +82,7 @@ class BacklogWatch:
         """Read the jobs written since the last reading (the first time:
         within ``stuck_after``) and note, per (job type, stage), when items
         were last counted. Raises what the store raises."""
+        self._counted.clear()
         if self._position is None:
             self._position = (now - self._window, "")
         start = self._position[0]
@@ -118,14 +123,39 @@ class BacklogWatch:
         else:
             self._done[job.id] = _done(job)
 
+    async def counted(self, store: JobStore, job_type: str, stage: str) -> int:
+        """The items of the stage counted over every job of the type (read
+        once a cycle, when needed). Raises what the store raises."""
+        key = (job_type, stage)
+        if key not in self._counted:
+            self._counted[key] = await store.count_items(job_type, stage)
+        return self._counted[key]
+
+    def needs_count(self, job_type: str, stage: str, recorded: Mapping[str, Any] | None) -> bool:
+        """Whether :meth:`idle_since` would take ``recorded``'s time, and so
+        needs the count of items to tell whether any was counted since."""
+        seen = self._seen.get((job_type, stage))
+        return (
+            seen is not None
+            and not seen.moved
+            and recorded is not None
+            and isinstance(recorded.get("counted", {}).get(stage), int)
+        )
+
     def idle_since(
-        self, job_type: str, stage: str, recorded: Mapping[str, Any] | None
+        self,
+        job_type: str,
+        stage: str,
+        recorded: Mapping[str, Any] | None,
+        counted: int | None = None,
     ) -> datetime | None:
         """Since when the stage's backlog has neither shrunk nor been
         consumed (None if never observed). ``recorded`` is the data of the
         job's last ``waiting`` event, written by this or another monitor:
         its older time counts when this process has not seen the backlog
-        move, and the backlog is no smaller now than it was then."""
+        move, the backlog is no smaller now than it was then, and
+        ``counted`` (:meth:`counted`, when the event recorded one) is no
+        larger than it was then."""
         seen = self._seen.get((job_type, stage))
         if seen is None:
             return None
@@ -135,6 +165,9 @@ class BacklogWatch:
         since = recorded.get("since", {}).get(stage)
         if not isinstance(size, int) or not isinstance(since, str) or seen.size < size:
             return seen.since
+        then_counted = recorded.get("counted", {}).get(stage)
+        if isinstance(then_counted, int) and counted is not None and counted > then_counted:
+            return seen.since  # items counted since the event: consumed
         try:
             then = datetime.fromisoformat(since)
         except ValueError:
@@ -142,10 +175,14 @@ class BacklogWatch:
         return min(then, seen.since)
 
     @staticmethod
-    def snapshot(backlog: Mapping[str, int], since: Mapping[str, datetime]) -> dict[str, Any]:
-        """The data a ``waiting`` event carries: per stage the backlog, and
-        since when it had not moved (ISO 8601)."""
+    def snapshot(
+        backlog: Mapping[str, int], since: Mapping[str, datetime], counted: Mapping[str, int]
+    ) -> dict[str, Any]:
+        """The data a ``waiting`` event carries: per stage the backlog, since
+        when it had not moved (ISO 8601), and the items counted over every
+        job of the type."""
         return {
             "backlog": dict(backlog),
             "since": {stage: at.isoformat() for stage, at in since.items()},
+            "counted": dict(counted),
         }

@@ -304,7 +304,10 @@ class Monitor:
         recorded = None if last is None else last.data
         since: dict[str, datetime] = {}
         for stage in queued:
-            at = self._backlogs.idle_since(job_type, stage, recorded)
+            counted = None
+            if self._backlogs.needs_count(job_type, stage, recorded):
+                counted = await self._backlogs.counted(self._store, job_type, stage)
+            at = self._backlogs.idle_since(job_type, stage, recorded, counted)
             since[stage] = now if at is None else at
         window = timedelta(seconds=self.stuck_after)
         if all(now - at >= window for at in since.values()):
@@ -319,7 +322,11 @@ class Monitor:
                 job,
                 "waiting",
                 f"left alone, waiting behind a backlog being consumed: {text} queued or in flight",
-                BacklogWatch.snapshot(queued, since),
+                BacklogWatch.snapshot(
+                    queued,
+                    since,
+                    {s: await self._backlogs.counted(self._store, job_type, s) for s in queued},
+                ),
             )
         return True
 

@@ -243,6 +243,14 @@ class SqliteJobStore:
             rows = self.database.connection.execute(_Q["list_changed"], params).fetchall()
         return self._with_stages(rows)
 
+    async def count_items(self, job_type: str, stage: str) -> int:
+        """Items of ``stage`` counted over every job of ``job_type``."""
+        with self.database.translate_errors():
+            row = self.database.connection.execute(
+                _Q["count_items"], {"job_type": job_type, "stage": stage}
+            ).fetchone()
+        return int(row[0])
+
     async def last_change(self) -> tuple[datetime, str] | None:
         """The position of the newest write."""
         with self.database.translate_errors():
