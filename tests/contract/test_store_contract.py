@@ -236,6 +236,23 @@ async def test_set_counts_up_and_down(store: JobStore) -> None:
         await store.set_counts(job.id, {"zzz": StageCounts(1, 1, 0)})
 
 
+async def test_count_items_sums_a_stage_over_every_job_of_a_type(store: JobStore) -> None:
+    assert await store.count_items("t", "a") == 0
+    first = await store.create_job("t", ["a", "b"])
+    second = await store.create_job("t", ["a"])
+    other = await store.create_job("u", ["a"])
+    await store.increment(first.id, "a", completed=3, failed=1)
+    await store.increment(first.id, "b", completed=5)
+    await store.increment(second.id, "a", completed=2)
+    await store.increment(other.id, "a", completed=7)
+    await store.end_job(second.id, JobStatus.CANCELLED)  # ended jobs count too
+    assert await store.count_items("t", "a") == 6
+    assert await store.count_items("t", "b") == 5
+    assert await store.count_items("u", "a") == 7
+    assert await store.count_items("u", "b") == 0
+    assert await store.count_items("v", "a") == 0
+
+
 async def test_job_updated_at_moves_with_every_write(store: JobStore, clock: SteppingClock) -> None:
     job = await store.create_job("t", ["a"])
     clock.advance(10)

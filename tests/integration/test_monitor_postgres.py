@@ -16,7 +16,8 @@ from jobtrack.pipeline.catalog.postgres import PostgresCatalog
 from jobtrack.pipeline.stages import CACHE, THUMBNAIL
 from jobtrack.store.postgres import PostgresJobStore
 from tests.conftest import FrozenClock
-from tests.unit.test_monitor import STUCK_AFTER, World, counts
+from tests.postgres import database_url, new_schema
+from tests.unit.test_monitor import STUCK_AFTER, World, consumed_but_not_shrinking, counts
 
 JOBS = 1000
 
@@ -25,6 +26,17 @@ JOBS = 1000
 async def world(postgres_url: str, tmp_path: Path) -> AsyncIterator[World]:
     clock = FrozenClock()
     store = PostgresJobStore(postgres_url, clock=clock)
+    yield World(tmp_path, clock=clock, store=store, catalog=PostgresCatalog(store, clock=clock))
+    await store.aclose()
+
+
+@pytest.fixture
+async def own_world(postgres_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    """A world in a schema of its own: the clock starts at the same moment in
+    every test, and the change feed would see the other tests' jobs."""
+    database = postgres_url.rsplit("/", 1)[-1]
+    clock = FrozenClock()
+    store = PostgresJobStore(database_url(database, schema=new_schema(database)), clock=clock)
     yield World(tmp_path, clock=clock, store=store, catalog=PostgresCatalog(store, clock=clock))
     await store.aclose()
 
@@ -72,3 +84,16 @@ async def test_a_thousand_stuck_jobs_two_monitors_each_job_once(
         world.store, [world.reconciler], stuck_after=STUCK_AFTER, clock=world.clock
     ).cycle()
     assert (again.stuck, again.jobs) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("arriving", "once"),
+    [(100, False), (50, False), (100, True)],
+    ids=["growing", "steady", "growing-run-once"],
+)
+async def test_a_backlog_consumed_but_not_shrinking_is_slow_not_stuck(
+    own_world: World, arriving: int, once: bool
+) -> None:
+    # Consumption read from PostgreSQL: the change feed, and count_items for
+    # a monitor that starts afresh every cycle.
+    await consumed_but_not_shrinking(own_world, arriving=arriving, once=once)

@@ -287,6 +287,108 @@ async def test_a_backlog_that_has_not_shrunk_for_stuck_after_is_stuck(world: Wor
     assert events[1].data["stalled"] == {THUMBNAIL: 1000, CACHE: 1000}
 
 
+async def consumed_but_not_shrinking(world: World, *, arriving: int, once: bool = False) -> None:
+    """A stuck job behind a backlog its workers consume, 50 messages between
+    two cycles (the items of another job of the type are counted), while
+    ``arriving`` new messages are published meanwhile: the backlog grows
+    (100) or stays the same size (50), and the job is slow all along. With
+    ``once``, every cycle is a monitor of its own (``--once`` from a scheduler)."""
+    job = await world.job(10, made=8, counted=8)
+    others = await world.job(2000, made=0, counted=0, name="others")
+    for stage in RENDITIONS:
+        await world.broker.publish_many(queue_for(stage), [b"other job"] * 1000)
+    monitor = world.monitor(max_redrives=2)
+    for cycle in range(14):  # 70 min: much longer than stuck_after, and the re-drives
+        world.clock.advance(STUCK_AFTER + 1)
+        for stage in RENDITIONS:
+            world.consume(stage, 50)
+            for n in range(50):
+                await world.store.increment(others.id, stage, item_key=f"{cycle}-{n}")
+            await world.broker.publish_many(queue_for(stage), [b"other job"] * arriving)
+        report = await (world.monitor(max_redrives=2) if once else monitor).cycle()
+        assert (report.stuck, report.slow, report.stalled) == (1, 1, 0)
+        assert (report.redriven, report.failed) == (0, 0)
+    job = await world.store.get_job(job.id)
+    assert job.status is JobStatus.IN_PROGRESS
+    assert counts(job)[THUMBNAIL] == (10, 8, 0)
+    events = await world.store.list_events(job.id)
+    assert [e.kind for e in events] == ["waiting", "waiting"]  # once an hour
+    assert events[1].at - events[0].at == timedelta(seconds=12 * (STUCK_AFTER + 1))
+    size = 1000 + 14 * (arriving - 50)
+    assert await world.broker.in_flight(queue_for(THUMBNAIL)) == size  # nothing re-driven
+    assert counts(await world.store.get_job(others.id))[CACHE] == (2000, 700, 0)
+
+
+@pytest.mark.parametrize("arriving", [100, 50], ids=["growing", "steady"])
+async def test_a_backlog_consumed_but_not_shrinking_is_slow_not_stuck(
+    world: World, arriving: int
+) -> None:
+    await consumed_but_not_shrinking(world, arriving=arriving)
+
+
+async def test_a_growing_backlog_consumed_is_slow_for_a_monitor_run_once(world: World) -> None:
+    await consumed_but_not_shrinking(world, arriving=100, once=True)
+
+
+async def test_a_refilled_backlog_is_new_and_holds_the_job_for_stuck_after(
+    world: World,
+) -> None:
+    for stage in RENDITIONS:
+        await world.broker.publish_many(queue_for(stage), [b"other job"] * 10)
+    monitor = world.monitor(max_redrives=1)
+    world.clock.advance(STUCK_AFTER + 1)
+    await monitor.cycle()
+    for stage in RENDITIONS:  # drained...
+        world.consume(stage, 10)
+    for _ in range(5):  # ...and empty for 25 minutes
+        world.clock.advance(STUCK_AFTER + 1)
+        assert (await monitor.cycle()).stuck == 0
+    job = await world.job(10, made=8, counted=8)
+    for stage in RENDITIONS:  # refilled: another scan published, its workers gone
+        await world.broker.publish_many(queue_for(stage), [b"other job"] * 1000)
+    world.clock.advance(STUCK_AFTER + 1)
+    first = await monitor.cycle()  # the backlog is new: the job waits behind it
+    assert (first.slow, first.stalled, first.redriven) == (1, 0, 0)
+    world.clock.advance(STUCK_AFTER + 1)  # neither shrunk nor consumed since: stuck
+    second = await monitor.cycle()
+    assert (second.slow, second.stalled, second.redriven, second.items_redriven) == (0, 1, 1, 4)
+    assert [e.kind for e in await world.store.list_events(job.id)] == ["waiting", "redriven"]
+
+
+async def test_a_growing_backlog_nobody_consumes_is_stuck(world: World) -> None:
+    job = await world.job(10, made=8, counted=8)
+    monitor = world.monitor(max_redrives=1)
+    for stage in RENDITIONS:  # a scan publishes on, its workers are gone
+        await world.broker.publish_many(queue_for(stage), [b"other job"] * 1000)
+    world.clock.advance(STUCK_AFTER + 1)
+    assert (await monitor.cycle()).slow == 1
+    for stage in RENDITIONS:
+        await world.broker.publish_many(queue_for(stage), [b"other job"] * 100)
+    world.clock.advance(STUCK_AFTER + 1)
+    report = await monitor.cycle()
+    assert (report.slow, report.stalled, report.redriven) == (0, 1, 1)
+    assert [e.kind for e in await world.store.list_events(job.id)] == ["waiting", "redriven"]
+
+
+async def test_the_monitors_own_reconciliation_is_no_consumption(world: World) -> None:
+    lost = await world.job(10, made=9, counted=7, name="lost")  # 2 counts lost
+    world.clock.advance(100)
+    behind = await world.job(10, made=8, counted=8, name="behind")
+    for stage in RENDITIONS:  # a backlog whose workers are gone
+        await world.broker.publish_many(queue_for(stage), [b"other job"] * 1000)
+    monitor = world.monitor(max_redrives=1)
+    world.clock.advance(1)
+    assert (await monitor.cycle()).stuck == 0  # the monitor sees both jobs and the backlog
+    world.clock.advance(200)
+    first = await monitor.cycle()  # "lost" is set to 9 counted: the monitor's doing
+    assert (first.stuck, first.reconciled, first.slow) == (1, 1, 1)
+    assert counts(await world.store.get_job(lost.id))[THUMBNAIL] == (10, 9, 0)
+    world.clock.advance(101)  # "behind" is stuck, the backlog idle for stuck_after
+    second = await monitor.cycle()
+    assert (second.stuck, second.stalled, second.redriven) == (1, 1, 1)
+    assert [e.kind for e in await world.store.list_events(behind.id)] == ["redriven"]
+
+
 async def test_a_new_monitor_remembers_the_backlog_through_the_waiting_event(
     world: World,
 ) -> None:

@@ -81,9 +81,9 @@ def monitor(
     most --max-redrives times each; a job with items still missing after
     that is failed with the reason. A job whose missing items wait behind a
     backlog that is being consumed is left alone (a "waiting" event at most
-    once an hour); a backlog that has not shrunk for --stuck-after no longer
-    holds it. Several monitors may run at once: each stuck job is handled by
-    one of them.
+    once an hour); a backlog that has neither shrunk nor had items counted
+    for --stuck-after no longer holds it. Several monitors may run at once:
+    each stuck job is handled by one of them.
     """
     settings = settings_from(data_dir=data_dir, store_url=store_url, broker_url=broker_url)
     preflight(settings)

@@ -14,13 +14,14 @@ index, 100 at a time, paging until none are left). For each one:
    the job is moving, and nothing is overwritten. What changed is recorded
    as a ``reconciled`` event.
 3. **Slow or stuck**: with items missing, a job whose stages still have work
-   queued or in flight, in a backlog that is being consumed (it shrank
-   within ``stuck_after``: :mod:`jobtrack.monitor.backlog`), is slow and left
+   queued or in flight, in a backlog that is being consumed (within
+   ``stuck_after`` it shrank, or items of its stage were counted for some
+   job of the type: :mod:`jobtrack.monitor.backlog`), is slow and left
    alone, visibly: a ``waiting`` event when it is first left alone (or
    again after a re-drive), then at most once every ``waiting_every`` (an
-   hour) while it stays so. A backlog that has not shrunk
-   for ``stuck_after`` (its workers are gone), with the job not moving
-   either, does not hold the job: it is stuck. Then its missing items
+   hour) while it stays so. A backlog that has neither shrunk nor been
+   consumed for ``stuck_after`` (its workers are gone), with the job not
+   moving either, does not hold the job: it is stuck. Then its missing items
    are published again (``redriven`` event); a job with items still missing
    after ``max_redrives`` rounds is failed with the reason (``failed``
    event). A round publishes every missing item once, and an item missing
@@ -61,7 +62,7 @@ class CycleReport:
     reconciled: int = 0  # jobs whose counts changed
     completed: int = 0  # jobs the reconciliation completed
     slow: int = 0  # missing items, but queued behind a backlog being consumed: left alone
-    stalled: int = 0  # missing items queued behind a backlog that stopped shrinking: stuck
+    stalled: int = 0  # missing items behind a backlog neither shrinking nor consumed: stuck
     redriven: int = 0  # jobs whose missing items were published again
     items_redriven: int = 0
     failed: int = 0  # jobs failed with the reason
@@ -140,7 +141,7 @@ class Monitor:
         self._clock = clock
         self._page_size = page_size
         self.waiting_every = waiting_every
-        self._backlogs = BacklogWatch()
+        self._backlogs = BacklogWatch(stuck_after)
 
     async def cycle(self) -> CycleReport:
         """One pass over every stuck job; never raises for one job's sake."""
@@ -149,10 +150,15 @@ class Monitor:
         now = self._clock()
         # Centralized: every active job, updated before now.
         threshold = now if centralized else now - timedelta(seconds=self.stuck_after)
-        for job_type, reconciler in self._reconcilers.items():
+        backlogs: dict[str, Mapping[str, int]] = {}
+        if not centralized:
             # Before anything is re-driven: this cycle's own messages are no backlog.
-            backlog = await reconciler.backlog()
-            self._backlogs.observe(job_type, backlog, now)
+            for job_type, reconciler in self._reconcilers.items():
+                backlogs[job_type] = await reconciler.backlog()
+                self._backlogs.observe(job_type, backlogs[job_type], now)
+            await self._backlogs.read_counts(self._store, self._reconcilers.keys(), now)
+        for job_type, reconciler in self._reconcilers.items():
+            backlog = backlogs.get(job_type, {})
             after: tuple[datetime, str] | None = None
             while True:
                 page = await self._store.find_stuck(
@@ -216,6 +222,7 @@ class Monitor:
             report.moving += 1
             return
         report.jobs.append(job.id)
+        self._backlogs.remember(job)
         if text:
             report.reconciled += 1
             await self._event(job, "reconciled", f"{text} reconciled", data)
@@ -290,14 +297,17 @@ class Monitor:
     ) -> bool:
         """Whether the job waits behind a backlog that is being consumed
         (slow: left alone, and said so at most once every ``waiting_every``);
-        False when every backlog it waits behind has not shrunk for
-        ``stuck_after`` (stalled: the job is stuck)."""
+        False when every backlog it waits behind has neither shrunk nor been
+        consumed for ``stuck_after`` (stalled: the job is stuck)."""
         now = self._clock()
         last = _last(events, "waiting")
         recorded = None if last is None else last.data
         since: dict[str, datetime] = {}
         for stage in queued:
-            at = self._backlogs.not_shrunk_since(job_type, stage, recorded)
+            counted = None
+            if self._backlogs.needs_count(job_type, stage, recorded):
+                counted = await self._backlogs.counted(self._store, job_type, stage)
+            at = self._backlogs.idle_since(job_type, stage, recorded, counted)
             since[stage] = now if at is None else at
         window = timedelta(seconds=self.stuck_after)
         if all(now - at >= window for at in since.values()):
@@ -312,7 +322,11 @@ class Monitor:
                 job,
                 "waiting",
                 f"left alone, waiting behind a backlog being consumed: {text} queued or in flight",
-                BacklogWatch.snapshot(queued, since),
+                BacklogWatch.snapshot(
+                    queued,
+                    since,
+                    {s: await self._backlogs.counted(self._store, job_type, s) for s in queued},
+                ),
             )
         return True
 

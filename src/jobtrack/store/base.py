@@ -408,6 +408,13 @@ class JobStore(Protocol):
         oldest write first: the change feed (on an index of its own)."""
         ...
 
+    async def count_items(self, job_type: str, stage: str) -> int:
+        """Items of ``stage`` counted (completed and failed) over every job of
+        ``job_type``, ended ones too: it grows as workers report items. The
+        monitor reads it to tell a backlog being consumed from one whose
+        workers are gone, across restarts."""
+        ...
+
     async def last_change(self) -> tuple[datetime, str] | None:
         """The ``(updated_at, id)`` position of the newest write (None when
         the store has no job): where a change feed starts."""

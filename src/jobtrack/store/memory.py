@@ -208,6 +208,14 @@ class InMemoryJobStore:
         changed.sort(key=lambda job: (job.updated_at, job.id))
         return changed[:limit]
 
+    async def count_items(self, job_type: str, stage: str) -> int:
+        """Items of ``stage`` counted over every job of ``job_type``."""
+        return sum(
+            job.stages[stage].completed_items + job.stages[stage].failed_items
+            for job in self._jobs.values()
+            if job.job_type == job_type and stage in job.stages
+        )
+
     async def last_change(self) -> tuple[datetime, str] | None:
         """The position of the newest write."""
         return max(((job.updated_at, job.id) for job in self._jobs.values()), default=None)

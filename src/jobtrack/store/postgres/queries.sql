@@ -111,6 +111,13 @@ SELECT status, count(*) FROM jobs GROUP BY status;
 -- name: stats_items
 SELECT name, sum(completed_items)::bigint, sum(failed_items)::bigint FROM stages GROUP BY name;
 
+-- name: count_items
+-- Items of a stage counted over every job of a type (the monitor's
+-- consumption reading across restarts); the jobs on idx_stuck_jobs.
+SELECT coalesce(sum(s.completed_items + s.failed_items), 0)::bigint
+FROM jobs AS j JOIN stages AS s ON s.job_id = j.id AND s.name = %(stage)s
+WHERE j.job_type = %(job_type)s;
+
 -- name: stats_events
 SELECT kind, count(*) FROM job_events GROUP BY kind;
 

@@ -377,6 +377,13 @@ class PostgresJobStore:
             rows = await (await conn.execute(_Q["list_changed"], params)).fetchall()
             return await self._with_stages(conn, rows)
 
+    async def count_items(self, job_type: str, stage: str) -> int:
+        """Items of ``stage`` counted over every job of ``job_type``."""
+        async with self.connection() as conn:
+            cursor = await conn.execute(_Q["count_items"], {"job_type": job_type, "stage": stage})
+            row = await cursor.fetchone()
+        return 0 if row is None else int(row[0])
+
     async def last_change(self) -> tuple[datetime, str] | None:
         """The position of the newest write."""
         async with self.connection() as conn:

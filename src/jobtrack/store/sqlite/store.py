@@ -282,6 +282,15 @@ class SqliteJobStore:
         return self._with_stages(rows)
 
     @on_database_thread
+    def count_items(self, job_type: str, stage: str) -> int:
+        """Items of ``stage`` counted over every job of ``job_type``."""
+        with self.database.translate_errors():
+            row = self.database.connection.execute(
+                _Q["count_items"], {"job_type": job_type, "stage": stage}
+            ).fetchone()
+        return int(row[0])
+
+    @on_database_thread
     def last_change(self) -> tuple[datetime, str] | None:
         """The position of the newest write."""
         with self.database.translate_errors():
