@@ -87,3 +87,35 @@ async def test_a_failed_build_is_not_kept() -> None:
     assert isinstance(results[0], RuntimeError)
     failing = False
     assert _jobs((await snapshots.snapshot(None)).frame) == []
+
+
+async def test_a_slow_build_is_shared_however_far_the_feed_moves_meanwhile() -> None:
+    clock = FrozenClock()
+    store = InMemoryJobStore(clock=clock)
+    job = await store.create_job("t", ["a"])
+    feed = ChangeFeed(store)
+    await feed.start()
+    snapshots = EventCache(store, feed, clock=clock)
+    real = store.list_jobs
+    release = asyncio.Event()
+    builds = 0
+
+    async def slow(*args: Any, **kw: Any) -> Any:
+        nonlocal builds
+        builds += 1
+        await release.wait()  # a store that takes its time
+        return await real(*args, **kw)
+
+    store.list_jobs = slow  # type: ignore[method-assign]
+    first = asyncio.ensure_future(snapshots.snapshot(None))
+    await asyncio.sleep(0)
+    for _ in range(STALE + 5):  # the feed moves on while the build waits
+        clock.advance(1)
+        await store.increment(job.id, "a")
+        await feed.poll()
+    later = [asyncio.ensure_future(snapshots.snapshot(None)) for _ in range(20)]
+    await asyncio.sleep(0)
+    release.set()
+    taken = await asyncio.gather(first, *later)
+    assert builds == 2  # one build (its two list_jobs reads), however long it took, for all 21
+    assert all(shot.frame is taken[0].frame for shot in taken)

@@ -135,7 +135,13 @@ class EventCache:
         Raises what the store raises."""
         version = self._feed.version
         held = self._snapshots.pop(since, None)
-        if held is None or _failed(held[1]) or not self._usable(held[0], version):
+        # A build still under way is shared whatever its age: a slow store
+        # must not make every new client start one more.
+        if (
+            held is None
+            or _failed(held[1])
+            or (held[1].done() and not self._usable(held[0], version))
+        ):
             held = (version, asyncio.ensure_future(self._build(since, version)))
             held[1].add_done_callback(_retrieve)
         self._snapshots[since] = held  # the newest last

@@ -197,9 +197,16 @@ async def _open_channel(
     try:
         return await connection.channel(publisher_confirms=publisher_confirms)
     except RuntimeError as exc:
-        if connection.is_closed:
+        if _gone(connection):
             raise ConnectionError(f"the connection closed: {exc}") from exc
         raise
+
+
+def _gone(connection: AbstractConnection) -> bool:
+    """Whether ``connection`` is closed, by us or by the server: aio-pika's
+    ``is_closed`` turns true only when we close it, while a close from the
+    server clears its ``connected`` event."""
+    return connection.is_closed or not connection.connected.is_set()
 
 
 class _Acks:
@@ -738,7 +745,7 @@ class RabbitMQBroker:
         async with self._publisher_lock:
             publisher = self._publisher
             if publisher is None or publisher.is_closed:
-                if connection.is_closed or connection is not self._connection:
+                if _gone(connection) or connection is not self._connection:
                     raise ConnectionError("the connection is being replaced")
                 publisher = await _open_channel(connection, publisher_confirms=True)
                 self._publisher = publisher
@@ -842,7 +849,7 @@ class RabbitMQBroker:
         while not subscription.stopping:
             await backoff.wait()
             connection = self._connection
-            if connection is None or connection.is_closed:
+            if connection is None or _gone(connection):
                 return
             try:
                 await subscription.start(connection)

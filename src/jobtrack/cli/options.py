@@ -90,6 +90,8 @@ def preflight(settings: Settings, *, broker: bool = True, within: float = 5.0) -
     retries.
 
     :raises SettingError: a setting that can never work.
+    :raises click.ClickException: any other error of the store or broker
+        that is not an outage.
     """
 
     async def check() -> None:
@@ -118,6 +120,8 @@ def preflight(settings: Settings, *, broker: bool = True, within: float = 5.0) -
         asyncio.run(check())
     except InvalidRequest as exc:
         raise usage_error(exc) from None
+    except JobtrackError as exc:  # a broker that stopped on an error: said, not a traceback
+        raise click.ClickException(str(exc)) from None
 
 
 def settings_from(**flags: Any) -> Settings:
