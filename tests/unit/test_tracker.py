@@ -571,6 +571,40 @@ async def test_a_per_item_write_failing_alone_while_others_are_written_is_refuse
     assert await tracker.flush(max_wait=1.0)
 
 
+async def test_a_write_begun_before_a_failure_proves_nothing_about_the_item() -> None:
+    store = FlakyStore()
+    job = await store.create_job("t", ["a"])
+    tracker = ProgressTracker(store, coalesce=False, retry_after=0.01)
+    real = store.increment
+    read_only = False
+    slow_started, slow_go = asyncio.Event(), asyncio.Event()
+
+    async def failover(job_id: str, stage: str, **kwargs: object) -> Increment:
+        if kwargs.get("item_key") == "slow":  # began before the store turned read-only
+            slow_started.set()
+            await slow_go.wait()
+            return await real(job_id, stage, **kwargs)  # type: ignore[arg-type]
+        if read_only:
+            raise StoreError("cannot execute UPDATE in a read-only transaction")
+        return await real(job_id, stage, **kwargs)  # type: ignore[arg-type]
+
+    store.increment = failover  # type: ignore[method-assign]
+    slow = tracker.add(job.id, "a", item_key="slow")
+    await slow_started.wait()
+    read_only = True
+    item = tracker.add(job.id, "a", item_key="item")
+    await asyncio.sleep(0.005)  # it failed and is kept
+    slow_go.set()
+    assert await asyncio.wait_for(slow, timeout=5)  # the earlier write finishes after
+    await asyncio.sleep(0.1)  # retries against the read-only store
+    assert not item.done()  # kept, not refused: nothing started since went through
+    read_only = False
+    assert await asyncio.wait_for(item, timeout=5)
+    assert item.refused is None
+    assert (await store.get_job(job.id)).stage("a").completed_items == 2
+    assert await tracker.flush(max_wait=1.0)
+
+
 async def test_a_fold_split_across_entries_keeps_a_refusal_past_an_outage(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

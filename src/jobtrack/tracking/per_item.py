@@ -84,7 +84,10 @@ class PerItemWriter:
         self._backoff = retry_after
         self._next_retry = 0.0
         self._retrying = asyncio.Lock()
-        self._written = 0  # writes that went through, for telling an item's fault
+        # Writes numbered as they start, and the newest number that went
+        # through: an item's fault is told by a write started after it failed.
+        self._started = 0
+        self._succeeded = -1
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -116,8 +119,9 @@ class PerItemWriter:
 
         One retrier at a time: each item is taken off the queue before its
         write, and put back at the front if the store still fails it. An
-        item failing again with a store error while other writes went
-        through since its last try is refused; with none, the next item is
+        item failing again with a store error while a write started after
+        its last failure went through is refused (a write begun before it
+        and finished after proves nothing: the store may have changed); with none, the next item is
         tried too, to tell the item's fault (that one is written) from the
         store's (it fails as well: both are kept, and the retries back off).
         """
@@ -133,7 +137,7 @@ class PerItemWriter:
                     continue
                 assert error is not None
                 if not isinstance(error, StoreUnavailable):
-                    if self._written > written:  # others went through since its last try
+                    if self._succeeded >= written:  # a write started since its failure went through
                         self._refuse(item, error)
                         continue
                     if suspect is None and self._pending:
@@ -210,6 +214,7 @@ class PerItemWriter:
         """Write one item; settles its waiter unless the outcome is KEPT
         (then the error is returned, for the caller to keep the item)."""
         started = time.perf_counter()
+        number, self._started = self._started, self._started + 1
         try:
             result = await self._store.increment(
                 item.job_id,
@@ -226,7 +231,7 @@ class PerItemWriter:
         except Exception as exc:  # the store's fault, or maybe the item's: kept
             WRITE_STATS.failed()
             return _Outcome.KEPT, exc
-        self._written += 1
+        self._succeeded = max(self._succeeded, number)
         item.settle(DURABLE)
         if result.counted:
             self._log.counted(item.job_id, result.stage, 1)
@@ -258,9 +263,9 @@ class PerItemWriter:
         if not self._pending:
             self._next_retry = time.monotonic() + self._backoff
         if front:
-            self._pending.appendleft((item, self._written))
+            self._pending.appendleft((item, self._started))
         else:
-            self._pending.append((item, self._written))
+            self._pending.append((item, self._started))
         self._start()
         logger.warning(
             "progress write failed for job %s stage %s (%d pending), will retry: %s",
