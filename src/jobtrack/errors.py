@@ -26,6 +26,9 @@ backend boundary, and chained with ``raise ... from exc``::
 
 from __future__ import annotations
 
+import re
+from urllib.parse import urlsplit, urlunsplit
+
 __all__ = [
     "BrokerError",
     "BrokerUnavailable",
@@ -45,6 +48,7 @@ __all__ = [
     "StoreError",
     "StoreMissing",
     "StoreUnavailable",
+    "masked_url",
 ]
 
 
@@ -142,3 +146,19 @@ class QueueRefused(BrokerError):
 class ImageError(JobtrackError):
     """An image that cannot be turned into a rendition: corrupt, truncated,
     a decompression bomb, or a format we do not read."""
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password shown as ``***``, for messages and logs: a
+    URL, one that does not parse, or a libpq ``key=value`` string."""
+    if "://" not in url:
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # a URL that does not parse: mask what looks like user:password@
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
+    if password is None:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobtrack.errors import InvalidRequest
+from jobtrack.errors import InvalidRequest, masked_url
 from jobtrack.store import InMemoryJobStore, open_store, sqlite_path
 
 
@@ -31,3 +31,21 @@ def test_bad_urls_are_refused(url: str) -> None:
 
 def test_memory_url() -> None:
     assert isinstance(open_store("memory://"), InMemoryJobStore)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://app:s3cret@mq:5672/jobs", "amqp://app:***@mq:5672/jobs"),
+        (
+            "postgresql://app:s3cret@db/jobtrack?sslmode=bogus",
+            "postgresql://app:***@db/jobtrack?sslmode=bogus",
+        ),
+        ("postgresql://app@db/jobtrack", "postgresql://app@db/jobtrack"),
+        ("amqp://app:s3cret@[::1/x", "amqp://app:***@[::1/x"),  # does not parse
+        ("host=db password='a b' user=app", "host=db password=*** user=app"),
+        ("host=db password=s3cret", "host=db password=***"),
+    ],
+)
+def test_a_password_never_shows_in_a_url_said_back(url: str, shown: str) -> None:
+    assert masked_url(url) == shown

@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -68,7 +67,13 @@ from jobtrack.broker.base import (
     handler_failure,
     is_dead_letter_queue,
 )
-from jobtrack.errors import BrokerError, BrokerUnavailable, ConfigurationError, QueueRefused
+from jobtrack.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    QueueRefused,
+    masked_url,
+)
 
 __all__ = ["BROKER_SETTING", "RabbitMQBroker", "parse_amqp_url"]
 
@@ -115,7 +120,9 @@ def parse_amqp_url(url: str) -> tuple[str, str, int]:
     """
 
     def refuse(why: str) -> ConfigurationError:
-        return ConfigurationError(f"bad broker URL {_redacted(url)}: {why}", setting=BROKER_SETTING)
+        return ConfigurationError(
+            f"bad broker URL {masked_url(url)}: {why}", setting=BROKER_SETTING
+        )
 
     try:
         parts = urlsplit(url)
@@ -145,18 +152,6 @@ def parse_amqp_url(url: str) -> tuple[str, str, int]:
     return urlunsplit(parts._replace(query=urlencode(rest))), queue_type, delivery_limit
 
 
-def _redacted(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # a URL that does not parse: mask what looks like user:password@
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
-    if password is None:
-        return url
-    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _login_refused(exc: BaseException, url: str) -> ConfigurationError | None:
     """The configuration error a failed connection attempt means, if any:
     the login refused (403 ACCESS_REFUSED), or the virtual host missing or
@@ -164,7 +159,7 @@ def _login_refused(exc: BaseException, url: str) -> ConfigurationError | None:
     parts = urlsplit(url)
     user = unquote(parts.username or "guest")
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    where = _redacted(url)
+    where = masked_url(url)
     errors = aiormq.exceptions
     if isinstance(exc, errors.ProbableAuthenticationError | errors.AuthenticationError):
         return ConfigurationError(
@@ -536,7 +531,7 @@ class RabbitMQBroker:
         self.connections = 0  # how many times a connection was made (1 + reconnections)
 
     def __repr__(self) -> str:
-        return f"RabbitMQBroker({_redacted(self._url)!r})"
+        return f"RabbitMQBroker({masked_url(self._url)!r})"
 
     async def connect(self, *, within: float = 30.0) -> None:
         """Connect now (the first publish or consume does it otherwise).
@@ -576,7 +571,7 @@ class RabbitMQBroker:
             raise supervisor.exception()  # type: ignore[misc]
         if not self._ready.is_set():
             raise BrokerUnavailable(
-                f"cannot reach RabbitMQ at {_redacted(self._url)} within {within:g} s"
+                f"cannot reach RabbitMQ at {masked_url(self._url)} within {within:g} s"
             )
         assert self._connection is not None
         return self._connection
@@ -627,7 +622,7 @@ class RabbitMQBroker:
                 logger.log(
                     logging.WARNING if refused is None else logging.ERROR,
                     "cannot connect to RabbitMQ at %s (%s); retrying in %.1f s",
-                    _redacted(self._url),
+                    masked_url(self._url),
                     exc if refused is None else refused,
                     delay,
                     extra={"action": "broker_unavailable"},

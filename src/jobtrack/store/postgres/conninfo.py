@@ -15,12 +15,11 @@ before a session has a locale); a SQLSTATE is used where there is one.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from jobtrack.errors import ConfigurationError
+from jobtrack.errors import ConfigurationError, masked_url
 
 __all__ = ["STORE_SETTING", "check_url", "masked", "refusal"]
 
@@ -44,17 +43,7 @@ _FATAL = re.compile(r"FATAL:\s+(.*)", re.DOTALL)
 
 def masked(url: str) -> str:
     """``url`` with its password shown as ``***`` (a URL or a key=value string)."""
-    if "://" not in url:
-        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # a URL that does not parse: mask what looks like user:password@
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
-    if password is None:
-        return url
-    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return masked_url(url)
 
 
 def check_url(url: str) -> None:
