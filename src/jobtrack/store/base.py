@@ -37,6 +37,7 @@ __all__ = [
     "StageProgress",
     "StoreStats",
     "as_progress",
+    "check_end_status",
     "check_event",
     "check_progress",
     "check_unmoved",
@@ -172,6 +173,15 @@ def check_unmoved(job_id: str, updated_at: datetime, if_updated_at: datetime | N
     check) was written since: its ``updated_at`` is now another."""
     if if_updated_at is not None and updated_at != if_updated_at:
         raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
+
+
+def check_end_status(status: JobStatus) -> None:
+    """Raise :class:`InvalidRequest` unless ``status`` ends a job
+    (completed, failed or cancelled)."""
+    if not status.terminal:
+        raise InvalidRequest(
+            f"a job can only be ended as completed, failed or cancelled, not {status}"
+        )
 
 
 def validate_new_job(

@@ -12,7 +12,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from jobtrack.errors import InvalidRequest, JobNotFound, NotFound, StageNotFound
+from jobtrack.errors import JobNotFound, NotFound, StageNotFound
 from jobtrack.model import (
     ACTIVE_JOB_STATUSES,
     Clock,
@@ -42,6 +42,7 @@ from jobtrack.store.base import (
     StageProgress,
     StoreStats,
     as_progress,
+    check_end_status,
     check_event,
     check_unmoved,
     merge_screened,
@@ -183,10 +184,7 @@ class InMemoryJobStore:
     async def _end(
         self, job_id: str, status: JobStatus, message: str, if_updated_at: datetime | None
     ) -> tuple[Job, bool]:
-        if not status.terminal:
-            raise InvalidRequest(
-                f"a job can only be ended as completed, failed or cancelled, not {status}"
-            )
+        check_end_status(status)
         async with self._lock:
             job = await self.get_job(job_id)
             check_unmoved(job_id, job.updated_at, if_updated_at)

@@ -57,6 +57,7 @@ from jobtrack.store.base import (
     StageProgress,
     StoreStats,
     as_progress,
+    check_end_status,
     check_event,
     check_unmoved,
     merge_screened,
@@ -325,10 +326,7 @@ class PostgresJobStore:
         if_updated_at: datetime | None = None,
     ) -> Job:
         """Complete, fail or cancel a job; a job already ended stays as it is."""
-        if not status.terminal:
-            raise InvalidRequest(
-                f"a job can only be ended as completed, failed or cancelled, not {status}"
-            )
+        check_end_status(status)
         params: dict[str, Any] = {"job_id": job_id, "status": status.value, "message": message}
         params |= {"now": self._clock(), "if_updated_at": if_updated_at}
         async with self.connection() as conn, conn.transaction():
@@ -349,10 +347,7 @@ class PostgresJobStore:
         this call ended it. A concurrent writer holding the job's row lock
         is waited for, not a conflict; of two ends racing, the second finds
         the job ended when the first commits and changes nothing."""
-        if not status.terminal:
-            raise InvalidRequest(
-                f"a job can only be ended as completed, failed or cancelled, not {status}"
-            )
+        check_end_status(status)
         params: dict[str, Any] = {"job_id": job_id, "status": status.value, "message": message}
         params["now"] = self._clock()
         async with self.connection() as conn, conn.transaction():

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from jobtrack.errors import InvalidRequest, JobNotFound, NotFound, StageNotFound
+from jobtrack.errors import JobNotFound, NotFound, StageNotFound
 from jobtrack.model import (
     Clock,
     Job,
@@ -45,6 +45,7 @@ from jobtrack.store.base import (
     StageProgress,
     StoreStats,
     as_progress,
+    check_end_status,
     check_event,
     check_unmoved,
     merge_screened,
@@ -232,10 +233,7 @@ class SqliteJobStore:
         if_updated_at: datetime | None = None,
     ) -> Job:
         """Complete, fail or cancel a job; a job already ended stays as it is."""
-        if not status.terminal:
-            raise InvalidRequest(
-                f"a job can only be ended as completed, failed or cancelled, not {status}"
-            )
+        check_end_status(status)
         params = {
             "job_id": job_id,
             "status": status.value,
@@ -254,10 +252,7 @@ class SqliteJobStore:
     ) -> tuple[Job, bool]:
         """End a job that has not ended; the job after the call, and whether
         this call ended it (the write changed its row)."""
-        if not status.terminal:
-            raise InvalidRequest(
-                f"a job can only be ended as completed, failed or cancelled, not {status}"
-            )
+        check_end_status(status)
         params = {
             "job_id": job_id,
             "status": status.value,
