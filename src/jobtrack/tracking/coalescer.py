@@ -71,6 +71,16 @@ class _Fold:
     failed: int = 0
     completed_keys: dict[str, None] = field(default_factory=dict)
     failed_keys: dict[str, None] = field(default_factory=dict)
+    # The receipt handed out for the last waiter, shared by the items that
+    # wait on it (a receipt is only a view of its future).
+    receipt: Receipt | None = None
+
+    def last_receipt(self) -> Receipt:
+        """The receipt of the items added now: the last waiter's."""
+        receipt, last = self.receipt, self.waiters[-1]
+        if receipt is None or not receipt.watches(last):
+            receipt = self.receipt = Receipt(last)
+        return receipt
 
     def merge(self, older: _Fold) -> None:
         self.completed += older.completed
@@ -88,8 +98,21 @@ class _Fold:
         """The store entries of this fold, none with more than ``limit``
         items: one, unless the stage holds more. Completed keys go before
         failed ones, so a key reported both ways counts as completed, as it
-        would in one entry."""
+        would in one entry. Each entry's keys go sorted: two writers
+        claiming the same keys (an item delivered twice) then take them in
+        one order, and never wait for each other in a circle."""
         completed, failed = self.completed, self.failed
+        if completed + failed + len(self.completed_keys) + len(self.failed_keys) <= limit:
+            return [  # one entry: the usual case, made without slicing
+                StageProgress(
+                    job_id,
+                    stage,
+                    completed,
+                    failed,
+                    tuple(sorted(self.completed_keys)),
+                    tuple(sorted(self.failed_keys)),
+                )
+            ]
         ckeys, fkeys = list(self.completed_keys), list(self.failed_keys)
         entries = []
         while True:
@@ -102,7 +125,7 @@ class _Fold:
             room -= len(ck)
             fk, fkeys = fkeys[:room], fkeys[room:]
             completed, failed = completed - c, failed - f
-            entries.append(StageProgress(job_id, stage, c, f, tuple(ck), tuple(fk)))
+            entries.append(StageProgress(job_id, stage, c, f, tuple(sorted(ck)), tuple(sorted(fk))))
             if not (completed or failed or ckeys or fkeys):
                 return entries
 
@@ -172,7 +195,7 @@ class Coalescer:
 
     def add(self, job_id: str, stage: str, *, item_key: str | None, failed: bool) -> Receipt:
         """Fold one item in; never blocks, never raises."""
-        if self.pending >= self._max_pending:
+        if self._items + self._in_flight >= self._max_pending:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 logger.warning(
@@ -198,10 +221,12 @@ class Coalescer:
         else:
             fold.completed_keys[item_key] = None
         self._items += 1
-        self._start()
+        task = self._task
+        if task is None or task.done():
+            self._start()
         if self._items >= self._max_batch and not self._backoff:
             self._wake.set()  # a full batch goes now, unless the store is backing us off
-        return Receipt(fold.waiters[-1])
+        return fold.last_receipt()
 
     async def flush(self) -> bool:
         """Write what is folded now; False if the store could not take it."""

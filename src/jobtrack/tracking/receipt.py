@@ -63,6 +63,10 @@ class Receipt:
         """A receipt for an item refused for good, with the reason."""
         return cls.settled(Outcome.refusal(reason))
 
+    def watches(self, future: asyncio.Future[Outcome]) -> bool:
+        """Whether this receipt resolves with ``future``."""
+        return self._future is future
+
     def done(self) -> bool:
         """Whether the outcome is known."""
         return self._future.done()
