@@ -342,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{result['items_per_second']:,.0f}/s",
                                 f"p50 {result.get('staleness_p50_ms', 0):,.0f} ms",
                                 f"p99 {result.get('staleness_p99_ms', 0):,.0f} ms",
-                                f"writers' CPU {result['writer_cpu_us_per_item']:.1f} µs/item",
+                                f"writers' CPU {result.get('writer_cpu_us_per_item', 0):.1f}",
+                                "µs/item,",
                                 "exact" if result["exact"] else "NOT EXACT",
                                 flush=True,
                             )
