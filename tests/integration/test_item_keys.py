@@ -37,3 +37,37 @@ async def test_keys_are_forgotten_when_the_job_ends(store_url: str) -> None:
     assert late.counted == 0
     assert keys_of(store, store_url, finishing.id) == 0
     await store.aclose()
+
+
+async def test_an_entry_that_counts_nothing_keeps_none_of_its_keys(store_url: str) -> None:
+    """Keys are claimed before the entries are known to count (on PostgreSQL,
+    before the job locks): those of an entry that counts nothing (an ended
+    job, an ended stage) are not kept, and a key counted before makes the
+    rest of the flush count once each."""
+    store = open_store(store_url)
+    ended_stage = await store.create_job("t", ["a", "b"])
+    ended_job = await store.create_job("t", ["a"])
+    running = await store.create_job("t", ["a"])
+    await store.seal_total(ended_stage.id, "a", total=2)
+    await store.add_progress([StageProgress(ended_stage.id, "a", completed_keys=("k0", "k1"))])
+    await store.end_job(ended_job.id, JobStatus.CANCELLED)
+    await store.add_progress([StageProgress(running.id, "a", completed_keys=("c1",))])
+    results = await store.add_progress(
+        [
+            StageProgress(ended_stage.id, "a", completed_keys=("x1", "x2")),
+            StageProgress(ended_stage.id, "b", completed_keys=("y1",), failed_keys=("y2",)),
+            StageProgress(ended_job.id, "a", completed_keys=("z1",)),
+            StageProgress(running.id, "a", completed_keys=("c1", "c2"), failed_keys=("c3",)),
+        ]
+    )
+    assert [r.counted for r in results] == [0, 2, 0, 2]
+    assert [keys_of(store, store_url, j.id) for j in (ended_stage, ended_job, running)] == [
+        4,
+        0,
+        3,
+    ]
+    stage = (await store.get_job(running.id)).stage("a")
+    assert (stage.completed_items, stage.failed_items) == (2, 1)
+    assert not (await store.increment(ended_job.id, "a", item_key="z2")).counted
+    assert keys_of(store, store_url, ended_job.id) == 0
+    await store.aclose()
