@@ -60,13 +60,8 @@ from aio_pika.abc import (
 )
 
 from jobtrack.broker.backoff import Backoff
-from jobtrack.broker.base import (
-    Handler,
-    clip,
-    dead_letter_queue,
-    handler_failure,
-    is_dead_letter_queue,
-)
+from jobtrack.broker.base import Handler, dead_letter_queue, is_dead_letter_queue
+from jobtrack.broker.settle import SettleOnce, log_dead_letter, run_handler
 from jobtrack.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -279,10 +274,10 @@ async def _quietly(settle: Awaitable[Any], what: str = "ack", queue: str = "") -
         )
 
 
-class _RabbitDelivery:
+class _RabbitDelivery(SettleOnce[AbstractIncomingMessage]):
     """One delivery; settled on the channel it came on, or not at all."""
 
-    __slots__ = ("_acks", "_broker", "_message", "_queue", "settled")
+    __slots__ = ("_acks", "_broker")
 
     def __init__(
         self,
@@ -291,15 +286,9 @@ class _RabbitDelivery:
         message: AbstractIncomingMessage,
         acks: _Acks,
     ):
+        super().__init__(queue, message)
         self._broker = broker
-        self._queue = queue
-        self._message = message
         self._acks = acks
-        self.settled = False
-
-    @property
-    def body(self) -> bytes:
-        return self._message.body
 
     @property
     def delivery_count(self) -> int:
@@ -319,16 +308,14 @@ class _RabbitDelivery:
         if requeue:
             # basic.reject: every server counts it as a delivery (RabbitMQ 4.3
             # stopped counting requeues by basic.nack), so limits still trip.
-            await self._send(self._message.reject(requeue=True), "requeue")
-            self._acks.settled(self._message)  # only now may a merged ack pass it
+            await self._reject(requeue=True)
             return
         try:
             await self._broker.dead_letter(self._queue, self._message, reason)
         except BrokerError as exc:
             # Without our copy, the queue's own dead-letter exchange takes it.
             logger.warning("dead-letter publish failed (%s); rejecting instead", exc)
-            await self._send(self._message.reject(requeue=False), "reject")
-            self._acks.settled(self._message)
+            await self._reject(requeue=False)
             return
         self._acks.ack(self._message)
 
@@ -338,18 +325,14 @@ class _RabbitDelivery:
             await self._broker.publish(self._queue, body)
         except BrokerError as exc:
             logger.warning("retry publish failed (%s); requeueing instead", exc)
-            await self._send(self._message.reject(requeue=True), "requeue")
-            self._acks.settled(self._message)
+            await self._reject(requeue=True)
             return
         self._acks.ack(self._message)
 
-    def _settle(self) -> None:
-        if self.settled:
-            raise BrokerError("delivery already acked or nacked")
-        self.settled = True
-
-    async def _send(self, settle: Awaitable[Any], what: str) -> None:
-        await _quietly(settle, what, self._queue)
+    async def _reject(self, *, requeue: bool) -> None:
+        what = "requeue" if requeue else "reject"
+        await _quietly(self._message.reject(requeue=requeue), what, self._queue)
+        self._acks.settled(self._message)  # only now may a merged ack pass it
 
 
 class _RabbitSubscription:
@@ -444,19 +427,7 @@ class _RabbitSubscription:
         delivery = _RabbitDelivery(self._broker, self.queue, message, acks)
         self.unsettled += 1
         try:
-            await self._handler(delivery)
-        except asyncio.CancelledError:
-            if not delivery.settled:
-                await delivery.nack(requeue=True)
-            raise
-        except Exception as exc:
-            reason, trace = handler_failure(exc)
-            logger.error("handler failed on a message from %s\n%s", self.queue, trace)
-            if not delivery.settled:
-                await delivery.nack(requeue=False, reason=reason)
-        else:
-            if not delivery.settled:
-                await delivery.nack(requeue=False, reason="handler returned without settling")
+            await run_handler(self._handler, delivery, self.queue)
         finally:
             self.unsettled -= 1
 
@@ -807,12 +778,7 @@ class RabbitMQBroker:
         headers[REASON_HEADER] = reason[:1000]
         headers[SOURCE_HEADER] = queue
         await self._publish(dead_letter_queue(queue), message.body, headers=headers)
-        logger.warning(
-            "dead-lettered a message from %s: %s",
-            queue,
-            clip(reason, 1000),
-            extra={"action": "dead_letter", "queue": queue},
-        )
+        log_dead_letter(queue, reason)
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> _RabbitSubscription:
         """Consume ``queue`` on a channel of its own with ``prefetch`` unacked at most."""
