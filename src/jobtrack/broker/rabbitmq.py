@@ -11,7 +11,8 @@ What it guarantees, and how:
   consumer goes away unacked is delivered again.
 - **Dead letters keep their reason**: a message nacked without requeue is
   republished (confirmed) to ``<queue>.dead`` with the reason in its
-  ``x-jobtrack-reason`` header, then acked. A quorum queue also has a
+  ``x-jobtrack-reason`` header (and its delivery count in
+  ``x-jobtrack-delivery-count``), then acked. A quorum queue also has a
   delivery limit: past it, the server itself dead-letters the message to the
   same queue (a consumer that crashes on it every time cannot loop forever).
 - **Reconnection resumes consuming.** aio-pika's ``connect_robust`` has had
@@ -76,6 +77,7 @@ logger = logging.getLogger(__name__)
 
 REASON_HEADER = "x-jobtrack-reason"
 SOURCE_HEADER = "x-jobtrack-queue"
+COUNT_HEADER = "x-jobtrack-delivery-count"
 BROKER_SETTING = "JOBTRACK_BROKER_URL / --broker"
 _QUEUE_TYPES = ("quorum", "classic")
 # Errors that mean "the connection or channel is gone", not "this call is
@@ -311,7 +313,9 @@ class _RabbitDelivery(SettleOnce[AbstractIncomingMessage]):
             await self._reject(requeue=True)
             return
         try:
-            await self._broker.dead_letter(self._queue, self._message, reason)
+            await self._broker.dead_letter(
+                self._queue, self._message, reason, delivery_count=self.delivery_count
+            )
         except BrokerError as exc:
             # Without our copy, the queue's own dead-letter exchange takes it.
             logger.warning("dead-letter publish failed (%s); rejecting instead", exc)
@@ -772,11 +776,18 @@ class RabbitMQBroker:
                 raise BrokerError(f"RabbitMQ did not take a message for {queue}: {confirm!r}")
             return
 
-    async def dead_letter(self, queue: str, message: AbstractIncomingMessage, reason: str) -> None:
-        """Copy a rejected message to ``queue``'s dead-letter queue with ``reason``."""
+    async def dead_letter(
+        self, queue: str, message: AbstractIncomingMessage, reason: str, *, delivery_count: int
+    ) -> None:
+        """Copy a rejected message to ``queue``'s dead-letter queue with
+        ``reason``, the queue and ``delivery_count`` in its headers.
+
+        :raises BrokerError: the copy was not confirmed (or was refused).
+        """
         headers = dict(message.headers or {})
         headers[REASON_HEADER] = reason[:1000]
         headers[SOURCE_HEADER] = queue
+        headers[COUNT_HEADER] = delivery_count
         await self._publish(dead_letter_queue(queue), message.body, headers=headers)
         log_dead_letter(queue, reason)
 
