@@ -15,7 +15,7 @@ from typing import Literal
 
 import pytest
 
-from jobtrack.broker import DeadLetter, Delivery
+from jobtrack.broker import DeadLetter, Delivery, Subscription
 from jobtrack.errors import BrokerError
 from tests.contract.conftest import BrokerUnderTest
 
@@ -115,6 +115,28 @@ def in_flight_is(b: BrokerUnderTest, count: int, queue: str = "") -> Callable[[]
     return check
 
 
+async def puppet_on(
+    b: BrokerUnderTest, bodies: list[bytes], *, prefetch: int
+) -> tuple[Puppet, Subscription]:
+    """``bodies`` published to the test's queue, and a :class:`Puppet` consuming it."""
+    puppet = Puppet()
+    await b.broker.publish_many(b.queue, bodies)
+    return puppet, await b.broker.consume(b.queue, puppet, prefetch=prefetch)
+
+
+async def consume_the_rest(b: BrokerUnderTest, count: int) -> list[tuple[bytes, int]]:
+    """The (body, delivery count) of each of the ``count`` messages left in
+    the test's queue, as a new consumer is handed and acks them; after
+    which nothing is left in flight, nor in the dead letters."""
+    recorder = Recorder(expected=count)
+    replacement = await b.broker.consume(b.queue, recorder, prefetch=1)
+    await recorder.wait()
+    await until(in_flight_is(b, 0))
+    await replacement.cancel()
+    assert await b.take_dead_letters() == []
+    return recorder.seen
+
+
 async def test_each_message_published_is_delivered_once(under_test: BrokerUnderTest) -> None:
     b = under_test
     bodies = [f"message {n}".encode() for n in range(5)]
@@ -132,9 +154,7 @@ async def test_each_message_published_is_delivered_once(under_test: BrokerUnderT
 
 async def test_ack_settles_the_message_for_good(under_test: BrokerUnderTest) -> None:
     b = under_test
-    puppet = Puppet()
-    await b.broker.publish(b.queue, b"one")
-    subscription = await b.broker.consume(b.queue, puppet, prefetch=1)
+    puppet, subscription = await puppet_on(b, [b"one"], prefetch=1)
     held = await puppet.next()
     assert (held.delivery.body, held.delivery.delivery_count) == (b"one", 1)
     assert await b.broker.in_flight(b.queue) == 1
@@ -152,9 +172,7 @@ async def test_nack_with_requeue_delivers_again_with_the_count_raised(
     under_test: BrokerUnderTest,
 ) -> None:
     b = under_test
-    puppet = Puppet()
-    await b.broker.publish(b.queue, b"again")
-    subscription = await b.broker.consume(b.queue, puppet, prefetch=1)
+    puppet, subscription = await puppet_on(b, [b"again"], prefetch=1)
     (await puppet.next()).settle("requeue")
     (await puppet.next()).settle("requeue")
     third = await puppet.next()
@@ -175,9 +193,7 @@ async def test_nack_without_requeue_dead_letters_with_the_reason_and_count(
     under_test: BrokerUnderTest,
 ) -> None:
     b = under_test
-    puppet = Puppet()
-    await b.broker.publish_many(b.queue, [b"first try", b"second try"])
-    subscription = await b.broker.consume(b.queue, puppet, prefetch=1)
+    puppet, subscription = await puppet_on(b, [b"first try", b"second try"], prefetch=1)
     (await puppet.next()).settle("reject")
     (await puppet.next()).settle("requeue")
     (await puppet.next()).settle("reject")
@@ -194,23 +210,26 @@ async def test_nack_without_requeue_dead_letters_with_the_reason_and_count(
     ]
 
 
-async def test_a_handler_that_raises_is_dead_lettered_and_consuming_goes_on(
-    under_test: BrokerUnderTest,
+@pytest.mark.parametrize(
+    ("action", "reason"),
+    [
+        ("raise", "handler error: ValueError(\"cannot handle b'first'\")"),
+        ("return", "handler returned without settling"),
+    ],
+)
+async def test_what_a_handler_leaves_unsettled_is_dead_lettered_and_consuming_goes_on(
+    under_test: BrokerUnderTest, action: Action, reason: str
 ) -> None:
     b = under_test
-    puppet = Puppet()
-    await b.broker.publish_many(b.queue, [b"poison", b"good"])
-    subscription = await b.broker.consume(b.queue, puppet, prefetch=1)
-    (await puppet.next()).settle("raise")
-    good = await puppet.next()  # the consumer moved on
-    assert (good.delivery.body, good.delivery.delivery_count) == (b"good", 1)
-    good.settle("ack")
-    assert await puppet.next_finished() == (b"good", 1)
+    puppet, subscription = await puppet_on(b, [b"first", b"after"], prefetch=1)
+    (await puppet.next()).settle(action)
+    after = await puppet.next()  # the consumer moved on
+    assert (after.delivery.body, after.delivery.delivery_count) == (b"after", 1)
+    assert await b.broker.in_flight(b.queue) == 1  # `first` settled by the broker
+    after.settle("ack")
     await until(in_flight_is(b, 0))
     await subscription.cancel()
-    assert await b.take_dead_letters() == [
-        DeadLetter(b"poison", "handler error: ValueError(\"cannot handle b'poison'\")", 1)
-    ]
+    assert await b.take_dead_letters() == [DeadLetter(b"first", reason, 1)]
 
 
 async def test_a_huge_handler_error_is_clipped_in_the_dead_letter_and_the_log(
@@ -240,26 +259,6 @@ async def test_a_huge_handler_error_is_clipped_in_the_dead_letter_and_the_log(
     assert "in handler" in caplog.text  # the traceback's frames are kept
 
 
-async def test_a_handler_that_returns_without_settling_is_dead_lettered(
-    under_test: BrokerUnderTest,
-) -> None:
-    b = under_test
-    puppet = Puppet()
-    await b.broker.publish_many(b.queue, [b"forgotten", b"after"])
-    subscription = await b.broker.consume(b.queue, puppet, prefetch=1)
-    (await puppet.next()).settle("return")
-    after = await puppet.next()  # the consumer moved on
-    assert after.delivery.body == b"after"
-    assert await b.broker.in_flight(b.queue) == 1
-    after.settle("ack")
-    assert [await puppet.next_finished() for _ in range(2)] == [(b"forgotten", 1), (b"after", 1)]
-    assert await b.broker.in_flight(b.queue) == 0
-    await subscription.cancel()
-    assert await b.take_dead_letters() == [
-        DeadLetter(b"forgotten", "handler returned without settling", 1)
-    ]
-
-
 @pytest.mark.parametrize(
     ("first", "second", "redelivered", "dead"),
     [
@@ -277,9 +276,7 @@ async def test_settling_twice_raises_and_changes_nothing(
     dead: list[DeadLetter],
 ) -> None:
     b = under_test
-    puppet = Puppet()
-    await b.broker.publish(b.queue, b"once")
-    subscription = await b.broker.consume(b.queue, puppet, prefetch=1)
+    puppet, subscription = await puppet_on(b, [b"once"], prefetch=1)
     held = await puppet.next()
     held.settle(first)
     assert await puppet.next_finished() == (b"once", 1)
@@ -404,9 +401,7 @@ async def test_cancel_hands_back_a_held_message_which_is_delivered_again(
     under_test: BrokerUnderTest,
 ) -> None:
     b = under_test
-    puppet = Puppet()
-    await b.broker.publish(b.queue, b"blocked")
-    subscription = await b.broker.consume(b.queue, puppet, prefetch=2)
+    puppet, subscription = await puppet_on(b, [b"blocked"], prefetch=2)
     held = await puppet.next()
     assert await b.broker.in_flight(b.queue) == 1
     await subscription.cancel()
@@ -419,13 +414,7 @@ async def test_cancel_hands_back_a_held_message_which_is_delivered_again(
     assert puppet.held.qsize() == 0  # the cancelled subscription takes nothing more
     assert await b.broker.in_flight(b.queue) == 2
 
-    recorder = Recorder(expected=2)
-    replacement = await b.broker.consume(b.queue, recorder, prefetch=1)
-    await recorder.wait()
-    assert recorder.seen == [(b"blocked", 2), (b"later", 1)]
-    await until(in_flight_is(b, 0))
-    await replacement.cancel()
-    assert await b.take_dead_letters() == []
+    assert await consume_the_rest(b, 2) == [(b"blocked", 2), (b"later", 1)]
 
 
 async def test_cancel_with_grace_lets_a_handler_finish_and_hands_back_the_rest(
@@ -450,22 +439,14 @@ async def test_cancel_with_grace_lets_a_handler_finish_and_hands_back_the_rest(
     assert started.qsize() == 0  # nothing new taken during the grace
     await until(in_flight_is(b, 2))  # the stuck one handed back; the queued one never taken
 
-    recorder = Recorder(expected=2)
-    replacement = await b.broker.consume(b.queue, recorder, prefetch=1)
-    await recorder.wait()
-    assert sorted(recorder.seen) == [(b"queued", 1), (b"stuck", 2)]
-    await until(in_flight_is(b, 0))
-    await replacement.cancel()
-    assert await b.take_dead_letters() == []
+    assert sorted(await consume_the_rest(b, 2)) == [(b"queued", 1), (b"stuck", 2)]
 
 
 async def test_settling_after_the_connection_was_lost_changes_nothing(
     under_test: BrokerUnderTest,
 ) -> None:
     b = under_test
-    puppet = Puppet()
-    await b.broker.publish(b.queue, b"first")
-    subscription = await b.broker.consume(b.queue, puppet, prefetch=1)
+    puppet, subscription = await puppet_on(b, [b"first"], prefetch=1)
     old = await puppet.next()
     await b.lose_connection()
     new = await puppet.next()  # delivered again, on the connection made again
@@ -484,13 +465,7 @@ async def test_settling_after_the_connection_was_lost_changes_nothing(
     assert puppet.cancelled == [(b"first", 2)]
     await until(in_flight_is(b, 1))
 
-    recorder = Recorder(expected=1)
-    replacement = await b.broker.consume(b.queue, recorder, prefetch=1)
-    await recorder.wait()
-    assert recorder.seen == [(b"first", 3)]
-    await until(in_flight_is(b, 0))
-    await replacement.cancel()
-    assert await b.take_dead_letters() == []
+    assert await consume_the_rest(b, 1) == [(b"first", 3)]
 
 
 @pytest.mark.parametrize("prefetch", [0, -1])
