@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jobtrack.api.config import ApiConfig
 from jobtrack.api.feed import ChangeFeed
 from jobtrack.api.metrics import render_metrics
-from jobtrack.api.scans import ScanLauncher, ScanNotStarted
+from jobtrack.api.scans import ScanLauncher
 from jobtrack.api.schemas import (
     ActivityOut,
     CancelOut,
@@ -51,6 +51,7 @@ from jobtrack.errors import (
     JobtrackError,
     NotFound,
     PathRefused,
+    ScanNotStarted,
     StoreError,
     StoreMissing,
 )
