@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pytest
 
 from jobtrack.broker import InMemoryBroker
-from jobtrack.errors import InvalidRequest, StoreError
+from jobtrack.errors import InvalidRequest, StoreError, StoreMissing
 from jobtrack.pipeline.catalog import InMemoryCatalog, SqliteCatalog, catalog_for
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS
 from jobtrack.runtime import App, Settings
@@ -200,3 +200,11 @@ def test_the_catalog_is_picked_by_the_store_backend_name() -> None:
     store: JobStore = Pretending()
     with pytest.raises(InvalidRequest, match=r"^a Pretending is not a SQLite store$"):
         catalog_for(store)
+
+
+async def test_an_app_that_may_not_create_its_store_finds_none(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    async with App(Settings(data_dir=tmp_path, store_url=url), create_store=False) as app:
+        with pytest.raises(StoreMissing, match=r"^no database at .*/none\.db$"):
+            _ = app.store
+    assert (tmp_path / "none.db").exists() is False

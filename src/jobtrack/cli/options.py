@@ -17,7 +17,6 @@ from jobtrack.errors import (
     StoreMissing,
 )
 from jobtrack.runtime import App, Settings
-from jobtrack.store import JobStore, open_store
 
 __all__ = [
     "SettingError",
@@ -30,7 +29,7 @@ __all__ = [
     "stdout",
     "store_option",
     "usage_error",
-    "with_store",
+    "with_app",
 ]
 
 T = TypeVar("T")
@@ -106,21 +105,19 @@ def settings_from(**flags: Any) -> Settings:
         raise usage_error(exc) from None
 
 
-def with_store(
+def with_app(
     settings: Settings,
-    action: Callable[[JobStore], Awaitable[T]],
+    action: Callable[[App], Awaitable[T]],
     *,
     on_missing: Callable[[StoreMissing], T] | None = None,
 ) -> T:
-    """Run ``action`` on the settings' existing store (never creating one);
-    jobtrack errors become clean command-line errors."""
+    """Run ``action`` on an :class:`App` of the settings whose store must
+    exist already (never created); jobtrack errors become clean command-line
+    errors."""
 
     async def run() -> T:
-        store = open_store(settings.store_url, create=False)
-        try:
-            return await action(store)
-        finally:
-            await store.aclose()
+        async with App(settings, create_store=False) as app:
+            return await action(app)
 
     try:
         return asyncio.run(run())

@@ -44,6 +44,8 @@ class App:
     :param renditions: the stages of the reference application's scans.
     :param flush_wait: seconds closing gives the tracker to write the
         progress still pending.
+    :param create_store: create the store if there is none (a SQLite file);
+        when False, using :attr:`store` raises ``StoreMissing`` instead.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class App:
         *,
         renditions: tuple[RenditionSpec, ...] = DEFAULT_RENDITIONS,
         flush_wait: float = 5.0,
+        create_store: bool = True,
     ) -> None:
         self.settings = settings
         """Where the state lives and how jobtrack runs (store and broker URLs,
@@ -60,6 +63,8 @@ class App:
         """The renditions a collection scan makes, one stage each."""
         self.flush_wait = flush_wait
         """Seconds :meth:`aclose` gives the tracker to write pending progress."""
+        self.create_store = create_store
+        """Whether opening the store may create it (else only one that exists)."""
         self._store: JobStore | None = None
         self._catalog: Catalog | None = None
         self._broker: Broker | None = None
@@ -92,15 +97,17 @@ class App:
 
     @property
     def store(self) -> JobStore:
-        """The job store the settings name (created and migrated as needed).
+        """The job store the settings name (created, unless ``create_store``
+        is False, and migrated as needed).
 
         :raises InvalidRequest: an unsupported store URL, or the app is closed.
+        :raises StoreMissing: ``create_store`` is False and there is none.
         :raises ConfigurationError: a PostgreSQL URL that can never connect.
         :raises StoreError: the SQLite file cannot be created or opened.
         """
         if self._store is None:
             self._check_open()
-            self._store = open_store(self.settings.store_url)
+            self._store = open_store(self.settings.store_url, create=self.create_store)
         return self._store
 
     @property
