@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from jobtrack.api import scans
-from jobtrack.api.scans import ScanLauncher, ScanNotStarted
+from jobtrack.api.scans import ScanLauncher
+from jobtrack.errors import ScanNotStarted
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.walk import ResolvedRoot
 from jobtrack.runtime import Settings

@@ -105,7 +105,6 @@ class ChangeFeed:
         self._subscribers: set[Subscriber] = set()
         self._sent: dict[str, datetime] = {}  # job id -> the updated_at passed on
         self._newest: datetime | None = None
-        self.polls = 0
         #: Grows with every poll that passes something on.
         self.version = 0
         self._kept: deque[Batch] = deque(maxlen=KEPT_BATCHES)
@@ -160,7 +159,6 @@ class ChangeFeed:
     async def poll(self) -> list[Job]:
         """Read what changed since the last poll and pass it on; returns it.
         Nothing counts as passed on unless the whole read succeeded."""
-        self.polls += 1
         after = None if self._newest is None else (self._newest - self._overlap, "")
         latest: dict[str, Job] = {}
         newest = self._newest

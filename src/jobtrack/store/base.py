@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from jobtrack.errors import Conflict, InvalidIncrement, InvalidRequest, JobtrackError, NotFound
 from jobtrack.model import (
@@ -325,6 +325,8 @@ class JobStore(Protocol):
     """Where jobs live. Unknown ids raise :class:`~jobtrack.errors.JobNotFound`
     or :class:`~jobtrack.errors.StageNotFound`; a store that cannot be reached
     raises :class:`~jobtrack.errors.StoreUnavailable`."""
+
+    backend: ClassVar[str]  # "memory", "sqlite", "postgres": names the catalog that goes with it
 
     async def create_job(
         self,

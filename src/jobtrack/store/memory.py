@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from jobtrack.errors import JobNotFound, NotFound, StageNotFound
 from jobtrack.model import (
@@ -55,6 +55,8 @@ __all__ = ["InMemoryJobStore"]
 
 class InMemoryJobStore:
     """A :class:`~jobtrack.store.base.JobStore` held in a dict."""
+
+    backend: ClassVar[str] = "memory"
 
     def __init__(self, *, clock: Clock = utc_now) -> None:
         self._clock = clock

@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import psycopg_pool
@@ -82,6 +82,8 @@ class PostgresJobStore:
     :raises ConfigurationError: for a URL that can never connect (here), and
         from the first operation for a login or database the server refuses.
     """
+
+    backend: ClassVar[str] = "postgres"
 
     def __init__(
         self,

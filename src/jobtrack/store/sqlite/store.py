@@ -15,7 +15,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from jobtrack.errors import JobNotFound, NotFound, StageNotFound
 from jobtrack.model import (
@@ -70,6 +70,8 @@ _JOB_COLUMNS = "id, job_type, status, attributes, message, created_at, updated_a
 
 class SqliteJobStore:
     """A :class:`~jobtrack.store.base.JobStore` on one SQLite database."""
+
+    backend: ClassVar[str] = "sqlite"
 
     def __init__(self, database: SqliteDatabase, *, clock: Clock = utc_now) -> None:
         self.database = database
