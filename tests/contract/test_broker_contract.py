@@ -289,12 +289,9 @@ async def test_settling_twice_raises_and_changes_nothing(
     again = [await puppet.next() for _ in redelivered]  # held unsettled by the handler
     assert [(h.delivery.body, h.delivery.delivery_count) for h in again] == redelivered
     assert await b.broker.in_flight(b.queue) == len(redelivered)
-    refused = []
     for second in SETTLES:
         with pytest.raises(BrokerError, match=r"^delivery already acked or nacked$"):
             await settle(held.delivery, second)
-        refused.append(second)
-    assert refused == SETTLES
     await asyncio.sleep(b.quiet)
     # Nothing requeued, dead-lettered, retried or counted again by the refused settles.
     assert puppet.held.qsize() == 0
