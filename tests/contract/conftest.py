@@ -67,6 +67,9 @@ class BrokerUnderTest:
     """Drop the broker's connection as a network fault would; it reconnects."""
     take_dead_letters: Callable[[], Awaitable[list[DeadLetter]]]
     """The dead letters of ``queue`` so far, oldest first, removed from the broker."""
+    consumers: Callable[[], Awaitable[int]]
+    """How many consumers ``queue`` has (RabbitMQ: as the server counts them;
+    in process: the subscriptions not cancelled)."""
     quiet: float
     """Seconds after which a delivery that was going to come has come (the
     in-process broker delivers within a turn of the loop; RabbitMQ over the
@@ -100,6 +103,18 @@ async def _take_rabbitmq_dead_letters(url: str, queue: str) -> list[DeadLetter]:
         await connection.close()
 
 
+async def _rabbitmq_consumers(url: str, queue: str) -> int:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        count = declared.declaration_result.consumer_count
+        assert isinstance(count, int)
+        return count
+    finally:
+        await connection.close()
+
+
 def make_broker(name: str, request: pytest.FixtureRequest) -> BrokerUnderTest:
     """A fresh broker of the named kind, and a queue no other test uses."""
     queue = f"q-{uuid.uuid4().hex[:8]}"
@@ -109,7 +124,12 @@ def make_broker(name: str, request: pytest.FixtureRequest) -> BrokerUnderTest:
         async def take_memory() -> list[DeadLetter]:
             return memory.dead_letters.pop(dead_letter_queue(queue), [])
 
-        return BrokerUnderTest(memory, queue, memory.drop_connection, take_memory, quiet=0.05)
+        async def memory_consumers() -> int:
+            return memory.consumers(queue)
+
+        return BrokerUnderTest(
+            memory, queue, memory.drop_connection, take_memory, memory_consumers, quiet=0.05
+        )
     if name == "rabbitmq":
         from jobtrack.broker.rabbitmq import RabbitMQBroker
 
@@ -124,8 +144,16 @@ def make_broker(name: str, request: pytest.FixtureRequest) -> BrokerUnderTest:
         async def take_rabbitmq() -> list[DeadLetter]:
             return await _take_rabbitmq_dead_letters(url, queue)
 
+        async def rabbitmq_consumers() -> int:
+            return await _rabbitmq_consumers(url, queue)
+
         return BrokerUnderTest(
-            RabbitMQBroker(url), queue, close_connections, take_rabbitmq, quiet=0.5
+            RabbitMQBroker(url),
+            queue,
+            close_connections,
+            take_rabbitmq,
+            rabbitmq_consumers,
+            quiet=0.5,
         )
     raise AssertionError(name)
 

@@ -23,8 +23,10 @@ pytestmark = pytest.mark.timeout(60)
 
 WAIT = 20.0  # seconds: a bound on every wait (RabbitMQ reconnects within it), never a pause
 
-Action = Literal["ack", "requeue", "reject", "return", "raise"]
+Action = Literal["ack", "requeue", "reject", "retry", "return", "raise"]
+SETTLES: list[Action] = ["ack", "requeue", "reject", "retry"]
 REJECTED = "rejected by the test"
+RETRIED = b" (retried)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +41,16 @@ class Held:
 
 
 async def settle(delivery: Delivery, action: Action) -> None:
-    """Settle ``delivery`` as ``action`` says (``return`` and ``raise`` leave it)."""
+    """Settle ``delivery`` as ``action`` says (``return`` and ``raise`` leave
+    it; ``retry`` puts its body with :data:`RETRIED` added at the back)."""
     if action == "ack":
         await delivery.ack()
     elif action == "requeue":
         await delivery.nack(requeue=True)
     elif action == "reject":
         await delivery.nack(requeue=False, reason=REJECTED)
+    elif action == "retry":
+        await delivery.retry(delivery.body + RETRIED)
 
 
 class Puppet:
@@ -259,23 +264,24 @@ async def test_a_huge_handler_error_is_clipped_in_the_dead_letter_and_the_log(
     assert "in handler" in caplog.text  # the traceback's frames are kept
 
 
-@pytest.mark.parametrize(
-    ("first", "second", "redelivered", "dead"),
-    [
-        ("ack", "ack", [], []),
-        ("ack", "reject", [], []),
-        ("reject", "requeue", [], [DeadLetter(b"once", REJECTED, 1)]),
-        ("requeue", "ack", [(b"once", 2)], []),
-    ],
-)
+AFTER_FIRST_SETTLE: dict[Action, tuple[list[tuple[bytes, int]], list[DeadLetter]]] = {
+    "ack": ([], []),
+    "requeue": ([(b"once", 2)], []),
+    "reject": ([], [DeadLetter(b"once", REJECTED, 1)]),
+    "retry": ([(b"once" + RETRIED, 1)], []),
+}
+"""What each first settle leaves: (the deliveries that follow, the dead letters)."""
+
+
+@pytest.mark.parametrize("first", SETTLES)
 async def test_settling_twice_raises_and_changes_nothing(
-    under_test: BrokerUnderTest,
-    first: Action,
-    second: Action,
-    redelivered: list[tuple[bytes, int]],
-    dead: list[DeadLetter],
+    under_test: BrokerUnderTest, first: Action
 ) -> None:
+    # Every pair (first, second) of SETTLES: after ``first``, each ``second``
+    # is refused in turn, and none of them changed anything (one wait for
+    # all four keeps the suite fast; what any of them changed would show).
     b = under_test
+    redelivered, dead = AFTER_FIRST_SETTLE[first]
     puppet, subscription = await puppet_on(b, [b"once"], prefetch=1)
     held = await puppet.next()
     held.settle(first)
@@ -283,10 +289,11 @@ async def test_settling_twice_raises_and_changes_nothing(
     again = [await puppet.next() for _ in redelivered]  # held unsettled by the handler
     assert [(h.delivery.body, h.delivery.delivery_count) for h in again] == redelivered
     assert await b.broker.in_flight(b.queue) == len(redelivered)
-    with pytest.raises(BrokerError, match=r"^delivery already acked or nacked$"):
-        await settle(held.delivery, second)
+    for second in SETTLES:
+        with pytest.raises(BrokerError, match=r"^delivery already acked or nacked$"):
+            await settle(held.delivery, second)
     await asyncio.sleep(b.quiet)
-    # Nothing requeued, dead-lettered or counted again by the refused settle.
+    # Nothing requeued, dead-lettered, retried or counted again by the refused settles.
     assert puppet.held.qsize() == 0
     assert await b.broker.in_flight(b.queue) == len(redelivered)
     assert await b.take_dead_letters() == dead
@@ -397,24 +404,27 @@ async def test_in_flight_counts_queued_and_unsettled_messages(
     assert await b.take_dead_letters() == [DeadLetter(b"c", REJECTED, 1)]
 
 
-async def test_cancel_hands_back_a_held_message_which_is_delivered_again(
+async def test_cancel_hands_back_every_held_message_which_is_delivered_again(
     under_test: BrokerUnderTest,
 ) -> None:
     b = under_test
-    puppet, subscription = await puppet_on(b, [b"blocked"], prefetch=2)
-    held = await puppet.next()
-    assert await b.broker.in_flight(b.queue) == 1
+    bodies = [b"blocked 0", b"blocked 1", b"blocked 2"]
+    puppet, subscription = await puppet_on(b, bodies, prefetch=3)
+    held = [await puppet.next() for _ in bodies]
+    assert sorted(h.delivery.body for h in held) == bodies
+    assert await b.broker.in_flight(b.queue) == 3
     await subscription.cancel()
-    assert puppet.cancelled == [(b"blocked", 1)]
-    assert held.decision.cancelled()
-    await until(in_flight_is(b, 1))  # back in the queue: neither lost nor dead
+    assert sorted(puppet.cancelled) == [(body, 1) for body in bodies]
+    assert [h.decision.cancelled() for h in held] == [True, True, True]
+    await until(in_flight_is(b, 3))  # all back in the queue: neither lost nor dead
 
     await b.broker.publish(b.queue, b"later")
     await asyncio.sleep(b.quiet)
     assert puppet.held.qsize() == 0  # the cancelled subscription takes nothing more
-    assert await b.broker.in_flight(b.queue) == 2
+    assert await b.broker.in_flight(b.queue) == 4
 
-    assert await consume_the_rest(b, 2) == [(b"blocked", 2), (b"later", 1)]
+    rest = await consume_the_rest(b, 4)
+    assert sorted(rest) == [*((body, 2) for body in bodies), (b"later", 1)]
 
 
 async def test_cancel_with_grace_lets_a_handler_finish_and_hands_back_the_rest(
@@ -442,8 +452,25 @@ async def test_cancel_with_grace_lets_a_handler_finish_and_hands_back_the_rest(
     assert sorted(await consume_the_rest(b, 2)) == [(b"queued", 1), (b"stuck", 2)]
 
 
+@pytest.mark.parametrize(
+    ("action", "in_flight", "dead", "rest"),
+    [
+        ("ack", 1, [], [(b"first", 3)]),
+        ("requeue", 1, [], [(b"first", 3)]),
+        # A dead-letter copy, or a retry, is a publish, which goes out on the
+        # new connection: the message is dead-lettered (or retried) AND
+        # delivered again.
+        ("reject", 1, [DeadLetter(b"first", REJECTED, 1)], [(b"first", 3)]),
+        ("retry", 2, [], [(b"first", 3), (b"first" + RETRIED, 1)]),
+        ("cancel", 1, [], [(b"first", 3)]),  # the subscription, both handlers running
+    ],
+)
 async def test_settling_after_the_connection_was_lost_changes_nothing(
     under_test: BrokerUnderTest,
+    action: Action | Literal["cancel"],
+    in_flight: int,
+    dead: list[DeadLetter],
+    rest: list[tuple[bytes, int]],
 ) -> None:
     b = under_test
     puppet, subscription = await puppet_on(b, [b"first"], prefetch=1)
@@ -455,17 +482,31 @@ async def test_settling_after_the_connection_was_lost_changes_nothing(
         b"first",
         2,
     )
-    old.settle("ack")  # the message is back in the queue: nothing to settle, and not `new`
-    assert await puppet.next_finished() == (b"first", 1)
-    await asyncio.sleep(b.quiet)
-    assert await b.broker.in_flight(b.queue) == 1  # `new`, still unsettled
+    # `old` is back in the queue and delivered as `new`: counted once, by one consumer.
+    assert await b.broker.in_flight(b.queue) == 1
+    assert await b.consumers() == 1
+
+    if action == "cancel":
+        await subscription.cancel()  # `old`'s handler stopped too; `new` handed back
+        assert sorted(puppet.cancelled) == [(b"first", 1), (b"first", 2)]
+    else:
+        old.settle(action)  # nothing to settle any more, and never `new`
+        assert await puppet.next_finished() == (b"first", 1)
+    await until(in_flight_is(b, in_flight))
+    await asyncio.sleep(b.quiet)  # anything more that was coming has come
+    assert puppet.held.qsize() == 0  # nothing delivered an extra time
+    assert await b.broker.in_flight(b.queue) == in_flight
     with pytest.raises(BrokerError, match=r"^delivery already acked or nacked$"):
         await old.delivery.ack()
-    await subscription.cancel()  # `new` handed back
-    assert puppet.cancelled == [(b"first", 2)]
-    await until(in_flight_is(b, 1))
+    assert await b.take_dead_letters() == dead
 
-    assert await consume_the_rest(b, 1) == [(b"first", 3)]
+    await subscription.cancel()  # `new` handed back (cancelling again changes nothing)
+    assert sorted(puppet.cancelled) == [
+        *([(b"first", 1)] if action == "cancel" else []),
+        (b"first", 2),
+    ]
+    await until(in_flight_is(b, len(rest)))
+    assert sorted(await consume_the_rest(b, len(rest))) == rest
 
 
 @pytest.mark.parametrize("prefetch", [0, -1])

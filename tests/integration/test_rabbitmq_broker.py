@@ -19,7 +19,7 @@ import aio_pika
 import pytest
 
 from jobtrack.broker import Delivery, dead_letter_queue
-from jobtrack.broker.rabbitmq import RabbitMQBroker
+from jobtrack.broker.rabbitmq import COUNT_HEADER, REASON_HEADER, SOURCE_HEADER, RabbitMQBroker
 from jobtrack.errors import BrokerError, InvalidRequest
 from tests.rabbitmq import (
     queues,
@@ -179,6 +179,34 @@ async def test_retry_puts_the_new_body_back_on_a_classic_queue_too(vhost: str, q
         assert await broker.in_flight(queue) == 0
     finally:
         await broker.aclose()
+
+
+async def test_a_classic_queue_dead_letters_without_a_delivery_count(
+    vhost: str, queue: str
+) -> None:
+    # A classic queue only says "redelivered": a count would be 2 for the
+    # third delivery as for the second, so none is written.
+    broker = RabbitMQBroker(vhost_url(vhost, queue_type="classic"))
+    try:
+        await broker.publish(queue, b"doomed")
+        deliveries: list[int] = []
+
+        async def handler(delivery: Delivery) -> None:
+            deliveries.append(delivery.delivery_count)
+            if len(deliveries) < 3:
+                await delivery.nack(requeue=True)
+            else:
+                await delivery.nack(requeue=False, reason="no use")
+
+        await broker.consume(queue, handler, prefetch=1)
+        await until(lambda: has_messages(broker, dead_letter_queue(queue)))
+    finally:
+        await broker.aclose()
+    assert deliveries == [1, 2, 2]
+    (dead,) = await drain(vhost_url(vhost), dead_letter_queue(queue))
+    assert dead.body == b"doomed"
+    assert (dead.headers[REASON_HEADER], dead.headers[SOURCE_HEADER]) == ("no use", queue)
+    assert COUNT_HEADER not in dead.headers
 
 
 async def test_past_the_delivery_limit_the_server_dead_letters_the_message(

@@ -106,6 +106,11 @@ class _MemorySubscription:
         self.busy: set[asyncio.Task[None]] = set()  # tasks running a handler
         self.stopping = False
 
+    @property
+    def queue(self) -> str:
+        """The queue this subscription consumes."""
+        return self._queue
+
     def start(self) -> None:
         """Start ``prefetch`` tasks taking messages on the current channel."""
         self.tasks = [task for task in self.tasks if not task.done()]
@@ -203,11 +208,18 @@ class InMemoryBroker:
         """Do what a lost connection does to a RabbitMQ consumer: every
         message delivered and not yet settled goes back to its queue at once
         (delivered again, its count raised), its handler runs on, and
-        settling that delivery afterwards changes nothing (but for a
-        dead-letter copy, which RabbitMQ publishes on another channel);
-        every subscription goes on consuming."""
+        settling that delivery afterwards changes nothing, but for what
+        RabbitMQ publishes on another channel: a dead-letter copy, or the
+        body of a retry, is published all the same (the message is then
+        delivered again *and* dead-lettered, or retried); every
+        subscription goes on consuming."""
         for subscription in self._subscriptions:
             subscription.reconnect()
+
+    def consumers(self, queue: str) -> int:
+        """How many subscriptions consume ``queue``, cancelled ones left out
+        (what RabbitMQ reports as the queue's consumer count)."""
+        return sum(1 for s in self._subscriptions if s.queue == queue and not s.stopping)
 
     async def in_flight(self, queue: str) -> int:
         """Messages queued or delivered and not yet settled."""

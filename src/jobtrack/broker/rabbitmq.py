@@ -11,10 +11,12 @@ What it guarantees, and how:
   consumer goes away unacked is delivered again.
 - **Dead letters keep their reason**: a message nacked without requeue is
   republished (confirmed) to ``<queue>.dead`` with the reason in its
-  ``x-jobtrack-reason`` header (and its delivery count in
-  ``x-jobtrack-delivery-count``), then acked. A quorum queue also has a
-  delivery limit: past it, the server itself dead-letters the message to the
-  same queue (a consumer that crashes on it every time cannot loop forever).
+  ``x-jobtrack-reason`` header (and, from a quorum queue, its delivery count
+  in ``x-jobtrack-delivery-count``: a classic queue does not count
+  deliveries, so its dead letters have no count), then acked. A quorum
+  queue also has a delivery limit: past it, the server itself dead-letters
+  the message to the same queue (a consumer that crashes on it every time
+  cannot loop forever).
 - **Reconnection resumes consuming.** aio-pika's ``connect_robust`` has had
   reconnects that come back with no consumers or that ack on a dead channel
   (mosquito/aio-pika issues #231, #334, #626), so this module supervises a
@@ -295,7 +297,8 @@ class _RabbitDelivery(SettleOnce[AbstractIncomingMessage]):
     @property
     def delivery_count(self) -> int:
         # Quorum queues count returns in x-delivery-count (absent on the
-        # first delivery); classic queues only say "redelivered".
+        # first delivery); classic queues only say "redelivered", so there
+        # every redelivery is 2.
         count = (self._message.headers or {}).get("x-delivery-count")
         if isinstance(count, int) and count >= 0:
             return count + 1
@@ -352,7 +355,7 @@ class _RabbitSubscription:
         self._tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
-        self.unsettled = 0
+        self._handling: dict[_RabbitDelivery, _Acks] = {}  # handlers running, by channel
         self._restart: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
         self._acks: _Acks | None = None
@@ -429,11 +432,18 @@ class _RabbitSubscription:
 
     async def _handle(self, message: AbstractIncomingMessage, acks: _Acks) -> None:
         delivery = _RabbitDelivery(self._broker, self.queue, message, acks)
-        self.unsettled += 1
+        self._handling[delivery] = acks
         try:
             await run_handler(self._handler, delivery, self.queue)
         finally:
-            self.unsettled -= 1
+            del self._handling[delivery]
+
+    @property
+    def unsettled(self) -> int:
+        """Deliveries whose handler runs, on a channel still open: a closed
+        channel's messages are back in the queue (counted there, and
+        delivered again), whatever its handlers go on doing."""
+        return sum(not acks.channel.is_closed for acks in self._handling.values())
 
     async def cancel(self, *, grace: float = 0.0) -> None:
         """Stop taking messages; give handlers in flight ``grace`` seconds to
@@ -780,14 +790,20 @@ class RabbitMQBroker:
         self, queue: str, message: AbstractIncomingMessage, reason: str, *, delivery_count: int
     ) -> None:
         """Copy a rejected message to ``queue``'s dead-letter queue with
-        ``reason``, the queue and ``delivery_count`` in its headers.
+        ``reason`` and the queue in its headers, and ``delivery_count`` on a
+        quorum queue only: there it is the server's count of deliveries, exact;
+        a classic queue only says whether a message was delivered before, so
+        its dead letters go without a count rather than with a wrong one (a
+        count the message carried from an earlier dead-lettering is removed).
 
         :raises BrokerError: the copy was not confirmed (or was refused).
         """
         headers = dict(message.headers or {})
         headers[REASON_HEADER] = reason[:1000]
         headers[SOURCE_HEADER] = queue
-        headers[COUNT_HEADER] = delivery_count
+        headers.pop(COUNT_HEADER, None)
+        if self.queue_type == "quorum":
+            headers[COUNT_HEADER] = delivery_count
         await self._publish(dead_letter_queue(queue), message.body, headers=headers)
         log_dead_letter(queue, reason)
 
@@ -838,7 +854,9 @@ class RabbitMQBroker:
             self._subscriptions.remove(subscription)
 
     async def in_flight(self, queue: str) -> int:
-        """Messages ready in ``queue`` plus those this process holds unsettled.
+        """Messages ready in ``queue`` plus those this process holds unsettled
+        on a channel still open (a delivery of a lost channel is back in the
+        queue, so counted once).
 
         AMQP does not tell how many messages other processes hold unacked.
         """
