@@ -25,8 +25,10 @@ backend boundary, and chained with ``raise ... from exc``::
     ├── WorkerCrashed               an image worker process died mid-item
     └── ScanNotStarted              the server cannot start a scan now: try again later
 
-Every exception class of jobtrack is defined here, and this tree lists them
-all (a unit test compares it with the classes).
+Every exception class that derives from :class:`JobtrackError` is defined
+here, and this tree lists them all (a unit test compares it with the
+classes). The command line's own usage errors are Click's
+(``cli.options.SettingError``).
 """
 
 from __future__ import annotations

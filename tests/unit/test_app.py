@@ -3,6 +3,7 @@ order (tracker, broker, catalog, store), each whatever the others do, once."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -193,10 +194,12 @@ def test_the_catalog_is_picked_by_the_store_backend_name() -> None:
     assert isinstance(catalog_for(Renamed()), InMemoryCatalog)
     with pytest.raises(
         InvalidRequest,
-        match=r"^no catalog for the store backend 'cassandra': the backends are"
+        match=r"^no catalog for the store backend 'cassandra' \(Unknown\): the backends are"
         r" memory, sqlite, postgres$",
     ):
         catalog_for(Unknown())
+    with pytest.raises(InvalidRequest, match=r"^no catalog for the store backend None \(object\)"):
+        catalog_for(object())  # type: ignore[arg-type]  # a wrapper that names no backend
     store: JobStore = Pretending()
     with pytest.raises(InvalidRequest, match=r"^a Pretending is not a SQLite store$"):
         catalog_for(store)
@@ -208,3 +211,76 @@ async def test_an_app_that_may_not_create_its_store_finds_none(tmp_path: Path) -
         with pytest.raises(StoreMissing, match=r"^no database at .*/none\.db$"):
             _ = app.store
     assert (tmp_path / "none.db").exists() is False
+
+
+async def test_the_body_error_wins_over_a_close_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed: list[str] = []
+    app = App(memory_settings(tmp_path))
+
+    async def body() -> None:
+        async with app:
+            record_closing(app, monkeypatch, closed, failing=frozenset({"store"}))
+            raise KeyError("the body's own")
+
+    with pytest.raises(KeyError, match="the body's own"):
+        await body()
+    assert closed == ["tracker", "broker", "catalog", "store"]
+    assert [r.getMessage() for r in caplog.records if r.name == app_module.__name__] == [
+        "closing the app failed after an error: StoreError('store failed to close')"
+    ]
+
+
+async def test_a_cancelled_body_stays_cancelled_when_a_part_fails_to_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[str] = []
+    app = App(memory_settings(tmp_path))
+    started = asyncio.Event()
+
+    async def body() -> None:
+        async with app:
+            record_closing(app, monkeypatch, closed, failing=frozenset({"store"}))
+            started.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(body())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed == ["tracker", "broker", "catalog", "store"]
+
+
+async def test_an_open_app_cannot_be_entered_again(tmp_path: Path) -> None:
+    app = App(memory_settings(tmp_path))
+    async with app:
+        store = app.store
+        with pytest.raises(InvalidRequest, match=r"^the app is already open"):
+            async with app:
+                pass
+        assert app.store is store  # the refused entry closed nothing
+
+
+async def test_a_second_close_waits_for_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = App(memory_settings(tmp_path))
+    tracker = app.tracker
+    release = asyncio.Event()
+    done: list[str] = []
+
+    async def slow_flush(**_: Any) -> None:
+        await release.wait()
+        done.append("flushed")
+
+    monkeypatch.setattr(tracker, "flush", slow_flush)
+    first = asyncio.create_task(app.aclose())
+    await asyncio.sleep(0)
+    second = asyncio.create_task(app.aclose())
+    await asyncio.sleep(0.05)
+    assert second.done() is False  # waiting for the flush under way, not returned at once
+    release.set()
+    await asyncio.gather(first, second)
+    assert done == ["flushed"]

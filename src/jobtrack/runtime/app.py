@@ -71,6 +71,8 @@ class App:
         self._tracker: ProgressTracker | None = None
         self._reconciler: CollectionScanReconciler | None = None
         self._closed = False
+        self._entered = False
+        self._closing: asyncio.Future[BaseException | None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> App:
@@ -221,7 +223,16 @@ class App:
                 await amqp.aclose()
 
     async def __aenter__(self) -> App:
-        """Open the app (again, if it was closed); parts are built on use."""
+        """Open the app (again, if it was closed); parts are built on use.
+
+        :raises InvalidRequest: the app is already open in another ``async with``
+            (the inner one's exit would close the parts the outer one uses).
+        """
+        if self._entered:
+            raise InvalidRequest("the app is already open: enter it once, and share it")
+        if self._closing is not None:
+            await asyncio.shield(self._closing)  # a close under way ends first
+        self._entered = True
         self._closed = False
         return self
 
@@ -231,17 +242,45 @@ class App:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        """Close the app: see :meth:`aclose`."""
-        await self.aclose()
+        """Close the app: see :meth:`aclose`. When the body raised, its exception
+        is the one that propagates: close failures are then logged, unless a
+        close was itself cancelled or interrupted, which always propagates."""
+        failure = await self._close_once()
+        if failure is None:
+            return
+        if exc is None or not isinstance(failure, Exception):
+            raise failure
+        logger.error(
+            "closing the app failed after an error: %r", failure, extra={"action": "close_failed"}
+        )
 
     async def aclose(self) -> None:
         """Close what was built, in order: the tracker (its pending progress
-        written, for up to ``flush_wait`` seconds), the broker, the catalog,
+        written: ``flush_wait`` seconds for the writes in flight, and as long
+        again for a per-item tracker's retries), the broker, the catalog,
         the store. A part that fails to close does not keep the others open;
         the first failure is raised once all are closed, the others logged.
         Closing a closed app does nothing; using it again needs ``async with``.
+        A close called while another is under way waits for that one.
         """
+        failure = await self._close_once()
+        if failure is not None:
+            raise failure
+
+    async def _close_once(self) -> BaseException | None:
+        """Run the close once, or wait for the one under way; its first failure."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        closing = self._closing
+        try:
+            return await asyncio.shield(closing)
+        finally:
+            if closing.done() and self._closing is closing:
+                self._closing = None
+
+    async def _close(self) -> BaseException | None:
         self._closed = True
+        self._entered = False
         tracker, broker, catalog, store = self._tracker, self._broker, self._catalog, self._store
         self._tracker = self._broker = self._catalog = self._store = None
         self._reconciler = None
@@ -267,8 +306,7 @@ class App:
                     logger.error(
                         "closing the %s failed too: %r", part, exc, extra={"action": "close_failed"}
                     )
-        if failure is not None:
-            raise failure
+        return failure
 
     def _check_open(self) -> None:
         if self._closed:

@@ -122,7 +122,14 @@ class Worker:
         )
         if ready is not None:
             ready.set()
-        failure = await _until_stopped_or_failed(stop, broker)
+        try:
+            failure = await _until_stopped_or_failed(stop, broker)
+        except asyncio.CancelledError:  # no graceful stop: give the messages back now,
+            await asyncio.gather(  # so that no consumer counts into a closing tracker
+                *(subscription.cancel() for subscription in subscriptions),
+                return_exceptions=True,
+            )
+            raise
         logger.log(
             logging.INFO if failure is None else logging.ERROR,
             "worker stopping%s: finishing the messages in flight (up to %g s)",

@@ -71,10 +71,12 @@ def catalog_for(store: JobStore) -> Catalog:
     :raises InvalidRequest: no catalog goes with the store's backend, or the
         store is not of the kind its backend names.
     """
-    factory = CATALOGS.get(store.backend)
+    backend = getattr(store, "backend", None)  # a user's wrapper may not name one
+    factory = CATALOGS.get(backend) if isinstance(backend, str) else None
     if factory is None:
         raise InvalidRequest(
-            f"no catalog for the store backend {store.backend!r}: the backends are"
+            f"no catalog for the store backend {backend!r} ({type(store).__name__}):"
+            f" the backends are"
             f" {', '.join(CATALOGS)}"
         )
     return factory(store)
