@@ -3,6 +3,7 @@ SQLite store, which the tests also write directly (as workers would)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -213,6 +214,7 @@ async def test_the_stream_sends_a_snapshot_then_every_change(
     await store.increment(quiet.id, "a")  # active, and then left alone
     job = await store.create_job("streamed", ["a"])
     await store.increment(job.id, "a")
+    await asyncio.sleep(1)  # the feed (a poll every 0.2 s) has passed both writes on
     received: list[tuple[str, str, dict[str, Any]]] = []
     with httpx.Client(base_url=server.url, timeout=httpx.Timeout(5, read=None)) as client:
         with connect_sse(client, "GET", "/api/stream") as source:

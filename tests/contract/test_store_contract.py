@@ -21,6 +21,16 @@ from tests.conftest import SteppingClock
 STAGES = ("scan", "thumbnail", "cache")
 
 
+async def test_each_store_names_its_backend(store: JobStore) -> None:
+    names = {
+        "InMemoryJobStore": "memory",
+        "SqliteJobStore": "sqlite",
+        "PostgresJobStore": "postgres",
+    }
+    assert store.backend == type(store).backend == names[type(store).__name__]
+    assert isinstance(store, JobStore)
+
+
 async def test_create_and_get(store: JobStore) -> None:
     job = await store.create_job("collection-scan", STAGES, attributes={"collection": {"id": "c1"}})
     fetched = await store.get_job(job.id)
