@@ -12,9 +12,10 @@ transaction, by an insert into ``item_keys`` whose primary key makes the same
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
@@ -68,17 +69,25 @@ class SqliteCodec(Codec):
 
     def decode(self, names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
         """A row by column name, times, booleans and JSON decoded."""
-        row = dict(zip(names, values, strict=True))
-        for name, value in row.items():
-            if value is None:
-                continue
-            if name in self.TIMES:
-                row[name] = from_micros(value)
-            elif name in self.JSON:
-                row[name] = json.loads(value)
-            elif name in self.BOOLEANS:
-                row[name] = bool(value)
-        return row
+        return {
+            name: value if value is None or convert is None else convert(value)
+            for name, convert, value in zip(names, _converters(tuple(names)), values, strict=True)
+        }
+
+
+@functools.cache
+def _converters(names: tuple[str, ...]) -> tuple[Callable[[Any], Any] | None, ...]:
+    """Per column of a row, how SQLite's value becomes Python's (None: as it is)."""
+    return tuple(
+        from_micros
+        if name in Codec.TIMES
+        else json.loads
+        if name in Codec.JSON
+        else bool
+        if name in Codec.BOOLEANS
+        else None
+        for name in names
+    )
 
 
 class SqliteConnector:

@@ -33,3 +33,40 @@ BEGIN
     UPDATE change_seq SET value = value + 1 WHERE id = 1;
     UPDATE jobs SET seq = (SELECT value FROM change_seq WHERE id = 1) WHERE id = NEW.id;
 END;
+
+-- The stage triggers touch the job and take its seq in one row write (the
+-- per-item increment's path): jobs_seq_update then sees seq moved, and
+-- leaves it.
+DROP TRIGGER stages_touch_job;
+CREATE TRIGGER stages_touch_job AFTER UPDATE ON stages
+WHEN NEW.status = OLD.status
+BEGIN
+    UPDATE change_seq SET value = value + 1 WHERE id = 1;
+    UPDATE jobs SET updated_at = NEW.updated_at,
+        seq = (SELECT value FROM change_seq WHERE id = 1)
+    WHERE id = NEW.job_id;
+END;
+
+DROP TRIGGER stages_settle_job;
+CREATE TRIGGER stages_settle_job AFTER UPDATE ON stages
+WHEN NEW.status <> OLD.status
+BEGIN
+    UPDATE change_seq SET value = value + 1 WHERE id = 1;
+    UPDATE jobs SET
+        updated_at = NEW.updated_at,
+        seq = (SELECT value FROM change_seq WHERE id = 1),
+        status = CASE
+            WHEN status IN ('completed', 'failed', 'cancelled') THEN status
+            WHEN NOT EXISTS (SELECT 1 FROM stages s
+                             WHERE s.job_id = NEW.job_id AND s.status <> 'completed')
+                THEN 'completed'
+            WHEN NOT EXISTS (SELECT 1 FROM stages s
+                             WHERE s.job_id = NEW.job_id AND s.status NOT IN ('completed', 'failed'))
+                THEN 'failed'
+            WHEN status = 'pending' AND NOT EXISTS (SELECT 1 FROM stages s
+                             WHERE s.job_id = NEW.job_id AND s.status <> 'pending')
+                THEN 'pending'
+            ELSE 'in_progress'
+        END
+    WHERE id = NEW.job_id;
+END;
