@@ -331,7 +331,8 @@ class EmbeddedRuntime:
 
     async def _walk_failed(self, job: Job, error: BaseException | None) -> Job:
         logger.error("scan of job %s failed: %s", job.id, error, extra={"action": "scan_failed"})
-        return await self.store.end_job(job.id, JobStatus.FAILED, message=f"scan failed: {error}")
+        failed = await self.store.end_job(job.id, JobStatus.FAILED, message=f"scan failed: {error}")
+        return failed.job
 
     async def wait_settled(self, *, poll: float = 0.005) -> None:
         """Wait until no message is queued or in flight and no progress write is pending."""
@@ -377,6 +378,7 @@ class EmbeddedRuntime:
         if not job.status.terminal:
             lost = ", ".join(f"{stage} {len(ids)}" for stage, ids in truth.missing.items() if ids)
             reason = f"items missing after reconciliation: {lost}"
-            job = await self.store.end_job(job.id, JobStatus.FAILED, message=reason)
-            await self.store.add_event(job.id, "failed", reason)
+            job, changed = await self.store.end_job(job.id, JobStatus.FAILED, message=reason)
+            if changed:  # not ended meanwhile (cancelled, say): then the reason is not its end
+                await self.store.add_event(job.id, "failed", reason)
         return job
