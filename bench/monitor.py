@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 
@@ -85,7 +85,9 @@ class NoopReconciler:
 
 
 class Counting:
-    """A store that counts the calls made through it."""
+    """A store that counts the calls made through it (a PostgreSQL one here)."""
+
+    backend: ClassVar[str] = "postgres"
 
     def __init__(self, store: JobStore) -> None:
         self._store = store

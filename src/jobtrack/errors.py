@@ -14,14 +14,21 @@ backend boundary, and chained with ``raise ... from exc``::
     │   ├── PathRefused
     │   ├── MalformedMessage
     │   └── ConfigurationError      a setting is wrong: waiting will not help
+    ├── Conflict                    the record changed since it was read
     ├── StoreError
     │   ├── StoreUnavailable        transient: retry later
     │   └── StoreMissing            no database where one was expected
-    ├── Conflict
     ├── BrokerError
     │   ├── BrokerUnavailable       transient: retry later
     │   └── QueueRefused            the server refuses a queue: retrying will not help
-    └── ImageError                  corrupt, truncated, hostile or unsupported image
+    ├── ImageError                  corrupt, truncated, hostile or unsupported image
+    ├── WorkerCrashed               an image worker process died mid-item
+    └── ScanNotStarted              the server cannot start a scan now: try again later
+
+Every exception class that derives from :class:`JobtrackError` is defined
+here, and this tree lists them all (a unit test compares it with the
+classes). The command line's own usage errors are Click's
+(``cli.options.SettingError``).
 """
 
 from __future__ import annotations
@@ -44,10 +51,12 @@ __all__ = [
     "NotFound",
     "PathRefused",
     "QueueRefused",
+    "ScanNotStarted",
     "StageNotFound",
     "StoreError",
     "StoreMissing",
     "StoreUnavailable",
+    "WorkerCrashed",
     "masked_url",
 ]
 
@@ -146,6 +155,17 @@ class QueueRefused(BrokerError):
 class ImageError(JobtrackError):
     """An image that cannot be turned into a rendition: corrupt, truncated,
     a decompression bomb, or a format we do not read."""
+
+
+class WorkerCrashed(JobtrackError):
+    """The worker process running an item died before it finished (the
+    image pool, :class:`~jobtrack.pipeline.pool.RenderPool`, has replaced
+    it); the item may be retried."""
+
+
+class ScanNotStarted(JobtrackError):
+    """The server could not start the scan now (too many running, or it did
+    not start in time): try again later."""
 
 
 def masked_url(url: str) -> str:

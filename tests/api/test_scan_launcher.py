@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from jobtrack.api import scans
-from jobtrack.api.scans import ScanLauncher, ScanNotStarted
+from jobtrack.api.scans import ScanLauncher
+from jobtrack.errors import ScanNotStarted
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.walk import ResolvedRoot
 from jobtrack.runtime import Settings
@@ -43,7 +44,9 @@ class SlowToClose:
     async def scan(self, folder: ResolvedRoot, *, on_progress: Callable[[Job], Any]) -> Any:
         job = await self.store.create_job("collection-scan", ["scan"])
         self.started.append(job.id)
-        on_progress(await self.store.end_job(job.id, JobStatus.CANCELLED, message="cancelled"))
+        on_progress(
+            (await self.store.end_job(job.id, JobStatus.CANCELLED, message="cancelled")).job
+        )
         try:
             await asyncio.Event().wait()  # closing down, for as long as it takes
         except asyncio.CancelledError:

@@ -95,3 +95,15 @@ async def test_a_rescan_updates_versions_and_retires_what_is_gone(catalog: Catal
     assert not (await catalog.get_image(first[1].image.id)).present
     assert [s.image.relpath for s in await catalog.images_of_job(collection.id, "j2")] == ["a.jpg"]
     assert await catalog.retire_unseen(collection.id, "j2") == []
+
+
+CATALOG_OF = {"memory": "InMemoryCatalog", "sqlite": "SqliteCatalog", "postgres": "PostgresCatalog"}
+
+
+async def test_the_store_names_its_backend_and_the_catalog_that_goes_with_it(
+    store: JobStore, request: pytest.FixtureRequest
+) -> None:
+    backend = request.node.callspec.params["store"]
+    assert store.backend == backend
+    assert type(store).backend == backend  # a class variable: known before any instance
+    assert type(catalog_for(store)).__name__ == CATALOG_OF[backend]

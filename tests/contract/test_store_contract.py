@@ -15,10 +15,20 @@ from jobtrack.errors import (
     StageNotFound,
 )
 from jobtrack.model import JobStatus, StageCounts, StageStatus
-from jobtrack.store import JobQuery, JobStore, StageProgress
+from jobtrack.store import ChangeCursor, JobQuery, JobStore, StageProgress
 from tests.conftest import SteppingClock
 
 STAGES = ("scan", "thumbnail", "cache")
+
+
+async def test_each_store_names_its_backend(store: JobStore) -> None:
+    names = {
+        "InMemoryJobStore": "memory",
+        "SqliteJobStore": "sqlite",
+        "PostgresJobStore": "postgres",
+    }
+    assert store.backend == type(store).backend == names[type(store).__name__]
+    assert isinstance(store, JobStore)
 
 
 async def test_create_and_get(store: JobStore) -> None:
@@ -163,11 +173,16 @@ async def test_end_job(store: JobStore) -> None:
     job = await store.create_job("t", ["a"])
     with pytest.raises(InvalidRequest):
         await store.end_job(job.id, JobStatus.IN_PROGRESS)
-    cancelled = await store.end_job(job.id, JobStatus.CANCELLED, message="user asked")
-    assert (cancelled.status, cancelled.message) == (JobStatus.CANCELLED, "user asked")
+    cancelled, changed = await store.end_job(job.id, JobStatus.CANCELLED, message="user asked")
+    assert (changed, cancelled.status, cancelled.message) == (
+        True,
+        JobStatus.CANCELLED,
+        "user asked",
+    )
     assert cancelled.completed_at is not None
-    again = await store.end_job(job.id, JobStatus.FAILED, message="too late")
-    assert (again.status, again.message) == (JobStatus.CANCELLED, "user asked")
+    assert cancelled == await store.get_job(job.id)
+    again, changed = await store.end_job(job.id, JobStatus.FAILED, message="too late")
+    assert (changed, again) == (False, cancelled)
     with pytest.raises(JobNotFound):
         await store.end_job("nope", JobStatus.FAILED)
 
@@ -463,76 +478,154 @@ async def test_claim_stuck_lets_one_claimer_win_and_touches_the_job(
 ) -> None:
     job = await store.create_job("t", ["a"])
     clock.advance(600)
-    claimed = await store.claim_stuck(job.id, job.updated_at)
+    claimed = await store.claim_stuck(job.id, job.seq)
+    claimed_at = clock.now
     assert claimed is not None
-    assert await store.claim_stuck(job.id, job.updated_at) is None  # the other monitor
+    assert claimed > job.seq
+    assert await store.claim_stuck(job.id, job.seq) is None  # the other monitor
     after = await store.get_job(job.id)
-    assert after.updated_at == claimed
-    assert await store.find_stuck("t", updated_before=claimed) == []
+    assert (after.seq, after.updated_at) == (claimed, claimed_at)
+    assert await store.find_stuck("t", updated_before=after.updated_at) == []
     await store.end_job(job.id, JobStatus.CANCELLED)
     ended = await store.get_job(job.id)
-    assert await store.claim_stuck(job.id, ended.updated_at) is None  # ended: never claimed
-    assert await store.claim_stuck("nope", ended.updated_at) is None
+    assert await store.claim_stuck(job.id, ended.seq) is None  # ended: never claimed
+    assert await store.claim_stuck("nope", ended.seq) is None
 
 
-async def test_set_counts_if_updated_at_refuses_after_an_increment(store: JobStore) -> None:
+async def test_set_counts_if_seq_refuses_after_an_increment(store: JobStore) -> None:
     job = await store.create_job("t", ["a"])
-    seen = job.updated_at
+    seen = job.seq
     await store.increment(job.id, "a", item_key="x")  # arrives while a reconciliation runs
     with pytest.raises(Conflict):
-        await store.set_counts(
-            job.id, {"a": StageCounts(1, 0, 0)}, keys={"a": []}, if_updated_at=seen
-        )
+        await store.set_counts(job.id, {"a": StageCounts(1, 0, 0)}, keys={"a": []}, if_seq=seen)
     after = await store.get_job(job.id)
     assert after.stage("a").completed_items == 1
     assert not (await store.increment(after.id, "a", item_key="x")).counted  # key kept
     done = await store.set_counts(
-        job.id, {"a": StageCounts(1, 1, 0)}, if_updated_at=(await store.get_job(job.id)).updated_at
+        job.id, {"a": StageCounts(1, 1, 0)}, if_seq=(await store.get_job(job.id)).seq
     )
     assert done.status is JobStatus.COMPLETED
 
 
-async def test_end_job_if_updated_at_refuses_after_an_increment(store: JobStore) -> None:
+async def test_set_counts_with_keys_alone_writes_the_job(
+    store: JobStore, clock: SteppingClock
+) -> None:
+    """Every backend writes the job on every set_counts, keys alone included:
+    its seq and updated_at move, so a compare-and-set by another holder of
+    the old seq fails, and the change feed passes the reconciliation on."""
     job = await store.create_job("t", ["a"])
-    seen = job.updated_at
+    clock.advance(5)
+    written = await store.set_counts(job.id, {}, keys={"a": ["x"]})
+    assert written.seq > job.seq
+    assert written.updated_at == clock.now
+    assert written.stages == job.stages
+    assert not (await store.increment(job.id, "a", item_key="x")).counted  # the key is set
+    with pytest.raises(Conflict):
+        await store.set_counts(job.id, {}, keys={"a": []}, if_seq=job.seq)
+    again = await store.set_counts(job.id, {}, if_seq=written.seq)
+    assert again.seq > written.seq
+    changes = await store.list_changed(after=ChangeCursor(written.seq - 1))
+    assert [(j.id, j.seq) for j in changes.jobs] == [(job.id, again.seq)]
+
+
+async def test_end_job_if_seq_refuses_after_an_increment(store: JobStore) -> None:
+    job = await store.create_job("t", ["a"])
+    seen = job.seq
     await store.increment(job.id, "a", item_key="x")  # arrives while the monitor decides
     with pytest.raises(Conflict):
-        await store.end_job(job.id, JobStatus.FAILED, message="stuck", if_updated_at=seen)
+        await store.end_job(job.id, JobStatus.FAILED, message="stuck", if_seq=seen)
     moving = await store.get_job(job.id)
     assert (moving.status, moving.message) == (JobStatus.IN_PROGRESS, "")
     assert not (await store.increment(job.id, "a", item_key="x")).counted  # keys kept
-    failed = await store.end_job(
-        job.id, JobStatus.FAILED, message="stuck", if_updated_at=moving.updated_at
+    failed, changed = await store.end_job(
+        job.id, JobStatus.FAILED, message="stuck", if_seq=moving.seq
     )
-    assert (failed.status, failed.message) == (JobStatus.FAILED, "stuck")
+    assert (changed, failed.status, failed.message) == (True, JobStatus.FAILED, "stuck")
+    assert failed.seq > moving.seq
     # Ended since the token was read: a conflict, as any write since.
     with pytest.raises(Conflict):
-        await store.end_job(job.id, JobStatus.CANCELLED, if_updated_at=moving.updated_at)
-    # With its current token, an ended job stays as it is.
-    again = await store.end_job(job.id, JobStatus.CANCELLED, if_updated_at=failed.updated_at)
-    assert (again.status, again.message, again.updated_at) == (
-        JobStatus.FAILED,
-        "stuck",
-        failed.updated_at,
-    )
+        await store.end_job(job.id, JobStatus.CANCELLED, if_seq=moving.seq)
+    # With its current token, an ended job stays as it is, and says so.
+    again, changed = await store.end_job(job.id, JobStatus.CANCELLED, if_seq=failed.seq)
+    assert (changed, again) == (False, failed)
+
+
+async def test_seq_strictly_increases_with_every_job_write(
+    store: JobStore, clock: SteppingClock
+) -> None:
+    job = await store.create_job("t", ["a", "b"])
+    other = await store.create_job("t", ["a"])
+    assert 0 < job.seq < other.seq
+    seen = [other.seq]
+
+    async def written() -> None:
+        now = (await store.get_job(job.id)).seq
+        assert now > seen[-1]
+        seen.append(now)
+
+    await store.raise_total(job.id, "a", by=3)
+    await written()
+    await store.start_stage(job.id, "b", message="go")
+    await written()
+    await store.increment(job.id, "a")
+    await written()
+    await store.increment(job.id, "a", item_key="k")
+    await written()
+    await store.add_progress([StageProgress(job.id, "a", completed_keys=["k2"])])
+    await written()
+    await store.seal_total(job.id, "a")
+    await written()
+    await store.set_counts(job.id, {"b": StageCounts(1, 0, 0)})
+    await written()
+    claimed = await store.claim_stuck(job.id, seen[-1])
+    assert claimed is not None
+    await written()
+    assert seen[-1] == claimed
+    await store.end_job(job.id, JobStatus.CANCELLED)
+    await written()
+    # Nothing written: the seq stays.
+    await store.add_event(job.id, "note", "an event is no job write")
+    await store.end_job(job.id, JobStatus.FAILED)
+    assert not (await store.increment(job.id, "b")).counted
+    assert (await store.get_job(job.id)).seq == seen[-1]
+    assert (await store.get_job(other.id)).seq == other.seq
 
 
 async def test_list_changed_follows_writes_in_order(store: JobStore, clock: SteppingClock) -> None:
     first = await store.create_job("t", ["a"])
     second = await store.create_job("t", ["a"])
-    changed = await store.list_changed()
+    changed, cursor = await store.list_changed()
     assert [job.id for job in changed] == [first.id, second.id]
-    position = (changed[-1].updated_at, changed[-1].id)
-    assert await store.list_changed(after=position) == []
+    assert cursor.seq == second.seq
+    assert (await store.list_changed(after=cursor)).jobs == []
+    assert (await store.list_changed(after=cursor)).cursor.seq == cursor.seq
     await store.increment(first.id, "a", item_key="x")
-    [moved] = await store.list_changed(after=position)
+    [moved], moved_cursor = await store.list_changed(after=cursor)
     assert (moved.id, moved.stage("a").completed_items) == (first.id, 1)
-    assert [j.id for j in await store.list_changed(limit=1)] == [second.id]
-    # Paging by position: a job written twice shows once, at its last write.
-    assert [j.id for j in await store.list_changed(after=(first.created_at, first.id))] == [
-        second.id,
-        first.id,
-    ]
+    assert moved_cursor.seq == moved.seq > cursor.seq
+    page = await store.list_changed(limit=1)
+    assert ([j.id for j in page.jobs], page.cursor.seq) == ([second.id], second.seq)
+    # A job written twice shows once, at its last write.
+    rest = await store.list_changed(after=page.cursor)
+    assert [j.id for j in rest.jobs] == [first.id]
+
+
+async def test_a_write_whose_clock_went_back_still_reaches_the_feed(
+    store: JobStore, clock: SteppingClock
+) -> None:
+    """The feed follows the store's sequence, not the writers' clocks: a
+    write stamped before the newest one seen is still read after it."""
+    first = await store.create_job("t", ["a"])
+    clock.advance(3600)
+    second = await store.create_job("t", ["a"])
+    cursor = (await store.list_changed()).cursor
+    clock.advance(-7200)  # a writer whose clock is two hours behind
+    await store.increment(first.id, "a")
+    [moved], after = await store.list_changed(after=cursor)
+    assert moved.id == first.id
+    assert moved.updated_at < second.updated_at
+    assert moved.seq > second.seq == cursor.seq
+    assert after.seq == moved.seq
 
 
 async def test_stats_count_jobs_items_events_and_stuck(
@@ -590,13 +683,13 @@ async def test_recent_events_are_every_jobs_newest_first(store: JobStore) -> Non
 
 
 async def test_last_change_is_the_newest_write(store: JobStore) -> None:
-    assert await store.last_change() is None
+    assert (await store.last_change()).seq == 0
     first = await store.create_job("t", ["a"])
     second = await store.create_job("t", ["a"])
-    assert await store.last_change() == (second.updated_at, second.id)
+    assert (await store.last_change()).seq == second.seq
     await store.increment(first.id, "a")
     moved = await store.get_job(first.id)
-    assert await store.last_change() == (moved.updated_at, first.id)
+    assert (await store.last_change()).seq == moved.seq > second.seq
 
 
 async def test_end_job_if_active_says_whether_this_call_ended_it(store: JobStore) -> None:

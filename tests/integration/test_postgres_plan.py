@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import psycopg
 
 from jobtrack.store import open_store
@@ -53,15 +51,15 @@ async def test_the_change_feed_uses_its_index(postgres_url: str) -> None:
             """
         )
         conn.execute("ANALYZE jobs")
-        params = {"after_id": "", "limit": 500}
+        newest = conn.execute("SELECT max(seq) FROM jobs").fetchone()
+        assert newest is not None
+        params = {"after": newest[0] - 5, "pending": [123, 456], "limit": 500}
         plan = "\n".join(
-            row[0]
-            for row in conn.execute(
-                "EXPLAIN " + _Q["list_changed"],
-                params | {"after": datetime.now(UTC) - timedelta(seconds=5)},
-            ).fetchall()
+            row[0] for row in conn.execute("EXPLAIN " + _Q["list_changed"], params).fetchall()
         )
         last = "\n".join(row[0] for row in conn.execute("EXPLAIN " + _Q["last_change"]))
-    assert "idx_jobs_changed" in plan, plan
-    assert "Seq Scan" not in plan, plan
-    assert "Index Scan Backward using idx_jobs_changed" in last, last
+    # The jobs past the seq on idx_jobs_seq, those of the pending xids on idx_jobs_xid.
+    assert "idx_jobs_seq" in plan, plan
+    assert "idx_jobs_xid" in plan, plan
+    assert "Seq Scan on jobs" not in plan, plan
+    assert "Index Only Scan Backward using idx_jobs_seq" in last, last

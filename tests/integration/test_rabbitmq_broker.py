@@ -1,4 +1,8 @@
-"""The RabbitMQ backend against the real server.
+"""The RabbitMQ backend against the real server: what only it does (queue
+settings, persistence, classic queues, the server's delivery limit, merged
+acks, resuming after a restart, a consumer the server cancels, the
+heartbeat). What both brokers do is the contract suite's
+(tests/contract/test_broker_contract.py).
 
 Each test uses queues of its own in this module's virtual host.
 """
@@ -15,7 +19,7 @@ import aio_pika
 import pytest
 
 from jobtrack.broker import Delivery, dead_letter_queue
-from jobtrack.broker.rabbitmq import REASON_HEADER, RabbitMQBroker
+from jobtrack.broker.rabbitmq import COUNT_HEADER, REASON_HEADER, SOURCE_HEADER, RabbitMQBroker
 from jobtrack.errors import BrokerError, InvalidRequest
 from tests.rabbitmq import (
     queues,
@@ -101,7 +105,7 @@ class Recorder:
             await delivery.ack()
         elif self.settle == "requeue":
             await delivery.nack(requeue=True)
-        elif self.settle in ("hold", "hold-then-decide"):
+        elif self.settle == "hold-then-decide":
             await asyncio.Event().wait()  # until cancelled
 
     async def wait_for(self, count: int, within: float = 20.0) -> None:
@@ -152,27 +156,6 @@ async def test_messages_are_persistent_and_arrive_in_order(
     assert {m.delivery_mode for m in messages} == {aio_pika.DeliveryMode.PERSISTENT}
 
 
-async def test_a_requeued_message_comes_back_with_its_delivery_count(
-    broker: RabbitMQBroker, queue: str
-) -> None:
-    await broker.publish(queue, b"again")
-    seen: list[int] = []
-    done = asyncio.Event()
-
-    async def handler(delivery: Delivery) -> None:
-        seen.append(delivery.delivery_count)
-        if delivery.delivery_count < 3:
-            await delivery.nack(requeue=True)
-        else:
-            await delivery.ack()
-            done.set()
-
-    await broker.consume(queue, handler, prefetch=1)
-    await asyncio.wait_for(done.wait(), 20)
-    assert seen == [1, 2, 3]
-    assert await broker.in_flight(queue) == 0
-
-
 async def test_retry_puts_the_new_body_back_on_a_classic_queue_too(vhost: str, queue: str) -> None:
     # Classic queues do not count redeliveries; a retry carries its own count.
     broker = RabbitMQBroker(vhost_url(vhost, queue_type="classic"))
@@ -198,44 +181,32 @@ async def test_retry_puts_the_new_body_back_on_a_classic_queue_too(vhost: str, q
         await broker.aclose()
 
 
-async def test_a_rejected_message_is_dead_lettered_with_its_reason(
-    broker: RabbitMQBroker, vhost: str, queue: str
+async def test_a_classic_queue_dead_letters_without_a_delivery_count(
+    vhost: str, queue: str
 ) -> None:
-    await broker.publish(queue, b"bad")
+    # A classic queue only says "redelivered": a count would be 2 for the
+    # third delivery as for the second, so none is written.
+    broker = RabbitMQBroker(vhost_url(vhost, queue_type="classic"))
+    try:
+        await broker.publish(queue, b"doomed")
+        deliveries: list[int] = []
 
-    async def handler(delivery: Delivery) -> None:
-        await delivery.nack(requeue=False, reason="malformed stage message: nope")
+        async def handler(delivery: Delivery) -> None:
+            deliveries.append(delivery.delivery_count)
+            if len(deliveries) < 3:
+                await delivery.nack(requeue=True)
+            else:
+                await delivery.nack(requeue=False, reason="no use")
 
-    subscription = await broker.consume(queue, handler, prefetch=1)
-    await until(lambda: has_messages(broker, dead_letter_queue(queue)))
-    await subscription.cancel()
+        await broker.consume(queue, handler, prefetch=1)
+        await until(lambda: has_messages(broker, dead_letter_queue(queue)))
+    finally:
+        await broker.aclose()
+    assert deliveries == [1, 2, 2]
     (dead,) = await drain(vhost_url(vhost), dead_letter_queue(queue))
-    assert dead.body == b"bad"
-    assert dead.headers[REASON_HEADER] == "malformed stage message: nope"
-    assert await broker.in_flight(queue) == 0
-
-
-async def test_a_handler_that_raises_dead_letters_its_message_and_consuming_goes_on(
-    broker: RabbitMQBroker, vhost: str, queue: str
-) -> None:
-    handled: list[bytes] = []
-
-    async def handler(delivery: Delivery) -> None:
-        if delivery.body == b"poison":
-            raise ValueError("cannot handle this")
-        handled.append(delivery.body)
-        await delivery.ack()
-
-    await broker.publish_many(queue, [b"poison", b"fine"])
-    await broker.consume(queue, handler, prefetch=1)
-    await until(lambda: has_messages(broker, dead_letter_queue(queue)))
-    await until(lambda: asyncio.sleep(0.05, bool(handled)))
-    (dead,) = await drain(vhost_url(vhost), dead_letter_queue(queue))
-    assert (dead.body, dead.headers[REASON_HEADER]) == (
-        b"poison",
-        "handler error: ValueError('cannot handle this')",
-    )
-    assert handled == [b"fine"]
+    assert dead.body == b"doomed"
+    assert (dead.headers[REASON_HEADER], dead.headers[SOURCE_HEADER]) == ("no use", queue)
+    assert COUNT_HEADER not in dead.headers
 
 
 async def test_past_the_delivery_limit_the_server_dead_letters_the_message(
@@ -255,21 +226,6 @@ async def test_past_the_delivery_limit_the_server_dead_letters_the_message(
     assert dead.body == b"loops"
     deaths: Any = dead.headers["x-death"]
     assert deaths[0]["reason"] == "delivery_limit"
-
-
-async def test_prefetch_bounds_the_messages_in_flight(broker: RabbitMQBroker, queue: str) -> None:
-    await broker.publish_many(queue, [b"x"] * 10)
-    recorder = Recorder("hold")
-    subscription = await broker.consume(queue, recorder, prefetch=3)
-    await recorder.wait_for(3)
-    await asyncio.sleep(0.5)  # more would have arrived by now
-    assert len(recorder.deliveries) == 3
-    assert await broker.in_flight(queue) == 10  # 7 ready + 3 held here
-    await subscription.cancel()
-    # Handed back, none lost: the server requeues a closed channel's
-    # messages on its own time, so the count comes back to 10 soon after.
-    await until(lambda: has_messages(broker, queue, 10), within=10)
-    assert await broker.in_flight(queue) == 10
 
 
 async def test_acks_in_any_order_settle_exactly_the_acked_messages(
@@ -293,52 +249,6 @@ async def test_acks_in_any_order_settle_exactly_the_acked_messages(
     await subscription.cancel()  # 7 and 10 were never settled: the server takes them back
     left = await drain(vhost_url(vhost), queue)
     assert sorted(m.body for m in left) == [b"10", b"7"]
-
-
-async def test_cancel_lets_handlers_finish_within_the_grace(
-    broker: RabbitMQBroker, vhost: str, queue: str
-) -> None:
-    await broker.publish_many(queue, [b"slow", b"stuck"])
-    finished: list[bytes] = []
-
-    async def handler(delivery: Delivery) -> None:
-        await asyncio.sleep(0.3 if delivery.body == b"slow" else 60)
-        finished.append(delivery.body)
-        await delivery.ack()
-
-    subscription = await broker.consume(queue, handler, prefetch=2)
-    await until(lambda: has_messages(broker, queue, 2))
-    await asyncio.sleep(0.1)
-    await subscription.cancel(grace=1.0)
-    assert finished == [b"slow"]
-    (left,) = await drain(vhost_url(vhost), queue)  # the stuck one went back
-    assert left.body == b"stuck"
-
-
-async def test_settling_a_delivery_whose_channel_died_never_touches_the_new_channel(
-    broker: RabbitMQBroker, vhost: str, queue: str
-) -> None:
-    await broker.publish(queue, b"first")
-    recorder = Recorder("hold-then-decide")
-    subscription = await broker.consume(queue, recorder, prefetch=1)
-    await recorder.wait_for(1)
-    rabbitmqctl("close_all_connections", "-p", vhost, "test: connection lost")
-    await recorder.wait_for(2)  # redelivered on the new connection's channel
-    old, new = recorder.deliveries
-    assert (old.body, old.delivery_count, new.body, new.delivery_count) == (
-        b"first",
-        1,
-        b"first",
-        2,
-    )
-    await old.ack()  # delivery tag 1 of a dead channel: must not ack `new` (also tag 1)
-    assert broker.connections == 2
-    assert await eventually(lambda: queues(vhost)[queue]["consumers"], 1)
-    await subscription.cancel()  # `new` unacked: the server takes it back
-    (left,) = await drain(vhost_url(vhost), queue)
-    assert left.body == b"first"
-    with pytest.raises(BrokerError, match="already"):
-        await old.ack()
 
 
 @pytest.mark.slow

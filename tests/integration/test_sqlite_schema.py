@@ -8,7 +8,9 @@ import pytest
 
 from jobtrack.errors import StoreError
 from jobtrack.pipeline.catalog import SqliteCatalog
-from jobtrack.store import SqliteDatabase, SqliteJobStore
+from jobtrack.store import ChangeCursor, SqliteDatabase, SqliteJobStore
+from jobtrack.store.sql import migrations
+from jobtrack.store.sqlite.database import _statements
 from jobtrack.store.sqlite.store import _Q
 
 
@@ -17,7 +19,7 @@ def test_migrations_apply_once_per_component(tmp_path: Path) -> None:
     assert database.schema_version("jobs") == 0
     store = SqliteJobStore(database)
     SqliteCatalog(database)
-    assert (database.schema_version("jobs"), database.schema_version("catalog")) == (3, 1)
+    assert (database.schema_version("jobs"), database.schema_version("catalog")) == (4, 1)
     # Opening again (another process, a restart) applies nothing more.
     assert database.migrate("jobs", "jobtrack.store.sqlite.migrations") == []
     again = SqliteDatabase(tmp_path / "jobs.db")
@@ -32,6 +34,7 @@ def test_migrations_apply_once_per_component(tmp_path: Path) -> None:
         "stages",
         "item_keys",
         "job_events",
+        "change_seq",
         "sqlite_sequence",
         "collections",
         "images",
@@ -61,13 +64,39 @@ def test_the_stuck_query_uses_the_seeds_index(tmp_path: Path) -> None:
 def test_the_change_feed_uses_its_index(tmp_path: Path) -> None:
     store = SqliteJobStore.open(str(tmp_path / "jobs.db"))
     plan = store.database.connection.execute(
-        "EXPLAIN QUERY PLAN " + _Q["list_changed"], {"after": 0, "after_id": "", "limit": 500}
+        "EXPLAIN QUERY PLAN " + _Q["list_changed"], {"after": 0, "limit": 500}
     ).fetchall()
     details = " ".join(row[-1] for row in plan)
-    assert "SEARCH jobs USING INDEX idx_jobs_updated (updated_at>?)" in details, details
+    assert "SEARCH jobs USING INDEX idx_jobs_seq (seq>?)" in details, details
     last = store.database.connection.execute("EXPLAIN QUERY PLAN " + _Q["last_change"]).fetchall()
-    assert " ".join(row[-1] for row in last) == "SCAN jobs USING COVERING INDEX idx_jobs_updated"
+    assert " ".join(row[-1] for row in last) == "SEARCH jobs USING COVERING INDEX idx_jobs_seq"
     store.database.close()
+
+
+async def test_existing_jobs_are_numbered_in_write_order(tmp_path: Path) -> None:
+    """A database from before the change sequence: its jobs get a seq in the
+    order of their last write, and the sequence carries on after them."""
+    database = SqliteDatabase(tmp_path / "jobs.db")
+    with database.write() as conn:
+        for migration in migrations("jobtrack.store.sqlite.migrations")[:3]:
+            for statement in _statements(migration.read()):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES ('jobs', ?, ?, 0)",
+                (migration.version, migration.name),
+            )
+        for job_id, at in (("late", 2), ("early", 1)):
+            conn.execute(
+                "INSERT INTO jobs (id, job_type, created_at, updated_at) VALUES (?, 't', ?, ?)",
+                (job_id, at, at),
+            )
+    store = SqliteJobStore(database)
+    changed, cursor = await store.list_changed()
+    assert [(job.id, job.seq) for job in changed] == [("early", 1), ("late", 2)]
+    assert cursor == ChangeCursor(2)
+    made = await store.create_job("t", ["a"])
+    assert made.seq == 3 == (await store.last_change()).seq
+    database.close()
 
 
 def test_a_failed_commit_leaves_the_connection_usable(tmp_path: Path) -> None:

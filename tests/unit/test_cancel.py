@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -20,6 +20,8 @@ from tests.conftest import SteppingClock
 class WrittenBeforeEachCall:
     """The store, with a consumer's increment landing before every call the
     cancel makes (a job written more often than one round trip)."""
+
+    backend: ClassVar[str] = "memory"
 
     def __init__(self, store: InMemoryJobStore, job_id: str) -> None:
         self._store = store

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jobtrack.api.config import ApiConfig
 from jobtrack.api.feed import ChangeFeed
 from jobtrack.api.metrics import render_metrics
-from jobtrack.api.scans import ScanLauncher, ScanNotStarted
+from jobtrack.api.scans import ScanLauncher
 from jobtrack.api.schemas import (
     ActivityOut,
     CancelOut,
@@ -51,15 +51,16 @@ from jobtrack.errors import (
     JobtrackError,
     NotFound,
     PathRefused,
+    ScanNotStarted,
     StoreError,
     StoreMissing,
 )
 from jobtrack.model import Clock, JobStatus, utc_now
-from jobtrack.pipeline.catalog import Catalog, catalog_for
+from jobtrack.pipeline.catalog import Catalog
 from jobtrack.pipeline.failures import job_collection, job_failures
 from jobtrack.pipeline.stages import JOB_TYPE
-from jobtrack.runtime import Settings, cancel_job
-from jobtrack.store import JobQuery, JobStore, open_store
+from jobtrack.runtime import App, Settings, cancel_job
+from jobtrack.store import JobQuery, JobStore
 from jobtrack.tracking.stats import WRITE_STATS
 
 __all__ = ["create_app"]
@@ -122,26 +123,24 @@ def create_app(settings: Settings, config: ApiConfig, *, clock: Clock = utc_now)
     roots and token."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings.store_url)
-        feed = ChangeFeed(store, interval=config.feed_interval)
-        stop = asyncio.Event()
-        launcher = ScanLauncher(settings, config.roots)
-        polling: asyncio.Task[None] | None = None
-        try:
-            await feed.start()
-            polling = asyncio.create_task(feed.run(stop), name="change feed")
-            events = EventCache(store, feed, clock=clock)
-            app.state.parts = _Parts(
-                store, catalog_for(store), feed, launcher, config, clock, events
-            )
-            yield
-        finally:
-            stop.set()
-            if polling is not None:
-                await polling
-            await launcher.aclose()
-            await store.aclose()
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        async with App(settings) as app:
+            store = app.store
+            feed = ChangeFeed(store, interval=config.feed_interval)
+            stop = asyncio.Event()
+            launcher = ScanLauncher(settings, config.roots)
+            polling: asyncio.Task[None] | None = None
+            try:
+                await feed.start()
+                polling = asyncio.create_task(feed.run(stop), name="change feed")
+                events = EventCache(store, feed, clock=clock)
+                api.state.parts = _Parts(store, app.catalog, feed, launcher, config, clock, events)
+                yield
+            finally:
+                stop.set()
+                if polling is not None:
+                    await polling
+                await launcher.aclose()
 
     app = FastAPI(
         title="jobtrack",

@@ -2,10 +2,12 @@
 the store's change feed (``JobStore.list_changed``, on an index of its own),
 so that with several processes each sees every change, whoever wrote it.
 
-A write's ``updated_at`` is read before its transaction commits, so a write
-may become visible after a later one: each poll reads again from a little
-before the newest change seen (``overlap``) and passes on only what it had
-not passed on yet.
+The feed reads by the store's change sequence, from a
+:class:`~jobtrack.store.base.ChangeCursor`: every job write takes the next
+``seq`` in its own transaction, and the cursor also names the writes still
+in flight at the last read (PostgreSQL, where a lower seq may commit after
+a higher one), so no write is missed whatever the writers' clocks or the
+order their transactions commit, and none is read twice.
 
 A subscriber holds at most ``QUEUE_JOBS`` jobs not yet sent: one that falls
 further behind is cut loose at once (its queue emptied, so a slow client
@@ -19,12 +21,11 @@ import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from jobtrack.errors import JobtrackError
 from jobtrack.model import Job
-from jobtrack.store import CHANGES_LIMIT, JobStore
+from jobtrack.store import CHANGES_LIMIT, ChangeCursor, JobStore
 
 __all__ = ["QUEUE_JOBS", "Batch", "ChangeFeed", "Subscriber"]
 
@@ -38,11 +39,13 @@ KEPT_BATCHES = 64
 
 
 class Batch(NamedTuple):
-    """What one poll passed on: the feed's version after it, and the jobs
-    in write order (the same objects for every subscriber)."""
+    """What one poll passed on: the feed's version after it, the jobs in
+    write order (the same objects for every subscriber), and the feed's
+    cursor after it (a stream's ``Last-Event-ID``)."""
 
     version: int
     jobs: list[Job]
+    cursor: ChangeCursor | None = None
 
 
 @dataclass(eq=False)
@@ -66,7 +69,7 @@ class Subscriber:
             return
         self.lagging = True
         self._empty()
-        self.queue.put_nowait(Batch(batch.version, []))
+        self.queue.put_nowait(Batch(batch.version, [], batch.cursor))
 
     async def next(self) -> Batch:
         """The next batch, waiting for one."""
@@ -88,24 +91,13 @@ class Subscriber:
 class ChangeFeed:
     """Polls the store every ``interval`` seconds and fans the changes out."""
 
-    def __init__(
-        self,
-        store: JobStore,
-        *,
-        interval: float = 0.2,
-        overlap: timedelta = timedelta(seconds=2),
-    ) -> None:
-        """``overlap``: how far back each poll reads again; a write whose
-        commit lands more than that after its ``updated_at`` (or a writer
-        whose clock is that far behind) is missed by the stream, though
-        never by the API's reads."""
+    def __init__(self, store: JobStore, *, interval: float = 0.2) -> None:
         self._store = store
         self._interval = interval
-        self._overlap = overlap
         self._subscribers: set[Subscriber] = set()
-        self._sent: dict[str, datetime] = {}  # job id -> the updated_at passed on
-        self._newest: datetime | None = None
-        self.polls = 0
+        #: Where the next poll reads from (None: from the store's first write);
+        #: everything before it has been passed on, in batches up to ``version``.
+        self.cursor: ChangeCursor | None = None
         #: Grows with every poll that passes something on.
         self.version = 0
         self._kept: deque[Batch] = deque(maxlen=KEPT_BATCHES)
@@ -130,20 +122,9 @@ class ChangeFeed:
         self._subscribers.discard(subscriber)
 
     async def start(self) -> None:
-        """Begin at the newest write in the store: what came before is every
-        client's snapshot, not news. (What the first poll reads again, in
-        the overlap, counts as passed on.)"""
-        last = await self._store.last_change()
-        if last is None:
-            return
-        self._newest = last[0]
-        after: tuple[datetime, str] | None = (last[0] - self._overlap, "")
-        while after is not None:
-            page = await self._store.list_changed(after=after, limit=CHANGES_LIMIT)
-            for job in page:
-                self._sent[job.id] = job.updated_at
-                self._newest = max(self._newest, job.updated_at)
-            after = (page[-1].updated_at, page[-1].id) if len(page) == CHANGES_LIMIT else None
+        """Begin after the newest write in the store: what came before is
+        every client's snapshot, not news. Raises what the store raises."""
+        self.cursor = await self._store.last_change()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; a store outage only delays the news."""
@@ -160,37 +141,20 @@ class ChangeFeed:
     async def poll(self) -> list[Job]:
         """Read what changed since the last poll and pass it on; returns it.
         Nothing counts as passed on unless the whole read succeeded."""
-        self.polls += 1
-        after = None if self._newest is None else (self._newest - self._overlap, "")
+        cursor = self.cursor
         latest: dict[str, Job] = {}
-        newest = self._newest
         while True:
-            page = await self._store.list_changed(after=after, limit=CHANGES_LIMIT)
-            for job in page:
+            jobs, cursor = await self._store.list_changed(after=cursor, limit=CHANGES_LIMIT)
+            for job in jobs:
                 latest[job.id] = job  # the feed is in write order: the last is the latest
-                if newest is None or job.updated_at > newest:
-                    newest = job.updated_at
-            if len(page) < CHANGES_LIMIT:
+            if len(jobs) < CHANGES_LIMIT:
                 break
-            after = (page[-1].updated_at, page[-1].id)
-        changed = [job for job in latest.values() if self._sent.get(job.id) != job.updated_at]
-        changed.sort(key=lambda job: (job.updated_at, job.id))
-        for job in changed:
-            self._sent[job.id] = job.updated_at
-        self._newest = newest
-        self._forget_old()
+        changed = sorted(latest.values(), key=lambda job: job.seq)
+        self.cursor = cursor
         if changed:
             self.version += 1
-            batch = Batch(self.version, changed)
+            batch = Batch(self.version, changed, cursor)
             self._kept.append(batch)
             for subscriber in list(self._subscribers):
                 subscriber.offer(batch)
         return changed
-
-    def _forget_old(self) -> None:
-        """Jobs not written within twice the overlap are never read again."""
-        if self._newest is None:
-            return
-        horizon = self._newest - 2 * self._overlap
-        for job_id in [j for j, at in self._sent.items() if at < horizon]:
-            del self._sent[job_id]

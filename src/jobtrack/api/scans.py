@@ -10,20 +10,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobtrack.errors import JobtrackError, NotFound, PathRefused
+from jobtrack.errors import NotFound, PathRefused, ScanNotStarted
 from jobtrack.model import Job
 from jobtrack.pipeline.walk import ResolvedRoot
 from jobtrack.runtime import EmbeddedRuntime, Settings
 
-__all__ = ["MAX_SCANS", "ScanLauncher", "ScanNotStarted", "confine"]
+__all__ = ["MAX_SCANS", "ScanLauncher", "confine"]
 
 #: Scans one server runs at once (each may have a process pool of its own).
 MAX_SCANS = 4
-
-
-class ScanNotStarted(JobtrackError):
-    """The server could not start the scan now (too many running, or it did
-    not start in time): try again later."""
 
 
 logger = logging.getLogger(__name__)

@@ -55,6 +55,8 @@ class JobOut(BaseModel):
     updated_at: str
     completed_at: str | None
     message: str
+    #: The job's last write in the store's change sequence (grows with every write).
+    seq: int
     stages: dict[str, StageOut]
 
 

@@ -3,9 +3,11 @@
 The snapshot makes a client true at once: on a first connection the active
 jobs and every job written in the last ``RECENT`` (the page it just loaded
 may show a job that ended since); after a reconnect with ``Last-Event-ID``
-(a write time in microseconds), every job written since then. A subscriber
-that fell behind (it had more than the feed's ``QUEUE_JOBS`` jobs waiting)
-gets a snapshot again, from the last change it was sent.
+(a :class:`~jobtrack.store.base.ChangeCursor`'s text, ``1234`` or
+``1234-5001.5002``), every job written since then. A malformed or unknown
+``Last-Event-ID`` gets a first snapshot. A subscriber that fell behind (it
+had more than the feed's ``QUEUE_JOBS`` jobs waiting) gets a snapshot
+again, from the last cursor it was sent.
 
 Built once, sent to many (:class:`EventCache`): a snapshot is built and
 encoded once for every client that needs the same one while the feed has
@@ -15,8 +17,10 @@ took the one before (and cut after ``send_timeout``), so that a slow client
 holds one chunk of the server's memory, not a copy of a snapshot. The stream
 sends its own keep-alive comments, between events, never inside one.
 
-Event ids are write times, so the feed's limit holds here too: writers'
-clocks must agree within the feed's overlap (2 s).
+Event ids are the feed's cursors: the snapshot's, and the last event of
+each batch of changes carries the cursor after the batch (the events before
+it carry none, so a client cut off within a batch is sent it again). No
+clock is compared: a write reaches every client whatever its ``updated_at``.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from jobtrack.api.feed import Batch, ChangeFeed
+from jobtrack.errors import InvalidRequest
 from jobtrack.model import Clock, Job, JobStatus
-from jobtrack.store import JobQuery, JobStore
+from jobtrack.store import ChangeCursor, JobQuery, JobStore
 
 __all__ = ["SNAPSHOT_LIMIT", "EventCache", "Snapshot", "job_events_stream", "since_header"]
 
@@ -39,7 +44,6 @@ __all__ = ["SNAPSHOT_LIMIT", "EventCache", "Snapshot", "job_events_stream", "sin
 SNAPSHOT_LIMIT = 1000
 #: A first snapshot also holds the jobs written this recently.
 RECENT = timedelta(minutes=1)
-OVERLAP = timedelta(seconds=2)
 #: Bytes per write of an event.
 CHUNK = 64 * 1024
 #: A snapshot this many feed versions old (two seconds of busy polls) is
@@ -47,60 +51,59 @@ CHUNK = 64 * 1024
 STALE = 10
 #: Seconds between keep-alive comments on a quiet stream.
 KEEPALIVE = 15.0
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
-def micros(moment: datetime) -> int:
-    """A write time as an event id."""
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def since_header(value: str | None) -> datetime | None:
-    """The moment a ``Last-Event-ID`` names; None for anything else."""
+def since_header(value: str | None) -> ChangeCursor | None:
+    """The cursor a ``Last-Event-ID`` names; None (a first snapshot) for
+    none or anything malformed."""
     if not value:
         return None
-    with contextlib.suppress(ValueError):
-        number = int(value)
-        if 0 < number < micros(_LATEST):
-            return _EPOCH + timedelta(microseconds=number)
+    with contextlib.suppress(InvalidRequest):
+        return ChangeCursor.parse(value)
     return None
 
 
 async def snapshot(
-    store: JobStore, since: datetime | None, *, clock: Clock
+    store: JobStore, since: ChangeCursor | None, *, clock: Clock
 ) -> tuple[list[Job], bool]:
-    """The jobs a client needs first, and whether they are all there."""
+    """The jobs a client needs first, and whether they are all there. A
+    cursor past the store's newest write (another store's, or no cursor at
+    all) counts as none."""
+    if since is not None and since.seq > (await store.last_change()).seq:
+        since = None
     if since is not None:
-        changed = await store.list_changed(after=(since - OVERLAP, ""), limit=SNAPSHOT_LIMIT + 1)
+        changed = (await store.list_changed(after=since, limit=SNAPSHOT_LIMIT + 1)).jobs
         return changed[:SNAPSHOT_LIMIT], len(changed) <= SNAPSHOT_LIMIT
     found: dict[str, Job] = {}
     complete = True
-    recent = await store.list_changed(after=(clock() - RECENT, ""), limit=SNAPSHOT_LIMIT + 1)
-    active = []
-    for status in (JobStatus.IN_PROGRESS, JobStatus.PENDING):
-        some = await store.list_jobs(JobQuery(status=status, limit=SNAPSHOT_LIMIT + 1))
+    recent = JobQuery(updated_since=clock() - RECENT, limit=SNAPSHOT_LIMIT + 1)
+    every = []
+    for query in (
+        JobQuery(status=JobStatus.IN_PROGRESS, limit=SNAPSHOT_LIMIT + 1),
+        JobQuery(status=JobStatus.PENDING, limit=SNAPSHOT_LIMIT + 1),
+        recent,
+    ):
+        some = await store.list_jobs(query)
         complete = complete and len(some) <= SNAPSHOT_LIMIT
-        active += some
-    complete = complete and len(recent) <= SNAPSHOT_LIMIT
-    for job in [*active, *recent]:
+        every += some
+    for job in every:
         known = found.get(job.id)
-        if known is None or job.updated_at > known.updated_at:
+        if known is None or job.seq > known.seq:
             found[job.id] = job
-    jobs = sorted(found.values(), key=lambda job: job.updated_at, reverse=True)
+    jobs = sorted(found.values(), key=lambda job: job.seq, reverse=True)
     return jobs[:SNAPSHOT_LIMIT], complete and len(jobs) <= SNAPSHOT_LIMIT
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A snapshot event, encoded but for its id (which depends on where the
-    client was: it is sent after, as the event's last line); ``newest``:
-    the newest write in it; ``version``: the feed's when it was read (the
-    feed's batches after that one bring it up to date)."""
+    """A snapshot event, encoded but for its id (which depends on the
+    batches sent after it: it is sent after them); ``version`` and
+    ``cursor``: the feed's when it was read (the feed's batches after that
+    version bring it up to date; the cursor is the event's id without them)."""
 
     frame: bytes
-    newest: datetime | None
     version: int
+    cursor: ChangeCursor | None
 
 
 class EventCache:
@@ -124,11 +127,11 @@ class EventCache:
         self._clock = clock
         self._gate = asyncio.Semaphore(builds)
         self._kept = kept
-        self._snapshots: dict[datetime | None, tuple[int, asyncio.Future[Snapshot]]] = {}
+        self._snapshots: dict[ChangeCursor | None, tuple[int, asyncio.Future[Snapshot]]] = {}
         self._kept_batches = kept_batches
         self._batches: OrderedDict[int, bytes] = OrderedDict()
 
-    async def snapshot(self, since: datetime | None) -> Snapshot:
+    async def snapshot(self, since: ChangeCursor | None) -> Snapshot:
         """The snapshot for a client that subscribed to the feed before
         asking and was sent every change up to ``since`` (None: nothing
         yet); with the feed's batches after its ``version`` it is up to date.
@@ -153,24 +156,28 @@ class EventCache:
         return version - built <= STALE and self._feed.batches(built, version) is not None
 
     def changes(self, batch: Batch) -> bytes:
-        """The ``job`` events of one batch of changes."""
+        """The ``job`` events of one batch of changes; the last carries the
+        batch's cursor as its id."""
         frame = self._batches.get(batch.version)
         if frame is None:
+            last = len(batch.jobs) - 1
             frame = b"".join(
-                _event("job", json.dumps(job.to_dict()), str(micros(job.updated_at)))
-                for job in batch.jobs
+                _event("job", json.dumps(job.to_dict()), batch.cursor if i == last else None)
+                for i, job in enumerate(batch.jobs)
             )
             self._batches[batch.version] = frame
             while len(self._batches) > self._kept_batches:
                 self._batches.popitem(last=False)
         return frame
 
-    async def _build(self, since: datetime | None, version: int) -> Snapshot:
+    async def _build(self, since: ChangeCursor | None, version: int) -> Snapshot:
         async with self._gate:
-            version = max(version, self._feed.version)  # read after all of these
+            # Read after all of these (and together: the cursor is the version's).
+            version, cursor = max(version, self._feed.version), self._feed.cursor
             jobs, complete = await snapshot(self._store, since, clock=self._clock)
             # A thousand jobs take a while to encode: the loop keeps serving.
-            return await asyncio.to_thread(_encode_snapshot, jobs, complete, version)
+            frame = await asyncio.to_thread(_encode_snapshot, jobs, complete)
+            return Snapshot(frame, version, cursor)
 
     def _forget(self, version: int) -> None:
         """Snapshots no client can use again, and the oldest past ``kept``."""
@@ -182,7 +189,7 @@ class EventCache:
 
 
 async def job_events_stream(
-    feed: ChangeFeed, events: EventCache, since: datetime | None
+    feed: ChangeFeed, events: EventCache, since: ChangeCursor | None
 ) -> AsyncIterator[bytes]:
     """The events of one client's stream, as bytes (the response ends it
     when the client goes: sse-starlette listens for the disconnect)."""
@@ -196,12 +203,12 @@ async def job_events_stream(
             missed = feed.batches(taken.version, joined)
             if missed is None:  # the build took that long: the feed moved on
                 continue
-            cursor = _later(cursor, taken.newest)
+            cursor = taken.cursor or cursor
             for chunk in _chunks(taken.frame):
                 yield chunk
-            yield f"id: {micros(cursor) if cursor else 0}\n\n".encode()
+            yield f"id: {cursor or ''}\n\n".encode()
             for batch in missed:
-                cursor = _later(cursor, batch.jobs[-1].updated_at)
+                cursor = batch.cursor or cursor
                 for chunk in _chunks(events.changes(batch)):
                     yield chunk
             while True:
@@ -213,32 +220,26 @@ async def job_events_stream(
                     continue
                 if subscriber.lagging or not batch.jobs:  # dropped: again from the store
                     break
-                cursor = _later(cursor, batch.jobs[-1].updated_at)  # (in write order)
+                cursor = batch.cursor or cursor
                 for chunk in _chunks(events.changes(batch)):
                     yield chunk
     finally:
         feed.unsubscribe(subscriber)
 
 
-def _encode_snapshot(jobs: list[Job], complete: bool, version: int) -> Snapshot:
+def _encode_snapshot(jobs: list[Job], complete: bool) -> bytes:
     data = json.dumps({"jobs": [job.to_dict() for job in jobs], "complete": complete})
-    newest = max((job.updated_at for job in jobs), default=None)
-    return Snapshot(f"event: snapshot\ndata: {data}\n".encode(), newest, version)
+    return f"event: snapshot\ndata: {data}\n".encode()
 
 
-def _event(kind: str, data: str, event_id: str) -> bytes:
-    return f"event: {kind}\ndata: {data}\nid: {event_id}\n\n".encode()
+def _event(kind: str, data: str, event_id: ChangeCursor | None) -> bytes:
+    last = "" if event_id is None else f"id: {event_id}\n"
+    return f"event: {kind}\ndata: {data}\n{last}\n".encode()
 
 
 def _chunks(frame: bytes) -> Iterator[bytes]:
     for start in range(0, len(frame), CHUNK):
         yield frame[start : start + CHUNK]
-
-
-def _later(cursor: datetime | None, moment: datetime | None) -> datetime | None:
-    if cursor is None or moment is None:
-        return moment if cursor is None else cursor
-    return max(cursor, moment)
 
 
 def _failed(future: asyncio.Future[Snapshot]) -> bool:

@@ -2,22 +2,23 @@
 
 It keeps the semantics that matter for tracking: a message is in flight
 until acked, a nack may requeue it (delivered again, with its count raised),
-and a rejected message lands in the queue's dead-letter list.
+a rejected message lands in the queue's dead-letter list, and a handler
+leaves nothing unsettled (:mod:`jobtrack.broker.settle`). For tests,
+:meth:`InMemoryBroker.drop_connection` does what a lost connection does to
+a RabbitMQ consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from jobtrack.broker.base import Handler, clip, dead_letter_queue, handler_failure
+from jobtrack.broker.base import Handler, dead_letter_queue
+from jobtrack.broker.settle import SettleOnce, log_dead_letter, run_handler
 from jobtrack.errors import BrokerError
 
 __all__ = ["DeadLetter", "InMemoryBroker"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,53 +42,99 @@ class _Queue:
     unacked: int = 0
 
 
-class _MemoryDelivery:
-    __slots__ = ("_broker", "_message", "_queue", "_settled")
+class _Channel:
+    """What a subscription receives on until the connection drops: while it
+    is open, its deliveries settle their messages; once closed, their
+    messages are back in the queue and settling them does nothing more."""
 
-    def __init__(self, broker: InMemoryBroker, queue: str, message: _Message) -> None:
+    __slots__ = ("open", "unsettled")
+
+    def __init__(self) -> None:
+        self.open = True
+        self.unsettled: dict[_MemoryDelivery, _Message] = {}
+
+
+class _MemoryDelivery(SettleOnce[_Message]):
+    __slots__ = ("_broker", "_channel", "_count")
+
+    def __init__(
+        self, broker: InMemoryBroker, queue: str, message: _Message, channel: _Channel
+    ) -> None:
+        super().__init__(queue, message)
         self._broker = broker
-        self._queue = queue
-        self._message = message
-        self._settled = False
-
-    @property
-    def body(self) -> bytes:
-        return self._message.body
+        self._channel = channel
+        self._count = message.delivery_count  # the message's own goes on if it is redelivered
+        channel.unsettled[self] = message
 
     @property
     def delivery_count(self) -> int:
-        return self._message.delivery_count
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
+        return self._count
 
     async def ack(self) -> None:
-        self._settle()
+        self._settle_held()
 
     async def nack(self, *, requeue: bool, reason: str = "") -> None:
-        self._settle()
-        if requeue:
+        held = self._settle_held()
+        if not requeue:  # a copy, as RabbitMQ's dead-letter publish goes out on any channel
+            self._broker.dead_letter(self._queue, self._message.body, self._count, reason)
+        elif held:
             self._broker.queue(self._queue).ready.put_nowait(self._message)
-        else:
-            self._broker.dead_letter(self._queue, self._message, reason)
 
     async def retry(self, body: bytes) -> None:
-        self._settle()
+        self._settle_held()
         self._broker.queue(self._queue).ready.put_nowait(_Message(body))
 
-    def _settle(self) -> None:
-        if self._settled:
-            raise BrokerError("delivery already acked or nacked")
-        self._settled = True
+    def _settle_held(self) -> bool:
+        """Mark the delivery settled; whether its message was still held
+        (not taken back with a dropped connection)."""
+        self._settle()
+        if not self._channel.open:
+            return False
+        del self._channel.unsettled[self]
         self._broker.queue(self._queue).unacked -= 1
+        return True
 
 
 class _MemorySubscription:
-    def __init__(self) -> None:
+    def __init__(self, broker: InMemoryBroker, queue: str, handler: Handler, prefetch: int) -> None:
+        self._broker = broker
+        self._queue = queue
+        self._handler = handler
+        self._prefetch = prefetch
+        self.channel = _Channel()
         self.tasks: list[asyncio.Task[None]] = []
         self.busy: set[asyncio.Task[None]] = set()  # tasks running a handler
         self.stopping = False
+
+    @property
+    def queue(self) -> str:
+        """The queue this subscription consumes."""
+        return self._queue
+
+    def start(self) -> None:
+        """Start ``prefetch`` tasks taking messages on the current channel."""
+        self.tasks = [task for task in self.tasks if not task.done()]
+        self.tasks += [
+            asyncio.create_task(self._deliver(self.channel), name=f"consume:{self._queue}:{i}")
+            for i in range(self._prefetch)
+        ]
+
+    def reconnect(self) -> None:
+        """Close the channel (its unsettled messages go back to the queue,
+        their handlers run on) and consume on a new one."""
+        if self.stopping:
+            return
+        old, self.channel = self.channel, _Channel()
+        old.open = False
+        state = self._broker.queue(self._queue)
+        for message in old.unsettled.values():
+            state.unacked -= 1
+            state.ready.put_nowait(message)
+        old.unsettled.clear()
+        for task in self.tasks:
+            if task not in self.busy:  # idle: waiting for a message
+                task.cancel()
+        self.start()
 
     async def cancel(self, *, grace: float = 0.0) -> None:
         self.stopping = True
@@ -99,6 +146,21 @@ class _MemorySubscription:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _deliver(self, channel: _Channel) -> None:
+        state = self._broker.queue(self._queue)
+        me = asyncio.current_task()
+        assert me is not None
+        while not self.stopping and channel.open:
+            message = await state.ready.get()
+            message.delivery_count += 1
+            state.unacked += 1
+            delivery = _MemoryDelivery(self._broker, self._queue, message, channel)
+            self.busy.add(me)
+            try:
+                await run_handler(self._handler, delivery, self._queue)
+            finally:
+                self.busy.discard(me)
 
 
 class InMemoryBroker:
@@ -115,18 +177,11 @@ class InMemoryBroker:
             self._queues[name] = _Queue()
         return self._queues[name]
 
-    def dead_letter(self, queue: str, message: _Message, reason: str) -> None:
+    def dead_letter(self, queue: str, body: bytes, delivery_count: int, reason: str) -> None:
         """Keep a rejected message in the queue's dead-letter list."""
         target = dead_letter_queue(queue)
-        self.dead_letters.setdefault(target, []).append(
-            DeadLetter(message.body, reason, message.delivery_count)
-        )
-        logger.warning(
-            "dead-lettered a message from %s: %s",
-            queue,
-            clip(reason, 1000),
-            extra={"action": "dead_letter", "queue": queue},
-        )
+        self.dead_letters.setdefault(target, []).append(DeadLetter(body, reason, delivery_count))
+        log_dead_letter(queue, reason)
 
     async def publish(self, queue: str, body: bytes) -> None:
         """Put the message on the queue."""
@@ -138,18 +193,33 @@ class InMemoryBroker:
             self.queue(queue).ready.put_nowait(_Message(body))
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> _MemorySubscription:
-        """Run ``prefetch`` handlers concurrently over the queue."""
+        """Run ``prefetch`` handlers concurrently over the queue.
+
+        :raises BrokerError: ``prefetch`` is below 1.
+        """
         if prefetch < 1:
             raise BrokerError(f"prefetch must be at least 1, not {prefetch}")
-        subscription = _MemorySubscription()
-        subscription.tasks = [
-            asyncio.create_task(
-                self._deliver(queue, handler, subscription), name=f"consume:{queue}:{i}"
-            )
-            for i in range(prefetch)
-        ]
+        subscription = _MemorySubscription(self, queue, handler, prefetch)
+        subscription.start()
         self._subscriptions.append(subscription)
         return subscription
+
+    async def drop_connection(self) -> None:
+        """Do what a lost connection does to a RabbitMQ consumer: every
+        message delivered and not yet settled goes back to its queue at once
+        (delivered again, its count raised), its handler runs on, and
+        settling that delivery afterwards changes nothing, but for what
+        RabbitMQ publishes on another channel: a dead-letter copy, or the
+        body of a retry, is published all the same (the message is then
+        delivered again *and* dead-lettered, or retried); every
+        subscription goes on consuming."""
+        for subscription in self._subscriptions:
+            subscription.reconnect()
+
+    def consumers(self, queue: str) -> int:
+        """How many subscriptions consume ``queue``, cancelled ones left out
+        (what RabbitMQ reports as the queue's consumer count)."""
+        return sum(1 for s in self._subscriptions if s.queue == queue and not s.stopping)
 
     async def in_flight(self, queue: str) -> int:
         """Messages queued or delivered and not yet settled."""
@@ -166,32 +236,3 @@ class InMemoryBroker:
         for subscription in self._subscriptions:
             await subscription.cancel()
         self._subscriptions.clear()
-
-    async def _deliver(
-        self, queue: str, handler: Handler, subscription: _MemorySubscription
-    ) -> None:
-        state = self.queue(queue)
-        me = asyncio.current_task()
-        assert me is not None
-        while not subscription.stopping:
-            message = await state.ready.get()
-            message.delivery_count += 1
-            state.unacked += 1
-            delivery = _MemoryDelivery(self, queue, message)
-            subscription.busy.add(me)
-            try:
-                await handler(delivery)
-            except asyncio.CancelledError:
-                if not delivery.settled:
-                    await delivery.nack(requeue=True)
-                raise
-            except Exception as exc:
-                reason, trace = handler_failure(exc)
-                logger.error("handler failed on a message from %s\n%s", queue, trace)
-                if not delivery.settled:
-                    await delivery.nack(requeue=False, reason=reason)
-            else:
-                if not delivery.settled:
-                    await delivery.nack(requeue=False, reason="handler returned without settling")
-            finally:
-                subscription.busy.discard(me)

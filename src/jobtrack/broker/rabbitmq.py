@@ -11,9 +11,12 @@ What it guarantees, and how:
   consumer goes away unacked is delivered again.
 - **Dead letters keep their reason**: a message nacked without requeue is
   republished (confirmed) to ``<queue>.dead`` with the reason in its
-  ``x-jobtrack-reason`` header, then acked. A quorum queue also has a
-  delivery limit: past it, the server itself dead-letters the message to the
-  same queue (a consumer that crashes on it every time cannot loop forever).
+  ``x-jobtrack-reason`` header (and, from a quorum queue, its delivery count
+  in ``x-jobtrack-delivery-count``: a classic queue does not count
+  deliveries, so its dead letters have no count), then acked. A quorum
+  queue also has a delivery limit: past it, the server itself dead-letters
+  the message to the same queue (a consumer that crashes on it every time
+  cannot loop forever).
 - **Reconnection resumes consuming.** aio-pika's ``connect_robust`` has had
   reconnects that come back with no consumers or that ack on a dead channel
   (mosquito/aio-pika issues #231, #334, #626), so this module supervises a
@@ -60,13 +63,8 @@ from aio_pika.abc import (
 )
 
 from jobtrack.broker.backoff import Backoff
-from jobtrack.broker.base import (
-    Handler,
-    clip,
-    dead_letter_queue,
-    handler_failure,
-    is_dead_letter_queue,
-)
+from jobtrack.broker.base import Handler, dead_letter_queue, is_dead_letter_queue
+from jobtrack.broker.settle import SettleOnce, log_dead_letter, run_handler
 from jobtrack.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -81,6 +79,7 @@ logger = logging.getLogger(__name__)
 
 REASON_HEADER = "x-jobtrack-reason"
 SOURCE_HEADER = "x-jobtrack-queue"
+COUNT_HEADER = "x-jobtrack-delivery-count"
 BROKER_SETTING = "JOBTRACK_BROKER_URL / --broker"
 _QUEUE_TYPES = ("quorum", "classic")
 # Errors that mean "the connection or channel is gone", not "this call is
@@ -279,10 +278,10 @@ async def _quietly(settle: Awaitable[Any], what: str = "ack", queue: str = "") -
         )
 
 
-class _RabbitDelivery:
+class _RabbitDelivery(SettleOnce[AbstractIncomingMessage]):
     """One delivery; settled on the channel it came on, or not at all."""
 
-    __slots__ = ("_acks", "_broker", "_message", "_queue", "settled")
+    __slots__ = ("_acks", "_broker")
 
     def __init__(
         self,
@@ -291,20 +290,15 @@ class _RabbitDelivery:
         message: AbstractIncomingMessage,
         acks: _Acks,
     ):
+        super().__init__(queue, message)
         self._broker = broker
-        self._queue = queue
-        self._message = message
         self._acks = acks
-        self.settled = False
-
-    @property
-    def body(self) -> bytes:
-        return self._message.body
 
     @property
     def delivery_count(self) -> int:
         # Quorum queues count returns in x-delivery-count (absent on the
-        # first delivery); classic queues only say "redelivered".
+        # first delivery); classic queues only say "redelivered", so there
+        # every redelivery is 2.
         count = (self._message.headers or {}).get("x-delivery-count")
         if isinstance(count, int) and count >= 0:
             return count + 1
@@ -319,16 +313,16 @@ class _RabbitDelivery:
         if requeue:
             # basic.reject: every server counts it as a delivery (RabbitMQ 4.3
             # stopped counting requeues by basic.nack), so limits still trip.
-            await self._send(self._message.reject(requeue=True), "requeue")
-            self._acks.settled(self._message)  # only now may a merged ack pass it
+            await self._reject(requeue=True)
             return
         try:
-            await self._broker.dead_letter(self._queue, self._message, reason)
+            await self._broker.dead_letter(
+                self._queue, self._message, reason, delivery_count=self.delivery_count
+            )
         except BrokerError as exc:
             # Without our copy, the queue's own dead-letter exchange takes it.
             logger.warning("dead-letter publish failed (%s); rejecting instead", exc)
-            await self._send(self._message.reject(requeue=False), "reject")
-            self._acks.settled(self._message)
+            await self._reject(requeue=False)
             return
         self._acks.ack(self._message)
 
@@ -338,18 +332,14 @@ class _RabbitDelivery:
             await self._broker.publish(self._queue, body)
         except BrokerError as exc:
             logger.warning("retry publish failed (%s); requeueing instead", exc)
-            await self._send(self._message.reject(requeue=True), "requeue")
-            self._acks.settled(self._message)
+            await self._reject(requeue=True)
             return
         self._acks.ack(self._message)
 
-    def _settle(self) -> None:
-        if self.settled:
-            raise BrokerError("delivery already acked or nacked")
-        self.settled = True
-
-    async def _send(self, settle: Awaitable[Any], what: str) -> None:
-        await _quietly(settle, what, self._queue)
+    async def _reject(self, *, requeue: bool) -> None:
+        what = "requeue" if requeue else "reject"
+        await _quietly(self._message.reject(requeue=requeue), what, self._queue)
+        self._acks.settled(self._message)  # only now may a merged ack pass it
 
 
 class _RabbitSubscription:
@@ -365,7 +355,7 @@ class _RabbitSubscription:
         self._tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
-        self.unsettled = 0
+        self._handling: dict[_RabbitDelivery, _Acks] = {}  # handlers running, by channel
         self._restart: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
         self._acks: _Acks | None = None
@@ -442,23 +432,18 @@ class _RabbitSubscription:
 
     async def _handle(self, message: AbstractIncomingMessage, acks: _Acks) -> None:
         delivery = _RabbitDelivery(self._broker, self.queue, message, acks)
-        self.unsettled += 1
+        self._handling[delivery] = acks
         try:
-            await self._handler(delivery)
-        except asyncio.CancelledError:
-            if not delivery.settled:
-                await delivery.nack(requeue=True)
-            raise
-        except Exception as exc:
-            reason, trace = handler_failure(exc)
-            logger.error("handler failed on a message from %s\n%s", self.queue, trace)
-            if not delivery.settled:
-                await delivery.nack(requeue=False, reason=reason)
-        else:
-            if not delivery.settled:
-                await delivery.nack(requeue=False, reason="handler returned without settling")
+            await run_handler(self._handler, delivery, self.queue)
         finally:
-            self.unsettled -= 1
+            del self._handling[delivery]
+
+    @property
+    def unsettled(self) -> int:
+        """Deliveries whose handler runs, on a channel still open: a closed
+        channel's messages are back in the queue (counted there, and
+        delivered again), whatever its handlers go on doing."""
+        return sum(not acks.channel.is_closed for acks in self._handling.values())
 
     async def cancel(self, *, grace: float = 0.0) -> None:
         """Stop taking messages; give handlers in flight ``grace`` seconds to
@@ -801,18 +786,26 @@ class RabbitMQBroker:
                 raise BrokerError(f"RabbitMQ did not take a message for {queue}: {confirm!r}")
             return
 
-    async def dead_letter(self, queue: str, message: AbstractIncomingMessage, reason: str) -> None:
-        """Copy a rejected message to ``queue``'s dead-letter queue with ``reason``."""
+    async def dead_letter(
+        self, queue: str, message: AbstractIncomingMessage, reason: str, *, delivery_count: int
+    ) -> None:
+        """Copy a rejected message to ``queue``'s dead-letter queue with
+        ``reason`` and the queue in its headers, and ``delivery_count`` on a
+        quorum queue only: there it is the server's count of deliveries, exact;
+        a classic queue only says whether a message was delivered before, so
+        its dead letters go without a count rather than with a wrong one (a
+        count the message carried from an earlier dead-lettering is removed).
+
+        :raises BrokerError: the copy was not confirmed (or was refused).
+        """
         headers = dict(message.headers or {})
         headers[REASON_HEADER] = reason[:1000]
         headers[SOURCE_HEADER] = queue
+        headers.pop(COUNT_HEADER, None)
+        if self.queue_type == "quorum":
+            headers[COUNT_HEADER] = delivery_count
         await self._publish(dead_letter_queue(queue), message.body, headers=headers)
-        logger.warning(
-            "dead-lettered a message from %s: %s",
-            queue,
-            clip(reason, 1000),
-            extra={"action": "dead_letter", "queue": queue},
-        )
+        log_dead_letter(queue, reason)
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> _RabbitSubscription:
         """Consume ``queue`` on a channel of its own with ``prefetch`` unacked at most."""
@@ -861,7 +854,9 @@ class RabbitMQBroker:
             self._subscriptions.remove(subscription)
 
     async def in_flight(self, queue: str) -> int:
-        """Messages ready in ``queue`` plus those this process holds unsettled.
+        """Messages ready in ``queue`` plus those this process holds unsettled
+        on a channel still open (a delivery of a lost channel is back in the
+        queue, so counted once).
 
         AMQP does not tell how many messages other processes hold unacked.
         """

@@ -14,15 +14,15 @@ from jobtrack.cli.options import (
     stderr,
     stdout,
     store_option,
-    with_store,
+    with_app,
 )
 from jobtrack.cli.views import job_json, jobs_table, print_job
 from jobtrack.errors import StoreMissing
 from jobtrack.model import Job, JobEvent, JobStatus
-from jobtrack.pipeline.catalog import catalog_for
 from jobtrack.pipeline.failures import ItemFailure, job_failures
+from jobtrack.runtime import App
 from jobtrack.runtime.cancel import CancelOutcome, cancel_job
-from jobtrack.store import JobQuery, JobStore
+from jobtrack.store import JobQuery
 
 __all__ = ["jobs"]
 
@@ -62,7 +62,7 @@ def list_jobs(
         stderr.print(f"{exc}: nothing has been stored there yet")
         return []
 
-    found = with_store(settings, lambda store: store.list_jobs(query), on_missing=no_store)
+    found = with_app(settings, lambda app: app.store.list_jobs(query), on_missing=no_store)
     if as_json:
         click.echo(json.dumps([job.to_dict() for job in found], indent=2))
         return
@@ -79,12 +79,12 @@ def show_job(job_id: str, as_json: bool, data_dir: Path | None, store_url: str |
     its history (reconciliations, re-drives, failures)."""
     settings = settings_from(data_dir=data_dir, store_url=store_url)
 
-    async def show(store: JobStore) -> tuple[Job, list[ItemFailure], list[JobEvent]]:
-        job = await store.get_job(job_id)
-        failures = await job_failures(catalog_for(store), job)
-        return job, failures, await store.list_events(job_id)
+    async def show(app: App) -> tuple[Job, list[ItemFailure], list[JobEvent]]:
+        job = await app.store.get_job(job_id)
+        failures = await job_failures(app.catalog, job)
+        return job, failures, await app.store.list_events(job_id)
 
-    job, failures, events = with_store(settings, show)
+    job, failures, events = with_app(settings, show)
     if as_json:
         click.echo(json.dumps(job_json(job, failures, events), indent=2))
         return
@@ -112,8 +112,8 @@ def cancel_job_command(
     the same answer as the HTTP API.
     """
     settings = settings_from(data_dir=data_dir, store_url=store_url)
-    result = with_store(
-        settings, lambda store: cancel_job(store, job_id, message=message, source="cli")
+    result = with_app(
+        settings, lambda app: cancel_job(app.store, job_id, message=message, source="cli")
     )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

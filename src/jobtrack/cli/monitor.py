@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from jobtrack.broker import open_broker
 from jobtrack.cli.options import (
     broker_option,
     data_dir_option,
@@ -20,11 +19,8 @@ from jobtrack.cli.options import (
     usage_error,
 )
 from jobtrack.errors import InvalidRequest, JobtrackError
-from jobtrack.monitor import CycleReport, Monitor
-from jobtrack.pipeline.catalog import catalog_for
-from jobtrack.pipeline.reconciler import CollectionScanReconciler
-from jobtrack.runtime import Settings
-from jobtrack.store import open_store
+from jobtrack.monitor import CycleReport
+from jobtrack.runtime import App, Settings
 
 __all__ = ["monitor"]
 
@@ -115,15 +111,9 @@ async def _run(
     once: bool,
     as_json: bool,
 ) -> None:
-    shared = settings.broker_url != "memory://"
-    broker = open_broker(settings.broker_url) if shared else None
-    store = open_store(settings.store_url)
-    try:
-        reconciler = CollectionScanReconciler(catalog=catalog_for(store), broker=broker)
-        watcher = Monitor(
-            store, [reconciler], stuck_after=stuck_after, max_redrives=max_redrives, mode=mode
-        )
-        if not shared and mode == "hybrid":
+    async with App(settings) as app:
+        watcher = app.monitor(stuck_after=stuck_after, max_redrives=max_redrives, mode=mode)
+        if not app.shared_broker and mode == "hybrid":
             click.echo(
                 "no shared broker (--broker amqp://…): missing items cannot be published"
                 " again, so jobs that miss items are failed",
@@ -142,10 +132,6 @@ async def _run(
             err=True,
         )
         await watcher.run(stop, interval=interval)
-    finally:
-        if broker is not None:
-            await broker.aclose()
-        await store.aclose()
 
 
 def _print(report: CycleReport, *, as_json: bool) -> None:

@@ -10,17 +10,13 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from jobtrack.broker import open_broker
 from jobtrack.errors import (
-    BrokerUnavailable,
     ConfigurationError,
     InvalidRequest,
     JobtrackError,
-    StoreError,
     StoreMissing,
 )
-from jobtrack.runtime import Settings
-from jobtrack.store import JobStore, open_store
+from jobtrack.runtime import App, Settings
 
 __all__ = [
     "SettingError",
@@ -33,7 +29,7 @@ __all__ = [
     "stdout",
     "store_option",
     "usage_error",
-    "with_store",
+    "with_app",
 ]
 
 T = TypeVar("T")
@@ -83,41 +79,18 @@ def usage_error(exc: InvalidRequest) -> click.ClickException:
 
 
 def preflight(settings: Settings, *, broker: bool = True, within: float = 5.0) -> None:
-    """Connect once to the settings' PostgreSQL store and AMQP broker, so that
-    a wrong setting (a refused login, a missing database or virtual host)
-    stops the command at once with one line, rather than looking like an
-    outage later. A server that is only away is left to the command's own
-    retries.
+    """Connect once to the settings' PostgreSQL store and AMQP broker
+    (:meth:`App.preflight <jobtrack.runtime.App.preflight>`), so that a wrong
+    setting (a refused login, a missing database or virtual host) stops the
+    command at once with one line, rather than looking like an outage later.
+    A server that is only away is left to the command's own retries.
 
     :raises SettingError: a setting that can never work.
     :raises click.ClickException: any other error of the store or broker
         that is not an outage.
     """
-
-    async def check() -> None:
-        if settings.store_url.startswith(("postgresql://", "postgres://")):
-            store = open_store(settings.store_url)
-            try:
-                await asyncio.wait_for(store.last_change(), within)
-            except (StoreError, TimeoutError):
-                pass  # away, not wrong: the command waits for it as it always did
-            finally:
-                await store.aclose()
-        if broker and settings.broker_url != "memory://":
-            opened = open_broker(settings.broker_url)  # refuses an unknown scheme
-            await opened.aclose()
-            from jobtrack.broker.rabbitmq import RabbitMQBroker  # noqa: PLC0415 (aio-pika)
-
-            amqp = RabbitMQBroker(settings.broker_url)
-            try:
-                await amqp.connect(within=within)
-            except BrokerUnavailable:
-                pass
-            finally:
-                await amqp.aclose()
-
     try:
-        asyncio.run(check())
+        asyncio.run(App(settings).preflight(broker=broker, within=within))
     except InvalidRequest as exc:
         raise usage_error(exc) from None
     except JobtrackError as exc:  # a broker that stopped on an error: said, not a traceback
@@ -132,21 +105,19 @@ def settings_from(**flags: Any) -> Settings:
         raise usage_error(exc) from None
 
 
-def with_store(
+def with_app(
     settings: Settings,
-    action: Callable[[JobStore], Awaitable[T]],
+    action: Callable[[App], Awaitable[T]],
     *,
     on_missing: Callable[[StoreMissing], T] | None = None,
 ) -> T:
-    """Run ``action`` on the settings' existing store (never creating one);
-    jobtrack errors become clean command-line errors."""
+    """Run ``action`` on an :class:`App` of the settings whose store must
+    exist already (never created); jobtrack errors become clean command-line
+    errors."""
 
     async def run() -> T:
-        store = open_store(settings.store_url, create=False)
-        try:
-            return await action(store)
-        finally:
-            await store.aclose()
+        async with App(settings, create_store=False) as app:
+            return await action(app)
 
     try:
         return asyncio.run(run())

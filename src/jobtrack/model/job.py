@@ -63,7 +63,17 @@ class StageCounts:
 
 #: Keys of the job's JSON that attributes may not shadow.
 RESERVED_ATTRIBUTES = frozenset(
-    {"id", "job_type", "status", "created_at", "updated_at", "completed_at", "message", "stages"}
+    {
+        "id",
+        "job_type",
+        "status",
+        "created_at",
+        "updated_at",
+        "completed_at",
+        "message",
+        "seq",
+        "stages",
+    }
 )
 
 
@@ -73,7 +83,8 @@ class Job:
 
     ``attributes`` carries what the job is about (for a collection scan,
     ``{"collection": {"id": ..., "path": ...}}``); it is shown at the top
-    level of the job's JSON.
+    level of the job's JSON. ``seq`` orders the job's writes among every
+    job's (see :class:`~jobtrack.store.base.ChangeCursor`).
     """
 
     id: str
@@ -85,6 +96,9 @@ class Job:
     attributes: Mapping[str, Any] = field(default_factory=dict)
     message: str = ""
     completed_at: datetime | None = None
+    #: The job's last write in the store's change sequence: every write takes
+    #: a higher one (the change feed's order, the monitor's compare-and-set).
+    seq: int = 0
 
     def stage(self, name: str) -> Stage:
         """The stage called ``name``; KeyError if the job has none."""
@@ -100,6 +114,7 @@ class Job:
             "updated_at": _iso(self.updated_at),
             "completed_at": _iso(self.completed_at),
             "message": self.message,
+            "seq": self.seq,
             "stages": {name: stage.to_dict() for name, stage in self.stages.items()},
         }
         data.update(self.attributes)

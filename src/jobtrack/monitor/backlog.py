@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jobtrack.model import Job
-from jobtrack.store.base import CHANGES_LIMIT, JobStore
+from jobtrack.store.base import CHANGES_LIMIT, ChangeCursor, JobQuery, JobStore
 
 __all__ = ["BacklogWatch"]
 
@@ -63,7 +63,8 @@ class BacklogWatch:
     def __init__(self, stuck_after: float) -> None:
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._window = timedelta(seconds=stuck_after)
-        self._position: tuple[datetime, str] | None = None
+        self._cursor: ChangeCursor | None = None
+        self._last_read: datetime | None = None
         self._done: dict[str, dict[str, int]] = {}  # per active job seen: items counted
         self._counted: dict[tuple[str, str], int] = {}  # this cycle's count_items
 
@@ -83,17 +84,27 @@ class BacklogWatch:
         within ``stuck_after``) and note, per (job type, stage), when items
         were last counted. Raises what the store raises."""
         self._counted.clear()
-        if self._position is None:
-            self._position = (now - self._window, "")
-        start = self._position[0]
+        if self._cursor is None:  # the first reading: the feed from now on
+            cursor = await store.last_change()
+            start = now - self._window
+            query = JobQuery(updated_since=start, limit=CHANGES_LIMIT)
+            while page := await store.list_jobs(query):
+                for job in page:
+                    if job.job_type in job_types:
+                        self._compare(job, start)
+                query = JobQuery(
+                    updated_since=start, limit=query.limit, offset=query.offset + len(page)
+                )
+            self._cursor, self._last_read = cursor, now
+            return
+        start = self._last_read or now
         while True:
-            page = await store.list_changed(after=self._position, limit=CHANGES_LIMIT)
-            for job in page:
+            jobs, self._cursor = await store.list_changed(after=self._cursor, limit=CHANGES_LIMIT)
+            for job in jobs:
                 if job.job_type in job_types:
                     self._compare(job, start)
-            if page:
-                self._position = (page[-1].updated_at, page[-1].id)
-            if len(page) < CHANGES_LIMIT:
+            if len(jobs) < CHANGES_LIMIT:
+                self._last_read = now
                 return
 
     def _compare(self, job: Job, start: datetime) -> None:

@@ -10,7 +10,7 @@ index, 100 at a time, paging until none are left). For each one:
    is handled at most once per window and a second cycle changes nothing.
 2. **Reconcile**: the job type's reconciler reads the ground truth; the
    counts and the counted item keys are set to it in one transaction,
-   guarded by the claim's ``updated_at``: if an increment arrived meanwhile
+   guarded by the claim's ``seq``: if an increment arrived meanwhile
    the job is moving, and nothing is overwritten. What changed is recorded
    as a ``reconciled`` event.
 3. **Slow or stuck**: with items missing, a job whose stages still have work
@@ -208,7 +208,7 @@ class Monitor:
         backlog: Mapping[str, int],
         report: CycleReport,
     ) -> None:
-        claimed = await self._store.claim_stuck(job.id, job.updated_at)
+        claimed = await self._store.claim_stuck(job.id, job.seq)
         if claimed is None:
             report.claimed_elsewhere += 1
             return
@@ -216,7 +216,7 @@ class Monitor:
         text, data = describe_changes(job, truth)
         try:
             job = await self._store.set_counts(
-                job.id, truth.counts, keys=truth.done, if_updated_at=claimed
+                job.id, truth.counts, keys=truth.done, if_seq=claimed
             )
         except Conflict:
             report.moving += 1
@@ -278,7 +278,7 @@ class Monitor:
             return
         try:
             job = await self._store.set_counts(
-                job.id, truth.counts, keys=truth.done, if_updated_at=job.updated_at
+                job.id, truth.counts, keys=truth.done, if_seq=job.seq
             )
         except Conflict:
             report.moving += 1
@@ -334,11 +334,13 @@ class Monitor:
         """Fail the job, unless an increment arrived since ``job`` was read:
         then it is moving, and not failed."""
         try:
-            await self._store.end_job(
-                job.id, JobStatus.FAILED, message=reason, if_updated_at=job.updated_at
+            ended = await self._store.end_job(
+                job.id, JobStatus.FAILED, message=reason, if_seq=job.seq
             )
         except Conflict:
             report.moving += 1
+            return
+        if not ended.changed:  # it had ended already, as what the job says
             return
         report.failed += 1
         await self._event(job, "failed", reason, {})

@@ -17,13 +17,20 @@ from pathlib import Path
 import msgspec
 
 from jobtrack.broker import Delivery
-from jobtrack.errors import ImageError, MalformedMessage, NotFound, PathRefused, StoreUnavailable
+from jobtrack.errors import (
+    ImageError,
+    MalformedMessage,
+    NotFound,
+    PathRefused,
+    StoreUnavailable,
+    WorkerCrashed,
+)
 from jobtrack.model import Clock, utc_now
 from jobtrack.pipeline.catalog import Artifact, ArtifactStatus, Catalog, ImageRecord
 from jobtrack.pipeline.gate import JobGate
 from jobtrack.pipeline.imaging import STALE_TEMPORARY_AGE, Rendition, render, sweep_temporaries
 from jobtrack.pipeline.messages import StageMessage, brief, decode_message, encode_message
-from jobtrack.pipeline.pool import RenderPool, WorkerCrashed
+from jobtrack.pipeline.pool import RenderPool
 from jobtrack.pipeline.stages import RenditionSpec
 from jobtrack.pipeline.walk import open_inside
 from jobtrack.tracking import ProgressTracker

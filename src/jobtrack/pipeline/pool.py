@@ -3,7 +3,7 @@
 A worker killed mid-image (out of memory, a crash in a decoder) breaks a
 ``ProcessPoolExecutor`` for good: every later submission fails. The pool
 replaces a broken executor once and reports the loss as
-:class:`WorkerCrashed`, so the consumer can retry the items that were in it.
+:class:`~jobtrack.errors.WorkerCrashed`, so the consumer can retry the items that were in it.
 """
 
 from __future__ import annotations
@@ -17,17 +17,13 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from jobtrack.errors import JobtrackError
+from jobtrack.errors import WorkerCrashed
 
-__all__ = ["RenderPool", "WorkerCrashed"]
+__all__ = ["RenderPool", "process_pool"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class WorkerCrashed(JobtrackError):
-    """The worker process running an item died before it finished."""
 
 
 def process_pool(workers: int) -> Callable[[], Executor]:

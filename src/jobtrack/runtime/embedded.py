@@ -27,21 +27,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from jobtrack.broker import Broker, Subscription, open_broker
-from jobtrack.errors import InvalidRequest, StoreError
+from jobtrack.broker import Broker, Subscription
+from jobtrack.errors import InvalidRequest
 from jobtrack.model import Job, JobStatus, utc_now
-from jobtrack.monitor import Monitor, describe_changes
-from jobtrack.pipeline.catalog import Catalog, catalog_for
+from jobtrack.monitor import describe_changes
+from jobtrack.pipeline.catalog import Catalog
 from jobtrack.pipeline.consumer import RenditionConsumer
 from jobtrack.pipeline.gate import JobGate
 from jobtrack.pipeline.pool import RenderPool, process_pool
-from jobtrack.pipeline.reconciler import CollectionScanReconciler
 from jobtrack.pipeline.scanner import Scanner, ScanReport, ScanStart
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec, queue_for
 from jobtrack.pipeline.walk import ResolvedRoot
+from jobtrack.runtime.app import App
 from jobtrack.runtime.settings import Settings
-from jobtrack.store import JobStore, open_store
-from jobtrack.tracking import ProgressTracker
+from jobtrack.store import JobStore
 
 __all__ = ["EmbeddedRuntime", "ScanOutcome"]
 
@@ -94,6 +93,8 @@ class EmbeddedRuntime:
         self._idle_since: float | None = None
         self._exit = AsyncExitStack()
         self._subscriptions: list[Subscription] = []
+        self.app = App(settings, renditions=renditions, flush_wait=5.0)
+        """The parts this runtime uses (store, catalog, broker, tracker)."""
         self.current_job_id: str | None = None  # the job this runtime started
         self.cancelled = False  # whether an interruption cancelled it
         self.idle_hint = 30.0  # seconds without progress before a hint that no worker runs
@@ -107,28 +108,18 @@ class EmbeddedRuntime:
         return self
 
     async def _start(self) -> None:
-        settings = self.settings
+        settings, app = self.settings, self.app
         if not self.local_work and settings.store_url == "memory://":
             raise InvalidRequest(
                 "with a shared broker the workers need a shared store (postgresql://…), "
                 "not memory://"
             )
-        self.broker: Broker = open_broker(settings.broker_url)  # refuses a bad URL first
-        self._exit.push_async_callback(self.broker.aclose)
-        try:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot use {settings.data_dir}: {exc.strerror}") from exc
-        self.store: JobStore = open_store(settings.store_url)
-        self._exit.push_async_callback(self.store.aclose)
-        self.catalog: Catalog = catalog_for(self.store)
-        self.tracker = ProgressTracker(
-            self.store,
-            enabled=settings.consumer_progress,
-            coalesce=settings.coalesce,
-            flush_interval=settings.flush_interval,
-        )
-        self._exit.push_async_callback(self.tracker.flush, max_wait=5.0)
+        await self._exit.enter_async_context(app)
+        self.broker: Broker = app.broker  # refuses a bad URL first
+        app.ensure_data_dir()
+        self.store: JobStore = app.store
+        self.catalog: Catalog = app.catalog
+        self.tracker = app.tracker
         self.scanner = Scanner(
             store=self.store,
             catalog=self.catalog,
@@ -137,10 +128,8 @@ class EmbeddedRuntime:
             exclude=[settings.data_dir],
             data_dir=settings.data_dir,
         )
-        self.reconciler = CollectionScanReconciler(
-            catalog=self.catalog, renditions=self.renditions, broker=self.broker
-        )
-        self.monitor = Monitor(self.store, [self.reconciler], stuck_after=settings.stuck_after)
+        self.reconciler = app.reconciler
+        self.monitor = app.monitor()
         if not self.local_work:
             # With a shared broker the fallback monitor runs beside the scan, as it
             # would on its own. With the in-process broker it must not: another
@@ -342,7 +331,8 @@ class EmbeddedRuntime:
 
     async def _walk_failed(self, job: Job, error: BaseException | None) -> Job:
         logger.error("scan of job %s failed: %s", job.id, error, extra={"action": "scan_failed"})
-        return await self.store.end_job(job.id, JobStatus.FAILED, message=f"scan failed: {error}")
+        failed = await self.store.end_job(job.id, JobStatus.FAILED, message=f"scan failed: {error}")
+        return failed.job
 
     async def wait_settled(self, *, poll: float = 0.005) -> None:
         """Wait until no message is queued or in flight and no progress write is pending."""
@@ -388,6 +378,7 @@ class EmbeddedRuntime:
         if not job.status.terminal:
             lost = ", ".join(f"{stage} {len(ids)}" for stage, ids in truth.missing.items() if ids)
             reason = f"items missing after reconciliation: {lost}"
-            job = await self.store.end_job(job.id, JobStatus.FAILED, message=reason)
-            await self.store.add_event(job.id, "failed", reason)
+            job, changed = await self.store.end_job(job.id, JobStatus.FAILED, message=reason)
+            if changed:  # not ended meanwhile (cancelled, say): then the reason is not its end
+                await self.store.add_event(job.id, "failed", reason)
         return job

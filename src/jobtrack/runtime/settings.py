@@ -15,7 +15,6 @@ from jobtrack.errors import InvalidRequest
 
 __all__ = ["Settings", "default_data_dir"]
 
-_WRITE_MODES = {"coalesced": True, "per-item": False}
 _TRUE = {"1", "on", "true", "yes"}
 _FALSE = {"0", "off", "false", "no"}
 

@@ -17,18 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 
-from jobtrack.broker import Broker, Subscription, open_broker
-from jobtrack.errors import BrokerError, InvalidRequest, StoreError
-from jobtrack.pipeline.catalog import catalog_for
+from jobtrack.broker import Broker, Subscription
+from jobtrack.errors import BrokerError, InvalidRequest
 from jobtrack.pipeline.consumer import RenditionConsumer
 from jobtrack.pipeline.gate import JobGate
 from jobtrack.pipeline.pool import RenderPool, process_pool
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec, queue_for
+from jobtrack.runtime.app import App
 from jobtrack.runtime.settings import Settings
-from jobtrack.store import open_store
-from jobtrack.tracking import ProgressTracker
 
 __all__ = ["Worker"]
 
@@ -66,6 +63,7 @@ class Worker:
         if concurrency < 1 or (prefetch is not None and prefetch < 1):
             raise InvalidRequest("concurrency and prefetch must be at least 1")
         self.settings = settings
+        self.renditions = renditions
         self.specs = tuple(known[stage] for stage in stages) if stages else renditions
         self.concurrency = concurrency
         self.prefetch = prefetch or 2 * concurrency
@@ -79,67 +77,71 @@ class Worker:
             worker stops as gracefully as it can, then raises why, so that
             a process supervisor sees it exit and can restart it.
         """
-        settings = self.settings
-        async with AsyncExitStack() as exit_stack:
-            broker = open_broker(settings.broker_url)
-            exit_stack.push_async_callback(broker.aclose)
-            try:
-                settings.data_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot use {settings.data_dir}: {exc.strerror}") from exc
-            store = open_store(settings.store_url)
-            exit_stack.push_async_callback(store.aclose)
-            catalog = catalog_for(store)
-            tracker = ProgressTracker(
-                store,
-                enabled=settings.consumer_progress,
-                coalesce=settings.coalesce,
-                flush_interval=settings.flush_interval,
-            )
-            exit_stack.push_async_callback(tracker.flush, max_wait=10.0)
+        async with App(self.settings, renditions=self.renditions, flush_wait=10.0) as app:
+            broker = app.broker  # built first: a bad URL is refused before anything opens
+            app.ensure_data_dir()
             pool = RenderPool(process_pool(self.concurrency))
-            exit_stack.callback(pool.shutdown)
-            subscriptions: list[Subscription] = []
-            gate = JobGate(store)
-            for spec in self.specs:
-                consumer = RenditionConsumer(
-                    spec=spec,
-                    catalog=catalog,
-                    tracker=tracker,
-                    data_dir=settings.data_dir,
-                    pool=pool,
-                    ack_when_durable=True,
-                    durable_within=None,
-                    gate=gate,
-                )
-                subscriptions.append(
-                    await broker.consume(
-                        queue_for(spec.stage), consumer.handle, prefetch=self.prefetch
-                    )
-                )
-            logger.info(
-                "worker consuming %s (concurrency %d, prefetch %d, progress %s)",
-                ", ".join(queue_for(spec.stage) for spec in self.specs),
-                self.concurrency,
-                self.prefetch,
-                "on" if settings.consumer_progress else "off",
-                extra={"action": "worker_ready"},
+            try:
+                await self._consume(app, broker, pool, stop, ready)
+            finally:
+                pool.shutdown()
+
+    async def _consume(
+        self,
+        app: App,
+        broker: Broker,
+        pool: RenderPool,
+        stop: asyncio.Event,
+        ready: asyncio.Event | None,
+    ) -> None:
+        """Consume with ``app``'s parts until ``stop`` is set or the broker fails."""
+        settings, catalog, tracker = app.settings, app.catalog, app.tracker
+        subscriptions: list[Subscription] = []
+        gate = JobGate(app.store)
+        for spec in self.specs:
+            consumer = RenditionConsumer(
+                spec=spec,
+                catalog=catalog,
+                tracker=tracker,
+                data_dir=settings.data_dir,
+                pool=pool,
+                ack_when_durable=True,
+                durable_within=None,
+                gate=gate,
             )
-            if ready is not None:
-                ready.set()
+            subscriptions.append(
+                await broker.consume(queue_for(spec.stage), consumer.handle, prefetch=self.prefetch)
+            )
+        logger.info(
+            "worker consuming %s (concurrency %d, prefetch %d, progress %s)",
+            ", ".join(queue_for(spec.stage) for spec in self.specs),
+            self.concurrency,
+            self.prefetch,
+            "on" if settings.consumer_progress else "off",
+            extra={"action": "worker_ready"},
+        )
+        if ready is not None:
+            ready.set()
+        try:
             failure = await _until_stopped_or_failed(stop, broker)
-            logger.log(
-                logging.INFO if failure is None else logging.ERROR,
-                "worker stopping%s: finishing the messages in flight (up to %g s)",
-                "" if failure is None else f" because the broker failed ({failure})",
-                self.shutdown_grace,
-                extra={"action": "worker_stopping"},
+        except asyncio.CancelledError:  # no graceful stop: give the messages back now,
+            await asyncio.gather(  # so that no consumer counts into a closing tracker
+                *(subscription.cancel() for subscription in subscriptions),
+                return_exceptions=True,
             )
-            await asyncio.gather(
-                *(subscription.cancel(grace=self.shutdown_grace) for subscription in subscriptions)
-            )
-            if failure is not None:
-                raise failure
+            raise
+        logger.log(
+            logging.INFO if failure is None else logging.ERROR,
+            "worker stopping%s: finishing the messages in flight (up to %g s)",
+            "" if failure is None else f" because the broker failed ({failure})",
+            self.shutdown_grace,
+            extra={"action": "worker_stopping"},
+        )
+        await asyncio.gather(
+            *(subscription.cancel(grace=self.shutdown_grace) for subscription in subscriptions)
+        )
+        if failure is not None:
+            raise failure
 
 
 async def _until_stopped_or_failed(stop: asyncio.Event, broker: Broker) -> BrokerError | None:

@@ -7,10 +7,11 @@ short transaction), never a read-modify-write in the caller.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from jobtrack.errors import Conflict, InvalidIncrement, InvalidRequest, JobtrackError, NotFound
 from jobtrack.model import (
@@ -21,6 +22,11 @@ from jobtrack.model import (
     JobStatus,
     Stage,
     StageCounts,
+    check_increment,
+    default_completed,
+    raise_total,
+    seal_total,
+    start_stage,
 )
 
 __all__ = [
@@ -30,17 +36,22 @@ __all__ = [
     "MAX_EVENT_MESSAGE",
     "MAX_KEY_LENGTH",
     "STUCK_QUERY_LIMIT",
+    "ChangeCursor",
+    "Changes",
+    "Ended",
     "Increment",
     "JobQuery",
     "JobStore",
     "ProgressResult",
     "StageProgress",
+    "StageWrites",
     "StoreStats",
     "as_progress",
     "check_end_status",
     "check_event",
     "check_progress",
     "check_unmoved",
+    "increment_progress",
     "key_problem",
     "merge_screened",
     "progress_problem",
@@ -138,25 +149,6 @@ class StoreStats:
     # of their "waiting" and "redriven" events, the latest is a "waiting" one.
     waiting: int = 0
 
-    @classmethod
-    def from_rows(
-        cls,
-        jobs: Sequence[Sequence[Any]],
-        items: Sequence[Sequence[Any]],
-        events: Sequence[Sequence[Any]],
-        stuck: int,
-        waiting: int = 0,
-    ) -> StoreStats:
-        """From the rows of the stats queries: (status, jobs), (stage,
-        completed, failed), (kind, events)."""
-        return cls(
-            jobs={row[0]: row[1] for row in jobs},
-            items={row[0]: (row[1], row[2]) for row in items},
-            events={row[0]: row[1] for row in events},
-            stuck=stuck,
-            waiting=waiting,
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class JobQuery:
@@ -166,13 +158,65 @@ class JobQuery:
     job_type: str | None = None
     limit: int = DEFAULT_PAGE_SIZE
     offset: int = 0
+    #: Only jobs written at or after this moment.
+    updated_since: datetime | None = None
 
 
-def check_unmoved(job_id: str, updated_at: datetime, if_updated_at: datetime | None) -> None:
-    """Raise :class:`Conflict` if a job read at ``if_updated_at`` (None: no
-    check) was written since: its ``updated_at`` is now another."""
-    if if_updated_at is not None and updated_at != if_updated_at:
-        raise Conflict(f"job {job_id} was written since {if_updated_at.isoformat()}")
+class Ended(NamedTuple):
+    """What ending a job did: the job after the call, and whether this call
+    ended it (False: it had already ended, and the job says as what)."""
+
+    job: Job
+    changed: bool
+
+
+_CURSOR = re.compile(
+    r"(0|[1-9][0-9]{0,18})(-(?:0|[1-9][0-9]{0,19})(?:\.(?:0|[1-9][0-9]{0,19})){0,999})?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeCursor:
+    """Where a reader of the change feed stands: every job write up to
+    ``seq`` read, except those of the transactions in ``pending`` (their ids,
+    PostgreSQL's in-flight xids at the read; always empty on SQLite and in
+    memory), which are read next time whatever their ``seq``."""
+
+    seq: int
+    pending: tuple[int, ...] = ()
+
+    def __str__(self) -> str:
+        """The compact text form, a ``Last-Event-ID``: ``1234`` or
+        ``1234-5001.5002``."""
+        if not self.pending:
+            return str(self.seq)
+        return f"{self.seq}-{'.'.join(map(str, self.pending))}"
+
+    @classmethod
+    def parse(cls, text: str) -> ChangeCursor:
+        """The cursor a text form names; raises :class:`InvalidRequest` for
+        anything else (a malformed ``Last-Event-ID``)."""
+        match = _CURSOR.fullmatch(text)
+        if match is None or int(match.group(1)) >= 2**63:
+            raise InvalidRequest(f"not a change cursor: {text[:40]!r}")
+        pending = match.group(2)
+        xids = tuple(sorted({int(x) for x in pending[1:].split(".")})) if pending else ()
+        return cls(int(match.group(1)), xids)
+
+
+class Changes(NamedTuple):
+    """A read of the change feed: the jobs written after a cursor, in write
+    order, and the cursor to read from next."""
+
+    jobs: list[Job]
+    cursor: ChangeCursor
+
+
+def check_unmoved(job_id: str, seq: int, if_seq: int | None) -> None:
+    """Raise :class:`Conflict` if a job read at ``if_seq`` (None: no check)
+    was written since: its ``seq`` is now another."""
+    if if_seq is not None and seq != if_seq:
+        raise Conflict(f"job {job_id} was written since change {if_seq}")
 
 
 def check_end_status(status: JobStatus) -> None:
@@ -320,11 +364,66 @@ def as_progress(
     return progress
 
 
+def increment_progress(
+    job_id: str, stage: str, completed: int | None, failed: int, item_key: str | None
+) -> StageProgress:
+    """The arguments of :meth:`JobStore.increment` as progress (``completed``
+    1 unless told otherwise); raises :class:`InvalidIncrement` for a
+    negative, empty or absurd increment, or what no backend can store."""
+    completed = default_completed(completed, failed)
+    check_increment(completed, failed)
+    return as_progress(job_id, stage, completed, failed, item_key)
+
+
+class StageWrites:
+    """The stage writes every backend makes the same way, with the rules of
+    :mod:`jobtrack.model.rules`, over the backend's ``_change`` (the stage
+    read, changed and written back in one atomic write of the job), and the
+    end of an active job over ``end_job``."""
+
+    async def _change(
+        self, job_id: str, stage: str, change: Callable[[Stage, datetime], Stage]
+    ) -> Stage:
+        raise NotImplementedError
+
+    async def end_job(
+        self, job_id: str, status: JobStatus, *, message: str = "", if_seq: int | None = None
+    ) -> Ended:
+        """Complete, fail or cancel a job (see :meth:`JobStore.end_job`)."""
+        raise NotImplementedError
+
+    async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:
+        """Add ``by`` items to the stage's (unsealed) total; raises
+        :class:`InvalidRequest` once it is sealed, ``NotFound``."""
+        return await self._change(job_id, stage, lambda s, now: raise_total(s, now, by=by))
+
+    async def seal_total(self, job_id: str, stage: str, *, total: int | None = None) -> Stage:
+        """Make the stage's total final; it may complete at once. Raises
+        :class:`InvalidRequest` for another total once sealed, ``NotFound``."""
+        return await self._change(job_id, stage, lambda s, now: seal_total(s, now, total=total))
+
+    async def start_stage(self, job_id: str, stage: str, *, message: str | None = None) -> Stage:
+        """Mark a stage as started (and set its message); ``NotFound``."""
+        return await self._change(
+            job_id, stage, lambda s, now: start_stage(s, now, message=message)
+        )
+
+    async def end_job_if_active(
+        self, job_id: str, status: JobStatus, *, message: str = ""
+    ) -> Ended:
+        """End a job that has not ended, however often it is written: the
+        guard is its status alone. Raises as :meth:`end_job`."""
+        return await self.end_job(job_id, status, message=message)
+
+
 @runtime_checkable
 class JobStore(Protocol):
     """Where jobs live. Unknown ids raise :class:`~jobtrack.errors.JobNotFound`
     or :class:`~jobtrack.errors.StageNotFound`; a store that cannot be reached
     raises :class:`~jobtrack.errors.StoreUnavailable`."""
+
+    #: The backend's name: ``memory``, ``sqlite`` or ``postgres``.
+    backend: ClassVar[str]
 
     async def create_job(
         self,
@@ -388,18 +487,20 @@ class JobStore(Protocol):
         status: JobStatus,
         *,
         message: str = "",
-        if_updated_at: datetime | None = None,
-    ) -> Job:
+        if_seq: int | None = None,
+    ) -> Ended:
         """Complete, fail or cancel a job. A job already ended is left as it is.
 
-        With ``if_updated_at``, only if the job has not been written (nor
-        ended) since: its ``updated_at`` is still that; otherwise
-        :class:`Conflict`."""
+        Returns the job after the call and whether this call ended it. With
+        ``if_seq``, only if the job has not been written (nor ended) since:
+        its ``seq`` is still that; otherwise :class:`Conflict`. Raises
+        :class:`InvalidRequest` for a status that is not an end,
+        :class:`~jobtrack.errors.JobNotFound` for an unknown job."""
         ...
 
     async def end_job_if_active(
         self, job_id: str, status: JobStatus, *, message: str = ""
-    ) -> tuple[Job, bool]:
+    ) -> Ended:
         """End the job as ``status`` (completed, failed or cancelled) unless it
         has already ended, however often it is being written meanwhile: one
         atomic write whose guard is the job's status alone.
@@ -412,10 +513,12 @@ class JobStore(Protocol):
         ...
 
     async def list_changed(
-        self, *, after: tuple[datetime, str] | None = None, limit: int = CHANGES_LIMIT
-    ) -> list[Job]:
-        """Jobs written after the ``(updated_at, id)`` position ``after``,
-        oldest write first: the change feed (on an index of its own)."""
+        self, *, after: ChangeCursor | None = None, limit: int = CHANGES_LIMIT
+    ) -> Changes:
+        """Jobs written after the cursor ``after`` (None: from the start), in
+        the order of their ``seq``, and the cursor to read from next: the
+        change feed (on an index of its own). No write is ever skipped,
+        whatever the writers' clocks or the order their transactions commit."""
         ...
 
     async def count_items(self, job_type: str, stage: str) -> int:
@@ -425,9 +528,9 @@ class JobStore(Protocol):
         workers are gone, across restarts."""
         ...
 
-    async def last_change(self) -> tuple[datetime, str] | None:
-        """The ``(updated_at, id)`` position of the newest write (None when
-        the store has no job): where a change feed starts."""
+    async def last_change(self) -> ChangeCursor:
+        """The cursor after the newest write (``seq`` 0 when the store has no
+        job): where a change feed starts."""
         ...
 
     async def stats(self, *, stuck_before: datetime) -> StoreStats:
@@ -449,11 +552,11 @@ class JobStore(Protocol):
         To page, pass the last job's ``(updated_at, id)`` as ``after``."""
         ...
 
-    async def claim_stuck(self, job_id: str, updated_at: datetime) -> datetime | None:
-        """Touch an active job whose ``updated_at`` is still ``updated_at``, and
-        return its new ``updated_at``; None if it moved or ended meanwhile.
-        Of several monitors that found the same stuck job, one wins, and the
-        job is not stuck again before another ``stuck_after`` has passed."""
+    async def claim_stuck(self, job_id: str, seq: int) -> int | None:
+        """Touch an active job whose ``seq`` is still ``seq``, and return its
+        new ``seq``; None if it moved or ended meanwhile. Of several monitors
+        that found the same stuck job, one wins, and the job is not stuck
+        again before another ``stuck_after`` has passed."""
         ...
 
     async def set_counts(
@@ -462,11 +565,13 @@ class JobStore(Protocol):
         counts: Mapping[str, StageCounts],
         *,
         keys: Mapping[str, Collection[str]] | None = None,
-        if_updated_at: datetime | None = None,
+        if_seq: int | None = None,
     ) -> Job:
-        """Set stage counts to the ground truth (reconciliation), up or down.
+        """Set stage counts to the ground truth (reconciliation), up or down;
+        the job is written (its ``updated_at`` and ``seq`` move) whatever
+        changed, keys alone included.
 
-        With ``if_updated_at``, only if the job has not been written since
+        With ``if_seq``, only if the job has not been written since
         (:class:`~jobtrack.errors.Conflict` otherwise): a reconciliation never
         overwrites an increment that arrived while it ran.
 

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from jobtrack.errors import JobNotFound, NotFound, StageNotFound
 from jobtrack.model import (
@@ -22,29 +22,28 @@ from jobtrack.model import (
     Stage,
     StageCounts,
     apply_increment,
-    check_increment,
-    default_completed,
     derive_job_status,
     new_id,
-    raise_total,
-    seal_total,
     set_counts,
-    start_stage,
     utc_now,
 )
 from jobtrack.store.base import (
     CHANGES_LIMIT,
     EVENTS_LIMIT,
     STUCK_QUERY_LIMIT,
+    ChangeCursor,
+    Changes,
+    Ended,
     Increment,
     JobQuery,
     ProgressResult,
     StageProgress,
+    StageWrites,
     StoreStats,
-    as_progress,
     check_end_status,
     check_event,
     check_unmoved,
+    increment_progress,
     merge_screened,
     screen_progress,
     validate_new_job,
@@ -53,11 +52,16 @@ from jobtrack.store.base import (
 __all__ = ["InMemoryJobStore"]
 
 
-class InMemoryJobStore:
-    """A :class:`~jobtrack.store.base.JobStore` held in a dict."""
+class InMemoryJobStore(StageWrites):
+    """A :class:`~jobtrack.store.base.JobStore` held in a dict; every job
+    write takes the next value of a counter (the job's ``seq``) under the
+    store's lock."""
+
+    backend: ClassVar[str] = "memory"
 
     def __init__(self, *, clock: Clock = utc_now) -> None:
         self._clock = clock
+        self._seq = 0
         self._jobs: dict[str, Job] = {}
         self._item_keys: dict[str, set[tuple[str, str]]] = {}
         self._events: dict[str, list[JobEvent]] = {}
@@ -83,7 +87,16 @@ class InMemoryJobStore:
             stages={name: Stage(name=name) for name in stages},
             attributes=dict(attributes or {}),
         )
+        async with self._lock:
+            return self._put(job, now)
+
+    def _put(self, job: Job, now: datetime, **changes: Any) -> Job:
+        """Write ``job`` (with ``changes``) as of ``now``: the next seq."""
+        self._seq += 1
+        job = replace(job, updated_at=now, seq=self._seq, **changes)
         self._jobs[job.id] = job
+        if job.status.terminal:
+            self._item_keys.pop(job.id, None)  # an ended job counts nothing more
         return job
 
     async def get_job(self, job_id: str) -> Job:
@@ -101,6 +114,7 @@ class InMemoryJobStore:
             for job in self._jobs.values()
             if (query.status is None or job.status is query.status)
             and (query.job_type is None or job.job_type == query.job_type)
+            and (query.updated_since is None or job.updated_at >= query.updated_since)
         ]
         jobs.sort(key=lambda job: (job.created_at, job.id), reverse=True)
         return jobs[query.offset : query.offset + query.limit]
@@ -115,9 +129,7 @@ class InMemoryJobStore:
         item_key: str | None = None,
     ) -> Increment:
         """Count finished items, at most once per item key."""
-        completed = default_completed(completed, failed)
-        check_increment(completed, failed)
-        progress = as_progress(job_id, stage, completed, failed, item_key)
+        progress = increment_progress(job_id, stage, completed, failed, item_key)
         async with self._lock:
             return self._add(progress, self._clock()).as_increment()
 
@@ -144,23 +156,9 @@ class InMemoryJobStore:
             return ProgressResult(progress, 0, current)
         counted = apply_increment(current, now, completed=completed, failed=failed)
         assert counted is not None  # the stage is not terminal
-        job = self._put_stage(job, counted, now)
+        job = self._put_stages(job, [counted], now)
         ended = job.status if counted.status.terminal else None
         return ProgressResult(progress, completed + failed, counted, ended)
-
-    async def raise_total(self, job_id: str, stage: str, *, by: int) -> Stage:
-        """Add ``by`` items to the stage's (unsealed) total."""
-        return await self._change(job_id, stage, lambda s, now: raise_total(s, now, by=by))
-
-    async def seal_total(self, job_id: str, stage: str, *, total: int | None = None) -> Stage:
-        """Make the stage's total final; it may complete at once."""
-        return await self._change(job_id, stage, lambda s, now: seal_total(s, now, total=total))
-
-    async def start_stage(self, job_id: str, stage: str, *, message: str | None = None) -> Stage:
-        """Mark a stage as started (and set its message)."""
-        return await self._change(
-            job_id, stage, lambda s, now: start_stage(s, now, message=message)
-        )
 
     async def end_job(
         self,
@@ -168,43 +166,31 @@ class InMemoryJobStore:
         status: JobStatus,
         *,
         message: str = "",
-        if_updated_at: datetime | None = None,
-    ) -> Job:
-        """Complete, fail or cancel a job; a job already ended stays as it is."""
-        job, _ = await self._end(job_id, status, message, if_updated_at)
-        return job
-
-    async def end_job_if_active(
-        self, job_id: str, status: JobStatus, *, message: str = ""
-    ) -> tuple[Job, bool]:
-        """End a job that has not ended; the job after the call, and whether
-        this call ended it."""
-        return await self._end(job_id, status, message, None)
-
-    async def _end(
-        self, job_id: str, status: JobStatus, message: str, if_updated_at: datetime | None
-    ) -> tuple[Job, bool]:
+        if_seq: int | None = None,
+    ) -> Ended:
+        """Complete, fail or cancel a job; a job already ended stays as it
+        is. Raises ``Conflict`` when ``if_seq`` is given and the job was
+        written since, ``InvalidRequest`` for a status that is no end,
+        ``JobNotFound``."""
         check_end_status(status)
         async with self._lock:
             job = await self.get_job(job_id)
-            check_unmoved(job_id, job.updated_at, if_updated_at)
+            check_unmoved(job_id, job.seq, if_seq)
             if job.status.terminal:
-                return job, False
+                return Ended(job, False)
             now = self._clock()
-            ended = replace(job, status=status, message=message, updated_at=now, completed_at=now)
-            self._jobs[job_id] = ended
-            self._item_keys.pop(job_id, None)
-            return ended, True
+            return Ended(
+                self._put(job, now, status=status, message=message, completed_at=now), True
+            )
 
     async def list_changed(
-        self, *, after: tuple[datetime, str] | None = None, limit: int = CHANGES_LIMIT
-    ) -> list[Job]:
-        """Jobs written after ``after``, oldest write first (the change feed)."""
-        changed = [
-            job for job in self._jobs.values() if after is None or (job.updated_at, job.id) > after
-        ]
-        changed.sort(key=lambda job: (job.updated_at, job.id))
-        return changed[:limit]
+        self, *, after: ChangeCursor | None = None, limit: int = CHANGES_LIMIT
+    ) -> Changes:
+        """Jobs written after the cursor, in ``seq`` order, and the next cursor."""
+        seq = 0 if after is None else after.seq
+        changed = sorted((job for job in self._jobs.values() if job.seq > seq), key=_by_seq)
+        changed = changed[:limit]
+        return Changes(changed, ChangeCursor(changed[-1].seq if changed else seq))
 
     async def count_items(self, job_type: str, stage: str) -> int:
         """Items of ``stage`` counted over every job of ``job_type``."""
@@ -214,9 +200,9 @@ class InMemoryJobStore:
             if job.job_type == job_type and stage in job.stages
         )
 
-    async def last_change(self) -> tuple[datetime, str] | None:
-        """The position of the newest write."""
-        return max(((job.updated_at, job.id) for job in self._jobs.values()), default=None)
+    async def last_change(self) -> ChangeCursor:
+        """The cursor after the newest write."""
+        return ChangeCursor(max((job.seq for job in self._jobs.values()), default=0))
 
     async def stats(self, *, stuck_before: datetime) -> StoreStats:
         """Totals across the store, for metrics."""
@@ -266,13 +252,15 @@ class InMemoryJobStore:
         counts: Mapping[str, StageCounts],
         *,
         keys: Mapping[str, Collection[str]] | None = None,
-        if_updated_at: datetime | None = None,
+        if_seq: int | None = None,
     ) -> Job:
         """Set stage counts to the ground truth, up or down (and, with ``keys``,
-        each named stage's counted keys to exactly those)."""
+        each named stage's counted keys to exactly those); the job is written.
+        Raises ``Conflict`` when ``if_seq`` is given and the job was written
+        since, ``NotFound`` for unknown names."""
         async with self._lock:
             job = await self.get_job(job_id)
-            check_unmoved(job_id, job.updated_at, if_updated_at)
+            check_unmoved(job_id, job.seq, if_seq)
             now = self._clock()
             # All or nothing: every stage is checked before any is written.
             changed = [set_counts(self._stage(job_id, n)[1], now, c) for n, c in counts.items()]
@@ -283,21 +271,15 @@ class InMemoryJobStore:
                 for name, stage_keys in (keys or {}).items():
                     claimed.difference_update({k for k in claimed if k[0] == name})
                     claimed.update((name, key) for key in stage_keys)
-            for stage in changed:
-                job = self._put_stage(job, stage, now)
-            if job.status.terminal:
-                self._item_keys.pop(job_id, None)
-            return job
+            return self._put_stages(job, changed, now)
 
-    async def claim_stuck(self, job_id: str, updated_at: datetime) -> datetime | None:
-        """Touch an active job still at ``updated_at``; its new ``updated_at``, or None."""
+    async def claim_stuck(self, job_id: str, seq: int) -> int | None:
+        """Touch an active job still at ``seq``; its new ``seq``, or None."""
         async with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.status not in ACTIVE_JOB_STATUSES or job.updated_at != updated_at:
+            if job is None or job.status not in ACTIVE_JOB_STATUSES or job.seq != seq:
                 return None
-            now = self._clock()
-            self._jobs[job_id] = replace(job, updated_at=now)
-            return now
+            return self._put(job, self._clock()).seq
 
     async def add_event(
         self, job_id: str, kind: str, message: str, data: Mapping[str, Any] | None = None
@@ -336,19 +318,11 @@ class InMemoryJobStore:
             raise StageNotFound(job_id, stage)
         return job, current
 
-    def _put_stage(self, job: Job, stage: Stage, now: datetime) -> Job:
-        stages = {**job.stages, stage.name: stage}
-        status = derive_job_status(job.status, (s.status for s in stages.values()))
-        completed_at = job.completed_at
-        if status.terminal and completed_at is None:
-            completed_at = now
-        updated = replace(
-            job, stages=stages, status=status, updated_at=now, completed_at=completed_at
-        )
-        self._jobs[job.id] = updated
-        if status.terminal:
-            self._item_keys.pop(job.id, None)
-        return updated
+    def _put_stages(self, job: Job, stages: Sequence[Stage], now: datetime) -> Job:
+        changed = {**job.stages, **{stage.name: stage for stage in stages}}
+        status = derive_job_status(job.status, (s.status for s in changed.values()))
+        completed_at = job.completed_at or (now if status.terminal else None)
+        return self._put(job, now, stages=changed, status=status, completed_at=completed_at)
 
     async def _change(
         self, job_id: str, stage: str, change: Callable[[Stage, datetime], Stage]
@@ -357,7 +331,7 @@ class InMemoryJobStore:
             job, current = self._stage(job_id, stage)
             now = self._clock()
             changed = change(current, now)
-            self._put_stage(job, changed, now)
+            self._put_stages(job, [changed], now)
             return changed
 
 
@@ -366,3 +340,7 @@ def _claim(keys: set[tuple[str, str]], stage: str, new: Sequence[str]) -> int:
     before = len(keys)
     keys.update((stage, key) for key in new)
     return len(keys) - before
+
+
+def _by_seq(job: Job) -> int:
+    return job.seq

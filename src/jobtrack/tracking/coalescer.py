@@ -181,7 +181,6 @@ class Coalescer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.dropped = 0
-        self.flushes = 0
 
     @property
     def pending(self) -> int:
@@ -297,7 +296,6 @@ class Coalescer:
         if outage is None:
             WRITE_STATS.record(time.perf_counter() - started, items)
             self._backoff = 0.0
-            self.flushes += 1
         else:
             WRITE_STATS.failed()
         self._settle(folds, owners, batch, results)

@@ -195,7 +195,7 @@ function newestShown() {
 function apply(job, fromSnapshot) {
   const shown = state.jobs.get(job.id);
   if (shown) {
-    if (shown.updated_at > job.updated_at) return;  // an older write than the one shown
+    if (shown.seq > job.seq) return;  // an older write than the one shown
     record(job);  // rate and ETA: for the jobs shown only
     state.jobs.set(job.id, job);
     redrawJob(job);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,16 +17,13 @@ from jobtrack.pipeline.catalog.base import (
     artifact_from_row,
     image_id_for,
 )
+from jobtrack.store.sql import load_queries
 from jobtrack.store.sqlite import SqliteDatabase
 from jobtrack.store.sqlite.database import from_micros, on_database_thread, to_micros
 
 __all__ = ["SqliteCatalog"]
 
-_IMAGE_COLUMNS = "i.id, i.collection_id, i.relpath, i.size, i.mtime_ns, i.job_id, i.present"
-_ARTIFACT_COLUMNS = (
-    "a.image_id, a.kind, a.status, a.variant, a.source_size, a.source_mtime_ns,"
-    " a.produced_at, a.path, a.error, a.width, a.height"
-)
+_Q = load_queries("jobtrack.pipeline.catalog", "sqlite_queries.sql")
 
 
 class SqliteCatalog:
@@ -40,14 +38,8 @@ class SqliteCatalog:
     def ensure_collection(self, root: str) -> Collection:
         """The collection at this root, created on first use."""
         with self.database.write() as conn:
-            conn.execute(
-                "INSERT INTO collections (id, root, created_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (root) DO NOTHING",
-                (new_id(), root, to_micros(self._clock())),
-            )
-            row = conn.execute(
-                "SELECT id, root, job_id, created_at FROM collections WHERE root = ?", (root,)
-            ).fetchone()
+            conn.execute(_Q["ensure_collection"], (new_id(), root, to_micros(self._clock())))
+            row = conn.execute(_Q["collection_at"], (root,)).fetchone()
         return _collection(row)
 
     @on_database_thread
@@ -55,8 +47,7 @@ class SqliteCatalog:
         """The collection; CollectionNotFound if there is none."""
         with self.database.translate_errors():
             row = self.database.connection.execute(
-                "SELECT id, root, job_id, created_at FROM collections WHERE id = ?",
-                (collection_id,),
+                _Q["get_collection"], (collection_id,)
             ).fetchone()
         if row is None:
             raise CollectionNotFound(collection_id)
@@ -66,10 +57,7 @@ class SqliteCatalog:
     def swap_job(self, collection_id: str, *, expected: str | None, job_id: str) -> bool:
         """Compare-and-set the collection's current job."""
         with self.database.write() as conn:
-            cursor = conn.execute(
-                "UPDATE collections SET job_id = ? WHERE id = ? AND job_id IS ?",
-                (job_id, collection_id, expected),
-            )
+            cursor = conn.execute(_Q["swap_job"], (job_id, collection_id, expected))
             return cursor.rowcount == 1
 
     @on_database_thread
@@ -89,42 +77,24 @@ class SqliteCatalog:
             for f in files
         ]
         with self.database.write() as conn:
-            conn.executemany(
-                "INSERT INTO images (id, collection_id, relpath, size, mtime_ns, job_id, present)"
-                " VALUES (?, ?, ?, ?, ?, ?, 1)"
-                " ON CONFLICT (id) DO UPDATE SET size = excluded.size,"
-                " mtime_ns = excluded.mtime_ns, job_id = excluded.job_id, present = 1",
-                rows,
-            )
+            conn.executemany(_Q["register_image"], rows)
         return self._states([row[0] for row in rows])
 
     @on_database_thread
     def retire_unseen(self, collection_id: str, job_id: str) -> list[str]:
         """Mark images this job's scan did not see as gone; forget their artifacts."""
-        unseen = "SELECT id FROM images WHERE collection_id = ? AND job_id <> ? AND present = 1"
+        params = (collection_id, job_id)
         with self.database.write() as conn:
-            paths = [
-                row[0]
-                for row in conn.execute(
-                    f"SELECT path FROM artifacts WHERE path IS NOT NULL AND image_id IN ({unseen})",
-                    (collection_id, job_id),
-                )
-            ]
-            conn.execute(
-                f"DELETE FROM artifacts WHERE image_id IN ({unseen})", (collection_id, job_id)
-            )
-            conn.execute(
-                f"UPDATE images SET present = 0 WHERE id IN ({unseen})", (collection_id, job_id)
-            )
+            paths = [row[0] for row in conn.execute(_Q["unseen_paths"], params)]
+            conn.execute(_Q["forget_unseen_artifacts"], params)
+            conn.execute(_Q["retire_unseen"], params)
         return paths
 
     @on_database_thread
     def get_image(self, image_id: str) -> ImageRecord:
         """One image; NotFound if there is none."""
         with self.database.translate_errors():
-            row = self.database.connection.execute(
-                f"SELECT {_IMAGE_COLUMNS} FROM images i WHERE i.id = ?", (image_id,)
-            ).fetchone()
+            row = self.database.connection.execute(_Q["get_image"], (image_id,)).fetchone()
         if row is None:
             raise NotFound(f"image {image_id!r} not found")
         return _image(row)
@@ -134,9 +104,7 @@ class SqliteCatalog:
         """Record how making an artifact ended, replacing the previous one."""
         with self.database.write() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO artifacts (image_id, kind, status, variant, source_size,"
-                " source_mtime_ns, produced_at, path, error, width, height)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _Q["record_artifact"],
                 (
                     artifact.image_id,
                     artifact.kind,
@@ -156,31 +124,19 @@ class SqliteCatalog:
     def images_of_job(self, collection_id: str, job_id: str) -> list[ImageState]:
         """The images this job's scan saw, with their artifacts."""
         with self.database.translate_errors():
-            rows = self.database.connection.execute(
-                f"SELECT {_IMAGE_COLUMNS} FROM images i"
-                " WHERE i.collection_id = ? AND i.job_id = ? ORDER BY i.relpath",
-                (collection_id, job_id),
-            ).fetchall()
-            artifacts = self.database.connection.execute(
-                f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts a JOIN images i ON i.id = a.image_id"
-                " WHERE i.collection_id = ? AND i.job_id = ?",
-                (collection_id, job_id),
-            ).fetchall()
+            conn = self.database.connection
+            rows = conn.execute(_Q["images_of_job"], (collection_id, job_id)).fetchall()
+            artifacts = conn.execute(_Q["artifacts_of_job"], (collection_id, job_id)).fetchall()
         return _join([_image(row) for row in rows], artifacts)
 
     def _states(self, image_ids: list[str]) -> list[ImageState]:
         if not image_ids:
             return []
-        marks = ",".join("?" * len(image_ids))
+        ids = (json.dumps(image_ids),)
         with self.database.translate_errors():
             conn = self.database.connection
-            rows = conn.execute(
-                f"SELECT {_IMAGE_COLUMNS} FROM images i WHERE i.id IN ({marks})", image_ids
-            ).fetchall()
-            artifacts = conn.execute(
-                f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts a WHERE a.image_id IN ({marks})",
-                image_ids,
-            ).fetchall()
+            rows = conn.execute(_Q["images"], ids).fetchall()
+            artifacts = conn.execute(_Q["artifacts"], ids).fetchall()
         by_id = {row[0]: _image(row) for row in rows}
         return _join([by_id[i] for i in image_ids], artifacts)
 

@@ -1,7 +1,9 @@
 -- Named queries of the PostgreSQL job store; each begins with a "-- name: x" line.
 
 -- name: add
-SELECT * FROM jobtrack_add(%s, %s, %s, %s, %s::text[], %s::text[], %s);
+SELECT * FROM jobtrack_add(
+    %(job_id)s, %(stage)s, %(completed)s, %(failed)s, %(completed_keys)s::text[],
+    %(failed_keys)s::text[], %(now)s);
 
 -- name: add_many
 -- The arrays go in binary: in text psycopg quotes each element of a text
@@ -16,16 +18,17 @@ INSERT INTO jobs (id, job_type, status, attributes, created_at, updated_at)
 VALUES (%(id)s, %(job_type)s, 'pending', %(attributes)s, %(now)s, %(now)s);
 
 -- name: insert_stages
+-- (now: the stages of PostgreSQL have no updated_at of their own.)
 INSERT INTO stages (job_id, name, position)
 SELECT %(job_id)s, name, position - 1
 FROM unnest(%(names)s::text[]) WITH ORDINALITY AS s (name, position);
 
 -- name: get_job
-SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
+SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
 FROM jobs WHERE id = %(job_id)s;
 
 -- name: lock_job
-SELECT status FROM jobs WHERE id = %(job_id)s FOR UPDATE;
+SELECT status, seq FROM jobs WHERE id = %(job_id)s FOR UPDATE;
 
 -- name: get_stages
 SELECT job_id, name, status, total_items, completed_items, failed_items, total_final, message,
@@ -45,20 +48,17 @@ UPDATE stages SET
 WHERE job_id = %(job_id)s AND name = %(name)s;
 
 -- name: touch_and_settle
+-- The job is written (its seq moves), then its status settled.
 WITH touched AS (UPDATE jobs SET updated_at = %(now)s WHERE id = %(job_id)s RETURNING id)
 SELECT jobtrack_settle_job(id, %(now)s) FROM touched;
 
 -- name: end_job
+-- Without if_seq, the status is the only guard: a row returned says this
+-- call ended the job.
 UPDATE jobs SET status = %(status)s, message = %(message)s, updated_at = %(now)s,
     completed_at = %(now)s
 WHERE id = %(job_id)s AND status IN ('pending', 'in_progress')
-  AND (%(if_updated_at)s::timestamptz IS NULL OR updated_at = %(if_updated_at)s::timestamptz);
-
--- name: end_job_if_active
--- The status is the only guard: a row returned says this call ended the job.
-UPDATE jobs SET status = %(status)s, message = %(message)s, updated_at = %(now)s,
-    completed_at = %(now)s
-WHERE id = %(job_id)s AND status IN ('pending', 'in_progress')
+  AND (%(if_seq)s::bigint IS NULL OR seq = %(if_seq)s::bigint)
 RETURNING id;
 
 -- name: forget_keys
@@ -66,11 +66,11 @@ DELETE FROM item_keys WHERE job_id = %(job_id)s;
 
 -- name: find_stuck
 -- The seed's query; served by idx_stuck_jobs (job_type, status, updated_at).
-SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
+SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
 FROM jobs
 WHERE job_type = %(job_type)s AND status IN ('pending', 'in_progress')
-  AND updated_at < %(before)s AND updated_at >= %(after)s
-  AND (updated_at, id) > (%(after)s, %(after_id)s)
+  AND updated_at < %(before)s AND updated_at >= %(after)s::timestamptz
+  AND (updated_at, id) > (%(after)s::timestamptz, %(after_id)s)
 ORDER BY updated_at, id
 LIMIT %(limit)s;
 
@@ -94,44 +94,57 @@ SELECT id, job_id, at, kind, message, data FROM (
 
 -- name: claim_stuck
 UPDATE jobs SET updated_at = %(now)s
-WHERE id = %(job_id)s AND updated_at = %(expected)s AND status IN ('pending', 'in_progress');
-
--- name: lock_job_updated_at
-SELECT status, updated_at FROM jobs WHERE id = %(job_id)s FOR UPDATE;
+WHERE id = %(job_id)s AND seq = %(expected)s AND status IN ('pending', 'in_progress')
+RETURNING id;
 
 -- name: list_changed
--- The change feed; served by idx_jobs_changed.
-SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at
-FROM jobs
-WHERE (updated_at AT TIME ZONE 'UTC') >= (%(after)s::timestamptz AT TIME ZONE 'UTC')
-  AND ((updated_at AT TIME ZONE 'UTC'), id) > ((%(after)s::timestamptz AT TIME ZONE 'UTC'), %(after_id)s)
-ORDER BY (updated_at AT TIME ZONE 'UTC'), id
-LIMIT %(limit)s;
+-- The change feed: the jobs written after the cursor (seq past it, or last
+-- written by a transaction that was in flight at the last read), and, in
+-- the same statement (so from the same snapshot), the transactions in
+-- flight now: the next cursor's pending ones. A transaction whose xid is
+-- assigned after this snapshot takes its seq after it too (the jobs_seq
+-- trigger takes the xid first), so past every seq this read can see. The
+-- row of the snapshot alone (id NULL) comes back when no job has changed.
+WITH picked AS (
+    SELECT id, seq FROM jobs WHERE seq > %(after)s
+    UNION
+    SELECT id, seq FROM jobs WHERE xid = ANY (%(pending)s::bigint[]::text[]::xid8[])
+    ORDER BY seq
+    LIMIT %(limit)s
+)
+SELECT j.id, j.job_type, j.status, j.attributes, j.message, j.created_at, j.updated_at,
+       j.completed_at, j.seq,
+       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) x) AS pending
+FROM (VALUES (1)) AS snapshot (one)
+LEFT JOIN picked ON true
+LEFT JOIN jobs j ON j.id = picked.id
+ORDER BY picked.seq;
 
 -- name: stats_jobs
-SELECT status, count(*) FROM jobs GROUP BY status;
+SELECT status, count(*) AS jobs FROM jobs GROUP BY status;
 
 -- name: stats_items
-SELECT name, sum(completed_items)::bigint, sum(failed_items)::bigint FROM stages GROUP BY name;
+SELECT name, sum(completed_items)::bigint AS completed, sum(failed_items)::bigint AS failed
+FROM stages GROUP BY name;
 
 -- name: count_items
 -- Items of a stage counted over every job of a type (the monitor's
 -- consumption reading across restarts); the jobs on idx_stuck_jobs.
-SELECT coalesce(sum(s.completed_items + s.failed_items), 0)::bigint
+SELECT coalesce(sum(s.completed_items + s.failed_items), 0)::bigint AS items
 FROM jobs AS j JOIN stages AS s ON s.job_id = j.id AND s.name = %(stage)s
 WHERE j.job_type = %(job_type)s;
 
 -- name: stats_events
-SELECT kind, count(*) FROM job_events GROUP BY kind;
+SELECT kind, count(*) AS events FROM job_events GROUP BY kind;
 
 -- name: stats_stuck
-SELECT count(*) FROM jobs
+SELECT count(*) AS jobs FROM jobs
 WHERE status IN ('pending', 'in_progress') AND updated_at < %(before)s;
 
 -- name: stats_waiting
 -- Active jobs the monitor last left alone behind a backlog: of their
 -- waiting and redriven events (on idx_job_events), the latest is a waiting one.
-SELECT count(*) FROM jobs AS j
+SELECT count(*) AS jobs FROM jobs AS j
 WHERE j.status IN ('pending', 'in_progress')
   AND (SELECT e.kind FROM job_events AS e
        WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven')
@@ -141,5 +154,35 @@ WHERE j.status IN ('pending', 'in_progress')
 SELECT id, job_id, at, kind, message, data FROM job_events ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: last_change
--- The newest write; idx_jobs_changed read backwards.
-SELECT updated_at, id FROM jobs ORDER BY (updated_at AT TIME ZONE 'UTC') DESC, id DESC LIMIT 1;
+-- The newest seq (idx_jobs_seq read backwards) and the transactions in
+-- flight, from one snapshot: where a change feed starts.
+SELECT coalesce(max(seq), 0) AS seq,
+       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) x) AS pending
+FROM jobs;
+
+-- name: list_jobs
+SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
+FROM jobs
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
+  AND (%(updated_since)s::timestamptz IS NULL OR updated_at >= %(updated_since)s)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- The migration runner's statements (store.postgres.store.migrate), for
+-- every component's migrations in this database.
+
+-- name: migration_lock
+SELECT pg_advisory_xact_lock(%(lock)s);
+
+-- name: migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    component text NOT NULL, version integer NOT NULL, name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (component, version));
+
+-- name: migrations_applied
+SELECT version FROM schema_migrations WHERE component = %(component)s;
+
+-- name: migration_record
+INSERT INTO schema_migrations (component, version, name)
+VALUES (%(component)s, %(version)s, %(name)s);

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from jobtrack.errors import StoreError, StoreMissing, StoreUnavailable
-from jobtrack.store.sql import migrations
+from jobtrack.store.sql import load_queries, migrations
 
 __all__ = ["SqliteDatabase", "from_micros", "on_database_thread", "to_micros"]
 
@@ -36,6 +36,7 @@ _P = ParamSpec("_P")
 
 logger = logging.getLogger(__name__)
 
+_Q = load_queries("jobtrack.store.sqlite")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 # Conditions that pass: another writer, a full or failing disk, a file that
@@ -82,11 +83,7 @@ class SqliteDatabase:
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute("PRAGMA foreign_keys = ON")
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " component TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,"
-                " applied_at INTEGER NOT NULL, PRIMARY KEY (component, version))"
-            )
+            connection.execute(_Q["migrations_table"])
         return connection
 
     async def run(self, work: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
@@ -133,12 +130,18 @@ class SqliteDatabase:
         except sqlite3.Error as exc:
             raise self.translate(exc) from exc
 
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """A write transaction that takes the write lock up front
         (``BEGIN IMMEDIATE``), so it never fails half-way on a busy lock."""
+        return self.transaction(write=True)
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """A transaction, errors translated: to write, ``BEGIN IMMEDIATE``
+        (see :meth:`write`); to read, a deferred one (one snapshot for all
+        its statements). Rolled back if its body raises."""
         with self.translate_errors():
-            self.connection.execute("BEGIN IMMEDIATE")
+            self.connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield self.connection
                 self.connection.execute("COMMIT")
@@ -166,9 +169,13 @@ class SqliteDatabase:
                 for statement in _statements(migration.read()):
                     conn.execute(statement)
                 conn.execute(
-                    "INSERT INTO schema_migrations (component, version, name, applied_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (component, migration.version, migration.name, to_micros(datetime.now(UTC))),
+                    _Q["migration_record"],
+                    {
+                        "component": component,
+                        "version": migration.version,
+                        "name": migration.name,
+                        "now": to_micros(datetime.now(UTC)),
+                    },
                 )
                 applied_now.append(migration.version)
         if applied_now:
@@ -181,9 +188,7 @@ class SqliteDatabase:
         return applied_now
 
     def _applied(self, component: str) -> set[int]:
-        rows = self.connection.execute(
-            "SELECT version FROM schema_migrations WHERE component = ?", (component,)
-        )
+        rows = self.connection.execute(_Q["migrations_applied"], {"component": component})
         return {row[0] for row in rows}
 
     def schema_version(self, component: str) -> int:
@@ -192,10 +197,7 @@ class SqliteDatabase:
 
     def _schema_version(self, component: str) -> int:
         with self.translate_errors():
-            row = self.connection.execute(
-                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE component = ?",
-                (component,),
-            ).fetchone()
+            row = self.connection.execute(_Q["schema_version"], {"component": component}).fetchone()
         return int(row[0])
 
     def close(self) -> None:

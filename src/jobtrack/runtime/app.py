@@ -1,0 +1,313 @@
+"""The composition root: one object that builds jobtrack's parts from settings.
+
+Every way of running jobtrack (a scan with its embedded runtime, a worker, a
+monitor, the HTTP API) gets its store, catalog, broker and progress tracker
+from an :class:`App`, built the same way from the same :class:`Settings`::
+
+    async with App(settings) as app:
+        job = await app.store.get_job(job_id)
+
+Each part is built on first use, so a command that needs no tracker opens
+none. Closing writes the pending progress and closes the tracker, then the
+broker, then the catalog, then the store, each whatever happened to the
+others; closing twice closes once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+
+from jobtrack.broker import Broker, open_broker
+from jobtrack.errors import BrokerUnavailable, InvalidRequest, StoreError
+from jobtrack.monitor import Monitor
+from jobtrack.pipeline.catalog import Catalog, catalog_for
+from jobtrack.pipeline.reconciler import CollectionScanReconciler
+from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec
+from jobtrack.runtime.settings import Settings
+from jobtrack.store import JobStore, open_store
+from jobtrack.tracking import ProgressTracker
+
+__all__ = ["App"]
+
+logger = logging.getLogger(__name__)
+
+
+class App:
+    """jobtrack's parts, built from one :class:`Settings`: the job store, the
+    catalog kept beside it, the broker and the progress tracker. Use as
+    ``async with App(settings) as app:``; each part is built on first use.
+
+    :param renditions: the stages of the reference application's scans.
+    :param flush_wait: seconds closing gives the tracker to write the
+        progress still pending.
+    :param create_store: create the store if there is none (a SQLite file);
+        when False, using :attr:`store` raises ``StoreMissing`` instead.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        renditions: tuple[RenditionSpec, ...] = DEFAULT_RENDITIONS,
+        flush_wait: float = 5.0,
+        create_store: bool = True,
+    ) -> None:
+        self.settings = settings
+        """Where the state lives and how jobtrack runs (store and broker URLs,
+        data folder, progress writes, monitor timings)."""
+        self.renditions = renditions
+        """The renditions a collection scan makes, one stage each."""
+        self.flush_wait = flush_wait
+        """Seconds :meth:`aclose` gives the tracker to write pending progress."""
+        self.create_store = create_store
+        """Whether opening the store may create it (else only one that exists)."""
+        self._store: JobStore | None = None
+        self._catalog: Catalog | None = None
+        self._broker: Broker | None = None
+        self._tracker: ProgressTracker | None = None
+        self._reconciler: CollectionScanReconciler | None = None
+        self._closed = False
+        self._entered = False
+        self._closing: asyncio.Future[BaseException | None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> App:
+        """The app for ``settings``, with the default renditions."""
+        return cls(settings)
+
+    @property
+    def shared_broker(self) -> bool:
+        """Whether the broker is one that other processes reach (``amqp://``),
+        rather than the in-process ``memory://`` one."""
+        return self.settings.broker_url != "memory://"
+
+    @property
+    def broker(self) -> Broker:
+        """The broker the settings name (it connects on first use).
+
+        :raises InvalidRequest: an unsupported broker URL.
+        :raises InvalidRequest: the app is closed.
+        """
+        if self._broker is None:
+            self._check_open()
+            self._broker = open_broker(self.settings.broker_url)
+        return self._broker
+
+    @property
+    def store(self) -> JobStore:
+        """The job store the settings name (created, unless ``create_store``
+        is False, and migrated as needed).
+
+        :raises InvalidRequest: an unsupported store URL, or the app is closed.
+        :raises StoreMissing: ``create_store`` is False and there is none.
+        :raises ConfigurationError: a PostgreSQL URL that can never connect.
+        :raises StoreError: the SQLite file cannot be created or opened.
+        """
+        if self._store is None:
+            self._check_open()
+            self._store = open_store(self.settings.store_url, create=self.create_store)
+        return self._store
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog kept in the store's database, chosen by the store's
+        ``backend``.
+
+        :raises InvalidRequest: no catalog goes with the store's backend, or
+            the app is closed.
+        """
+        if self._catalog is None:
+            self._catalog = catalog_for(self.store)
+        return self._catalog
+
+    @property
+    def tracker(self) -> ProgressTracker:
+        """The progress tracker that counts finished items into the store,
+        as the settings say (on or off, coalesced or per item, how often).
+
+        :raises InvalidRequest: the app is closed.
+        """
+        if self._tracker is None:
+            store = self.store
+            self._tracker = ProgressTracker(
+                store,
+                enabled=self.settings.consumer_progress,
+                coalesce=self.settings.coalesce,
+                flush_interval=self.settings.flush_interval,
+            )
+        return self._tracker
+
+    @property
+    def reconciler(self) -> CollectionScanReconciler:
+        """The collection scan's reconciler: true counts from the catalog;
+        with a shared broker it also reads the backlog and publishes missing
+        items again (the in-process broker of another process is out of reach).
+
+        :raises InvalidRequest: the app is closed.
+        """
+        if self._reconciler is None:
+            self._reconciler = CollectionScanReconciler(
+                catalog=self.catalog,
+                renditions=self.renditions,
+                broker=self.broker if self.shared_broker else None,
+            )
+        return self._reconciler
+
+    def monitor(
+        self, *, stuck_after: float | None = None, max_redrives: int = 3, mode: str = "hybrid"
+    ) -> Monitor:
+        """A fallback monitor of the app's store, with its reconciler.
+
+        :param stuck_after: seconds without an update before a job is stuck
+            (default: the settings').
+        :raises InvalidRequest: ``mode`` is neither hybrid nor centralized;
+            the app is closed.
+        """
+        return Monitor(
+            self.store,
+            [self.reconciler],
+            stuck_after=self.settings.stuck_after if stuck_after is None else stuck_after,
+            max_redrives=max_redrives,
+            mode=mode,
+        )
+
+    def ensure_data_dir(self) -> Path:
+        """The data folder (where renditions are written), made if missing.
+
+        :raises StoreError: the folder cannot be made.
+        """
+        folder = self.settings.data_dir
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot use {folder}: {exc.strerror}") from exc
+        return folder
+
+    async def preflight(self, *, broker: bool = True, within: float = 5.0) -> None:
+        """Connect once to a PostgreSQL store and an AMQP broker the settings
+        name, so that a setting that can never work fails now, in one error,
+        rather than looking like an outage later. A server that is only away
+        passes (what uses it waits for it). The connections are the check's
+        own, closed before it returns: it may run in an event loop of its
+        own, before the app's parts are used in another.
+
+        :param broker: check the broker too.
+        :raises ConfigurationError: a refused login, a missing database or
+            virtual host, a URL that can never connect.
+        :raises InvalidRequest: an unsupported store or broker URL.
+        :raises JobtrackError: the broker's connection stopped on an error.
+        """
+        if self.settings.store_url.startswith(("postgresql://", "postgres://")):
+            store = open_store(self.settings.store_url)
+            try:
+                await asyncio.wait_for(store.last_change(), within)
+            except (StoreError, TimeoutError):
+                pass  # away, not wrong: the command waits for it as it always did
+            finally:
+                await store.aclose()
+        if broker and self.shared_broker:
+            opened = open_broker(self.settings.broker_url)  # refuses an unknown scheme
+            await opened.aclose()
+            from jobtrack.broker.rabbitmq import RabbitMQBroker  # noqa: PLC0415 (aio-pika)
+
+            amqp = RabbitMQBroker(self.settings.broker_url)
+            try:
+                await amqp.connect(within=within)
+            except BrokerUnavailable:
+                pass
+            finally:
+                await amqp.aclose()
+
+    async def __aenter__(self) -> App:
+        """Open the app (again, if it was closed); parts are built on use.
+
+        :raises InvalidRequest: the app is already open in another ``async with``
+            (the inner one's exit would close the parts the outer one uses).
+        """
+        if self._entered:
+            raise InvalidRequest("the app is already open: enter it once, and share it")
+        if self._closing is not None:
+            await asyncio.shield(self._closing)  # a close under way ends first
+        self._entered = True
+        self._closed = False
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Close the app: see :meth:`aclose`. When the body raised, its exception
+        is the one that propagates: close failures are then logged, unless a
+        close was itself cancelled or interrupted, which always propagates."""
+        failure = await self._close_once()
+        if failure is None:
+            return
+        if exc is None or not isinstance(failure, Exception):
+            raise failure
+        logger.error(
+            "closing the app failed after an error: %r", failure, extra={"action": "close_failed"}
+        )
+
+    async def aclose(self) -> None:
+        """Close what was built, in order: the tracker (its pending progress
+        written: ``flush_wait`` seconds for the writes in flight, and as long
+        again for a per-item tracker's retries), the broker, the catalog,
+        the store. A part that fails to close does not keep the others open;
+        the first failure is raised once all are closed, the others logged.
+        Closing a closed app does nothing; using it again needs ``async with``.
+        A close called while another is under way waits for that one.
+        """
+        failure = await self._close_once()
+        if failure is not None:
+            raise failure
+
+    async def _close_once(self) -> BaseException | None:
+        """Run the close once, or wait for the one under way; its first failure."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        closing = self._closing
+        try:
+            return await asyncio.shield(closing)
+        finally:
+            if closing.done() and self._closing is closing:
+                self._closing = None
+
+    async def _close(self) -> BaseException | None:
+        self._closed = True
+        self._entered = False
+        tracker, broker, catalog, store = self._tracker, self._broker, self._catalog, self._store
+        self._tracker = self._broker = self._catalog = self._store = None
+        self._reconciler = None
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        if tracker is not None:
+            steps.append(("tracker", lambda: tracker.flush(max_wait=self.flush_wait)))
+        if broker is not None:
+            steps.append(("broker", broker.aclose))
+        if catalog is not None:
+            close_catalog = getattr(catalog, "aclose", None)  # catalogs share the store's
+            if callable(close_catalog):  # database; one with a connection of its own closes it
+                steps.append(("catalog", close_catalog))
+        if store is not None:
+            steps.append(("store", store.aclose))
+        failure: BaseException | None = None
+        for part, close in steps:
+            try:
+                await close()
+            except BaseException as exc:  # the others close all the same
+                if failure is None:
+                    failure = exc
+                else:
+                    logger.error(
+                        "closing the %s failed too: %r", part, exc, extra={"action": "close_failed"}
+                    )
+        return failure
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidRequest("the app is closed: use it again inside `async with app:`")

@@ -1,0 +1,499 @@
+"""The job operations of the SQL stores, written once over a connector.
+
+Each operation is a *plan*: a generator that yields query requests
+(:class:`Fetch`, :class:`Execute`: a named query of the engine's
+``queries.sql`` and its parameters) and is sent back their rows or row
+count. A connector drives a plan whole in one transaction: SQLite's
+synchronously on its database thread, in one ``BEGIN IMMEDIATE`` (one hop
+per operation); PostgreSQL's with ``await`` on one pooled connection. What
+truly differs per engine stays in the backends: the increment and flush
+statements, migrations, indexes, error translation, pooling.
+
+Rows are mappings by column name, decoded by the engine's :class:`Codec`
+(times, booleans, JSON), so a query may reorder or add columns freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from jobtrack.errors import JobNotFound, StageNotFound
+from jobtrack.model import (
+    Clock,
+    Job,
+    JobEvent,
+    JobStatus,
+    Stage,
+    StageCounts,
+    StageStatus,
+    new_id,
+    set_counts,
+)
+from jobtrack.store.base import (
+    CHANGES_LIMIT,
+    EVENTS_LIMIT,
+    STUCK_QUERY_LIMIT,
+    ChangeCursor,
+    Changes,
+    Ended,
+    JobQuery,
+    StageWrites,
+    StoreStats,
+    check_end_status,
+    check_event,
+    check_unmoved,
+    validate_new_job,
+)
+
+__all__ = [
+    "Codec",
+    "Connector",
+    "Execute",
+    "Fetch",
+    "Plan",
+    "Request",
+    "Row",
+    "SqlJobStore",
+    "drive",
+    "drive_async",
+    "job_from_row",
+    "lock_job",
+    "lock_stage",
+    "stage_from_row",
+]
+
+_T = TypeVar("_T")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # before every updated_at: find_stuck from the start
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Run the named query; the plan is sent its rows (a list of :data:`Row`)."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Run the named statement; the plan is sent how many rows it changed."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+Request = Fetch | Execute
+#: An operation: yields requests, is sent their results, returns its answer.
+Plan = Generator[Request, Any, _T]
+
+
+def drive(plan: Plan[_T], do: Callable[[Request], Any]) -> _T:
+    """Run ``plan`` to its end, answering each request with ``do``; returns
+    what the plan returns and raises what it (or ``do``) raises."""
+    result: Any = None
+    while True:
+        try:
+            request = plan.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        result = do(request)
+
+
+async def drive_async(plan: Plan[_T], do: Callable[[Request], Any]) -> _T:
+    """:func:`drive` with an async ``do`` (a coroutine function)."""
+    result: Any = None
+    while True:
+        try:
+            request = plan.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        result = await do(request)
+
+
+class Codec:
+    """How an engine holds times, booleans and JSON: parameters encoded on
+    the way in, rows decoded by column name on the way out. This one holds
+    them natively (PostgreSQL)."""
+
+    TIMES: ClassVar[frozenset[str]] = frozenset(
+        {"created_at", "updated_at", "completed_at", "started_at", "at"}
+    )
+    JSON: ClassVar[frozenset[str]] = frozenset({"attributes", "data"})
+    BOOLEANS: ClassVar[frozenset[str]] = frozenset({"total_final"})
+
+    def encode(self, value: Any) -> Any:
+        """A parameter as the engine takes it."""
+        return value
+
+    def decode(self, names: Sequence[str], values: Sequence[Any]) -> dict[str, Any]:
+        """A row as a mapping by column name, in Python's types."""
+        return dict(zip(names, values, strict=True))
+
+
+class Connector(Protocol):
+    """Runs a plan in one transaction of its engine."""
+
+    codec: Codec
+
+    async def run(self, plan: Plan[_T], *, write: bool = True) -> _T:
+        """Drive ``plan`` whole; raises what it raises, and the engine's
+        errors as jobtrack's (``StoreUnavailable`` when unreachable)."""
+        ...
+
+
+_STAGE_STATUS = {status.value: status for status in StageStatus}
+
+
+def stage_from_row(row: Row) -> Stage:
+    """A stage from a decoded row of the ``stages`` table."""
+    return Stage(
+        name=row["name"],
+        status=_STAGE_STATUS[row["status"]],
+        total_items=row["total_items"],
+        completed_items=row["completed_items"],
+        failed_items=row["failed_items"],
+        total_final=row["total_final"],
+        message=row["message"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+    )
+
+
+def job_from_row(row: Row, stages: Sequence[Stage]) -> Job:
+    """A job from a decoded row of the ``jobs`` table and its stages."""
+    return Job(
+        id=row["id"],
+        job_type=row["job_type"],
+        status=JobStatus(row["status"]),
+        attributes=row["attributes"],
+        message=row["message"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        completed_at=row["completed_at"],
+        seq=row["seq"],
+        stages={stage.name: stage for stage in stages},
+    )
+
+
+class SqlJobStore(StageWrites):
+    """The :class:`~jobtrack.store.base.JobStore` operations shared by the
+    SQL backends; a backend adds ``increment``, ``add_progress`` and
+    ``aclose`` over its own statements."""
+
+    backend: ClassVar[str] = "sql"
+
+    def __init__(self, connector: Connector, clock: Clock) -> None:
+        self._connector = connector
+        self._clock = clock
+
+    async def create_job(
+        self,
+        job_type: str,
+        stages: Sequence[str],
+        *,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Create a pending job with these stages, in this order; raises
+        :class:`~jobtrack.errors.InvalidRequest` for a job no backend stores."""
+        validate_new_job(job_type, stages, attributes)
+        return await self._connector.run(
+            _create(new_id(), job_type, stages, dict(attributes or {}), self._clock())
+        )
+
+    async def get_job(self, job_id: str) -> Job:
+        """The job as it is now; :class:`~jobtrack.errors.JobNotFound` if none."""
+        return await self._connector.run(_get_job(job_id), write=False)
+
+    async def list_jobs(self, query: JobQuery | None = None) -> list[Job]:
+        """Jobs matching the query, newest first."""
+        query = query or JobQuery()
+        params = {
+            "status": None if query.status is None else query.status.value,
+            "job_type": query.job_type,
+            "updated_since": query.updated_since,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+        return await self._connector.run(_jobs("list_jobs", params), write=False)
+
+    async def _change(
+        self, job_id: str, stage: str, change: Callable[[Stage, datetime], Stage]
+    ) -> Stage:
+        return await self._connector.run(_change(job_id, stage, change, self._clock()))
+
+    async def end_job(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        message: str = "",
+        if_seq: int | None = None,
+    ) -> Ended:
+        """Complete, fail or cancel a job; a job already ended stays as it
+        is. Raises :class:`~jobtrack.errors.Conflict` when ``if_seq`` is
+        given and the job was written since, ``InvalidRequest`` for a status
+        that is no end, ``JobNotFound``."""
+        check_end_status(status)
+        return await self._connector.run(_end(job_id, status, message, self._clock(), if_seq))
+
+    async def list_changed(
+        self, *, after: ChangeCursor | None = None, limit: int = CHANGES_LIMIT
+    ) -> Changes:
+        """Jobs written after the cursor, in write (``seq``) order, and the
+        cursor after them (the change feed)."""
+        after = after or ChangeCursor(0)
+        params = {"after": after.seq, "pending": list(after.pending), "limit": limit}
+        return await self._connector.run(_changed(after, params), write=False)
+
+    async def last_change(self) -> ChangeCursor:
+        """The cursor after the newest write: where a change feed starts."""
+        return await self._connector.run(_last_change(), write=False)
+
+    async def count_items(self, job_type: str, stage: str) -> int:
+        """Items of ``stage`` counted over every job of ``job_type``."""
+        params = {"job_type": job_type, "stage": stage}
+        return await self._connector.run(_value("count_items", params, "items"), write=False)
+
+    async def stats(self, *, stuck_before: datetime) -> StoreStats:
+        """Totals across the store, for metrics."""
+        return await self._connector.run(_stats(stuck_before), write=False)
+
+    async def find_stuck(
+        self,
+        job_type: str,
+        *,
+        updated_before: datetime,
+        after: tuple[datetime, str] | None = None,
+        limit: int = STUCK_QUERY_LIMIT,
+    ) -> list[Job]:
+        """Active jobs of this type not updated since ``updated_before``,
+        oldest first; page with the last one's ``(updated_at, id)``."""
+        params = {
+            "job_type": job_type,
+            "before": updated_before,
+            "after": _EPOCH if after is None else after[0],
+            "after_id": "" if after is None else after[1],
+            "limit": limit,
+        }
+        return await self._connector.run(_jobs("find_stuck", params), write=False)
+
+    async def claim_stuck(self, job_id: str, seq: int) -> int | None:
+        """Touch an active job still at ``seq``; its new ``seq``, or None
+        when it moved or ended meanwhile (another claimer won)."""
+        return await self._connector.run(_claim(job_id, seq, self._clock()))
+
+    async def set_counts(
+        self,
+        job_id: str,
+        counts: Mapping[str, StageCounts],
+        *,
+        keys: Mapping[str, Collection[str]] | None = None,
+        if_seq: int | None = None,
+    ) -> Job:
+        """Set stage counts to the ground truth, up or down (and, with
+        ``keys``, each named stage's counted keys to exactly those), in one
+        transaction that writes the job. Raises ``Conflict`` when ``if_seq``
+        is given and the job was written since, ``NotFound`` for unknown
+        names, ``InvalidRequest`` for negative counts."""
+        plan = _set_counts(job_id, counts, keys or {}, if_seq, self._clock())
+        return await self._connector.run(plan)
+
+    async def add_event(
+        self, job_id: str, kind: str, message: str, data: Mapping[str, Any] | None = None
+    ) -> JobEvent:
+        """Append an entry to the job's history; ``JobNotFound``,
+        ``InvalidRequest`` for an event without a kind."""
+        event = JobEvent(job_id, self._clock(), kind, check_event(kind, message), dict(data or {}))
+        return await self._connector.run(_add_event(event))
+
+    async def list_events(self, job_id: str, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
+        """The job's last ``limit`` events, oldest first; ``JobNotFound``."""
+        params = {"job_id": job_id, "limit": max(limit, 0)}
+        return await self._connector.run(_events("list_events", params, job_id), write=False)
+
+    async def recent_events(self, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
+        """The last ``limit`` events of every job, newest first."""
+        params = {"limit": max(limit, 0)}
+        return await self._connector.run(_events("recent_events", params, None), write=False)
+
+
+# The plans. Each runs whole in one transaction of its connector.
+
+
+def _get_job(job_id: str) -> Plan[Job]:
+    rows = yield Fetch("get_job", {"job_id": job_id})
+    if not rows:
+        raise JobNotFound(job_id)
+    return (yield from _with_stages(rows))[0]
+
+
+def _jobs(name: str, params: Mapping[str, Any]) -> Plan[list[Job]]:
+    return (yield from _with_stages((yield Fetch(name, params))))
+
+
+def _with_stages(rows: Sequence[Row]) -> Plan[list[Job]]:
+    if not rows:
+        return []
+    ids = [row["id"] for row in rows]
+    by_job: dict[str, list[Stage]] = {job_id: [] for job_id in ids}
+    for stage in (yield Fetch("get_stages", {"job_ids": ids})):
+        by_job[stage["job_id"]].append(stage_from_row(stage))
+    return [job_from_row(row, by_job[row["id"]]) for row in rows]
+
+
+def _create(
+    job_id: str, job_type: str, stages: Sequence[str], attributes: dict[str, Any], now: datetime
+) -> Plan[Job]:
+    params = {"id": job_id, "job_type": job_type, "attributes": attributes, "now": now}
+    yield Execute("insert_job", params)
+    yield Execute("insert_stages", {"job_id": job_id, "names": list(stages), "now": now})
+    return (yield from _get_job(job_id))
+
+
+def lock_job(job_id: str) -> Plan[Row]:
+    """The job's row (status, seq), locked for this transaction;
+    :class:`~jobtrack.errors.JobNotFound` if there is none."""
+    rows = yield Fetch("lock_job", {"job_id": job_id})
+    if not rows:
+        raise JobNotFound(job_id)
+    return rows[0]  # type: ignore[no-any-return]
+
+
+def lock_stage(job_id: str, stage: str) -> Plan[Stage]:
+    """The stage, locked for this transaction; ``StageNotFound`` if none."""
+    rows = yield Fetch("lock_stage", {"job_id": job_id, "stage": stage})
+    if not rows:
+        raise StageNotFound(job_id, stage)
+    return stage_from_row(rows[0])
+
+
+def _put_stage(job_id: str, stage: Stage, now: datetime) -> Plan[None]:
+    yield Execute(
+        "put_stage",
+        {
+            "job_id": job_id,
+            "name": stage.name,
+            "status": stage.status.value,
+            "total_items": stage.total_items,
+            "completed_items": stage.completed_items,
+            "failed_items": stage.failed_items,
+            "total_final": stage.total_final,
+            "message": stage.message,
+            "started_at": stage.started_at,
+            "completed_at": stage.completed_at,
+            "now": now,
+        },
+    )
+
+
+def _change(
+    job_id: str, name: str, change: Callable[[Stage, datetime], Stage], now: datetime
+) -> Plan[Stage]:
+    yield from lock_job(job_id)
+    changed = change((yield from lock_stage(job_id, name)), now)
+    yield from _put_stage(job_id, changed, now)
+    yield Execute("touch_and_settle", {"job_id": job_id, "now": now})
+    return changed
+
+
+def _end(
+    job_id: str, status: JobStatus, message: str, now: datetime, if_seq: int | None
+) -> Plan[Ended]:
+    params = {"job_id": job_id, "status": status.value, "message": message, "now": now}
+    ended = bool((yield Fetch("end_job", params | {"if_seq": if_seq})))
+    if ended:
+        yield Execute("forget_keys", {"job_id": job_id})
+    elif if_seq is not None:
+        check_unmoved(job_id, (yield from lock_job(job_id))["seq"], if_seq)
+    return Ended((yield from _get_job(job_id)), ended)
+
+
+def _set_counts(
+    job_id: str,
+    counts: Mapping[str, StageCounts],
+    keys: Mapping[str, Collection[str]],
+    if_seq: int | None,
+    now: datetime,
+) -> Plan[Job]:
+    job = yield from lock_job(job_id)
+    check_unmoved(job_id, job["seq"], if_seq)
+    changed = []  # all or nothing: every stage read and checked before any is written
+    for name, truth in counts.items():
+        changed.append(set_counts((yield from lock_stage(job_id, name)), now, truth))
+    for name, stage_keys in keys.items():
+        yield from lock_stage(job_id, name)
+        yield Execute("forget_stage_keys", {"job_id": job_id, "stage": name})
+        if not JobStatus(job["status"]).terminal:
+            # Before the counts: a job they end forgets its keys.
+            params = {"job_id": job_id, "stage": name, "keys": list(stage_keys)}
+            yield Execute("claim_stage_keys", params)
+    for stage in changed:
+        yield from _put_stage(job_id, stage, now)
+    yield Execute("touch_and_settle", {"job_id": job_id, "now": now})
+    return (yield from _get_job(job_id))
+
+
+def _claim(job_id: str, seq: int, now: datetime) -> Plan[int | None]:
+    if not (yield Fetch("claim_stuck", {"job_id": job_id, "expected": seq, "now": now})):
+        return None
+    return int((yield from lock_job(job_id))["seq"])
+
+
+def _changed(after: ChangeCursor, params: Mapping[str, Any]) -> Plan[Changes]:
+    rows = yield Fetch("list_changed", params)
+    pending = tuple(rows[0]["pending"] or ()) if rows else ()
+    rows = [row for row in rows if row["id"] is not None]  # the snapshot's own row
+    jobs = yield from _with_stages(rows)
+    seq = max([after.seq, *(job.seq for job in jobs)])
+    return Changes(jobs, ChangeCursor(seq, tuple(sorted(int(x) for x in pending))))
+
+
+def _last_change() -> Plan[ChangeCursor]:
+    [row] = yield Fetch("last_change")
+    pending = tuple(sorted(int(x) for x in row["pending"] or ()))
+    return ChangeCursor(int(row["seq"]), pending)
+
+
+def _value(name: str, params: Mapping[str, Any], column: str) -> Plan[int]:
+    rows = yield Fetch(name, params)
+    return int(rows[0][column]) if rows and rows[0][column] is not None else 0
+
+
+def _stats(stuck_before: datetime) -> Plan[StoreStats]:
+    jobs = yield Fetch("stats_jobs")
+    items = yield Fetch("stats_items")
+    events = yield Fetch("stats_events")
+    return StoreStats(
+        jobs={row["status"]: int(row["jobs"]) for row in jobs},
+        items={row["name"]: (int(row["completed"]), int(row["failed"])) for row in items},
+        events={row["kind"]: int(row["events"]) for row in events},
+        stuck=(yield from _value("stats_stuck", {"before": stuck_before}, "jobs")),
+        waiting=(yield from _value("stats_waiting", {}, "jobs")),
+    )
+
+
+def _add_event(event: JobEvent) -> Plan[JobEvent]:
+    params = {
+        "job_id": event.job_id,
+        "at": event.at,
+        "kind": event.kind,
+        "message": event.message,
+        "data": dict(event.data),
+    }
+    rows = yield Fetch("add_event", params)
+    if not rows:
+        raise JobNotFound(event.job_id)
+    return JobEvent(event.job_id, event.at, event.kind, event.message, event.data, rows[0]["id"])
+
+
+def _events(name: str, params: Mapping[str, Any], job_id: str | None) -> Plan[list[JobEvent]]:
+    if job_id is not None and not (yield Fetch("get_job", {"job_id": job_id})):
+        raise JobNotFound(job_id)
+    rows = yield Fetch(name, params)
+    return [
+        JobEvent(r["job_id"], r["at"], r["kind"], r["message"], r["data"], r["id"]) for r in rows
+    ]
