@@ -47,7 +47,9 @@ async def test_a_lower_seq_committed_after_a_higher_one_still_reaches_the_feed(
         seen, cursor = await store.list_changed(after=start)
         assert [job.id for job in seen] == [quick_job.id]
         assert cursor.seq == quick.seq
-        assert cursor.pending  # the slow writer's transaction, in flight
+        slow_xid = await (await slow.execute("SELECT pg_current_xact_id()::text")).fetchone()
+        assert slow_xid is not None
+        assert slow_xid[0] in cursor.snapshot.split(":")[2].split(",")  # in flight
         await slow.commit()
     # A cursor of the seq alone would miss it for ever; this one does not.
     assert (await store.list_changed(after=ChangeCursor(cursor.seq))).jobs == []
@@ -56,6 +58,52 @@ async def test_a_lower_seq_committed_after_a_higher_one_still_reaches_the_feed(
     assert late.seq < cursor.seq
     assert after.seq == cursor.seq  # the cursor never moves back
     assert (await store.list_changed(after=after)).jobs == []  # and it is read once
+
+
+async def test_a_higher_xid_that_took_the_lower_seq_still_reaches_the_feed(
+    store: PostgresJobStore, schema_url: str
+) -> None:
+    """A transaction that has its xid first and takes its seq last commits
+    first; the other, younger xid but older seq, commits after the read. At
+    the read it is in flight with an xid at or past the snapshot's xmax, so it
+    is in no list of running xids: the cursor must still hold it back."""
+    first_job = await store.create_job("t", ["a"])
+    held_job = await store.create_job("t", ["a"])
+    start = await store.last_change()
+    async with (
+        await psycopg.AsyncConnection.connect(schema_url) as early,
+        await psycopg.AsyncConnection.connect(schema_url) as late,
+    ):
+        await early.execute("SELECT pg_current_xact_id()")  # the older xid, no seq yet
+        await late.execute("UPDATE jobs SET message = 'late' WHERE id = %s", (held_job.id,))
+        await early.execute("UPDATE jobs SET message = 'early' WHERE id = %s", (first_job.id,))
+        await early.commit()  # the higher seq commits first
+        seen, cursor = await store.list_changed(after=start)
+        assert [(job.id, job.message) for job in seen] == [(first_job.id, "early")]
+        await late.commit()  # the lower seq, after the read
+    [caught], after = await store.list_changed(after=cursor)
+    assert (caught.id, caught.message) == (held_job.id, "late")
+    assert caught.seq < cursor.seq == after.seq
+    assert (await store.list_changed(after=after)).jobs == []
+
+
+async def test_a_transaction_that_wrote_more_than_a_page_is_read_whole(
+    store: PostgresJobStore, schema_url: str
+) -> None:
+    """One transaction in flight at a read writes more jobs than a page
+    holds: all of them come in the next read, none lost to the limit."""
+    jobs = [await store.create_job("t", ["a"]) for _ in range(5)]
+    start = await store.last_change()
+    async with await psycopg.AsyncConnection.connect(schema_url) as slow:
+        await slow.execute("UPDATE jobs SET message = 'slow' WHERE job_type = 't'")
+        other = await store.create_job("t", ["a"])
+        seen, cursor = await store.list_changed(after=start, limit=2)
+        assert [job.id for job in seen] == [other.id]
+        await slow.commit()
+    caught, after = await store.list_changed(after=cursor, limit=2)
+    assert sorted(job.id for job in caught) == sorted(job.id for job in jobs)
+    assert {job.message for job in caught} == {"slow"}
+    assert (await store.list_changed(after=after, limit=2)).jobs == []
 
 
 async def test_a_feed_started_while_a_writer_is_in_flight_misses_nothing(
@@ -67,7 +115,7 @@ async def test_a_feed_started_while_a_writer_is_in_flight_misses_nothing(
         other = await store.create_job("t", ["a"])
         start = await store.last_change()
         assert start.seq == other.seq
-        assert start.pending
+        assert start.snapshot
         await slow.commit()
     [late], _ = await store.list_changed(after=start)
     assert (late.id, late.message) == (job.id, "slow")

@@ -166,6 +166,26 @@ async def test_a_write_stamped_before_the_newest_seen_reaches_every_client() -> 
 
 def test_a_malformed_last_event_id_is_a_first_connection() -> None:
     assert since_header("1234") == ChangeCursor(1234)
-    assert since_header("1234-5001.5002") == ChangeCursor(1234, (5001, 5002))
-    for nonsense in (None, "", "x", "-5", "9" * 30, "12-", "12-x", "012", "1 2", "1-2..3"):
+    assert since_header("1234-5001:5004:5001,5002") == ChangeCursor(1234, "5001:5004:5001,5002")
+    assert since_header("1234-7:7:") == ChangeCursor(1234, "7:7:")
+    for nonsense in (
+        None,
+        "",
+        "x",
+        "-5",
+        "9" * 30,
+        "12-",
+        "12-x",
+        "012",
+        "1 2",
+        "1-2..3",
+        "1-5001.5002",  # an old form
+        "1-9:8:",  # xmin past xmax
+        "1-5:9:4",  # a running xid below xmin
+        "1-5:9:9",  # ... or at xmax
+        "1-5:9:7,6",  # not in order
+        "1-5:9:6,6",  # twice
+        f"1-5:{2**63}:",  # past any xid8 PostgreSQL hands out
+        f"{2**63}",
+    ):
         assert since_header(nonsense) is None

@@ -4,7 +4,7 @@ The snapshot makes a client true at once: on a first connection the active
 jobs and every job written in the last ``RECENT`` (the page it just loaded
 may show a job that ended since); after a reconnect with ``Last-Event-ID``
 (a :class:`~jobtrack.store.base.ChangeCursor`'s text, ``1234`` or
-``1234-5001.5002``), every job written since then. A malformed or unknown
+``1234-5001:5004:5001,5002``), every job written since then. A malformed or unknown
 ``Last-Event-ID`` gets a first snapshot. A subscriber that fell behind (it
 had more than the feed's ``QUEUE_JOBS`` jobs waiting) gets a snapshot
 again, from the last cursor it was sent.

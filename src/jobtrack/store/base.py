@@ -170,38 +170,49 @@ class Ended(NamedTuple):
     changed: bool
 
 
-_CURSOR = re.compile(
-    r"(0|[1-9][0-9]{0,18})(-(?:0|[1-9][0-9]{0,19})(?:\.(?:0|[1-9][0-9]{0,19})){0,999})?"
-)
+_XID = r"(?:0|[1-9][0-9]{0,18})"
+_CURSOR = re.compile(rf"({_XID})(?:-({_XID}):({_XID}):((?:{_XID}(?:,{_XID}){{0,9999}})?))?")
+_MAX_ID = 2**63
 
 
 @dataclass(frozen=True, slots=True)
 class ChangeCursor:
     """Where a reader of the change feed stands: every job write up to
-    ``seq`` read, except those of the transactions in ``pending`` (their ids,
-    PostgreSQL's in-flight xids at the read; always empty on SQLite and in
-    memory), which are read next time whatever their ``seq``."""
+    ``seq`` read, and, on PostgreSQL, the snapshot of that read
+    (``snapshot``, PostgreSQL's ``xmin:xmax:xip,…`` text; empty on SQLite
+    and in memory): the writes of transactions it did not see, whatever
+    their ``seq``, are read next time."""
 
     seq: int
-    pending: tuple[int, ...] = ()
+    snapshot: str = ""
 
     def __str__(self) -> str:
         """The compact text form, a ``Last-Event-ID``: ``1234`` or
-        ``1234-5001.5002``."""
-        if not self.pending:
-            return str(self.seq)
-        return f"{self.seq}-{'.'.join(map(str, self.pending))}"
+        ``1234-5001:5004:5001,5002``."""
+        return f"{self.seq}-{self.snapshot}" if self.snapshot else str(self.seq)
 
     @classmethod
     def parse(cls, text: str) -> ChangeCursor:
         """The cursor a text form names; raises :class:`InvalidRequest` for
         anything else (a malformed ``Last-Event-ID``)."""
         match = _CURSOR.fullmatch(text)
-        if match is None or int(match.group(1)) >= 2**63:
+        if match is None:
             raise InvalidRequest(f"not a change cursor: {text[:40]!r}")
-        pending = match.group(2)
-        xids = tuple(sorted({int(x) for x in pending[1:].split(".")})) if pending else ()
-        return cls(int(match.group(1)), xids)
+        seq, xmin, xmax, xip = match.groups()
+        if xmin is None:
+            if int(seq) >= _MAX_ID:
+                raise InvalidRequest(f"not a change cursor: {text[:40]!r}")
+            return cls(int(seq))
+        running = [int(x) for x in xip.split(",")] if xip else []
+        low, high = int(xmin), int(xmax)
+        if (
+            max(int(seq), high) >= _MAX_ID
+            or low > high
+            or any(not low <= x < high for x in running)
+            or running != sorted(set(running))
+        ):
+            raise InvalidRequest(f"not a change cursor: {text[:40]!r}")
+        return cls(int(seq), f"{xmin}:{xmax}:{xip}")
 
 
 class Changes(NamedTuple):

@@ -246,7 +246,7 @@ class SqlJobStore(StageWrites):
         """Jobs written after the cursor, in write (``seq``) order, and the
         cursor after them (the change feed)."""
         after = after or ChangeCursor(0)
-        params = {"after": after.seq, "pending": list(after.pending), "limit": limit}
+        params = {"after": after.seq, "snapshot": after.snapshot or None, "limit": limit}
         return await self._connector.run(_changed(after, params), write=False)
 
     async def last_change(self) -> ChangeCursor:
@@ -445,17 +445,18 @@ def _claim(job_id: str, seq: int, now: datetime) -> Plan[int | None]:
 
 def _changed(after: ChangeCursor, params: Mapping[str, Any]) -> Plan[Changes]:
     rows = yield Fetch("list_changed", params)
-    pending = tuple(rows[0]["pending"] or ()) if rows else ()
+    snapshot = (rows[0]["snapshot"] or "") if rows else ""
     rows = [row for row in rows if row["id"] is not None]  # the snapshot's own row
     jobs = yield from _with_stages(rows)
-    seq = max([after.seq, *(job.seq for job in jobs)])
-    return Changes(jobs, ChangeCursor(seq, tuple(sorted(int(x) for x in pending))))
+    # The next seq is the page's last: a job of a transaction the last read did
+    # not see may lie past it, and the jobs between are read next time.
+    seq = max([after.seq, *(int(row["seq"]) for row in rows if row["from_page"])])
+    return Changes(jobs, ChangeCursor(seq, snapshot))
 
 
 def _last_change() -> Plan[ChangeCursor]:
     [row] = yield Fetch("last_change")
-    pending = tuple(sorted(int(x) for x in row["pending"] or ()))
-    return ChangeCursor(int(row["seq"]), pending)
+    return ChangeCursor(int(row["seq"]), row["snapshot"] or "")
 
 
 def _value(name: str, params: Mapping[str, Any], column: str) -> Plan[int]:

@@ -98,23 +98,31 @@ WHERE id = %(job_id)s AND seq = %(expected)s AND status IN ('pending', 'in_progr
 RETURNING id;
 
 -- name: list_changed
--- The change feed: the jobs written after the cursor (seq past it, or last
--- written by a transaction that was in flight at the last read), and, in
--- the same statement (so from the same snapshot), the transactions in
--- flight now: the next cursor's pending ones. A transaction whose xid is
--- assigned after this snapshot takes its seq after it too (the jobs_seq
--- trigger takes the xid first), so past every seq this read can see. The
--- row of the snapshot alone (id NULL) comes back when no job has changed.
-WITH picked AS (
-    SELECT id, seq FROM jobs WHERE seq > %(after)s
-    UNION
-    SELECT id, seq FROM jobs WHERE xid = ANY (%(pending)s::bigint[]::text[]::xid8[])
-    ORDER BY seq
-    LIMIT %(limit)s
+-- The change feed: a page of the jobs written after the cursor's seq, and
+-- the jobs last written by a transaction the cursor's snapshot did not see
+-- (in flight then, or not yet started: its xid at or past the snapshot's
+-- xmin and not visible in it), whatever their seq; and, in the same
+-- statement (so from the same snapshot), that snapshot: the next cursor's.
+-- A transaction whose xid is assigned after a snapshot takes its seq after
+-- it too (the jobs_seq trigger takes the xid first), so past every seq
+-- the read could see. The row of the snapshot alone (id NULL) comes back
+-- when no job has changed; from_page tells the page's rows (the next seq is
+-- the page's last).
+WITH page AS (
+    SELECT id, seq FROM jobs WHERE seq > %(after)s ORDER BY seq LIMIT %(limit)s
+), unseen AS (
+    SELECT id, seq FROM jobs
+    WHERE xid >= pg_snapshot_xmin(%(snapshot)s::pg_snapshot)
+      AND NOT pg_visible_in_snapshot(xid, %(snapshot)s::pg_snapshot)
+), picked AS (
+    SELECT id, seq, bool_or(from_page) AS from_page
+    FROM (SELECT id, seq, true AS from_page FROM page
+          UNION ALL
+          SELECT id, seq, false FROM unseen) AS both_reads
+    GROUP BY id, seq
 )
 SELECT j.id, j.job_type, j.status, j.attributes, j.message, j.created_at, j.updated_at,
-       j.completed_at, j.seq,
-       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) x) AS pending
+       j.completed_at, j.seq, picked.from_page, pg_current_snapshot()::text AS snapshot
 FROM (VALUES (1)) AS snapshot (one)
 LEFT JOIN picked ON true
 LEFT JOIN jobs j ON j.id = picked.id
@@ -154,11 +162,9 @@ WHERE j.status IN ('pending', 'in_progress')
 SELECT id, job_id, at, kind, message, data FROM job_events ORDER BY id DESC LIMIT %(limit)s;
 
 -- name: last_change
--- The newest seq (idx_jobs_seq read backwards) and the transactions in
--- flight, from one snapshot: where a change feed starts.
-SELECT coalesce(max(seq), 0) AS seq,
-       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) x) AS pending
-FROM jobs;
+-- The newest seq (idx_jobs_seq read backwards) and the snapshot it was read
+-- in, from one statement: where a change feed starts.
+SELECT coalesce(max(seq), 0) AS seq, pg_current_snapshot()::text AS snapshot FROM jobs;
 
 -- name: list_jobs
 SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq

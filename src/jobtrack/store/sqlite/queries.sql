@@ -129,13 +129,13 @@ RETURNING id;
 -- The change feed, on idx_jobs_seq. SQLite has one writer at a time, so the
 -- order of seq is the order of commits: nothing is ever pending.
 SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq,
-       NULL AS pending
+       1 AS from_page, NULL AS snapshot
 FROM jobs WHERE seq > :after
 ORDER BY seq
 LIMIT :limit;
 
 -- name: last_change
-SELECT coalesce(max(seq), 0) AS seq, NULL AS pending FROM jobs;
+SELECT coalesce(max(seq), 0) AS seq, NULL AS snapshot FROM jobs;
 
 -- name: stats_jobs
 SELECT status, count(*) AS jobs FROM jobs GROUP BY status;

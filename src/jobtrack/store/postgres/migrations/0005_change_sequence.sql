@@ -2,11 +2,11 @@
 -- and records its transaction's id, in the same statement as the write
 -- (the jobs_seq trigger). nextval's order is not the order of commits: a
 -- transaction that took 10 may commit after one that took 11. So the change
--- feed's cursor is (seq, the xids in flight at the read): a read returns
--- the jobs past the seq or last written by one of those xids, and the xids
--- in flight now, from one snapshot (queries.sql, list_changed). The xid is
--- taken before the seq: a transaction whose xid is not yet assigned at a
--- read takes a seq past every one that read can see.
+-- feed's cursor is (seq, the snapshot of the read): a read returns the
+-- jobs past the seq or last written by a transaction that snapshot did not
+-- see, and its own snapshot (queries.sql, list_changed). The xid is taken
+-- before the seq: a transaction whose xid is not yet assigned at a read
+-- takes a seq past every one that read can see.
 
 CREATE SEQUENCE jobs_seq AS bigint;
 
