@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 
+from jobtrack.errors import StoreUnavailable
 from jobtrack.model import JobStatus
 from jobtrack.store import JobStore, SqliteJobStore, StageProgress, open_store
 
@@ -71,3 +74,47 @@ async def test_an_entry_that_counts_nothing_keeps_none_of_its_keys(store_url: st
     assert not (await store.increment(ended_job.id, "a", item_key="z2")).counted
     assert keys_of(store, store_url, ended_job.id) == 0
     await store.aclose()
+
+
+async def test_flushes_that_share_keys_in_any_order_never_deadlock(postgres_url: str) -> None:
+    """Keys are claimed before the job locks, in one order whatever the order
+    the caller sent them in and whether they were given as completed or as
+    failed: two flushes that share keys wait for each other, never in a
+    circle (a deadlock would surface as StoreUnavailable after a second)."""
+    stores = [open_store(postgres_url), open_store(postgres_url)]
+    first, second = (await stores[0].create_job("t", ["a"]), await stores[0].create_job("t", ["a"]))
+    rounds = 150
+    deadlocks = 0
+
+    async def flush(store: JobStore, batch: list[StageProgress]) -> None:
+        nonlocal deadlocks
+        try:
+            await store.add_progress(batch)
+        except StoreUnavailable:
+            deadlocks += 1
+
+    for n in range(rounds):
+        one, two = f"r{n}-a", f"r{n}-b"
+        await asyncio.gather(
+            flush(
+                stores[0],
+                [
+                    StageProgress(first.id, "a", completed_keys=(two, one)),
+                    StageProgress(second.id, "a", failed_keys=(one,)),
+                ],
+            ),
+            flush(
+                stores[1],
+                [
+                    StageProgress(first.id, "a", failed_keys=(one,), completed_keys=(two,)),
+                    StageProgress(second.id, "a", completed_keys=(one,)),
+                ],
+            ),
+        )
+    for store in stores:
+        await store.aclose()
+    assert deadlocks == 0
+    store = open_store(postgres_url)
+    counted = [(await store.get_job(job.id)).stage("a").done_items for job in (first, second)]
+    await store.aclose()
+    assert counted == [2 * rounds, rounds]

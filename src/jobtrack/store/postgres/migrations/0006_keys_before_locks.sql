@@ -12,19 +12,25 @@
 -- - two writers of one key: the second waits for the first's transaction
 --   (the unique index) and does not count it if it commits. Writers claim
 --   keys holding no job lock, so a writer holding a job lock never waits
---   for a key; and in (job, stage, key) order (as the store and the
---   coalescer send them), so two claims do not wait for each other in a
---   circle (given in other orders they could: PostgreSQL then reports a
---   deadlock after deadlock_timeout, the store reports it as unavailable,
---   and the caller writes again);
+--   for a key; and each INSERT claims them in (job, stage, key) order,
+--   sorted here by code point (COLLATE "C", whatever the database's
+--   collation, and whatever order the caller sent, completed and failed
+--   keys together), so two claims do not wait for each other in a circle.
+--   Two paths still claim keys under a job lock: a batch that names a
+--   stage twice (applied entry by entry: the second entry claims its keys
+--   holding the first's lock), and reconciliation with keys (below). If
+--   one meets a writer that holds a key it needs and waits for that lock,
+--   PostgreSQL reports a deadlock after deadlock_timeout and rolls one call
+--   back whole; the store reports it as unavailable, and the caller
+--   writes again (a flush's items are kept), so nothing counts twice;
 -- - an entry whose job is missing or ended, or whose stage has ended, counts
 --   nothing, as before: once its job is locked, the keys it claimed are
 --   deleted again in the same transaction, so none is left behind;
 -- - a job that ends forgets its keys under its lock; keys another writer
 --   claimed and not yet committed are not among them, but that writer then
 --   finds the job ended and deletes its own.
--- One writer still takes keys under a job lock: reconciliation with keys
--- (claim_stage_keys). Should it meet a key a flush has claimed and the
+-- Reconciliation with keys (claim_stage_keys) takes them under the job's
+-- lock. Should it meet a key a flush has claimed and the
 -- flush wait for that job's lock, PostgreSQL reports a deadlock after
 -- deadlock_timeout and rolls one back; the store reports that as
 -- unavailable, and the caller retries.
@@ -139,7 +145,8 @@ BEGIN
         -- failed for one stage is one key, counted as completed.
         BEGIN
             INSERT INTO item_keys (job_id, stage, item_key)
-            SELECT g.j, g.s, g.k FROM unnest(v_gjobs, v_gstages, v_gkeys) g (j, s, k);
+            SELECT g.j, g.s, g.k FROM unnest(v_gjobs, v_gstages, v_gkeys) g (j, s, k)
+            ORDER BY g.j COLLATE "C", g.s COLLATE "C", g.k COLLATE "C";
             v_cjobs := v_gjobs;
             v_cstages := v_gstages;
             v_ckeys := v_gkeys;
@@ -148,6 +155,7 @@ BEGIN
             WITH claimed AS (
                 INSERT INTO item_keys (job_id, stage, item_key)
                 SELECT g.j, g.s, g.k FROM unnest(v_gjobs, v_gstages, v_gkeys) g (j, s, k)
+                ORDER BY g.j COLLATE "C", g.s COLLATE "C", g.k COLLATE "C"
                 ON CONFLICT DO NOTHING
                 RETURNING item_keys.job_id, item_keys.stage, item_keys.item_key
             ),
@@ -320,23 +328,25 @@ BEGIN
     -- A key given as completed and as failed counts as completed; the
     -- failed keys are claimed together with the completed ones, so that
     -- all are claimed in one order.
-    IF cardinality(p_failed_keys) = 0 AND cardinality(p_completed_keys) > 0 THEN
+    IF coalesce(cardinality(p_failed_keys), 0) = 0
+       AND coalesce(cardinality(p_completed_keys), 0) > 0 THEN
         -- Completed keys only: the usual case, one statement.
         WITH claimed AS (
             INSERT INTO item_keys
             SELECT p_job, p_stage, k FROM unnest(p_completed_keys) k
-            ORDER BY 3
+            ORDER BY k COLLATE "C"
             ON CONFLICT DO NOTHING
             RETURNING item_key
         )
         SELECT array_agg(claimed.item_key) INTO v_claimed FROM claimed;
         v_new_completed := coalesce(cardinality(v_claimed), 0);
-    ELSIF cardinality(p_completed_keys) + cardinality(p_failed_keys) > 0 THEN
+    ELSIF coalesce(cardinality(p_completed_keys), 0)
+          + coalesce(cardinality(p_failed_keys), 0) > 0 THEN
         WITH claimed AS (
             INSERT INTO item_keys
             SELECT p_job, p_stage, k
-            FROM unnest(p_completed_keys || p_failed_keys) k
-            ORDER BY 3
+            FROM unnest(coalesce(p_completed_keys, '{}') || coalesce(p_failed_keys, '{}')) k
+            ORDER BY k COLLATE "C"
             ON CONFLICT DO NOTHING
             RETURNING item_key
         ),
