@@ -98,21 +98,9 @@ class _Fold:
         """The store entries of this fold, none with more than ``limit``
         items: one, unless the stage holds more. Completed keys go before
         failed ones, so a key reported both ways counts as completed, as it
-        would in one entry. Each entry's keys go sorted: two writers
-        claiming the same keys (an item delivered twice) then take them in
-        one order, and never wait for each other in a circle."""
+        would in one entry. (The order in which keys are claimed is the
+        store's: PostgreSQL sorts them in the claiming statement.)"""
         completed, failed = self.completed, self.failed
-        if completed + failed + len(self.completed_keys) + len(self.failed_keys) <= limit:
-            return [  # one entry: the usual case, made without slicing
-                StageProgress(
-                    job_id,
-                    stage,
-                    completed,
-                    failed,
-                    tuple(sorted(self.completed_keys)),
-                    tuple(sorted(self.failed_keys)),
-                )
-            ]
         ckeys, fkeys = list(self.completed_keys), list(self.failed_keys)
         entries = []
         while True:
@@ -125,7 +113,7 @@ class _Fold:
             room -= len(ck)
             fk, fkeys = fkeys[:room], fkeys[room:]
             completed, failed = completed - c, failed - f
-            entries.append(StageProgress(job_id, stage, c, f, tuple(sorted(ck)), tuple(sorted(fk))))
+            entries.append(StageProgress(job_id, stage, c, f, tuple(ck), tuple(fk)))
             if not (completed or failed or ckeys or fkeys):
                 return entries
 

@@ -114,9 +114,8 @@ BEGIN
     -- 1. The keys, before any job lock: each key with its entry's job and
     -- stage (the owners, one row per key, in the keys' order) and whether
     -- it was given as failed; completed keys first. They are claimed in
-    -- the order given: entries sorted by (job, stage), each one's keys
-    -- sorted (as the store and the coalescer send them), so that two
-    -- flushes claim the keys they share in one order.
+    -- (job, stage, key) order by code point, whatever order they came in,
+    -- so that two flushes claim the keys they share in one order.
     IF coalesce(cardinality(p_ckeys), 0) + coalesce(cardinality(p_fkeys), 0) > 0 THEN
         v_gjobs := ARRAY(
             SELECT d.j FROM unnest(p_jobs, p_ccount) WITH ORDINALITY d (j, n, i),
