@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
+from typing import Any
 
 from jobtrack.broker import Broker, open_broker
 from jobtrack.errors import BrokerUnavailable, InvalidRequest, StoreError
+from jobtrack.jobs.types import JobType, registry
 from jobtrack.monitor import Monitor
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
@@ -55,7 +57,9 @@ class App:
         renditions: tuple[RenditionSpec, ...] = DEFAULT_RENDITIONS,
         flush_wait: float = 5.0,
         create_store: bool = True,
+        job_types: Iterable[JobType] = (),
     ) -> None:
+        self._job_types: dict[str, JobType] = dict(registry(job_types))
         self.settings = settings
         """Where the state lives and how jobtrack runs (store and broker URLs,
         data folder, progress writes, monitor timings)."""
@@ -73,6 +77,36 @@ class App:
         self._closed = False
         self._entered = False
         self._closing: asyncio.Future[BaseException | None] | None = None
+
+    @property
+    def job_types(self) -> Mapping[str, JobType]:
+        """The job types registered with this app, by name."""
+        return MappingProxyType(self._job_types)
+
+    def register(self, job_type: JobType) -> JobType:
+        """Register a job type; returns it.
+
+        :raises InvalidRequest: a type of that name is registered already.
+        """
+        if job_type.name in self._job_types:
+            raise InvalidRequest(f"job type {job_type.name!r} is registered already")
+        self._job_types[job_type.name] = job_type
+        return job_type
+
+    def job_type(self, name: str, stages: Sequence[str], **options: Any) -> JobType:
+        """Declare and register a job type (options as :class:`JobType`'s)."""
+        return self.register(JobType(name, stages, **options))
+
+    def get_type(self, name: str) -> JobType:
+        """The registered job type ``name``.
+
+        :raises InvalidRequest: no type of that name is registered.
+        """
+        try:
+            return self._job_types[name]
+        except KeyError:
+            known = ", ".join(sorted(self._job_types)) or "none"
+            raise InvalidRequest(f"unknown job type {name!r} (registered: {known})") from None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> App:

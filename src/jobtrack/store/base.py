@@ -28,6 +28,8 @@ from jobtrack.model import (
     seal_total,
     start_stage,
 )
+from jobtrack.store.ledger import ItemFailure, LedgerItem, LedgerTally
+from jobtrack.store.text import MAX_KEY_LENGTH, key_problem, text_problem
 
 __all__ = [
     "CHANGES_LIMIT",
@@ -252,31 +254,6 @@ def validate_new_job(
     clash = RESERVED_ATTRIBUTES.intersection(attributes or {})
     if clash:
         raise InvalidRequest(f"attributes may not use reserved keys: {sorted(clash)}")
-
-
-MAX_KEY_LENGTH = 1000
-
-
-def text_problem(text: str, what: str) -> str | None:
-    """Why ``text`` (a job id, a stage name, an item key: ``what``) cannot be
-    stored as text by every backend, or None: PostgreSQL refuses NUL
-    characters, and no engine takes a lone surrogate (it is not UTF-8)."""
-    if "\x00" in text:
-        return f"{what} must not contain NUL characters"
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return f"{what} must be valid Unicode, not a lone surrogate"
-    return None
-
-
-def key_problem(key: str) -> str | None:
-    """Why an item key cannot be stored by every backend, or None."""
-    if not key:
-        return "an item key must not be empty"
-    if len(key) > MAX_KEY_LENGTH:
-        return f"an item key must not exceed {MAX_KEY_LENGTH} characters"
-    return text_problem(key, "an item key")
 
 
 def progress_problem(progress: StageProgress) -> str | None:
@@ -604,6 +581,75 @@ class JobStore(Protocol):
 
     async def recent_events(self, *, limit: int = EVENTS_LIMIT) -> list[JobEvent]:
         """The last ``limit`` events of every job, newest first."""
+        ...
+
+    async def add_items(
+        self, job_id: str, stage: str, items: Sequence[LedgerItem], *, seal: bool = False
+    ) -> int:
+        """Record items in the job's ledger (one statement for the batch) and
+        raise the stage's total by how many were new, in one transaction: a
+        key already in the ledger is not added again, so adding a batch twice
+        (a producer or handler run again) raises the total once. With
+        ``seal``, the stage's total is then sealed. Returns the number of new
+        items.
+
+        Raises :class:`InvalidRequest` for a batch
+        :func:`~jobtrack.store.ledger.check_items` refuses, or when new items
+        come to a sealed stage (nothing is written then);
+        :class:`~jobtrack.errors.JobNotFound`,
+        :class:`~jobtrack.errors.StageNotFound`."""
+        ...
+
+    async def tally_ledger(self, job_id: str) -> dict[str, LedgerTally]:
+        """Per stage with items in the ledger, the items recorded against the
+        keys counted. Raises :class:`~jobtrack.errors.JobNotFound`."""
+        ...
+
+    async def missing_items(
+        self, job_id: str, stage: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[LedgerItem]:
+        """The stage's ledger items whose key is not counted, in key order
+        (by code point), after the key ``after``: what the monitor re-drives.
+        Meaningful while the job is active (an ended job's keys are dropped).
+        Raises :class:`~jobtrack.errors.JobNotFound`,
+        :class:`~jobtrack.errors.StageNotFound`."""
+        ...
+
+    async def ledger_items(
+        self, job_id: str, stage: str, keys: Collection[str]
+    ) -> list[LedgerItem]:
+        """The ledger items of the stage with these keys, in key order; keys
+        not in the ledger are left out. Raises
+        :class:`~jobtrack.errors.JobNotFound`."""
+        ...
+
+    async def record_failure(
+        self, job_id: str, stage: str, key: str, error: str, *, attempts: int = 1
+    ) -> None:
+        """Keep why an item failed (a later failure of the same item replaces
+        it; the error is cut to :data:`MAX_EVENT_MESSAGE` characters). Raises
+        :class:`InvalidRequest` for a key no store can hold,
+        :class:`~jobtrack.errors.JobNotFound`,
+        :class:`~jobtrack.errors.StageNotFound`."""
+        ...
+
+    async def list_failures(
+        self,
+        job_id: str,
+        *,
+        stage: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 100,
+    ) -> list[ItemFailure]:
+        """The job's failed items with their errors and ledger payloads, in
+        (stage, key) order, after ``after`` (a (stage, key) pair), at most
+        ``limit``. Raises :class:`~jobtrack.errors.JobNotFound`."""
+        ...
+
+    async def purge_ledger(self, *, ended_before: datetime, limit: int = 10_000) -> int:
+        """Delete the ledger rows and failures of jobs that ended before
+        ``ended_before``, at most ``limit`` jobs' worth a call; returns the
+        number of jobs purged. Active jobs keep theirs whatever their age."""
         ...
 
     async def aclose(self) -> None:

@@ -7,12 +7,13 @@ reference the contract suite holds every other backend to.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar
 
-from jobtrack.errors import JobNotFound, NotFound, StageNotFound
+from jobtrack.errors import InvalidRequest, JobNotFound, NotFound, StageNotFound
 from jobtrack.model import (
     ACTIVE_JOB_STATUSES,
     Clock,
@@ -24,12 +25,15 @@ from jobtrack.model import (
     apply_increment,
     derive_job_status,
     new_id,
+    raise_total,
+    seal_total,
     set_counts,
     utc_now,
 )
 from jobtrack.store.base import (
     CHANGES_LIMIT,
     EVENTS_LIMIT,
+    MAX_EVENT_MESSAGE,
     STUCK_QUERY_LIMIT,
     ChangeCursor,
     Changes,
@@ -44,10 +48,12 @@ from jobtrack.store.base import (
     check_event,
     check_unmoved,
     increment_progress,
+    key_problem,
     merge_screened,
     screen_progress,
     validate_new_job,
 )
+from jobtrack.store.ledger import ItemFailure, LedgerItem, LedgerTally, check_items
 
 __all__ = ["InMemoryJobStore"]
 
@@ -66,6 +72,8 @@ class InMemoryJobStore(StageWrites):
         self._item_keys: dict[str, set[tuple[str, str]]] = {}
         self._events: dict[str, list[JobEvent]] = {}
         self._event_ids = 0
+        self._ledger: dict[str, dict[str, dict[str, Any]]] = {}  # job -> stage -> key -> payload
+        self._failures: dict[str, dict[tuple[str, str], _Failure]] = {}
         self._lock = asyncio.Lock()
 
     async def create_job(
@@ -306,6 +314,118 @@ class InMemoryJobStore(StageWrites):
         every.sort(key=lambda event: event.id, reverse=True)
         return every[: max(limit, 0)]
 
+    async def add_items(
+        self, job_id: str, stage: str, items: Sequence[LedgerItem], *, seal: bool = False
+    ) -> int:
+        """Record items in the ledger and raise the stage's total by the new
+        ones; raises as :meth:`JobStore.add_items`."""
+        payloads = check_items(items)
+        async with self._lock:
+            job, current = self._stage(job_id, stage)
+            ledger = self._ledger.setdefault(job_id, {}).setdefault(stage, {})
+            new = [
+                (i.key, json.loads(p))
+                for i, p in zip(items, payloads, strict=True)
+                if i.key not in ledger
+            ]
+            now = self._clock()
+            changed = current
+            if new:
+                changed = raise_total(changed, now, by=len(new))
+            if seal:
+                changed = seal_total(changed, now)
+            ledger.update(new)
+            if changed is not current:
+                self._put_stages(job, [changed], now)
+            return len(new)
+
+    async def tally_ledger(self, job_id: str) -> dict[str, LedgerTally]:
+        """Per stage, the ledger's items against the counted keys."""
+        job = await self.get_job(job_id)
+        keys = self._item_keys.get(job.id, set())
+        failures = self._failures.get(job.id, {})
+        tallies = {}
+        for stage, ledger in self._ledger.get(job.id, {}).items():
+            counted = [key for key in ledger if (stage, key) in keys]
+            failed = sum((stage, key) in failures for key in counted)
+            tallies[stage] = LedgerTally(len(ledger), len(counted), failed)
+        return tallies
+
+    async def missing_items(
+        self, job_id: str, stage: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[LedgerItem]:
+        """The stage's ledger items not counted, in key order, after ``after``."""
+        job, _ = self._stage(job_id, stage)
+        keys = self._item_keys.get(job.id, set())
+        ledger = self._ledger.get(job.id, {}).get(stage, {})
+        missing = sorted(
+            key for key in ledger if (stage, key) not in keys and (after is None or key > after)
+        )
+        return [LedgerItem(key, ledger[key]) for key in missing[: max(limit, 0)]]
+
+    async def ledger_items(
+        self, job_id: str, stage: str, keys: Collection[str]
+    ) -> list[LedgerItem]:
+        """The stage's ledger items with these keys, in key order."""
+        job = await self.get_job(job_id)
+        ledger = self._ledger.get(job.id, {}).get(stage, {})
+        return [LedgerItem(key, ledger[key]) for key in sorted(set(keys)) if key in ledger]
+
+    async def record_failure(
+        self, job_id: str, stage: str, key: str, error: str, *, attempts: int = 1
+    ) -> None:
+        """Keep why an item failed; a later failure replaces it."""
+        problem = key_problem(key)
+        if problem is not None:
+            raise InvalidRequest(problem)
+        async with self._lock:
+            self._stage(job_id, stage)
+            failure = _Failure(error[:MAX_EVENT_MESSAGE], attempts, self._clock())
+            self._failures.setdefault(job_id, {})[(stage, key)] = failure
+
+    async def list_failures(
+        self,
+        job_id: str,
+        *,
+        stage: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 100,
+    ) -> list[ItemFailure]:
+        """The job's failed items, in (stage, key) order, after ``after``."""
+        job = await self.get_job(job_id)
+        ledger = self._ledger.get(job.id, {})
+        chosen = sorted(
+            (name, key)
+            for name, key in self._failures.get(job.id, {})
+            if (stage is None or name == stage) and (after is None or (name, key) > after)
+        )[: max(limit, 0)]
+        failures = self._failures[job.id] if chosen else {}
+        return [
+            ItemFailure(
+                name,
+                key,
+                failures[name, key].error,
+                failures[name, key].attempts,
+                failures[name, key].failed_at,
+                ledger.get(name, {}).get(key),
+            )
+            for name, key in chosen
+        ]
+
+    async def purge_ledger(self, *, ended_before: datetime, limit: int = 10_000) -> int:
+        """Drop the ledgers and failures of jobs ended before ``ended_before``."""
+        async with self._lock:
+            old = [
+                job_id
+                for job_id in {*self._ledger, *self._failures}
+                if (job := self._jobs.get(job_id)) is None
+                or (job.completed_at is not None and job.completed_at < ended_before)
+            ][: max(limit, 0)]
+            for job_id in old:
+                self._ledger.pop(job_id, None)
+                self._failures.pop(job_id, None)
+            return len(old)
+
     async def aclose(self) -> None:
         """Nothing to release."""
 
@@ -333,6 +453,13 @@ class InMemoryJobStore(StageWrites):
             changed = change(current, now)
             self._put_stages(job, [changed], now)
             return changed
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    error: str
+    attempts: int
+    failed_at: datetime
 
 
 def _claim(keys: set[tuple[str, str]], stage: str, new: Sequence[str]) -> int:

@@ -1,0 +1,283 @@
+"""Job types, declared in ordinary Python: a name, stages in order, one
+handler per stage.
+
+::
+
+    import jobtrack
+
+    app = jobtrack.App()
+    imports = app.job_type("csv-import", stages=["parse", "write"])
+
+    @imports.handler("parse", feeds=["write"])
+    def parse(item: jobtrack.Item) -> None:
+        for number, row in enumerate(read_rows(item.payload["path"])):
+            item.add("write", key=f"{item.key}:{number}", payload=row)
+
+    @imports.handler("write")
+    async def write(item: jobtrack.Item) -> None:
+        await table.insert(item.payload)
+
+A handler that returns has done its item; one that raises has failed it,
+with the error recorded, unless the error is one the type retries
+(``retry_on``): then the item is tried again, with backoff, and fails only
+after ``max_attempts``. A stage some handler ``feeds`` is *discovered*:
+its items are added by the handlers of earlier stages while they run, and
+its total seals itself once every stage feeding it has completed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from jobtrack.errors import InvalidRequest
+from jobtrack.model import Job
+from jobtrack.store.ledger import LedgerItem
+
+if TYPE_CHECKING:
+    from jobtrack.monitor.base import Reconciler
+
+__all__ = [
+    "Executor",
+    "Handler",
+    "Item",
+    "JobType",
+    "Retry",
+    "StageHandler",
+    "TruthFactory",
+]
+
+#: Where a handler runs: on the event loop (``async``), in a thread, or in a
+#: worker process (CPU-bound work; the handler must be importable by name).
+Executor: TypeAlias = Literal["async", "thread", "process"]
+
+#: A stage's handler: takes the item; returns nothing (or an awaitable of
+#: nothing, for ``async def`` handlers).
+Handler: TypeAlias = Callable[["Item"], "Awaitable[None] | None"]
+
+#: Builds the monitor's view of a job type from the app's parts, for a type
+#: whose truth is not its ledger (the collection scan's catalog, say).
+TruthFactory: TypeAlias = Callable[[Any, "JobType"], "Reconciler"]
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+class Retry(Exception):
+    """Raised by a handler to have its item tried again (after ``after``
+    seconds, or the type's backoff), whatever the error; it still fails
+    after the type's ``max_attempts``."""
+
+    def __init__(self, reason: str = "retry requested", *, after: float | None = None) -> None:
+        super().__init__(reason)
+        self.after = after
+
+
+@dataclass(slots=True)
+class Item:
+    """One item, as a handler receives it: its ``key`` and JSON ``payload``,
+    the ``job`` it belongs to (as read shortly before), its ``stage``, and
+    which ``attempt`` this is (1 the first time).
+
+    :meth:`add` records discovered work for a later stage; what is added is
+    written to the job's ledger, and published, before this item counts.
+    """
+
+    key: str
+    payload: Any
+    job: Job
+    stage: str
+    attempt: int = 1
+    added: list[tuple[str, LedgerItem]] = field(default_factory=list)
+    feeds: frozenset[str] = frozenset()
+
+    def add(self, stage: str, key: str, payload: Any = None) -> None:
+        """Add an item to ``stage``, a later stage this handler feeds.
+
+        Raises:
+            InvalidRequest: the handler's stage does not feed ``stage``.
+        """
+        if stage not in self.feeds:
+            fed = ", ".join(sorted(self.feeds)) or "no stage"
+            raise InvalidRequest(
+                f"the {self.stage!r} handler feeds {fed}, not {stage!r}: "
+                f"declare it with handler({self.stage!r}, feeds=[{stage!r}])"
+            )
+        self.added.append((stage, LedgerItem(key, payload)))
+
+
+@dataclass(frozen=True, slots=True)
+class StageHandler:
+    """A stage's handler and how it runs: its executor, the later stages it
+    feeds, and the broker queue its items travel on."""
+
+    stage: str
+    function: Handler
+    executor: Executor
+    feeds: frozenset[str]
+    queue: str
+
+
+class JobType:
+    """A kind of job: its ``name``, its ``stages`` in order, a handler per
+    stage (:meth:`handler`), which errors are retried and how.
+
+    :param retry_on: exception classes a handler may raise that are worth
+        trying again (a timeout, a refused connection); any other error
+        fails the item at once.
+    :param max_attempts: tries of an item before a retried error fails it.
+    :param backoff: seconds before the first retry, doubled each time, up to
+        ``max_backoff``.
+    :param truth: builds the monitor's reconciler for this type; by default
+        the truth is the ledger against the counted keys.
+    :param queue_prefix: the broker queues are ``<prefix>.<type>.<stage>``.
+    :raises InvalidRequest: a name that is not lowercase letters, digits,
+        ``-`` and ``_`` (at most 63), no stages, or a stage twice.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stages: Sequence[str],
+        *,
+        retry_on: Iterable[type[BaseException]] = (),
+        max_attempts: int = 3,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        truth: TruthFactory | None = None,
+        queue_prefix: str = "jobtrack",
+    ) -> None:
+        for what in (name, *stages):
+            if not isinstance(what, str) or not _NAME.fullmatch(what):
+                raise InvalidRequest(
+                    f"{what!r} is not a job type or stage name: use lowercase letters, "
+                    "digits, '-' and '_', at most 63"
+                )
+        if not stages:
+            raise InvalidRequest(f"job type {name!r} needs at least one stage")
+        if len(set(stages)) != len(stages):
+            raise InvalidRequest(f"job type {name!r} names a stage twice: {list(stages)}")
+        if max_attempts < 1 or backoff < 0 or max_backoff < backoff:
+            raise InvalidRequest("max_attempts must be at least 1, 0 <= backoff <= max_backoff")
+        self.name = name
+        self.stages = tuple(stages)
+        self.retry_on = tuple(retry_on)
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.truth = truth
+        self.queue_prefix = queue_prefix
+        self.handlers: dict[str, StageHandler] = {}
+
+    def handler(
+        self,
+        stage: str,
+        *,
+        feeds: Iterable[str] = (),
+        executor: Executor | None = None,
+        queue: str | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Register the decorated function as ``stage``'s handler.
+
+        :param feeds: later stages whose items this handler adds
+            (:meth:`Item.add`); they seal themselves once every stage
+            feeding them has completed.
+        :param executor: ``async`` for ``async def`` functions (the default
+            for them), ``thread`` (the default for plain functions) or
+            ``process``.
+        :param queue: the broker queue of the stage's items (default
+            ``<queue_prefix>.<type>.<stage>``).
+        :raises InvalidRequest: an unknown stage, a stage with a handler
+            already, a stage fed that is not later, an executor that does not
+            fit the function.
+        """
+        self._check_stage(stage)
+        if stage in self.handlers:
+            raise InvalidRequest(f"stage {stage!r} of {self.name!r} has a handler already")
+        fed = frozenset(feeds)
+        later = self.stages[self.stages.index(stage) + 1 :]
+        for name in fed:
+            if name not in later:
+                raise InvalidRequest(
+                    f"the {stage!r} handler can only feed a later stage of {self.name!r} "
+                    f"({', '.join(later) or 'none'}), not {name!r}"
+                )
+
+        def register(function: Handler) -> Handler:
+            chosen = executor or ("async" if inspect.iscoroutinefunction(function) else "thread")
+            if (chosen == "async") != inspect.iscoroutinefunction(function):
+                raise InvalidRequest(
+                    f"the {stage!r} handler: executor {chosen!r} needs "
+                    + ("an async def function" if chosen == "async" else "a plain function")
+                )
+            self.handlers[stage] = StageHandler(
+                stage=stage,
+                function=function,
+                executor=chosen,
+                feeds=fed,
+                queue=queue or f"{self.queue_prefix}.{self.name}.{stage}",
+            )
+            return function
+
+        return register
+
+    def fed_by(self, stage: str) -> tuple[str, ...]:
+        """The stages whose handlers feed ``stage`` (empty: the producer does)."""
+        self._check_stage(stage)
+        return tuple(s for s in self.stages if stage in self._feeds_of(s))
+
+    def discovered(self, stage: str) -> bool:
+        """Whether ``stage``'s items come from earlier stages' handlers."""
+        return bool(self.fed_by(stage))
+
+    def queue(self, stage: str) -> str:
+        """The broker queue of ``stage``'s items."""
+        self._check_stage(stage)
+        handler = self.handlers.get(stage)
+        return handler.queue if handler else f"{self.queue_prefix}.{self.name}.{stage}"
+
+    def retryable(self, error: BaseException) -> bool:
+        """Whether ``error`` is worth trying the item again for."""
+        return isinstance(error, (Retry, *self.retry_on))
+
+    def delay(self, attempt: int, error: BaseException | None = None) -> float:
+        """Seconds to wait before trying again after try number ``attempt``."""
+        if isinstance(error, Retry) and error.after is not None:
+            return float(error.after)
+        return min(self.backoff * 2.0 ** (attempt - 1), self.max_backoff)
+
+    def check_complete(self) -> None:
+        """Raise :class:`InvalidRequest` unless every stage has a handler."""
+        missing = [stage for stage in self.stages if stage not in self.handlers]
+        if missing:
+            raise InvalidRequest(f"job type {self.name!r} has no handler for {missing}")
+
+    def _feeds_of(self, stage: str) -> frozenset[str]:
+        handler = self.handlers.get(stage)
+        return handler.feeds if handler else frozenset()
+
+    def _check_stage(self, stage: str) -> None:
+        if stage not in self.stages:
+            raise InvalidRequest(
+                f"job type {self.name!r} has no stage {stage!r}: its stages are "
+                + ", ".join(self.stages)
+            )
+
+    def __repr__(self) -> str:
+        return f"JobType({self.name!r}, stages={list(self.stages)!r})"
+
+
+def registry(types: Iterable[JobType]) -> Mapping[str, JobType]:
+    """Job types by name.
+
+    Raises:
+        InvalidRequest: two types share a name.
+    """
+    by_name: dict[str, JobType] = {}
+    for job_type in types:
+        if job_type.name in by_name:
+            raise InvalidRequest(f"two job types are named {job_type.name!r}")
+        by_name[job_type.name] = job_type
+    return by_name

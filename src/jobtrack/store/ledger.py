@@ -1,0 +1,123 @@
+"""The item ledger's types: what a job must do, item by item.
+
+Every item added to a job is recorded with its key and its JSON payload
+(:meth:`~jobtrack.store.base.JobStore.add_items`); the ledger against the
+counted keys tells which items are missing, and the payloads let the
+monitor publish exactly those again. A failed item's error is kept beside
+it (:meth:`~jobtrack.store.base.JobStore.record_failure`), so that a retry
+re-drives the failed items alone. Rows go when their job has ended and the
+retention has passed (:meth:`~jobtrack.store.base.JobStore.purge_ledger`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from jobtrack.errors import InvalidRequest
+from jobtrack.store.text import key_problem
+
+__all__ = [
+    "MAX_LEDGER_BATCH",
+    "MAX_PAYLOAD_BYTES",
+    "ItemFailure",
+    "LedgerItem",
+    "LedgerTally",
+    "check_items",
+    "encode_payload",
+]
+
+#: The most items one :meth:`~jobtrack.store.base.JobStore.add_items` call takes.
+MAX_LEDGER_BATCH = 10_000
+#: The largest payload an item may carry, as compact JSON in UTF-8.
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerItem:
+    """One item of a job's stage: its key (what makes it count once) and its
+    payload (any JSON value: what a handler needs to do it)."""
+
+    key: str
+    payload: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTally:
+    """One stage's ledger against its counts: ``items`` recorded, of which
+    ``counted`` have their key counted (done or failed), of which ``failed``
+    have a failure recorded. Counted keys are known while the job is active
+    only (an ended job's keys are dropped)."""
+
+    items: int
+    counted: int
+    failed: int
+
+    @property
+    def missing(self) -> int:
+        """Items recorded but not counted."""
+        return self.items - self.counted
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    """Why an item failed: its stage and key, the error, how many attempts
+    it had, when it failed, and its payload from the ledger (None when the
+    item is not in the ledger)."""
+
+    stage: str
+    key: str
+    error: str
+    attempts: int
+    failed_at: datetime
+    payload: Any = None
+
+
+def encode_payload(payload: Any) -> str:
+    """The payload as compact JSON text.
+
+    Raises:
+        InvalidRequest: the payload is not JSON (a set, a float NaN, an
+            object with non-string keys...), holds a NUL character, or is
+            over :data:`MAX_PAYLOAD_BYTES`.
+    """
+    try:
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"an item payload must be JSON: {exc}") from None
+    if "\x00" in text or "\\u0000" in text:
+        raise InvalidRequest("an item payload must not contain NUL characters")
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise InvalidRequest("an item payload must not contain lone surrogates") from None
+    if size > MAX_PAYLOAD_BYTES:
+        raise InvalidRequest(
+            f"an item payload must not exceed {MAX_PAYLOAD_BYTES} bytes of JSON ({size})"
+        )
+    return text
+
+
+def check_items(items: Sequence[LedgerItem]) -> list[str]:
+    """Check a batch for :meth:`~jobtrack.store.base.JobStore.add_items`;
+    the payloads as JSON text, in order.
+
+    Raises:
+        InvalidRequest: more than :data:`MAX_LEDGER_BATCH` items, a key no
+            store can hold, a key twice in the batch, or a payload that
+            :func:`encode_payload` refuses; nothing of the batch is written.
+    """
+    if len(items) > MAX_LEDGER_BATCH:
+        raise InvalidRequest(f"at most {MAX_LEDGER_BATCH} items a batch, not {len(items)}")
+    seen: set[str] = set()
+    for item in items:
+        problem = key_problem(item.key) if isinstance(item.key, str) else "an item key must be text"
+        if problem is not None:
+            raise InvalidRequest(problem)
+        if item.key in seen:
+            raise InvalidRequest(f"item key {item.key[:100]!r} is twice in the batch")
+        seen.add(item.key)
+    return [encode_payload(item.payload) for item in items]
