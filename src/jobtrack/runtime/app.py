@@ -52,7 +52,7 @@ class App:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings | None = None,
         *,
         renditions: tuple[RenditionSpec, ...] = DEFAULT_RENDITIONS,
         flush_wait: float = 5.0,
@@ -60,7 +60,7 @@ class App:
         job_types: Iterable[JobType] = (),
     ) -> None:
         self._job_types: dict[str, JobType] = dict(registry(job_types))
-        self.settings = settings
+        self.settings = Settings.from_env() if settings is None else settings
         """Where the state lives and how jobtrack runs (store and broker URLs,
         data folder, progress writes, monitor timings)."""
         self.renditions = renditions
@@ -107,6 +107,14 @@ class App:
         except KeyError:
             known = ", ".join(sorted(self._job_types)) or "none"
             raise InvalidRequest(f"unknown job type {name!r} (registered: {known})") from None
+
+    def with_settings(self, settings: Settings, **options: Any) -> App:
+        """A new, unopened app with this one's job types and renditions and
+        ``settings`` (what a command's flags make of a user's app);
+        ``options`` as the constructor's (``flush_wait``, ``create_store``)."""
+        options.setdefault("renditions", self.renditions)
+        options.setdefault("flush_wait", self.flush_wait)
+        return App(settings, job_types=self._job_types.values(), **options)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> App:

@@ -1,0 +1,86 @@
+"""The item message: what travels on a job type's stage queue, one per item.
+
+Versioned and validated on receipt; anything that does not decode is a
+:class:`~jobtrack.errors.MalformedMessage`, for the dead-letter queue with
+its reason. The decoder refuses what no store can hold (a NUL byte, a lone
+surrogate, an id past :data:`MAX_FIELD_LENGTH`, a key past the store's
+bound), so such a message never reaches the tracker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from jobtrack.errors import MalformedMessage
+from jobtrack.store.text import key_problem, text_problem
+
+__all__ = ["ITEM_MESSAGE_VERSION", "MAX_FIELD_LENGTH", "ItemMessage", "decode_item", "encode_item"]
+
+ITEM_MESSAGE_VERSION = 1
+
+MAX_FIELD_LENGTH = 200
+"""The most characters a job id, job type or stage name of a message may have."""
+
+_BRIEF = 300
+
+
+class ItemMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Do ``stage`` of the item ``key`` (its ``payload``) for one job."""
+
+    job_id: str
+    job_type: str
+    stage: str
+    key: str
+    payload: Any = None
+    attempt: int = 1
+    v: int = ITEM_MESSAGE_VERSION
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(ItemMessage)
+
+
+def encode_item(message: ItemMessage) -> bytes:
+    """The message as JSON bytes."""
+    return _encoder.encode(message)
+
+
+def decode_item(body: bytes) -> ItemMessage:
+    """Decode and validate an item message.
+
+    Raises:
+        MalformedMessage: the body is not an item message of this version,
+            or an id, stage or key is empty, holds a NUL byte or a lone
+            surrogate, or is too long; the reason is short whatever the
+            body's size.
+    """
+    try:
+        message = _decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        raise MalformedMessage(f"malformed item message: {_brief(str(exc))}") from exc
+    if message.v != ITEM_MESSAGE_VERSION:
+        raise MalformedMessage(f"unsupported item message version {message.v}")
+    for name in ("job_id", "job_type", "stage"):
+        value = getattr(message, name)
+        if not value or len(value) > MAX_FIELD_LENGTH:
+            raise MalformedMessage(
+                f"item message whose {name} has {len(value)} characters (1 to {MAX_FIELD_LENGTH})"
+            )
+        problem = text_problem(value, name)
+        if problem is not None:
+            raise MalformedMessage(f"item message: {problem}")
+    problem = key_problem(message.key)
+    if problem is not None:
+        raise MalformedMessage(f"item message: {problem}")
+    if message.attempt < 1:
+        raise MalformedMessage(f"item message with attempt {message.attempt}")
+    return message
+
+
+def _brief(text: str) -> str:
+    if len(text) <= _BRIEF:
+        return text
+    tail = f"… ({len(text)} characters)"
+    return text[: _BRIEF - len(tail)] + tail
