@@ -28,6 +28,7 @@ __all__ = [
     "LedgerTally",
     "check_items",
     "encode_payload",
+    "storable_error",
 ]
 
 #: The most items one :meth:`~jobtrack.store.base.JobStore.add_items` call takes.
@@ -121,3 +122,15 @@ def check_items(items: Sequence[LedgerItem]) -> list[str]:
             raise InvalidRequest(f"item key {item.key[:100]!r} is twice in the batch")
         seen.add(item.key)
     return [encode_payload(item.payload) for item in items]
+
+
+def storable_error(error: str, limit: int) -> str:
+    """A failure's error as every backend keeps it: NUL characters (which
+    PostgreSQL text refuses) as U+FFFD, lone surrogates (not UTF-8) as
+    ``?``, cut to ``limit`` characters. Raises nothing."""
+    cleaned = error.replace("\x00", "\ufffd")
+    try:
+        cleaned.encode()
+    except UnicodeEncodeError:
+        cleaned = cleaned.encode(errors="replace").decode()
+    return cleaned[:limit]

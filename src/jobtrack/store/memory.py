@@ -53,7 +53,13 @@ from jobtrack.store.base import (
     screen_progress,
     validate_new_job,
 )
-from jobtrack.store.ledger import ItemFailure, LedgerItem, LedgerTally, check_items
+from jobtrack.store.ledger import (
+    ItemFailure,
+    LedgerItem,
+    LedgerTally,
+    check_items,
+    storable_error,
+)
 
 __all__ = ["InMemoryJobStore"]
 
@@ -380,7 +386,8 @@ class InMemoryJobStore(StageWrites):
             raise InvalidRequest(problem)
         async with self._lock:
             self._stage(job_id, stage)
-            failure = _Failure(error[:MAX_EVENT_MESSAGE], attempts, self._clock())
+            error = storable_error(error, MAX_EVENT_MESSAGE)
+            failure = _Failure(error, attempts, self._clock())
             self._failures.setdefault(job_id, {})[(stage, key)] = failure
 
     async def list_failures(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from jobtrack.errors import JobNotFound, StageNotFound
+from jobtrack.errors import InvalidRequest, JobNotFound, StageNotFound
 from jobtrack.model import (
     Clock,
     Job,
@@ -30,11 +30,14 @@ from jobtrack.model import (
     StageCounts,
     StageStatus,
     new_id,
+    raise_total,
+    seal_total,
     set_counts,
 )
 from jobtrack.store.base import (
     CHANGES_LIMIT,
     EVENTS_LIMIT,
+    MAX_EVENT_MESSAGE,
     STUCK_QUERY_LIMIT,
     ChangeCursor,
     Changes,
@@ -45,7 +48,15 @@ from jobtrack.store.base import (
     check_end_status,
     check_event,
     check_unmoved,
+    key_problem,
     validate_new_job,
+)
+from jobtrack.store.ledger import (
+    ItemFailure,
+    LedgerItem,
+    LedgerTally,
+    check_items,
+    storable_error,
 )
 
 __all__ = [
@@ -120,9 +131,9 @@ class Codec:
     them natively (PostgreSQL)."""
 
     TIMES: ClassVar[frozenset[str]] = frozenset(
-        {"created_at", "updated_at", "completed_at", "started_at", "at"}
+        {"created_at", "updated_at", "completed_at", "started_at", "at", "added_at", "failed_at"}
     )
-    JSON: ClassVar[frozenset[str]] = frozenset({"attributes", "data"})
+    JSON: ClassVar[frozenset[str]] = frozenset({"attributes", "data", "payload"})
     BOOLEANS: ClassVar[frozenset[str]] = frozenset({"total_final"})
 
     def encode(self, value: Any) -> Any:
@@ -320,6 +331,94 @@ class SqlJobStore(StageWrites):
         params = {"limit": max(limit, 0)}
         return await self._connector.run(_events("recent_events", params, None), write=False)
 
+    # The item ledger.
+
+    def _ledger_batch(self, keys: list[str], payloads: list[str]) -> dict[str, Any]:
+        """The parameters of the engine's ``add_items`` statement for a batch:
+        its keys and their payloads as JSON text, in order. This one: two
+        arrays (PostgreSQL)."""
+        return {"keys": keys, "payloads": payloads}
+
+    async def add_items(
+        self, job_id: str, stage: str, items: Sequence[LedgerItem], *, seal: bool = False
+    ) -> int:
+        """Record items in the ledger (one statement for the batch) and raise
+        the stage's total by the new ones, sealing it with ``seal``, in one
+        transaction that writes the job. Returns how many were new. Raises
+        ``InvalidRequest`` for a batch :func:`~jobtrack.store.ledger.check_items`
+        refuses or new items for a sealed stage (nothing written),
+        ``JobNotFound``, ``StageNotFound``."""
+        payloads = check_items(items)
+        batch = self._ledger_batch([item.key for item in items], payloads) if items else None
+        return await self._connector.run(_add_items(job_id, stage, batch, seal, self._clock()))
+
+    async def tally_ledger(self, job_id: str) -> dict[str, LedgerTally]:
+        """Per stage with items in the ledger, the items recorded against the
+        keys counted (one query); ``JobNotFound``."""
+        return await self._connector.run(_tally(job_id), write=False)
+
+    async def missing_items(
+        self, job_id: str, stage: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[LedgerItem]:
+        """The stage's ledger items whose key is not counted, in key order
+        (code point), after ``after``; ``JobNotFound``, ``StageNotFound``."""
+        params = {"job_id": job_id, "stage": stage, "after": after or "", "limit": max(limit, 0)}
+        return await self._connector.run(_missing(params), write=False)
+
+    async def ledger_items(
+        self, job_id: str, stage: str, keys: Collection[str]
+    ) -> list[LedgerItem]:
+        """The stage's ledger items with these keys, in key order; keys not in
+        the ledger are left out. ``JobNotFound``."""
+        wanted = sorted({key for key in keys if key_problem(key) is None})
+        params = {"job_id": job_id, "stage": stage, "keys": wanted}
+        return await self._connector.run(_ledger_items(params), write=False)
+
+    async def record_failure(
+        self, job_id: str, stage: str, key: str, error: str, *, attempts: int = 1
+    ) -> None:
+        """Keep why an item failed (a later failure replaces it), in one
+        statement. Raises ``InvalidRequest`` for a key no store can hold,
+        ``JobNotFound``, ``StageNotFound``."""
+        problem = key_problem(key)
+        if problem is not None:
+            raise InvalidRequest(problem)
+        params = {
+            "job_id": job_id,
+            "stage": stage,
+            "key": key,
+            "error": storable_error(error, MAX_EVENT_MESSAGE),
+            "attempts": attempts,
+            "now": self._clock(),
+        }
+        await self._connector.run(_record_failure(params))
+
+    async def list_failures(
+        self,
+        job_id: str,
+        *,
+        stage: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 100,
+    ) -> list[ItemFailure]:
+        """The job's failed items with their errors and ledger payloads, in
+        (stage, key) order, after ``after``; ``JobNotFound``."""
+        after_stage, after_key = after or ("", "")
+        params = {
+            "job_id": job_id,
+            "stage": stage,
+            "after_stage": after_stage,
+            "after_key": after_key,
+            "limit": max(limit, 0),
+        }
+        return await self._connector.run(_failures(params), write=False)
+
+    async def purge_ledger(self, *, ended_before: datetime, limit: int = 10_000) -> int:
+        """Delete the ledger rows and failures of jobs that ended before
+        ``ended_before``, at most ``limit`` jobs a call; returns how many jobs
+        were purged. Active jobs keep theirs whatever their age."""
+        return await self._connector.run(_purge(ended_before, max(limit, 0)))
+
 
 # The plans. Each runs whole in one transaction of its connector.
 
@@ -498,3 +597,86 @@ def _events(name: str, params: Mapping[str, Any], job_id: str | None) -> Plan[li
     return [
         JobEvent(r["job_id"], r["at"], r["kind"], r["message"], r["data"], r["id"]) for r in rows
     ]
+
+
+def _add_items(
+    job_id: str, stage: str, batch: Mapping[str, Any] | None, seal: bool, now: datetime
+) -> Plan[int]:
+    yield from lock_job(job_id)
+    current = yield from lock_stage(job_id, stage)
+    added = 0
+    if batch is not None:
+        params = {"job_id": job_id, "stage": stage, "now": now, **batch}
+        added = int((yield Execute("add_items", params)))
+    changed = current
+    if added:
+        # A sealed stage raises: the transaction, the rows above with it, rolls back.
+        changed = raise_total(changed, now, by=added)
+    if seal:
+        changed = seal_total(changed, now)
+    if changed != current:
+        yield from _put_stage(job_id, changed, now)
+        yield Execute("touch_and_settle", {"job_id": job_id, "now": now})
+    return added
+
+
+def _job_exists(job_id: str) -> Plan[None]:
+    if not (yield Fetch("get_job", {"job_id": job_id})):
+        raise JobNotFound(job_id)
+
+
+def _tally(job_id: str) -> Plan[dict[str, LedgerTally]]:
+    yield from _job_exists(job_id)
+    rows = yield Fetch("tally_ledger", {"job_id": job_id})
+    return {
+        row["stage"]: LedgerTally(int(row["items"]), int(row["counted"]), int(row["failed"]))
+        for row in rows
+    }
+
+
+def _missing(params: Mapping[str, Any]) -> Plan[list[LedgerItem]]:
+    yield from _job_exists(params["job_id"])
+    if not (yield Fetch("stage_exists", params)):
+        raise StageNotFound(params["job_id"], params["stage"])
+    rows = yield Fetch("missing_items", params)
+    return [LedgerItem(row["item_key"], row["payload"]) for row in rows]
+
+
+def _ledger_items(params: Mapping[str, Any]) -> Plan[list[LedgerItem]]:
+    yield from _job_exists(params["job_id"])
+    if not params["keys"]:
+        return []
+    rows = yield Fetch("ledger_items", params)
+    return [LedgerItem(row["item_key"], row["payload"]) for row in rows]
+
+
+def _record_failure(params: Mapping[str, Any]) -> Plan[None]:
+    if not (yield Fetch("record_failure", params)):
+        yield from _job_exists(params["job_id"])
+        raise StageNotFound(params["job_id"], params["stage"])
+
+
+def _failures(params: Mapping[str, Any]) -> Plan[list[ItemFailure]]:
+    yield from _job_exists(params["job_id"])
+    rows = yield Fetch("list_failures", params)
+    return [
+        ItemFailure(
+            row["stage"],
+            row["item_key"],
+            row["error"],
+            int(row["attempts"]),
+            row["failed_at"],
+            row["payload"],
+        )
+        for row in rows
+    ]
+
+
+def _purge(before: datetime, limit: int) -> Plan[int]:
+    rows = yield Fetch("purgeable_jobs", {"before": before, "limit": limit})
+    if not rows:
+        return 0
+    ids = [row["id"] for row in rows]
+    yield Execute("purge_items", {"job_ids": ids})
+    yield Execute("purge_failures", {"job_ids": ids})
+    return len(ids)

@@ -192,3 +192,84 @@ SELECT version FROM schema_migrations WHERE component = %(component)s;
 -- name: migration_record
 INSERT INTO schema_migrations (component, version, name)
 VALUES (%(component)s, %(version)s, %(name)s);
+
+-- The item ledger (migration 0007_item_ledger.sql). Keys and stage names
+-- of the ledger are in the "C" collation; compared with item_keys' under
+-- "default" (equality is the same in both), so item_keys' index serves.
+
+-- name: add_items
+-- The arrays go in binary (see add_many); the payloads as JSON text. The
+-- rows changed are the new keys.
+INSERT INTO job_items (job_id, stage, item_key, payload, added_at)
+SELECT %(job_id)s, %(stage)s, k, p::jsonb, %(now)s
+FROM unnest(%(keys)b::text[], %(payloads)b::text[]) AS t (k, p)
+ON CONFLICT DO NOTHING;
+
+-- name: stage_exists
+-- (lock_stage without the lock, for reads.)
+SELECT name FROM stages WHERE job_id = %(job_id)s AND name = %(stage)s;
+
+-- name: tally_ledger
+-- Per stage: items in the ledger, of which counted (their key in
+-- item_keys), of which failed (a failure recorded).
+SELECT l.stage, count(*) AS items, count(k.item_key) AS counted,
+       count(f.item_key) FILTER (WHERE k.item_key IS NOT NULL) AS failed
+FROM job_items AS l
+LEFT JOIN item_keys AS k
+    ON k.job_id = l.job_id AND k.stage = l.stage COLLATE "default"
+   AND k.item_key = l.item_key COLLATE "default"
+LEFT JOIN item_failures AS f
+    ON f.job_id = l.job_id AND f.stage = l.stage AND f.item_key = l.item_key
+WHERE l.job_id = %(job_id)s
+GROUP BY l.stage;
+
+-- name: missing_items
+-- A page of the stage's ledger items not counted, in key order (code
+-- point), a range of the ledger's primary key.
+SELECT l.item_key, l.payload FROM job_items AS l
+WHERE l.job_id = %(job_id)s AND l.stage = %(stage)s AND l.item_key > %(after)s
+  AND NOT EXISTS (SELECT 1 FROM item_keys AS k
+                  WHERE k.job_id = l.job_id AND k.stage = l.stage COLLATE "default"
+                    AND k.item_key = l.item_key COLLATE "default")
+ORDER BY l.item_key
+LIMIT %(limit)s;
+
+-- name: ledger_items
+SELECT item_key, payload FROM job_items
+WHERE job_id = %(job_id)s AND stage = %(stage)s AND item_key = ANY(%(keys)s::text[])
+ORDER BY item_key;
+
+-- name: record_failure
+-- Nothing is written (no row returned) when the job or the stage is unknown.
+INSERT INTO item_failures (job_id, stage, item_key, error, attempts, failed_at)
+SELECT job_id, name, %(key)s, %(error)s, %(attempts)s, %(now)s FROM stages
+WHERE job_id = %(job_id)s AND name = %(stage)s
+ON CONFLICT (job_id, stage, item_key) DO UPDATE SET
+    error = excluded.error, attempts = excluded.attempts, failed_at = excluded.failed_at
+RETURNING item_key;
+
+-- name: list_failures
+SELECT f.stage, f.item_key, f.error, f.attempts, f.failed_at, l.payload
+FROM item_failures AS f
+LEFT JOIN job_items AS l
+    ON l.job_id = f.job_id AND l.stage = f.stage AND l.item_key = f.item_key
+WHERE f.job_id = %(job_id)s AND (%(stage)s::text IS NULL OR f.stage = %(stage)s)
+  AND (f.stage, f.item_key) > (%(after_stage)s, %(after_key)s)
+ORDER BY f.stage, f.item_key
+LIMIT %(limit)s;
+
+-- name: purgeable_jobs
+-- Jobs that ended before the cutoff and still have ledger rows or
+-- failures, oldest end first, on idx_jobs_ended.
+SELECT id FROM jobs AS j
+WHERE j.completed_at < %(before)s AND j.status IN ('completed', 'failed', 'cancelled')
+  AND (EXISTS (SELECT 1 FROM job_items AS l WHERE l.job_id = j.id)
+       OR EXISTS (SELECT 1 FROM item_failures AS f WHERE f.job_id = j.id))
+ORDER BY j.completed_at, j.id
+LIMIT %(limit)s;
+
+-- name: purge_items
+DELETE FROM job_items WHERE job_id = ANY(%(job_ids)s::text[]);
+
+-- name: purge_failures
+DELETE FROM item_failures WHERE job_id = ANY(%(job_ids)s::text[]);

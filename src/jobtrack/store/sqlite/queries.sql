@@ -187,3 +187,82 @@ VALUES (:component, :version, :name, :now);
 
 -- name: schema_version
 SELECT COALESCE(MAX(version), 0) FROM schema_migrations WHERE component = :component;
+
+-- The item ledger (migration 0005_item_ledger.sql).
+
+-- name: add_items
+-- :items is a JSON array of [key, payload] pairs, the payload any JSON
+-- value; the changes count says how many keys were new.
+INSERT INTO job_items (job_id, stage, item_key, payload, added_at)
+SELECT :job_id, :stage, value ->> 0, value -> 1, :now FROM json_each(:items) WHERE true
+ON CONFLICT DO NOTHING;
+
+-- name: stage_exists
+-- (lock_stage without the lock, for reads.)
+SELECT name FROM stages WHERE job_id = :job_id AND name = :stage;
+
+-- name: tally_ledger
+-- Per stage: items in the ledger, of which counted (their key in
+-- item_keys), of which failed (a failure recorded).
+SELECT l.stage, count(*) AS items, count(k.item_key) AS counted,
+       count(f.item_key) FILTER (WHERE k.item_key IS NOT NULL) AS failed
+FROM job_items AS l
+LEFT JOIN item_keys AS k
+    ON k.job_id = l.job_id AND k.stage = l.stage AND k.item_key = l.item_key
+LEFT JOIN item_failures AS f
+    ON f.job_id = l.job_id AND f.stage = l.stage AND f.item_key = l.item_key
+WHERE l.job_id = :job_id
+GROUP BY l.stage;
+
+-- name: missing_items
+-- A page of the stage's ledger items not counted, in key order (BINARY:
+-- code point order of UTF-8), on the ledger's primary key.
+SELECT l.item_key, l.payload FROM job_items AS l
+WHERE l.job_id = :job_id AND l.stage = :stage AND l.item_key > :after
+  AND NOT EXISTS (SELECT 1 FROM item_keys AS k
+                  WHERE k.job_id = l.job_id AND k.stage = l.stage AND k.item_key = l.item_key)
+ORDER BY l.item_key
+LIMIT :limit;
+
+-- name: ledger_items
+-- :keys is a JSON array.
+SELECT item_key, payload FROM job_items
+WHERE job_id = :job_id AND stage = :stage
+  AND item_key IN (SELECT value FROM json_each(:keys))
+ORDER BY item_key;
+
+-- name: record_failure
+-- Nothing is written (no row returned) when the job or the stage is unknown.
+INSERT INTO item_failures (job_id, stage, item_key, error, attempts, failed_at)
+SELECT job_id, name, :key, :error, :attempts, :now FROM stages
+WHERE job_id = :job_id AND name = :stage
+ON CONFLICT (job_id, stage, item_key) DO UPDATE SET
+    error = excluded.error, attempts = excluded.attempts, failed_at = excluded.failed_at
+RETURNING item_key;
+
+-- name: list_failures
+SELECT f.stage, f.item_key, f.error, f.attempts, f.failed_at, l.payload
+FROM item_failures AS f
+LEFT JOIN job_items AS l
+    ON l.job_id = f.job_id AND l.stage = f.stage AND l.item_key = f.item_key
+WHERE f.job_id = :job_id AND (:stage IS NULL OR f.stage = :stage)
+  AND (f.stage, f.item_key) > (:after_stage, :after_key)
+ORDER BY f.stage, f.item_key
+LIMIT :limit;
+
+-- name: purgeable_jobs
+-- Jobs that ended before :before and still have ledger rows or failures,
+-- oldest end first, on idx_jobs_ended.
+SELECT id FROM jobs AS j
+WHERE j.completed_at < :before AND j.status IN ('completed', 'failed', 'cancelled')
+  AND (EXISTS (SELECT 1 FROM job_items AS l WHERE l.job_id = j.id)
+       OR EXISTS (SELECT 1 FROM item_failures AS f WHERE f.job_id = j.id))
+ORDER BY j.completed_at, j.id
+LIMIT :limit;
+
+-- name: purge_items
+-- :job_ids is a JSON array.
+DELETE FROM job_items WHERE job_id IN (SELECT value FROM json_each(:job_ids));
+
+-- name: purge_failures
+DELETE FROM item_failures WHERE job_id IN (SELECT value FROM json_each(:job_ids));

@@ -129,6 +129,17 @@ class SqliteJobStore(SqlJobStore):
         self._sqlite = SqliteConnector(database)
         super().__init__(self._sqlite, clock)
 
+    def _ledger_batch(self, keys: list[str], payloads: list[str]) -> dict[str, Any]:
+        """The batch as one JSON array of ``[key, payload]`` pairs, read by
+        ``json_each`` in the one ``add_items`` statement: no bound variable
+        per item, so no limit on their number. The payloads are JSON text
+        already, joined in as they are."""
+        pairs = ",".join(
+            f"[{json.dumps(key, ensure_ascii=False)},{payload}]"
+            for key, payload in zip(keys, payloads, strict=True)
+        )
+        return {"items": f"[{pairs}]"}
+
     @classmethod
     def open(cls, path: str, *, create: bool = True, clock: Clock = utc_now) -> SqliteJobStore:
         """Open (creating and migrating as needed) the database at ``path``;
