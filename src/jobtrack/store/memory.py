@@ -328,7 +328,7 @@ class InMemoryJobStore(StageWrites):
         payloads = check_items(items)
         async with self._lock:
             job, current = self._stage(job_id, stage)
-            ledger = self._ledger.setdefault(job_id, {}).setdefault(stage, {})
+            ledger = self._ledger.get(job_id, {}).get(stage, {})
             new = [
                 (i.key, json.loads(p))
                 for i, p in zip(items, payloads, strict=True)
@@ -340,7 +340,8 @@ class InMemoryJobStore(StageWrites):
                 changed = raise_total(changed, now, by=len(new))
             if seal:
                 changed = seal_total(changed, now)
-            ledger.update(new)
+            if new:  # a stage with no items has no ledger, even after a refusal
+                self._ledger.setdefault(job_id, {}).setdefault(stage, {}).update(new)
             if changed is not current:
                 self._put_stages(job, [changed], now)
             return len(new)
