@@ -347,6 +347,7 @@ PAYLOADS: list[Any] = [
     "plain",
     'quote " backslash \\ tab \t newline \n',
     "é 日本 😀 \u2028",
+    "a backslash and u0000, no NUL: \\u0000",
     [],
     [1, "two", None, [3.5, {"four": 4}]],
     {},

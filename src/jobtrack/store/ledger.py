@@ -12,13 +12,14 @@ retention has passed (:meth:`~jobtrack.store.base.JobStore.purge_ledger`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from jobtrack.errors import InvalidRequest
-from jobtrack.store.text import key_problem
+from jobtrack.store.text import MAX_KEY_LENGTH, key_problem
 
 __all__ = [
     "MAX_LEDGER_BATCH",
@@ -77,6 +78,12 @@ class ItemFailure:
     payload: Any = None
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+# A NUL character in JSON text: the escape \u0000 not itself escaped (after
+# an even number of backslashes); a raw NUL cannot occur, json escapes it.
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def encode_payload(payload: Any) -> str:
     """The payload as compact JSON text.
 
@@ -86,10 +93,10 @@ def encode_payload(payload: Any) -> str:
             over :data:`MAX_PAYLOAD_BYTES`.
     """
     try:
-        text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        text = _ENCODER.encode(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"an item payload must be JSON: {exc}") from None
-    if "\x00" in text or "\\u0000" in text:
+    if "\\u0000" in text and _NUL.search(text):
         raise InvalidRequest("an item payload must not contain NUL characters")
     try:
         size = len(text.encode())
@@ -113,15 +120,36 @@ def check_items(items: Sequence[LedgerItem]) -> list[str]:
     """
     if len(items) > MAX_LEDGER_BATCH:
         raise InvalidRequest(f"at most {MAX_LEDGER_BATCH} items a batch, not {len(items)}")
-    seen: set[str] = set()
-    for item in items:
-        problem = key_problem(item.key) if isinstance(item.key, str) else "an item key must be text"
-        if problem is not None:
-            raise InvalidRequest(problem)
-        if item.key in seen:
-            raise InvalidRequest(f"item key {item.key[:100]!r} is twice in the batch")
-        seen.add(item.key)
+    if not _plain_keys([item.key for item in items]):
+        seen: set[str] = set()
+        for item in items:
+            key = item.key
+            problem = key_problem(key) if isinstance(key, str) else "an item key must be text"
+            if problem is not None:
+                raise InvalidRequest(problem)
+            if key in seen:
+                raise InvalidRequest(f"item key {key[:100]!r} is twice in the batch")
+            seen.add(key)
     return [encode_payload(item.payload) for item in items]
+
+
+def _plain_keys(keys: list[str]) -> bool:
+    """True when every key is storable text and none is twice, told in a few
+    passes over the whole batch; False: look at each key."""
+    if not keys:
+        return True
+    if not all(type(key) is str for key in keys) or len(set(keys)) != len(keys):
+        return False
+    if min(map(len, keys)) == 0 or max(map(len, keys)) > MAX_KEY_LENGTH:
+        return False
+    text = "".join(keys)
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def storable_error(error: str, limit: int) -> str:
