@@ -3,12 +3,18 @@
 Usage::
 
     python -m bench.ledger [--items 200000] [--batches 1000,10000] [--runs 5]
-                           [--backends sqlite,postgres] [--out DIR]
+                           [--backends sqlite,postgres] [--orders ordered,random]
+                           [--out DIR]
 
 One producer (one process, one store) adds ``--items`` items to one job's
-stage with ``JobStore.add_items``, ``--batch`` items a call, each item a key
-and a small JSON payload (a path and a size), and seals the stage with the
-last batch. Each run is on a fresh store (PostgreSQL: a database of its own,
+stage with ``JobStore.add_items``, ``--batches`` items a call, each item a
+key and a small JSON payload (a path and a size), and seals the stage with
+the last batch. The keys come in order (``item-000000001``…, a producer
+numbering its items or walking a sorted listing) or in no order
+(``random``: a hash of the index), the worst case for the ledger's key
+index: each batch then touches pages all over it, and on SQLite the pages
+written make the WAL checkpoints (an fsync each) the larger part of the
+time. Each run is on a fresh store (PostgreSQL: a database of its own,
 created and dropped here, on ``$JOBTRACK_BENCH_POSTGRES_URL``, default the
 local server). Measured per run:
 
@@ -70,15 +76,16 @@ def backend(name: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-def batches(items: int, batch: int) -> list[list[LedgerItem]]:
-    """The producer's batches: keys in no particular order (a hash of the
-    index, as a producer walking a listing would find them), payloads small."""
-    made = [
-        LedgerItem(
-            f"{uuid.uuid5(uuid.NAMESPACE_OID, str(i)).hex}", {"path": f"/data/{i}.jpg", "size": i}
-        )
-        for i in range(items)
-    ]
+def key(index: int, order: str) -> str:
+    """The key of item ``index``: numbered (``ordered``) or a hash (``random``)."""
+    if order == "ordered":
+        return f"item-{index:09}"
+    return uuid.uuid5(uuid.NAMESPACE_OID, str(index)).hex
+
+
+def batches(items: int, batch: int, order: str) -> list[list[LedgerItem]]:
+    """The producer's batches, keys in the given order, payloads small."""
+    made = [LedgerItem(key(i, order), {"path": f"/data/{i}.jpg", "size": i}) for i in range(items)]
     return [made[start : start + batch] for start in range(0, items, batch)]
 
 
@@ -101,10 +108,10 @@ async def _read_missing(store: JobStore, job_id: str) -> tuple[int, int, float]:
     return seen, len(distinct), time.perf_counter() - started
 
 
-async def one_run(url: str, items: int, batch: int) -> dict[str, Any]:
+async def one_run(url: str, items: int, batch: int, order: str) -> dict[str, Any]:
     """One producer on a fresh store: the rates, and whether every figure
     came out exact."""
-    work = batches(items, batch)
+    work = batches(items, batch, order)
     store = open_store(url)
     try:
         job_id = (await store.create_job("bench", [STAGE])).id
@@ -138,32 +145,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1000,10000")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--orders", default="ordered,random")
     parser.add_argument("--out", type=Path, default=RESULTS / "ledger")
     args = parser.parse_args(argv)
     runs: dict[str, list[dict[str, Any]]] = {}
     for run in range(args.runs):
         for name in args.backends.split(","):
-            for batch in (int(b) for b in args.batches.split(",")):
-                with backend(name) as url:
-                    result = asyncio.run(one_run(url, args.items, batch))
-                runs.setdefault(f"{name}|{batch}", []).append(result)
-                print(
-                    f"run {run + 1} {name} batch {batch}:",
-                    f"add {result['add_per_second']:,.0f}/s,",
-                    f"re-add {result['readd_per_second']:,.0f}/s,",
-                    f"missing {result['missing_per_second']:,.0f}/s,",
-                    "exact" if result["exact"] else "NOT EXACT",
-                    flush=True,
-                )
+            for order in args.orders.split(","):
+                for batch in (int(b) for b in args.batches.split(",")):
+                    with backend(name) as url:
+                        result = asyncio.run(one_run(url, args.items, batch, order))
+                    runs.setdefault(f"{name}|{order}|{batch}", []).append(result)
+                    _print(run, f"{name} {order} keys, batch {batch}:", result)
     _report(runs, args)
     return 0 if all(s["exact"] for samples in runs.values() for s in samples) else 1
+
+
+def _print(run: int, what: str, result: dict[str, Any]) -> None:
+    print(
+        f"run {run + 1} {what}",
+        f"add {result['add_per_second']:,.0f}/s,",
+        f"re-add {result['readd_per_second']:,.0f}/s,",
+        f"missing {result['missing_per_second']:,.0f}/s,",
+        "exact" if result["exact"] else "NOT EXACT",
+        flush=True,
+    )
 
 
 def _report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
     results: dict[str, Any] = {}
     rows = []
     for key, samples in runs.items():
-        name, batch = key.split("|")
+        name, order, batch = key.split("|")
         entry = {
             measure: summary([s[f"{measure}_per_second"] for s in samples])
             for measure in ("add", "readd", "missing")
@@ -174,6 +187,7 @@ def _report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> 
         rows.append(
             [
                 name,
+                order,
                 f"{int(batch):,}",
                 f"{add['median']:,.0f} ({add['min']:,.0f}-{add['max']:,.0f})",
                 "yes" if add["median"] >= TARGET else "NO",
@@ -189,10 +203,12 @@ def _report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> 
         "medians (min-max) of items per second. Re-add: the same batches again, nothing new. "
         f"Missing: the ledger read back in pages of {PAGE:,} (`missing_items`). Exact: the "
         "stage's sealed total, the re-add's 0, the tally and the pages all equal the items "
-        f"added. Target: {TARGET:,} items/s.\n\n"
+        "added. Keys ordered: numbered; random: hashes, each batch all over the key index. "
+        f"Target: {TARGET:,} items/s.\n\n"
         + table(
             [
                 "backend",
+                "keys",
                 "batch",
                 "add items/s",
                 "≥ target",

@@ -3,6 +3,10 @@
 -- again; and why items failed. Both are kept after the job ends (item_keys
 -- are not) until the ledger is purged.
 
+-- A rowid table: rows are appended in the order they come, and the primary
+-- key's index, which takes keys in any order, holds the keys alone, not the
+-- payloads (inserting batches of keys in no order was about a quarter
+-- faster than into a WITHOUT ROWID table).
 CREATE TABLE job_items (
     job_id   TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     stage    TEXT NOT NULL,
@@ -10,7 +14,7 @@ CREATE TABLE job_items (
     payload  TEXT NOT NULL DEFAULT 'null',
     added_at INTEGER NOT NULL,
     PRIMARY KEY (job_id, stage, item_key)
-) WITHOUT ROWID;
+);
 
 CREATE TABLE item_failures (
     job_id    TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
