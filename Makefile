@@ -52,6 +52,7 @@ unit: install
 
 bench: install
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.ledger
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache test-artifacts
