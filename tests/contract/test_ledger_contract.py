@@ -281,6 +281,12 @@ async def test_unknown_jobs_and_stages(store: JobStore) -> None:
     assert await store.list_failures(job_id) == []
 
 
+def _circular() -> list[LedgerItem]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return [LedgerItem("ok", 1), LedgerItem("loop", loop)]
+
+
 def _too_large() -> list[LedgerItem]:
     return [LedgerItem("ok", 1), LedgerItem("big", "x" * MAX_PAYLOAD_BYTES)]
 
@@ -297,6 +303,7 @@ def _too_large() -> list[LedgerItem]:
         ([LedgerItem("a", 1), LedgerItem("b", float("nan"))], "JSON"),
         ([LedgerItem("a", "nul\x00")], "NUL"),
         (_too_large(), "exceed"),
+        (_circular(), "JSON"),
         (items(*(f"k{i}" for i in range(MAX_LEDGER_BATCH + 1))), "at most"),
     ],
     ids=[
@@ -309,6 +316,7 @@ def _too_large() -> list[LedgerItem]:
         "nan",
         "nul-payload",
         "large-payload",
+        "circular",
         "too-many",
     ],
 )
