@@ -376,6 +376,15 @@ async def test_payloads_round_trip_as_json_values(store: JobStore) -> None:
     assert found == batch
 
 
+async def test_floats_in_exponent_form_come_back_equal(store: JobStore) -> None:
+    # PostgreSQL's jsonb keeps numbers as numerics: 1e16 comes back as the
+    # int 10000000000000000, equal to the float but not of its type.
+    payload = {"big": 1e16, "small": 1.5e-7, "negative": -2.5e-300}
+    job_id = await new_job(store)
+    await store.add_items(job_id, "fetch", [LedgerItem("f", payload)])
+    assert await store.ledger_items(job_id, "fetch", ["f"]) == [LedgerItem("f", payload)]
+
+
 async def test_adding_items_is_a_job_write_the_change_feed_sees(store: JobStore) -> None:
     job_id = await new_job(store)
     cursor = await store.last_change()

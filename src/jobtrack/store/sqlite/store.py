@@ -17,6 +17,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from json.encoder import encode_basestring
 from typing import Any, ClassVar, TypeVar
 
 from jobtrack.errors import JobNotFound, StageNotFound
@@ -135,7 +136,7 @@ class SqliteJobStore(SqlJobStore):
         per item, so no limit on their number. The payloads are JSON text
         already, joined in as they are."""
         pairs = ",".join(
-            f"[{json.dumps(key, ensure_ascii=False)},{payload}]"
+            f"[{encode_basestring(key)},{payload}]"
             for key, payload in zip(keys, payloads, strict=True)
         )
         return {"items": f"[{pairs}]"}
