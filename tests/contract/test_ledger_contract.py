@@ -9,7 +9,7 @@ import pytest
 
 from jobtrack.errors import InvalidRequest, JobNotFound, StageNotFound
 from jobtrack.model import JobStatus, StageStatus
-from jobtrack.store import ChangeCursor, JobStore, StageProgress
+from jobtrack.store import ChangeCursor, JobStore, SqliteJobStore, StageProgress
 from jobtrack.store.ledger import (
     MAX_LEDGER_BATCH,
     MAX_PAYLOAD_BYTES,
@@ -416,3 +416,39 @@ async def test_adding_to_a_stage_keeps_its_progress_and_settles_it(store: JobSto
     assert (stage.total_items, stage.status) == (3, StageStatus.IN_PROGRESS)
     await store.increment(job_id, "fetch", item_key="c")
     assert (await store.get_job(job_id)).stages["fetch"].status is StageStatus.COMPLETED
+
+
+async def test_a_deleted_job_takes_its_ledger_and_failures_along(store: JobStore) -> None:
+    # jobtrack never deletes a job; an operator may, by hand, in SQL.
+    if store.backend == "memory":
+        pytest.skip("the in-memory store has no way to delete a job")
+    job_id = await new_job(store)
+    kept = await new_job(store)
+    for each in (job_id, kept):
+        await store.add_items(each, "fetch", items("a", "b"))
+        await store.record_failure(each, "fetch", "a", "boom")
+    tables = ("job_items", "item_failures")
+    if isinstance(store, SqliteJobStore):
+
+        def delete() -> list[int]:
+            connection = store.database.connection
+            connection.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            return [
+                connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                for table in tables
+            ]
+
+        left = await store.database.run(delete)
+    else:
+        from jobtrack.store.postgres import PostgresJobStore
+
+        assert isinstance(store, PostgresJobStore)
+        async with store.connection() as conn:
+            await conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
+            left = []
+            for table in tables:
+                row = await (await conn.execute(f"SELECT count(*) FROM {table}")).fetchone()
+                assert row is not None
+                left.append(row[0])
+    assert left == [2, 1]  # the other job's
+    assert await store.tally_ledger(kept) == {"fetch": LedgerTally(2, 0, 0)}
