@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -452,3 +453,18 @@ async def test_a_deleted_job_takes_its_ledger_and_failures_along(store: JobStore
                 left.append(row[0])
     assert left == [2, 1]  # the other job's
     assert await store.tally_ledger(kept) == {"fetch": LedgerTally(2, 0, 0)}
+
+
+async def test_producers_adding_overlapping_batches_at_once_count_each_key_once(
+    store: JobStore,
+) -> None:
+    job_id = await new_job(store)
+    keys = [f"k{i:04}" for i in range(3000)]
+    batches = [keys[start : start + 1000] for start in range(0, 3000, 500)]  # each key twice
+    added, _ = await asyncio.gather(
+        asyncio.gather(*(store.add_items(job_id, "fetch", items(*batch)) for batch in batches)),
+        store.add_progress([StageProgress(job_id, "fetch", completed_keys=keys[:100])]),
+    )
+    assert sum(added) == 3000
+    assert (await store.get_job(job_id)).stages["fetch"].total_items == 3000
+    assert await store.tally_ledger(job_id) == {"fetch": LedgerTally(3000, 100, 0)}
