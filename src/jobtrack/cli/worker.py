@@ -49,7 +49,8 @@ __all__ = ["worker"]
     type=click.IntRange(1, 64),
     envvar="JOBTRACK_WORKERS",
     show_envvar=True,
-    help="Images rendered at once, in as many processes [default: one per core].",
+    help="Items worked on at once: images rendered in as many processes, a job type's"
+    " handlers in as many threads or processes [default: one per core].",
 )
 @click.option(
     "--prefetch",
