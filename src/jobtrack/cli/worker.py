@@ -16,16 +16,23 @@ from jobtrack.cli.options import (
     store_option,
     usage_error,
 )
-from jobtrack.errors import InvalidRequest, JobtrackError
-from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, queue_for
+from jobtrack.errors import ConfigurationError, InvalidRequest, JobtrackError
 from jobtrack.runtime import Settings, Worker
+from jobtrack.runtime.loading import APP_ENV, load_app
 
 __all__ = ["worker"]
 
-STAGES = [spec.stage for spec in DEFAULT_RENDITIONS]
-
 
 @click.command()
+@click.option(
+    "--app",
+    "app_spec",
+    metavar="MODULE:ATTR",
+    envvar=APP_ENV,
+    show_envvar=True,
+    help="The app whose job types to work on, as module:attribute [default: the built-in"
+    " collection scan].",
+)
 @data_dir_option
 @store_option
 @broker_option
@@ -33,15 +40,17 @@ STAGES = [spec.stage for spec in DEFAULT_RENDITIONS]
     "--stage",
     "stages",
     multiple=True,
-    type=click.Choice(STAGES),
-    help="A stage to work on; repeat for several [default: all].",
+    metavar="STAGE",
+    help="A stage to work on: thumbnail or cache, TYPE.STAGE, or a job type's STAGE when no"
+    " other type has one of that name; repeat for several [default: all].",
 )
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 64),
     envvar="JOBTRACK_WORKERS",
     show_envvar=True,
-    help="Images rendered at once, in as many processes [default: one per core].",
+    help="Items worked on at once: images rendered in as many processes, a job type's"
+    " handlers in as many threads or processes [default: one per core].",
 )
 @click.option(
     "--prefetch",
@@ -69,6 +78,7 @@ STAGES = [spec.stage for spec in DEFAULT_RENDITIONS]
     help="Serve this worker's progress-write metrics (Prometheus) on 127.0.0.1:PORT/metrics.",
 )
 def worker(
+    app_spec: str | None,
     data_dir: Path | None,
     store_url: str | None,
     broker_url: str | None,
@@ -79,9 +89,10 @@ def worker(
     consumer_progress: bool | None,
     metrics_port: int | None,
 ) -> None:
-    """Make renditions for the scans of every machine: consume the stage
-    queues of a shared broker (--broker amqp://…) and count into a shared
-    store (--store postgresql://…).
+    """Work on the jobs of every machine: consume the stage queues of a
+    shared broker (--broker amqp://…) and count into a shared store
+    (--store postgresql://…). With --app, the handlers of the app's job
+    types; without it, the built-in app's renditions.
 
     Messages are acked once their item's progress is durable. SIGTERM or
     Ctrl-C stops taking messages, lets those in flight finish (or hands them
@@ -94,6 +105,10 @@ def worker(
         workers=concurrency,
         consumer_progress=consumer_progress,
     )
+    try:
+        user_app = load_app(app_spec, {})
+    except ConfigurationError as exc:
+        raise usage_error(exc) from None
     preflight(settings)
     if metrics_port is not None:
         try:
@@ -108,7 +123,8 @@ def worker(
             raise click.UsageError(f"--metrics-port {metrics_port}: {exc}") from None
     try:
         runner = Worker(
-            settings,
+            None if user_app is not None else settings,
+            app=None if user_app is None else user_app.with_settings(settings, flush_wait=10.0),
             stages=stages,
             concurrency=settings.workers,
             prefetch=prefetch,
@@ -130,7 +146,7 @@ async def _run(runner: Worker, settings: Settings) -> None:
     async def announce() -> None:
         await ready.wait()
         click.echo(
-            f"worker ready: {', '.join(queue_for(spec.stage) for spec in runner.specs)}"
+            f"worker ready: {', '.join(runner.queues)}"
             f" (concurrency {runner.concurrency}, prefetch {runner.prefetch},"
             f" progress {'on' if settings.consumer_progress else 'off'})",
             err=True,
