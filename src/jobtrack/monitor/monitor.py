@@ -34,9 +34,10 @@ A job type whose items are kept in a ledger (:mod:`jobtrack.jobs.reconciler`)
 goes through the same cycle, with two more steps its reconciler provides
 (:class:`~jobtrack.monitor.base.ItemHooks`): before the claim, its
 discovered stages that are ready are sealed (a stage waiting for its
-feeders is no reason to fail the job); when the job is failed after
-``max_redrives``, each item still missing is recorded as a failed item, so
-that a retry of the job does it again. Its truth never lowers the counts.
+feeders is no reason to fail the job); when the job is failed for its
+missing items (after ``max_redrives``, or with no broker to publish them
+to), each of them is recorded as a failed item, so that a retry of the job
+does it again. Its truth never lowers the counts, nor sets counted keys.
 
 With ``ledger_retention``, a cycle also deletes the ledgers and failures of
 jobs that ended longer ago than that (``JobStore.purge_ledger``): on the
@@ -326,9 +327,10 @@ class Monitor:
                 report.items_failed += items
             return
         if not reconciler.can_redrive:
-            await self._fail(
-                job, f"items missing and no broker to publish them again: {lost}", report
-            )
+            reason = f"items missing and no broker to publish them again: {lost}"
+            if await self._fail(job, reason, report) and hooks is not None:
+                await hooks.give_up(job, missing, "missing, and no broker to publish it again")
+                report.items_failed += items
             return
         # The round is recorded first: a round that is not recorded could repeat forever.
         done = sum(stage.completed_items + stage.failed_items for stage in job.stages.values())
