@@ -211,10 +211,15 @@ async def test_the_producer_refuses_discovered_and_unknown_stages_and_adding_aft
 async def test_an_error_in_the_block_cancels_the_job_and_propagates(
     store: CountingStore, broker: InMemoryBroker, job_type: JobType
 ) -> None:
-    with pytest.raises(RuntimeError, match="disk full"):
-        async with producer(store, broker, job_type) as feeding:
+    feeding = producer(store, broker, job_type)
+
+    async def fail() -> None:
+        async with feeding:
             await feeding.add("parse", ["a", "b"])
             raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        await fail()
     job = await store.get_job(feeding.job.id)
     assert job.status is JobStatus.CANCELLED
     assert job.message == "the producer failed: RuntimeError('disk full')"
@@ -331,14 +336,22 @@ def test_the_sync_producer_cancels_on_error(
     open_app: tuple[App, asyncio.AbstractEventLoop],
 ) -> None:
     app, loop = open_app
-    with pytest.raises(KeyError), app.start_job_sync("imports") as feeding:
-        feeding.add("parse", ["a"])
-        raise KeyError("x")
+    feeding = app.start_job_sync("imports")
+
+    def fail() -> None:
+        with feeding:
+            feeding.add("parse", ["a"])
+            raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        fail()
     stored = on(loop, app.store.get_job(feeding.job.id))
     assert stored.status is JobStatus.CANCELLED  # type: ignore[attr-defined]
-    with pytest.raises(InvalidRequest, match="is sealed"), app.start_job_sync("imports") as sync:
-        sync.seal()
-        sync.add("parse", ["b"])
+    with app.start_job_sync("imports") as sync:
+        sealed = sync.seal()
+        with pytest.raises(InvalidRequest, match="is sealed"):
+            sync.add("parse", ["b"])
+    assert sealed.stages["parse"].total_final
 
 
 async def test_the_sync_producer_refuses_the_apps_own_loop(tmp_path: Path) -> None:
