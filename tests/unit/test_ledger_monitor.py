@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from jobtrack.broker import InMemoryBroker
+from jobtrack.errors import StoreUnavailable
 from jobtrack.jobs.messages import ItemMessage, decode_item
 from jobtrack.jobs.producer import JobProducer
 from jobtrack.jobs.reconciler import LedgerReconciler
@@ -310,6 +311,27 @@ async def test_old_ledgers_are_purged_on_the_first_cycle_then_at_most_hourly(
     assert await world.store.ledger_items(kept.id, "notify", ["y"]) == [
         LedgerItem("y", {"up": "Y"})
     ]
+
+
+async def test_a_failed_purge_stops_nothing_and_is_tried_again(world: World) -> None:
+    class Failing(PurgeCounting):
+        async def purge_ledger(self, *, ended_before: datetime, limit: int = 10_000) -> int:
+            self.purges.append(ended_before)
+            raise StoreUnavailable("the database is away")
+
+    world.store = Failing(world.clock)
+    world.reconciler = LedgerReconciler(world.type, world.store, world.broker)
+    monitor = world.monitor(ledger_retention=timedelta(days=1))
+    job = await world.produce("notify", ["a"])
+    world.drain("notify")
+    report = await world.later(monitor)
+    assert (report.purged, report.redriven, report.errors) == (0, 1, 0)
+    assert [m.key for m in world.drain("notify")] == ["a"]
+    assert len(world.store.purges) == 1
+    world.clock.advance(1)
+    await monitor.cycle()
+    assert len(world.store.purges) == 2  # not held off for an hour: it never ran
+    assert not (await world.store.get_job(job.id)).status.terminal
 
 
 async def test_without_a_retention_nothing_is_purged(world: World) -> None:

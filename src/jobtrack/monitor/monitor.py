@@ -214,8 +214,9 @@ class Monitor:
 
     async def _purge(self, now: datetime, report: CycleReport) -> None:
         """Delete the ledgers of jobs ended before the retention, when due:
-        on the first cycle, then once every ``purge_every``. A store that
-        fails is tried again on the next cycle."""
+        on the first cycle, then once every ``purge_every``. A purge that
+        fails is logged and tried again on the next cycle: housekeeping
+        never stops the cycle's own work."""
         if self.ledger_retention is None:
             return
         due = timedelta(seconds=self.purge_every)
@@ -223,8 +224,11 @@ class Monitor:
             return
         try:
             report.purged = await self._store.purge_ledger(ended_before=now - self.ledger_retention)
-        except StoreError as exc:
+        except JobtrackError as exc:
             logger.warning("ledger purge failed: %s", exc, extra={"action": "purge_failed"})
+            return
+        except Exception:
+            logger.exception("ledger purge failed", extra={"action": "purge_failed"})
             return
         self._purged_at = now
         if report.purged:
