@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from jobtrack.errors import InvalidRequest
 from jobtrack.jobs.producer import ItemSpec, JobProducer
+from jobtrack.jobs.types import JobType
 from jobtrack.model import Job
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class SyncJobProducer:
     """
 
     def __init__(
-        self, app: App, job_type: str, *, attributes: dict[str, Any] | None = None
+        self, app: App, job_type: str | JobType, *, attributes: dict[str, Any] | None = None
     ) -> None:
         self._app = app
         self._type_name = job_type

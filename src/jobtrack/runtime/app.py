@@ -270,7 +270,7 @@ class App:
         return JobProducer(self.store, self.broker, chosen, attributes=attributes)
 
     def start_job_sync(
-        self, job_type: str, *, attributes: dict[str, Any] | None = None
+        self, job_type: str | JobType, *, attributes: dict[str, Any] | None = None
     ) -> SyncJobProducer:
         """:meth:`start_job` for plain synchronous code: a context manager
         whose ``add`` and ``seal`` block (see :mod:`jobtrack.jobs.sync` for
