@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from jobtrack.model import Job, StageCounts
 
-__all__ = ["Reconciler", "Truth"]
+__all__ = ["ItemHooks", "Reconciler", "Truth"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,12 +17,18 @@ class Truth:
     """A job's stages as they really are.
 
     ``done`` holds, per stage, the keys of the items the counts hold (done
-    or failed); ``missing`` the keys of the items still to do.
+    or failed): the stage's counted keys are set to exactly those; a stage
+    not named keeps its counted keys (empty: the keys are the truth
+    already). ``missing`` holds the keys of the items still to do.
+    ``waiting_to_seal`` names the stages whose totals are not sealed for no
+    fault of the job's (a discovered stage whose feeding stages have not
+    completed): the monitor does not fail the job for them.
     """
 
     counts: Mapping[str, StageCounts]
     done: Mapping[str, Sequence[str]] = field(default_factory=dict)
     missing: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    waiting_to_seal: frozenset[str] = frozenset()
 
     @property
     def missing_items(self) -> int:
@@ -55,4 +61,20 @@ class Reconciler(Protocol):
 
     async def redrive(self, job: Job, missing: Mapping[str, Sequence[str]]) -> int:
         """Publish the missing items again; how many were published."""
+        ...
+
+
+@runtime_checkable
+class ItemHooks(Protocol):
+    """What a reconciler whose items are kept one by one (a ledger) adds:
+    the monitor calls these when the reconciler has them."""
+
+    async def prepare(self, job: Job) -> Job:
+        """Bring a stuck job up to date before it is judged (seal the
+        stages that are ready); the job as it is then."""
+        ...
+
+    async def give_up(self, job: Job, missing: Mapping[str, Sequence[str]], reason: str) -> None:
+        """The monitor failed the job with these items still missing: keep
+        them as failed items, with ``reason``."""
         ...

@@ -29,6 +29,19 @@ index, 100 at a time, paging until none are left). For each one:
    no item is published more than ``max_redrives`` times.
    A job whose totals were never sealed (its scan stopped before the end)
    is failed at once.
+
+A job type whose items are kept in a ledger (:mod:`jobtrack.jobs.reconciler`)
+goes through the same cycle, with two more steps its reconciler provides
+(:class:`~jobtrack.monitor.base.ItemHooks`): before the claim, its
+discovered stages that are ready are sealed (a stage waiting for its
+feeders is no reason to fail the job); when the job is failed for its
+missing items (after ``max_redrives``, or with no broker to publish them
+to), each of them is recorded as a failed item, so that a retry of the job
+does it again. Its truth never lowers the counts, nor sets counted keys.
+
+With ``ledger_retention``, a cycle also deletes the ledgers and failures of
+jobs that ended longer ago than that (``JobStore.purge_ledger``): on the
+first cycle, then at most once every ``purge_every`` (an hour).
 """
 
 from __future__ import annotations
@@ -42,9 +55,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jobtrack.errors import Conflict, InvalidRequest, JobtrackError, NotFound, StoreError
-from jobtrack.model import Clock, Job, JobEvent, JobStatus, StageCounts, utc_now
+from jobtrack.model import Clock, Job, JobEvent, JobStatus, utc_now
 from jobtrack.monitor.backlog import BacklogWatch
-from jobtrack.monitor.base import Reconciler, Truth
+from jobtrack.monitor.base import ItemHooks, Reconciler, Truth
 from jobtrack.store.base import STUCK_QUERY_LIMIT, JobStore
 
 __all__ = ["CycleReport", "Monitor", "describe_changes"]
@@ -66,6 +79,8 @@ class CycleReport:
     redriven: int = 0  # jobs whose missing items were published again
     items_redriven: int = 0
     failed: int = 0  # jobs failed with the reason
+    items_failed: int = 0  # missing items recorded as failed when their job was failed
+    purged: int = 0  # ended jobs whose ledgers were deleted
     errors: int = 0  # jobs the cycle could not handle (logged)
     queries: int = 0  # stuck queries run
     jobs: list[str] = field(default_factory=list)  # ids of the jobs acted on
@@ -84,10 +99,6 @@ def _rounds(events: Sequence[JobEvent]) -> int:
     """Re-drive rounds so far: the last ``redriven`` event's round."""
     last = _last(events, "redriven")
     return 0 if last is None else int(last.data.get("round", 0))
-
-
-def _done(counts: Mapping[str, StageCounts]) -> int:
-    return sum(c.completed_items + c.failed_items for c in counts.values())
 
 
 def describe_changes(job: Job, truth: Truth) -> tuple[str, dict[str, Any]]:
@@ -117,6 +128,10 @@ class Monitor:
         its rollback plan: every cycle recounts every active job from the
         truth, whatever the consumers report; it records no events and
         re-drives nothing, as that service did.
+    :param ledger_retention: how long the ledger and failures of an ended
+        job are kept (None: kept, never purged by this monitor).
+    :param purge_every: seconds between two purges of old ledgers, at least.
+    :raises InvalidRequest: an unknown mode, a negative retention.
     """
 
     def __init__(
@@ -130,9 +145,16 @@ class Monitor:
         page_size: int = STUCK_QUERY_LIMIT,
         mode: str = "hybrid",
         waiting_every: float = 3600.0,
+        ledger_retention: timedelta | None = None,
+        purge_every: float = 3600.0,
     ) -> None:
         if mode not in ("hybrid", "centralized"):
             raise InvalidRequest(f"mode must be hybrid or centralized, not {mode!r}")
+        if ledger_retention is not None and ledger_retention < timedelta(0):
+            raise InvalidRequest(f"ledger_retention cannot be negative ({ledger_retention})")
+        self.ledger_retention = ledger_retention
+        self.purge_every = purge_every
+        self._purged_at: datetime | None = None
         self.mode = mode
         self._store = store
         self._reconcilers = {r.job_type: r for r in reconcilers}
@@ -151,6 +173,7 @@ class Monitor:
         # Centralized: every active job, updated before now.
         threshold = now if centralized else now - timedelta(seconds=self.stuck_after)
         backlogs: dict[str, Mapping[str, int]] = {}
+        await self._purge(now, report)
         if not centralized:
             # Before anything is re-driven: this cycle's own messages are no backlog.
             for job_type, reconciler in self._reconcilers.items():
@@ -189,6 +212,30 @@ class Monitor:
             )
         return report
 
+    async def _purge(self, now: datetime, report: CycleReport) -> None:
+        """Delete the ledgers of jobs ended before the retention, when due:
+        on the first cycle, then once every ``purge_every``. A purge that
+        fails is logged and tried again on the next cycle: housekeeping
+        never stops the cycle's own work."""
+        if self.ledger_retention is None:
+            return
+        due = timedelta(seconds=self.purge_every)
+        if self._purged_at is not None and now - self._purged_at < due:
+            return
+        try:
+            report.purged = await self._store.purge_ledger(ended_before=now - self.ledger_retention)
+        except JobtrackError as exc:
+            logger.warning("ledger purge failed: %s", exc, extra={"action": "purge_failed"})
+            return
+        except Exception:
+            logger.exception("ledger purge failed", extra={"action": "purge_failed"})
+            return
+        self._purged_at = now
+        if report.purged:
+            logger.info(
+                "ledgers of %d ended jobs purged", report.purged, extra={"action": "ledger_purged"}
+            )
+
     async def run(self, stop: asyncio.Event, *, interval: float = 60.0) -> None:
         """Run a cycle every ``interval`` seconds until ``stop`` is set."""
         while not stop.is_set():
@@ -208,6 +255,13 @@ class Monitor:
         backlog: Mapping[str, int],
         report: CycleReport,
     ) -> None:
+        hooks = reconciler if isinstance(reconciler, ItemHooks) else None
+        if hooks is not None:
+            job = await hooks.prepare(job)  # sealing what is ready writes the job
+            if job.status.terminal:
+                report.jobs.append(job.id)
+                report.completed += job.status is JobStatus.COMPLETED
+                return
         claimed = await self._store.claim_stuck(job.id, job.seq)
         if claimed is None:
             report.claimed_elsewhere += 1
@@ -216,7 +270,7 @@ class Monitor:
         text, data = describe_changes(job, truth)
         try:
             job = await self._store.set_counts(
-                job.id, truth.counts, keys=truth.done, if_seq=claimed
+                job.id, truth.counts, keys=truth.done or None, if_seq=claimed
             )
         except Conflict:
             report.moving += 1
@@ -229,7 +283,11 @@ class Monitor:
         if job.status.terminal:
             report.completed += job.status is JobStatus.COMPLETED
             return
-        unsealed = [name for name, stage in job.stages.items() if not stage.total_final]
+        unsealed = [
+            name
+            for name, stage in job.stages.items()
+            if not stage.total_final and name not in truth.waiting_to_seal
+        ]
         if unsealed:
             await self._fail(
                 job,
@@ -238,30 +296,54 @@ class Monitor:
             )
             return
         missing = {stage: keys for stage, keys in truth.missing.items() if keys}
-        if not missing:
-            return
+        if missing:
+            await self._missing(
+                job,
+                reconciler=reconciler,
+                hooks=hooks,
+                missing=missing,
+                backlog=backlog,
+                report=report,
+            )
+
+    async def _missing(
+        self,
+        job: Job,
+        *,
+        reconciler: Reconciler,
+        hooks: ItemHooks | None,
+        missing: Mapping[str, Sequence[str]],
+        backlog: Mapping[str, int],
+        report: CycleReport,
+    ) -> None:
+        """Items are missing: slow (left alone), or re-driven, or the job failed."""
         queued = {stage: backlog[stage] for stage in missing if backlog.get(stage, 0)}
         events = await self._store.list_events(job.id)
         if queued and await self._waiting(job, reconciler.job_type, queued, events, report):
             return
         rounds = _rounds(events)
         lost = ", ".join(f"{stage} {len(keys)}" for stage, keys in missing.items())
+        items = sum(len(keys) for keys in missing.values())
         if rounds >= self.max_redrives:
-            await self._fail(job, f"items still missing after {rounds} re-drives: {lost}", report)
+            reason = f"items still missing after {rounds} re-drives: {lost}"
+            if await self._fail(job, reason, report) and hooks is not None:
+                await hooks.give_up(job, missing, f"not done after {rounds} re-drives")
+                report.items_failed += items
             return
         if not reconciler.can_redrive:
-            await self._fail(
-                job, f"items missing and no broker to publish them again: {lost}", report
-            )
+            reason = f"items missing and no broker to publish them again: {lost}"
+            if await self._fail(job, reason, report) and hooks is not None:
+                await hooks.give_up(job, missing, "missing, and no broker to publish it again")
+                report.items_failed += items
             return
-        items = truth.missing_items
         # The round is recorded first: a round that is not recorded could repeat forever.
+        done = sum(stage.completed_items + stage.failed_items for stage in job.stages.values())
         await self._event(
             job,
             "redriven",
             f"{items} missing items published again ({lost}), round {rounds + 1}"
             f" of {self.max_redrives}",
-            {"round": rounds + 1, "done": _done(truth.counts), "items": items}
+            {"round": rounds + 1, "done": done, "items": items}
             | ({"stalled": queued} if queued else {}),
         )
         report.items_redriven += await reconciler.redrive(job, missing)
@@ -278,7 +360,7 @@ class Monitor:
             return
         try:
             job = await self._store.set_counts(
-                job.id, truth.counts, keys=truth.done, if_seq=job.seq
+                job.id, truth.counts, keys=truth.done or None, if_seq=job.seq
             )
         except Conflict:
             report.moving += 1
@@ -330,20 +412,21 @@ class Monitor:
             )
         return True
 
-    async def _fail(self, job: Job, reason: str, report: CycleReport) -> None:
+    async def _fail(self, job: Job, reason: str, report: CycleReport) -> bool:
         """Fail the job, unless an increment arrived since ``job`` was read:
-        then it is moving, and not failed."""
+        then it is moving, and not failed. Whether this call failed it."""
         try:
             ended = await self._store.end_job(
                 job.id, JobStatus.FAILED, message=reason, if_seq=job.seq
             )
         except Conflict:
             report.moving += 1
-            return
+            return False
         if not ended.changed:  # it had ended already, as what the job says
-            return
+            return False
         report.failed += 1
         await self._event(job, "failed", reason, {})
+        return True
 
     async def _event(self, job: Job, kind: str, message: str, data: dict[str, Any]) -> JobEvent:
         logger.warning(

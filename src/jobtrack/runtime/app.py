@@ -18,17 +18,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any
 
 from jobtrack.broker import Broker, open_broker
 from jobtrack.errors import BrokerUnavailable, InvalidRequest, StoreError
+from jobtrack.jobs.producer import JobProducer
+from jobtrack.jobs.reconciler import LedgerReconciler
+from jobtrack.jobs.retry import retry_job
+from jobtrack.jobs.sync import SyncJobProducer
 from jobtrack.jobs.types import JobType, registry
-from jobtrack.monitor import Monitor
+from jobtrack.model import Job
+from jobtrack.monitor import Monitor, Reconciler
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
-from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec
+from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, JOB_TYPE, RenditionSpec
 from jobtrack.runtime.settings import Settings
 from jobtrack.store import JobStore, open_store
 from jobtrack.tracking import ProgressTracker
@@ -77,6 +83,7 @@ class App:
         self._closed = False
         self._entered = False
         self._closing: asyncio.Future[BaseException | None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def job_types(self) -> Mapping[str, JobType]:
@@ -199,10 +206,35 @@ class App:
             )
         return self._reconciler
 
+    def reconcilers(self) -> list[Reconciler]:
+        """The monitor's reconcilers: one per registered job type (the
+        type's own ``truth`` if it has one, else a
+        :class:`~jobtrack.jobs.reconciler.LedgerReconciler`, given the
+        broker when it is shared), and the collection scan's when no job
+        type is registered or one is named ``collection-scan`` without a
+        ``truth`` of its own.
+
+        :raises InvalidRequest: the app is closed.
+        """
+        broker = self.broker if self.shared_broker else None
+        chosen: list[Reconciler] = []
+        for job_type in self._job_types.values():
+            if job_type.truth is not None:
+                chosen.append(job_type.truth(self, job_type))
+            elif job_type.name != JOB_TYPE:
+                chosen.append(LedgerReconciler(job_type, self.store, broker))
+        if not self._job_types or (
+            JOB_TYPE in self._job_types and self._job_types[JOB_TYPE].truth is None
+        ):
+            chosen.append(self.reconciler)
+        return chosen
+
     def monitor(
         self, *, stuck_after: float | None = None, max_redrives: int = 3, mode: str = "hybrid"
     ) -> Monitor:
-        """A fallback monitor of the app's store, with its reconciler.
+        """A fallback monitor of the app's store, with a reconciler per job
+        type (:meth:`reconcilers`); it purges the ledgers of jobs ended
+        more than ``ledger_retention`` days ago.
 
         :param stuck_after: seconds without an update before a job is stuck
             (default: the settings').
@@ -211,11 +243,67 @@ class App:
         """
         return Monitor(
             self.store,
-            [self.reconciler],
+            self.reconcilers(),
             stuck_after=self.settings.stuck_after if stuck_after is None else stuck_after,
             max_redrives=max_redrives,
             mode=mode,
+            ledger_retention=timedelta(days=self.settings.ledger_retention),
         )
+
+    def start_job(
+        self, job_type: str | JobType, *, attributes: dict[str, Any] | None = None
+    ) -> JobProducer:
+        """A producer of a new job of ``job_type``, to use as
+        ``async with app.start_job(...) as producer:`` (entering creates the
+        job; see :class:`~jobtrack.jobs.producer.JobProducer`)::
+
+            async with app.start_job("csv-import", attributes={"file": name}) as producer:
+                await producer.add("parse", [(key, {"row": n}) for n, key in enumerate(keys)])
+            print(producer.job.id, "sealed")
+
+        Items go to the app's broker: the in-process one (``memory://``),
+        which the app's own workers consume, or a shared one.
+
+        :raises InvalidRequest: a type name that is not registered; the app is closed.
+        """
+        chosen = self.get_type(job_type) if isinstance(job_type, str) else job_type
+        return JobProducer(self.store, self.broker, chosen, attributes=attributes)
+
+    def start_job_sync(
+        self, job_type: str | JobType, *, attributes: dict[str, Any] | None = None
+    ) -> SyncJobProducer:
+        """:meth:`start_job` for plain synchronous code: a context manager
+        whose ``add`` and ``seal`` block (see :mod:`jobtrack.jobs.sync` for
+        the event loop it runs on)::
+
+            with app.start_job_sync("csv-import") as producer:
+                producer.add("parse", ["a.csv", "b.csv"])
+
+        :raises InvalidRequest: (on enter) a type that is not registered;
+            called on the app's own event loop thread; an app not open whose
+            store or broker is ``memory://``.
+        """
+        return SyncJobProducer(self, job_type, attributes=attributes)
+
+    async def retry_job(self, job_id: str) -> Job:
+        """Start a new job doing the failed items of the ended job
+        ``job_id`` again; returns it (see :mod:`jobtrack.jobs.retry`).
+
+        :raises JobNotFound: no job has that id.
+        :raises Conflict: the job is still running, or has no failed items.
+        :raises InvalidRequest: the job was cancelled, or its type is not registered.
+        :raises StoreUnavailable: the store cannot be reached.
+        """
+        return await retry_job(self.store, self.broker, self._job_types, job_id)
+
+    @property
+    def running_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the app is open on (``async with``), while it runs;
+        None when the app is not open."""
+        loop = self._loop
+        if not self._entered or loop is None or loop.is_closed() or not loop.is_running():
+            return None
+        return loop
 
     def ensure_data_dir(self) -> Path:
         """The data folder (where renditions are written), made if missing.
@@ -276,6 +364,7 @@ class App:
             await asyncio.shield(self._closing)  # a close under way ends first
         self._entered = True
         self._closed = False
+        self._loop = asyncio.get_running_loop()
         return self
 
     async def __aexit__(

@@ -72,6 +72,9 @@ class Settings:
     workers: int = 2
     stuck_after: float = 300.0
     monitor_interval: float = 60.0
+    ledger_retention: int = 7
+    """Days the item ledger and failures of an ended job are kept (what a
+    retry of the job needs), before the monitor deletes them."""
 
     @classmethod
     def from_env(
@@ -102,4 +105,5 @@ class Settings:
             workers=workers or _positive(env, "JOBTRACK_WORKERS", os.cpu_count() or 1),
             stuck_after=_positive(env, "JOBTRACK_STUCK_AFTER", 300),
             monitor_interval=_positive(env, "JOBTRACK_MONITOR_INTERVAL", 60),
+            ledger_retention=_positive(env, "JOBTRACK_LEDGER_RETENTION", 7),
         )
