@@ -108,7 +108,7 @@ def test_scan_shows_progress_and_summary(collection: Path, tmp_path: Path) -> No
     lines = done.stdout.splitlines()
     assert lines[0].endswith(" (collection-scan): completed")
     assert lines[1] == f"  collection: {collection.resolve()}"
-    assert "2 images failed:" in lines
+    assert "2 items failed:" in lines
     assert done.stdout.count("(cache, thumbnail): ") == 2
     renditions = tmp_path.resolve() / "renditions"
     assert [
