@@ -65,6 +65,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["jobs", "list"],
         ["jobs", "show"],
         ["jobs", "cancel"],
+        ["jobs", "watch"],
         ["sample"],
     ],
 )
