@@ -165,6 +165,7 @@ async def _follow(app: App, job_id: str, *, interval: float, live: bool) -> Job:
     """Read the job every ``interval`` seconds until it has ended; with
     ``live``, draw its stages' bars as it goes."""
     job = await app.store.get_job(job_id)
+    stderr.print(f"watching job {job.id} ({job.job_type}): {job.status.value}", markup=False)
     if not live:
         while not job.status.terminal:
             await asyncio.sleep(interval)
