@@ -133,6 +133,9 @@ def create_app(
         chosen = builtin_app(settings, scans=launcher.start) if app is None else app
         async with chosen as opened:
             store = opened.store
+            # The catalog beside the store is made now, at start (its tables
+            # migrated), not by a first scan while another process writes.
+            _ = opened.catalog
             feed = ChangeFeed(store, interval=config.feed_interval)
             stop = asyncio.Event()
             polling: asyncio.Task[None] | None = None
