@@ -20,6 +20,7 @@ import pytest
 
 from jobtrack.model import Job, JobStatus
 from jobtrack.store import SqliteJobStore
+from tests.api.server import running_server
 
 JOBTRACK = [sys.executable, "-m", "jobtrack"]
 
@@ -216,6 +217,33 @@ def test_a_bad_app_is_one_line_and_exit_2(
     assert done.stderr.startswith("Error: ")
     assert message in done.stderr
     assert "(check --app or JOBTRACK_APP)" in done.stderr
+
+
+def test_serve_answers_with_the_users_job_types(home: Path) -> None:
+    job = make_job(home)
+    env = env_for(home)
+    with (
+        running_server(
+            home, extra=["--app", "myjobs:app"], env={"PYTHONPATH": env["PYTHONPATH"]}
+        ) as server,
+        server.client() as client,
+    ):
+        failures = client.get(f"/api/jobs/{job.id}/failures")
+        assert (failures.status_code, failures.json()) == (
+            200,
+            {
+                "job_id": job.id,
+                "failures": [
+                    {"image": "row-7", "stages": ["write"], "error": "bad row"},
+                    {"image": "row-9", "stages": ["parse"], "error": "no such column"},
+                ],
+            },
+        )
+        retried = client.post(f"/api/jobs/{job.id}/retry")
+        assert (retried.status_code, retried.json()) == (
+            409,
+            {"error": f"job {job.id} is a csv-import job: its type has no retry"},
+        )
 
 
 def test_serve_refuses_a_bad_app(home: Path) -> None:
