@@ -53,7 +53,9 @@ def cli(verbose: int) -> None:
     JOBTRACK_BROKER_URL, JOBTRACK_WORKERS, JOBTRACK_STUCK_AFTER (seconds
     without progress before a scan's job counts as abandoned, default 300) and
     JOBTRACK_CONSUMER_PROGRESS=on|off (off: consumers report nothing and the
-    counts come from reconciliation against the catalog).
+    counts come from reconciliation against the catalog). monitor, serve and
+    jobs take --app MODULE:ATTR (or JOBTRACK_APP): your app, whose job types
+    they know (the built-in collection scan's by default).
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(
