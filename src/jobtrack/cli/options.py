@@ -130,7 +130,7 @@ def app_for(spec: str | None, settings: Settings, **options: Any) -> App:
     :raises click.UsageError: the app's own declarations are refused.
     """
     try:
-        found = load_app(spec, {})
+        found = load_app(spec, {})  # (JOBTRACK_APP comes in through the option)
     except InvalidRequest as exc:
         raise usage_error(exc) from None
     if found is None:
