@@ -65,6 +65,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["jobs", "list"],
         ["jobs", "show"],
         ["jobs", "cancel"],
+        ["jobs", "watch"],
         ["sample"],
     ],
 )
@@ -108,7 +109,7 @@ def test_scan_shows_progress_and_summary(collection: Path, tmp_path: Path) -> No
     lines = done.stdout.splitlines()
     assert lines[0].endswith(" (collection-scan): completed")
     assert lines[1] == f"  collection: {collection.resolve()}"
-    assert "2 images failed:" in lines
+    assert "2 items failed:" in lines
     assert done.stdout.count("(cache, thumbnail): ") == 2
     renditions = tmp_path.resolve() / "renditions"
     assert [

@@ -16,6 +16,8 @@ from jobtrack.pipeline.stages import (
     inside_renditions,
     renditions_dir,
 )
+from jobtrack.runtime import Settings
+from jobtrack.runtime.builtin import builtin_app
 from jobtrack.store import InMemoryJobStore
 
 SPEC = RenditionSpec(THUMBNAIL, 300)
@@ -62,7 +64,8 @@ async def test_a_job_whose_collection_id_names_no_folder_is_still_shown(tmp_path
         "collection-scan", STAGES, attributes={"collection": {"id": "../../x", "path": "/p"}}
     )
     console = Console(record=True, width=200)
-    print_job(console, job, [], data_dir=tmp_path)
+    app = builtin_app(Settings.from_env({}, data_dir=tmp_path, store_url="memory://"))
+    print_job(console, job, [], details=app.get_type(job.job_type).details(app, job))
     text = console.export_text()
     assert (
         f"thumbnail renditions: none (collection id {'../../x'!r} cannot name a rendition)" in text

@@ -55,11 +55,10 @@ from jobtrack.errors import (
     StoreError,
     StoreMissing,
 )
+from jobtrack.jobs.types import failure_json, item_failures_of
 from jobtrack.model import Clock, JobStatus, utc_now
-from jobtrack.pipeline.catalog import Catalog
-from jobtrack.pipeline.failures import job_collection, job_failures
-from jobtrack.pipeline.stages import JOB_TYPE
 from jobtrack.runtime import App, Settings, cancel_job
+from jobtrack.runtime.builtin import builtin_app
 from jobtrack.store import JobQuery, JobStore
 from jobtrack.tracking.stats import WRITE_STATS
 
@@ -69,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 #: At most this many jobs in a page.
 MAX_PAGE = 200
+#: At most this many failed items (item and stage) read for a job.
+MAX_FAILURES = 10_000
 
 _ERROR_TEXT = {
     400: "bad input",
@@ -89,7 +90,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 @dataclass
 class _Parts:
     store: JobStore
-    catalog: Catalog
+    app: App
     feed: ChangeFeed
     launcher: ScanLauncher
     config: ApiConfig
@@ -118,23 +119,31 @@ def _status_of(exc: JobtrackError) -> int:
     return 500
 
 
-def create_app(settings: Settings, config: ApiConfig, *, clock: Clock = utc_now) -> FastAPI:
-    """The app for a store (and broker) from ``settings``, with ``config``'s
-    roots and token."""
+def create_app(
+    settings: Settings, config: ApiConfig, *, clock: Clock = utc_now, app: App | None = None
+) -> FastAPI:
+    """The API of a store (and broker) from ``settings``, with ``config``'s
+    roots and token, serving the job types of ``app`` (an unopened App with
+    these settings; None: the built-in app, whose collection scans are
+    retried by the server's own scans)."""
 
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-        async with App(settings) as app:
-            store = app.store
+        launcher = ScanLauncher(settings, config.roots)
+        chosen = builtin_app(settings, scans=launcher.start) if app is None else app
+        async with chosen as opened:
+            store = opened.store
+            # The catalog beside the store is made now, at start (its tables
+            # migrated), not by a first scan while another process writes.
+            _ = opened.catalog
             feed = ChangeFeed(store, interval=config.feed_interval)
             stop = asyncio.Event()
-            launcher = ScanLauncher(settings, config.roots)
             polling: asyncio.Task[None] | None = None
             try:
                 await feed.start()
                 polling = asyncio.create_task(feed.run(stop), name="change feed")
                 events = EventCache(store, feed, clock=clock)
-                api.state.parts = _Parts(store, app.catalog, feed, launcher, config, clock, events)
+                api.state.parts = _Parts(store, opened, feed, launcher, config, clock, events)
                 yield
             finally:
                 stop.set()
@@ -142,7 +151,7 @@ def create_app(settings: Settings, config: ApiConfig, *, clock: Clock = utc_now)
                     await polling
                 await launcher.aclose()
 
-    app = FastAPI(
+    server = FastAPI(
         title="jobtrack",
         summary="Progress of multi-stage background jobs, true under crashes and redelivery.",
         version="0.1.0",
@@ -154,19 +163,19 @@ def create_app(settings: Settings, config: ApiConfig, *, clock: Clock = utc_now)
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(BodyLimit)
-    app.add_middleware(TokenGuard, token=config.token, reads_need_token=config.reads_need_token)
+    server.add_middleware(BodyLimit)
+    server.add_middleware(TokenGuard, token=config.token, reads_need_token=config.reads_need_token)
     if config.loopback_hosts_only:  # a loopback bind: no other Host (DNS rebinding)
-        app.add_middleware(LoopbackHostGuard)
+        server.add_middleware(LoopbackHostGuard)
 
-    _handle_errors(app)
-    app.include_router(router)
-    _document_security(app, config)
+    _handle_errors(server)
+    server.include_router(router)
+    _document_security(server, config)
     static = resources.files("jobtrack.api").joinpath("static")
     swagger = resources.files("fastapi_offline").joinpath("static")
-    app.mount("/static/swagger", StaticFiles(directory=str(swagger)), name="swagger")
-    app.mount("/static", StaticFiles(directory=str(static)), name="static")
-    return app
+    server.mount("/static/swagger", StaticFiles(directory=str(swagger)), name="swagger")
+    server.mount("/static", StaticFiles(directory=str(static)), name="static")
+    return server
 
 
 def _document_security(app: FastAPI, config: ApiConfig) -> None:
@@ -311,8 +320,8 @@ async def failures(request: Request, job_id: str) -> dict[str, Any]:
     """The job's failed items and their errors."""
     found = parts(request)
     job = await found.store.get_job(job_id)
-    items = await job_failures(found.catalog, job)
-    return {"job_id": job_id, "failures": [item.to_dict() for item in items]}
+    items = await item_failures_of(found.app, job, limit=MAX_FAILURES)
+    return {"job_id": job_id, "failures": failure_json(items)}
 
 
 @router.post(
@@ -364,26 +373,26 @@ async def cancel(request: Request, job_id: str) -> Any:
     responses=_errors(401, 403, 404, 409, 503),
 )
 async def retry(request: Request, job_id: str) -> dict[str, Any]:
-    """Re-drive the failed items of a job that has ended: a new scan of its
-    collection, which redoes only what failed or is missing (what was made
-    and is unchanged counts at once). 409 while the job runs, or when it
-    completed with nothing failed."""
+    """Re-drive the failed items of a job that has ended, as its type
+    retries: a collection scan by a new scan of its collection, which redoes
+    only what failed or is missing (what was made and is unchanged counts at
+    once). 409 while the job runs, when it completed with nothing failed, or
+    when its type has no retry."""
     found = parts(request)
     job = await found.store.get_job(job_id)
-    if job.job_type != JOB_TYPE:
-        raise Conflict(f"job {job_id} is a {job.job_type} job: only collection scans are retried")
-    collection = job_collection(job)
-    if collection is None:
-        raise Conflict(f"job {job_id} has no collection to scan again: nothing to retry")
+    job_type = found.app.job_types.get(job.job_type)
+    if job_type is None or job_type.retry is None:
+        # The generic retry of a type's ledger failures (App.retry_job) goes here.
+        raise Conflict(f"job {job_id} is a {job.job_type} job: its type has no retry")
     if not job.status.terminal:
         raise Conflict(f"job {job_id} is still running: retry it once it has ended")
-    failures = await job_failures(found.catalog, job)
-    if job.status is JobStatus.COMPLETED and not failures:
+    failed = failure_json(await job_type.item_failures(found.app, job, MAX_FAILURES))
+    if job.status is JobStatus.COMPLETED and not failed:
         raise Conflict(f"job {job_id} completed with no failed items: nothing to retry")
-    again = await found.launcher.start(collection.path)
-    message = f"{len(failures)} failed items re-driven in job {again.id}"
+    again = await job_type.retry_job(found.app, job)
+    message = f"{len(failed)} failed items re-driven in job {again.id}"
     await found.store.add_event(job_id, "retried", message, {"job": again.id})
-    return {"retried_from": job_id, "failed_items": len(failures), "job": again.to_dict()}
+    return {"retried_from": job_id, "failed_items": len(failed), "job": again.to_dict()}
 
 
 @router.get(

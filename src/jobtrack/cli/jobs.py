@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import sys
 from pathlib import Path
 
 import click
 
 from jobtrack.cli.options import (
+    app_option,
     data_dir_option,
     json_option,
     settings_from,
@@ -16,20 +20,28 @@ from jobtrack.cli.options import (
     store_option,
     with_app,
 )
+from jobtrack.cli.progress import JobProgress
 from jobtrack.cli.views import job_json, jobs_table, print_job
 from jobtrack.errors import StoreMissing
+from jobtrack.jobs.types import item_failures_of
 from jobtrack.model import Job, JobEvent, JobStatus
-from jobtrack.pipeline.failures import ItemFailure, job_failures
 from jobtrack.runtime import App
 from jobtrack.runtime.cancel import CancelOutcome, cancel_job
 from jobtrack.store import JobQuery
+from jobtrack.store.ledger import ItemFailure
 
 __all__ = ["jobs"]
 
 
 @click.group()
 def jobs() -> None:
-    """List, show and cancel jobs."""
+    """List, show, watch and cancel jobs."""
+
+
+#: Failed items (item and stage) ``jobs show`` reads, at most.
+MAX_FAILURES = 10_000
+#: Exit status of ``jobs watch`` when Ctrl-C stops the watching (the job goes on).
+EXIT_INTERRUPTED = 130
 
 
 @jobs.command("list")
@@ -38,6 +50,7 @@ def jobs() -> None:
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
 @json_option
+@app_option
 @data_dir_option
 @store_option
 def list_jobs(
@@ -46,6 +59,7 @@ def list_jobs(
     limit: int,
     offset: int,
     as_json: bool,
+    app_spec: str | None,
     data_dir: Path | None,
     store_url: str | None,
 ) -> None:
@@ -62,7 +76,9 @@ def list_jobs(
         stderr.print(f"{exc}: nothing has been stored there yet")
         return []
 
-    found = with_app(settings, lambda app: app.store.list_jobs(query), on_missing=no_store)
+    found = with_app(
+        settings, lambda app: app.store.list_jobs(query), app_spec=app_spec, on_missing=no_store
+    )
     if as_json:
         click.echo(json.dumps([job.to_dict() for job in found], indent=2))
         return
@@ -72,23 +88,96 @@ def list_jobs(
 @jobs.command("show")
 @click.argument("job_id")
 @json_option
+@app_option
 @data_dir_option
 @store_option
-def show_job(job_id: str, as_json: bool, data_dir: Path | None, store_url: str | None) -> None:
-    """Show one job: its stages, where its renditions are, what failed, and
-    its history (reconciliations, re-drives, failures)."""
+def show_job(
+    job_id: str, as_json: bool, app_spec: str | None, data_dir: Path | None, store_url: str | None
+) -> None:
+    """Show one job: its stages, what its type says of it (where a scan's
+    renditions are), what failed, and its history (reconciliations,
+    re-drives, failures)."""
     settings = settings_from(data_dir=data_dir, store_url=store_url)
 
-    async def show(app: App) -> tuple[Job, list[ItemFailure], list[JobEvent]]:
+    async def show(app: App) -> tuple[Job, list[ItemFailure], list[str], list[JobEvent]]:
         job = await app.store.get_job(job_id)
-        failures = await job_failures(app.catalog, job)
-        return job, failures, await app.store.list_events(job_id)
+        failures = await item_failures_of(app, job, limit=MAX_FAILURES)
+        known = app.job_types.get(job.job_type)
+        details = [] if known is None else known.details(app, job)
+        return job, failures, details, await app.store.list_events(job_id)
 
-    job, failures, events = with_app(settings, show)
+    job, failures, details, events = with_app(settings, show, app_spec=app_spec)
     if as_json:
         click.echo(json.dumps(job_json(job, failures, events), indent=2))
         return
-    print_job(stdout, job, failures, data_dir=settings.data_dir, events=events)
+    print_job(stdout, job, failures, details=details, events=events)
+
+
+@jobs.command("watch")
+@click.argument("job_id")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.01, 60),
+    default=0.25,
+    show_default=True,
+    help="Seconds between reads of the job.",
+)
+@json_option
+@app_option
+@data_dir_option
+@store_option
+def watch_job(
+    job_id: str,
+    interval: float,
+    as_json: bool,
+    app_spec: str | None,
+    data_dir: Path | None,
+    store_url: str | None,
+) -> None:
+    """Follow a job until it ends, one live bar per stage (on stderr).
+
+    Exits 0 when the job completed, 1 when it failed or was cancelled, 130
+    when interrupted (Ctrl-C stops the watching only: the job goes on).
+    --json prints the job as it ended, without bars.
+    """
+    settings = settings_from(data_dir=data_dir, store_url=store_url)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        job = with_app(
+            settings,
+            lambda app: _follow(app, job_id, interval=interval, live=not as_json),
+            app_spec=app_spec,
+        )
+    except KeyboardInterrupt:
+        stderr.print(f"stopped watching job {job_id}; it goes on (jobtrack jobs show {job_id})")
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if as_json:
+        click.echo(json.dumps(job_json(job), indent=2))
+    else:
+        message = f": {job.message}" if job.message else ""
+        stdout.print(f"job {job.id} ({job.job_type}): {job.status.value}{message}", markup=False)
+    sys.exit(0 if job.status is JobStatus.COMPLETED else 1)
+
+
+async def _follow(app: App, job_id: str, *, interval: float, live: bool) -> Job:
+    """Read the job every ``interval`` seconds until it has ended; with
+    ``live``, draw its stages' bars as it goes."""
+    job = await app.store.get_job(job_id)
+    stderr.print(f"watching job {job.id} ({job.job_type}): {job.status.value}", markup=False)
+    if not live:
+        while not job.status.terminal:
+            await asyncio.sleep(interval)
+            job = await app.store.get_job(job_id)
+        return job
+    with JobProgress(stderr) as progress:
+        progress.update(job)
+        while not job.status.terminal:
+            await asyncio.sleep(interval)
+            job = await app.store.get_job(job_id)
+            progress.update(job)
+    return job
 
 
 #: ``jobtrack jobs cancel`` exit status per outcome (1 stays an error: no such job, no store).
@@ -99,10 +188,16 @@ CANCEL_EXIT = {CancelOutcome.CANCELLED: 0, CancelOutcome.ENDED: 3}
 @click.argument("job_id")
 @click.option("--message", default="cancelled by the user", show_default=True)
 @json_option
+@app_option
 @data_dir_option
 @store_option
 def cancel_job_command(
-    job_id: str, message: str, as_json: bool, data_dir: Path | None, store_url: str | None
+    job_id: str,
+    message: str,
+    as_json: bool,
+    app_spec: str | None,
+    data_dir: Path | None,
+    store_url: str | None,
 ) -> None:
     """Cancel a job that has not ended; its scan stops walking within a second.
 
@@ -113,7 +208,9 @@ def cancel_job_command(
     """
     settings = settings_from(data_dir=data_dir, store_url=store_url)
     result = with_app(
-        settings, lambda app: cancel_job(app.store, job_id, message=message, source="cli")
+        settings,
+        lambda app: cancel_job(app.store, job_id, message=message, source="cli"),
+        app_spec=app_spec,
     )
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

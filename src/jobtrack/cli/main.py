@@ -1,4 +1,5 @@
-"""The ``jobtrack`` command line: ``scan``, ``worker``, ``monitor``, ``jobs``, ``sample``."""
+"""The ``jobtrack`` command line: ``scan``, ``worker``, ``monitor``, ``jobs``, ``serve``,
+``sample``."""
 
 from __future__ import annotations
 
@@ -30,13 +31,15 @@ from jobtrack.cli.views import job_json, plural, print_job
 from jobtrack.cli.worker import worker
 from jobtrack.errors import InvalidRequest, JobtrackError
 from jobtrack.model import Job, JobEvent, JobStatus
-from jobtrack.pipeline.failures import ItemFailure, job_failures
-from jobtrack.pipeline.sample import generate_sample
 from jobtrack.runtime import EmbeddedRuntime, ScanOutcome, Settings
+from jobtrack.runtime.builtin import collection_scan_type
+from jobtrack.store.ledger import ItemFailure
 
 __all__ = ["cli", "main"]
 
 EXIT_INTERRUPTED = 130
+#: Failed items (image and stage) a scan's summary reads, at most.
+MAX_FAILURES = 10_000
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,7 +53,9 @@ def cli(verbose: int) -> None:
     JOBTRACK_BROKER_URL, JOBTRACK_WORKERS, JOBTRACK_STUCK_AFTER (seconds
     without progress before a scan's job counts as abandoned, default 300) and
     JOBTRACK_CONSUMER_PROGRESS=on|off (off: consumers report nothing and the
-    counts come from reconciliation against the catalog).
+    counts come from reconciliation against the catalog). monitor, serve and
+    jobs take --app MODULE:ATTR (or JOBTRACK_APP): your app, whose job types
+    they know (the built-in collection scan's by default).
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(
@@ -113,7 +118,9 @@ def scan(
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     seen: dict[str, EmbeddedRuntime] = {}
     try:
-        outcome, failures, events = asyncio.run(_scan(settings, path, live=not as_json, seen=seen))
+        outcome, failures, details, events = asyncio.run(
+            _scan(settings, path, live=not as_json, seen=seen)
+        )
     except InvalidRequest as exc:
         raise usage_error(exc) from None
     except JobtrackError as exc:
@@ -135,7 +142,7 @@ def scan(
     else:
         if not outcome.created:
             stdout.print("(this job was started by another scan of the same collection)")
-        print_job(stdout, outcome.job, failures, data_dir=settings.data_dir, events=events)
+        print_job(stdout, outcome.job, failures, details=details, events=events)
     sys.exit(0 if outcome.job.status is JobStatus.COMPLETED else 1)
 
 
@@ -166,7 +173,7 @@ def _enqueue(settings: Settings, path: Path, *, as_json: bool) -> None:
 
 async def _scan(
     settings: Settings, path: Path, *, live: bool, seen: dict[str, EmbeddedRuntime]
-) -> tuple[ScanOutcome, list[ItemFailure], list[JobEvent]]:
+) -> tuple[ScanOutcome, list[ItemFailure], list[str], list[JobEvent]]:
     async with EmbeddedRuntime(settings) as runtime:
         seen["runtime"] = runtime
         if live:
@@ -174,8 +181,10 @@ async def _scan(
                 outcome = await runtime.scan(path, on_progress=progress.update)
         else:
             outcome = await runtime.scan(path)
-        failures = await job_failures(runtime.catalog, outcome.job)
-        return outcome, failures, await runtime.store.list_events(outcome.job.id)
+        scans = collection_scan_type()
+        failures = await scans.item_failures(runtime.app, outcome.job, MAX_FAILURES)
+        details = scans.details(runtime.app, outcome.job)
+        return outcome, failures, details, await runtime.store.list_events(outcome.job.id)
 
 
 @cli.command()
@@ -204,6 +213,8 @@ async def _scan(
 )
 def sample(directory: Path, count: int, broken: int, seed: int, max_megapixels: float) -> None:
     """Write a sample collection of photo-like images to DIRECTORY (new or empty)."""
+    from jobtrack.pipeline.sample import generate_sample  # noqa: PLC0415 (the built-in app's)
+
     if broken > count:
         raise click.BadParameter("cannot exceed --count", param_hint="--broken")
     if directory.exists() and any(directory.iterdir()):

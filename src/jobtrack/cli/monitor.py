@@ -10,6 +10,8 @@ from pathlib import Path
 import click
 
 from jobtrack.cli.options import (
+    app_for,
+    app_option,
     broker_option,
     data_dir_option,
     json_option,
@@ -20,12 +22,13 @@ from jobtrack.cli.options import (
 )
 from jobtrack.errors import InvalidRequest, JobtrackError
 from jobtrack.monitor import CycleReport
-from jobtrack.runtime import App, Settings
+from jobtrack.runtime import App
 
 __all__ = ["monitor"]
 
 
 @click.command()
+@app_option
 @data_dir_option
 @store_option
 @broker_option
@@ -57,6 +60,7 @@ __all__ = ["monitor"]
 @click.option("--once", is_flag=True, help="Run one cycle, print what it did, and exit.")
 @json_option
 def monitor(
+    app_spec: str | None,
     data_dir: Path | None,
     store_url: str | None,
     broker_url: str | None,
@@ -79,14 +83,16 @@ def monitor(
     backlog that is being consumed is left alone (a "waiting" event at most
     once an hour); a backlog that has neither shrunk nor had items counted
     for --stuck-after no longer holds it. Several monitors may run at once:
-    each stuck job is handled by one of them.
+    each stuck job is handled by one of them. Every job type of the app
+    (--app) is monitored.
     """
     settings = settings_from(data_dir=data_dir, store_url=store_url, broker_url=broker_url)
+    app = app_for(app_spec, settings)
     preflight(settings)
     try:
         asyncio.run(
             _run(
-                settings,
+                app,
                 mode=mode,
                 interval=interval or (5.0 if mode == "centralized" else 60.0),
                 stuck_after=stuck_after or settings.stuck_after,
@@ -102,7 +108,7 @@ def monitor(
 
 
 async def _run(
-    settings: Settings,
+    app: App,
     *,
     mode: str,
     interval: float,
@@ -111,7 +117,7 @@ async def _run(
     once: bool,
     as_json: bool,
 ) -> None:
-    async with App(settings) as app:
+    async with app:
         watcher = app.monitor(stuck_after=stuck_after, max_redrives=max_redrives, mode=mode)
         if not app.shared_broker and mode == "hybrid":
             click.echo(

@@ -17,9 +17,13 @@ from jobtrack.errors import (
     StoreMissing,
 )
 from jobtrack.runtime import App, Settings
+from jobtrack.runtime.builtin import builtin_app
+from jobtrack.runtime.loading import APP_ENV, load_app
 
 __all__ = [
     "SettingError",
+    "app_for",
+    "app_option",
     "broker_option",
     "data_dir_option",
     "json_option",
@@ -60,6 +64,16 @@ broker_option = click.option(
     show_envvar=True,
     help="Broker URL: memory:// (in this process) or amqp://user:password@host:port/vhost"
     " [default: memory://].",
+)
+
+app_option = click.option(
+    "--app",
+    "app_spec",
+    envvar=APP_ENV,
+    show_envvar=True,
+    metavar="MODULE:ATTR",
+    help="Your app, whose job types these are (an App, or a function returning one)"
+    " [default: the built-in app, the collection scan].",
 )
 
 
@@ -105,18 +119,40 @@ def settings_from(**flags: Any) -> Settings:
         raise usage_error(exc) from None
 
 
+def app_for(spec: str | None, settings: Settings, **options: Any) -> App:
+    """The app the commands run on: the user's app ``spec`` names
+    (``module:attribute``) with ``settings`` (its job types, the command's
+    flags), or the built-in app when there is none; ``options`` as
+    :class:`App`'s (``create_store``).
+
+    :raises SettingError: the module cannot be imported, the attribute is
+        missing or not an App, or the spec is malformed.
+    :raises click.UsageError: the app's own declarations are refused.
+    """
+    try:
+        found = load_app(spec, {})  # (JOBTRACK_APP comes in through the option)
+    except InvalidRequest as exc:
+        raise usage_error(exc) from None
+    if found is None:
+        return builtin_app(settings, **options)
+    return found.with_settings(settings, **options)
+
+
 def with_app(
     settings: Settings,
     action: Callable[[App], Awaitable[T]],
     *,
+    app_spec: str | None = None,
     on_missing: Callable[[StoreMissing], T] | None = None,
 ) -> T:
-    """Run ``action`` on an :class:`App` of the settings whose store must
-    exist already (never created); jobtrack errors become clean command-line
+    """Run ``action`` on the app ``app_spec`` names (:func:`app_for`; the
+    built-in app when None) with the settings, whose store must exist
+    already (never created); jobtrack errors become clean command-line
     errors."""
+    chosen = app_for(app_spec, settings, create_store=False)
 
     async def run() -> T:
-        async with App(settings, create_store=False) as app:
+        async with chosen as app:
             return await action(app)
 
     try:

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from jobtrack.cli.options import (
+    app_for,
+    app_option,
     broker_option,
     data_dir_option,
     preflight,
@@ -29,6 +31,7 @@ from jobtrack.errors import InvalidRequest
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A folder scans may be started under (repeatable) [env JOBTRACK_SCAN_ROOTS].",
 )
+@app_option
 @data_dir_option
 @store_option
 @broker_option
@@ -36,6 +39,7 @@ def serve(
     host: str,
     port: int,
     roots: tuple[Path, ...],
+    app_spec: str | None,
     data_dir: Path | None,
     store_url: str | None,
     broker_url: str | None,
@@ -46,9 +50,11 @@ def serve(
     Binds 127.0.0.1 by default. Every mutating call needs the bearer token
     JOBTRACK_API_TOKEN; bound to any other address, every call does, and the
     server refuses to start without one. Scans may only be started under the
-    --root folders.
+    --root folders. The job types are the app's (--app; the built-in
+    app's collection scan by default).
     """
     settings = settings_from(data_dir=data_dir, store_url=store_url, broker_url=broker_url)
+    app = None if not app_spec else app_for(app_spec, settings)
     preflight(settings)
     try:
         from jobtrack.api import ApiConfig, create_app  # noqa: PLC0415 (an optional extra)
@@ -62,4 +68,4 @@ def serve(
         raise usage_error(exc) from None
     import uvicorn  # noqa: PLC0415
 
-    uvicorn.run(create_app(settings, config), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings, config, app=app), host=host, port=port, log_level="info")

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from jobtrack.errors import PathRefused
+from jobtrack.jobs.types import failure_json
 from jobtrack.model import Job, JobEvent, Stage
-from jobtrack.pipeline.failures import ItemFailure
-from jobtrack.pipeline.stages import DEFAULT_RENDITIONS
+from jobtrack.store.ledger import ItemFailure
 
 __all__ = ["job_json", "jobs_table", "plural", "print_job"]
 
@@ -27,10 +25,11 @@ def job_json(
     failures: Sequence[ItemFailure] | None = None,
     events: Sequence[JobEvent] | None = None,
 ) -> dict[str, Any]:
-    """The job as in the JSON contract, with its failed items and its events when known."""
+    """The job as in the JSON contract, with its failed items (one entry per
+    key: :func:`~jobtrack.jobs.types.failure_json`) and its events when known."""
     data = job.to_dict()
     if failures is not None:
-        data["failures"] = [failure.to_dict() for failure in failures]
+        data["failures"] = failure_json(failures)
     if events is not None:
         data["events"] = [event.to_dict() for event in events]
     return data
@@ -86,29 +85,24 @@ def print_job(
     job: Job,
     failures: Sequence[ItemFailure],
     *,
-    data_dir: Path | None,
+    details: Sequence[str] = (),
     events: Sequence[JobEvent] = (),
 ) -> None:
-    """The job, its stages, where its renditions are, what failed and its events."""
+    """The job, its stages, what its type says more about it (``details``:
+    :meth:`~jobtrack.jobs.types.JobType.details`), what failed (one line per
+    key) and its events."""
     console.print(f"job {job.id} ({job.job_type}): [bold]{job.status.value}[/bold]")
-    collection = job.attributes.get("collection")
-    if isinstance(collection, dict):
-        console.print(f"  collection: {collection['path']}", markup=False)
+    for line in details:
+        console.print(line, markup=False)
     if job.message:
         console.print(f"  {job.message}", markup=False)
     console.print(stage_table(job))
-    if isinstance(collection, dict) and data_dir is not None:
-        for spec in DEFAULT_RENDITIONS:
-            try:
-                folder = str(spec.output_path(data_dir, str(collection["id"]), "x").parent)
-            except PathRefused as exc:  # a catalog row no scan would write
-                folder = f"none ({exc})"
-            console.print(f"{spec.stage:>10} renditions: {folder}", markup=False)
-    if failures:
-        console.print(f"[red]{plural(len(failures), 'image')} failed:[/red]")
-        for failure in failures:
-            stages = ", ".join(failure.stages)
-            console.print(f"  {failure.image} ({stages}): {failure.error}", markup=False)
+    failed = failure_json(failures)
+    if failed:
+        console.print(f"[red]{plural(len(failed), 'item')} failed:[/red]")
+        for entry in failed:
+            stages = ", ".join(entry["stages"])
+            console.print(f"  {entry['image']} ({stages}): {entry['error']}", markup=False)
     if events:
         console.print("events:")
         for event in events:

@@ -33,21 +33,28 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from jobtrack.errors import InvalidRequest
+from jobtrack.errors import Conflict, InvalidRequest
 from jobtrack.model import Job
-from jobtrack.store.ledger import LedgerItem
+from jobtrack.store.ledger import ItemFailure, LedgerItem
 
 if TYPE_CHECKING:
     from jobtrack.monitor.base import Reconciler
+    from jobtrack.runtime.app import App
 
 __all__ = [
+    "DetailsHook",
     "Executor",
+    "FailuresHook",
     "Handler",
     "Item",
     "JobType",
     "Retry",
+    "RetryHook",
     "StageHandler",
     "TruthFactory",
+    "failure_json",
+    "item_failures_of",
+    "ledger_failures",
 ]
 
 #: Where a handler runs: on the event loop (``async``), in a thread, or in a
@@ -61,6 +68,20 @@ Handler: TypeAlias = Callable[["Item"], "Awaitable[None] | None"]
 #: Builds the monitor's view of a job type from the app's parts, for a type
 #: whose truth is not its ledger (the collection scan's catalog, say).
 TruthFactory: TypeAlias = Callable[[Any, "JobType"], "Reconciler"]
+
+#: Reads a job's failed items, at most ``limit``, for a type whose failures
+#: are kept elsewhere than the ledger (the collection scan's catalog, say).
+FailuresHook: TypeAlias = Callable[["App", Job, int], Awaitable[list[ItemFailure]]]
+
+#: Starts the work again for an ended job's failed items; returns the job
+#: that does it (a new one, or the same).
+RetryHook: TypeAlias = Callable[["App", Job], Awaitable[Job]]
+
+#: Lines that say more about a job than its stages (where its output is).
+DetailsHook: TypeAlias = Callable[["App", Job], Sequence[str]]
+
+#: Failures read from the ledger a query at a time.
+_FAILURES_PAGE = 500
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
@@ -133,6 +154,12 @@ class JobType:
     :param truth: builds the monitor's reconciler for this type; by default
         the truth is the ledger against the counted keys.
     :param queue_prefix: the broker queues are ``<prefix>.<type>.<stage>``.
+    :param failures: reads a job's failed items (:meth:`item_failures`); by
+        default the store's ledger failures.
+    :param retry: starts the work of an ended job's failed items again
+        (:meth:`retry_job`); None: the type has no retry of its own.
+    :param details: lines that say more about a job than its stages
+        (:meth:`details`); None: nothing more.
     :raises InvalidRequest: a name that is not lowercase letters, digits,
         ``-`` and ``_`` (at most 63), no stages, or a stage twice.
     """
@@ -148,6 +175,9 @@ class JobType:
         max_backoff: float = 60.0,
         truth: TruthFactory | None = None,
         queue_prefix: str = "jobtrack",
+        failures: FailuresHook | None = None,
+        retry: RetryHook | None = None,
+        details: DetailsHook | None = None,
     ) -> None:
         for what in (name, *stages):
             if not isinstance(what, str) or not _NAME.fullmatch(what):
@@ -169,6 +199,9 @@ class JobType:
         self.max_backoff = max_backoff
         self.truth = truth
         self.queue_prefix = queue_prefix
+        self.failures = failures
+        self.retry = retry
+        self.describe = details
         self.handlers: dict[str, StageHandler] = {}
 
     def handler(
@@ -254,6 +287,32 @@ class JobType:
         if missing:
             raise InvalidRequest(f"job type {self.name!r} has no handler for {missing}")
 
+    async def item_failures(self, app: App, job: Job, limit: int) -> list[ItemFailure]:
+        """``job``'s failed items, at most ``limit``, with their errors: the
+        type's ``failures`` hook, else the store's ledger failures.
+
+        :raises JobNotFound: no such job (ledger failures).
+        :raises StoreError: the store cannot be read.
+        """
+        read = self.failures or ledger_failures
+        return await read(app, job, limit)
+
+    async def retry_job(self, app: App, job: Job) -> Job:
+        """Start the work of ``job``'s failed items again with the type's
+        ``retry`` hook; the job that does it.
+
+        :raises Conflict: the type has no retry of its own, or the hook
+            finds nothing to retry.
+        """
+        if self.retry is None:
+            raise Conflict(f"job {job.id} is a {self.name} job: its type has no retry")
+        return await self.retry(app, job)
+
+    def details(self, app: App, job: Job) -> list[str]:
+        """Lines that say more about ``job`` than its stages (the type's
+        ``details`` hook; none by default). Raises nothing of its own."""
+        return [] if self.describe is None else list(self.describe(app, job))
+
     def _feeds_of(self, stage: str) -> frozenset[str]:
         handler = self.handlers.get(stage)
         return handler.feeds if handler else frozenset()
@@ -267,6 +326,58 @@ class JobType:
 
     def __repr__(self) -> str:
         return f"JobType({self.name!r}, stages={list(self.stages)!r})"
+
+
+async def ledger_failures(app: App, job: Job, limit: int) -> list[ItemFailure]:
+    """``job``'s failed items as its store's ledger records them, at most
+    ``limit``, in (stage, key) order (read in pages).
+
+    :raises JobNotFound: no such job.
+    :raises StoreError: the store cannot be read.
+    """
+    read = getattr(app.store, "list_failures", None)
+    if read is None:  # a store without the item ledger has recorded no failure
+        return []
+    found: list[ItemFailure] = []
+    after: tuple[str, str] | None = None
+    while len(found) < limit:
+        wanted = min(limit - len(found), _FAILURES_PAGE)
+        page: list[ItemFailure] = await read(job.id, after=after, limit=wanted)
+        found.extend(page)
+        if len(page) < wanted:
+            break
+        after = (page[-1].stage, page[-1].key)
+    return found
+
+
+async def item_failures_of(app: App, job: Job, *, limit: int) -> list[ItemFailure]:
+    """``job``'s failed items, at most ``limit``: through its type when
+    ``app`` knows it (:meth:`JobType.item_failures`), else the ledger's.
+
+    :raises StoreError: the store (or the type's own records) cannot be read.
+    """
+    job_type = app.job_types.get(job.job_type)
+    if job_type is None:
+        return await ledger_failures(app, job, limit)
+    return await job_type.item_failures(app, job, limit)
+
+
+def failure_json(failures: Iterable[ItemFailure]) -> list[dict[str, Any]]:
+    """Failed items as JSON shows them: one entry per key, in order of first
+    appearance, with the stages it failed in and the first error::
+
+        {"image": "a/b.jpg", "stages": ["cache", "thumbnail"], "error": "…"}
+
+    (``image`` names the item's key, as the collection scan first showed it.)
+    """
+    by_key: dict[str, dict[str, Any]] = {}
+    for failure in failures:
+        entry = by_key.setdefault(
+            failure.key, {"image": failure.key, "stages": [], "error": failure.error}
+        )
+        if failure.stage not in entry["stages"]:
+            entry["stages"].append(failure.stage)
+    return list(by_key.values())
 
 
 def registry(types: Iterable[JobType]) -> Mapping[str, JobType]:

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from jobtrack.model import Job
 from jobtrack.pipeline.catalog import ArtifactStatus, Catalog
 from jobtrack.pipeline.stages import JOB_TYPE
+from jobtrack.store.ledger import ItemFailure
 
-__all__ = ["ItemFailure", "JobCollection", "job_collection", "job_failures"]
-
-
-@dataclass(frozen=True, slots=True)
-class ItemFailure:
-    """One image that failed in one or more stages, and why."""
-
-    image: str
-    stages: tuple[str, ...]
-    error: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """As shown in JSON."""
-        return {"image": self.image, "stages": list(self.stages), "error": self.error}
+__all__ = ["JobCollection", "job_collection", "job_failures"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,20 +32,36 @@ def job_collection(job: Job) -> JobCollection | None:
     return JobCollection(key, path)
 
 
-async def job_failures(catalog: Catalog, job: Job) -> list[ItemFailure]:
-    """The images of ``job`` whose artifacts failed, by path; empty for
-    jobs of another type or without a collection."""
+async def job_failures(catalog: Catalog, job: Job, limit: int | None = None) -> list[ItemFailure]:
+    """The failed renditions of ``job``'s images: one failure per image and
+    stage, keyed by the image's path in its collection, images by path and
+    each image's stages by name, at most ``limit`` (None: all). The catalog
+    keeps no count of attempts: each says 1. Empty for jobs of another type
+    or without a collection.
+
+    :raises StoreError: the catalog cannot be read.
+    """
     collection = job_collection(job)
     if collection is None:
         return []
     states = await catalog.images_of_job(collection.id, job.id)
-    found = []
-    for state in states:
+    found: list[ItemFailure] = []
+    for state in sorted(states, key=lambda s: s.image.relpath):
         failed = sorted(
             (a for a in state.artifacts.values() if a.status is ArtifactStatus.FAILED),
             key=lambda a: a.kind,
         )
-        if failed:
-            stages = tuple(a.kind for a in failed)
-            found.append(ItemFailure(state.image.relpath, stages, failed[0].error or "failed"))
+        found.extend(
+            ItemFailure(
+                stage=artifact.kind,
+                key=state.image.relpath,
+                error=artifact.error or "failed",
+                attempts=1,
+                failed_at=artifact.produced_at,
+                payload={"image_id": state.image.id},
+            )
+            for artifact in failed
+        )
+        if limit is not None and len(found) >= limit:
+            return found[:limit]
     return found
