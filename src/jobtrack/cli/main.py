@@ -31,7 +31,6 @@ from jobtrack.cli.worker import worker
 from jobtrack.errors import InvalidRequest, JobtrackError
 from jobtrack.model import Job, JobEvent, JobStatus
 from jobtrack.pipeline.failures import ItemFailure, job_failures
-from jobtrack.pipeline.sample import generate_sample
 from jobtrack.runtime import EmbeddedRuntime, ScanOutcome, Settings
 
 __all__ = ["cli", "main"]
@@ -204,6 +203,9 @@ async def _scan(
 )
 def sample(directory: Path, count: int, broken: int, seed: int, max_megapixels: float) -> None:
     """Write a sample collection of photo-like images to DIRECTORY (new or empty)."""
+    # Imported here: it needs Pillow, which the core installs without.
+    from jobtrack.pipeline.sample import generate_sample  # noqa: PLC0415
+
     if broken > count:
         raise click.BadParameter("cannot exceed --count", param_hint="--broken")
     if directory.exists() and any(directory.iterdir()):
