@@ -222,4 +222,6 @@ def test_core_installs_and_starts_without_pillow(core_venv: Venv) -> None:
 def test_core_sample_says_which_extra_to_install(core_venv: Venv, tmp_path: Path) -> None:
     sample = core_venv.run(core_venv.jobtrack, "sample", tmp_path / "photos", check=False)
     assert sample.returncode == 1
-    assert "pip install 'jobtrack[images]'" in sample.stderr
+    assert sample.stderr == (
+        "Error: the sample collection needs Pillow: pip install 'jobtrack[images]'\n"
+    )
