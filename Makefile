@@ -43,7 +43,7 @@ docs: install
 # into clean environments).
 dist: install
 	rm -rf dist
-	$(BIN)/python -m build --outdir dist .
+	PIP_CONSTRAINT=constraints.txt $(BIN)/python -m build --outdir dist .
 
 # The dashboard's browser test drives Debian's chromium (Playwright cannot
 # download its own browser here); installed when missing, as root.

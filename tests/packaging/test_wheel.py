@@ -77,6 +77,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         text=True,
         timeout=300,
+        # The build backend (hatchling) at its pinned version, too.
+        env={**_clean_environment(), "PIP_CONSTRAINT": str(CONSTRAINTS)},
     )
     (built,) = out.glob("jobtrack-*.whl")
     assert len(list(out.glob("jobtrack-*.tar.gz"))) == 1
