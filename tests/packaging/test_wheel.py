@@ -8,6 +8,7 @@ Pillow (the ``images`` extra).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -227,3 +228,31 @@ def test_core_sample_says_which_extra_to_install(core_venv: Venv, tmp_path: Path
     assert sample.stderr == (
         "Error: the sample collection needs Pillow: pip install 'jobtrack[images]'\n"
     )
+
+
+def test_core_scan_fails_its_images_saying_which_extra_to_install(
+    core_venv: Venv, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not decoded without Pillow")
+    scan = core_venv.run(
+        core_venv.jobtrack,
+        "scan",
+        photos,
+        "--data-dir",
+        tmp_path / "state",
+        "--json",
+        check=False,
+    )
+    assert scan.returncode == 1, scan.stderr  # every rendition failed: the job failed
+    job = json.loads(scan.stdout)
+    assert job["status"] == "failed"
+    assert job["failures"] == [
+        {
+            "image": "a.jpg",
+            "stages": ["cache", "thumbnail"],
+            "error": "cannot render a.jpg: rendering needs Pillow, which is not installed:"
+            " pip install 'jobtrack[images]'",
+        }
+    ]
