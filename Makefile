@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-data
 SAMPLE_COUNT ?= 200
 
-.PHONY: install demo test lint typecheck unit bench clean browser
+.PHONY: install demo test lint typecheck unit bench clean browser docs dist
 
 install: $(STAMP)
 
@@ -31,8 +31,19 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck browser
+test: lint typecheck browser docs
 	$(BIN)/pytest
+
+# The documentation site (mkdocs.yml): every warning is an error, so a broken
+# link or a docstring mkdocstrings cannot read fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The sdist and the wheel, into dist/ (tests/packaging installs the wheel
+# into clean environments).
+dist: install
+	rm -rf dist
+	PIP_CONSTRAINT=constraints.txt $(BIN)/python -m build --outdir dist .
 
 # The dashboard's browser test drives Debian's chromium (Playwright cannot
 # download its own browser here); installed when missing, as root.
@@ -55,4 +66,4 @@ bench: install
 	$(BIN)/python -m bench.ledger
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache test-artifacts
+	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache test-artifacts build dist

@@ -213,7 +213,11 @@ async def _scan(
 )
 def sample(directory: Path, count: int, broken: int, seed: int, max_megapixels: float) -> None:
     """Write a sample collection of photo-like images to DIRECTORY (new or empty)."""
-    from jobtrack.pipeline.sample import generate_sample  # noqa: PLC0415 (the built-in app's)
+    # Imported here: the built-in app's, and it needs Pillow, which the core installs without.
+    try:
+        from jobtrack.pipeline.sample import generate_sample  # noqa: PLC0415
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
 
     if broken > count:
         raise click.BadParameter("cannot exceed --count", param_hint="--broken")

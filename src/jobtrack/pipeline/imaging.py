@@ -39,12 +39,17 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
-from typing import BinaryIO
-
-from PIL import Image, ImageOps, UnidentifiedImageError
+from typing import TYPE_CHECKING, BinaryIO
 
 from jobtrack.errors import ImageError, InvalidRequest
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# Pillow is the ``images`` extra: it is imported when an image is rendered,
+# not when this module is, so the core installs and starts without it.
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -71,7 +76,8 @@ DEFAULT_MAX_PIXELS = 64_000_000
 # "MPO" here would make Pillow fail, as it has no opener of its own.
 _PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
 
-# What Pillow raises for corrupt, truncated, hostile or unsupported input.
+# What Pillow raises for corrupt, truncated, hostile or unsupported input
+# (and its DecompressionBombError, named where Pillow is imported).
 _DECODE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     SyntaxError,
@@ -80,7 +86,6 @@ _DECODE_ERRORS: tuple[type[Exception], ...] = (
     IndexError,
     KeyError,
     struct.error,
-    Image.DecompressionBombError,
 )
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
@@ -129,12 +134,20 @@ def render(
 
     Raises:
         ImageError: the source is missing, unreadable, corrupt, truncated, in a
-            format we do not read, or larger than ``max_pixels``.
+            format we do not read, or larger than ``max_pixels``; or Pillow,
+            the ``images`` extra, is not installed.
         InvalidRequest: ``max_edge``, ``quality`` or ``max_pixels`` is out of range.
         OSError: the destination cannot be written; no partial file remains.
     """
     _check_options(max_edge=max_edge, quality=quality, max_pixels=max_pixels)
     label = _label(source)
+    if find_spec("PIL") is None:
+        raise ImageError(
+            f"cannot render {label.name}: rendering needs Pillow, which is not installed: "
+            "pip install 'jobtrack[images]'"
+        )
+    from PIL import Image  # noqa: PLC0415
+
     with _decoding(label):
         opened = Image.open(source, formats=_PILLOW_FORMATS)
     with opened:
@@ -168,11 +181,14 @@ def _decoding(source: Path) -> Iterator[None]:
     # worker process renders one image at a time. Recording (rather than
     # raising) means no warning escapes, whatever the caller's filters are;
     # our own pixel limit is what refuses bombs.
+    from PIL import Image  # noqa: PLC0415
+
+    errors: tuple[type[Exception], ...] = (*_DECODE_ERRORS, Image.DecompressionBombError)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             yield
-        except _DECODE_ERRORS as exc:
+        except errors as exc:
             raise ImageError(f"cannot render {source.name}: {_reason(exc, source)}") from exc
         finally:
             for warning in caught:
@@ -181,6 +197,8 @@ def _decoding(source: Path) -> Iterator[None]:
 
 def _reason(exc: Exception, source: Path) -> str:
     """One line explaining ``exc`` that names the file but not its folder."""
+    from PIL import UnidentifiedImageError  # noqa: PLC0415
+
     if isinstance(exc, UnidentifiedImageError):
         return "not an image, or an image format we do not read"
     if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
@@ -192,6 +210,8 @@ def _reason(exc: Exception, source: Path) -> str:
 
 def _prepare(image: Image.Image, name: str, *, max_edge: int, max_pixels: int) -> Image.Image:
     """Decode ``image`` once and return it upright, RGB, at most ``max_edge``."""
+    from PIL import Image, ImageOps  # noqa: PLC0415
+
     _refuse_bomb(image, name, max_pixels=max_pixels)
     stored_target = _fit(image.size, max_edge)
     if stored_target != image.size:
@@ -258,6 +278,8 @@ def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    from PIL import Image  # noqa: PLC0415
+
     if image.mode == "RGBA":
         # Flattened after the resize: cheaper, and compositing over a solid
         # colour commutes with resampling premultiplied pixels.

@@ -20,7 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageFilter, ImageOps
+try:
+    from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageFilter, ImageOps
+except ModuleNotFoundError as exc:  # Pillow is the ``images`` extra
+    raise ModuleNotFoundError(
+        "the sample collection needs Pillow: pip install 'jobtrack[images]'", name=exc.name
+    ) from exc
 
 from jobtrack.errors import InvalidRequest
 
