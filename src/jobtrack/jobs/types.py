@@ -335,14 +335,11 @@ async def ledger_failures(app: App, job: Job, limit: int) -> list[ItemFailure]:
     :raises JobNotFound: no such job.
     :raises StoreError: the store cannot be read.
     """
-    read = getattr(app.store, "list_failures", None)
-    if read is None:  # a store without the item ledger has recorded no failure
-        return []
     found: list[ItemFailure] = []
     after: tuple[str, str] | None = None
     while len(found) < limit:
         wanted = min(limit - len(found), _FAILURES_PAGE)
-        page: list[ItemFailure] = await read(job.id, after=after, limit=wanted)
+        page = await app.store.list_failures(job.id, after=after, limit=wanted)
         found.extend(page)
         if len(page) < wanted:
             break
