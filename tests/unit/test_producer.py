@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from jobtrack.broker import InMemoryBroker
-from jobtrack.errors import InvalidRequest
+from jobtrack.errors import Conflict, InvalidRequest
 from jobtrack.jobs.messages import ItemMessage, decode_item
 from jobtrack.jobs.producer import JobProducer
 from jobtrack.jobs.types import Item, JobType
@@ -20,6 +21,8 @@ from jobtrack.model import JobStatus
 from jobtrack.runtime import App, Settings
 from jobtrack.store import InMemoryJobStore
 from jobtrack.store.ledger import LedgerItem
+
+T = TypeVar("T")
 
 
 class CountingStore(InMemoryJobStore):
@@ -77,7 +80,7 @@ def broker() -> InMemoryBroker:
 
 
 def producer(
-    store: InMemoryJobStore, broker: InMemoryBroker, job_type: JobType, **options: int
+    store: InMemoryJobStore, broker: InMemoryBroker, job_type: JobType, **options: Any
 ) -> JobProducer:
     return JobProducer(store, broker, job_type, attributes={"file": "a.csv"}, **options)
 
@@ -287,9 +290,74 @@ async def test_the_app_starts_a_job_of_a_registered_type_on_its_broker(tmp_path:
         with pytest.raises(InvalidRequest, match="unknown job type 'other'"):
             app.start_job("other")
         given = JobType("given", ["only"])
+        with pytest.raises(InvalidRequest, match=r"no handler for \['only'\]"):
+            await app.start_job(given).__aenter__()
+        given.handler("only")(_nothing)
         async with app.start_job(given) as other:
             await other.add("only", ["x"])
         assert other.job.stages["only"].total_final
+
+
+def _nothing(item: Item) -> None:
+    """A handler that does nothing."""
+
+
+async def test_a_pausing_producer_beats_so_the_monitor_leaves_its_job_alone(
+    store: CountingStore, broker: InMemoryBroker, job_type: JobType
+) -> None:
+    async with producer(store, broker, job_type, heartbeat=0.02) as feeding:
+        await feeding.add("parse", ["a"])
+        before = (await store.get_job(feeding.job.id)).seq
+        await asyncio.sleep(0.15)  # a pause between batches, longer than several beats
+        job = await store.get_job(feeding.job.id)
+        assert job.seq > before
+        assert job.stages["parse"].message == "adding items: 1 so far"
+        await feeding.add("parse", ["b"])
+    assert feeding.job.stages["parse"].total_items == 2
+    assert feeding.job.stages["parse"].total_final
+    seq = (await store.get_job(feeding.job.id)).seq
+    await asyncio.sleep(0.1)  # sealed: no more beats
+    assert (await store.get_job(feeding.job.id)).seq == seq
+
+
+async def test_a_job_ended_under_its_producer_refuses_more_items_and_the_seal(
+    store: CountingStore, broker: InMemoryBroker, job_type: JobType
+) -> None:
+    feeding = producer(store, broker, job_type, heartbeat=0.02)
+    await feeding.start()
+    await feeding.add("parse", ["a"])
+    await store.end_job(feeding.job.id, JobStatus.FAILED, message="stuck")
+    await _until_noticed(feeding)
+    assert feeding.ended is JobStatus.FAILED
+    with pytest.raises(Conflict, match="has ended \\(failed\\)"):
+        await feeding.add("parse", ["b"])
+    with pytest.raises(Conflict, match="has ended \\(failed\\)"):
+        await feeding.seal()
+    assert drain(broker, "jobtrack.imports.parse") == [
+        ItemMessage(feeding.job.id, "imports", "parse", "a")
+    ]
+    job = await store.get_job(feeding.job.id)
+    assert (job.status, job.stages["parse"].total_items) == (JobStatus.FAILED, 1)
+    assert not job.stages["parse"].total_final
+
+
+async def _until_noticed(feeding: JobProducer) -> None:
+    async with asyncio.timeout(10):
+        while feeding.ended is None:  # noqa: ASYNC110 (a beat of the producer's own)
+            await asyncio.sleep(0.01)
+
+
+async def test_a_job_ended_before_the_seal_makes_the_seal_raise(
+    store: CountingStore, broker: InMemoryBroker, job_type: JobType
+) -> None:
+    feeding = producer(store, broker, job_type)  # no beat comes within the test
+    await feeding.start()
+    await feeding.add("parse", ["a"])
+    await store.end_job(feeding.job.id, JobStatus.CANCELLED)
+    with pytest.raises(Conflict, match="has ended \\(cancelled\\)"):
+        await feeding.__aexit__(None, None, None)
+    job = await store.get_job(feeding.job.id)
+    assert not job.stages["parse"].total_final
 
 
 @pytest.fixture
@@ -307,8 +375,8 @@ def open_app(tmp_path: Path) -> Iterator[tuple[App, asyncio.AbstractEventLoop]]:
     loop.close()
 
 
-def on(loop: asyncio.AbstractEventLoop, coroutine: object) -> object:
-    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(5)  # type: ignore[arg-type]
+def on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(5)
 
 
 def test_the_sync_producer_runs_on_the_open_apps_loop_from_plain_code(
@@ -327,7 +395,7 @@ def test_the_sync_producer_runs_on_the_open_apps_loop_from_plain_code(
         assert isinstance(app.broker, InMemoryBroker)
         return await app.store.get_job(job.id), drain(app.broker, "jobtrack.imports.parse")
 
-    stored, messages = on(loop, read())  # type: ignore[misc]
+    stored, messages = on(loop, read())
     assert stored == job
     assert [(m.key, m.payload) for m in messages] == [("a", 1), ("b", 2)]
 
@@ -346,7 +414,7 @@ def test_the_sync_producer_cancels_on_error(
     with pytest.raises(KeyError):
         fail()
     stored = on(loop, app.store.get_job(feeding.job.id))
-    assert stored.status is JobStatus.CANCELLED  # type: ignore[attr-defined]
+    assert stored.status is JobStatus.CANCELLED
     with app.start_job_sync("imports") as sync:
         sealed = sync.seal()
         with pytest.raises(InvalidRequest, match="is sealed"):

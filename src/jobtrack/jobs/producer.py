@@ -21,6 +21,7 @@ be added to by the producer; it seals itself once its feeders complete.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from types import TracebackType
@@ -28,7 +29,7 @@ from typing import Any, TypeAlias
 
 from jobtrack.broker import Broker
 from jobtrack.broker.base import clip
-from jobtrack.errors import InvalidRequest
+from jobtrack.errors import Conflict, InvalidRequest
 from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.jobs.sealing import seal_ready
 from jobtrack.jobs.types import JobType
@@ -36,11 +37,13 @@ from jobtrack.model import Job, JobStatus
 from jobtrack.store import JobStore
 from jobtrack.store.ledger import LedgerItem
 
-__all__ = ["PRODUCER_BATCH", "ItemSpec", "JobProducer", "as_ledger_item"]
+__all__ = ["DEFAULT_HEARTBEAT", "PRODUCER_BATCH", "ItemSpec", "JobProducer", "as_ledger_item"]
 
 logger = logging.getLogger(__name__)
 
 PRODUCER_BATCH = 1_000
+#: Seconds between a producer's heartbeats, by default.
+DEFAULT_HEARTBEAT = 30.0
 """The most items one ledger write (and one publish) of :meth:`JobProducer.add` holds."""
 
 #: What :meth:`JobProducer.add` takes for an item: a :class:`LedgerItem`, a
@@ -72,10 +75,20 @@ class JobProducer:
     (:meth:`seal`); an error in the block cancels the job, with the error
     as its message, and propagates.
 
+    While the producer is open and not sealed it writes a heartbeat every
+    ``heartbeat`` seconds (the first stage it feeds is marked started, with
+    how many items were added so far), so that a producer that pauses
+    between batches is not taken for a dead one by the monitor; the
+    heartbeat also reads the job, and once the job has ended (cancelled,
+    or failed by the monitor) :meth:`add` and :meth:`seal` raise
+    :class:`~jobtrack.errors.Conflict` instead of feeding it.
+
     :param attributes: the job's attributes (JSON).
     :param batch_size: items per ledger write and publish, at most
         :data:`PRODUCER_BATCH`.
-    :raises InvalidRequest: a batch size out of range.
+    :param heartbeat: seconds between heartbeats (keep it well under the
+        monitor's ``stuck_after``).
+    :raises InvalidRequest: a batch size or heartbeat out of range.
     """
 
     def __init__(
@@ -86,9 +99,15 @@ class JobProducer:
         *,
         attributes: dict[str, Any] | None = None,
         batch_size: int = PRODUCER_BATCH,
+        heartbeat: float = DEFAULT_HEARTBEAT,
     ) -> None:
         if not 1 <= batch_size <= PRODUCER_BATCH:
             raise InvalidRequest(f"batch_size must be 1 to {PRODUCER_BATCH}, not {batch_size}")
+        if heartbeat <= 0:
+            raise InvalidRequest(f"heartbeat must be positive, not {heartbeat}")
+        self._heartbeat = heartbeat
+        self._beating: asyncio.Task[None] | None = None
+        self._ended: JobStatus | None = None
         self._store = store
         self._broker = broker
         self.job_type = job_type
@@ -113,6 +132,12 @@ class JobProducer:
         return self._job
 
     @property
+    def ended(self) -> JobStatus | None:
+        """How the job ended under the producer (cancelled, failed by the
+        monitor...), once a heartbeat or the seal has noticed; else None."""
+        return self._ended
+
+    @property
     def sealed(self) -> bool:
         """Whether the producer's stages are sealed (nothing more can be added)."""
         return self._sealed
@@ -126,6 +151,7 @@ class JobProducer:
         """
         if self._job is not None:
             raise InvalidRequest("this producer has created its job already")
+        self.job_type.check_complete()
         self._job = await self._store.create_job(
             self.job_type.name, self.job_type.stages, attributes=self._attributes
         )
@@ -135,7 +161,44 @@ class JobProducer:
             self.job_type.name,
             extra={"action": "job_created", "job_id": self._job.id},
         )
+        self._beating = asyncio.create_task(self._beat(self._job), name="producer-heartbeat")
         return self._job
+
+    async def _beat(self, job: Job) -> None:
+        """Touch the job every ``heartbeat`` seconds until sealed, and notice
+        when it has ended; never raises (a lost beat is logged)."""
+        fed = [stage for stage in self.job_type.stages if not self.job_type.discovered(stage)]
+        while not self._sealed:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                current = await self._store.get_job(job.id)
+                if current.status.terminal:
+                    self._ended = current.status
+                    return
+                await self._store.start_stage(
+                    job.id, fed[0], message=f"adding items: {self.added} so far"
+                )
+            except Exception as exc:  # the heartbeat must outlive any error
+                logger.warning(
+                    "producer heartbeat of job %s not written: %s",
+                    job.id,
+                    clip(f"{type(exc).__name__}: {exc}"),
+                    extra={"action": "producer_heartbeat_unwritten", "job_id": job.id},
+                )
+
+    def _check_open(self, job: Job) -> None:
+        if self._ended is not None:
+            raise Conflict(
+                f"job {job.id} has ended ({self._ended.value}) while its producer was "
+                "adding items: nothing more is added"
+            )
+        if self._sealed:
+            raise InvalidRequest(f"job {job.id} is sealed: nothing more can be added")
+
+    def _stop_beating(self) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+            self._beating = None
 
     async def add(self, stage: str, items: Iterable[ItemSpec]) -> int:
         """Add items to ``stage``: each batch written to the ledger (the
@@ -147,12 +210,13 @@ class JobProducer:
             items come from handlers), the producer sealed or not entered,
             an item key or payload the ledger refuses (that batch and the
             rest are not written; earlier batches are).
+        :raises Conflict: the job has ended meanwhile (cancelled, or failed
+            by the monitor).
         :raises StoreUnavailable: the store cannot be reached.
         :raises BrokerError: the broker refused a publish.
         """
         job = self.job
-        if self._sealed:
-            raise InvalidRequest(f"job {job.id} is sealed: nothing more can be added")
+        self._check_open(job)
         if self.job_type.discovered(stage):  # also refuses an unknown stage
             feeders = ", ".join(self.job_type.fed_by(stage))
             raise InvalidRequest(
@@ -167,12 +231,12 @@ class JobProducer:
         seals the stages it chooses with :meth:`seal_stages`).
 
         :raises InvalidRequest: as :meth:`add`, but for a discovered stage.
+        :raises Conflict: the job has ended meanwhile.
         :raises StoreUnavailable: the store cannot be reached.
         :raises BrokerError: the broker refused a publish.
         """
         job = self.job
-        if self._sealed:
-            raise InvalidRequest(f"job {job.id} is sealed: nothing more can be added")
+        self._check_open(job)
         self.job_type.queue(stage)  # refuses an unknown stage
         new = 0
         batch: dict[str, LedgerItem] = {}
@@ -213,16 +277,26 @@ class JobProducer:
         Returns the job as it is then.
 
         :raises InvalidRequest: the producer has not been entered.
+        :raises Conflict: the job ended before it was sealed (cancelled, or
+            failed by the monitor).
         :raises StoreUnavailable: the store cannot be reached.
         """
         job = self.job
         if not self._sealed:
+            await self._check_active(job)
             for stage in self.job_type.stages:
                 if not self.job_type.discovered(stage):
                     await self._store.seal_total(job.id, stage)
             self._sealed = True
+            self._stop_beating()
         self._job = await seal_ready(self._store, self.job_type, job.id)
         return self._job
+
+    async def _check_active(self, job: Job) -> None:
+        current = await self._store.get_job(job.id)
+        if current.status.terminal:
+            self._ended = current.status
+        self._check_open(job)
 
     async def seal_stages(self, stages: Iterable[str]) -> Job:
         """Seal these stages' totals, then the discovered stages that are
@@ -232,9 +306,11 @@ class JobProducer:
         :raises StoreUnavailable: the store cannot be reached.
         """
         job = self.job
+        await self._check_active(job)
         for stage in stages:
             await self._store.seal_total(job.id, stage)
         self._sealed = True
+        self._stop_beating()
         self._job = await seal_ready(self._store, self.job_type, job.id)
         return self._job
 
@@ -245,6 +321,7 @@ class JobProducer:
         """
         job = self.job
         self._sealed = True  # nothing more is added to a cancelled job
+        self._stop_beating()
         ended = await self._store.end_job_if_active(job.id, JobStatus.CANCELLED, message=reason)
         self._job = ended.job
 
@@ -264,7 +341,10 @@ class JobProducer:
         if self._job is None:
             return
         if exc is None:
-            await self.seal()
+            try:
+                await self.seal()
+            finally:
+                self._stop_beating()
             return
         reason = clip(f"the producer failed: {exc!r}")
         try:

@@ -285,7 +285,11 @@ class JobType:
         """Raise :class:`InvalidRequest` unless every stage has a handler."""
         missing = [stage for stage in self.stages if stage not in self.handlers]
         if missing:
-            raise InvalidRequest(f"job type {self.name!r} has no handler for {missing}")
+            raise InvalidRequest(
+                f"job type {self.name!r} has no handler for {missing}: import the module "
+                "that registers its handlers (which stages each feeds and their queues "
+                "are part of them)"
+            )
 
     async def item_failures(self, app: App, job: Job, limit: int) -> list[ItemFailure]:
         """``job``'s failed items, at most ``limit``, with their errors: the

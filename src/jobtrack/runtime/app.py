@@ -25,7 +25,7 @@ from typing import Any
 
 from jobtrack.broker import Broker, open_broker
 from jobtrack.errors import BrokerUnavailable, InvalidRequest, StoreError
-from jobtrack.jobs.producer import JobProducer
+from jobtrack.jobs.producer import DEFAULT_HEARTBEAT, JobProducer
 from jobtrack.jobs.reconciler import LedgerReconciler
 from jobtrack.jobs.retry import retry_job
 from jobtrack.jobs.sync import SyncJobProducer
@@ -262,12 +262,18 @@ class App:
             print(producer.job.id, "sealed")
 
         Items go to the app's broker: the in-process one (``memory://``),
-        which the app's own workers consume, or a shared one.
+        which the app's own workers consume, or a shared one. The producer
+        writes a heartbeat every quarter of ``stuck_after`` (at most every
+        30 s), so a pause between batches is not taken for a dead producer.
 
-        :raises InvalidRequest: a type name that is not registered; the app is closed.
+        :raises InvalidRequest: a type name that is not registered; (on
+            enter) a type with a stage that has no handler; the app is closed.
         """
         chosen = self.get_type(job_type) if isinstance(job_type, str) else job_type
-        return JobProducer(self.store, self.broker, chosen, attributes=attributes)
+        heartbeat = min(DEFAULT_HEARTBEAT, self.settings.stuck_after / 4)
+        return JobProducer(
+            self.store, self.broker, chosen, attributes=attributes, heartbeat=heartbeat
+        )
 
     def start_job_sync(
         self, job_type: str | JobType, *, attributes: dict[str, Any] | None = None
