@@ -238,6 +238,14 @@ class JobType:
                     f"({', '.join(later) or 'none'}), not {name!r}"
                 )
 
+        chosen_queue = queue or f"{self.queue_prefix}.{self.name}.{stage}"
+        taken = [h.stage for h in self.handlers.values() if h.queue == chosen_queue]
+        if taken:
+            raise InvalidRequest(
+                f"queue {chosen_queue!r} is the {taken[0]!r} stage's already: each stage "
+                "needs a queue of its own (a consumer refuses another stage's items)"
+            )
+
         def register(function: Handler) -> Handler:
             chosen = executor or ("async" if inspect.iscoroutinefunction(function) else "thread")
             if (chosen == "async") != inspect.iscoroutinefunction(function):
@@ -250,7 +258,7 @@ class JobType:
                 function=function,
                 executor=chosen,
                 feeds=fed,
-                queue=queue or f"{self.queue_prefix}.{self.name}.{stage}",
+                queue=chosen_queue,
             )
             return function
 
@@ -276,9 +284,11 @@ class JobType:
         return isinstance(error, (Retry, *self.retry_on))
 
     def delay(self, attempt: int, error: BaseException | None = None) -> float:
-        """Seconds to wait before trying again after try number ``attempt``."""
+        """Seconds to wait before trying again after try number ``attempt``:
+        a :class:`Retry`'s ``after``, or the backoff doubled per attempt;
+        never more than ``max_backoff`` (the message is held meanwhile)."""
         if isinstance(error, Retry) and error.after is not None:
-            return float(error.after)
+            return min(max(float(error.after), 0.0), self.max_backoff)
         return min(self.backoff * 2.0 ** (attempt - 1), self.max_backoff)
 
     def check_complete(self) -> None:

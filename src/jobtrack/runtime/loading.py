@@ -28,8 +28,9 @@ def load_app(spec: str | None, env: Mapping[str, str] = os.environ) -> App | Non
 
     Raises:
         ConfigurationError: the spec is not ``module:attribute``, the module
-            cannot be imported (with the import's own error), or the
-            attribute is missing or not an App.
+            cannot be imported or raises while it loads (with its error), the
+            attribute is missing or not an App, or the function that makes
+            the app raises.
     """
     spec = spec or env.get(APP_ENV) or None
     if spec is None:
@@ -43,8 +44,10 @@ def load_app(spec: str | None, env: Mapping[str, str] = os.environ) -> App | Non
         sys.path.insert(0, os.getcwd())
     try:
         target: object = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import {module_name!r}: {exc}", setting=_SETTING) from exc
+    except Exception as exc:  # the user's module may raise anything while it loads
+        raise ConfigurationError(
+            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}", setting=_SETTING
+        ) from exc
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
@@ -53,7 +56,12 @@ def load_app(spec: str | None, env: Mapping[str, str] = os.environ) -> App | Non
                 f"module {module_name!r} has no attribute {attribute!r}", setting=_SETTING
             ) from None
     if callable(target) and not isinstance(target, App):
-        target = target()
+        try:
+            target = target()
+        except Exception as exc:
+            raise ConfigurationError(
+                f"{spec!r} failed to make the app: {type(exc).__name__}: {exc}", setting=_SETTING
+            ) from exc
     if not isinstance(target, App):
         raise ConfigurationError(
             f"{spec!r} is a {type(target).__name__}, not a jobtrack App", setting=_SETTING
