@@ -438,3 +438,19 @@ def test_the_sync_producer_refuses_a_closed_app_held_in_memory(tmp_path: Path) -
     )
     with pytest.raises(InvalidRequest, match="a broker in memory"):
         sqlite.start_job_sync("imports").__enter__()
+
+
+def test_the_sync_producer_reads_items_a_batch_at_a_time(
+    open_app: tuple[App, asyncio.AbstractEventLoop],
+) -> None:
+    app, loop = open_app
+
+    def rows() -> Iterator[str]:
+        yield from (f"r{n:04}" for n in range(1_000))
+        raise ValueError("the source broke after one batch")
+
+    with pytest.raises(ValueError, match="broke"), app.start_job_sync("imports") as feeding:
+        feeding.add("parse", rows())
+    job = on(loop, app.store.get_job(feeding.job.id))
+    assert job.status is JobStatus.CANCELLED
+    assert job.stages["parse"].total_items == 1_000  # the batch read before the error

@@ -25,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
+from itertools import islice
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jobtrack.errors import InvalidRequest
-from jobtrack.jobs.producer import ItemSpec, JobProducer
+from jobtrack.jobs.producer import PRODUCER_BATCH, ItemSpec, JobProducer
 from jobtrack.jobs.types import JobType
 from jobtrack.model import Job
 
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["SyncJobProducer"]
 
 T = TypeVar("T")
+
+#: Seconds an interrupted call waits for its work on the loop to stop.
+_STOP_WAIT = 10.0
 
 
 class _PrivateLoop:
@@ -93,9 +97,15 @@ class SyncJobProducer:
 
     def add(self, stage: str, items: Iterable[ItemSpec]) -> int:
         """Add items to ``stage`` and wait until they are written and
-        published; how many were new. Raises as :meth:`JobProducer.add`."""
+        published; how many were new. The items are read a batch at a time
+        (:data:`~jobtrack.jobs.producer.PRODUCER_BATCH`), so a generator
+        of any length is never held whole. Raises as :meth:`JobProducer.add`."""
         producer = self._entered()
-        return self._run(producer.add(stage, list(items)))
+        new = 0
+        iterator = iter(items)
+        while chunk := list(islice(iterator, PRODUCER_BATCH)):
+            new += self._run(producer.add(stage, chunk))
+        return new
 
     def seal(self) -> Job:
         """Seal the producer's stages and wait; the job. Raises as
@@ -131,7 +141,11 @@ class SyncJobProducer:
         try:
             self._producer = self._run(self._open_copy())
         except BaseException:
-            self._close_private()
+            try:
+                if self._copy is not None:
+                    self._run(self._copy.aclose())
+            finally:
+                self._close_private()
             raise
         return self
 
@@ -180,4 +194,12 @@ class SyncJobProducer:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         assert self._loop is not None
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result()
+        try:
+            return future.result()
+        except BaseException:
+            # Interrupted here (Ctrl-C): stop the work on the loop too, and
+            # wait for it to stop, so nothing is written after the caller
+            # moves on (to cancel the job, say).
+            future.cancel()
+            wait([future], timeout=_STOP_WAIT)
+            raise
