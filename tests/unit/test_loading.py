@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from jobtrack.cli.options import settings_for
 from jobtrack.errors import ConfigurationError
-from jobtrack.runtime import App
+from jobtrack.runtime import App, Settings
 from jobtrack.runtime.loading import load_app
 
 
@@ -67,3 +68,19 @@ def test_anything_but_an_app_is_one_configuration_error(
     with pytest.raises(ConfigurationError, match=message) as caught:
         load_app(spec, {})
     assert "(check --app or JOBTRACK_APP)" in str(caught.value)
+
+
+def test_settings_given_in_code_win_over_the_environment_and_flags_over_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOBTRACK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("JOBTRACK_STORE_URL", "sqlite:///from-env.db")
+    in_code = Settings(data_dir=tmp_path, store_url="postgresql://db/jobs", stuck_after=60)
+    app = App(in_code)
+    from_environment = Settings.from_env()
+    assert settings_for(app, from_environment) == in_code
+    flagged = Settings.from_env(store_url="sqlite:///flag.db", workers=7)
+    chosen = settings_for(app, flagged)
+    assert (chosen.store_url, chosen.workers, chosen.stuck_after) == ("sqlite:///flag.db", 7, 60)
+    unset = App()  # its settings read from the environment: the command's are used as they are
+    assert settings_for(unset, flagged) is flagged

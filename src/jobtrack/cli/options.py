@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ __all__ = [
     "data_dir_option",
     "json_option",
     "preflight",
+    "settings_for",
     "settings_from",
     "stderr",
     "stdout",
@@ -135,7 +137,27 @@ def app_for(spec: str | None, settings: Settings, **options: Any) -> App:
         raise usage_error(exc) from None
     if found is None:
         return builtin_app(settings, **options)
-    return found.with_settings(settings, **options)
+    return found.with_settings(settings_for(found, settings), **options)
+
+
+def settings_for(app: App, settings: Settings) -> Settings:
+    """The settings a command runs a user's ``app`` with: the command's
+    (its flags, then ``JOBTRACK_*``), except that settings the app was given
+    in code win over the environment; a flag still wins over both (a
+    setting is taken as flagged where the command's differs from the
+    environment's alone)."""
+    if not app.settings_given:
+        return settings
+    try:
+        environment = Settings.from_env()
+    except InvalidRequest as exc:
+        raise usage_error(exc) from None
+    flagged = {
+        field.name: getattr(settings, field.name)
+        for field in fields(Settings)
+        if getattr(settings, field.name) != getattr(environment, field.name)
+    }
+    return replace(app.settings, **flagged)
 
 
 def with_app(

@@ -12,6 +12,7 @@ from jobtrack.cli.options import (
     broker_option,
     data_dir_option,
     preflight,
+    settings_for,
     settings_from,
     store_option,
     usage_error,
@@ -109,6 +110,8 @@ def worker(
         user_app = load_app(app_spec, {})
     except ConfigurationError as exc:
         raise usage_error(exc) from None
+    if user_app is not None:
+        settings = settings_for(user_app, settings)
     preflight(settings)
     if metrics_port is not None:
         try:

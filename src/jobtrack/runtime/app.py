@@ -66,6 +66,8 @@ class App:
         job_types: Iterable[JobType] = (),
     ) -> None:
         self._job_types: dict[str, JobType] = dict(registry(job_types))
+        self.settings_given = settings is not None
+        """Whether the settings were given in code (else read from the environment)."""
         self.settings = Settings.from_env() if settings is None else settings
         """Where the state lives and how jobtrack runs (store and broker URLs,
         data folder, progress writes, monitor timings)."""
