@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -295,6 +296,50 @@ class App:
         :raises StoreUnavailable: the store cannot be reached.
         """
         return await retry_job(self.store, self.broker, self._job_types, job_id)
+
+    @asynccontextmanager
+    async def working(
+        self, *, concurrency: int = 2, stages: Sequence[str] = ()
+    ) -> AsyncIterator[None]:
+        """Run this app's handlers in this process, on its own open parts,
+        for the body of the block: the in-process broker (``memory://``)
+        reaches no other process, so the process that produces a job works
+        it too::
+
+            async with app, app.working(concurrency=4):
+                async with app.start_job("csv-import") as producer:
+                    await producer.add("parse", rows)
+                ...  # follow the job until it ends
+
+        Leaving the block stops the consumers gracefully: the items in
+        flight finish, the sealing checks still due are made.
+
+        :param concurrency: threads (or processes) the handlers run in.
+        :param stages: as :class:`~jobtrack.runtime.worker.Worker`'s (default: all).
+        :raises InvalidRequest: the app is not open; no job type has a
+            handler; an unknown stage; a concurrency below 1.
+        :raises BrokerError: the broker failed for good while working.
+        """
+        from jobtrack.runtime.worker import Worker  # noqa: PLC0415 (it imports App)
+
+        if self.running_loop is None:
+            raise InvalidRequest("working needs the app open: `async with app, app.working():`")
+        worker = Worker(app=self, stages=stages, concurrency=concurrency, in_process=True)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(worker.run_open(stop, ready=ready))
+        started = asyncio.create_task(ready.wait())
+        try:
+            await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            started.cancel()
+        if task.done():
+            task.result()  # raises why it stopped before it was ready
+            raise InvalidRequest("the app's workers stopped before they started")
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
 
     @property
     def running_loop(self) -> asyncio.AbstractEventLoop | None:
