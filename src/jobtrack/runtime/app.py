@@ -25,13 +25,13 @@ from types import MappingProxyType, TracebackType
 from typing import Any
 
 from jobtrack.broker import Broker, open_broker
-from jobtrack.errors import BrokerUnavailable, InvalidRequest, StoreError
+from jobtrack.errors import BrokerUnavailable, Conflict, InvalidRequest, StoreError
 from jobtrack.jobs.producer import JobProducer
 from jobtrack.jobs.reconciler import LedgerReconciler
 from jobtrack.jobs.retry import retry_job
 from jobtrack.jobs.sync import SyncJobProducer
-from jobtrack.jobs.types import JobType, registry
-from jobtrack.model import Job
+from jobtrack.jobs.types import JobType, failure_json, registry
+from jobtrack.model import Job, JobStatus
 from jobtrack.monitor import Monitor, Reconciler
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
@@ -296,6 +296,44 @@ class App:
         :raises StoreUnavailable: the store cannot be reached.
         """
         return await retry_job(self.store, self.broker, self._job_types, job_id)
+
+    async def retry(self, job_id: str, *, limit: int = 10_000) -> tuple[Job, int]:
+        """Do the failed items of the ended job ``job_id`` again, as its type
+        retries: with the type's ``retry`` hook when it has one (the
+        collection scan: a new scan of its collection; a ``retried`` event
+        is recorded), else with :meth:`retry_job` (a new job of the failed
+        items, from the ledger). Returns the job doing the work and how many
+        failed items (keys) the old job had, of the first ``limit`` read.
+
+        :raises JobNotFound: no job has that id.
+        :raises Conflict: the job is still running; it completed with no
+            failed items; its type is not registered with this app; a job
+            retried from the ledger was cancelled or has no failed items;
+            the type's hook refuses.
+        :raises StoreUnavailable: the store cannot be reached.
+        :raises BrokerError: the broker refused a publish.
+        """
+        job = await self.store.get_job(job_id)
+        job_type = self._job_types.get(job.job_type)
+        if not job.status.terminal:
+            raise Conflict(f"job {job_id} is still running: retry it once it has ended")
+        if job_type is None:
+            known = ", ".join(sorted(self._job_types)) or "none"
+            raise Conflict(
+                f"job {job_id} is a {job.job_type} job, a type this app does not know"
+                f" (registered: {known}): name the app that has it (--app)"
+            )
+        failed = len(failure_json(await job_type.item_failures(self, job, limit)))
+        if job.status is JobStatus.COMPLETED and not failed:
+            raise Conflict(f"job {job_id} completed with no failed items: nothing to retry")
+        if job_type.retry is None:
+            if job.status is JobStatus.CANCELLED:
+                raise Conflict(f"job {job_id} was cancelled: start a new job instead")
+            return await self.retry_job(job_id), failed
+        again = await job_type.retry_job(self, job)
+        message = f"{failed} failed items re-driven in job {again.id}"
+        await self.store.add_event(job_id, "retried", message, {"job": again.id})
+        return again, failed
 
     @asynccontextmanager
     async def working(
