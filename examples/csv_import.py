@@ -26,14 +26,15 @@ import asyncio
 import csv
 import sqlite3
 import sys
-from contextlib import nullcontext
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 import jobtrack
 from jobtrack.cli.progress import JobProgress
-from rich.console import Console
 
 app = jobtrack.App()
 imports = app.job_type("csv-import", ["parse", "write"])
@@ -76,7 +77,8 @@ def rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def prepare(output: Path) -> None:
-    """Create the output table if there is none."""
+    """Create the output table (and its folder) if there is none."""
+    output.parent.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(output) as db:
         db.execute(
             "CREATE TABLE IF NOT EXISTS payments"
