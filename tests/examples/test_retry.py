@@ -125,3 +125,17 @@ def test_the_api_retries_a_user_type_from_its_ledger(
         refused = client.post(f"/api/jobs/{old}/retry")
         assert refused.status_code == 409
         assert "a type this app does not know" in refused.json()["error"]
+
+
+def test_jobs_retry_of_a_collection_scan_says_to_scan_again(tmp_path: Path) -> None:
+    photos, data_dir = tmp_path / "photos", tmp_path / "state"
+    photos.mkdir()
+    (photos / "bad.jpg").write_bytes(b"not an image")
+    scan = jobtrack(data_dir, "scan", str(photos), "--json")
+    assert scan.returncode == 1, scan.stderr  # its one image failed
+    old = json.loads(scan.stdout)["id"]
+    done = jobtrack(data_dir, "jobs", "retry", old)
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"Error: job {old} is retried by scanning its collection again: jobtrack scan {photos}\n"
+    )
