@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-data
 SAMPLE_COUNT ?= 200
 
-.PHONY: install demo test lint typecheck unit bench clean browser docs dist
+.PHONY: install demo examples test lint typecheck unit bench clean browser docs dist
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: install
 	$(BIN)/jobtrack scan $(DEMO_DIR)/collection --data-dir $(DEMO_DIR)/state
 	@echo "Thumbnails and cache copies are under $(DEMO_DIR)/state/renditions/;"
 	@echo "list the job with: $(BIN)/jobtrack jobs list --data-dir $(DEMO_DIR)/state"
+
+# The CSV import example on the embedded default, its store beside the demo's.
+examples: install
+	JOBTRACK_DATA_DIR=$(DEMO_DIR)/state $(BIN)/python examples/csv_import.py examples/payments.csv --output $(DEMO_DIR)/payments.db
 
 lint: install
 	$(BIN)/ruff check .

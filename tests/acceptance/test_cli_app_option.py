@@ -242,7 +242,7 @@ def test_serve_answers_with_the_users_job_types(home: Path) -> None:
         retried = client.post(f"/api/jobs/{job.id}/retry")
         assert (retried.status_code, retried.json()) == (
             409,
-            {"error": f"job {job.id} is a csv-import job: its type has no retry"},
+            {"error": f"job {job.id} is still running: retry it once it has ended"},
         )
 
 

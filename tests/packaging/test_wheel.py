@@ -256,3 +256,28 @@ def test_core_scan_fails_its_images_saying_which_extra_to_install(
             " pip install 'jobtrack[images]'",
         }
     ]
+
+
+def test_core_runs_the_csv_example_on_the_embedded_default(core_venv: Venv, tmp_path: Path) -> None:
+    for name in ("csv_import.py", "payments.csv"):  # as a user copies them
+        (tmp_path / name).write_bytes((ROOT / "examples" / name).read_bytes())
+    done = subprocess.run(
+        [str(core_venv.python), "csv_import.py", "payments.csv"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+        env={**_clean_environment(), "JOBTRACK_DATA_DIR": str(tmp_path / "state")},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1:] == [
+        f"{lines[1].split(':')[0]}: completed",
+        "parse: 12 items, 10 done, 2 failed",
+        "write: 10 items, 10 done, 0 failed",
+        "failed parse line-6: ValueError: amount 'not-a-number' is not a number",
+        "failed parse line-9: ValueError: expected 3 columns, got 2",
+        f"10 rows in {tmp_path / 'payments.db'}",
+    ]
+    assert (tmp_path / "state" / "jobtrack.db").is_file()

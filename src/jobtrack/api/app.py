@@ -376,23 +376,13 @@ async def retry(request: Request, job_id: str) -> dict[str, Any]:
     """Re-drive the failed items of a job that has ended, as its type
     retries: a collection scan by a new scan of its collection, which redoes
     only what failed or is missing (what was made and is unchanged counts at
-    once). 409 while the job runs, when it completed with nothing failed, or
-    when its type has no retry."""
+    once); a job of any other registered type by a new job of its failed
+    items, from its ledger. 409 while the job runs, when it completed with
+    nothing failed, was cancelled (a ledger retry), or its type is not one
+    the server's app registers."""
     found = parts(request)
-    job = await found.store.get_job(job_id)
-    job_type = found.app.job_types.get(job.job_type)
-    if job_type is None or job_type.retry is None:
-        # The generic retry of a type's ledger failures (App.retry_job) goes here.
-        raise Conflict(f"job {job_id} is a {job.job_type} job: its type has no retry")
-    if not job.status.terminal:
-        raise Conflict(f"job {job_id} is still running: retry it once it has ended")
-    failed = failure_json(await job_type.item_failures(found.app, job, MAX_FAILURES))
-    if job.status is JobStatus.COMPLETED and not failed:
-        raise Conflict(f"job {job_id} completed with no failed items: nothing to retry")
-    again = await job_type.retry_job(found.app, job)
-    message = f"{len(failed)} failed items re-driven in job {again.id}"
-    await found.store.add_event(job_id, "retried", message, {"job": again.id})
-    return {"retried_from": job_id, "failed_items": len(failed), "job": again.to_dict()}
+    again, failed = await found.app.retry(job_id, limit=MAX_FAILURES)
+    return {"retried_from": job_id, "failed_items": failed, "job": again.to_dict()}
 
 
 @router.get(

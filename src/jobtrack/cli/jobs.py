@@ -1,4 +1,4 @@
-"""``jobtrack jobs``: list, show and cancel jobs."""
+"""``jobtrack jobs``: list, show, watch, cancel and retry jobs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import click
 
 from jobtrack.cli.options import (
     app_option,
+    broker_option,
     data_dir_option,
     json_option,
     settings_from,
@@ -35,7 +36,7 @@ __all__ = ["jobs"]
 
 @click.group()
 def jobs() -> None:
-    """List, show, watch and cancel jobs."""
+    """List, show, watch, cancel and retry jobs."""
 
 
 #: Failed items (item and stage) ``jobs show`` reads, at most.
@@ -217,3 +218,71 @@ def cancel_job_command(
     else:
         stdout.print(result.describe())
     raise SystemExit(CANCEL_EXIT[result.outcome])
+
+
+@jobs.command("retry")
+@click.argument("job_id")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Handler threads, when the new job is worked here (in-process broker).",
+)
+@json_option
+@app_option
+@data_dir_option
+@store_option
+@broker_option
+def retry_job_command(
+    job_id: str,
+    concurrency: int,
+    as_json: bool,
+    app_spec: str | None,
+    data_dir: Path | None,
+    store_url: str | None,
+    broker_url: str | None,
+) -> None:
+    """Do the failed items of an ended job again, as its type retries: a
+    collection scan by scanning its collection again; a job of any other
+    type of the app (--app) by a new job of its failed items. Prints the
+    new job's id.
+
+    With a shared broker (amqp://) the workers do the new job; with the
+    in-process broker this command works it itself, with its bars, until
+    it ends. Exits 0 when the retry started (and, worked here, completed),
+    1 otherwise. --json prints the same answer as the HTTP API.
+    """
+    settings = settings_from(data_dir=data_dir, store_url=store_url, broker_url=broker_url)
+
+    async def retry(app: App) -> tuple[Job, int, Job | None]:
+        job = await app.store.get_job(job_id)
+        job_type = app.job_types.get(job.job_type)
+        here = (
+            not app.shared_broker
+            and job_type is not None
+            and job_type.retry is None
+            and bool(job_type.handlers)
+        )
+        if not here:
+            again, failed = await app.retry(job_id)
+            return again, failed, None
+        async with app.working(concurrency=concurrency):
+            again, failed = await app.retry(job_id)
+            stderr.print(f"job {job_id}: {failed} failed items retried as job {again.id}")
+            ended = await _follow(app, again.id, interval=0.25, live=not as_json)
+        return again, failed, ended
+
+    again, failed, ended = with_app(settings, retry, app_spec=app_spec)
+    if as_json:
+        shown = again if ended is None else ended
+        answer = {"retried_from": job_id, "failed_items": failed, "job": job_json(shown)}
+        click.echo(json.dumps(answer, indent=2))
+    elif ended is None:
+        stdout.print(f"job {job_id}: {failed} failed items retried as job {again.id}")
+    else:
+        message = f": {ended.message}" if ended.message else ""
+        stdout.print(
+            f"job {ended.id} ({ended.job_type}): {ended.status.value}{message}", markup=False
+        )
+    sys.exit(0 if ended is None or ended.status is JobStatus.COMPLETED else 1)

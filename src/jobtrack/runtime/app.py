@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any
 
 from jobtrack.broker import Broker, open_broker
-from jobtrack.errors import BrokerUnavailable, InvalidRequest, StoreError
+from jobtrack.errors import BrokerUnavailable, Conflict, InvalidRequest, StoreError
 from jobtrack.jobs.producer import DEFAULT_HEARTBEAT, JobProducer
 from jobtrack.jobs.reconciler import LedgerReconciler
 from jobtrack.jobs.retry import retry_job
 from jobtrack.jobs.sync import SyncJobProducer
-from jobtrack.jobs.types import JobType, registry
-from jobtrack.model import Job
+from jobtrack.jobs.types import JobType, failure_json, registry
+from jobtrack.model import Job, JobStatus
 from jobtrack.monitor import Monitor, Reconciler
 from jobtrack.pipeline.catalog import Catalog, catalog_for
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
@@ -303,6 +304,88 @@ class App:
         :raises StoreUnavailable: the store cannot be reached.
         """
         return await retry_job(self.store, self.broker, self._job_types, job_id)
+
+    async def retry(self, job_id: str, *, limit: int = 10_000) -> tuple[Job, int]:
+        """Do the failed items of the ended job ``job_id`` again, as its type
+        retries: with the type's ``retry`` hook when it has one (the
+        collection scan: a new scan of its collection; a ``retried`` event
+        is recorded), else with :meth:`retry_job` (a new job of the failed
+        items, from the ledger). Returns the job doing the work and how many
+        failed items (keys) the old job had, of the first ``limit`` read.
+
+        :raises JobNotFound: no job has that id.
+        :raises Conflict: the job is still running; it completed with no
+            failed items; its type is not registered with this app; a job
+            retried from the ledger was cancelled or has no failed items;
+            the type's hook refuses.
+        :raises StoreUnavailable: the store cannot be reached.
+        :raises BrokerError: the broker refused a publish.
+        """
+        job = await self.store.get_job(job_id)
+        job_type = self._job_types.get(job.job_type)
+        if not job.status.terminal:
+            raise Conflict(f"job {job_id} is still running: retry it once it has ended")
+        if job_type is None:
+            known = ", ".join(sorted(self._job_types)) or "none"
+            raise Conflict(
+                f"job {job_id} is a {job.job_type} job, a type this app does not know"
+                f" (registered: {known}): name the app that has it (--app)"
+            )
+        failed = len(failure_json(await job_type.item_failures(self, job, limit)))
+        if job.status is JobStatus.COMPLETED and not failed:
+            raise Conflict(f"job {job_id} completed with no failed items: nothing to retry")
+        if job_type.retry is None:
+            if job.status is JobStatus.CANCELLED:
+                raise Conflict(f"job {job_id} was cancelled: start a new job instead")
+            return await self.retry_job(job_id), failed
+        again = await job_type.retry_job(self, job)
+        message = f"{failed} failed items re-driven in job {again.id}"
+        await self.store.add_event(job_id, "retried", message, {"job": again.id})
+        return again, failed
+
+    @asynccontextmanager
+    async def working(
+        self, *, concurrency: int = 2, stages: Sequence[str] = ()
+    ) -> AsyncIterator[None]:
+        """Run this app's handlers in this process, on its own open parts,
+        for the body of the block: the in-process broker (``memory://``)
+        reaches no other process, so the process that produces a job works
+        it too::
+
+            async with app, app.working(concurrency=4):
+                async with app.start_job("csv-import") as producer:
+                    await producer.add("parse", rows)
+                ...  # follow the job until it ends
+
+        Leaving the block stops the consumers gracefully: the items in
+        flight finish, the sealing checks still due are made.
+
+        :param concurrency: threads (or processes) the handlers run in.
+        :param stages: as :class:`~jobtrack.runtime.worker.Worker`'s (default: all).
+        :raises InvalidRequest: the app is not open; no job type has a
+            handler; an unknown stage; a concurrency below 1.
+        :raises BrokerError: the broker failed for good while working.
+        """
+        from jobtrack.runtime.worker import Worker  # noqa: PLC0415 (it imports App)
+
+        if self.running_loop is None:
+            raise InvalidRequest("working needs the app open: `async with app, app.working():`")
+        worker = Worker(app=self, stages=stages, concurrency=concurrency, in_process=True)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(worker.run_open(stop, ready=ready))
+        started = asyncio.create_task(ready.wait())
+        try:
+            await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            started.cancel()
+        if task.done():
+            task.result()  # raises why it stopped before it was ready
+            raise InvalidRequest("the app's workers stopped before they started")
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
 
     @property
     def running_loop(self) -> asyncio.AbstractEventLoop | None:

@@ -69,8 +69,12 @@ class Worker:
         or processes, of the handlers that run in them.
     :param prefetch: messages each stage's queue hands this worker before
         it has acked earlier ones (default: twice ``concurrency``).
+    :param in_process: the worker runs on ``app``'s own parts, in the
+        process that produces the jobs (:meth:`run_open`), so an in-process
+        broker and store are allowed.
     :raises InvalidRequest: an unknown or ambiguous stage, an in-process
-        broker or store, a concurrency or prefetch below 1.
+        broker or store (unless ``in_process``), ``in_process`` without an
+        app, a concurrency or prefetch below 1.
     """
 
     def __init__(
@@ -83,7 +87,10 @@ class Worker:
         prefetch: int | None = None,
         shutdown_grace: float = 30.0,
         renditions: tuple[RenditionSpec, ...] = DEFAULT_RENDITIONS,
+        in_process: bool = False,
     ) -> None:
+        if in_process and app is None:
+            raise InvalidRequest("a worker in process runs on an app's parts: give it the app")
         if app is not None:
             settings, renditions = app.settings, app.renditions
         elif settings is None:
@@ -97,11 +104,11 @@ class Worker:
             if stage in job_type.handlers
         ]
         specs, self.items = _chosen(stages, renditions if builds_renditions else (), handled)
-        if settings.broker_url == "memory://":
+        if settings.broker_url == "memory://" and not in_process:
             raise InvalidRequest(
                 "a worker needs a broker that scans reach too (amqp://…), not memory://"
             )
-        if settings.store_url == "memory://":
+        if settings.store_url == "memory://" and not in_process:
             raise InvalidRequest("a worker needs a shared store (postgresql://… or sqlite:///…)")
         if concurrency < 1 or (prefetch is not None and prefetch < 1):
             raise InvalidRequest("concurrency and prefetch must be at least 1")
@@ -132,18 +139,34 @@ class Worker:
         """
         app = self.app or App(self.settings, renditions=self.renditions, flush_wait=10.0)
         async with app:
-            broker = app.broker  # built first: a bad URL is refused before anything opens
-            pool = None
-            if self.specs:
-                app.ensure_data_dir()
-                pool = RenderPool(process_pool(self.concurrency))
-            runner = HandlerRunner(self.concurrency)
-            try:
-                await self._consume(app, broker, stop, ready, pool=pool, runner=runner)
-            finally:
-                runner.shutdown()
-                if pool is not None:
-                    pool.shutdown()
+            await self._work(app, stop, ready)
+
+    async def run_open(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
+        """:meth:`run` on the worker's app as it is: the app must be open
+        already, and is left open (``App.working`` runs an app's handlers
+        this way, in the process that produces its jobs).
+
+        :raises InvalidRequest: the worker has no app, or its app is not open.
+        :raises BrokerError: as :meth:`run`.
+        """
+        if self.app is None or self.app.running_loop is None:
+            raise InvalidRequest("run_open needs the worker's app open: `async with app:`")
+        await self._work(self.app, stop, ready)
+
+    async def _work(self, app: App, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
+        """Consume with the open ``app`` until ``stop``, then shut the pools down."""
+        broker = app.broker  # built first: a bad URL is refused before anything opens
+        pool = None
+        if self.specs:
+            app.ensure_data_dir()
+            pool = RenderPool(process_pool(self.concurrency))
+        runner = HandlerRunner(self.concurrency)
+        try:
+            await self._consume(app, broker, stop, ready, pool=pool, runner=runner)
+        finally:
+            runner.shutdown()
+            if pool is not None:
+                pool.shutdown()
 
     async def _consume(
         self,
