@@ -623,6 +623,27 @@ class JobStore(Protocol):
         :class:`~jobtrack.errors.JobNotFound`."""
         ...
 
+    async def record_outcomes(
+        self,
+        job_id: str,
+        stage: str,
+        done_keys: Collection[str],
+        failed_keys: Collection[str] = (),
+    ) -> int:
+        """Record in the ledger, in one statement, that these items of the
+        stage are done or failed (a later outcome of an item replaces its
+        earlier one), whatever their keys' counts: the ledger's truth then
+        counts them (:meth:`tally_ledger`) and leaves them out of the missing
+        items. The job itself is not written. Returns how many ledger items
+        were recorded (keys not in the stage's ledger are left out).
+
+        Raises :class:`InvalidRequest` for more than
+        :data:`~jobtrack.store.ledger.MAX_LEDGER_BATCH` keys, a key no store
+        can hold, or a key both done and failed;
+        :class:`~jobtrack.errors.JobNotFound`,
+        :class:`~jobtrack.errors.StageNotFound`."""
+        ...
+
     async def record_failure(
         self, job_id: str, stage: str, key: str, error: str, *, attempts: int = 1
     ) -> None:
