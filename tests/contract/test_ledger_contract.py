@@ -561,3 +561,20 @@ async def test_a_full_batch_of_outcomes_is_taken(store: JobStore) -> None:
         "fetch": LedgerTally(len(keys), len(keys), 10, len(keys))
     }
     assert await store.missing_items(job_id, "fetch") == []
+
+
+async def test_settled_items_are_the_counted_and_the_recorded_in_key_order(
+    store: JobStore,
+) -> None:
+    job_id = await new_job(store)
+    await store.add_items(job_id, "fetch", items("e", "d", "c", "b", "a", "é"))
+    await store.add_progress([StageProgress(job_id, "fetch", completed_keys=["b", "x"])])
+    await store.record_outcomes(job_id, "fetch", ["d", "é"], ["a"])
+    assert await store.settled_items(job_id, "fetch") == ["a", "b", "d", "é"]
+    assert await store.settled_items(job_id, "fetch", after="a", limit=2) == ["b", "d"]
+    assert await store.settled_items(job_id, "fetch", after="d") == ["é"]
+    assert await store.settled_items(job_id, "parse") == []
+    with pytest.raises(JobNotFound):
+        await store.settled_items("no-such-job", "fetch")
+    with pytest.raises(StageNotFound):
+        await store.settled_items(job_id, "nope")

@@ -7,6 +7,11 @@ and publish it, or, when it failed for good, record its error; count the
 item (done or failed) with the tracker, and ack once the count is durable.
 So an item acked has its count, its discovered work and its error stored,
 and an item not acked is delivered again and counts once.
+
+With the consumers' progress off (the rollback switch: the tracker is
+disabled), nothing is counted; the item's outcome is recorded in the
+ledger instead (``JobStore.record_outcomes``) before the ack, so that the
+monitor alone brings the job to its counts from the ledger.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class ItemConsumer:
     item's count is durable (``durable_within`` seconds at most; None: as
     long as it takes). After the count, when the stage feeds others, the
     ``sealer`` checks whether the job's discovered stages are ready to seal.
+    With the tracker disabled, the item's outcome (done or failed) is
+    recorded in the job's ledger instead of its count, before the ack.
     """
 
     def __init__(
@@ -138,6 +145,10 @@ class ItemConsumer:
                 await self._try_again(delivery, message, attempt, outcome)
                 return
             await self._record_failure(message, attempt, outcome.error)
+        if not self._tracker.enabled:
+            await self._record_outcome(message, failed=outcome.error is not None)
+            await delivery.ack()
+            return
         receipt = self._tracker.add(
             message.job_id, self.stage, item_key=message.key, failed=outcome.error is not None
         )
@@ -197,6 +208,13 @@ class ItemConsumer:
                 message.job_id, self.stage, message.key, error, attempts=attempt
             ),
             message,
+        )
+
+    async def _record_outcome(self, message: ItemMessage, *, failed: bool) -> None:
+        """The item's outcome in the ledger: its truth while progress is off."""
+        done, lost = ([], [message.key]) if failed else ([message.key], [])
+        await self._reachable(
+            lambda: self._store.record_outcomes(message.job_id, self.stage, done, lost), message
         )
 
     async def _try_again(

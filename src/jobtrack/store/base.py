@@ -615,6 +615,16 @@ class JobStore(Protocol):
         :class:`~jobtrack.errors.StageNotFound`."""
         ...
 
+    async def settled_items(
+        self, job_id: str, stage: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[str]:
+        """The keys of the stage's ledger items that are counted or have an
+        outcome recorded (:meth:`record_outcomes`), in key order (by code
+        point), after the key ``after``: the items the ledger's truth counts.
+        Raises :class:`~jobtrack.errors.JobNotFound`,
+        :class:`~jobtrack.errors.StageNotFound`."""
+        ...
+
     async def ledger_items(
         self, job_id: str, stage: str, keys: Collection[str]
     ) -> list[LedgerItem]:

@@ -386,6 +386,21 @@ class InMemoryJobStore(StageWrites):
         )
         return [LedgerItem(key, ledger[key]) for key in missing[: max(limit, 0)]]
 
+    async def settled_items(
+        self, job_id: str, stage: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[str]:
+        """The stage's ledger keys counted or with an outcome, in key order,
+        after ``after``."""
+        job, _ = self._stage(job_id, stage)
+        keys = self._item_keys.get(job.id, set())
+        outcomes = self._outcomes.get(job.id, {})
+        settled = sorted(
+            key
+            for key in self._ledger.get(job.id, {}).get(stage, {})
+            if ((stage, key) in keys or (stage, key) in outcomes) and (after is None or key > after)
+        )
+        return settled[: max(limit, 0)]
+
     async def ledger_items(
         self, job_id: str, stage: str, keys: Collection[str]
     ) -> list[LedgerItem]:

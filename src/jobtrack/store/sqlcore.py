@@ -366,6 +366,15 @@ class SqlJobStore(StageWrites):
         params = {"job_id": job_id, "stage": stage, "after": after or "", "limit": max(limit, 0)}
         return await self._connector.run(_missing(params), write=False)
 
+    async def settled_items(
+        self, job_id: str, stage: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[str]:
+        """The keys of the stage's ledger items counted or with an outcome, in
+        key order (code point), after ``after``; ``JobNotFound``,
+        ``StageNotFound``."""
+        params = {"job_id": job_id, "stage": stage, "after": after or "", "limit": max(limit, 0)}
+        return await self._connector.run(_settled(params), write=False)
+
     async def ledger_items(
         self, job_id: str, stage: str, keys: Collection[str]
     ) -> list[LedgerItem]:
@@ -667,6 +676,14 @@ def _missing(params: Mapping[str, Any]) -> Plan[list[LedgerItem]]:
         raise StageNotFound(params["job_id"], params["stage"])
     rows = yield Fetch("missing_items", params)
     return [LedgerItem(row["item_key"], row["payload"]) for row in rows]
+
+
+def _settled(params: Mapping[str, Any]) -> Plan[list[str]]:
+    yield from _job_exists(params["job_id"])
+    if not (yield Fetch("stage_exists", params)):
+        raise StageNotFound(params["job_id"], params["stage"])
+    rows = yield Fetch("settled_items", params)
+    return [row["item_key"] for row in rows]
 
 
 def _ledger_items(params: Mapping[str, Any]) -> Plan[list[LedgerItem]]:

@@ -239,6 +239,18 @@ WHERE l.job_id = %(job_id)s AND l.stage = %(stage)s AND l.item_key > %(after)s
 ORDER BY l.item_key
 LIMIT %(limit)s;
 
+-- name: settled_items
+-- A page of the stage's ledger keys counted or with an outcome, in key
+-- order (code point), a range of the ledger's primary key.
+SELECT l.item_key FROM job_items AS l
+WHERE l.job_id = %(job_id)s AND l.stage = %(stage)s AND l.item_key > %(after)s
+  AND (l.outcome IS NOT NULL
+       OR EXISTS (SELECT 1 FROM item_keys AS k
+                  WHERE k.job_id = l.job_id AND k.stage = l.stage COLLATE "default"
+                    AND k.item_key = l.item_key COLLATE "default"))
+ORDER BY l.item_key
+LIMIT %(limit)s;
+
 -- name: ledger_items
 SELECT item_key, payload FROM job_items
 WHERE job_id = %(job_id)s AND stage = %(stage)s AND item_key = ANY(%(keys)s::text[])

@@ -229,6 +229,16 @@ WHERE l.job_id = :job_id AND l.stage = :stage AND l.item_key > :after
 ORDER BY l.item_key
 LIMIT :limit;
 
+-- name: settled_items
+-- A page of the stage's ledger keys counted or with an outcome, in key order.
+SELECT l.item_key FROM job_items AS l
+WHERE l.job_id = :job_id AND l.stage = :stage AND l.item_key > :after
+  AND (l.outcome IS NOT NULL
+       OR EXISTS (SELECT 1 FROM item_keys AS k
+                  WHERE k.job_id = l.job_id AND k.stage = l.stage AND k.item_key = l.item_key))
+ORDER BY l.item_key
+LIMIT :limit;
+
 -- name: ledger_items
 -- :keys is a JSON array.
 SELECT item_key, payload FROM job_items
