@@ -70,7 +70,8 @@ async def purge(env: dict[str, str], queue: str) -> int:
         channel = await connection.channel()
         declared = await channel.declare_queue(queue, passive=True)
         result = await declared.purge()
-        return int(result.message_count)
+        assert result.message_count is not None
+        return result.message_count
     finally:
         await connection.close()
 

@@ -14,7 +14,7 @@ import pytest
 
 from jobtrack.errors import InvalidRequest, StoreUnavailable
 from jobtrack.jobs.consumer import OutcomeWriter
-from jobtrack.store import SqliteJobStore
+from jobtrack.store import SqliteDatabase, SqliteJobStore
 from jobtrack.store.ledger import LedgerItem, LedgerTally
 
 
@@ -40,7 +40,7 @@ class CountingStore(SqliteJobStore):
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
-    store = CountingStore.open(str(tmp_path / "jobs.db"))
+    store = CountingStore(SqliteDatabase(tmp_path / "jobs.db"))
     store.calls, store.fail_next = [], []
     yield store
     await store.aclose()
