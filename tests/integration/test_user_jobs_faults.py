@@ -98,7 +98,7 @@ async def test_purged_messages_are_redriven_from_the_ledger_and_the_job_complete
 ) -> None:
     items = 60
     worker.start("--concurrency", "2", "--prefetch", "2")
-    payloads: dict[str, Any] = {f"page-{n:02d}": {"seconds": 0.05} for n in range(items)}
+    payloads: dict[str, Any] = {f"page-{n:02d}": {"seconds": 0.1} for n in range(items)}
     [job_id] = await produce(app, "tally", "work", [payloads])
     async with asyncio.timeout(60):  # some work counted, much left
         while (await app.store.get_job(job_id)).stage("work").completed_items < 10:  # noqa: ASYNC110

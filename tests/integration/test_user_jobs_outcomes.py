@@ -2,7 +2,8 @@
 (:class:`~jobtrack.jobs.consumer.OutcomeWriter`), on a real SQLite store:
 the outcomes of the moment go in one write, a key's last outcome wins, an
 outage holds the batch until the store is back, and another error reaches
-every caller of the batch."""
+every caller of the batch. The monitor raises a job's counts to the
+recorded outcomes and makes them counted keys, so they count once."""
 
 from __future__ import annotations
 
@@ -12,10 +13,22 @@ from pathlib import Path
 
 import pytest
 
+from jobtrack.broker import InMemoryBroker
 from jobtrack.errors import InvalidRequest, StoreUnavailable
 from jobtrack.jobs.consumer import OutcomeWriter
-from jobtrack.store import SqliteDatabase, SqliteJobStore
+from jobtrack.jobs.reconciler import LedgerReconciler
+from jobtrack.model import JobStatus
+from jobtrack.monitor import Monitor
+from jobtrack.store import (
+    InMemoryJobStore,
+    JobStore,
+    SqliteDatabase,
+    SqliteJobStore,
+    StageProgress,
+)
 from jobtrack.store.ledger import LedgerItem, LedgerTally
+from tests.apps.tally import app as tally_app
+from tests.conftest import SteppingClock
 
 
 class CountingStore(SqliteJobStore):
@@ -104,3 +117,40 @@ async def test_another_error_reaches_every_caller_of_the_batch(store: CountingSt
     # The writer goes on: a later outcome is written.
     await writer.record(job_id, "work", "c", failed=False)
     assert await store.tally_ledger(job_id) == {"work": LedgerTally(3, 1, 0, 1)}
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_the_monitor_counts_recorded_outcomes_once_even_if_counted_later(
+    tmp_path: Path, backend: str
+) -> None:
+    clock = SteppingClock()
+    store: JobStore = (
+        InMemoryJobStore(clock=clock)
+        if backend == "memory"
+        else SqliteJobStore(SqliteDatabase(tmp_path / "jobs.db"), clock=clock)
+    )
+    tally = tally_app.get_type("tally")
+    try:
+        job = await store.create_job("tally", tally.stages)
+        await store.add_items(job.id, "work", [LedgerItem(k) for k in "abc"], seal=True)
+        await store.add_items(job.id, "extra", [], seal=True)
+        await store.record_outcomes(job.id, "work", ["a"], ["b"])
+        broker = InMemoryBroker()
+        monitor = Monitor(store, [LedgerReconciler(tally, store, broker)], clock=clock)
+        clock.advance(monitor.stuck_after + 1)
+        report = await monitor.cycle()
+        assert (report.reconciled, report.redriven, report.items_redriven) == (1, 1, 1)
+        job = await store.get_job(job.id)
+        assert (job.stage("work").completed_items, job.stage("work").failed_items) == (1, 1)
+        assert await store.missing_items(job.id, "work") == [LedgerItem("c")]
+        # The items recorded are counted keys now: counting them again counts nothing.
+        [result] = await store.add_progress(
+            [StageProgress(job.id, "work", completed_keys=["a"], failed_keys=["b"])]
+        )
+        assert result.counted == 0
+        await store.increment(job.id, "work", item_key="c")
+        job = await store.get_job(job.id)
+        assert job.status is JobStatus.COMPLETED, job.to_dict()
+        assert (job.stage("work").completed_items, job.stage("work").failed_items) == (2, 1)
+    finally:
+        await store.aclose()
