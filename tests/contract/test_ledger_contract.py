@@ -468,3 +468,113 @@ async def test_producers_adding_overlapping_batches_at_once_count_each_key_once(
     assert sum(added) == 3000
     assert (await store.get_job(job_id)).stages["fetch"].total_items == 3000
     assert await store.tally_ledger(job_id) == {"fetch": LedgerTally(3000, 100, 0)}
+
+
+async def test_recorded_outcomes_count_in_the_tally_and_leave_the_missing(
+    store: JobStore,
+) -> None:
+    job_id = await new_job(store)
+    await store.add_items(job_id, "fetch", items("a", "b", "c", "d", "e"), seal=True)
+    seq = (await store.get_job(job_id)).seq
+    assert await store.record_outcomes(job_id, "fetch", ["a", "b"], ["c"]) == 3
+    job = await store.get_job(job_id)
+    assert job.seq == seq  # the job is not written
+    assert (job.stages["fetch"].completed_items, job.stages["fetch"].failed_items) == (0, 0)
+    assert await store.tally_ledger(job_id) == {
+        "fetch": LedgerTally(items=5, counted=3, failed=1, recorded=3)
+    }
+    missing = await store.missing_items(job_id, "fetch")
+    assert [item.key for item in missing] == ["d", "e"]
+
+
+async def test_a_later_outcome_replaces_the_earlier_one(store: JobStore) -> None:
+    job_id = await new_job(store)
+    await store.add_items(job_id, "fetch", items("a", "b"))
+    assert await store.record_outcomes(job_id, "fetch", [], ["a", "b"]) == 2
+    assert await store.record_outcomes(job_id, "fetch", ["a"]) == 1
+    assert await store.tally_ledger(job_id) == {
+        "fetch": LedgerTally(items=2, counted=2, failed=1, recorded=2)
+    }
+
+
+async def test_an_outcome_and_a_counted_key_count_the_item_once(store: JobStore) -> None:
+    job_id = await new_job(store)
+    await store.add_items(job_id, "fetch", items("a", "b", "c"))
+    await store.add_progress(
+        [StageProgress(job_id, "fetch", completed_keys=["a"], failed_keys=["b"])]
+    )
+    await store.record_failure(job_id, "fetch", "b", "boom")
+    assert await store.record_outcomes(job_id, "fetch", ["a"], ["b"]) == 2
+    assert await store.tally_ledger(job_id) == {
+        "fetch": LedgerTally(items=3, counted=2, failed=1, recorded=0)
+    }
+    assert [item.key for item in await store.missing_items(job_id, "fetch")] == ["c"]
+
+
+async def test_outcomes_of_keys_not_in_the_ledger_are_left_out(store: JobStore) -> None:
+    job_id = await new_job(store)
+    await store.add_items(job_id, "fetch", items("a"))
+    assert await store.record_outcomes(job_id, "fetch", ["a", "x"], ["y"]) == 1
+    assert await store.record_outcomes(job_id, "parse", ["a"]) == 0
+    assert await store.record_outcomes(job_id, "fetch", []) == 0
+    assert await store.tally_ledger(job_id) == {
+        "fetch": LedgerTally(items=1, counted=1, failed=0, recorded=1)
+    }
+
+
+async def test_outcomes_survive_the_end_of_the_job(store: JobStore) -> None:
+    job_id = await new_job(store)
+    await store.add_items(job_id, "fetch", items("a", "b"), seal=True)
+    await store.add_items(job_id, "parse", [], seal=True)
+    await store.record_outcomes(job_id, "fetch", ["a"], ["b"])
+    await store.increment(job_id, "fetch", item_key="a")
+    await store.increment(job_id, "fetch", failed=1, item_key="b")
+    assert (await store.get_job(job_id)).status is JobStatus.COMPLETED
+    # The counted keys went with the end; the recorded outcomes stay.
+    assert await store.tally_ledger(job_id) == {
+        "fetch": LedgerTally(items=2, counted=2, failed=1, recorded=2)
+    }
+
+
+async def test_record_outcomes_refusals(store: JobStore) -> None:
+    job_id = await new_job(store)
+    await store.add_items(job_id, "fetch", items("a", "b"))
+    with pytest.raises(InvalidRequest, match="both done and failed"):
+        await store.record_outcomes(job_id, "fetch", ["a"], ["b", "a"])
+    with pytest.raises(InvalidRequest):
+        await store.record_outcomes(job_id, "fetch", ["a", ""])
+    with pytest.raises(InvalidRequest, match="at most"):
+        await store.record_outcomes(job_id, "fetch", [f"k{i}" for i in range(MAX_LEDGER_BATCH + 1)])
+    with pytest.raises(JobNotFound):
+        await store.record_outcomes("no-such-job", "fetch", ["a"])
+    with pytest.raises(StageNotFound):
+        await store.record_outcomes(job_id, "nope", ["a"])
+    assert await store.tally_ledger(job_id) == {"fetch": LedgerTally(2, 0, 0)}
+
+
+async def test_a_full_batch_of_outcomes_is_taken(store: JobStore) -> None:
+    job_id = await new_job(store)
+    keys = [f"k{i:05}" for i in range(MAX_LEDGER_BATCH)]
+    await store.add_items(job_id, "fetch", items(*keys))
+    assert await store.record_outcomes(job_id, "fetch", keys[:-10], keys[-10:]) == len(keys)
+    assert await store.tally_ledger(job_id) == {
+        "fetch": LedgerTally(len(keys), len(keys), 10, len(keys))
+    }
+    assert await store.missing_items(job_id, "fetch") == []
+
+
+async def test_settled_items_are_the_counted_and_the_recorded_in_key_order(
+    store: JobStore,
+) -> None:
+    job_id = await new_job(store)
+    await store.add_items(job_id, "fetch", items("e", "d", "c", "b", "a", "é"))
+    await store.add_progress([StageProgress(job_id, "fetch", completed_keys=["b", "x"])])
+    await store.record_outcomes(job_id, "fetch", ["d", "é"], ["a"])
+    assert await store.settled_items(job_id, "fetch") == ["a", "b", "d", "é"]
+    assert await store.settled_items(job_id, "fetch", after="a", limit=2) == ["b", "d"]
+    assert await store.settled_items(job_id, "fetch", after="d") == ["é"]
+    assert await store.settled_items(job_id, "parse") == []
+    with pytest.raises(JobNotFound):
+        await store.settled_items("no-such-job", "fetch")
+    with pytest.raises(StageNotFound):
+        await store.settled_items(job_id, "nope")

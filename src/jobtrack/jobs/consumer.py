@@ -7,6 +7,11 @@ and publish it, or, when it failed for good, record its error; count the
 item (done or failed) with the tracker, and ack once the count is durable.
 So an item acked has its count, its discovered work and its error stored,
 and an item not acked is delivered again and counts once.
+
+With the consumers' progress off (the rollback switch: the tracker is
+disabled), nothing is counted; the item's outcome is recorded in the
+ledger instead (``JobStore.record_outcomes``) before the ack, so that the
+monitor alone brings the job to its counts from the ledger.
 """
 
 from __future__ import annotations
@@ -27,10 +32,10 @@ from jobtrack.jobs.messages import ItemMessage, decode_item, encode_item
 from jobtrack.jobs.sealer import Sealer
 from jobtrack.jobs.types import Item, JobType
 from jobtrack.store import JobStore
-from jobtrack.store.ledger import LedgerItem, check_items
+from jobtrack.store.ledger import MAX_LEDGER_BATCH, LedgerItem, check_items
 from jobtrack.tracking import ProgressTracker
 
-__all__ = ["ADD_BATCH", "ItemConsumer"]
+__all__ = ["ADD_BATCH", "ItemConsumer", "OutcomeWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,82 @@ T = TypeVar("T")
 
 ADD_BATCH = 1_000
 """Discovered items written to the ledger (and published) per batch."""
+
+
+class OutcomeWriter:
+    """Records items' outcomes in their job's ledger
+    (``JobStore.record_outcomes``), batched: the outcomes that come while a
+    write is under way go together in the next one, one call per job and
+    stage (at most :data:`~jobtrack.store.ledger.MAX_LEDGER_BATCH` keys); a
+    key given twice meanwhile keeps its last outcome. While the store is
+    unreachable the batch is held and written again with backoff, for as
+    long as it takes.
+    """
+
+    def __init__(self, store: JobStore, *, retry_delay: float = 0.2) -> None:
+        self._store = store
+        self._retry_delay = retry_delay
+        # (job, stage) -> key -> (failed, the callers waiting for it)
+        self._pending: dict[tuple[str, str], dict[str, tuple[bool, list[asyncio.Future[None]]]]]
+        self._pending = {}
+        self._writing: asyncio.Task[None] | None = None
+
+    async def record(self, job_id: str, stage: str, key: str, *, failed: bool) -> None:
+        """Record the item's outcome; returns once it is written.
+
+        :raises JobtrackError: the store refused the batch the outcome went
+            in, for another reason than an outage (the caller may try again).
+        """
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        keys = self._pending.setdefault((job_id, stage), {})
+        _, waiters = keys.get(key, (failed, []))
+        keys[key] = (failed, [*waiters, waiter])
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.create_task(self._write_all())
+        await waiter
+
+    async def _write_all(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            for (job_id, stage), keys in batch.items():
+                chosen = list(keys.items())
+                for start in range(0, len(chosen), MAX_LEDGER_BATCH):
+                    await self._write(job_id, stage, chosen[start : start + MAX_LEDGER_BATCH])
+
+    async def _write(
+        self,
+        job_id: str,
+        stage: str,
+        chosen: list[tuple[str, tuple[bool, list[asyncio.Future[None]]]]],
+    ) -> None:
+        done = [key for key, (failed, _) in chosen if not failed]
+        lost = [key for key, (failed, _) in chosen if failed]
+        waiters = [waiter for _, (_, every) in chosen for waiter in every]
+        delay = self._retry_delay
+        while True:
+            try:
+                await self._store.record_outcomes(job_id, stage, done, lost)
+            except StoreUnavailable as exc:
+                logger.warning(
+                    "store unreachable to record %d outcomes of job %s (%s); again in %.1f s",
+                    len(chosen),
+                    job_id,
+                    clip(str(exc)),
+                    delay,
+                    extra={"action": "store_unavailable", "job_id": job_id},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            except Exception as exc:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                return
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            return
 
 
 class ItemConsumer:
@@ -62,6 +143,9 @@ class ItemConsumer:
     item's count is durable (``durable_within`` seconds at most; None: as
     long as it takes). After the count, when the stage feeds others, the
     ``sealer`` checks whether the job's discovered stages are ready to seal.
+    With the tracker disabled, the item's outcome (done or failed) is
+    recorded in the job's ledger instead of its count, before the ack
+    (``outcomes``, batched; one of the consumer's own by default).
     """
 
     def __init__(
@@ -77,6 +161,7 @@ class ItemConsumer:
         sealer: Sealer | None = None,
         durable_within: float | None = None,
         retry_delay: float = 0.2,
+        outcomes: OutcomeWriter | None = None,
     ) -> None:
         handler = job_type.handlers.get(stage)
         if handler is None:
@@ -93,6 +178,7 @@ class ItemConsumer:
         self._sealer = sealer if handler.feeds else None
         self._durable_within = durable_within
         self._retry_delay = retry_delay
+        self._outcomes = outcomes or OutcomeWriter(store, retry_delay=retry_delay)
 
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivery and settle it; never raises."""
@@ -138,6 +224,10 @@ class ItemConsumer:
                 await self._try_again(delivery, message, attempt, outcome)
                 return
             await self._record_failure(message, attempt, outcome.error)
+        if not self._tracker.enabled:
+            await self._record_outcome(message, failed=outcome.error is not None)
+            await delivery.ack()
+            return
         receipt = self._tracker.add(
             message.job_id, self.stage, item_key=message.key, failed=outcome.error is not None
         )
@@ -198,6 +288,11 @@ class ItemConsumer:
             ),
             message,
         )
+
+    async def _record_outcome(self, message: ItemMessage, *, failed: bool) -> None:
+        """The item's outcome in the ledger: its truth while progress is off
+        (written with the other outcomes of the moment, see :class:`OutcomeWriter`)."""
+        await self._outcomes.record(message.job_id, self.stage, message.key, failed=failed)
 
     async def _try_again(
         self, delivery: Delivery, message: ItemMessage, attempt: int, outcome: Attempt

@@ -12,6 +12,15 @@ a stage whose counted keys outnumber its counts (a write the counters
 missed) is raised to them, and the total to the ledger's items, but the
 counted keys are left as they are (:attr:`Truth.done` is empty), and a
 count with no key behind it (an increment without an item key) is kept.
+
+With the consumers' progress off (the rollback switch), no key is counted:
+the workers record each item's outcome in the ledger instead
+(``JobStore.record_outcomes``), and the ledger counts those items too. A
+stage with outcomes recorded beyond its counted keys has its counts raised
+to them, and its counted keys set to every item the ledger counts (counted
+or recorded: :meth:`~jobtrack.store.base.JobStore.settled_items`), so that
+an item recorded and then counted as well (progress switched back on, a
+redelivery) counts once.
 """
 
 from __future__ import annotations
@@ -79,8 +88,9 @@ class LedgerReconciler:
         return await seal_ready(self._store, self.type, job.id)
 
     async def truth(self, job: Job) -> Truth:
-        """The stored counts, never lowered (see the module), and every
-        missing item's key per stage, read in pages.
+        """The stored counts, never lowered (see the module), raised to the
+        outcomes recorded with their keys, and every missing item's key per
+        stage, read in pages.
 
         :raises JobNotFound: the job is gone.
         :raises StoreUnavailable: the store cannot be reached.
@@ -88,6 +98,7 @@ class LedgerReconciler:
         tallies = await self._store.tally_ledger(job.id)
         counts: dict[str, StageCounts] = {}
         missing: dict[str, list[str]] = {}
+        done: dict[str, list[str]] = {}
         for name, stage in job.stages.items():
             tally = tallies.get(name, _NONE)
             completed, failed = stage.completed_items, stage.failed_items
@@ -100,6 +111,8 @@ class LedgerReconciler:
                 failed,
                 total_final=stage.total_final,
             )
+            if tally.recorded:
+                done[name] = await self._settled(job.id, name)
             if tally.missing:
                 missing[name] = [item.key for item in await self._missing(job.id, name)]
         waiting = frozenset(
@@ -107,7 +120,17 @@ class LedgerReconciler:
             for name, stage in job.stages.items()
             if not stage.total_final and self.type.discovered(name)
         )
-        return Truth(counts, {}, missing, waiting_to_seal=waiting)
+        return Truth(counts, done, missing, waiting_to_seal=waiting)
+
+    async def _settled(self, job_id: str, stage: str) -> list[str]:
+        keys: list[str] = []
+        after: str | None = None
+        while True:
+            page = await self._store.settled_items(job_id, stage, after=after, limit=PAGE)
+            keys.extend(page)
+            if len(page) < PAGE:
+                return keys
+            after = page[-1]
 
     async def _missing(self, job_id: str, stage: str) -> list[LedgerItem]:
         items: list[LedgerItem] = []

@@ -37,7 +37,11 @@ discovered stages that are ready are sealed (a stage waiting for its
 feeders is no reason to fail the job); when the job is failed for its
 missing items (after ``max_redrives``, or with no broker to publish them
 to), each of them is recorded as a failed item, so that a retry of the job
-does it again. Its truth never lowers the counts, nor sets counted keys.
+does it again. Its truth never lowers the counts, nor sets counted keys,
+unless the workers recorded outcomes in the ledger with their progress off:
+then it raises the counts to them and sets the keys to what the ledger
+counts, and the stages those raised counts complete are sealed and
+reconciled in the same claim.
 
 With ``ledger_retention``, a cycle also deletes the ledgers and failures of
 jobs that ended longer ago than that (``JobStore.purge_ledger``): on the
@@ -266,20 +270,14 @@ class Monitor:
         if claimed is None:
             report.claimed_elsewhere += 1
             return
-        truth = await reconciler.truth(job)
-        text, data = describe_changes(job, truth)
-        try:
-            job = await self._store.set_counts(
-                job.id, truth.counts, keys=truth.done or None, if_seq=claimed
-            )
-        except Conflict:
+        reconciled = await self._reconcile(job, reconciler, hooks, claimed)
+        if reconciled is None:
             report.moving += 1
             return
+        job, truth, changed = reconciled
         report.jobs.append(job.id)
         self._backlogs.remember(job)
-        if text:
-            report.reconciled += 1
-            await self._event(job, "reconciled", f"{text} reconciled", data)
+        report.reconciled += changed
         if job.status.terminal:
             report.completed += job.status is JobStatus.COMPLETED
             return
@@ -305,6 +303,38 @@ class Monitor:
                 backlog=backlog,
                 report=report,
             )
+
+    async def _reconcile(
+        self, job: Job, reconciler: Reconciler, hooks: ItemHooks | None, claimed: int
+    ) -> tuple[Job, Truth, bool] | None:
+        """Set the claimed job's counts to the truth (a ``reconciled`` event
+        when they changed); with item hooks, then seal the discovered stages
+        the new counts completed and reconcile again, until none is sealed.
+        The job, its last truth and whether anything changed; None when an
+        increment arrived meanwhile (the job is moving)."""
+        changed = False
+        for _ in range(len(job.stages) + 1):  # each pass seals one stage at least
+            truth = await reconciler.truth(job)
+            text, data = describe_changes(job, truth)
+            try:
+                job = await self._store.set_counts(
+                    job.id, truth.counts, keys=truth.done or None, if_seq=claimed
+                )
+            except Conflict:
+                return None
+            if text:
+                changed = True
+                await self._event(job, "reconciled", f"{text} reconciled", data)
+            if hooks is None or job.status.terminal:
+                break
+            # Counts raised from the ledger may complete the stages feeding a
+            # discovered one: seal it now, and reconcile it in turn.
+            sealed = await hooks.prepare(job)
+            if sealed is job or sealed.status.terminal:
+                job = sealed
+                break
+            job, claimed = sealed, sealed.seq
+        return job, truth, changed
 
     async def _missing(
         self,

@@ -615,12 +615,43 @@ class JobStore(Protocol):
         :class:`~jobtrack.errors.StageNotFound`."""
         ...
 
+    async def settled_items(
+        self, job_id: str, stage: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[str]:
+        """The keys of the stage's ledger items that are counted or have an
+        outcome recorded (:meth:`record_outcomes`), in key order (by code
+        point), after the key ``after``: the items the ledger's truth counts.
+        Raises :class:`~jobtrack.errors.JobNotFound`,
+        :class:`~jobtrack.errors.StageNotFound`."""
+        ...
+
     async def ledger_items(
         self, job_id: str, stage: str, keys: Collection[str]
     ) -> list[LedgerItem]:
         """The ledger items of the stage with these keys, in key order; keys
         not in the ledger are left out. Raises
         :class:`~jobtrack.errors.JobNotFound`."""
+        ...
+
+    async def record_outcomes(
+        self,
+        job_id: str,
+        stage: str,
+        done_keys: Collection[str],
+        failed_keys: Collection[str] = (),
+    ) -> int:
+        """Record in the ledger, in one statement, that these items of the
+        stage are done or failed (a later outcome of an item replaces its
+        earlier one), whatever their keys' counts: the ledger's truth then
+        counts them (:meth:`tally_ledger`) and leaves them out of the missing
+        items. The job itself is not written. Returns how many ledger items
+        were recorded (keys not in the stage's ledger are left out).
+
+        Raises :class:`InvalidRequest` for more than
+        :data:`~jobtrack.store.ledger.MAX_LEDGER_BATCH` keys, a key no store
+        can hold, or a key both done and failed;
+        :class:`~jobtrack.errors.JobNotFound`,
+        :class:`~jobtrack.errors.StageNotFound`."""
         ...
 
     async def record_failure(

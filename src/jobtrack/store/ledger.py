@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,6 +28,7 @@ __all__ = [
     "LedgerItem",
     "LedgerTally",
     "check_items",
+    "check_outcomes",
     "encode_payload",
     "storable_error",
 ]
@@ -50,13 +51,18 @@ class LedgerItem:
 @dataclass(frozen=True, slots=True)
 class LedgerTally:
     """One stage's ledger against its counts: ``items`` recorded, of which
-    ``counted`` have their key counted (done or failed), of which ``failed``
-    have a failure recorded. Counted keys are known while the job is active
-    only (an ended job's keys are dropped)."""
+    ``counted`` have their key counted (done or failed) or their outcome
+    recorded (:meth:`~jobtrack.store.base.JobStore.record_outcomes`), of
+    which ``failed`` failed (counted with a failure recorded, or recorded as
+    failed); ``recorded`` of the counted are known by their outcome alone
+    (their key not counted: the consumers' progress was off). Counted keys
+    are known while the job is active only (an ended job's keys are
+    dropped); outcomes stay with the ledger."""
 
     items: int
     counted: int
     failed: int
+    recorded: int = 0
 
     @property
     def missing(self) -> int:
@@ -167,6 +173,31 @@ def check_items(items: Sequence[LedgerItem]) -> list[str]:
                 raise InvalidRequest(f"item key {key[:100]!r} is twice in the batch")
             seen.add(key)
     return [encode_payload(item.payload) for item in items]
+
+
+def check_outcomes(done_keys: Collection[str], failed_keys: Collection[str]) -> list[str]:
+    """Check the keys of a :meth:`~jobtrack.store.base.JobStore.record_outcomes`
+    call; every key, done ones first, each once.
+
+    Raises:
+        InvalidRequest: more than :data:`MAX_LEDGER_BATCH` keys, a key no
+            store can hold, or a key both done and failed.
+    """
+    done = list(dict.fromkeys(done_keys))
+    failed = list(dict.fromkeys(failed_keys))
+    keys = done + failed
+    if len(keys) > MAX_LEDGER_BATCH:
+        raise InvalidRequest(f"at most {MAX_LEDGER_BATCH} outcomes a call, not {len(keys)}")
+    if not _plain_keys(keys):
+        seen: set[str] = set()
+        for key in keys:
+            problem = key_problem(key) if isinstance(key, str) else "an item key must be text"
+            if problem is not None:
+                raise InvalidRequest(problem)
+            if key in seen:
+                raise InvalidRequest(f"item key {key[:100]!r} is both done and failed")
+            seen.add(key)
+    return keys
 
 
 def _plain_keys(keys: list[str]) -> bool:

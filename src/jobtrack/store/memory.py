@@ -58,6 +58,7 @@ from jobtrack.store.ledger import (
     LedgerItem,
     LedgerTally,
     check_items,
+    check_outcomes,
     storable_error,
 )
 
@@ -80,6 +81,8 @@ class InMemoryJobStore(StageWrites):
         self._event_ids = 0
         self._ledger: dict[str, dict[str, dict[str, Any]]] = {}  # job -> stage -> key -> payload
         self._failures: dict[str, dict[tuple[str, str], _Failure]] = {}
+        # job -> (stage, key) -> "done" or "failed", as recorded by record_outcomes
+        self._outcomes: dict[str, dict[tuple[str, str], str]] = {}
         self._lock = asyncio.Lock()
 
     async def create_job(
@@ -351,11 +354,19 @@ class InMemoryJobStore(StageWrites):
         job = await self.get_job(job_id)
         keys = self._item_keys.get(job.id, set())
         failures = self._failures.get(job.id, {})
+        outcomes = self._outcomes.get(job.id, {})
         tallies = {}
         for stage, ledger in self._ledger.get(job.id, {}).items():
             counted = [key for key in ledger if (stage, key) in keys]
-            failed = sum((stage, key) in failures for key in counted)
-            tallies[stage] = LedgerTally(len(ledger), len(counted), failed)
+            recorded = [
+                key for key in ledger if (stage, key) not in keys and (stage, key) in outcomes
+            ]
+            failed = sum((stage, key) in failures for key in counted) + sum(
+                outcomes[stage, key] == "failed" for key in recorded
+            )
+            tallies[stage] = LedgerTally(
+                len(ledger), len(counted) + len(recorded), failed, len(recorded)
+            )
         return tallies
 
     async def missing_items(
@@ -364,11 +375,31 @@ class InMemoryJobStore(StageWrites):
         """The stage's ledger items not counted, in key order, after ``after``."""
         job, _ = self._stage(job_id, stage)
         keys = self._item_keys.get(job.id, set())
+        outcomes = self._outcomes.get(job.id, {})
         ledger = self._ledger.get(job.id, {}).get(stage, {})
         missing = sorted(
-            key for key in ledger if (stage, key) not in keys and (after is None or key > after)
+            key
+            for key in ledger
+            if (stage, key) not in keys
+            and (stage, key) not in outcomes
+            and (after is None or key > after)
         )
         return [LedgerItem(key, ledger[key]) for key in missing[: max(limit, 0)]]
+
+    async def settled_items(
+        self, job_id: str, stage: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[str]:
+        """The stage's ledger keys counted or with an outcome, in key order,
+        after ``after``."""
+        job, _ = self._stage(job_id, stage)
+        keys = self._item_keys.get(job.id, set())
+        outcomes = self._outcomes.get(job.id, {})
+        settled = sorted(
+            key
+            for key in self._ledger.get(job.id, {}).get(stage, {})
+            if ((stage, key) in keys or (stage, key) in outcomes) and (after is None or key > after)
+        )
+        return settled[: max(limit, 0)]
 
     async def ledger_items(
         self, job_id: str, stage: str, keys: Collection[str]
@@ -377,6 +408,27 @@ class InMemoryJobStore(StageWrites):
         job = await self.get_job(job_id)
         ledger = self._ledger.get(job.id, {}).get(stage, {})
         return [LedgerItem(key, ledger[key]) for key in sorted(set(keys)) if key in ledger]
+
+    async def record_outcomes(
+        self,
+        job_id: str,
+        stage: str,
+        done_keys: Collection[str],
+        failed_keys: Collection[str] = (),
+    ) -> int:
+        """Record the items' outcomes in the ledger; raises as
+        :meth:`JobStore.record_outcomes`."""
+        keys = check_outcomes(done_keys, failed_keys)
+        failed = set(failed_keys)
+        async with self._lock:
+            self._stage(job_id, stage)
+            ledger = self._ledger.get(job_id, {}).get(stage, {})
+            known = [key for key in keys if key in ledger]
+            if known:
+                outcomes = self._outcomes.setdefault(job_id, {})
+                for key in known:
+                    outcomes[stage, key] = "failed" if key in failed else "done"
+            return len(known)
 
     async def record_failure(
         self, job_id: str, stage: str, key: str, error: str, *, attempts: int = 1
@@ -425,13 +477,14 @@ class InMemoryJobStore(StageWrites):
         async with self._lock:
             old = [
                 job_id
-                for job_id in {*self._ledger, *self._failures}
+                for job_id in {*self._ledger, *self._failures, *self._outcomes}
                 if (job := self._jobs.get(job_id)) is None
                 or (job.completed_at is not None and job.completed_at < ended_before)
             ][: max(limit, 0)]
             for job_id in old:
                 self._ledger.pop(job_id, None)
                 self._failures.pop(job_id, None)
+                self._outcomes.pop(job_id, None)
             return len(old)
 
     async def aclose(self) -> None:

@@ -56,6 +56,7 @@ from jobtrack.store.ledger import (
     LedgerItem,
     LedgerTally,
     check_items,
+    check_outcomes,
     storable_error,
 )
 
@@ -365,6 +366,15 @@ class SqlJobStore(StageWrites):
         params = {"job_id": job_id, "stage": stage, "after": after or "", "limit": max(limit, 0)}
         return await self._connector.run(_missing(params), write=False)
 
+    async def settled_items(
+        self, job_id: str, stage: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[str]:
+        """The keys of the stage's ledger items counted or with an outcome, in
+        key order (code point), after ``after``; ``JobNotFound``,
+        ``StageNotFound``."""
+        params = {"job_id": job_id, "stage": stage, "after": after or "", "limit": max(limit, 0)}
+        return await self._connector.run(_settled(params), write=False)
+
     async def ledger_items(
         self, job_id: str, stage: str, keys: Collection[str]
     ) -> list[LedgerItem]:
@@ -373,6 +383,30 @@ class SqlJobStore(StageWrites):
         wanted = sorted({key for key in keys if key_problem(key) is None})
         params = {"job_id": job_id, "stage": stage, "keys": wanted}
         return await self._connector.run(_ledger_items(params), write=False)
+
+    def _outcome_batch(self, keys: list[str], failed: int) -> dict[str, Any]:
+        """The parameters of the engine's ``record_outcomes`` statement: every
+        key, the last ``failed`` of them failed. This one: the keys and their
+        outcomes as two arrays (PostgreSQL)."""
+        outcomes = ["done"] * (len(keys) - failed) + ["failed"] * failed
+        return {"keys": keys, "outcomes": outcomes}
+
+    async def record_outcomes(
+        self,
+        job_id: str,
+        stage: str,
+        done_keys: Collection[str],
+        failed_keys: Collection[str] = (),
+    ) -> int:
+        """Record the items' outcomes in the ledger, in one statement; how
+        many ledger items were recorded. Raises ``InvalidRequest`` for keys
+        :func:`~jobtrack.store.ledger.check_outcomes` refuses,
+        ``JobNotFound``, ``StageNotFound``."""
+        keys = check_outcomes(done_keys, failed_keys)
+        failed = len(keys) - len(dict.fromkeys(done_keys))
+        params = {"job_id": job_id, "stage": stage, "now": self._clock()}
+        batch = self._outcome_batch(keys, failed) if keys else None
+        return await self._connector.run(_record_outcomes(params, batch))
 
     async def record_failure(
         self, job_id: str, stage: str, key: str, error: str, *, attempts: int = 1
@@ -629,7 +663,9 @@ def _tally(job_id: str) -> Plan[dict[str, LedgerTally]]:
     yield from _job_exists(job_id)
     rows = yield Fetch("tally_ledger", {"job_id": job_id})
     return {
-        row["stage"]: LedgerTally(int(row["items"]), int(row["counted"]), int(row["failed"]))
+        row["stage"]: LedgerTally(
+            int(row["items"]), int(row["counted"]), int(row["failed"]), int(row["recorded"])
+        )
         for row in rows
     }
 
@@ -642,12 +678,31 @@ def _missing(params: Mapping[str, Any]) -> Plan[list[LedgerItem]]:
     return [LedgerItem(row["item_key"], row["payload"]) for row in rows]
 
 
+def _settled(params: Mapping[str, Any]) -> Plan[list[str]]:
+    yield from _job_exists(params["job_id"])
+    if not (yield Fetch("stage_exists", params)):
+        raise StageNotFound(params["job_id"], params["stage"])
+    rows = yield Fetch("settled_items", params)
+    return [row["item_key"] for row in rows]
+
+
 def _ledger_items(params: Mapping[str, Any]) -> Plan[list[LedgerItem]]:
     yield from _job_exists(params["job_id"])
     if not params["keys"]:
         return []
     rows = yield Fetch("ledger_items", params)
     return [LedgerItem(row["item_key"], row["payload"]) for row in rows]
+
+
+def _record_outcomes(params: Mapping[str, Any], batch: Mapping[str, Any] | None) -> Plan[int]:
+    recorded = 0
+    if batch is not None:
+        recorded = int((yield Execute("record_outcomes", {**params, **batch})))
+    if batch is None or recorded < len(batch["keys"]):  # an unknown job or stage, say so
+        yield from _job_exists(params["job_id"])
+        if not (yield Fetch("stage_exists", params)):
+            raise StageNotFound(params["job_id"], params["stage"])
+    return recorded
 
 
 def _record_failure(params: Mapping[str, Any]) -> Plan[None]:

@@ -211,9 +211,13 @@ SELECT name FROM stages WHERE job_id = %(job_id)s AND name = %(stage)s;
 
 -- name: tally_ledger
 -- Per stage: items in the ledger, of which counted (their key in
--- item_keys), of which failed (a failure recorded).
-SELECT l.stage, count(*) AS items, count(k.item_key) AS counted,
-       count(f.item_key) FILTER (WHERE k.item_key IS NOT NULL) AS failed
+-- item_keys, or their outcome recorded), of which failed (counted with a
+-- failure recorded, or recorded as failed).
+SELECT l.stage, count(*) AS items,
+       count(*) FILTER (WHERE k.item_key IS NOT NULL OR l.outcome IS NOT NULL) AS counted,
+       count(*) FILTER (WHERE (k.item_key IS NOT NULL AND f.item_key IS NOT NULL)
+                           OR (k.item_key IS NULL AND l.outcome = 'failed')) AS failed,
+       count(*) FILTER (WHERE k.item_key IS NULL AND l.outcome IS NOT NULL) AS recorded
 FROM job_items AS l
 LEFT JOIN item_keys AS k
     ON k.job_id = l.job_id AND k.stage = l.stage COLLATE "default"
@@ -224,13 +228,26 @@ WHERE l.job_id = %(job_id)s
 GROUP BY l.stage;
 
 -- name: missing_items
--- A page of the stage's ledger items not counted, in key order (code
+-- A page of the stage's ledger items neither counted nor with an outcome, in key order (code
 -- point), a range of the ledger's primary key.
 SELECT l.item_key, l.payload FROM job_items AS l
 WHERE l.job_id = %(job_id)s AND l.stage = %(stage)s AND l.item_key > %(after)s
+  AND l.outcome IS NULL
   AND NOT EXISTS (SELECT 1 FROM item_keys AS k
                   WHERE k.job_id = l.job_id AND k.stage = l.stage COLLATE "default"
                     AND k.item_key = l.item_key COLLATE "default")
+ORDER BY l.item_key
+LIMIT %(limit)s;
+
+-- name: settled_items
+-- A page of the stage's ledger keys counted or with an outcome, in key
+-- order (code point), a range of the ledger's primary key.
+SELECT l.item_key FROM job_items AS l
+WHERE l.job_id = %(job_id)s AND l.stage = %(stage)s AND l.item_key > %(after)s
+  AND (l.outcome IS NOT NULL
+       OR EXISTS (SELECT 1 FROM item_keys AS k
+                  WHERE k.job_id = l.job_id AND k.stage = l.stage COLLATE "default"
+                    AND k.item_key = l.item_key COLLATE "default"))
 ORDER BY l.item_key
 LIMIT %(limit)s;
 
@@ -238,6 +255,13 @@ LIMIT %(limit)s;
 SELECT item_key, payload FROM job_items
 WHERE job_id = %(job_id)s AND stage = %(stage)s AND item_key = ANY(%(keys)s::text[])
 ORDER BY item_key;
+
+-- name: record_outcomes
+-- The arrays go in binary: every key and its outcome ('done' or 'failed');
+-- keys not in the stage's ledger are left out of the rows changed.
+UPDATE job_items AS l SET outcome = t.o, outcome_at = %(now)s
+FROM unnest(%(keys)b::text[], %(outcomes)b::text[]) AS t (k, o)
+WHERE l.job_id = %(job_id)s AND l.stage = %(stage)s AND l.item_key = t.k COLLATE "C";
 
 -- name: record_failure
 -- Nothing is written (no row returned) when the job or the stage is unknown.

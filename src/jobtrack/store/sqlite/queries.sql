@@ -203,9 +203,13 @@ SELECT name FROM stages WHERE job_id = :job_id AND name = :stage;
 
 -- name: tally_ledger
 -- Per stage: items in the ledger, of which counted (their key in
--- item_keys), of which failed (a failure recorded).
-SELECT l.stage, count(*) AS items, count(k.item_key) AS counted,
-       count(f.item_key) FILTER (WHERE k.item_key IS NOT NULL) AS failed
+-- item_keys, or their outcome recorded), of which failed (counted with a
+-- failure recorded, or recorded as failed).
+SELECT l.stage, count(*) AS items,
+       count(*) FILTER (WHERE k.item_key IS NOT NULL OR l.outcome IS NOT NULL) AS counted,
+       count(*) FILTER (WHERE (k.item_key IS NOT NULL AND f.item_key IS NOT NULL)
+                           OR (k.item_key IS NULL AND l.outcome = 'failed')) AS failed,
+       count(*) FILTER (WHERE k.item_key IS NULL AND l.outcome IS NOT NULL) AS recorded
 FROM job_items AS l
 LEFT JOIN item_keys AS k
     ON k.job_id = l.job_id AND k.stage = l.stage AND k.item_key = l.item_key
@@ -215,12 +219,23 @@ WHERE l.job_id = :job_id
 GROUP BY l.stage;
 
 -- name: missing_items
--- A page of the stage's ledger items not counted, in key order (BINARY:
+-- A page of the stage's ledger items neither counted nor with an outcome, in key order (BINARY:
 -- code point order of UTF-8), on the ledger's primary key.
 SELECT l.item_key, l.payload FROM job_items AS l
 WHERE l.job_id = :job_id AND l.stage = :stage AND l.item_key > :after
+  AND l.outcome IS NULL
   AND NOT EXISTS (SELECT 1 FROM item_keys AS k
                   WHERE k.job_id = l.job_id AND k.stage = l.stage AND k.item_key = l.item_key)
+ORDER BY l.item_key
+LIMIT :limit;
+
+-- name: settled_items
+-- A page of the stage's ledger keys counted or with an outcome, in key order.
+SELECT l.item_key FROM job_items AS l
+WHERE l.job_id = :job_id AND l.stage = :stage AND l.item_key > :after
+  AND (l.outcome IS NOT NULL
+       OR EXISTS (SELECT 1 FROM item_keys AS k
+                  WHERE k.job_id = l.job_id AND k.stage = l.stage AND k.item_key = l.item_key))
 ORDER BY l.item_key
 LIMIT :limit;
 
@@ -230,6 +245,16 @@ SELECT item_key, payload FROM job_items
 WHERE job_id = :job_id AND stage = :stage
   AND item_key IN (SELECT value FROM json_each(:keys))
 ORDER BY item_key;
+
+-- name: record_outcomes
+-- :keys and :failed are JSON arrays (every key, and the failed among them);
+-- keys not in the stage's ledger are left out of the changes count.
+UPDATE job_items
+SET outcome = CASE WHEN item_key IN (SELECT value FROM json_each(:failed))
+                   THEN 'failed' ELSE 'done' END,
+    outcome_at = :now
+WHERE job_id = :job_id AND stage = :stage
+  AND item_key IN (SELECT value FROM json_each(:keys));
 
 -- name: record_failure
 -- Nothing is written (no row returned) when the job or the stage is unknown.
