@@ -17,7 +17,7 @@ import pytest
 from jobtrack.broker import InMemoryBroker
 from jobtrack.errors import InvalidRequest
 from jobtrack.jobs import Item, JobType, Retry
-from jobtrack.jobs.consumer import ItemConsumer
+from jobtrack.jobs.consumer import CRASH_ALLOWANCE, ItemConsumer
 from jobtrack.jobs.executors import HandlerRunner
 from jobtrack.jobs.gate import JobGate
 from jobtrack.jobs.messages import ItemMessage, decode_item, encode_item
@@ -449,3 +449,49 @@ def test_the_worker_names_its_stages_by_type_and_stage() -> None:
     assert Worker(settings).queues == ["jobtrack.thumbnail", "jobtrack.cache"]
     builtin = App(settings, job_types=[JobType("collection-scan", ["scan", "thumbnail", "cache"])])
     assert Worker(app=builtin, stages=["cache"]).queues == ["jobtrack.cache"]
+
+
+@dataclass
+class HandedBack:
+    """A delivery the broker has handed out ``delivery_count`` times."""
+
+    body: bytes
+    delivery_count: int
+    settled: list[str] = field(default_factory=list)
+
+    async def ack(self) -> None:
+        self.settled.append("ack")
+
+    async def nack(self, *, requeue: bool, reason: str = "") -> None:
+        self.settled.append(f"nack requeue={requeue} {reason}")
+
+    async def retry(self, body: bytes) -> None:
+        self.settled.append(f"retry {decode_item(body).attempt}")
+
+
+async def test_messages_handed_back_by_stopping_workers_keep_their_attempts(rig: Rig) -> None:
+    rig.job_type = JobType("t", ["a"], retry_on=(TimeoutError,), max_attempts=3, backoff=0.0)
+    tries: list[int] = []
+
+    @rig.job_type.handler("a")
+    def work(item: Item) -> None:
+        tries.append(item.attempt)
+        raise TimeoutError("flaky")
+
+    await rig.start()
+    job = await rig.store.create_job("t", ["a"])
+    await rig.store.add_items(job.id, "a", [LedgerItem("x"), LedgerItem("y")], seal=True)
+    consumer = rig.consumers["a"]
+    # Handed back by 4 stopping workers before its first real try: still try 1 of 3.
+    restarted = HandedBack(encode_item(rig.message(job.id, "a", "x")), delivery_count=5)
+    await consumer.handle(restarted)
+    assert (tries, restarted.settled) == ([1], ["retry 2"])
+    # Delivered past the allowance without a retry ever republishing it: workers died
+    # on it every time, so this try is its last, and the item fails.
+    looping = HandedBack(
+        encode_item(rig.message(job.id, "a", "y")), delivery_count=2 + CRASH_ALLOWANCE
+    )
+    await consumer.handle(looping)
+    assert (tries, looping.settled) == ([1, 3], ["ack"])
+    [failure] = await rig.store.list_failures(job.id)
+    assert (failure.key, failure.attempts) == ("y", 3)

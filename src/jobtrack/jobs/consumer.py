@@ -35,7 +35,7 @@ from jobtrack.store import JobStore
 from jobtrack.store.ledger import MAX_LEDGER_BATCH, LedgerItem, check_items
 from jobtrack.tracking import ProgressTracker
 
-__all__ = ["ADD_BATCH", "ItemConsumer", "OutcomeWriter"]
+__all__ = ["ADD_BATCH", "CRASH_ALLOWANCE", "ItemConsumer", "OutcomeWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class ItemConsumer:
             )
             await delivery.ack()
             return
-        attempt = _attempts(delivery, message)
+        attempt = _attempts(delivery, message, self.job_type.max_attempts)
         item = Item(
             message.key, message.payload, job, self.stage, attempt, feeds=self.handler.feeds
         )
@@ -315,7 +315,7 @@ class ItemConsumer:
         """An error that is not the item's (a publish that failed, a store
         error other than an outage): put the message back after a backoff,
         until ``max_attempts``, then dead-letter it."""
-        attempt = _attempts(delivery, message)
+        attempt = _attempts(delivery, message, self.job_type.max_attempts)
         again = attempt < self.job_type.max_attempts
         logger.warning(
             "item %s of job %s not done (%s); %s",
@@ -355,8 +355,18 @@ class ItemConsumer:
                 delay = min(delay * 2, 10.0)
 
 
-def _attempts(delivery: Delivery, message: ItemMessage) -> int:
-    """How many times this item has been tried, this time included: the
-    message's own count (retries republish it) or the broker's, whichever
-    is higher (a worker that died mid-item leaves only the broker's)."""
-    return max(delivery.delivery_count, message.attempt)
+#: Deliveries of one message past its own attempt count after which it is
+#: taken for a crash loop (a worker dying on the item every time).
+CRASH_ALLOWANCE = 10
+
+
+def _attempts(delivery: Delivery, message: ItemMessage, max_attempts: int) -> int:
+    """Which try of the item this is: the message's own count (a retry
+    republishes it with the count raised). The broker's count also grows
+    each time a stopping worker hands back a message it had not started,
+    so it counts only past :data:`CRASH_ALLOWANCE` more deliveries than
+    attempts: then workers died on the item that often, and this try is
+    its last."""
+    if delivery.delivery_count > message.attempt + CRASH_ALLOWANCE:
+        return max(message.attempt, max_attempts)
+    return message.attempt
