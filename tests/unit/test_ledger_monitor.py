@@ -51,9 +51,11 @@ class PurgeCounting(InMemoryJobStore):
     def __init__(self, clock: FrozenClock) -> None:
         super().__init__(clock=clock)
         self.purges: list[datetime] = []
+        self.limits: list[int] = []
 
     async def purge_ledger(self, *, ended_before: datetime, limit: int = 10_000) -> int:
         self.purges.append(ended_before)
+        self.limits.append(limit)
         return await super().purge_ledger(ended_before=ended_before, limit=limit)
 
 
@@ -233,6 +235,14 @@ async def test_a_job_whose_producer_stopped_before_sealing_fails(world: World) -
     failed = await world.store.get_job(job.id)
     assert failed.status is JobStatus.FAILED
     assert failed.message == "stopped before its end: the totals of fetch, notify never sealed"
+    assert report.items_failed == 1
+    [kept] = await world.store.list_failures(job.id)
+    assert (kept.stage, kept.key, kept.error, kept.payload) == (
+        "fetch",
+        "a",
+        "not done: its job stopped before its end",
+        {"up": "A"},
+    )
 
 
 async def test_a_sealing_that_completes_the_job_ends_the_handling(world: World) -> None:
@@ -311,6 +321,17 @@ async def test_old_ledgers_are_purged_on_the_first_cycle_then_at_most_hourly(
     assert await world.store.ledger_items(kept.id, "notify", ["y"]) == [
         LedgerItem("y", {"up": "Y"})
     ]
+
+
+async def test_a_backlog_of_ended_jobs_is_purged_batch_after_batch(world: World) -> None:
+    monitor = world.monitor(ledger_retention=timedelta(days=1))
+    for n in range(2_500):
+        old = await world.store.create_job(world.type.name, world.type.stages)
+        await world.store.add_items(old.id, "notify", [LedgerItem(f"k{n}")])
+        await world.store.end_job(old.id, JobStatus.CANCELLED)
+    world.clock.advance(2 * 86_400)
+    assert (await monitor.cycle()).purged == 2_500
+    assert [limit for limit in world.store.limits] == [1_000, 1_000, 1_000]
 
 
 async def test_a_failed_purge_stops_nothing_and_is_tried_again(world: World) -> None:

@@ -66,6 +66,10 @@ from jobtrack.store.base import STUCK_QUERY_LIMIT, JobStore
 
 __all__ = ["CycleReport", "Monitor", "describe_changes"]
 
+#: Ended jobs whose ledgers one purge call deletes, and calls a cycle makes at most.
+_PURGE_BATCH = 1_000
+_PURGE_ROUNDS = 50
+
 logger = logging.getLogger(__name__)
 
 
@@ -227,7 +231,13 @@ class Monitor:
         if self._purged_at is not None and now - self._purged_at < due:
             return
         try:
-            report.purged = await self._store.purge_ledger(ended_before=now - self.ledger_retention)
+            for _ in range(_PURGE_ROUNDS):  # a backlog of ended jobs is worked off, in bounds
+                purged = await self._store.purge_ledger(
+                    ended_before=now - self.ledger_retention, limit=_PURGE_BATCH
+                )
+                report.purged += purged
+                if purged < _PURGE_BATCH:
+                    break
         except JobtrackError as exc:
             logger.warning("ledger purge failed: %s", exc, extra={"action": "purge_failed"})
             return
@@ -287,11 +297,16 @@ class Monitor:
             if not stage.total_final and name not in truth.waiting_to_seal
         ]
         if unsealed:
-            await self._fail(
+            failed = await self._fail(
                 job,
                 f"stopped before its end: the totals of {', '.join(unsealed)} never sealed",
                 report,
             )
+            missing = {stage: keys for stage, keys in truth.missing.items() if keys}
+            if failed and hooks is not None and missing:
+                # What the ledger holds of it is kept as failed, so a retry does it.
+                await hooks.give_up(job, missing, "not done: its job stopped before its end")
+                report.items_failed += sum(len(keys) for keys in missing.values())
             return
         missing = {stage: keys for stage, keys in truth.missing.items() if keys}
         if missing:
