@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -29,6 +29,9 @@ from jobtrack.jobs.types import Item, JobType
 from jobtrack.store import JobStore
 from jobtrack.store.ledger import LedgerItem, check_items
 from jobtrack.tracking import ProgressTracker
+
+if TYPE_CHECKING:
+    from jobtrack.runtime.app import App
 
 __all__ = ["ADD_BATCH", "ItemConsumer"]
 
@@ -62,6 +65,7 @@ class ItemConsumer:
     item's count is durable (``durable_within`` seconds at most; None: as
     long as it takes). After the count, when the stage feeds others, the
     ``sealer`` checks whether the job's discovered stages are ready to seal.
+    Handlers on the loop or in threads get ``app`` as :attr:`Item.app`.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class ItemConsumer:
         sealer: Sealer | None = None,
         durable_within: float | None = None,
         retry_delay: float = 0.2,
+        app: App | None = None,
     ) -> None:
         handler = job_type.handlers.get(stage)
         if handler is None:
@@ -93,6 +98,7 @@ class ItemConsumer:
         self._sealer = sealer if handler.feeds else None
         self._durable_within = durable_within
         self._retry_delay = retry_delay
+        self._app = app
 
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivery and settle it; never raises."""
@@ -128,7 +134,13 @@ class ItemConsumer:
             return
         attempt = _attempts(delivery, message)
         item = Item(
-            message.key, message.payload, job, self.stage, attempt, feeds=self.handler.feeds
+            message.key,
+            message.payload,
+            job,
+            self.stage,
+            attempt,
+            feeds=self.handler.feeds,
+            app=None if self.handler.executor == "process" else self._app,
         )
         outcome = await self._runner.run(self.job_type, self.handler, item)
         if outcome.error is None:

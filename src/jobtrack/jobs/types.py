@@ -100,7 +100,10 @@ class Retry(Exception):
 class Item:
     """One item, as a handler receives it: its ``key`` and JSON ``payload``,
     the ``job`` it belongs to (as read shortly before), its ``stage``, and
-    which ``attempt`` this is (1 the first time).
+    which ``attempt`` this is (1 the first time), and the ``app`` whose
+    worker runs it (its settings, store and catalog, for a handler whose
+    work needs them; None in a worker process, where the handler gets a
+    copy of the item and the app's parts do not follow).
 
     :meth:`add` records discovered work for a later stage; what is added is
     written to the job's ledger, and published, before this item counts.
@@ -113,6 +116,7 @@ class Item:
     attempt: int = 1
     added: list[tuple[str, LedgerItem]] = field(default_factory=list)
     feeds: frozenset[str] = frozenset()
+    app: App | None = field(default=None, repr=False, compare=False)
 
     def add(self, stage: str, key: str, payload: Any = None) -> None:
         """Add an item to ``stage``, a later stage this handler feeds.

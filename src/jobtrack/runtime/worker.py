@@ -186,6 +186,7 @@ class Worker:
                 gate=gate,
                 sealer=sealer,
                 durable_within=None,
+                app=app,
             )
             subscriptions.append(
                 await broker.consume(
