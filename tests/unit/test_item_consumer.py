@@ -24,6 +24,7 @@ from jobtrack.jobs.messages import ItemMessage, decode_item, encode_item
 from jobtrack.jobs.sealer import Sealer
 from jobtrack.model import Job, JobStatus
 from jobtrack.runtime import App, Settings
+from jobtrack.runtime.builtin import collection_scan_type
 from jobtrack.runtime.worker import Worker
 from jobtrack.store import InMemoryJobStore
 from jobtrack.store.base import StageProgress
@@ -478,5 +479,8 @@ def test_the_worker_names_its_stages_by_type_and_stage() -> None:
     with pytest.raises(InvalidRequest, match="unknown stage 'thumbnail'"):
         Worker(app=app, stages=["thumbnail"])
     assert Worker(settings).queues == ["jobtrack.thumbnail", "jobtrack.cache"]
-    builtin = App(settings, job_types=[JobType("collection-scan", ["scan", "thumbnail", "cache"])])
+    bare = App(settings, job_types=[JobType("collection-scan", ["scan", "thumbnail", "cache"])])
+    with pytest.raises(InvalidRequest, match="nothing to work on"):
+        Worker(app=bare)  # no special case: a type without handlers has nothing to consume
+    builtin = App(settings, job_types=[collection_scan_type()])
     assert Worker(app=builtin, stages=["cache"]).queues == ["jobtrack.cache"]

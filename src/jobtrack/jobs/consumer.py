@@ -132,6 +132,15 @@ class ItemConsumer:
             )
             await delivery.ack()
             return
+        if delivery.delivery_count > 1:  # its worker died, or its channel closed, before the ack
+            logger.info(
+                "%s of item %s of job %s delivered again (delivery %d)",
+                self.stage,
+                message.key,
+                message.job_id,
+                delivery.delivery_count,
+                extra={"action": "redelivered", "job_id": message.job_id},
+            )
         attempt = _attempts(delivery, message)
         item = Item(
             message.key,
