@@ -37,7 +37,7 @@ import aio_pika
 from bench.progress import backend
 from bench.report import RESULTS, summary, table, write
 from jobtrack.broker.rabbitmq import RabbitMQBroker
-from jobtrack.pipeline.messages import StageMessage, decode_message, encode_message
+from jobtrack.jobs.messages import ItemMessage, decode_item, encode_item
 from jobtrack.store import open_store
 from jobtrack.tracking import ProgressTracker
 
@@ -59,9 +59,7 @@ class Setup:
 
 def _bodies(setup: Setup) -> list[bytes]:
     return [
-        encode_message(
-            StageMessage(job_id=setup.job_id, collection_id="bench", image_id=f"i{n}", stage=STAGE)
-        )
+        encode_item(ItemMessage(setup.job_id, "collection-scan", STAGE, f"i{n}"))
         for n in range(setup.items)
     ]
 
@@ -134,8 +132,8 @@ async def _consume_tracked(setup: Setup, acked: Synchronized[int], signals: Sign
     tracker = ProgressTracker(store)
 
     async def handle(delivery: Any) -> None:
-        message = decode_message(delivery.body)
-        await tracker.add(message.job_id, message.stage, item_key=message.item_key)
+        message = decode_item(delivery.body)
+        await tracker.add(message.job_id, message.stage, item_key=message.key)
         await delivery.ack()
         acked.value += 1
 

@@ -25,9 +25,9 @@ import pytest
 
 from jobtrack.broker import dead_letter_queue
 from jobtrack.broker.rabbitmq import REASON_HEADER, RabbitMQBroker
+from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.model import Job, JobStatus, StageCounts
 from jobtrack.pipeline.catalog import ArtifactStatus, catalog_for
-from jobtrack.pipeline.messages import StageMessage, encode_message
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
 from jobtrack.pipeline.sample import generate_sample
 from jobtrack.pipeline.stages import queue_for
@@ -270,15 +270,10 @@ async def test_a_message_published_twice_counts_once(
     try:  # a publisher that resends: each is a new message, not a redelivery
         for name in RENDITIONS:
             again = [
-                StageMessage(
-                    job_id=job_id,
-                    collection_id=state.image.collection_id,
-                    image_id=state.image.id,
-                    stage=name,
-                )
+                ItemMessage(job_id, "collection-scan", name, state.image.id)
                 for state in states[:50]
             ]
-            await broker.publish_many(queue_for(name), map(encode_message, again))
+            await broker.publish_many(queue_for(name), map(encode_item, again))
         assert await broker.in_flight(queue_for("thumbnail")) == IMAGES + 50
         cluster.start_worker("--concurrency", "2")
         job = await wait_for(store, job_id)
@@ -310,10 +305,10 @@ async def test_a_malformed_message_is_dead_lettered_and_the_worker_goes_on(
     finally:
         await broker.aclose()
     assert [(body, reason.split(":")[0]) for body, reason in dead["thumbnail"]] == [
-        (b'{"v": 1, "job_id": 7}', "malformed stage message")
+        (b'{"v": 1, "job_id": 7}', "malformed item message")
     ]
     assert [(body, reason.split(":")[0]) for body, reason in dead["cache"]] == [
-        (b"\xff not json", "malformed stage message")
+        (b"\xff not json", "malformed item message")
     ]
 
 

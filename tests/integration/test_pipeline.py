@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from jobtrack.broker import InMemoryBroker
 from jobtrack.errors import InvalidRequest
 from jobtrack.model import Job, JobStatus, StageStatus
 from jobtrack.pipeline.catalog import ArtifactStatus
 from jobtrack.pipeline.sample import SampleManifest, generate_sample
 from jobtrack.pipeline.stages import CACHE, SCAN, THUMBNAIL
 from jobtrack.runtime import EmbeddedRuntime, Settings
+from jobtrack.runtime.builtin import rendition_work
 from tests.postgres import database_url, require_server, scratch_database
 
 GOOD, BROKEN = 14, 2
@@ -243,7 +245,7 @@ async def test_a_data_folder_inside_the_collection_is_not_scanned(tmp_path: Path
     assert_exact(again.job, total=4, failed=0)
 
 
-async def test_an_unwritable_output_fails_the_job_not_the_images(
+async def test_an_unwritable_output_is_retried_then_fails_the_items_with_its_error(
     sample: SampleManifest, tmp_path: Path
 ) -> None:
     (tmp_path / "renditions").write_text("a file where the folder should be")
@@ -253,10 +255,20 @@ async def test_an_unwritable_output_fails_the_job_not_the_images(
             outcome.job.attributes["collection"]["id"], outcome.job.id
         )
         assert outcome.job.status is JobStatus.FAILED
-        assert outcome.job.message.startswith("items missing after reconciliation")
-        # Only the broken files are blamed; the good images are still to do.
-        failed = [s for s in states if s.artifacts.get(THUMBNAIL)]
-        assert len(failed) == BROKEN
+        for name in (THUMBNAIL, CACHE):
+            stage = outcome.job.stage(name)
+            assert (stage.completed_items, stage.failed_items, stage.total_items) == (
+                0,
+                GOOD + BROKEN,
+                GOOD + BROKEN,
+            )
+        # The broken files fail on their own error at once; the good images
+        # fail on the folder's error, recorded after their last attempt.
+        errors = [s.artifacts[THUMBNAIL].error or "" for s in states]
+        assert len(errors) == GOOD + BROKEN
+        assert sum("Not a directory" in error for error in errors) == GOOD
+        assert isinstance(runtime.broker, InMemoryBroker)
+        assert runtime.broker.dead_letters == {}
         (tmp_path / "renditions").unlink()
         again = await runtime.scan(sample.root)
     assert_exact(again.job, total=GOOD + BROKEN, failed=BROKEN)
@@ -268,7 +280,8 @@ async def test_a_killed_image_worker_loses_nothing(sample: SampleManifest, tmp_p
     def kill_a_worker(job: Job) -> None:
         if killed or job.stage(THUMBNAIL).done_items == 0:
             return
-        processes = runtime.pool._executor._processes  # type: ignore[attr-defined]
+        pool = rendition_work(runtime.app).pool
+        processes = pool._executor._processes  # type: ignore[attr-defined]
         pid = next(iter(processes))
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)

@@ -20,9 +20,9 @@ import pytest
 
 from jobtrack.broker import dead_letter_queue
 from jobtrack.broker.rabbitmq import REASON_HEADER, RabbitMQBroker
+from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.model import JobStatus
 from jobtrack.pipeline.catalog import catalog_for
-from jobtrack.pipeline.messages import StageMessage, encode_message
 from jobtrack.pipeline.stages import queue_for
 from jobtrack.store import open_store
 from tests.postgres import database_url, scratch_database
@@ -100,22 +100,12 @@ async def test_a_worker_dead_letters_an_item_the_store_refuses(tmp_path: Path) -
             [state, *_] = await catalog_for(store).images_of_job(
                 job.attributes["collection"]["id"], job_id
             )
-            # Decodes and renders fine; only the store can tell the job is gone.
-            orphan = StageMessage(
-                job_id="gone",
-                collection_id=state.image.collection_id,
-                image_id=state.image.id,
-                stage="thumbnail",
-            )
-            await broker.publish(queue_for("thumbnail"), encode_message(orphan))
+            # Decodes fine; only the store can tell the job is gone.
+            orphan = ItemMessage("gone", "collection-scan", "thumbnail", state.image.id)
+            await broker.publish(queue_for("thumbnail"), encode_item(orphan))
             # A job id no store can hold, among the job's own cache items.
-            poison = StageMessage(
-                job_id="poison\x00job",
-                collection_id=state.image.collection_id,
-                image_id=state.image.id,
-                stage="cache",
-            )
-            await broker.publish(queue_for("cache"), encode_message(poison))
+            poison = ItemMessage("poison\x00job", "collection-scan", "cache", state.image.id)
+            await broker.publish(queue_for("cache"), encode_item(poison))
             worker = start_worker(env, log)
             deadline = time.monotonic() + 120
             while not (job := await store.get_job(job_id)).status.terminal or (
@@ -134,19 +124,17 @@ async def test_a_worker_dead_letters_an_item_the_store_refuses(tmp_path: Path) -
             while not dead:
                 assert time.monotonic() < deadline, log.read_text()
                 dead = await dead_letters(env["JOBTRACK_BROKER_URL"], queue_for("thumbnail"))
-            assert dead == [
-                (encode_message(orphan), "progress refused by the store: job 'gone' not found")
-            ]
+            assert dead == [(encode_item(orphan), "job 'gone' not found")]
             # Refused by the message's decoder or by the tracker: dead either way.
             dead = []
             while not dead:
                 assert time.monotonic() < deadline, log.read_text()
                 dead = await dead_letters(env["JOBTRACK_BROKER_URL"], queue_for("cache"))
             [(body, reason)] = dead
-            assert body == encode_message(poison)
+            assert body == encode_item(poison)
             assert reason
             assert worker.poll() is None
-            assert "progress refused by the store: job 'gone' not found" in log.read_text()
+            assert "job 'gone' not found" in log.read_text()
         finally:
             if worker is not None and worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)

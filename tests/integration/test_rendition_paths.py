@@ -10,8 +10,8 @@ from typing import cast
 
 from PIL import Image
 
+from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.pipeline.catalog import ArtifactStatus, SqliteCatalog
-from jobtrack.pipeline.messages import StageMessage, encode_message
 from jobtrack.pipeline.stages import CACHE, STAGES, THUMBNAIL, queue_for
 from jobtrack.runtime import EmbeddedRuntime, Settings
 
@@ -56,8 +56,8 @@ async def test_an_image_id_that_climbs_out_is_a_failed_item_and_nothing_is_writt
                 " VALUES (?, ?, 'copy.jpg', 1, 1, ?)",
                 (CLIMBER, collection_id, job.id),
             )
-        message = StageMessage(job.id, collection_id, CLIMBER, THUMBNAIL)
-        await runtime.broker.publish(queue_for(THUMBNAIL), encode_message(message))
+        message = ItemMessage(job.id, "collection-scan", THUMBNAIL, CLIMBER)
+        await runtime.broker.publish(queue_for(THUMBNAIL), encode_item(message))
         await runtime.wait_settled()
         [state] = await catalog.images_of_job(collection_id, job.id)
         after = await runtime.store.get_job(job.id)

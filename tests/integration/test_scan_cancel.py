@@ -16,6 +16,7 @@ from jobtrack.pipeline.catalog import InMemoryCatalog
 from jobtrack.pipeline.scanner import Scanner
 from jobtrack.pipeline.stages import SCAN, THUMBNAIL
 from jobtrack.runtime import cancel_job
+from jobtrack.runtime.builtin import collection_scan_type
 from jobtrack.store import InMemoryJobStore
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,9 @@ async def _total(store: InMemoryJobStore, job_id: str) -> int:
 
 async def test_a_cancel_stops_the_walk_within_a_second(big_folder: Path) -> None:
     store, catalog = InMemoryJobStore(), InMemoryCatalog()
-    scanner = Scanner(store=store, catalog=catalog, broker=InMemoryBroker())
+    scanner = Scanner(
+        store=store, catalog=catalog, broker=InMemoryBroker(), job_type=collection_scan_type()
+    )
     start = await scanner.start(big_folder)
     walk = asyncio.create_task(scanner.run(start.job, start.collection))
     while await _total(store, start.job.id) < 2_000:
@@ -70,7 +73,12 @@ async def test_a_cancel_stops_the_walk_within_a_second(big_folder: Path) -> None
 
 async def test_a_walk_that_is_not_cancelled_walks_everything(big_folder: Path) -> None:
     store = InMemoryJobStore()
-    scanner = Scanner(store=store, catalog=InMemoryCatalog(), broker=InMemoryBroker())
+    scanner = Scanner(
+        store=store,
+        catalog=InMemoryCatalog(),
+        broker=InMemoryBroker(),
+        job_type=collection_scan_type(),
+    )
     start = await scanner.start(big_folder)
     report = await scanner.run(start.job, start.collection)
     assert (report.images, report.ended) == (FILES, None)

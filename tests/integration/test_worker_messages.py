@@ -26,9 +26,9 @@ from PIL import Image
 
 from jobtrack.broker import dead_letter_queue
 from jobtrack.broker.rabbitmq import REASON_HEADER, RabbitMQBroker
+from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import catalog_for
-from jobtrack.pipeline.messages import StageMessage, encode_message
 from jobtrack.pipeline.stages import THUMBNAIL, queue_for
 from jobtrack.store import JobStore, open_store
 from tests.postgres import database_url, scratch_database
@@ -183,16 +183,11 @@ async def test_poison_messages_are_dead_lettered_with_their_reason_and_logged_br
 ) -> None:
     log_before = worker.log.stat().st_size
     job = enqueue(worker, collection(tmp_path / "photos"))
-    real = StageMessage(
-        job_id=job["id"],
-        collection_id="c" * 32,
-        image_id="0" * 24,
-        stage=THUMBNAIL,
-    )
+    real = ItemMessage(job["id"], "collection-scan", THUMBNAIL, "0" * 24)
     poison = [
-        encode_message(real).replace(job["id"].encode(), job["id"].encode() + b"\\u0000"),
-        encode_message(real).replace(b'"' + b"0" * 24, b'"' + b"\xed\xa0\x80"),
-        encode_message(real).replace(b"0" * 24, b"0" * 300),
+        encode_item(real).replace(job["id"].encode(), job["id"].encode() + b"\\u0000"),
+        encode_item(real).replace(b'"' + b"0" * 24, b'"' + b"\xed\xa0\x80"),
+        encode_item(real).replace(job["id"].encode(), b"j" * 300),
         b'{"job_id": "' + b"x" * 10_000_000 + b'\xff"}',  # 10 MB, not UTF-8
     ]
     await broker.publish_many(queue_for(THUMBNAIL), poison)
@@ -206,10 +201,10 @@ async def test_poison_messages_are_dead_lettered_with_their_reason_and_logged_br
     dead = await take_dead_letters(worker.env["JOBTRACK_BROKER_URL"], THUMBNAIL)
     assert [body for body, _ in dead] == poison
     reasons = [reason for _, reason in dead]
-    assert reasons[0] == "stage message with a NUL byte in job_id"
-    assert reasons[1].startswith("malformed stage message: 'utf-8' codec can't decode byte 0xed")
-    assert reasons[2] == "stage message whose image_id has 300 characters (at most 200)"
-    assert reasons[3].startswith("malformed stage message: 'utf-8' codec can't decode byte 0xff")
+    assert reasons[0] == "item message: job_id must not contain NUL characters"
+    assert reasons[1].startswith("malformed item message: 'utf-8' codec can't decode byte 0xed")
+    assert reasons[2] == "item message whose job_id has 300 characters (1 to 200)"
+    assert reasons[3].startswith("malformed item message: 'utf-8' codec can't decode byte 0xff")
     assert worker.process is not None
     assert worker.process.poll() is None  # the worker goes on
     logged = worker.log.stat().st_size - log_before
@@ -229,7 +224,7 @@ async def test_items_of_a_job_that_has_ended_are_acked_without_work(
     await asyncio.sleep(1.5)  # past the gate's ttl: a worker sees an end within 1 s
     log_before = worker.log.stat().st_size
     again = [
-        encode_message(StageMessage(job.id, collection_id, state.image.id, THUMBNAIL))
+        encode_item(ItemMessage(job.id, "collection-scan", THUMBNAIL, state.image.id))
         for state in states
     ]
     await broker.publish_many(queue_for(THUMBNAIL), again)  # as a redelivery would

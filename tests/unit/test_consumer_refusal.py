@@ -6,47 +6,47 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
+
 from jobtrack.errors import StoreError
-from jobtrack.pipeline.messages import StageMessage, encode_message
+from jobtrack.jobs.messages import encode_item
 from jobtrack.pipeline.stages import THUMBNAIL
 from jobtrack.store import ProgressResult, StageProgress
-from tests.unit.test_consumer import QUEUE, drain, setup
+from tests.unit.test_consumer import QUEUE, close, drain, setup
 
 
 async def test_an_item_the_store_refuses_is_dead_lettered_with_the_reason(
     tmp_path: Path,
 ) -> None:
     job_id = "gone"  # no such job: the store refuses the item, and would again
-    broker, store, real_job, message = await setup(tmp_path)
-    refused = StageMessage(
-        job_id=job_id,
-        collection_id=message.collection_id,
-        image_id=message.image_id,
-        stage=THUMBNAIL,
-    )
-    await broker.publish(QUEUE, encode_message(refused))
-    await broker.publish(QUEUE, encode_message(message))
+    rig = await setup(tmp_path)
+    broker, store, real_job, message = rig.broker, rig.store, rig.job_id, rig.message
+    refused = msgspec.structs.replace(message, job_id=job_id)
+    await broker.publish(QUEUE, encode_item(refused))
+    await broker.publish(QUEUE, encode_item(message))
     await drain(broker)
     [dead] = broker.dead_letters[f"{QUEUE}.dead"]
-    assert dead.body == encode_message(refused)
-    assert dead.reason == f"progress refused by the store: job {job_id!r} not found"
+    assert dead.body == encode_item(refused)
+    assert dead.reason == f"job {job_id!r} not found"  # the store's answer, read before any work
     assert (await store.get_job(real_job)).stage(THUMBNAIL).completed_items == 1
-    await broker.aclose()
+    await close(rig)
 
 
 async def test_a_stored_item_is_acked(tmp_path: Path) -> None:
-    broker, store, real_job, message = await setup(tmp_path)
-    await broker.publish(QUEUE, encode_message(message))
+    rig = await setup(tmp_path)
+    broker, store, real_job, message = rig.broker, rig.store, rig.job_id, rig.message
+    await broker.publish(QUEUE, encode_item(message))
     await drain(broker)
     assert not broker.dead_letters.get(f"{QUEUE}.dead")
     assert (await store.get_job(real_job)).stage(THUMBNAIL).completed_items == 1
-    await broker.aclose()
+    await close(rig)
 
 
 async def test_a_store_fault_on_the_progress_write_holds_the_message_not_dead_letters_it(
     tmp_path: Path,
 ) -> None:
-    broker, store, real_job, message = await setup(tmp_path)
+    rig = await setup(tmp_path)
+    broker, store, real_job, message = rig.broker, rig.store, rig.job_id, rig.message
     real = store.add_progress
     calls = 0
 
@@ -58,9 +58,9 @@ async def test_a_store_fault_on_the_progress_write_holds_the_message_not_dead_le
         return await real(batch)
 
     store.add_progress = read_only_at_first  # type: ignore[method-assign]
-    await broker.publish(QUEUE, encode_message(message))
+    await broker.publish(QUEUE, encode_item(message))
     await drain(broker)
     assert broker.dead_letters == {}
     assert calls == 3
     assert (await store.get_job(real_job)).stage(THUMBNAIL).completed_items == 1
-    await broker.aclose()
+    await close(rig)

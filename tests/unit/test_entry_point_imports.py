@@ -1,11 +1,19 @@
 """The entry points know job types only through the App: no module of
 ``jobtrack.cli`` or ``jobtrack.api`` imports ``jobtrack.pipeline`` (the
 built-in collection scan), except where the scan itself is the command; and
-the pipeline uses no private name of another jobtrack package."""
+the pipeline uses no private name of another jobtrack package.
+
+The pipeline is built as a user's app would be: every name it takes from
+jobtrack outside ``jobtrack.pipeline`` is public, that is, listed in
+``jobtrack.__all__`` when imported from ``jobtrack``, or in the ``__all__`` of
+the (non-private) module it is imported from; a module without ``__all__``
+exports nothing. ``import jobtrack.x`` of a whole module counts as public
+when no part of its dotted name is private."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,6 +99,30 @@ def private_imports(source: str, module: str) -> list[str]:
     return found
 
 
+def non_public_imports(source: str, module: str) -> list[str]:
+    """Where ``source`` imports from jobtrack, outside ``jobtrack.pipeline``,
+    a name its module does not list in ``__all__`` (or a private module)."""
+    found = []
+    for _, node in imports(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("jobtrack.") and any(
+                    part.startswith("_") for part in alias.name.split(".")
+                ):
+                    found.append(f"{module}:{node.lineno} imports {alias.name}")
+            continue
+        base = node.module or ""
+        if base != "jobtrack" and not base.startswith("jobtrack."):
+            continue
+        if base == "jobtrack.pipeline" or base.startswith("jobtrack.pipeline."):
+            continue
+        public = getattr(importlib.import_module(base), "__all__", ())
+        for alias in node.names:
+            if alias.name not in public:
+                found.append(f"{module}:{node.lineno} imports {base}.{alias.name}, not in __all__")
+    return found
+
+
 def modules_of(*packages: str) -> list[Path]:
     return sorted(path for package in packages for path in (SOURCE / package).rglob("*.py"))
 
@@ -116,6 +148,33 @@ def test_an_entry_point_does_not_import_the_pipeline(path: Path) -> None:
 def test_the_pipeline_imports_no_private_name(path: Path) -> None:
     module = module_name(path)
     assert private_imports(path.read_text(encoding="utf-8"), module) == []
+
+
+@pytest.mark.parametrize("path", PIPELINE, ids=module_name)
+def test_the_pipeline_imports_only_public_names(path: Path) -> None:
+    module = module_name(path)
+    assert non_public_imports(path.read_text(encoding="utf-8"), module) == []
+
+
+def test_the_public_names_check_finds_what_it_looks_for() -> None:
+    source = """
+from jobtrack import App, Settings
+from jobtrack import retry_job
+from jobtrack.jobs.types import Item, JobType
+from jobtrack.jobs.executors import _judged, describe
+import jobtrack.store._x
+import jobtrack.store
+from jobtrack.pipeline.walk import _inside
+def f():
+    from jobtrack.broker.base import clip, open_broker
+"""
+    assert non_public_imports(source, "jobtrack.pipeline.x") == [
+        "jobtrack.pipeline.x:3 imports jobtrack.retry_job, not in __all__",
+        "jobtrack.pipeline.x:5 imports jobtrack.jobs.executors._judged, not in __all__",
+        "jobtrack.pipeline.x:5 imports jobtrack.jobs.executors.describe, not in __all__",
+        "jobtrack.pipeline.x:6 imports jobtrack.store._x",
+        "jobtrack.pipeline.x:10 imports jobtrack.broker.base.open_broker, not in __all__",
+    ]
 
 
 def test_the_checks_find_what_they_look_for() -> None:

@@ -24,6 +24,7 @@ from jobtrack.jobs.messages import ItemMessage, decode_item, encode_item
 from jobtrack.jobs.sealer import Sealer
 from jobtrack.model import Job, JobStatus
 from jobtrack.runtime import App, Settings
+from jobtrack.runtime.builtin import collection_scan_type
 from jobtrack.runtime.worker import Worker
 from jobtrack.store import InMemoryJobStore
 from jobtrack.store.base import StageProgress
@@ -268,6 +269,37 @@ async def test_async_thread_and_process_handlers_each_run_where_they_should(rig:
     assert (await rig.store.get_job(job_id)).status.terminal
 
 
+async def test_handlers_on_the_loop_and_in_threads_reach_the_consumers_app(
+    rig: Rig, tmp_path: Path
+) -> None:
+    app = App(Settings(store_url="memory://", broker_url="memory://", data_dir=tmp_path))
+    seen: dict[str, list[object]] = {"a": [], "b": []}
+
+    @rig.job_type.handler("a")
+    async def on_loop(item: Item) -> None:
+        seen["a"].append(item.app)
+
+    @rig.job_type.handler("b")
+    def in_thread(item: Item) -> None:
+        seen["b"].append(item.app)
+
+    for stage in ("a", "b"):
+        consumer = ItemConsumer(
+            rig.job_type,
+            stage,
+            store=rig.store,
+            broker=rig.broker,
+            tracker=rig.tracker,
+            runner=rig.runner,
+            app=app,
+        )
+        await rig.broker.consume(consumer.queue, consumer.handle, prefetch=4)
+    job = await rig.store.create_job("t", rig.job_type.stages)
+    await rig.publish(rig.message(job.id, "a", "1"), rig.message(job.id, "b", "2"))
+    await rig.settled()
+    assert seen == {"a": [app], "b": [app]}
+
+
 async def test_a_dying_worker_process_is_retried_then_fails_the_item(rig: Rig) -> None:
     rig.job_type = JobType("t", ["a"], max_attempts=2, backoff=0.0)
     rig.job_type.handler("a", executor="process")(dies)
@@ -447,7 +479,10 @@ def test_the_worker_names_its_stages_by_type_and_stage() -> None:
     with pytest.raises(InvalidRequest, match="unknown stage 'thumbnail'"):
         Worker(app=app, stages=["thumbnail"])
     assert Worker(settings).queues == ["jobtrack.thumbnail", "jobtrack.cache"]
-    builtin = App(settings, job_types=[JobType("collection-scan", ["scan", "thumbnail", "cache"])])
+    bare = App(settings, job_types=[JobType("collection-scan", ["scan", "thumbnail", "cache"])])
+    with pytest.raises(InvalidRequest, match="nothing to work on"):
+        Worker(app=bare)  # no special case: a type without handlers has nothing to consume
+    builtin = App(settings, job_types=[collection_scan_type()])
     assert Worker(app=builtin, stages=["cache"]).queues == ["jobtrack.cache"]
 
 

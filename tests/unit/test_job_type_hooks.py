@@ -108,7 +108,15 @@ async def test_the_builtin_app_has_the_collection_scan(tmp_path: Path) -> None:
         assert list(opened.job_types) == ["collection-scan"]
         scan = opened.get_type("collection-scan")
         assert scan.stages == ("scan", "thumbnail", "cache")
-        assert scan.handlers == {}
+        assert {
+            stage: (handler.queue, handler.executor, handler.feeds)
+            for stage, handler in scan.handlers.items()
+        } == {
+            "thumbnail": ("jobtrack.thumbnail", "async", frozenset()),
+            "cache": ("jobtrack.cache", "async", frozenset()),
+        }
+        assert not scan.discovered("thumbnail")  # the scanner, the producer, adds every item
+        assert (scan.max_attempts, scan.backoff, scan.max_backoff) == (5, 0.2, 10.0)
         assert scan.truth is not None
         reconciler = scan.truth(opened, scan)
         assert isinstance(reconciler, CollectionScanReconciler)

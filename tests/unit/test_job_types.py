@@ -78,3 +78,13 @@ def test_an_item_adds_only_to_the_stages_its_handler_feeds() -> None:
     assert [(stage, ledger.key, ledger.payload) for stage, ledger in item.added] == [
         ("b", "k2", [1])
     ]
+
+
+def test_a_stage_the_producer_counts_needs_no_handler() -> None:
+    scan = JobType("scan", ["walk", "render"], counted_by_producer=["walk"])
+    with pytest.raises(InvalidRequest, match=r"no handler for \['render'\]"):
+        scan.check_complete()
+    scan.handler("render")(nothing)
+    scan.check_complete()
+    with pytest.raises(InvalidRequest, match="has no stage 'other'"):
+        JobType("scan", ["walk"], counted_by_producer=["other"])

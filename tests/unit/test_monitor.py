@@ -12,6 +12,7 @@ import pytest
 
 from jobtrack.broker import InMemoryBroker
 from jobtrack.errors import InvalidRequest, StoreUnavailable
+from jobtrack.jobs.messages import ItemMessage, decode_item
 from jobtrack.model import Job, JobStatus, StageCounts
 from jobtrack.monitor import Monitor, Truth
 from jobtrack.pipeline.catalog import (
@@ -21,7 +22,6 @@ from jobtrack.pipeline.catalog import (
     InMemoryCatalog,
     ScannedFile,
 )
-from jobtrack.pipeline.messages import StageMessage, decode_message
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
 from jobtrack.pipeline.stages import (
     CACHE,
@@ -119,9 +119,9 @@ class World:
         for _ in range(count):
             queue.get_nowait()
 
-    def queued(self, stage: str) -> list[StageMessage]:
+    def queued(self, stage: str) -> list[ItemMessage]:
         queue = self.broker.queue(queue_for(stage)).ready
-        return [decode_message(m.body) for m in list(queue._queue)]  # type: ignore[attr-defined]
+        return [decode_item(m.body) for m in list(queue._queue)]  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -187,7 +187,7 @@ async def test_missing_items_are_redriven_then_the_job_fails_without_progress(
         for stage in RENDITIONS:  # exactly the missing items, published again...
             queued = world.queued(stage)
             assert len(queued) == 2
-            assert {m.image_id for m in queued} == set(
+            assert {m.key for m in queued} == set(
                 (await world.reconciler.truth(job)).missing[stage]
             )
             world.lose(stage)  # ...and lost again
@@ -214,14 +214,14 @@ async def test_no_item_is_redriven_more_than_max_redrives_times(world: World) ->
         assert (report.redriven, report.failed) == (1, 0)
         queued = [m for stage in RENDITIONS for m in world.queued(stage)]
         for message in queued:
-            key = f"{message.stage}/{message.image_id}"
+            key = f"{message.stage}/{message.key}"
             published[key] = published.get(key, 0) + 1
         if round_ == 1:  # one re-driven item comes through, the others are lost
             assert report.items_redriven == 4
             message = world.queued(THUMBNAIL)[0]
             root = Path(job.attributes["collection"]["path"])
-            await world.make(root, message.image_id, THUMBNAIL)
-            await world.store.increment(job.id, THUMBNAIL, item_key=message.image_id)
+            await world.make(root, message.key, THUMBNAIL)
+            await world.store.increment(job.id, THUMBNAIL, item_key=message.key)
         else:  # progress in round 1 does not buy the rest a third publish
             assert report.items_redriven == 3
         for stage in RENDITIONS:

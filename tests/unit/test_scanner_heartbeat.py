@@ -15,6 +15,7 @@ from jobtrack.broker import InMemoryBroker
 from jobtrack.pipeline.catalog import InMemoryCatalog
 from jobtrack.pipeline.scanner import Scanner
 from jobtrack.pipeline.stages import SCAN
+from jobtrack.runtime.builtin import collection_scan_type
 from jobtrack.store import InMemoryJobStore
 
 
@@ -31,7 +32,11 @@ async def test_a_slow_walk_touches_its_job(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(scanner_module, "_next_batch", slow)
     store = InMemoryJobStore()
     scanner = Scanner(
-        store=store, catalog=InMemoryCatalog(), broker=InMemoryBroker(), heartbeat=0.05
+        store=store,
+        catalog=InMemoryCatalog(),
+        broker=InMemoryBroker(),
+        job_type=collection_scan_type(),
+        heartbeat=0.05,
     )
     start = await scanner.start(root)
     touched: list[str] = []
@@ -64,7 +69,11 @@ async def test_a_heartbeat_that_fails_beats_again(
     monkeypatch.setattr(scanner_module, "_next_batch", slow)
     store = InMemoryJobStore()
     scanner = Scanner(
-        store=store, catalog=InMemoryCatalog(), broker=InMemoryBroker(), heartbeat=0.05
+        store=store,
+        catalog=InMemoryCatalog(),
+        broker=InMemoryBroker(),
+        job_type=collection_scan_type(),
+        heartbeat=0.05,
     )
     start = await scanner.start(root)
     calls: list[str] = []

@@ -19,6 +19,7 @@ from jobtrack.errors import JobNotFound
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import InMemoryCatalog
 from jobtrack.pipeline.scanner import Scanner
+from jobtrack.runtime.builtin import collection_scan_type
 from jobtrack.store import InMemoryJobStore
 
 IMAGES = 12
@@ -43,6 +44,7 @@ async def test_errors_reading_the_job_do_not_stop_the_status_helper(
         store=store,
         catalog=InMemoryCatalog(),
         broker=InMemoryBroker(),
+        job_type=collection_scan_type(),
         batch_size=1,
         status_interval=0.01,
     )

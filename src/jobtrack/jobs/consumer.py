@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -34,6 +34,9 @@ from jobtrack.jobs.types import Item, JobType
 from jobtrack.store import JobStore
 from jobtrack.store.ledger import MAX_LEDGER_BATCH, LedgerItem, check_items
 from jobtrack.tracking import ProgressTracker
+
+if TYPE_CHECKING:
+    from jobtrack.runtime.app import App
 
 __all__ = ["ADD_BATCH", "CRASH_ALLOWANCE", "ItemConsumer", "OutcomeWriter"]
 
@@ -146,6 +149,7 @@ class ItemConsumer:
     With the tracker disabled, the item's outcome (done or failed) is
     recorded in the job's ledger instead of its count, before the ack
     (``outcomes``, batched; one of the consumer's own by default).
+    Handlers on the loop or in threads get ``app`` as :attr:`Item.app`.
     """
 
     def __init__(
@@ -162,6 +166,7 @@ class ItemConsumer:
         durable_within: float | None = None,
         retry_delay: float = 0.2,
         outcomes: OutcomeWriter | None = None,
+        app: App | None = None,
     ) -> None:
         handler = job_type.handlers.get(stage)
         if handler is None:
@@ -179,6 +184,7 @@ class ItemConsumer:
         self._durable_within = durable_within
         self._retry_delay = retry_delay
         self._outcomes = outcomes or OutcomeWriter(store, retry_delay=retry_delay)
+        self._app = app
 
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivery and settle it; never raises."""
@@ -212,9 +218,24 @@ class ItemConsumer:
             )
             await delivery.ack()
             return
+        if delivery.delivery_count > 1:  # its worker died, or its channel closed, before the ack
+            logger.info(
+                "%s of item %s of job %s delivered again (delivery %d)",
+                self.stage,
+                message.key,
+                message.job_id,
+                delivery.delivery_count,
+                extra={"action": "redelivered", "job_id": message.job_id},
+            )
         attempt = _attempts(delivery, message, self.job_type.max_attempts)
         item = Item(
-            message.key, message.payload, job, self.stage, attempt, feeds=self.handler.feeds
+            message.key,
+            message.payload,
+            job,
+            self.stage,
+            attempt,
+            feeds=self.handler.feeds,
+            app=None if self.handler.executor == "process" else self._app,
         )
         outcome = await self._runner.run(self.job_type, self.handler, item)
         if outcome.error is None:

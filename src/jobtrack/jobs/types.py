@@ -100,7 +100,10 @@ class Retry(Exception):
 class Item:
     """One item, as a handler receives it: its ``key`` and JSON ``payload``,
     the ``job`` it belongs to (as read shortly before), its ``stage``, and
-    which ``attempt`` this is (1 the first time).
+    which ``attempt`` this is (1 the first time), and the ``app`` whose
+    worker runs it (its settings, store and catalog, for a handler whose
+    work needs them; None in a worker process, where the handler gets a
+    copy of the item and the app's parts do not follow).
 
     :meth:`add` records discovered work for a later stage; what is added is
     written to the job's ledger, and published, before this item counts.
@@ -113,6 +116,7 @@ class Item:
     attempt: int = 1
     added: list[tuple[str, LedgerItem]] = field(default_factory=list)
     feeds: frozenset[str] = frozenset()
+    app: App | None = field(default=None, repr=False, compare=False)
 
     def add(self, stage: str, key: str, payload: Any = None) -> None:
         """Add an item to ``stage``, a later stage this handler feeds.
@@ -160,8 +164,12 @@ class JobType:
         (:meth:`retry_job`); None: the type has no retry of its own.
     :param details: lines that say more about a job than its stages
         (:meth:`details`); None: nothing more.
+    :param counted_by_producer: stages with no handler, whose items the
+        producer itself does and counts (a folder walk that is the
+        producing, say): no queue, no worker.
     :raises InvalidRequest: a name that is not lowercase letters, digits,
-        ``-`` and ``_`` (at most 63), no stages, or a stage twice.
+        ``-`` and ``_`` (at most 63), no stages, a stage twice, or a stage
+        counted by the producer that is not one of them.
     """
 
     def __init__(
@@ -178,6 +186,7 @@ class JobType:
         failures: FailuresHook | None = None,
         retry: RetryHook | None = None,
         details: DetailsHook | None = None,
+        counted_by_producer: Iterable[str] = (),
     ) -> None:
         for what in (name, *stages):
             if not isinstance(what, str) or not _NAME.fullmatch(what):
@@ -193,6 +202,10 @@ class JobType:
             raise InvalidRequest("max_attempts must be at least 1, 0 <= backoff <= max_backoff")
         self.name = name
         self.stages = tuple(stages)
+        self.counted_by_producer = frozenset(counted_by_producer)
+        unknown = sorted(self.counted_by_producer.difference(self.stages))
+        if unknown:
+            raise InvalidRequest(f"job type {name!r} has no stage {unknown[0]!r}")
         self.retry_on = tuple(retry_on)
         self.max_attempts = max_attempts
         self.backoff = backoff
@@ -292,8 +305,13 @@ class JobType:
         return min(self.backoff * 2.0 ** (attempt - 1), self.max_backoff)
 
     def check_complete(self) -> None:
-        """Raise :class:`InvalidRequest` unless every stage has a handler."""
-        missing = [stage for stage in self.stages if stage not in self.handlers]
+        """Raise :class:`InvalidRequest` unless every stage has a handler
+        (or is counted by the producer)."""
+        missing = [
+            stage
+            for stage in self.stages
+            if stage not in self.handlers and stage not in self.counted_by_producer
+        ]
         if missing:
             raise InvalidRequest(
                 f"job type {self.name!r} has no handler for {missing}: import the module "

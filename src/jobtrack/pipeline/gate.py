@@ -1,4 +1,4 @@
-"""The job gate, kept here for the rendition consumers: it lives in
+"""The job gate, kept here for the collection scan: it lives in
 :mod:`jobtrack.jobs.gate`, shared by every job type's consumers."""
 
 from jobtrack.jobs.gate import JobGate

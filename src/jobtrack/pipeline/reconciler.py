@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from jobtrack.broker import Broker
+from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.model import Job, StageCounts
 from jobtrack.monitor import Truth
 from jobtrack.pipeline.catalog import ArtifactStatus, Catalog, ImageState
-from jobtrack.pipeline.messages import StageMessage, encode_message
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, JOB_TYPE, SCAN, RenditionSpec, queue_for
 
 __all__ = ["CollectionScanReconciler", "MissingItems"]
@@ -85,16 +85,10 @@ class CollectionScanReconciler:
         """Publish a message for every missing item; how many."""
         if self._broker is None:
             return 0
-        collection_id = job.attributes["collection"]["id"]
         published = 0
         for stage, image_ids in missing.items():
             bodies = [
-                encode_message(
-                    StageMessage(
-                        job_id=job.id, collection_id=collection_id, image_id=image, stage=stage
-                    )
-                )
-                for image in image_ids
+                encode_item(ItemMessage(job.id, JOB_TYPE, stage, image)) for image in image_ids
             ]
             await self._broker.publish_many(queue_for(stage), bodies)
             published += len(bodies)

@@ -1,8 +1,12 @@
 """The scanner: registers a collection's images and feeds the stages.
 
-It raises the thumbnail and cache totals batch by batch while consumers are
-already at work, and seals them only when the walk is over (rule 2 of the
-design: no stage completes on a total still being counted). An image whose
+The scanner is the producer of a collection-scan job
+(:class:`~jobtrack.jobs.producer.JobProducer`): batch by batch it adds each
+image that needs a rendition to the stage's ledger (which raises the
+stage's total) and publishes it as an item, keyed by the image's id, while
+the handlers are already at work; it seals the totals only when the walk is
+over (rule 2 of the design: no stage completes on a total still being
+counted). The ``scan`` stage is the scanner's own count. An image whose
 artifacts are up to date is counted as done on the spot, without rework.
 """
 
@@ -17,17 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from jobtrack.broker import Broker
+from jobtrack.errors import InvalidRequest
+from jobtrack.jobs.producer import JobProducer
+from jobtrack.jobs.types import JobType
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import ArtifactStatus, Catalog, Collection, ScannedFile
-from jobtrack.pipeline.messages import StageMessage, brief, encode_message
+from jobtrack.pipeline.messages import brief
 from jobtrack.pipeline.stages import (
     DEFAULT_RENDITIONS,
-    JOB_TYPE,
     SCAN,
-    STAGES,
     RenditionSpec,
     inside_renditions,
-    queue_for,
 )
 from jobtrack.pipeline.walk import (
     Refused,
@@ -38,6 +42,7 @@ from jobtrack.pipeline.walk import (
     walk_images,
 )
 from jobtrack.store import JobStore
+from jobtrack.store.ledger import LedgerItem
 
 __all__ = ["ScanReport", "ScanStart", "Scanner"]
 
@@ -81,7 +86,10 @@ class ScanReport:
 
 
 class Scanner:
-    """Starts collection-scan jobs and walks their folders."""
+    """Starts collection-scan jobs and walks their folders.
+
+    :param job_type: the collection scan's type (its stages and queues).
+    """
 
     def __init__(
         self,
@@ -89,6 +97,7 @@ class Scanner:
         store: JobStore,
         catalog: Catalog,
         broker: Broker,
+        job_type: JobType,
         renditions: Sequence[RenditionSpec] = DEFAULT_RENDITIONS,
         batch_size: int = 64,
         exclude: Sequence[Path] = (),
@@ -107,6 +116,8 @@ class Scanner:
         self._renditions = tuple(renditions)
         self._batch_size = batch_size
         self._exclude = tuple(exclude)
+        self._job_type = job_type
+        self._producers: dict[str, JobProducer] = {}  # job id -> its producer, until run
 
     async def start(
         self,
@@ -134,14 +145,16 @@ class Scanner:
                 return ScanStart(current, collection, created=False)
             if current is not None and reason is not None:
                 await self._store.end_job(current.id, JobStatus.FAILED, message=reason)
-            job = await self._store.create_job(
-                JOB_TYPE,
-                STAGES,
+            producer = JobProducer(
+                self._store,
+                self._broker,
+                self._job_type,
                 attributes={
                     **(attributes or {}),
                     "collection": {"id": collection.id, "path": collection.root},
                 },
             )
+            job = await producer.start()
             if await self._catalog.swap_job(
                 collection.id, expected=collection.job_id, job_id=job.id
             ):
@@ -151,8 +164,9 @@ class Scanner:
                     root,
                     extra={"action": "job_started", "job_id": job.id},
                 )
+                self._producers[job.id] = producer
                 return ScanStart(job, collection, created=True)
-            await self._store.end_job(job.id, JobStatus.CANCELLED, message="another scan won")
+            await producer.cancel("another scan won")
             collection = await self._catalog.get_collection(collection.id)
 
     async def run(self, job: Job, collection: Collection) -> ScanReport:
@@ -161,7 +175,14 @@ class Scanner:
         A job that ends meanwhile (cancelled, or failed by a monitor) stops
         the walk within ``status_interval`` seconds: the report's ``ended``
         says so, and nothing more is registered, retired or sealed (images
-        the walk did not reach are not gone)."""
+        the walk did not reach are not gone).
+
+        :raises InvalidRequest: ``job`` was not created by this scanner's
+            :meth:`start`, or has been run already.
+        """
+        producer = self._producers.pop(job.id, None)
+        if producer is None:
+            raise InvalidRequest(f"job {job.id} was not started by this scanner, or has run")
         root = Path(collection.root)
         ResolvedRoot(root).check_unchanged()
         await self._store.start_stage(job.id, SCAN, message=f"walking {root}")
@@ -178,7 +199,7 @@ class Scanner:
             while batch := await asyncio.to_thread(_next_batch, entries, self._batch_size, report):
                 if stop.is_set():
                     break
-                await self._register(job, collection, batch, report)
+                await self._register(producer, collection, batch, report)
         finally:
             stop.set()  # the walk thread ends at its next entry, whatever happened here
             for helper in helpers:
@@ -195,10 +216,8 @@ class Scanner:
             return report
         gone = await self._catalog.retire_unseen(collection.id, job.id)
         report.removed = await asyncio.to_thread(_remove_files, gone, self._data_dir)
-        for spec in self._renditions:
-            await self._store.seal_total(job.id, spec.stage)
         await self._store.start_stage(job.id, SCAN, message=report.summary())
-        await self._store.seal_total(job.id, SCAN)
+        await producer.seal()
         for refused in report.refused:
             logger.warning(
                 "refused %s: %s", refused.relpath, refused.reason, extra={"action": "path_refused"}
@@ -253,14 +272,17 @@ class Scanner:
         return None if job.status.terminal else job
 
     async def _register(
-        self, job: Job, collection: Collection, batch: list[ScannedFile], report: ScanReport
+        self,
+        producer: JobProducer,
+        collection: Collection,
+        batch: list[ScannedFile],
+        report: ScanReport,
     ) -> None:
+        job = producer.job
         states = await self._catalog.register_images(collection.id, job.id, batch)
         count = len(states)
         report.images += count
         await self._store.raise_total(job.id, SCAN, by=count)
-        for spec in self._renditions:
-            await self._store.raise_total(job.id, spec.stage, by=count)
         # An item is up to date when its rendition is current and on disk; a
         # failed item is tried again (the failure may have been passing).
         up_to_date = {state.image.id for state in states}
@@ -272,20 +294,12 @@ class Scanner:
                     done += 1
                 else:
                     up_to_date.discard(state.image.id)
-                    work.append(
-                        encode_message(
-                            StageMessage(
-                                job_id=job.id,
-                                collection_id=collection.id,
-                                image_id=state.image.id,
-                                stage=spec.stage,
-                            )
-                        )
-                    )
-            if work:
-                await self._broker.publish_many(queue_for(spec.stage), work)
+                    work.append(LedgerItem(state.image.id))
+            if work:  # the ledger raises the stage's total by the new items
+                await producer.add(spec.stage, work)
                 report.published += len(work)
             if done:
+                await self._store.raise_total(job.id, spec.stage, by=done)
                 await self._store.increment(job.id, spec.stage, completed=done)
         report.up_to_date += len(up_to_date)
         await self._store.increment(job.id, SCAN, completed=count)

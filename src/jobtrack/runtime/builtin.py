@@ -5,35 +5,106 @@ What the commands and the HTTP API use when no ``--app`` (or
 like any other to them: its failed items come from its catalog
 (:meth:`~jobtrack.jobs.types.JobType.item_failures`), its retry is a new
 scan of its collection, its details say where its renditions are. Its
-items are still handled by the rendition consumers of the embedded runtime
-and ``jobtrack worker``, so the type carries no handlers.
+``thumbnail`` and ``cache`` stages have handlers on the queues
+``jobtrack.thumbnail`` and ``jobtrack.cache``
+(:class:`~jobtrack.pipeline.renditions.RenditionWork`, one per app, reached
+through :attr:`Item.app <jobtrack.jobs.types.Item.app>`), so any worker of
+the app consumes them; the ``scan`` stage is counted by the scanner, the
+job's producer.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from typing import Any
 
-from jobtrack.errors import Conflict, PathRefused
-from jobtrack.jobs.types import JobType
+from jobtrack.errors import Conflict, InvalidRequest, PathRefused
+from jobtrack.jobs.types import Item, JobType
 from jobtrack.model import Job
 from jobtrack.monitor.base import Reconciler
 from jobtrack.pipeline.failures import job_collection, job_failures
-from jobtrack.pipeline.stages import JOB_TYPE, STAGES
+from jobtrack.pipeline.pool import RenderPool, process_pool
+from jobtrack.pipeline.renditions import MAX_ATTEMPTS, RenditionWork
+from jobtrack.pipeline.stages import CACHE, JOB_TYPE, SCAN, STAGES, THUMBNAIL, queue_for
 from jobtrack.runtime.app import App
 from jobtrack.runtime.settings import Settings
 from jobtrack.store.ledger import ItemFailure
 
-__all__ = ["ScanStarter", "builtin_app", "collection_scan_type"]
+__all__ = [
+    "ScanStarter",
+    "builtin_app",
+    "close_rendition_work",
+    "collection_scan_type",
+    "rendition_work",
+]
 
 #: Starts a scan of a folder in the background; returns its job as soon as
 #: it exists (the HTTP API's :class:`~jobtrack.api.scans.ScanLauncher`).
 ScanStarter = Callable[[str], Awaitable[Job]]
 
+#: Each app's rendition work, built on its first item (its pool's processes
+#: stopped when the app is dropped, or by :func:`close_rendition_work`).
+_WORK: weakref.WeakKeyDictionary[App, RenditionWork] = weakref.WeakKeyDictionary()
+
+
+def rendition_work(
+    app: App,
+    *,
+    processes: Callable[[], Executor] | None = None,
+    retry_delay: float = 0.2,
+) -> RenditionWork:
+    """``app``'s rendition work: its catalog and data folder (made if
+    missing), its renditions, a pool of ``settings.workers`` processes;
+    built on first use, then the same (the options only count then).
+
+    :param processes: makes the pool's executor (default: that many
+        forkserver processes).
+    :param retry_delay: the first wait while the store is unreachable.
+    :raises StoreError: the store (and so the catalog) cannot be opened.
+    """
+    work = _WORK.get(app)
+    if work is None:
+        app.ensure_data_dir()
+        pool = RenderPool(processes or process_pool(app.settings.workers))
+        work = RenditionWork(
+            catalog=app.catalog,
+            data_dir=app.settings.data_dir,
+            specs=app.renditions,
+            pool=pool,
+            retry_delay=retry_delay,
+        )
+        _WORK[app] = work
+        weakref.finalize(app, pool.shutdown)
+    return work
+
+
+def close_rendition_work(app: App) -> None:
+    """Stop ``app``'s rendition processes, if it has any (the next item
+    builds them again). Raises nothing of its own."""
+    work = _WORK.pop(app, None)
+    if work is not None:
+        work.pool.shutdown()
+
+
+async def make_rendition(item: Item) -> None:
+    """The ``thumbnail`` and ``cache`` handler: the item's rendition
+    (:meth:`RenditionWork.make`, whose errors it raises).
+
+    :raises InvalidRequest: the item came without its app (a handler run
+        in a worker process).
+    """
+    if item.app is None:
+        raise InvalidRequest("a rendition is made on the worker's loop, with its app")
+    await rendition_work(item.app).make(item)
+
 
 def collection_scan_type(*, scans: ScanStarter | None = None) -> JobType:
     """The collection scan as a :class:`JobType`: stages scan, thumbnail
-    and cache; its truth the app's catalog (the app's
+    and cache, the renditions made by :func:`make_rendition` (tried
+    :data:`~jobtrack.pipeline.renditions.MAX_ATTEMPTS` times, backoff from
+    0.2 s doubled up to 10 s); its truth the app's catalog (the app's
     :attr:`~jobtrack.runtime.app.App.reconciler`).
 
     :param scans: how a retry starts a new scan of the job's collection;
@@ -71,7 +142,21 @@ def collection_scan_type(*, scans: ScanStarter | None = None) -> JobType:
             lines.append(f"{spec.stage:>10} renditions: {folder}")
         return lines
 
-    return JobType(JOB_TYPE, STAGES, truth=truth, failures=failures, retry=retry, details=details)
+    scan_type = JobType(
+        JOB_TYPE,
+        STAGES,
+        max_attempts=MAX_ATTEMPTS,
+        backoff=0.2,
+        max_backoff=10.0,
+        truth=truth,
+        failures=failures,
+        retry=retry,
+        details=details,
+        counted_by_producer=[SCAN],
+    )
+    for stage in (THUMBNAIL, CACHE):
+        scan_type.handler(stage, queue=queue_for(stage))(make_rendition)
+    return scan_type
 
 
 def builtin_app(

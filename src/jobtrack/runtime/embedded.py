@@ -1,9 +1,10 @@
 """The scan runtime: store, broker, scanner and, on the in-process broker,
-the consumers, in one process.
+the consumers of the collection scan's handlers, in one process.
 
 ``EmbeddedRuntime.scan`` runs a collection scan to its end. On the default
-in-process broker (``memory://``) the walk feeds the consumers here, which
-render in a process pool, and the job's counts are followed until the job
+in-process broker (``memory://``) the walk feeds the built-in app's
+consumers here (:class:`~jobtrack.jobs.consumer.ItemConsumer`, the
+renditions made in a process pool), and the job's counts are followed until the job
 ends; when all the work is settled and the job still has not ended (a
 progress write lost, a message dead-lettered), the counts are reconciled
 against the catalog and what is still missing fails the job with the
@@ -29,16 +30,16 @@ from typing import Any
 
 from jobtrack.broker import Broker, Subscription
 from jobtrack.errors import InvalidRequest
+from jobtrack.jobs.consumer import ItemConsumer
+from jobtrack.jobs.executors import HandlerRunner
 from jobtrack.model import Job, JobStatus, utc_now
 from jobtrack.monitor import describe_changes
 from jobtrack.pipeline.catalog import Catalog
-from jobtrack.pipeline.consumer import RenditionConsumer
 from jobtrack.pipeline.gate import JobGate
-from jobtrack.pipeline.pool import RenderPool, process_pool
 from jobtrack.pipeline.scanner import Scanner, ScanReport, ScanStart
-from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec, queue_for
+from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, JOB_TYPE, RenditionSpec, queue_for
 from jobtrack.pipeline.walk import ResolvedRoot
-from jobtrack.runtime.app import App
+from jobtrack.runtime.builtin import builtin_app, close_rendition_work
 from jobtrack.runtime.settings import Settings
 from jobtrack.store import JobStore
 
@@ -93,8 +94,9 @@ class EmbeddedRuntime:
         self._idle_since: float | None = None
         self._exit = AsyncExitStack()
         self._subscriptions: list[Subscription] = []
-        self.app = App(settings, renditions=renditions, flush_wait=5.0)
-        """The parts this runtime uses (store, catalog, broker, tracker)."""
+        self.app = builtin_app(settings, renditions=renditions, flush_wait=5.0)
+        """The built-in app, whose parts this runtime uses (store, catalog,
+        broker, tracker) and whose collection scan it runs."""
         self.current_job_id: str | None = None  # the job this runtime started
         self.cancelled = False  # whether an interruption cancelled it
         self.idle_hint = 30.0  # seconds without progress before a hint that no worker runs
@@ -124,6 +126,7 @@ class EmbeddedRuntime:
             store=self.store,
             catalog=self.catalog,
             broker=self.broker,
+            job_type=app.get_type(JOB_TYPE),
             renditions=self.renditions,
             exclude=[settings.data_dir],
             data_dir=settings.data_dir,
@@ -148,21 +151,28 @@ class EmbeddedRuntime:
             self._exit.push_async_callback(stop_monitor)
         if not self.local_work:
             return
-        self.pool = RenderPool(process_pool(settings.workers))
-        self._exit.callback(self.pool.shutdown)
+        runner = HandlerRunner(settings.workers)
+        self._exit.callback(runner.shutdown)
+        self._exit.callback(close_rendition_work, app)
         gate = JobGate(self.store)
-        for spec in self.renditions:
-            consumer = RenditionConsumer(
-                spec=spec,
-                catalog=self.catalog,
+        job_type = app.get_type(JOB_TYPE)
+        for stage in job_type.handlers:
+            # The scan waits for its job, not for each ack: an item is acked
+            # without waiting for its count to be durable (durable_within 0).
+            consumer = ItemConsumer(
+                job_type,
+                stage,
+                store=self.store,
+                broker=self.broker,
                 tracker=self.tracker,
-                data_dir=settings.data_dir,
-                pool=self.pool,
+                runner=runner,
                 gate=gate,
+                durable_within=0.0,
+                app=app,
             )
             self._subscriptions.append(
                 await self.broker.consume(
-                    queue_for(spec.stage), consumer.handle, prefetch=settings.workers + 1
+                    consumer.queue, consumer.handle, prefetch=settings.workers + 1
                 )
             )
 

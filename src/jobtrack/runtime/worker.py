@@ -3,9 +3,9 @@
 ``jobtrack worker`` runs one. For each job type of its app with handlers
 it consumes the queue of each handled stage
 (:class:`~jobtrack.jobs.consumer.ItemConsumer`, handlers run on the loop, in
-``concurrency`` threads or as many processes); for the built-in app (no job
-types, or a type named ``collection-scan``) it also makes renditions in a
-process pool of ``concurrency`` processes. Each item is reported to the
+``concurrency`` threads or as many processes); without an app, the
+built-in app's (:func:`~jobtrack.runtime.builtin.builtin_app`: the
+collection scan's renditions). Each item is reported to the
 tracker and its message acked only once the item's progress is durable in
 the store, so a worker killed at any moment loses nothing: what it had not
 acked is delivered again, and what it had already counted is not counted
@@ -31,18 +31,14 @@ from jobtrack.jobs.executors import HandlerRunner
 from jobtrack.jobs.gate import JobGate
 from jobtrack.jobs.sealer import Sealer
 from jobtrack.jobs.types import JobType
-from jobtrack.pipeline.consumer import RenditionConsumer
-from jobtrack.pipeline.pool import RenderPool, process_pool
-from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec, queue_for
+from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec
 from jobtrack.runtime.app import App
+from jobtrack.runtime.builtin import builtin_app, close_rendition_work
 from jobtrack.runtime.settings import Settings
 
-__all__ = ["BUILT_IN_TYPE", "Worker"]
+__all__ = ["Worker"]
 
 logger = logging.getLogger(__name__)
-
-BUILT_IN_TYPE = "collection-scan"
-"""The job type whose stages are the renditions (the built-in app's)."""
 
 SEAL_WAIT = 10.0
 """Seconds a stopping worker gives its sealing checks still due."""
@@ -62,11 +58,11 @@ class Worker:
     :param app: the app whose job types to serve, its settings the worker's
         (``App.with_settings`` makes one from a command's flags); None: the
         built-in app, made from ``settings``.
-    :param stages: what to work on (default: everything): a rendition stage,
-        ``type.stage``, or a stage of a job type when no other has one of
-        that name.
-    :param concurrency: images rendered at once (worker processes); threads,
-        or processes, of the handlers that run in them.
+    :param stages: what to work on (default: everything): ``type.stage``,
+        or a stage of a job type when no other has one of that name.
+    :param concurrency: threads, or processes, of the handlers that run in
+        them.
+    :param renditions: the built-in app's renditions (without ``app``).
     :param prefetch: messages each stage's queue hands this worker before
         it has acked earlier ones (default: twice ``concurrency``).
     :param in_process: the worker runs on ``app``'s own parts, in the
@@ -92,18 +88,18 @@ class Worker:
         if in_process and app is None:
             raise InvalidRequest("a worker in process runs on an app's parts: give it the app")
         if app is not None:
-            settings, renditions = app.settings, app.renditions
+            settings = app.settings
         elif settings is None:
             raise InvalidRequest("a worker needs settings or an app")
-        types = dict(app.job_types) if app is not None else {}
-        builds_renditions = not types or BUILT_IN_TYPE in types
+        else:
+            app = builtin_app(settings, renditions=renditions, flush_wait=10.0)
         handled = [
             _TypeStage(job_type, stage)
-            for job_type in types.values()
+            for job_type in app.job_types.values()
             for stage in job_type.stages
             if stage in job_type.handlers
         ]
-        specs, self.items = _chosen(stages, renditions if builds_renditions else (), handled)
+        self.items = _chosen(stages, handled)
         if settings.broker_url == "memory://" and not in_process:
             raise InvalidRequest(
                 "a worker needs a broker that scans reach too (amqp://…), not memory://"
@@ -112,22 +108,18 @@ class Worker:
             raise InvalidRequest("a worker needs a shared store (postgresql://… or sqlite:///…)")
         if concurrency < 1 or (prefetch is not None and prefetch < 1):
             raise InvalidRequest("concurrency and prefetch must be at least 1")
-        if not specs and not self.items:
+        if not self.items:
             raise InvalidRequest("the app has no job type with a handler: nothing to work on")
         self.settings = settings
         self.app = app
-        self.renditions = renditions
-        self.specs = specs
         self.concurrency = concurrency
         self.prefetch = prefetch or 2 * concurrency
         self.shutdown_grace = shutdown_grace
 
     @property
     def queues(self) -> list[str]:
-        """The queues this worker consumes, renditions first."""
-        return [queue_for(spec.stage) for spec in self.specs] + [
-            chosen.job_type.queue(chosen.stage) for chosen in self.items
-        ]
+        """The queues this worker consumes."""
+        return [chosen.job_type.queue(chosen.stage) for chosen in self.items]
 
     async def run(self, stop: asyncio.Event, *, ready: asyncio.Event | None = None) -> None:
         """Consume until ``stop`` is set, then shut down gracefully.
@@ -137,7 +129,7 @@ class Worker:
             worker stops as gracefully as it can, then raises why, so that
             a process supervisor sees it exit and can restart it.
         """
-        app = self.app or App(self.settings, renditions=self.renditions, flush_wait=10.0)
+        app = self.app
         async with app:
             await self._work(app, stop, ready)
 
@@ -156,17 +148,12 @@ class Worker:
     async def _work(self, app: App, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
         """Consume with the open ``app`` until ``stop``, then shut the pools down."""
         broker = app.broker  # built first: a bad URL is refused before anything opens
-        pool = None
-        if self.specs:
-            app.ensure_data_dir()
-            pool = RenderPool(process_pool(self.concurrency))
         runner = HandlerRunner(self.concurrency)
         try:
-            await self._consume(app, broker, stop, ready, pool=pool, runner=runner)
+            await self._consume(app, broker, stop, ready, runner=runner)
         finally:
             runner.shutdown()
-            if pool is not None:
-                pool.shutdown()
+            close_rendition_work(app)
 
     async def _consume(
         self,
@@ -175,28 +162,12 @@ class Worker:
         stop: asyncio.Event,
         ready: asyncio.Event | None,
         *,
-        pool: RenderPool | None,
         runner: HandlerRunner,
     ) -> None:
         """Consume with ``app``'s parts until ``stop`` is set or the broker fails."""
         settings, tracker = app.settings, app.tracker
         subscriptions: list[Subscription] = []
         gate = JobGate(app.store)
-        for spec in self.specs:
-            assert pool is not None
-            consumer = RenditionConsumer(
-                spec=spec,
-                catalog=app.catalog,
-                tracker=tracker,
-                data_dir=settings.data_dir,
-                pool=pool,
-                ack_when_durable=True,
-                durable_within=None,
-                gate=gate,
-            )
-            subscriptions.append(
-                await broker.consume(queue_for(spec.stage), consumer.handle, prefetch=self.prefetch)
-            )
         sealer = Sealer(app.store)
         for chosen in self.items:
             item_consumer = ItemConsumer(
@@ -209,6 +180,7 @@ class Worker:
                 gate=gate,
                 sealer=sealer,
                 durable_within=None,
+                app=app,
             )
             subscriptions.append(
                 await broker.consume(
@@ -255,24 +227,17 @@ class Worker:
             raise failure
 
 
-def _chosen(
-    names: Sequence[str],
-    renditions: tuple[RenditionSpec, ...],
-    handled: list[_TypeStage],
-) -> tuple[tuple[RenditionSpec, ...], list[_TypeStage]]:
-    """The rendition specs and the job types' stages ``names`` choose
-    (everything when there are no names).
+def _chosen(names: Sequence[str], handled: list[_TypeStage]) -> list[_TypeStage]:
+    """The job types' stages ``names`` choose (everything when there are no names).
 
     Raises:
         InvalidRequest: a name that is no stage, or a plain stage name that
-            more than one job type (or a rendition) has.
+            more than one job type has.
     """
     if not names:
-        return renditions, handled
-    specs: list[RenditionSpec] = []
+        return handled
     items: list[_TypeStage] = []
     for name in names:
-        by_spec = [spec for spec in renditions if spec.stage == name]
         type_name, dot, stage = name.partition(".")
         by_type = [
             chosen
@@ -280,22 +245,16 @@ def _chosen(
             if (dot and (chosen.job_type.name, chosen.stage) == (type_name, stage))
             or (not dot and chosen.stage == name)
         ]
-        if len(by_spec) + len(by_type) > 1:
+        if len(by_type) > 1:
             raise InvalidRequest(
                 f"stage {name!r} is ambiguous: name it as "
-                + ", ".join(
-                    [repr(spec.stage) for spec in by_spec]
-                    + [repr(f"{c.job_type.name}.{c.stage}") for c in by_type]
-                )
+                + ", ".join(repr(f"{c.job_type.name}.{c.stage}") for c in by_type)
             )
-        if not by_spec and not by_type:
-            known = [spec.stage for spec in renditions] + [
-                f"{c.job_type.name}.{c.stage}" for c in handled
-            ]
+        if not by_type:
+            known = [f"{c.job_type.name}.{c.stage}" for c in handled]
             raise InvalidRequest(f"unknown stage {name!r}: the stages are {', '.join(known)}")
-        specs.extend(spec for spec in by_spec if spec not in specs)
         items.extend(chosen for chosen in by_type if chosen not in items)
-    return tuple(specs), items
+    return items
 
 
 async def _until_stopped_or_failed(stop: asyncio.Event, broker: Broker) -> BrokerError | None:
