@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import statistics
@@ -303,18 +304,48 @@ async def _measure(setup: Setup, mode: str, workers: int, store: JobStore) -> Ru
     counters = [context.Value("q", 0, lock=False) for _ in range(workers)]
     readies = [context.Event() for _ in range(workers)]
     publisher = context.Process(target=producer, args=(setup, go, sending))
-    publisher.start()
-    if not await asyncio.to_thread(receiving.poll, CONNECT_WITHIN):
-        raise RuntimeError("the producer did not start")
-    job_id: str = receiving.recv()
-    if mode == "drain":  # fill the queue first
-        go.set()
-        await asyncio.to_thread(_join, [publisher], "producer")
     consumers = [
         context.Process(target=consumer, args=(setup, counters[w], readies[w], stop))
         for w in range(workers)
     ]
-    await _started(consumers, readies)
+    parts = _Processes(publisher, consumers, counters, readies, go, stop, receiving)
+    try:
+        return await _timed(setup, mode, store, parts)
+    except BaseException:  # a process died: end the others, drop the queue
+        stop.set()
+        for process in [publisher, *consumers]:
+            if process.is_alive():
+                process.terminate()
+                process.join(10)
+        with contextlib.suppress(Exception):
+            await _left_and_delete(setup.queue)
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class _Processes:
+    """One measurement's processes and what they share."""
+
+    publisher: Any
+    consumers: list[Any]
+    counters: list[Synchronized[int]]
+    readies: list[Any]
+    go: Any
+    stop: Any
+    receiving: Connection
+
+
+async def _timed(setup: Setup, mode: str, store: JobStore, parts: _Processes) -> Run:
+    """Start the processes, time the items, check the counts."""
+    publisher, consumers, counters, go = parts.publisher, parts.consumers, parts.counters, parts.go
+    publisher.start()
+    if not await asyncio.to_thread(parts.receiving.poll, CONNECT_WITHIN):
+        raise RuntimeError("the producer did not start")
+    job_id: str = parts.receiving.recv()
+    if mode == "drain":  # fill the queue first
+        go.set()
+        await asyncio.to_thread(_join, [publisher], "producer")
+    await _started(consumers, parts.readies)
 
     async def done() -> int:
         if setup.kind == "bare":
@@ -327,9 +358,11 @@ async def _measure(setup: Setup, mode: str, workers: int, store: JobStore) -> Ru
     while await done() < setup.items:
         if not all(process.is_alive() for process in consumers):
             raise RuntimeError("a consumer died")
+        if publisher.exitcode not in (None, 0):
+            raise RuntimeError("the producer died")
         await asyncio.sleep(POLL)
     seconds = time.perf_counter() - started
-    stop.set()
+    parts.stop.set()
     await asyncio.to_thread(_join, [*consumers, publisher], "consumer or producer")
     await _check(setup, store, job_id, sum(counter.value for counter in counters))
     return Run((setup.items - before) / seconds, before)
@@ -357,6 +390,16 @@ def measure(  # noqa: PLR0917 - one configuration of the matrix
     return asyncio.run(run())
 
 
+def _measured(kind: str, mode: str, workers: int, store_url: str, args: argparse.Namespace) -> Run:
+    """:func:`measure`, once again when a process died (RabbitMQ restarted
+    under it, say): that attempt's figure would not be the loop's."""
+    try:
+        return measure(kind, mode, workers, store_url, args.items, args.prefetch)
+    except RuntimeError as exc:
+        print(f"{mode}|{workers}|{kind} measured again: {exc}", flush=True)
+        return measure(kind, mode, workers, store_url, args.items, args.prefetch)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write broker.{json,md} under ``--out``
     (default bench/results/broker/)."""
@@ -376,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                 for workers in (int(w) for w in args.workers.split(",")):
                     for kind in ("bare", "tracked"):
                         key = f"{mode}|{workers}|{kind}"
-                        run = measure(kind, mode, workers, store_url, args.items, args.prefetch)
+                        run = _measured(kind, mode, workers, store_url, args)
                         runs.setdefault(key, []).append(run)
                         print(key, f"{run.rate:,.0f} items/s", flush=True)
     load.append(os.getloadavg())
