@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobtrack.broker import Broker, open_broker
 from jobtrack.errors import BrokerUnavailable, Conflict, InvalidRequest, StoreError
@@ -39,6 +39,9 @@ from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, JOB_TYPE, RenditionSpec
 from jobtrack.runtime.settings import Settings
 from jobtrack.store import JobStore, open_store
 from jobtrack.tracking import ProgressTracker
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 __all__ = ["App"]
 
@@ -386,6 +389,28 @@ class App:
         finally:
             stop.set()
             await task
+
+    def asgi(self, *, token: str | None = None, reads_need_token: bool = False) -> FastAPI:
+        """The HTTP API and the dashboard of this app's job types, as an
+        ASGI application to serve with any ASGI server (``uvicorn
+        myjobs:api`` with ``api = app.asgi(token=...)``); ``jobtrack serve
+        --app`` serves the same. It opens its own parts from this app's
+        settings when the server starts. Mutating calls need ``token``
+        (None refuses them all); with ``reads_need_token``, every call does.
+
+        :raises InvalidRequest: the ``api`` extra is not installed.
+        """
+        try:
+            from jobtrack.api.app import create_app  # noqa: PLC0415 (the optional api extra)
+            from jobtrack.api.config import ApiConfig  # noqa: PLC0415
+        except ImportError as exc:
+            raise InvalidRequest(
+                f"the HTTP API needs the api extra (pip install 'jobtrack[api]'): {exc}"
+            ) from None
+        config = ApiConfig(
+            token=token, reads_need_token=reads_need_token, stuck_after=self.settings.stuck_after
+        )
+        return create_app(self.settings, config, app=self.with_settings(self.settings))
 
     @property
     def running_loop(self) -> asyncio.AbstractEventLoop | None:
