@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -19,6 +21,10 @@ from typing import IO, Any
 from jobtrack.model import Job
 from jobtrack.runtime import App, Settings
 from jobtrack.store import JobStore
+from tests.postgres import database_url, scratch_database
+from tests.postgres import require_server as require_postgres
+from tests.rabbitmq import require_server as require_rabbitmq
+from tests.rabbitmq import scratch_vhost, vhost_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,9 +71,34 @@ class WorkerProcess:
                 self.process.wait()
         return self.process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL, then wait: a worker that dies at once, whatever it held."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
     def running(self) -> bool:
         """Whether the process was started and has not exited."""
         return self.process is not None and self.process.poll() is None
+
+
+@contextmanager
+def scratch_env(base: Path, name: str, **extra: str) -> Iterator[dict[str, str]]:
+    """The environment of processes on a PostgreSQL database and a RabbitMQ
+    virtual host of their own (``name``), with their data under ``base``
+    and none of the caller's ``JOBTRACK_*``; ``extra`` added. Skips the test
+    when either server is missing; both are dropped afterwards."""
+    require_postgres()
+    require_rabbitmq()
+    with scratch_database(name) as database, scratch_vhost(name) as vhost:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRACK_")}
+        env |= {
+            "JOBTRACK_STORE_URL": database_url(database),
+            "JOBTRACK_BROKER_URL": vhost_url(vhost),
+            "JOBTRACK_DATA_DIR": str(base / "state"),
+            **extra,
+        }
+        yield env
 
 
 def monitor_once(app: str, env: Mapping[str, str], *args: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ their errors, retried first when the error is retryable."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,13 +18,17 @@ import pytest
 
 from jobtrack.model import JobStatus
 from jobtrack.runtime import App
-from tests.apps.harness import WorkerProcess, counts, ended, monitor_once, produce, settings
+from tests.apps.harness import (
+    WorkerProcess,
+    counts,
+    ended,
+    monitor_once,
+    produce,
+    scratch_env,
+    settings,
+)
 from tests.apps.tally import MAX_ATTEMPTS
 from tests.apps.tally import app as tally_app
-from tests.postgres import database_url, scratch_database
-from tests.postgres import require_server as require_postgres
-from tests.rabbitmq import require_server as require_rabbitmq
-from tests.rabbitmq import scratch_vhost, vhost_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -35,17 +38,9 @@ WORK = tally_app.get_type("tally").queue("work")
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    require_postgres()
-    require_rabbitmq()
-    base = tmp_path_factory.mktemp("user-jobs-faults")
-    with scratch_database("ujfaults") as database, scratch_vhost("ujfaults") as vhost:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRACK_")}
-        env |= {
-            "JOBTRACK_STORE_URL": database_url(database),
-            "JOBTRACK_BROKER_URL": vhost_url(vhost),
-            "JOBTRACK_DATA_DIR": str(base / "state"),
-            "JOBTRACK_WORKERS": "1",
-        }
+    with scratch_env(
+        tmp_path_factory.mktemp("user-jobs-faults"), "ujfaults", JOBTRACK_WORKERS="1"
+    ) as env:
         yield env
 
 

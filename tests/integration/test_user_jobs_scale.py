@@ -7,7 +7,6 @@ sealed by the workers."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -20,12 +19,8 @@ from jobtrack.model import JobStatus, utc_now
 from jobtrack.runtime import App
 from jobtrack.store import JobQuery
 from jobtrack.store.ledger import LedgerItem
-from tests.apps.harness import WorkerProcess, counts, settings
+from tests.apps.harness import WorkerProcess, counts, scratch_env, settings
 from tests.apps.tally import app as tally_app
-from tests.postgres import database_url, scratch_database
-from tests.postgres import require_server as require_postgres
-from tests.rabbitmq import require_server as require_rabbitmq
-from tests.rabbitmq import scratch_vhost, vhost_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -36,17 +31,9 @@ ITEMS = 5
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    require_postgres()
-    require_rabbitmq()
-    base = tmp_path_factory.mktemp("user-jobs-scale")
-    with scratch_database("ujscale") as database, scratch_vhost("ujscale") as vhost:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRACK_")}
-        env |= {
-            "JOBTRACK_STORE_URL": database_url(database),
-            "JOBTRACK_BROKER_URL": vhost_url(vhost),
-            "JOBTRACK_DATA_DIR": str(base / "state"),
-            "JOBTRACK_WORKERS": "1",
-        }
+    with scratch_env(
+        tmp_path_factory.mktemp("user-jobs-scale"), "ujscale", JOBTRACK_WORKERS="1"
+    ) as env:
         yield env
 
 

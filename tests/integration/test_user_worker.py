@@ -7,15 +7,10 @@ when the worker is killed mid-run and started again."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -24,79 +19,23 @@ from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.model import Job, JobStatus
 from jobtrack.store import JobStore, open_store
 from jobtrack.store.ledger import LedgerItem
+from tests.apps.harness import WorkerProcess, scratch_env
 from tests.apps.simple import simple
-from tests.postgres import database_url, scratch_database
-from tests.postgres import require_server as require_postgres
-from tests.rabbitmq import require_server as require_rabbitmq
-from tests.rabbitmq import scratch_vhost, vhost_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.apps.simple:app"
-
-
-@dataclass
-class Worker:
-    """A ``jobtrack -v worker --app …`` process."""
-
-    env: dict[str, str]
-    log: Path
-    process: subprocess.Popen[str] | None = None
-
-    def start(self, *args: str) -> None:
-        stream: IO[str] = self.log.open("a")
-        before = self.log.read_text().count("worker ready")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "jobtrack", "-v", "worker", "--app", APP, *args],
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-        )
-        stream.close()
-        deadline = time.monotonic() + 60
-        while self.log.read_text().count("worker ready") == before:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    require_postgres()
-    require_rabbitmq()
-    base = tmp_path_factory.mktemp("user-worker")
-    with scratch_database("userworker") as database, scratch_vhost("userworker") as vhost:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRACK_")}
-        env |= {
-            "JOBTRACK_STORE_URL": database_url(database),
-            "JOBTRACK_BROKER_URL": vhost_url(vhost),
-            "JOBTRACK_DATA_DIR": str(base / "state"),
-        }
+    with scratch_env(tmp_path_factory.mktemp("user-worker"), "userworker") as env:
         yield env
 
 
 @pytest.fixture
-def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Worker]:
-    worker = Worker(env, tmp_path / "worker.log")
+def worker(env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(APP, env, tmp_path / "worker.log")
     yield worker
     if worker.process is not None and worker.process.poll() is None:
         worker.stop()
@@ -143,7 +82,7 @@ def counts(job: Job, stage: str) -> tuple[int, int, int, bool]:
 
 
 async def test_a_user_worker_counts_every_item_and_the_discovered_ones_exactly(
-    env: dict[str, str], store: JobStore, worker: Worker
+    env: dict[str, str], store: JobStore, worker: WorkerProcess
 ) -> None:
     payloads: dict[str, Any] = {f"page-{n:02d}": {"parts": n % 4} for n in range(30)}
     payloads |= {"bad-1": {"fail": True, "parts": 5}, "bad-2": {"fail": True}}
@@ -165,7 +104,7 @@ async def test_a_user_worker_counts_every_item_and_the_discovered_ones_exactly(
 
 
 async def test_a_worker_killed_mid_run_and_started_again_leaves_exact_counts(
-    env: dict[str, str], store: JobStore, worker: Worker
+    env: dict[str, str], store: JobStore, worker: WorkerProcess
 ) -> None:
     pages = 120
     payloads = {f"page-{n:03d}": {"parts": 3, "seconds": 0.01} for n in range(pages)}
