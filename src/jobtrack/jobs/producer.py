@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeAlias
 
@@ -88,6 +88,9 @@ class JobProducer:
         :data:`PRODUCER_BATCH`.
     :param heartbeat: seconds between heartbeats (keep it well under the
         monitor's ``stuck_after``).
+    :param beat_message: what each heartbeat sets as the stage's message
+        (called at each beat; default: how many items were added so far);
+        also settable later as :attr:`beat_message`.
     :raises InvalidRequest: a batch size or heartbeat out of range.
     """
 
@@ -100,12 +103,15 @@ class JobProducer:
         attributes: dict[str, Any] | None = None,
         batch_size: int = PRODUCER_BATCH,
         heartbeat: float = DEFAULT_HEARTBEAT,
+        beat_message: Callable[[], str] | None = None,
     ) -> None:
         if not 1 <= batch_size <= PRODUCER_BATCH:
             raise InvalidRequest(f"batch_size must be 1 to {PRODUCER_BATCH}, not {batch_size}")
         if heartbeat <= 0:
             raise InvalidRequest(f"heartbeat must be positive, not {heartbeat}")
         self._heartbeat = heartbeat
+        self.beat_message = beat_message or (lambda: f"adding items: {self.added} so far")
+        """What each heartbeat writes as the first fed stage's message."""
         self._beating: asyncio.Task[None] | None = None
         self._ended: JobStatus | None = None
         self._store = store
@@ -175,9 +181,7 @@ class JobProducer:
                 if current.status.terminal:
                     self._ended = current.status
                     return
-                await self._store.start_stage(
-                    job.id, fed[0], message=f"adding items: {self.added} so far"
-                )
+                await self._store.start_stage(job.id, fed[0], message=self.beat_message())
             except Exception as exc:  # the heartbeat must outlive any error
                 logger.warning(
                     "producer heartbeat of job %s not written: %s",

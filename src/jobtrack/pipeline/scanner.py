@@ -153,6 +153,7 @@ class Scanner:
                     **(attributes or {}),
                     "collection": {"id": collection.id, "path": collection.root},
                 },
+                heartbeat=self._heartbeat,
             )
             job = await producer.start()
             if await self._catalog.swap_job(
@@ -189,10 +190,10 @@ class Scanner:
         report = ScanReport()
         stop = threading.Event()
         entries = walk_images(root, exclude=self._exclude, stop=stop)
-        # A long stretch without images writes nothing: the heartbeat keeps the
-        # job from looking stuck (a walk that stopped stops beating).
+        # A long stretch without images writes nothing: the producer's heartbeat
+        # keeps the job from looking stuck (a walk that stopped stops beating).
+        producer.beat_message = lambda: f"walking {root}: {report.images} images so far"
         helpers = [
-            asyncio.create_task(self._beat(job, root, report), name="scan-heartbeat"),
             asyncio.create_task(self._until_ended(job, report, stop), name="scan-status"),
         ]
         try:
@@ -250,20 +251,6 @@ class Scanner:
                 report.ended = status
                 stop.set()
                 return
-
-    async def _beat(self, job: Job, root: Path, report: ScanReport) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat)
-            try:
-                await self._store.start_stage(
-                    job.id, SCAN, message=f"walking {root}: {report.images} images so far"
-                )
-            except Exception as exc:  # any error: the heartbeat must outlive it
-                logger.warning(
-                    "scan heartbeat not written: %s",
-                    f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_TEXT],
-                    extra={"action": "scan_heartbeat_unwritten", "job_id": job.id},
-                )
 
     async def _current_job(self, collection: Collection) -> Job | None:
         if collection.job_id is None:
