@@ -8,8 +8,7 @@ import json
 import pytest
 
 from jobtrack.errors import MalformedMessage
-from jobtrack.jobs.messages import MAX_FIELD_LENGTH, ItemMessage, decode_item, encode_item
-from jobtrack.pipeline.messages import brief
+from jobtrack.jobs.messages import MAX_FIELD_LENGTH, ItemMessage, brief, decode_item, encode_item
 
 GOOD: dict[str, str] = {
     "job_id": "j1",

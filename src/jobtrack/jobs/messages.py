@@ -16,7 +16,14 @@ import msgspec
 from jobtrack.errors import MalformedMessage
 from jobtrack.store.text import key_problem, text_problem
 
-__all__ = ["ITEM_MESSAGE_VERSION", "MAX_FIELD_LENGTH", "ItemMessage", "decode_item", "encode_item"]
+__all__ = [
+    "ITEM_MESSAGE_VERSION",
+    "MAX_FIELD_LENGTH",
+    "ItemMessage",
+    "brief",
+    "decode_item",
+    "encode_item",
+]
 
 ITEM_MESSAGE_VERSION = 1
 
@@ -59,7 +66,7 @@ def decode_item(body: bytes) -> ItemMessage:
     try:
         message = _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        raise MalformedMessage(f"malformed item message: {_brief(str(exc))}") from exc
+        raise MalformedMessage(f"malformed item message: {brief(str(exc))}") from exc
     if message.v != ITEM_MESSAGE_VERSION:
         raise MalformedMessage(f"unsupported item message version {message.v}")
     for name in ("job_id", "job_type", "stage"):
@@ -79,8 +86,10 @@ def decode_item(body: bytes) -> ItemMessage:
     return message
 
 
-def _brief(text: str) -> str:
-    if len(text) <= _BRIEF:
+def brief(text: str, limit: int = _BRIEF) -> str:
+    """``text`` cut to at most ``limit`` characters, saying how long it was:
+    what is logged or sent on of a message's content or an error's text."""
+    if len(text) <= limit:
         return text
     tail = f"… ({len(text)} characters)"
-    return text[: _BRIEF - len(tail)] + tail
+    return text[: max(limit - len(tail), 0)] + tail

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 from jobtrack.errors import ImageError, InvalidRequest, PathRefused, StoreUnavailable, WorkerCrashed
+from jobtrack.jobs.messages import brief
 from jobtrack.jobs.types import Item, Retry
 from jobtrack.model import Clock, utc_now
 from jobtrack.pipeline.catalog import Artifact, ArtifactStatus, Catalog, ImageRecord
 from jobtrack.pipeline.imaging import STALE_TEMPORARY_AGE, Rendition, render, sweep_temporaries
-from jobtrack.pipeline.messages import brief
 from jobtrack.pipeline.pool import RenderPool
 from jobtrack.pipeline.stages import RenditionSpec
 from jobtrack.pipeline.walk import open_inside

@@ -22,11 +22,11 @@ from typing import Any
 
 from jobtrack.broker import Broker
 from jobtrack.errors import InvalidRequest
+from jobtrack.jobs.messages import brief
 from jobtrack.jobs.producer import JobProducer
 from jobtrack.jobs.types import JobType
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import ArtifactStatus, Catalog, Collection, ScannedFile
-from jobtrack.pipeline.messages import brief
 from jobtrack.pipeline.stages import (
     DEFAULT_RENDITIONS,
     SCAN,
