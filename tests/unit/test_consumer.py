@@ -22,10 +22,10 @@ from jobtrack.broker import InMemoryBroker
 from jobtrack.errors import StoreUnavailable
 from jobtrack.jobs.consumer import ItemConsumer
 from jobtrack.jobs.executors import HandlerRunner
+from jobtrack.jobs.gate import JobGate
 from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import Artifact, ScannedFile
-from jobtrack.pipeline.gate import JobGate
 from jobtrack.pipeline.stages import JOB_TYPE, STAGES, THUMBNAIL, queue_for
 from jobtrack.runtime import App, Settings
 from jobtrack.runtime.builtin import builtin_app, close_rendition_work, rendition_work

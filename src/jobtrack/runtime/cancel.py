@@ -11,7 +11,7 @@ had already ended, as completed, failed or cancelled: nothing is written).
 Of two cancels racing, exactly one answers ``cancelled``. The scan that runs
 the job notices the cancel and stops its walk
 (:class:`~jobtrack.pipeline.scanner.Scanner`); its queued items are acked
-without work (:class:`~jobtrack.pipeline.gate.JobGate`).
+without work (:class:`~jobtrack.jobs.gate.JobGate`).
 """
 
 from __future__ import annotations

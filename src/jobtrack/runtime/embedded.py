@@ -32,10 +32,10 @@ from jobtrack.broker import Broker, Subscription
 from jobtrack.errors import InvalidRequest
 from jobtrack.jobs.consumer import ItemConsumer
 from jobtrack.jobs.executors import HandlerRunner
+from jobtrack.jobs.gate import JobGate
 from jobtrack.model import Job, JobStatus, utc_now
 from jobtrack.monitor import describe_changes
 from jobtrack.pipeline.catalog import Catalog
-from jobtrack.pipeline.gate import JobGate
 from jobtrack.pipeline.scanner import Scanner, ScanReport, ScanStart
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, JOB_TYPE, RenditionSpec, queue_for
 from jobtrack.pipeline.walk import ResolvedRoot
