@@ -115,3 +115,15 @@ def test_a_failed_commit_leaves_the_connection_usable(tmp_path: Path) -> None:
         tx.execute("INSERT INTO parent VALUES (1)")
     assert conn.execute("SELECT count(*) FROM parent").fetchone() == (1,)
     database.close()
+
+
+def test_the_connection_checkpoints_every_ten_thousand_pages(tmp_path: Path) -> None:
+    # A ledger batch of keys in no order dirties about a page a key; with
+    # SQLite's default of 1,000 pages every such batch was checkpointed.
+    database = SqliteDatabase(tmp_path / "jobs.db")
+    pragma = database.connection.execute
+    assert pragma("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert pragma("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    assert pragma("PRAGMA wal_autocheckpoint").fetchone() == (10_000,)
+    assert pragma("PRAGMA journal_size_limit").fetchone() == (64 * 1024 * 1024,)
+    database.close()
