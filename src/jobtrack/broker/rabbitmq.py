@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -206,23 +206,23 @@ def _gone(connection: AbstractConnection) -> bool:
 class _Acks:
     """The acks of one channel, merged where the protocol allows.
 
-    Acks are sent at the end of the event loop's turn: a run of settled
-    deliveries at the front of the channel's delivery order goes as one
-    ``basic.ack(multiple=True)``; an ack behind an unsettled delivery goes
-    alone, at once, so no ack ever waits for another message.
+    RabbitMQ numbers a channel's deliveries 1, 2, 3... and an ack with
+    ``multiple=True`` settles every delivery up to its tag. So acks are sent
+    at the end of the event loop's turn: the run of settled tags from the
+    lowest not yet passed goes as one ``basic.ack(multiple=True)``; an ack
+    behind a tag not settled goes alone, at once, so no ack ever waits for
+    another message. A tag passes only once it was settled here: a delivery
+    whose handler has not started yet, or one this process never saw, is
+    never covered by another's ack.
     """
 
     def __init__(self, channel: AbstractChannel) -> None:
         self.channel = channel
-        self._order: deque[int] = deque()  # delivery tags not yet passed, in order
-        self._settled: set[int] = set()  # of those, the ones settled (acked or not)
+        self._next = 1  # the lowest delivery tag not yet passed
+        self._settled: set[int] = set()  # tags settled (acked or not), not yet passed
         self._waiting: dict[int, AbstractIncomingMessage] = {}  # acked, not yet sent
         self._scheduled = False
         self._sending: set[asyncio.Future[None]] = set()
-
-    def delivered(self, message: AbstractIncomingMessage) -> None:
-        if message.delivery_tag is not None:
-            self._order.append(message.delivery_tag)
 
     def settled(self, message: AbstractIncomingMessage) -> None:
         """A reject was sent (written, not just queued) for ``message`` on its own."""
@@ -230,6 +230,7 @@ class _Acks:
             self._settled.add(message.delivery_tag)
 
     def ack(self, message: AbstractIncomingMessage) -> None:
+        """Ack ``message`` at the end of the loop's turn, merged if it can be."""
         tag = message.delivery_tag
         if tag is None:
             return
@@ -251,10 +252,10 @@ class _Acks:
             self._waiting.clear()  # the server takes them back; nothing to send
             return
         last: AbstractIncomingMessage | None = None
-        while self._order and self._order[0] in self._settled:
-            tag = self._order.popleft()
-            self._settled.discard(tag)
-            last = self._waiting.pop(tag, last)
+        while self._next in self._settled:
+            self._settled.discard(self._next)
+            last = self._waiting.pop(self._next, last)
+            self._next += 1
         sends = [] if last is None else [last.ack(multiple=True)]
         sends += [message.ack() for message in self._waiting.values()]
         self._waiting.clear()
@@ -382,7 +383,11 @@ class _RabbitSubscription:
         channel.close_callbacks.add(self._on_channel_close)
         underlay = await channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(self._on_server_cancel)
-        self._tag = await amqp_queue.consume(self._on_message, no_ack=False)
+        # Each message is settled through the acks of the channel it came on,
+        # never a later channel's (its tags are numbered from 1 again).
+        self._tag = await amqp_queue.consume(
+            functools.partial(self._on_message, self._acks), no_ack=False
+        )
         logger.info(
             "consuming %s (prefetch %d)",
             self.queue,
@@ -418,14 +423,12 @@ class _RabbitSubscription:
         )
         self._restart = asyncio.create_task(self._broker.restart(self))
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, acks: _Acks, message: AbstractIncomingMessage) -> None:
         # aiormq runs this in a task it cancels when the channel closes; the
         # handler runs in a task of ours, so that a reconnection never
         # interrupts work half done.
-        acks = self._acks
-        if acks is None or self.stopping:
+        if self.stopping or acks.channel.is_closed:
             return  # left unacked: the server delivers it again once the channel closes
-        acks.delivered(message)
         task = asyncio.create_task(self._handle(message, acks), name=f"handle:{self.queue}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -482,7 +485,7 @@ class RabbitMQBroker:
     :param publish_timeout: seconds a publish may wait for the broker (through
         reconnections) before :class:`~jobtrack.errors.BrokerUnavailable`.
     :param confirm_window: publishes of :meth:`publish_many` awaiting their
-        confirm at once.
+        confirm at once, over all its calls in flight.
     :param max_reconnect_delay: the ceiling of the reconnection backoff.
     :param backoff: makes the backoff of each run of attempts (tests inject
         one with their own random and sleep).
@@ -500,7 +503,7 @@ class RabbitMQBroker:
     ) -> None:
         self._url, self.queue_type, self.delivery_limit = parse_amqp_url(url)
         self._publish_timeout = publish_timeout
-        self._confirm_window = confirm_window
+        self._window = asyncio.Semaphore(confirm_window)
         self._backoff = backoff or (lambda: Backoff(initial=0.1, maximum=max_reconnect_delay))
         self._connection: AbstractConnection | None = None
         self._publisher: AbstractChannel | None = None
@@ -737,20 +740,23 @@ class RabbitMQBroker:
 
     async def publish_many(self, queue: str, bodies: Iterable[bytes]) -> None:
         """Publish several messages with up to ``confirm_window`` confirms in
-        flight; return once all are confirmed, or raise at the first failure."""
+        flight (shared by the calls in flight at once, so that a caller may
+        start the next batch while one is being confirmed); return once all
+        are confirmed, or raise at the first failure."""
         pending = list(bodies)
         if not pending:
             return
-        await self._publish(queue, pending[0], headers=None)  # declares the queue once
-        window = asyncio.Semaphore(self._confirm_window)
+        if queue not in self._declared:
+            await self._publish(queue, pending[0], headers=None)  # declares the queue once
+            pending = pending[1:]
 
         async def one(body: bytes) -> None:
-            async with window:
+            async with self._window:
                 await self._publish(queue, body, headers=None)
 
         try:
             async with asyncio.TaskGroup() as group:
-                for body in pending[1:]:
+                for body in pending:
                     group.create_task(one(body))
         except ExceptionGroup as failed:  # the first failure, as publish would raise it
             raise failed.exceptions[0] from None

@@ -22,8 +22,9 @@ be added to by the producer; it seals itself once its feeders complete.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeAlias
 
@@ -243,20 +244,50 @@ class JobProducer:
         self._check_open(job)
         self.job_type.queue(stage)  # refuses an unknown stage
         new = 0
+        # Each batch is written to the ledger, then published; the next
+        # batch's ledger write and publishes overlap the confirms of the one
+        # before (the broker's confirm window is shared), so the window does
+        # not drain at every batch. At most two batches are being published.
+        publishing: asyncio.Task[None] | None = None
+        try:
+            for batch in self._batches(items):
+                new += await self._record(job, stage, batch)
+                started = asyncio.create_task(self._publish(job, stage, batch))
+                previous, publishing = publishing, started
+                if previous is not None:
+                    await previous
+            if publishing is not None:
+                await publishing
+        except Exception:
+            if publishing is not None:  # what was written goes out before the error
+                with contextlib.suppress(Exception):  # else the monitor re-drives it
+                    await publishing
+            raise
+        finally:
+            if publishing is not None and not publishing.done():
+                publishing.cancel()
+                with contextlib.suppress(BaseException):
+                    await publishing
+        return new
+
+    def _batches(self, items: Iterable[ItemSpec]) -> Iterator[list[LedgerItem]]:
+        """The items as ledger items, a batch at a time, each key once a batch."""
         batch: dict[str, LedgerItem] = {}
         for spec in items:
             item = as_ledger_item(spec)
             batch.setdefault(item.key, item)
             if len(batch) >= self._batch_size:
-                new += await self._write(job, stage, list(batch.values()))
+                yield list(batch.values())
                 batch = {}
         if batch:
-            new += await self._write(job, stage, list(batch.values()))
-        return new
+            yield list(batch.values())
 
-    async def _write(self, job: Job, stage: str, batch: list[LedgerItem]) -> int:
+    async def _record(self, job: Job, stage: str, batch: list[LedgerItem]) -> int:
         new = await self._store.add_items(job.id, stage, batch)
         self.added += new
+        return new
+
+    async def _publish(self, job: Job, stage: str, batch: list[LedgerItem]) -> None:
         bodies = [
             encode_item(
                 ItemMessage(
@@ -271,7 +302,6 @@ class JobProducer:
         ]
         await self._broker.publish_many(self.job_type.queue(stage), bodies)
         self.published += len(bodies)
-        return new
 
     async def seal(self) -> Job:
         """Seal the total of every stage the producer feeds (every stage that
