@@ -91,3 +91,20 @@ async def test_run_open_needs_its_app_open(tmp_path: Path) -> None:
     worker = jobtrack.Worker(app=pages_app(settings), in_process=True)
     with pytest.raises(InvalidRequest, match="needs the worker's app open"):
         await worker.run_open(asyncio.Event())
+
+
+async def test_a_worker_flushes_once_half_its_prefetch_waits(tmp_path: Path) -> None:
+    # Acks wait for durable counts, so a queue holds at most its prefetch in
+    # the tracker: waiting out the flush interval with it full would cap the
+    # worker at prefetch items per interval.
+    settings = jobtrack.Settings(data_dir=tmp_path, store_url="memory://")
+    app = pages_app(settings)
+    worker = jobtrack.Worker(app=app, prefetch=500, in_process=True)
+    async with app:
+        assert app.tracker.max_batch == 50_000
+        stop, ready = asyncio.Event(), asyncio.Event()
+        running = asyncio.create_task(worker.run_open(stop, ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        assert app.tracker.max_batch == 250
+        stop.set()
+        await running

@@ -677,3 +677,19 @@ async def test_a_batch_mate_only_answered_as_missing_does_not_make_a_fault_the_e
     assert await tracker.flush(max_wait=1.0)
     assert (await receipt, receipt.refused) == (True, None)
     assert (await store.get_job(job.id)).stage("a").completed_items == 1
+
+
+async def test_a_lower_max_batch_flushes_before_the_interval() -> None:
+    # A consumer holds at most its prefetch in items waiting for their count:
+    # with the window full and the interval long, only max_batch starts a flush.
+    store = InMemoryJobStore()
+    job = await store.create_job("t", ["s"])
+    tracker = ProgressTracker(store, flush_interval=3600.0)
+    assert tracker.max_batch == 50_000
+    receipts = [tracker.add(job.id, "s", item_key=f"k{n}") for n in range(4)]
+    tracker.max_batch = 4  # already reached: flushes now
+    assert await asyncio.wait_for(receipts[-1].wait(), 5.0) is True
+    assert (await store.get_job(job.id)).stages["s"].completed_items == 4
+    with pytest.raises(InvalidRequest, match="max_batch"):
+        tracker.max_batch = 0
+    assert await tracker.flush(max_wait=1.0)

@@ -166,6 +166,10 @@ class Worker:
     ) -> None:
         """Consume with ``app``'s parts until ``stop`` is set or the broker fails."""
         settings, tracker = app.settings, app.tracker
+        # Each item's ack waits for its count to be durable, so a queue holds
+        # at most its prefetch in the tracker: a flush starts once half of
+        # that waits, not only when the interval is up with the window full.
+        tracker.max_batch = min(tracker.max_batch, max(1, self.prefetch // 2))
         subscriptions: list[Subscription] = []
         gate = JobGate(app.store)
         sealer = Sealer(app.store)

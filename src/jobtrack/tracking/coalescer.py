@@ -180,6 +180,19 @@ class Coalescer:
         """True while the store was unavailable at the last flush."""
         return self._backoff > 0
 
+    @property
+    def max_batch(self) -> int:
+        """Items waiting that start a flush at once."""
+        return self._max_batch
+
+    @max_batch.setter
+    def max_batch(self, items: int) -> None:
+        if items < 1:
+            raise InvalidRequest(f"max_batch must be at least 1, not {items}")
+        self._max_batch = items
+        if self._items >= items and not self._backoff:
+            self._wake.set()
+
     def add(self, job_id: str, stage: str, *, item_key: str | None, failed: bool) -> Receipt:
         """Fold one item in; never blocks, never raises."""
         if self._items + self._in_flight >= self._max_pending:

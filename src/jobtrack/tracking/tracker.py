@@ -83,6 +83,22 @@ class ProgressTracker:
         self._writes: set[asyncio.Task[bool]] = set()
 
     @property
+    def max_batch(self) -> int:
+        """Items waiting that start a coalesced flush at once, before the
+        interval is up."""
+        return self._coalescer.max_batch
+
+    @max_batch.setter
+    def max_batch(self, items: int) -> None:
+        """Set :attr:`max_batch`; a consumer that acks once the count is
+        durable holds at most its prefetch in items, so it sets a part of
+        that (else it waits out the interval with its window full).
+
+        :raises InvalidRequest: ``items`` below 1.
+        """
+        self._coalescer.max_batch = items
+
+    @property
     def pending(self) -> int:
         """Items reported and not yet in the store."""
         return self._coalescer.pending + self._per_item.pending + len(self._writes)
