@@ -288,6 +288,11 @@ class JobProducer:
         return new
 
     async def _publish(self, job: Job, stage: str, batch: list[LedgerItem]) -> None:
+        sender = self.job_type.sender
+        if sender is not None:
+            await sender.send(job, stage, batch)
+            self.published += len(batch)
+            return
         bodies = [
             encode_item(
                 ItemMessage(

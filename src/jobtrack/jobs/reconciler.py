@@ -70,8 +70,9 @@ class LedgerReconciler:
 
     @property
     def can_redrive(self) -> bool:
-        """Whether there is a broker to publish missing items to."""
-        return self._broker is not None
+        """Whether missing items can be sent again: the type has a sender,
+        or there is a broker to publish them to."""
+        return self.type.sender is not None or self._broker is not None
 
     async def prepare(self, job: Job) -> Job:
         """Seal the job's discovered stages that are ready
@@ -144,7 +145,12 @@ class LedgerReconciler:
 
     async def backlog(self) -> dict[str, int]:
         """Per stage, the messages its queue holds or has in flight (none
-        without a broker)."""
+        without a broker); a type with a sender: what its sender tells, the
+        stages it cannot tell left out."""
+        sender = self.type.sender
+        if sender is not None:
+            told = {stage: await sender.backlog(stage) for stage in self.type.stages}
+            return {stage: depth for stage, depth in told.items() if depth is not None}
         if self._broker is None:
             return {}
         return {
@@ -154,33 +160,44 @@ class LedgerReconciler:
 
     async def redrive(self, job: Job, missing: Mapping[str, Sequence[str]]) -> int:
         """Publish the given missing items again, with their ledger payloads
-        (an item no longer in the ledger is left out); how many were published.
+        (an item no longer in the ledger is left out), or send them through
+        the type's sender; how many were published or sent.
 
         :raises StoreUnavailable: the store cannot be reached.
         :raises BrokerError: the broker refused a publish.
+        :raises JobtrackError: the type's sender could not send them.
         """
-        if self._broker is None:
+        sender = self.type.sender
+        if self._broker is None and sender is None:
             return 0
         published = 0
         for stage, keys in missing.items():
             wanted = list(dict.fromkeys(keys))
             for start in range(0, len(wanted), PAGE):
                 items = await self._store.ledger_items(job.id, stage, wanted[start : start + PAGE])
-                bodies = [
-                    encode_item(
-                        ItemMessage(
-                            job_id=job.id,
-                            job_type=self.type.name,
-                            stage=stage,
-                            key=item.key,
-                            payload=item.payload,
-                        )
-                    )
-                    for item in items
-                ]
-                await self._broker.publish_many(self.type.queue(stage), bodies)
-                published += len(bodies)
+                if sender is not None:
+                    await sender.send(job, stage, items)
+                else:
+                    await self._publish(job, stage, items)
+                published += len(items)
         return published
+
+    async def _publish(self, job: Job, stage: str, items: Sequence[LedgerItem]) -> None:
+        if self._broker is None:
+            return
+        bodies = [
+            encode_item(
+                ItemMessage(
+                    job_id=job.id,
+                    job_type=self.type.name,
+                    stage=stage,
+                    key=item.key,
+                    payload=item.payload,
+                )
+            )
+            for item in items
+        ]
+        await self._broker.publish_many(self.type.queue(stage), bodies)
 
     async def give_up(self, job: Job, missing: Mapping[str, Sequence[str]], reason: str) -> None:
         """Record each item still missing as failed with ``reason``, once the

@@ -129,7 +129,10 @@ class SyncJobProducer:
             self._producer = self._run(self._open_shared())
             return self
         settings = self._app.settings
-        for what, url in (("store", settings.store_url), ("broker", settings.broker_url)):
+        checked = [("store", settings.store_url)]
+        if not self._sends_itself():  # a sender's items need no broker of ours
+            checked.append(("broker", settings.broker_url))
+        for what, url in checked:
             if url.startswith("memory://"):
                 raise InvalidRequest(
                     f"a {what} in memory lives in one event loop: open the app "
@@ -180,6 +183,16 @@ class SyncJobProducer:
         producer = copy.start_job(self._type_name, attributes=self._attributes)
         await producer.start()
         return producer
+
+    def _sends_itself(self) -> bool:
+        """Whether the job type sends its items through a sender of its own."""
+        job_type = self._type_name
+        if isinstance(job_type, str):
+            try:
+                job_type = self._app.get_type(job_type)
+            except InvalidRequest:
+                return False  # refused with its reason when the copy opens
+        return job_type.sender is not None
 
     def _close_private(self) -> None:
         if self._private is not None:

@@ -31,7 +31,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from jobtrack.errors import Conflict, InvalidRequest
 from jobtrack.model import Job
@@ -47,6 +47,7 @@ __all__ = [
     "FailuresHook",
     "Handler",
     "Item",
+    "ItemSender",
     "JobType",
     "Retry",
     "RetryHook",
@@ -80,7 +81,29 @@ RetryHook: TypeAlias = Callable[["App", Job], Awaitable[Job]]
 #: Lines that say more about a job than its stages (where its output is).
 DetailsHook: TypeAlias = Callable[["App", Job], Sequence[str]]
 
+
 #: Failures read from the ledger a query at a time.
+class ItemSender(Protocol):
+    """Where a job type's items go when something other than jobtrack's own
+    workers does them: a task framework (Celery, Dramatiq, arq, RQ). The
+    producer sends each batch through it once the batch is in the ledger,
+    and the monitor re-drives missing items through it, from the ledger.
+    """
+
+    async def send(self, job: Job, stage: str, items: Sequence[LedgerItem]) -> None:
+        """Send ``items`` of ``job``'s ``stage`` to be done (each at least
+        once: a redelivered or re-sent item counts once by its key).
+
+        :raises JobtrackError: (a subclass) the items could not be sent.
+        """
+        ...
+
+    async def backlog(self, stage: str) -> int | None:
+        """Items of ``stage`` waiting or being done, as the framework's queue
+        tells; None when it cannot be known."""
+        ...
+
+
 _FAILURES_PAGE = 500
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -167,6 +190,9 @@ class JobType:
     :param counted_by_producer: stages with no handler, whose items the
         producer itself does and counts (a folder walk that is the
         producing, say): no queue, no worker.
+    :param sender: sends the type's items somewhere else to be done (a task
+        framework's workers count them): no handlers, no jobtrack queue;
+        the producer and the monitor's re-drive send through it.
     :raises InvalidRequest: a name that is not lowercase letters, digits,
         ``-`` and ``_`` (at most 63), no stages, a stage twice, or a stage
         counted by the producer that is not one of them.
@@ -187,6 +213,7 @@ class JobType:
         retry: RetryHook | None = None,
         details: DetailsHook | None = None,
         counted_by_producer: Iterable[str] = (),
+        sender: ItemSender | None = None,
     ) -> None:
         for what in (name, *stages):
             if not isinstance(what, str) or not _NAME.fullmatch(what):
@@ -215,6 +242,7 @@ class JobType:
         self.failures = failures
         self.retry = retry
         self.describe = details
+        self.sender = sender
         self.handlers: dict[str, StageHandler] = {}
 
     def handler(
@@ -240,6 +268,10 @@ class JobType:
             fit the function.
         """
         self._check_stage(stage)
+        if self.sender is not None:
+            raise InvalidRequest(
+                f"job type {self.name!r} sends its items through its sender: no handlers"
+            )
         if stage in self.handlers:
             raise InvalidRequest(f"stage {stage!r} of {self.name!r} has a handler already")
         fed = frozenset(feeds)
@@ -306,7 +338,9 @@ class JobType:
 
     def check_complete(self) -> None:
         """Raise :class:`InvalidRequest` unless every stage has a handler
-        (or is counted by the producer)."""
+        (or is counted by the producer), or the type has a sender."""
+        if self.sender is not None:
+            return
         missing = [
             stage
             for stage in self.stages

@@ -1,0 +1,232 @@
+"""Counting a framework's tasks from its worker processes.
+
+A :class:`TaskCounter` lives in each worker process of a task framework.
+The framework's hook tells it that a task ended (:meth:`TaskCounter.done`,
+:meth:`TaskCounter.failed`); it returns at once. The counts are coalesced
+and written by a thread of its own, which runs an event loop with its own
+copy of the app (store and tracker): a framework whose workers are plain
+synchronous processes (Celery prefork, RQ's forks, Dramatiq's threads)
+never waits on the store, and one that runs on asyncio (arq) never blocks
+its loop.
+
+Each ended task counts once, by its item key, whatever the redeliveries. A
+failed task's error is recorded in the ledger before it is counted failed.
+:meth:`TaskCounter.flush` blocks until everything reported so far is
+durable: a hook calls it before the framework acks a task that it acks
+late, and before the process exits.
+
+The counter is made for one process. A process forked from one that used
+it (Celery's prefork pool, RQ's work horses) starts afresh on first use:
+nothing of the parent's thread, loop or connections is used in the child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING
+
+from jobtrack.errors import InvalidRequest, JobtrackError, StoreUnavailable
+from jobtrack.integrations.tasks import TaskRef
+from jobtrack.store.ledger import storable_error
+from jobtrack.tracking.receipt import Receipt
+
+if TYPE_CHECKING:
+    from jobtrack.runtime.app import App
+
+__all__ = ["TaskCounter"]
+
+logger = logging.getLogger(__name__)
+
+#: Characters of a failed task's error kept in the ledger.
+MAX_ERROR = 2_000
+
+
+class _Running:
+    """The counter's thread, its event loop and its open app, in one process."""
+
+    def __init__(self, app: App) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.app = app
+        self.receipts: list[Receipt] = []
+        self.writes: set[asyncio.Task[None]] = set()
+        self._opened: Future[None] = Future()
+        self._stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._run, name="jobtrack-counter", daemon=True)
+        self.thread.start()
+        self._opened.result()  # raises why the app could not open
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._serve())
+        finally:
+            self.loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            await self.app.__aenter__()
+            self.app.tracker  # noqa: B018 - built now, on this loop
+        except BaseException as exc:
+            self._opened.set_exception(exc)
+            return
+        self._opened.set_result(None)
+        try:
+            await self._stop.wait()
+        finally:
+            await self.app.aclose()
+
+    def call(self, callback: object, *args: object) -> None:
+        self.loop.call_soon_threadsafe(callback, *args)  # type: ignore[arg-type]
+
+    def stop(self, timeout: float) -> None:
+        if self._stop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(timeout)
+
+
+class TaskCounter:
+    """Counts the ends of a framework's tasks into jobtrack, from a worker
+    process (see the module).
+
+    :param app: the jobtrack app whose store the counts go to; the counter
+        opens a copy of it (:meth:`~jobtrack.App.with_settings`) in its own
+        thread, so the app given may be open elsewhere or not at all.
+    :param flush_timeout: seconds :meth:`flush` waits at most by default.
+    :raises InvalidRequest: the app's store is ``memory://`` (a copy of it
+        would be a store of its own, out of everyone's reach).
+    """
+
+    def __init__(self, app: App, *, flush_timeout: float = 30.0) -> None:
+        if app.settings.store_url.startswith("memory://"):
+            raise InvalidRequest(
+                "task counts need a store other processes reach (postgresql://… or sqlite:///…)"
+            )
+        self._app = app
+        self.flush_timeout = flush_timeout
+        self._lock = threading.Lock()
+        self._running: _Running | None = None
+        self._pid = 0
+        self.reported = 0
+        """Task ends reported in this process (done and failed)."""
+        atexit.register(self.close)
+
+    def _started(self) -> _Running:
+        running = self._running
+        if running is not None and self._pid == os.getpid():
+            return running
+        with self._lock:
+            if self._running is None or self._pid != os.getpid():
+                # First use, or first in a forked child: the parent's thread
+                # did not come along; its loop and connections are not ours.
+                self._running = _Running(self._app.with_settings(self._app.settings))
+                self._pid = os.getpid()
+                self.reported = 0
+            return self._running
+
+    def done(self, ref: TaskRef) -> None:
+        """Count ``ref``'s item done (once, by its key); returns at once.
+
+        :raises StoreError: (first use in the process) the store cannot be opened.
+        """
+        running = self._started()
+        self.reported += 1
+        running.call(self._count, running, ref, None, 1)
+
+    def failed(self, ref: TaskRef, error: str, *, attempts: int = 1) -> None:
+        """Record ``error`` as why ``ref``'s item failed (after ``attempts``
+        tries), then count it failed (once, by its key); returns at once.
+
+        :raises StoreError: (first use in the process) the store cannot be opened.
+        """
+        running = self._started()
+        self.reported += 1
+        running.call(self._count, running, ref, storable_error(error, MAX_ERROR), attempts)
+
+    @staticmethod
+    def _count(running: _Running, ref: TaskRef, error: str | None, attempts: int) -> None:
+        if error is None:
+            TaskCounter._add(running, ref, failed=False)
+            return
+        write = running.loop.create_task(TaskCounter._fail(running, ref, error, attempts))
+        running.writes.add(write)
+        write.add_done_callback(running.writes.discard)
+
+    @staticmethod
+    async def _fail(running: _Running, ref: TaskRef, error: str, attempts: int) -> None:
+        store = running.app.store
+        delay = 0.1
+        while True:
+            try:
+                await store.record_failure(ref.job_id, ref.stage, ref.key, error, attempts=attempts)
+                break
+            except StoreUnavailable:  # the failure is kept: try again, as counts are
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except JobtrackError as exc:  # an unknown job or stage: counted below, refused there
+                logger.warning(
+                    "failure of %s in job %s not recorded: %s",
+                    ref.key,
+                    ref.job_id,
+                    exc,
+                    extra={"action": "failure_not_recorded", "job_id": ref.job_id},
+                )
+                break
+        TaskCounter._add(running, ref, failed=True)
+
+    @staticmethod
+    def _add(running: _Running, ref: TaskRef, *, failed: bool) -> None:
+        receipt = running.app.tracker.add(ref.job_id, ref.stage, item_key=ref.key, failed=failed)
+        receipts = running.receipts
+        receipts.append(receipt)
+        if len(receipts) >= 1_000:  # keep only those not known yet
+            running.receipts = [r for r in receipts if not r.done()]
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every task end reported so far in this process is
+        durable in the store; False if that is not so within ``timeout``
+        seconds (default :attr:`flush_timeout`): the store is down, say.
+        What is not durable is kept and written when the store is back."""
+        running = self._running
+        if running is None or self._pid != os.getpid() or not running.thread.is_alive():
+            return True
+        wait = self.flush_timeout if timeout is None else timeout
+        future = asyncio.run_coroutine_threadsafe(self._flushed(running), running.loop)
+        try:
+            return future.result(wait)
+        except FutureTimeout:
+            future.cancel()
+            return False
+
+    @staticmethod
+    async def _flushed(running: _Running) -> bool:
+        if running.writes:  # failures being recorded: counted once they are
+            await asyncio.wait(set(running.writes))
+        receipts = list(running.receipts)
+        await running.app.tracker.flush_if_due()
+        durable = all([await receipt for receipt in receipts])
+        running.receipts = [r for r in running.receipts if not r.done()]
+        if not durable:  # refused for good (logged by the tracker) or dropped
+            logger.warning(
+                "%d task ends not written",
+                sum(1 for r in receipts if r.refused is not None or not r.done()),
+                extra={"action": "task_counts_not_written"},
+            )
+        return durable
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (see :meth:`flush`), then stop the counter's thread and
+        close its app; used again, the counter starts afresh. Called at the
+        process's exit too."""
+        running = self._running
+        if running is None or self._pid != os.getpid():
+            return
+        self.flush(timeout)
+        running.stop(self.flush_timeout if timeout is None else timeout)
+        self._running = None

@@ -1,0 +1,195 @@
+"""The integrations' shared parts: a job type whose items a sender sends
+(the producer and the monitor's re-drive go through it), and the worker
+side's counter, in a thread of its own and after a fork."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import jobtrack
+from jobtrack.errors import InvalidRequest
+from jobtrack.integrations import TaskCall, TaskCounter, TaskRef
+from jobtrack.model import Job, JobStatus
+from jobtrack.store.ledger import LedgerItem
+
+
+class Recorder:
+    """A sender that keeps what it is asked to send."""
+
+    def __init__(self, depth: int | None = None) -> None:
+        self.sent: list[tuple[str, str, TaskCall]] = []
+        self.depth = depth
+
+    async def send(self, job: Job, stage: str, items: Sequence[LedgerItem]) -> None:
+        for item in items:
+            self.sent.append((stage, item.key, TaskCall.from_payload(item.payload)))
+
+    async def backlog(self, stage: str) -> int | None:
+        return self.depth
+
+
+def make_app(tmp_path: Path, sender: Recorder) -> jobtrack.App:
+    settings = jobtrack.Settings(data_dir=tmp_path, store_url=f"sqlite:///{tmp_path / 'j.db'}")
+    app = jobtrack.App(settings)
+    app.job_type("emails", ["send"], sender=sender)
+    return app
+
+
+def calls(n: int) -> list[tuple[str, dict[str, object]]]:
+    return [(f"t{i}", TaskCall("mail.send", (i,), {"to": f"u{i}"}).payload()) for i in range(n)]
+
+
+def test_a_task_call_round_trips_and_bad_payloads_are_refused() -> None:
+    call = TaskCall("a.b", (1, "x"), {"k": [1]}, {"queue": "q"}, task_id="id-1")
+    assert TaskCall.from_payload(call.payload()) == TaskCall(
+        "a.b", (1, "x"), {"k": [1]}, {"queue": "q"}, "id-1"
+    )
+    assert call.id_for("key") == "id-1"
+    assert TaskCall("a.b").id_for("key") == "key"
+    bad: object
+    for bad in (None, [], {"task": 3}, {"task": "x", "args": {}}, {"task": "x", "id": 4}):
+        with pytest.raises(InvalidRequest, match="not a task's ledger payload"):
+            TaskCall.from_payload(bad)
+    with pytest.raises(InvalidRequest, match="must be JSON"):
+        TaskCall("a.b", (object(),)).payload()
+
+
+def test_a_task_ref_travels_as_a_header() -> None:
+    ref = TaskRef("job-1", "send", "k1")
+    assert TaskRef.from_header(ref.header()) == ref
+    assert TaskRef.from_header('{"job": "job-1", "stage": "send", "key": "k1"}') == ref
+    assert TaskRef.from_header(None) is None
+    for bad in ({"job": "j"}, "nope", {"job": "j", "stage": "s", "key": ""}, 42):
+        assert TaskRef.from_header(bad) is None
+
+
+def test_a_type_with_a_sender_takes_no_handler(tmp_path: Path) -> None:
+    app = make_app(tmp_path, Recorder())
+    emails = app.get_type("emails")
+    emails.check_complete()  # no handlers needed
+    with pytest.raises(InvalidRequest, match="no handlers"):
+        emails.handler("send")(lambda item: None)
+
+
+async def test_the_producer_sends_through_the_sender_after_the_ledger(tmp_path: Path) -> None:
+    sender = Recorder()
+    app = make_app(tmp_path, sender)
+    async with app, app.start_job("emails") as producer:
+        assert await producer.add("send", calls(2_500)) == 2_500
+    assert [key for _, key, _ in sender.sent] == [f"t{i}" for i in range(2_500)]
+    assert sender.sent[7][2] == TaskCall("mail.send", (7,), {"to": "u7"})
+    async with app:
+        job = await app.store.get_job(producer.job.id)
+        assert (job.stage("send").total_items, job.stage("send").total_final) == (2_500, True)
+
+
+def test_the_sync_producer_needs_no_broker_for_a_sender(tmp_path: Path) -> None:
+    sender = Recorder()
+    app = make_app(tmp_path, sender)  # broker: the default, in memory
+    with app.start_job_sync("emails") as producer:
+        producer.add("send", calls(3))
+    assert len(sender.sent) == 3
+
+
+async def test_the_monitor_sends_the_missing_tasks_again_through_the_sender(
+    tmp_path: Path,
+) -> None:
+    sender = Recorder(depth=None)
+    app = make_app(tmp_path, sender)
+    async with app:
+        async with app.start_job("emails") as producer:
+            await producer.add("send", calls(10))
+        job_id = producer.job.id
+        for n in range(7):
+            assert await app.tracker.increment(job_id, "send", item_key=f"t{n}")
+        sender.sent.clear()
+        (reconciler,) = [r for r in app.reconcilers() if r.job_type == "emails"]
+        assert reconciler.can_redrive
+        assert await reconciler.backlog() == {}  # depth unknown: left out
+        job = await app.store.get_job(job_id)
+        truth = await reconciler.truth(job)
+        assert truth.missing == {"send": ["t7", "t8", "t9"]}
+        assert await reconciler.redrive(job, truth.missing) == 3
+        assert [(key, call.args) for _, key, call in sender.sent] == [
+            ("t7", (7,)),
+            ("t8", (8,)),
+            ("t9", (9,)),
+        ]
+        sender.depth = 4
+        assert await reconciler.backlog() == {"send": 4}
+
+
+async def test_the_counter_counts_from_threads_once_per_key_and_records_failures(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path, Recorder())
+    async with app, app.start_job("emails") as producer:
+        await producer.add("send", calls(400))
+    job_id = producer.job.id
+    counter = TaskCounter(app)
+
+    def work(start: int) -> None:
+        for n in range(start, 400, 4):
+            ref = TaskRef(job_id, "send", f"t{n}")
+            for _ in range(2 if n % 7 == 0 else 1):  # a redelivery: counted once
+                if n % 50 == 0:
+                    counter.failed(ref, f"ValueError: bad {n}", attempts=3)
+                else:
+                    counter.done(ref)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counter.flush(10.0)
+    counter.close()
+    async with app:
+        job = await app.store.get_job(job_id)
+        failures = await app.store.list_failures(job_id)
+    stage = job.stage("send")
+    assert (stage.completed_items, stage.failed_items) == (392, 8)
+    assert job.status is JobStatus.COMPLETED
+    assert sorted((f.key, f.error, f.attempts) for f in failures) == sorted(
+        (f"t{n}", f"ValueError: bad {n}", 3) for n in range(0, 400, 50)
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+async def test_a_forked_child_counts_with_a_counter_of_its_own(tmp_path: Path) -> None:
+    app = make_app(tmp_path, Recorder())
+    async with app, app.start_job("emails") as producer:
+        await producer.add("send", calls(4))
+    job_id = producer.job.id
+    counter = TaskCounter(app)
+    counter.done(TaskRef(job_id, "send", "t0"))
+    assert counter.flush(10.0)
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's thread is not here
+        try:
+            for n in (1, 2):
+                counter.done(TaskRef(job_id, "send", f"t{n}"))
+            os._exit(0 if counter.flush(10.0) and counter.reported == 2 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    counter.done(TaskRef(job_id, "send", "t3"))
+    assert counter.flush(10.0)
+    assert counter.reported == 2
+    counter.close()
+    async with app:
+        job = await app.store.get_job(job_id)
+    assert (job.stage("send").completed_items, job.status) == (4, JobStatus.COMPLETED)
+
+
+def test_the_counter_refuses_a_store_in_memory(tmp_path: Path) -> None:
+    app = jobtrack.App(jobtrack.Settings(data_dir=tmp_path, store_url="memory://"))
+    with pytest.raises(InvalidRequest, match="store other processes reach"):
+        TaskCounter(app)
