@@ -1,0 +1,1 @@
+"""One driver per framework for the integrations' contract (``contract.py``)."""
