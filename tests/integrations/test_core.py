@@ -5,7 +5,10 @@ side's counter, in a thread of its own and after a fork."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -193,3 +196,34 @@ def test_the_counter_refuses_a_store_in_memory(tmp_path: Path) -> None:
     app = jobtrack.App(jobtrack.Settings(data_dir=tmp_path, store_url="memory://"))
     with pytest.raises(InvalidRequest, match="store other processes reach"):
         TaskCounter(app)
+
+
+async def test_the_cli_shows_a_senders_job_like_any_other(tmp_path: Path) -> None:
+    sender = Recorder()
+    app = make_app(tmp_path, sender)
+    async with app, app.start_job("emails") as producer:
+        await producer.add("send", calls(5))
+    job_id = producer.job.id
+    counter = TaskCounter(app)
+    for n in range(4):
+        counter.done(TaskRef(job_id, "send", f"t{n}"))
+    counter.failed(TaskRef(job_id, "send", "t4"), "SMTPError: mailbox full", attempts=2)
+    assert counter.flush(10.0)
+    counter.close()
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "jobtrack", "jobs", "show", job_id, "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JOBTRACK_STORE_URL": app.settings.store_url},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    stage = shown["stages"]["send"]
+    counts = (stage["total_items"], stage["completed_items"], stage["failed_items"])
+    assert (shown["job_type"], shown["status"], counts) == ("emails", "completed", (5, 4, 1))
+    assert [(f["image"], f["error"]) for f in shown["failures"]] == [
+        ("t4", "SMTPError: mailbox full")
+    ]
