@@ -46,6 +46,10 @@ class Driver(Protocol):
     kill_redelivers: bool
     """Whether the framework delivers again a task whose worker was killed
     while running it (then the raw counter over-counts it)."""
+    acks_after_count: bool
+    """Whether the framework acks a task only once its count is durable (a
+    flush before the ack): a worker killed before its flush has acked
+    nothing it ran, and the broker delivers it again."""
 
     def app(self) -> App:
         """A jobtrack App (unopened) for this test process: the same job
