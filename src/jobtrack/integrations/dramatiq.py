@@ -317,6 +317,8 @@ class FlushGroup:
         self._durable = True
         self.flushes = 0
         """Flushes this group ran."""
+        self.waiting = 0
+        """Threads waiting now for a flush that another thread runs."""
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until what this process reported before the call is
@@ -326,7 +328,11 @@ class FlushGroup:
             needed = self._started + 1
             while self._ended < needed:
                 if self._running:
-                    self._cond.wait()
+                    self.waiting += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self.waiting -= 1
                     continue
                 self._running = True
                 self._started += 1
