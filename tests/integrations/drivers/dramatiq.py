@@ -38,6 +38,8 @@ class DramatiqDriver:
 
     kill_redelivers = True
     """RabbitMQ delivers again what a killed process held unacked."""
+    acks_after_count = True
+    """The middleware acks a message once its count is durable."""
 
     def __init__(self, tmp_path: Path, name: str) -> None:
         self.name = name
