@@ -13,8 +13,10 @@ from pathlib import Path
 
 import dramatiq
 import pytest
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import Middleware, SkipMessage
 
 import jobtrack
 from jobtrack.errors import InvalidRequest
@@ -104,6 +106,71 @@ def test_each_way_dramatiq_settles_a_message_counts_as_it_should(tmp_path: Path)
         ("fail0", "ValueError: task 0 failed", 2),
         ("fail1", "ValueError: task 1 failed", 2),
         ("thrown0", "KeyError: 'no 0'", 1),
+    ]
+
+
+class Skipper(Middleware):
+    """Skips the messages of the actor ``skipped`` without failing them."""
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        if message.actor_name == "skipped":
+            raise SkipMessage("not today")
+
+
+def test_without_retries_an_error_fails_and_skips_and_unknown_actors_count_as_they_end(
+    tmp_path: Path,
+) -> None:
+    broker = StubBroker(middleware=[])  # no Retries: an error is the message's end
+    app = make_app(tmp_path)
+    runs: Counter[str] = Counter()
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE)
+    def fail(n: int) -> None:
+        runs["fail"] += 1
+        raise ValueError(f"task {n} failed")
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE)
+    def skipped() -> None:
+        runs["skipped"] += 1
+
+    tracking = DramatiqTracking(app, broker)
+    tracking.job_type("mails", ["send"])
+    middleware = JobtrackMiddleware(app)
+    broker.add_middleware(middleware)
+    broker.add_middleware(Skipper())  # after the counting middleware: its run is forgotten
+    unknown: dramatiq.Message[None] = dramatiq.Message(
+        queue_name=QUEUE, actor_name="missing", args=(), kwargs={}, options={}
+    )
+    with tracking.start_job("mails") as job:
+        job.send("send", fail.message(1), key="fail1")
+        job.send("send", skipped.message(), key="skipped")
+        job.send("send", unknown, key="missing")
+
+    worker = dramatiq.Worker(broker, worker_threads=2)
+    worker.start()
+    try:
+        broker.join(QUEUE, fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+    middleware.counter.close()
+
+    assert runs == Counter({"fail": 1})
+    assert [m.actor_name for m in broker.dead_letters] == ["missing"]
+
+    async def read() -> tuple[Job, list[tuple[str, str, int]]]:
+        async with app:
+            found = await app.store.get_job(job.id)
+            failures = await app.store.list_failures(job.id)
+        return found, sorted((f.key, f.error, f.attempts) for f in failures)
+
+    found, failures = asyncio.run(read())
+    stage = found.stage("send")
+    assert (stage.total_items, stage.completed_items, stage.failed_items) == (3, 0, 2)
+    assert found.status is JobStatus.IN_PROGRESS  # the skipped one is missing
+    assert failures == [
+        ("fail1", "ValueError: task 1 failed", 1),
+        ("missing", "ActorNotFound: missing", 1),
     ]
 
 
