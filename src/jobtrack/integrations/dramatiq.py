@@ -68,6 +68,7 @@ __all__ = [
     "DramatiqTracking",
     "FlushGroup",
     "JobtrackMiddleware",
+    "message_for",
     "task_call",
 ]
 
