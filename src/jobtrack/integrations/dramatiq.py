@@ -1,0 +1,453 @@
+"""Dramatiq actors' messages as the items of jobtrack jobs.
+
+Producer side::
+
+    tracking = DramatiqTracking(app, broker)
+    tracking.job_type("emails", stages=["send"], queues={"send": send_email.queue_name})
+    with tracking.start_job("emails") as job:
+        for user in users:
+            job.send("send", send_email.message(user.id))
+
+Worker side, in the module the ``dramatiq`` command loads::
+
+    broker.add_middleware(JobtrackMiddleware(app))
+
+An item's key is the one given, else the message's ``message_id``, which
+Dramatiq keeps across redeliveries and retries. The ledger keeps the actor's
+name, args, kwargs, options and queue (a :class:`~jobtrack.integrations.TaskCall`
+whose id is the ``message_id``), and each message carries its
+:class:`~jobtrack.integrations.TaskRef` as the message option ``"jobtrack"``.
+
+The middleware counts a message when Dramatiq settles it, in its
+``before_ack`` and ``before_nack`` hooks, which run after every middleware's
+``after_process_message``: the message's final state decides, whatever the
+order of the middleware. A message rejected (dead-lettered) failed for good,
+with the error it raised; a message acked after its actor returned is done;
+one acked after an exception was retried by the ``Retries`` middleware (a copy
+is in the delay queue) and is not counted. Dramatiq acks late: the hook then
+waits until the count is durable, so a worker that dies before that leaves
+the message unacked and RabbitMQ delivers it again. The wait is shared by the
+worker threads of a process (:class:`FlushGroup`): one store write covers
+every message that ended while the write before it ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import dramatiq
+import pika  # type: ignore[import-untyped]
+import pika.exceptions  # type: ignore[import-untyped]
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.common import dq_name
+from dramatiq.errors import DramatiqError
+from dramatiq.middleware import Middleware, Retries
+
+from jobtrack.errors import BrokerError, InvalidRequest
+from jobtrack.integrations.counter import TaskCounter
+from jobtrack.integrations.tasks import HEADER, TaskCall, TaskRef
+from jobtrack.jobs.producer import PRODUCER_BATCH
+from jobtrack.jobs.sync import SyncJobProducer
+from jobtrack.jobs.types import JobType
+from jobtrack.model import Job
+from jobtrack.store.ledger import LedgerItem
+
+if TYPE_CHECKING:
+    from jobtrack.runtime.app import App
+
+__all__ = [
+    "DramatiqJob",
+    "DramatiqSender",
+    "DramatiqTracking",
+    "FlushGroup",
+    "JobtrackMiddleware",
+    "message_for",
+    "task_call",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The ledger option that records a message's queue.
+QUEUE_OPTION = "queue_name"
+
+
+def task_call(message: dramatiq.Message[Any]) -> TaskCall:
+    """What the ledger keeps of ``message``: its actor, args, kwargs, its
+    options and queue (option ``queue_name``), and its ``message_id``.
+
+    :raises InvalidRequest: an argument or option that is not JSON.
+    """
+    options = {k: v for k, v in message.options.items() if k != HEADER}
+    options[QUEUE_OPTION] = message.queue_name
+    call = TaskCall(
+        message.actor_name, message.args, message.kwargs, options, task_id=message.message_id
+    )
+    call.payload()  # refuses what is not JSON, with the reason
+    return call
+
+
+def message_for(call: TaskCall, ref: TaskRef) -> dramatiq.Message[Any]:
+    """The message that sends ``call`` (again) as the item ``ref``: the
+    same ``message_id``, a fresh timestamp (so an age limit counts from this
+    send), the reference in the option ``"jobtrack"``.
+
+    :raises InvalidRequest: the call records no queue.
+    """
+    options = dict(call.options)
+    queue = options.pop(QUEUE_OPTION, None)
+    if not isinstance(queue, str) or not queue:
+        raise InvalidRequest(f"the task {call.task!r} records no queue_name")
+    options[HEADER] = ref.header()
+    return dramatiq.Message(
+        queue_name=queue,
+        actor_name=call.task,
+        args=tuple(call.args),
+        kwargs=dict(call.kwargs),
+        options=options,
+        message_id=call.id_for(ref.key),
+        message_timestamp=int(time.time() * 1000),
+    )
+
+
+class DramatiqSender:
+    """The :class:`~jobtrack.jobs.types.ItemSender` of Dramatiq job types:
+    enqueues each item's message on ``broker`` (the producer's sends and the
+    monitor's re-drives), and tells a stage's queue depth.
+
+    :param broker: the Dramatiq broker the messages go to.
+    :param queues: the queues of each stage's actors, for :meth:`backlog`
+        (a stage not named has an unknown backlog).
+    """
+
+    def __init__(
+        self, broker: dramatiq.Broker, queues: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
+        self.broker = broker
+        self.queues: dict[str, tuple[str, ...]] = {
+            stage: tuple(names) for stage, names in (queues or {}).items()
+        }
+
+    async def send(self, job: Job, stage: str, items: Sequence[LedgerItem]) -> None:
+        """Enqueue the message of each of ``items`` (in a thread: the broker
+        blocks).
+
+        :raises InvalidRequest: an item whose payload is not a task's.
+        :raises BrokerError: the broker refused a message.
+        """
+        messages = [
+            message_for(TaskCall.from_payload(item.payload), TaskRef(job.id, stage, item.key))
+            for item in items
+        ]
+        await asyncio.to_thread(self._enqueue, messages)
+
+    def _enqueue(self, messages: Sequence[dramatiq.Message[Any]]) -> None:
+        for message in messages:
+            try:
+                self.broker.enqueue(message)
+            except DramatiqError as exc:
+                raise BrokerError(f"dramatiq refused {message.message_id}: {exc}") from exc
+
+    async def backlog(self, stage: str) -> int | None:
+        """The messages waiting in ``stage``'s queues and their delay queues
+        (retries waiting for their backoff); None when the stage's queues are
+        not known, the broker is not RabbitMQ or cannot be reached. Messages
+        held by workers (unacked) are not in it: RabbitMQ does not tell them
+        over AMQP."""
+        names = self.queues.get(stage)
+        if not names or not isinstance(self.broker, RabbitmqBroker):
+            return None
+        return await asyncio.to_thread(_depth, self.broker, names)
+
+
+def _depth(broker: RabbitmqBroker, names: Sequence[str]) -> int | None:
+    """Ready messages of ``names`` and their delay queues, by passive declares."""
+    try:
+        connection = pika.BlockingConnection(broker.parameters)
+    except pika.exceptions.AMQPError as exc:
+        logger.warning("queue depth unknown: %s", exc, extra={"action": "backlog_unknown"})
+        return None
+    total = 0
+    try:
+        for name in (queue for base in names for queue in (base, dq_name(base))):
+            channel = connection.channel()
+            try:
+                declared = channel.queue_declare(name, passive=True)
+                total += declared.method.message_count
+                channel.close()
+            except pika.exceptions.ChannelClosedByBroker:  # no such queue: nothing waits
+                continue
+        return total
+    except pika.exceptions.AMQPError as exc:
+        logger.warning("queue depth unknown: %s", exc, extra={"action": "backlog_unknown"})
+        return None
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+class DramatiqJob:
+    """A job being produced (see :meth:`DramatiqTracking.start_job`): its
+    messages are written to the ledger, then enqueued, a batch at a time
+    (:data:`~jobtrack.jobs.producer.PRODUCER_BATCH`)."""
+
+    def __init__(self, producer: SyncJobProducer) -> None:
+        self.producer = producer
+        self._waiting: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+
+    @property
+    def job(self) -> Job:
+        """The job (as created, or as sealing left it)."""
+        return self.producer.job
+
+    @property
+    def id(self) -> str:
+        """The job's id."""
+        return self.producer.job.id
+
+    def send(self, stage: str, message: dramatiq.Message[Any], *, key: str | None = None) -> str:
+        """Make ``message`` an item of ``stage``, keyed ``key`` (default: its
+        ``message_id``); returns the key. It is enqueued once its batch is in
+        the ledger: when :data:`PRODUCER_BATCH` wait, at :meth:`flush`, or
+        when the ``with`` block ends.
+
+        :raises InvalidRequest: an argument or option that is not JSON; or,
+            for the batch it completes, as :meth:`flush`.
+        """
+        item_key = message.message_id if key is None else key
+        batch = self._waiting.setdefault(stage, [])
+        batch.append((item_key, task_call(message).payload()))
+        if len(batch) >= PRODUCER_BATCH:
+            self._send(stage)
+        return item_key
+
+    def flush(self) -> None:
+        """Write the messages sent so far to the ledger and enqueue them.
+
+        :raises InvalidRequest: an unknown stage, a key the ledger refuses.
+        :raises Conflict: the job has ended meanwhile.
+        :raises StoreUnavailable: the store cannot be reached.
+        :raises BrokerError: the broker refused a message.
+        """
+        for stage in list(self._waiting):
+            self._send(stage)
+
+    def _send(self, stage: str) -> None:
+        batch = self._waiting.pop(stage, [])
+        if batch:
+            self.producer.add(stage, batch)
+
+
+class DramatiqTracking:
+    """Dramatiq messages as the items of ``app``'s job types (see the module).
+
+    :param app: the jobtrack app the job types are registered in.
+    :param broker: the Dramatiq broker the messages go to.
+    """
+
+    def __init__(self, app: App, broker: dramatiq.Broker) -> None:
+        self.app = app
+        self.broker = broker
+
+    def job_type(
+        self,
+        name: str,
+        stages: Sequence[str],
+        *,
+        queues: Mapping[str, str | Sequence[str]] | None = None,
+        **options: Any,
+    ) -> JobType:
+        """Register a job type whose items are Dramatiq messages: its sender
+        is a :class:`DramatiqSender` on the broker. ``queues`` names each
+        stage's queue (or queues), which the monitor's backlog reads;
+        ``options`` as :class:`~jobtrack.jobs.types.JobType`'s.
+
+        :raises InvalidRequest: as :meth:`jobtrack.App.job_type`.
+        """
+        named = {
+            stage: (queue,) if isinstance(queue, str) else tuple(queue)
+            for stage, queue in (queues or {}).items()
+        }
+        return self.app.job_type(name, stages, sender=DramatiqSender(self.broker, named), **options)
+
+    @contextmanager
+    def start_job(
+        self, job_type: str | JobType, *, attributes: dict[str, Any] | None = None
+    ) -> Iterator[DramatiqJob]:
+        """A new job of ``job_type`` for plain synchronous code::
+
+            with tracking.start_job("emails") as job:
+                job.send("send", send_email.message(user_id))
+
+        Leaving the block enqueues what waits and seals the job's totals; an
+        error cancels the job and propagates.
+
+        :raises InvalidRequest: as :meth:`jobtrack.App.start_job_sync`.
+        """
+        with self.app.start_job_sync(job_type, attributes=attributes) as producer:
+            job = DramatiqJob(producer)
+            yield job
+            job.flush()
+
+    def middleware(self) -> JobtrackMiddleware:
+        """The worker side's middleware on this app (``broker.add_middleware(...)``)."""
+        return JobtrackMiddleware(self.app)
+
+
+class FlushGroup:
+    """Makes a process's reported task ends durable for many threads at once.
+
+    :meth:`wait` returns once a flush of ``counter`` that started after the
+    call has ended: a thread that comes while a flush runs waits for the
+    next one, which the first of the waiting threads starts and which covers
+    them all.
+    """
+
+    def __init__(self, counter: TaskCounter) -> None:
+        self.counter = counter
+        self._cond = threading.Condition()
+        self._started = 0
+        self._ended = 0
+        self._running = False
+        self._durable = True
+        self.flushes = 0
+        """Flushes this group ran."""
+        self.waiting = 0
+        """Threads waiting now for a flush that another thread runs."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until what this process reported before the call is
+        durable; False if a flush did not make it so within ``timeout``
+        (default: the counter's); what is not durable is kept and written later."""
+        with self._cond:
+            needed = self._started + 1
+            while self._ended < needed:
+                if self._running:
+                    self.waiting += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self.waiting -= 1
+                    continue
+                self._running = True
+                self._started += 1
+                number = self._started
+                self._cond.release()
+                durable = False
+                try:
+                    durable = self.counter.flush(timeout)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._ended = number
+                    self._durable = durable
+                    self.flushes += 1
+                    self._cond.notify_all()
+            return self._durable
+
+
+class _Delivery(threading.local):
+    """The message a worker thread runs: its id and the retries before it."""
+
+    message_id: str | None = None
+    retries: int = 0
+
+
+class JobtrackMiddleware(Middleware):
+    """Counts each message that carries a :class:`~jobtrack.integrations.TaskRef`
+    once, when it ends (see the module), and acks it once its count is durable.
+
+    :param counter: a :class:`~jobtrack.integrations.TaskCounter`, or the
+        jobtrack app to make one on.
+    :param flush_timeout: seconds an ack waits at most for its count to be
+        durable (the store is down, say); then the message is acked anyway,
+        its count kept and written when the store is back.
+    :raises InvalidRequest: an app whose store is ``memory://``.
+    """
+
+    def __init__(self, counter: TaskCounter | App, *, flush_timeout: float = 30.0) -> None:
+        self.counter = counter if isinstance(counter, TaskCounter) else TaskCounter(counter)
+        self.flush_timeout = flush_timeout
+        self.group = FlushGroup(self.counter)
+        self._delivery = _Delivery()
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        """Note the attempt this run is (Dramatiq's hook)."""
+        self._delivery.message_id = message.message_id
+        self._delivery.retries = int(message.options.get("retries", 0))
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        """Forget the run of a skipped message: acked, it is not counted (a
+        middleware that skips a message without failing it means it to end
+        unseen); rejected, it counts failed (Dramatiq's hook)."""
+        if self._delivery.message_id == message.message_id:
+            self._delivery.message_id = None
+
+    def before_ack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        """Count a message whose actor returned done, or one that raised
+        and that no ``Retries`` middleware retries failed; then wait until
+        the count is durable (Dramatiq's hook, before the ack)."""
+        attempts = self._attempts(message)
+        if attempts is None:  # not run here: a delayed message moved on, a skip
+            return
+        ref = TaskRef.from_header(message.options.get(HEADER))
+        if ref is None:
+            return
+        error = message._exception
+        if error is None:
+            self.counter.done(ref)
+        elif any(isinstance(m, Retries) for m in broker.middleware):
+            return  # retried: a copy waits in the delay queue
+        else:
+            self.counter.failed(ref, _describe(error), attempts=attempts)
+        self._durable(message)
+
+    def before_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        """Count a rejected (dead-lettered) message failed, with its error;
+        then wait until the count is durable (Dramatiq's hook, before the nack)."""
+        attempts = self._attempts(message)
+        ref = TaskRef.from_header(message.options.get(HEADER))
+        if ref is None:
+            return
+        if attempts is None:
+            attempts = int(message.options.get("retries", 0)) + 1
+        error = message._exception
+        reason = _describe(error) if error is not None else "rejected by a dramatiq middleware"
+        self.counter.failed(ref, reason, attempts=attempts)
+        self._durable(message)
+
+    def _attempts(self, message: MessageProxy) -> int | None:
+        """The attempt the message's run was, if it ran on this thread."""
+        delivery = self._delivery
+        if delivery.message_id != message.message_id:
+            return None
+        delivery.message_id = None
+        return delivery.retries + 1
+
+    def _durable(self, message: MessageProxy) -> None:
+        try:
+            durable = self.group.wait(self.flush_timeout)
+        except Exception:  # the ack goes on: the monitor re-drives what is missing
+            logger.exception("counts of this process not flushed")
+            durable = False
+        if not durable:
+            logger.warning(
+                "message %s acked before its count was durable",
+                message.message_id,
+                extra={"action": "count_not_durable"},
+            )
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        """Write what this process counted and close the counter (Dramatiq's hook)."""
+        self.counter.close(self.flush_timeout)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
