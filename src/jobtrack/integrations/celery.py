@@ -161,9 +161,9 @@ class TaskSender:
 
     async def backlog(self, stage: str) -> int | None:
         """Tasks waiting in ``stage``'s queue (not those a worker holds):
-        a passive ``queue_declare`` (RabbitMQ's message count; the queue's
-        lists' lengths on Redis, whose empty queue does not exist: 0); None
-        when the broker cannot be asked."""
+        on Redis the length of the queue's lists (``LLEN``), elsewhere a
+        passive ``queue_declare``'s message count (0 for a queue not declared
+        yet); None when the broker cannot be asked."""
         return await asyncio.to_thread(self._depth, self.queue(stage))
 
     def _depth(self, queue: str) -> int | None:
@@ -171,6 +171,11 @@ class TaskSender:
             with self.celery_app.connection_for_write() as connection:
                 channel = connection.channel()
                 try:
+                    if connection.transport.driver_type == "redis":
+                        # The lengths of the queue's lists (one per priority
+                        # step); a passive declare would ask EXISTS, which
+                        # kombu does not prefix under a global_keyprefix.
+                        return int(channel._size(queue))
                     declared = channel.queue_declare(queue=queue, passive=True)
                 except ChannelError:  # no such queue: nothing waits in it
                     return 0
