@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery import Celery  # type: ignore[import-untyped]
+from celery import Celery, chain  # type: ignore[import-untyped]
 from celery.app.task import Context  # type: ignore[import-untyped]
 
 from jobtrack.errors import InvalidRequest
@@ -42,9 +42,12 @@ def test_a_given_key_keeps_the_task_id_in_the_payload() -> None:
     assert TaskCall.from_payload(same.payload).task_id == ""
 
 
-def test_a_signature_that_is_not_json_is_refused() -> None:
+def test_a_signature_that_is_not_json_or_a_canvas_is_refused() -> None:
     with pytest.raises(InvalidRequest, match="must be JSON"):
         item_of(celery_app.signature("mail.send", args=(object(),)))
+    steps = chain(celery_app.signature("a.b"), celery_app.signature("c.d"))
+    with pytest.raises(InvalidRequest, match=r"not a 'celery\.chain' canvas"):
+        item_of(steps)
 
 
 def test_the_reference_is_read_from_the_request_or_its_headers() -> None:

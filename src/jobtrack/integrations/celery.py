@@ -87,13 +87,20 @@ def item_of(signature: Signature, key: str | None = None) -> LedgerItem:
     """The ledger item that sends ``signature``: keyed ``key``, else the task
     id (the signature's own, else a new one), which is sent every time.
 
-    :raises InvalidRequest: an argument or option that is not JSON.
+    :raises InvalidRequest: an argument or option that is not JSON; a
+        canvas (a chain, a chord...) rather than one task's signature.
     """
+    name = str(signature.task)
+    if name.startswith("celery."):
+        raise InvalidRequest(
+            f"an item is one task's signature, not a {name!r} canvas: "
+            "send its tasks (send_group takes a group's)"
+        )
     options = dict(signature.options)
     task_id = options.get("task_id") or new_task_id()
     kept = {name: value for name, value in options.items() if name not in _OWN_OPTIONS}
     call = TaskCall(
-        str(signature.task),
+        name,
         tuple(signature.args),
         dict(signature.kwargs),
         kept,
@@ -215,7 +222,7 @@ class CeleryJob:
         (``key``, else its task id).
 
         :raises InvalidRequest: an unknown stage, an argument or option that
-            is not JSON, the job sealed.
+            is not JSON, a canvas (see :func:`item_of`), the job sealed.
         :raises Conflict: the job has ended meanwhile.
         :raises StoreUnavailable: the store cannot be reached.
         :raises BrokerError: the broker refused the task.
