@@ -32,8 +32,9 @@ On the worker, :meth:`CeleryTracking.install` connects Celery's signals:
 with its error, after ``request.retries + 1`` attempts (a retry, by
 ``self.retry()`` or ``autoretry_for``, fires ``task_retry`` instead, which
 counts nothing); ``worker_process_shutdown`` and ``worker_shutdown`` flush
-the counts. A task that acks late (``acks_late``) can have its counts made
-durable before its message is acked: ``task_postrun`` runs in the pool
+the counts. A task that acks late (``acks_late``) has its count made
+durable before its message is acked (unless ``flush_before_ack=False``):
+``task_postrun`` runs in the pool
 process at the end of ``celery.app.trace``'s ``trace_task``, before the
 result goes back to the main process, whose ``Request.on_success`` (or
 ``on_failure``) then acks the message.
