@@ -1,0 +1,145 @@
+"""Celery's integration beyond the contract: the ledger item a signature
+makes, the reference a task's request carries, failures next to successes,
+counts made durable before a late ack, and the queue's depth."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery, chain  # type: ignore[import-untyped]
+from celery.app.task import Context  # type: ignore[import-untyped]
+
+from jobtrack.errors import InvalidRequest
+from jobtrack.integrations import TaskCall, TaskRef
+from jobtrack.integrations.celery import TaskSender, error_text, item_of, task_ref
+from jobtrack.model import JobStatus
+from tests.integrations.contract import STAGE, TYPE, counted, job_of, wait_ended
+from tests.integrations.drivers.celery import CeleryDriver, make
+
+celery_app = Celery("unit", broker="memory://", set_as_current=False)
+
+
+def test_a_signature_is_keyed_by_its_task_id_chosen_up_front() -> None:
+    signature = celery_app.signature("mail.send", args=(1,), kwargs={"to": "a"}, queue="q")
+    item = item_of(signature.set(task_id="id-1", priority=3))
+    assert item.key == "id-1"
+    assert TaskCall.from_payload(item.payload) == TaskCall(
+        "mail.send", (1,), {"to": "a"}, {"queue": "q", "priority": 3}, ""
+    )
+    fresh = item_of(celery_app.signature("mail.send"))
+    assert len(fresh.key) == 36  # a new UUID, the id every send uses
+    assert TaskCall.from_payload(fresh.payload).id_for(fresh.key) == fresh.key
+
+
+def test_a_given_key_keeps_the_task_id_in_the_payload() -> None:
+    item = item_of(celery_app.signature("mail.send", task_id="id-2"), key="user-7")
+    assert item.key == "user-7"
+    assert TaskCall.from_payload(item.payload).id_for("user-7") == "id-2"
+    same = item_of(celery_app.signature("mail.send", task_id="user-7"), key="user-7")
+    assert TaskCall.from_payload(same.payload).task_id == ""
+
+
+def test_a_signature_that_is_not_json_or_a_canvas_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="must be JSON"):
+        item_of(celery_app.signature("mail.send", args=(object(),)))
+    steps = chain(celery_app.signature("a.b"), celery_app.signature("c.d"))
+    with pytest.raises(InvalidRequest, match=r"not a 'celery\.chain' canvas"):
+        item_of(steps)
+
+
+def test_the_reference_is_read_from_the_request_or_its_headers() -> None:
+    ref = TaskRef("job-1", "send", "k1")
+    assert task_ref(Context({"id": "t", "jobtrack": ref.header()})) == ref
+    assert task_ref(Context({"id": "t", "headers": {"jobtrack": ref.header()}})) == ref
+    assert task_ref(Context({"id": "t"})) is None
+    assert task_ref(Context({"id": "t", "jobtrack": {"job": "j"}})) is None
+
+
+def test_an_error_is_its_type_and_message() -> None:
+    assert error_text(ValueError("task 3 failed")) == "ValueError: task 3 failed"
+    assert error_text(None) == "unknown error"
+
+
+@pytest.fixture(params=["celery-rabbitmq", "celery-redis"])
+def driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CeleryDriver]:
+    made = make(tmp_path, request.param)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def test_failures_after_retries_and_successes_end_the_job_completed(
+    driver: CeleryDriver,
+) -> None:
+    driver.start_workers()
+    signatures = [
+        driver.celery.signature("contract.ok", args=(0, 0.0)),
+        driver.celery.signature("contract.fail", args=(1,)),
+        driver.celery.signature("contract.ok", args=(2, 0.0)),
+    ]
+    with driver.tracking.start_job(TYPE) as job:
+        keys = job.send_group(STAGE, signatures, keys=["a", "b", "c"])
+    assert keys == ["a", "b", "c"]
+    ended = wait_ended(driver, job.job.id)
+    assert counted(ended) == (3, 2, 1, True)
+    assert ended.status is JobStatus.COMPLETED
+
+    async def failures() -> list[tuple[str, str, int]]:
+        async with driver.app() as app:
+            listed = await app.store.list_failures(job.job.id)
+        return [(f.key, f.error, f.attempts) for f in listed]
+
+    assert asyncio.run(failures()) == [("b", "ValueError: task 1 failed", 3)]
+    assert driver.raw_count() == 2
+
+
+def test_every_item_failing_fails_the_job_with_each_error(driver: CeleryDriver) -> None:
+    driver.start_workers()
+    job_id = driver.produce(2, task="fail")
+    ended = wait_ended(driver, job_id)
+    assert counted(ended) == (2, 0, 2, True)
+    assert ended.status is JobStatus.FAILED  # a stage none of whose items is done fails
+
+    async def failures() -> list[tuple[str, str, int]]:
+        async with driver.app() as app:
+            listed = await app.store.list_failures(job_id)
+        return sorted((f.key, f.error, f.attempts) for f in listed)
+
+    assert asyncio.run(failures()) == [
+        ("k00000", "ValueError: task 0 failed", 3),
+        ("k00001", "ValueError: task 1 failed", 3),
+    ]
+
+
+def test_counts_are_durable_before_a_late_ack(driver: CeleryDriver) -> None:
+    # Counts would wait 60 s for a flush; each task's end is flushed before
+    # its message is acked instead, so the job ends well before that.
+    driver.env["JOBTRACK_FLUSH_INTERVAL_MS"] = "60000"
+    driver.env["JOBTRACK_TEST_FLUSH_BEFORE_ACK"] = "1"
+    driver.start_workers()
+    job_id = driver.produce(30)
+    ended = wait_ended(driver, job_id, within=30)
+    assert counted(ended) == (30, 30, 0, True)
+    driver.kill_all()
+    assert counted(job_of(driver, job_id)) == (30, 30, 0, True)
+    assert driver.raw_count() == 30
+
+
+def test_the_backlog_is_the_queue_depth(driver: CeleryDriver) -> None:
+    sender = driver.tracking.sender
+    assert asyncio.run(sender.backlog(STAGE)) == 0  # no queue yet: nothing waits
+    driver.produce(7)
+    assert asyncio.run(sender.backlog(STAGE)) == 7
+    assert driver.purge() == 7
+    assert asyncio.run(sender.backlog(STAGE)) == 0
+
+
+def test_the_backlog_of_an_unreachable_broker_is_unknown() -> None:
+    unreachable = Celery("gone", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    unreachable.conf.broker_connection_retry = False
+    unreachable.conf.broker_connection_max_retries = 0
+    assert asyncio.run(TaskSender(unreachable, "q").backlog(STAGE)) is None
