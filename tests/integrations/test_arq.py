@@ -192,6 +192,7 @@ async def test_what_is_refused(tmp_path: Path, queue: Queue) -> None:
         with pytest.raises(InvalidRequest, match="_defer_by is seconds"):
             await job.send("send", "ok", _defer_by="soon")  # type: ignore[arg-type]
         queue.ids.append(await job.send("send", "ok", 1, _key="one"))
+    await tracking.aclose()
     with pytest.raises(InvalidRequest, match="need their functions"):
         tracking.worker({"functions": []})
     with pytest.raises(InvalidRequest, match="a class or a dict"):
