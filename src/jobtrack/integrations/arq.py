@@ -97,7 +97,7 @@ __all__ = ["ArqJob", "ArqSender", "ArqTracking", "arq_job_id"]
 
 logger = logging.getLogger(__name__)
 
-Settings = TypeVar("Settings")
+SettingsT = TypeVar("SettingsT")
 
 #: arq's defaults, for settings that leave them out.
 _MAX_TRIES = 5
@@ -422,7 +422,7 @@ class ArqTracking:
         if pool is not None and pool[0] is asyncio.get_running_loop():
             await pool[1].aclose(close_connection_pool=True)
 
-    def worker(self, settings: Settings) -> Settings:
+    def worker(self, settings: SettingsT) -> SettingsT:
         """Make arq worker settings (a class, or a dict) count their jobs:
         each function is wrapped (the reference taken out of its keyword
         arguments, its end counted), the counter started on startup and
@@ -537,10 +537,10 @@ class ArqTracking:
             self.counter.failed(ref, error, attempts=job_try)
 
 
-Hook = Callable[[dict[Any, Any]], Awaitable[Any]]
+_Hook = Callable[[dict[Any, Any]], Awaitable[Any]]
 
 
-def _chain(first: Hook | None, second: Hook | None) -> Hook:
+def _chain(first: _Hook | None, second: _Hook | None) -> _Hook:
     async def both(ctx: dict[Any, Any]) -> None:
         if first is not None:
             await first(ctx)
