@@ -520,7 +520,7 @@ class ArqTracking:
 
     async def _start(self, ctx: dict[Any, Any]) -> None:
         # The counter opens its own app in a thread: not on the worker's loop.
-        await asyncio.to_thread(self.counter._started)
+        await asyncio.to_thread(self.counter.start)
 
     async def _stop(self, ctx: dict[Any, Any]) -> None:
         await asyncio.to_thread(self.counter.close)

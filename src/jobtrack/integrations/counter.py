@@ -130,6 +130,15 @@ class TaskCounter:
                 self.reported = 0
             return self._running
 
+    def start(self) -> None:
+        """Start the counter's thread and open its app now (what the first
+        :meth:`done` or :meth:`failed` does otherwise): from a worker's
+        start-up hook, in a thread when that hook runs on an event loop.
+
+        :raises StoreError: the store cannot be opened.
+        """
+        self._started()
+
     def done(self, ref: TaskRef) -> None:
         """Count ``ref``'s item done (once, by its key); returns at once.
 

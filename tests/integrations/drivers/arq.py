@@ -51,6 +51,7 @@ class ArqDriver:
     # arq runs a job again once the in-progress key of its killed worker
     # expires (the app's job timeout plus 10 s).
     kill_redelivers = True
+    acks_after_count = False  # arq deletes a job once it returns; counts flush at the interval
 
     def __init__(self, tmp_path: Path, name: str) -> None:
         self.name = name

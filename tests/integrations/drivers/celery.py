@@ -60,6 +60,9 @@ class CeleryDriver:
         self.name = name
         self.app_spec = APP_SPEC
         self.kill_redelivers = True  # acks late, rejects with requeue when its process is lost
+        # The contract app flushes at the interval (the library default, a flush
+        # before each late ack, has a test of its own in test_celery.py).
+        self.acks_after_count = os.environ.get("JOBTRACK_TEST_FLUSH_BEFORE_ACK") == "1"
         self.log = tmp_path / "celery-worker.log"
         self._stack = contextlib.ExitStack()
         self.queue = f"jt-celery-{uuid.uuid4().hex[:10]}"
