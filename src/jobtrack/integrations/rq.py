@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 
 from redis.exceptions import RedisError
 from rq import Queue, Retry, SimpleWorker, Worker
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from rq.queue import EnqueueData
@@ -321,11 +321,10 @@ def count_end(counter: TaskCounter, job: RQJob) -> bool:
     if ref is None:
         return False
     try:
-        job.refresh()  # type: ignore[no-untyped-call]
-    except NoSuchJobError:
+        status = job.get_status(refresh=True)
+    except InvalidJobOperation:  # gone: a result TTL of 0 deletes a finished job
         counter.done(ref)
         return True
-    status = job.get_status(refresh=False)
     if status == RQStatus.FINISHED:
         counter.done(ref)
         return True
