@@ -7,6 +7,7 @@ local Redis."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,10 @@ def test_the_ledger_records_the_call_and_the_rq_job_carries_its_reference(
     }
     assert (rq_job.retries_left, rq_job.retry_intervals) == (2, [0, 5])
     assert asyncio.run(tracking.sender.backlog("send")) == 2
+    started = queue.started_job_registry.key
+    queue.connection.zadd(started, {"dead:1": time.time() - 1, "alive:1": time.time() + 60})
+    queue.connection.zadd(queue.scheduled_job_registry.key, {"later": time.time() + 60})
+    assert asyncio.run(tracking.sender.backlog("send")) == 4  # not the dead worker's job
     assert stored_job(tracking, job.job.id).stage("send").total_items == 2
 
 

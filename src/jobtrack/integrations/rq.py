@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar
@@ -157,8 +158,10 @@ class RQSender:
             raise BrokerUnavailable(f"RQ queue {self.queue.name!r}: {exc}") from exc
 
     async def backlog(self, stage: str) -> int | None:
-        """The queue's jobs waiting, started (by a worker alive) or
-        scheduled (a retry after a delay); None if Redis cannot be reached."""
+        """The queue's jobs waiting, started by a worker whose heartbeat has
+        not expired (a dead worker's are left out: RQ fails or retries them
+        when it cleans its registries), or scheduled (a retry after a
+        delay); None if Redis cannot be reached. Reads only."""
         try:
             return await asyncio.to_thread(self._depth)
         except RedisError:
@@ -166,11 +169,13 @@ class RQSender:
 
     def _depth(self) -> int:
         queue = self.queue
-        return int(
-            queue.count
-            + queue.started_job_registry.count
-            + queue.scheduled_job_registry.get_job_count(cleanup=False)
-        )
+        redis = queue.connection
+        with redis.pipeline(transaction=False) as pipe:
+            pipe.llen(queue.key)
+            pipe.zcount(queue.started_job_registry.key, f"({time.time()}", "+inf")
+            pipe.zcard(queue.scheduled_job_registry.key)
+            waiting, started, scheduled = pipe.execute()
+        return int(waiting) + int(started) + int(scheduled)
 
 
 class RQJobSender:
