@@ -15,7 +15,7 @@ import os
 import time
 
 from redis import Redis
-from rq import Queue, Retry
+from rq import Queue, Retry, get_current_job
 
 import jobtrack
 from jobtrack.integrations.rq import JobtrackWorker, RQTracking
@@ -57,9 +57,11 @@ tracking.job_type(TYPE, [STAGE])
 
 def ok(n: int, pause: float) -> int:
     """Count a run in the raw counter, sleep ``pause`` seconds; ``n``."""
-    redis.hincrby(RAW_KEY, RAN, 1)
-    if redis.delete(HOLD_KEY):
-        redis.set(HELD_KEY, os.getpid())
+    job = get_current_job()
+    connection = redis if job is None else job.connection  # the work horse's own
+    connection.hincrby(RAW_KEY, RAN, 1)
+    if connection.delete(HOLD_KEY):
+        connection.set(HELD_KEY, os.getpid())
         time.sleep(60)
     time.sleep(pause)
     return n
