@@ -168,6 +168,8 @@ def test_a_re_sent_item_is_the_same_rq_job_enqueued_again(tmp_path: Path, queue:
 
     Worker([queue], connection=queue.connection).work(burst=True)
     assert queue.job_ids == []
+    hash_key = f"rq:job:{rq_id}"
+    assert 0 < queue.connection.ttl(hash_key) <= 500  # RQ's default result TTL
 
     async def resend() -> None:
         async with tracking.app.with_settings(tracking.app.settings) as app:
@@ -179,3 +181,4 @@ def test_a_re_sent_item_is_the_same_rq_job_enqueued_again(tmp_path: Path, queue:
     again = queue.fetch_job(rq_id)
     assert again is not None
     assert (again.get_status(), again.args) == ("queued", (1,))
+    assert queue.connection.ttl(hash_key) == -1  # not to expire while it waits

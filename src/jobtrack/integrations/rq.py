@@ -119,8 +119,9 @@ class RQSender:
 
     async def send(self, job: Job, stage: str, items: Sequence[LedgerItem]) -> None:
         """Enqueue each item's RQ job, with its RQ id and its
-        :class:`TaskRef` in ``meta``, in one Redis pipeline. A job whose id
-        RQ already has is written again and enqueued again.
+        :class:`TaskRef` in ``meta``, in one Redis transaction. A job whose
+        id RQ already has is written again (its expiry lifted, its retries
+        full again) and enqueued again.
 
         :raises InvalidRequest: an item whose payload is not a task's.
         :raises BrokerUnavailable: Redis refused or could not be reached.
@@ -152,8 +153,15 @@ class RQSender:
         )
 
     def _enqueue(self, datas: list[EnqueueData]) -> None:
+        queue = self.queue
         try:
-            self.queue.enqueue_many(datas)
+            with queue.connection.pipeline() as pipe:
+                # A job sent again keeps its hash's expiry (set when it
+                # ended, by its result TTL) unless it is lifted first.
+                for data in datas:
+                    pipe.persist(queue.job_class.key_for(data.job_id))
+                queue.enqueue_many(datas, pipeline=pipe)
+                pipe.execute()
         except RedisError as exc:
             raise BrokerUnavailable(f"RQ queue {self.queue.name!r}: {exc}") from exc
 
