@@ -51,6 +51,8 @@ class RQDriver:
 
     kill_redelivers = True
     """A killed work horse's job is retried by its worker (every task has retries)."""
+    acks_after_count = False
+    """Counted in the worker's main process once the work horse has ended."""
 
     def __init__(self, tmp_path: Path, name: str) -> None:
         self.name = name
