@@ -227,3 +227,38 @@ async def test_the_cli_shows_a_senders_job_like_any_other(tmp_path: Path) -> Non
     assert [(f["image"], f["error"]) for f in shown["failures"]] == [
         ("t4", "SMTPError: mailbox full")
     ]
+
+
+async def test_a_retry_touches_the_job_at_most_every_few_seconds(tmp_path: Path) -> None:
+    app = make_app(tmp_path, Recorder())
+    async with app, app.start_job("emails") as producer:
+        await producer.add("send", calls(2))
+    job_id = producer.job.id
+    async with app:
+        before = (await app.store.get_job(job_id)).updated_at
+    counter = TaskCounter(app)
+    counter.retrying(TaskRef(job_id, "send", "t0"))
+    counter.retrying(TaskRef(job_id, "send", "t1"))  # within TOUCH_EVERY: no second write
+    assert counter.flush(10.0)
+    counter.close()
+    async with app:
+        job = await app.store.get_job(job_id)
+    assert job.updated_at > before
+    assert job.stage("send").message == "retrying: t0 and maybe more"
+    assert (job.stage("send").completed_items, job.stage("send").failed_items) == (0, 0)
+
+
+def test_a_count_the_store_cannot_take_is_dropped_not_raised(tmp_path: Path) -> None:
+    # A store that cannot open: the framework's worker goes on, the count is
+    # logged and dropped, and the monitor sends the task again. (A store that
+    # is down keeps the counts instead, and writes them when it is back.)
+    folder = tmp_path / "a-folder"  # a database that is a folder cannot open
+    folder.mkdir()
+    settings = jobtrack.Settings(data_dir=tmp_path, store_url=f"sqlite:///{folder}")
+    app = jobtrack.App(settings)
+    app.job_type("emails", ["send"], sender=Recorder())
+    counter = TaskCounter(app, flush_timeout=2.0)
+    counter.done(TaskRef("job-1", "send", "t0"))
+    counter.failed(TaskRef("job-1", "send", "t1"), "boom")
+    assert (counter.reported, counter.dropped, counter.running) == (2, 2, False)
+    assert counter.flush(1.0)  # nothing running: nothing to wait for

@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import threading
+import time
+import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
@@ -45,21 +49,57 @@ logger = logging.getLogger(__name__)
 
 #: Characters of a failed task's error kept in the ledger.
 MAX_ERROR = 2_000
+#: Seconds between two touches of a job for its tasks' retries.
+TOUCH_EVERY = 5.0
+
+#: Every counter of the process, to reset after a fork.
+_COUNTERS: weakref.WeakSet[TaskCounter] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for counter in list(_COUNTERS):
+        counter._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _register_at_exit(close: Callable[[], None]) -> None:
+    """Call ``close`` when the process exits: before the interpreter stops
+    its thread pools where Python allows it (``threading``'s exit hooks),
+    else with :mod:`atexit`."""
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(close)
+            return
+        except RuntimeError:  # the interpreter is shutting down already
+            return
+    atexit.register(close)
 
 
 class _Running:
     """The counter's thread, its event loop and its open app, in one process."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, open_within: float) -> None:
         self.loop = asyncio.new_event_loop()
         self.app = app
         self.receipts: list[Receipt] = []
         self.writes: set[asyncio.Task[None]] = set()
+        self.touched: dict[str, float] = {}  # job id -> when a retry last touched it
         self._opened: Future[None] = Future()
         self._stop: asyncio.Event | None = None
         self.thread = threading.Thread(target=self._run, name="jobtrack-counter", daemon=True)
         self.thread.start()
-        self._opened.result()  # raises why the app could not open
+        try:
+            self._opened.result(open_within)  # raises why the app could not open
+        except FutureTimeout:
+            self.stop(1.0)
+            raise StoreUnavailable(
+                f"the store did not open within {open_within:g} s; task counts are dropped "
+                "until it does (the monitor sends their tasks again)"
+            ) from None
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -82,12 +122,19 @@ class _Running:
         finally:
             await self.app.aclose()
 
-    def call(self, callback: object, *args: object) -> None:
-        self.loop.call_soon_threadsafe(callback, *args)  # type: ignore[arg-type]
+    def call(self, callback: object, *args: object) -> bool:
+        """Run ``callback(*args)`` on the counter's loop; False when the loop
+        has closed (the counter was closed meanwhile)."""
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)  # type: ignore[arg-type]
+        except RuntimeError:  # closed
+            return False
+        return True
 
     def stop(self, timeout: float) -> None:
-        if self._stop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._stop.set)
+        if self._stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed already
+                self.loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(timeout)
 
 
@@ -115,7 +162,25 @@ class TaskCounter:
         self._pid = 0
         self.reported = 0
         """Task ends reported in this process (done and failed)."""
-        atexit.register(self.close)
+        self.dropped = 0
+        """Task ends this process could not hand to the store (it did not
+        open, or the counter was closed): the monitor sends their tasks again."""
+        _register_at_exit(self.close)
+        _COUNTERS.add(self)
+
+    def _after_fork(self) -> None:
+        # A fork copies a lock held by another thread of the parent as held:
+        # the child starts with a lock of its own and no counter running.
+        self._lock = threading.Lock()
+        self._running = None
+        self._pid = 0
+        self.reported = self.dropped = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether the counter's thread runs in this process, its app open."""
+        running = self._running
+        return running is not None and self._pid == os.getpid() and running.thread.is_alive()
 
     def _started(self) -> _Running:
         running = self._running
@@ -125,38 +190,88 @@ class TaskCounter:
             if self._running is None or self._pid != os.getpid():
                 # First use, or first in a forked child: the parent's thread
                 # did not come along; its loop and connections are not ours.
-                self._running = _Running(self._app.with_settings(self._app.settings))
+                copy = self._app.with_settings(self._app.settings)
+                self._running = _Running(copy, self.flush_timeout)
                 self._pid = os.getpid()
-                self.reported = 0
             return self._running
+
+    def _hand(self, callback: object, *args: object) -> None:
+        """Run ``callback(running, *args)`` on the counter's loop, starting
+        the counter first if need be; never raises: a count that cannot be
+        handed over is logged and dropped."""
+        try:
+            running = self._started()
+        except Exception as exc:  # the store did not open: the monitor makes up for it
+            self._drop(f"the counter could not start: {exc}")
+            return
+        if not running.call(callback, running, *args):
+            self._drop("the counter was closed")
+
+    def _drop(self, why: str) -> None:
+        self.dropped += 1
+        logger.warning(
+            "a task's end was not counted (%s); the monitor sends its task again",
+            why,
+            extra={"action": "task_count_dropped"},
+        )
 
     def start(self) -> None:
         """Start the counter's thread and open its app now (what the first
         :meth:`done` or :meth:`failed` does otherwise): from a worker's
         start-up hook, in a thread when that hook runs on an event loop.
 
-        :raises StoreError: the store cannot be opened.
+        :raises StoreError: the store cannot be opened (within
+            :attr:`flush_timeout` seconds: ``StoreUnavailable``).
         """
         self._started()
 
     def done(self, ref: TaskRef) -> None:
-        """Count ``ref``'s item done (once, by its key); returns at once.
-
-        :raises StoreError: (first use in the process) the store cannot be opened.
-        """
-        running = self._started()
+        """Count ``ref``'s item done (once, by its key); returns at once
+        (the first call in a process waits for the store to open, at most
+        :attr:`flush_timeout` seconds). Never raises: a count that cannot be
+        handed to the store is logged and dropped (:attr:`dropped`), and the
+        monitor sends the task again."""
         self.reported += 1
-        running.call(self._count, running, ref, None, 1)
+        self._hand(self._count, ref, None, 1)
 
     def failed(self, ref: TaskRef, error: str, *, attempts: int = 1) -> None:
         """Record ``error`` as why ``ref``'s item failed (after ``attempts``
         tries), then count it failed (once, by its key); returns at once.
-
-        :raises StoreError: (first use in the process) the store cannot be opened.
-        """
-        running = self._started()
+        Never raises (as :meth:`done`)."""
         self.reported += 1
-        running.call(self._count, running, ref, storable_error(error, MAX_ERROR), attempts)
+        self._hand(self._count, ref, storable_error(error, MAX_ERROR), attempts)
+
+    def retrying(self, ref: TaskRef) -> None:
+        """Say that ``ref``'s task will be tried again later (a retry with a
+        delay): its job is touched, at most every :data:`TOUCH_EVERY`
+        seconds, so that the monitor does not take a job whose last items
+        wait for their retries for a stuck one and send them again. Returns
+        at once; never raises."""
+        self._hand(self._touch, ref)
+
+    @staticmethod
+    def _touch(running: _Running, ref: TaskRef) -> None:
+        now = time.monotonic()
+        if now - running.touched.get(ref.job_id, -TOUCH_EVERY) < TOUCH_EVERY:
+            return
+        running.touched[ref.job_id] = now
+        write = running.loop.create_task(TaskCounter._touched(running, ref))
+        running.writes.add(write)
+        write.add_done_callback(running.writes.discard)
+
+    @staticmethod
+    async def _touched(running: _Running, ref: TaskRef) -> None:
+        try:
+            await running.app.store.start_stage(
+                ref.job_id, ref.stage, message=f"retrying: {ref.key} and maybe more"
+            )
+        except JobtrackError as exc:  # best effort: the monitor may then re-drive it
+            logger.info(
+                "job %s not touched for a retry: %s",
+                ref.job_id,
+                exc,
+                extra={"action": "retry_touch_failed", "job_id": ref.job_id},
+            )
 
     @staticmethod
     def _count(running: _Running, ref: TaskRef, error: str | None, attempts: int) -> None:
@@ -232,10 +347,12 @@ class TaskCounter:
     def close(self, timeout: float | None = None) -> None:
         """Flush (see :meth:`flush`), then stop the counter's thread and
         close its app; used again, the counter starts afresh. Called at the
-        process's exit too."""
-        running = self._running
-        if running is None or self._pid != os.getpid():
-            return
-        self.flush(timeout)
+        process's exit too (before the interpreter stops its thread pools,
+        so the flush can still reconnect)."""
+        with self._lock:
+            running = self._running
+            if running is None or self._pid != os.getpid():
+                return
+            self.flush(timeout)
+            self._running = None
         running.stop(self.flush_timeout if timeout is None else timeout)
-        self._running = None
