@@ -5,21 +5,31 @@ counts made durable before a late ack, and the queue's depth."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery, chain  # type: ignore[import-untyped]
 from celery.app.task import Context  # type: ignore[import-untyped]
 
 from jobtrack.errors import InvalidRequest
-from jobtrack.integrations import TaskCall, TaskRef
-from jobtrack.integrations.celery import TaskSender, error_text, item_of, task_ref
+from jobtrack.integrations import HEADER, TaskCall, TaskRef
+from jobtrack.integrations.celery import (
+    TaskSender,
+    error_text,
+    item_of,
+    task_ref,
+)
 from jobtrack.model import JobStatus
 from tests.integrations.contract import STAGE, TYPE, counted, job_of, wait_ended
 from tests.integrations.drivers.celery import CeleryDriver, make
 
 celery_app = Celery("unit", broker="memory://", set_as_current=False)
+#: An expiry long past: a task sent with it is revoked as expired on receipt.
+EXPIRED = datetime(2000, 1, 1, tzinfo=UTC).isoformat()
 
 
 def test_a_signature_is_keyed_by_its_task_id_chosen_up_front() -> None:
@@ -32,6 +42,40 @@ def test_a_signature_is_keyed_by_its_task_id_chosen_up_front() -> None:
     fresh = item_of(celery_app.signature("mail.send"))
     assert len(fresh.key) == 36  # a new UUID, the id every send uses
     assert TaskCall.from_payload(fresh.payload).id_for(fresh.key) == fresh.key
+
+
+def test_a_signatures_own_headers_are_kept_and_sent_with_the_reference() -> None:
+    ref = TaskRef("job-0", "send", "old").header()
+    signature = celery_app.signature("mail.send", task_id="id-3")
+    item = item_of(signature.set(headers={"trace": "t-1", HEADER: ref}))
+    assert TaskCall.from_payload(item.payload).options == {"headers": {"trace": "t-1"}}
+    assert (
+        TaskCall.from_payload(item_of(signature.set(headers={HEADER: ref})).payload).options == {}
+    )
+
+    sent: list[dict[str, Any]] = []
+
+    class Recording:
+        @contextlib.contextmanager
+        def producer_or_acquire(self) -> Iterator[None]:
+            yield None
+
+        def send_task(self, name: str, **options: Any) -> None:
+            sent.append({"name": name, **options})
+
+    calls = [(item.key, TaskCall.from_payload(item.payload))]
+    TaskSender(Recording(), "q")._send("job-1", "send", calls)
+    assert sent == [
+        {
+            "name": "mail.send",
+            "args": [],
+            "kwargs": {},
+            "task_id": "id-3",
+            "headers": {"trace": "t-1", HEADER: TaskRef("job-1", "send", "id-3").header()},
+            "producer": None,
+            "add_to_parent": False,
+        }
+    ]
 
 
 def test_a_given_key_keeps_the_task_id_in_the_payload() -> None:
@@ -61,6 +105,17 @@ def test_the_reference_is_read_from_the_request_or_its_headers() -> None:
 def test_an_error_is_its_type_and_message() -> None:
     assert error_text(ValueError("task 3 failed")) == "ValueError: task 3 failed"
     assert error_text(None) == "unknown error"
+
+
+def failures_of(driver: CeleryDriver, job_id: str) -> list[tuple[str, str, int]]:
+    """The job's failures: key, error and attempts, by key."""
+
+    async def failures() -> list[tuple[str, str, int]]:
+        async with driver.app() as app:
+            listed = await app.store.list_failures(job_id)
+        return sorted((f.key, f.error, f.attempts) for f in listed)
+
+    return asyncio.run(failures())
 
 
 @pytest.fixture(params=["celery-rabbitmq", "celery-redis"])
@@ -113,6 +168,46 @@ def test_every_item_failing_fails_the_job_with_each_error(driver: CeleryDriver) 
         ("k00000", "ValueError: task 0 failed", 3),
         ("k00001", "ValueError: task 1 failed", 3),
     ]
+
+
+def test_time_limits_and_rejections_count_failed(driver: CeleryDriver) -> None:
+    # Both are reported in the worker's main process, without the task's request.
+    driver.start_workers()
+    signatures = [
+        driver.celery.signature("contract.hang", args=(0,)),
+        driver.celery.signature("contract.reject", args=(1,)),
+        driver.celery.signature("contract.ok", args=(2, 0.0)),
+    ]
+    with driver.tracking.start_job(TYPE) as job:
+        job.send_group(STAGE, signatures, keys=["hang", "reject", "ok"])
+    ended = wait_ended(driver, job.job.id, within=60)
+    assert counted(ended) == (3, 1, 2, True)
+    assert ended.status is JobStatus.COMPLETED
+    assert failures_of(driver, job.job.id) == [
+        ("hang", "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)", 1),
+        ("reject", "Reject: ('task 1 rejected', False)", 1),
+    ]
+    assert driver.raw_count() == 1
+
+
+def test_an_expired_task_counts_failed(tmp_path: Path) -> None:
+    # Revoked on receipt, before it runs (on Redis: RabbitMQ drops a message
+    # whose expiry has passed, unseen by the worker).
+    driver = make(tmp_path, "celery-redis")
+    try:
+        driver.start_workers()
+        signatures = [
+            driver.celery.signature("contract.ok", args=(0, 0.0), expires=EXPIRED),
+            driver.celery.signature("contract.ok", args=(1, 0.0)),
+        ]
+        with driver.tracking.start_job(TYPE) as job:
+            job.send_group(STAGE, signatures, keys=["expired", "ok"])
+        ended = wait_ended(driver, job.job.id, within=60)
+        assert counted(ended) == (2, 1, 1, True)
+        assert failures_of(driver, job.job.id) == [("expired", "expired", 1)]
+        assert driver.raw_count() == 1
+    finally:
+        driver.close()
 
 
 def test_counts_are_durable_before_a_late_ack(driver: CeleryDriver) -> None:

@@ -45,7 +45,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import traceback
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -67,9 +69,8 @@ __all__ = ["CeleryJob", "CeleryTracking", "TaskSender", "error_text", "item_of",
 
 logger = logging.getLogger(__name__)
 
-#: Signature options that are not sent again as they are: the id and the
-#: headers are set by the sender itself.
-_OWN_OPTIONS = frozenset({"task_id", "headers"})
+#: References of the tasks a worker's main process received, kept at most.
+MAX_RECEIVED = 10_000
 
 
 def task_ref(request: Any) -> TaskRef | None:
@@ -98,8 +99,13 @@ def item_of(signature: Signature, key: str | None = None) -> LedgerItem:
             "send its tasks (send_group takes a group's)"
         )
     options = dict(signature.options)
-    task_id = options.get("task_id") or new_task_id()
-    kept = {name: value for name, value in options.items() if name not in _OWN_OPTIONS}
+    task_id = options.pop("task_id", None) or new_task_id()
+    kept = dict(options)
+    headers = kept.pop("headers", None)
+    if isinstance(headers, Mapping):  # the user's own, sent again with jobtrack's
+        own = {name: value for name, value in headers.items() if name != HEADER}
+        if own:
+            kept["headers"] = own
     call = TaskCall(
         name,
         tuple(signature.args),
@@ -313,6 +319,11 @@ class CeleryTracking:
         self.sender = TaskSender(celery_app, queues)
         self._counter: TaskCounter | None = None
         self.flush_before_ack = True
+        #: By task id, the reference and attempt of each item task this
+        #: process received (the worker's main process), the oldest dropped
+        #: past :data:`MAX_RECEIVED`.
+        self._received: OrderedDict[str, tuple[TaskRef, int]] = OrderedDict()
+        self._received_lock = threading.Lock()
 
     @property
     def counter(self) -> TaskCounter:
@@ -347,9 +358,13 @@ class CeleryTracking:
 
     def install(self, *, flush_before_ack: bool = True) -> None:
         """Count each item task's end from this worker, through Celery's
-        signals: done on ``task_success``, failed on ``task_failure`` (the
-        last attempt's: retries fire ``task_retry``), a flush on
-        ``worker_process_shutdown`` and ``worker_shutdown``.
+        signals: done on ``task_success``; failed on ``task_failure`` (the
+        last attempt's: retries fire ``task_retry``, which touches the job)
+        and on ``task_revoked`` (revoked, expired or terminated); a flush on
+        ``worker_process_shutdown`` and ``worker_shutdown``. ``task_received``
+        keeps, in the worker's main process, each item task's reference by
+        its id, for the failures Celery reports there without the task's
+        request (a hard time limit, ``Reject(requeue=False)``).
 
         :param flush_before_ack: for an item task that acks late
             (``acks_late``), block at its ``task_postrun`` until its count is
@@ -363,24 +378,87 @@ class CeleryTracking:
         self.counter  # noqa: B018 - refuses a store in memory now, not per task
         self.flush_before_ack = flush_before_ack
         uid = f"jobtrack-{id(self)}"
+        signals.task_received.connect(self._on_received, weak=False, dispatch_uid=uid)
         signals.task_success.connect(self._on_success, weak=False, dispatch_uid=uid)
         signals.task_failure.connect(self._on_failure, weak=False, dispatch_uid=uid)
+        signals.task_retry.connect(self._on_retry, weak=False, dispatch_uid=uid)
+        signals.task_revoked.connect(self._on_revoked, weak=False, dispatch_uid=uid)
         signals.task_postrun.connect(self._on_postrun, weak=False, dispatch_uid=uid)
         signals.worker_process_shutdown.connect(self._on_shutdown, weak=False, dispatch_uid=uid)
         signals.worker_shutdown.connect(self._on_shutdown, weak=False, dispatch_uid=uid)
 
-    def _on_success(self, sender: Task | None = None, **_: Any) -> None:
-        if sender is None or (ref := task_ref(sender.request)) is None:
+    def _on_received(self, request: Any = None, **_: Any) -> None:
+        request_dict = getattr(request, "request_dict", None)
+        if not isinstance(request_dict, Mapping):
             return
-        self.counter.done(ref)
+        ref = TaskRef.from_header(request_dict.get(HEADER))
+        task_id = request_dict.get("id")
+        if ref is None or not isinstance(task_id, str):
+            return
+        attempts = int(request_dict.get("retries") or 0) + 1
+        with self._received_lock:
+            received = self._received
+            received[task_id] = (ref, attempts)
+            received.move_to_end(task_id)
+            while len(received) > MAX_RECEIVED:
+                received.popitem(last=False)
+
+    def _forget(self, task_id: Any) -> tuple[TaskRef, int] | None:
+        """The reference and attempt received for ``task_id``, forgotten."""
+        if not isinstance(task_id, str):
+            return None
+        with self._received_lock:
+            return self._received.pop(task_id, None)
+
+    def _on_success(self, sender: Task | None = None, **_: Any) -> None:
+        if sender is None:
+            return
+        request = sender.request
+        received = self._forget(getattr(request, "id", None))
+        ref = task_ref(request) or (received[0] if received is not None else None)
+        if ref is not None:
+            self.counter.done(ref)
 
     def _on_failure(
-        self, sender: Task | None = None, exception: BaseException | None = None, **_: Any
+        self,
+        sender: Task | None = None,
+        task_id: str | None = None,
+        exception: BaseException | None = None,
+        **_: Any,
     ) -> None:
-        if sender is None or (ref := task_ref(sender.request)) is None:
+        request = None if sender is None else sender.request
+        received = self._forget(task_id or getattr(request, "id", None))
+        ref = None if request is None else task_ref(request)
+        if ref is not None:  # the task's own request: in the pool process
+            attempts = int(getattr(request, "retries", 0) or 0) + 1
+        elif received is not None:  # reported by the main process, without it
+            ref, attempts = received
+        else:
             return
-        attempts = int(getattr(sender.request, "retries", 0) or 0) + 1
         self.counter.failed(ref, error_text(exception), attempts=attempts)
+
+    def _on_retry(self, request: Any = None, **_: Any) -> None:
+        ref = task_ref(request)
+        if ref is not None:
+            self.counter.retrying(ref)
+
+    def _on_revoked(
+        self,
+        request: Any = None,
+        terminated: bool = False,
+        expired: bool = False,
+        **_: Any,
+    ) -> None:
+        received = self._forget(getattr(request, "id", None))
+        ref = task_ref(request)
+        if ref is not None:
+            attempts = int(getattr(request, "retries", 0) or 0) + 1
+        elif received is not None:
+            ref, attempts = received
+        else:
+            return
+        reason = "terminated" if terminated else "expired" if expired else "revoked"
+        self.counter.failed(ref, reason, attempts=attempts)
 
     def _on_postrun(self, sender: Task | None = None, task: Task | None = None, **_: Any) -> None:
         task = task or sender

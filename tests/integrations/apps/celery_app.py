@@ -18,6 +18,7 @@ import time
 
 import redis
 from celery import Celery  # type: ignore[import-untyped]
+from celery.exceptions import Reject  # type: ignore[import-untyped]
 
 import jobtrack
 from jobtrack.integrations.celery import CeleryTracking
@@ -87,3 +88,18 @@ def fail(n: int) -> None:
     :raises ValueError: always.
     """
     raise ValueError(f"task {n} failed")
+
+
+@celery_app.task(name="contract.hang", ignore_result=True, time_limit=1)  # type: ignore[untyped-decorator]
+def hang(n: int) -> None:
+    """Sleep past the task's hard time limit (1 s): its process is killed."""
+    time.sleep(60)
+
+
+@celery_app.task(name="contract.reject", ignore_result=True)  # type: ignore[untyped-decorator]
+def reject(n: int) -> None:
+    """Reject the task's message for good.
+
+    :raises Reject: always, not requeued.
+    """
+    raise Reject(f"task {n} rejected", requeue=False)
