@@ -185,7 +185,7 @@ def test_time_limits_and_rejections_count_failed(driver: CeleryDriver) -> None:
     assert ended.status is JobStatus.COMPLETED
     assert failures_of(driver, job.job.id) == [
         ("hang", "billiard.exceptions.TimeLimitExceeded: TimeLimitExceeded(1,)", 1),
-        ("reject", "Reject: ('task 1 rejected', False)", 1),
+        ("reject", "celery.exceptions.Reject: ('task 1 rejected', False)", 1),
     ]
     assert driver.raw_count() == 1
 
