@@ -9,15 +9,18 @@ import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from celery import Celery, chain  # type: ignore[import-untyped]
 from celery.app.task import Context  # type: ignore[import-untyped]
 
+import jobtrack
 from jobtrack.errors import InvalidRequest
-from jobtrack.integrations import HEADER, TaskCall, TaskRef
+from jobtrack.integrations import HEADER, TaskCall, TaskCounter, TaskRef
 from jobtrack.integrations.celery import (
+    CeleryTracking,
     TaskSender,
     error_text,
     item_of,
@@ -100,6 +103,48 @@ def test_the_reference_is_read_from_the_request_or_its_headers() -> None:
     assert task_ref(Context({"id": "t", "headers": {"jobtrack": ref.header()}})) == ref
     assert task_ref(Context({"id": "t"})) is None
     assert task_ref(Context({"id": "t", "jobtrack": {"job": "j"}})) is None
+
+
+class Recording(TaskCounter):
+    """A counter that records what it is told instead of counting."""
+
+    def __init__(self, app: jobtrack.App) -> None:
+        super().__init__(app)
+        self.told: list[tuple[str, TaskRef, str]] = []
+
+    def retrying(self, ref: TaskRef) -> None:
+        self.told.append(("retrying", ref, ""))
+
+    def failed(self, ref: TaskRef, error: str, *, attempts: int = 1) -> None:
+        self.told.append(("failed", ref, f"{error} after {attempts}"))
+
+
+def test_a_retry_touches_and_a_failure_without_its_request_uses_the_received_one(
+    tmp_path: Path,
+) -> None:
+    app = jobtrack.App(
+        jobtrack.Settings(data_dir=tmp_path, store_url=f"sqlite:///{tmp_path / 'j.db'}")
+    )
+    tracking = CeleryTracking(app, celery_app)
+    counter = Recording(app)
+    tracking._counter = counter
+    ref = TaskRef("job-1", "send", "k1")
+    tracking._on_retry(request=Context({"id": "t1", HEADER: ref.header()}))
+    tracking._on_retry(request=Context({"id": "t9"}))  # not an item
+
+    received = SimpleNamespace(request_dict={"id": "t1", "retries": 2, HEADER: ref.header()})
+    tracking._on_received(request=received)
+    empty = SimpleNamespace(request=Context())  # the main process's view of the task
+    tracking._on_failure(sender=empty, task_id="t1", exception=ValueError("late"))
+    tracking._on_failure(sender=empty, task_id="t1", exception=ValueError("again"))  # forgotten
+    tracking._on_received(request=received)
+    tracking._on_revoked(request=Context({"id": "t1"}), terminated=True)
+    assert counter.told == [
+        ("retrying", ref, ""),
+        ("failed", ref, "ValueError: late after 3"),
+        ("failed", ref, "terminated after 3"),
+    ]
+    assert len(tracking._received) == 0
 
 
 def test_an_error_is_its_type_and_message() -> None:

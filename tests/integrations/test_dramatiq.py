@@ -41,9 +41,24 @@ def make_app(tmp_path: Path) -> jobtrack.App:
     return jobtrack.App(settings)
 
 
+class RetryRecording(TaskCounter):
+    """A counter that also records the references it is told will be retried."""
+
+    def __init__(self, app: jobtrack.App) -> None:
+        super().__init__(app)
+        self.retried: list[TaskRef] = []
+        self._retried_lock = threading.Lock()
+
+    def retrying(self, ref: TaskRef) -> None:
+        with self._retried_lock:
+            self.retried.append(ref)
+        super().retrying(ref)
+
+
 def test_each_way_dramatiq_settles_a_message_counts_as_it_should(tmp_path: Path) -> None:
     broker = StubBroker()
     app = make_app(tmp_path)
+    counter = RetryRecording(app)
     runs: Counter[str] = Counter()
 
     @dramatiq.actor(broker=broker, queue_name=QUEUE)
@@ -68,7 +83,7 @@ def test_each_way_dramatiq_settles_a_message_counts_as_it_should(tmp_path: Path)
 
     tracking = DramatiqTracking(app, broker)
     tracking.job_type("mails", ["send"], queues={"send": QUEUE})
-    middleware = JobtrackMiddleware(app)
+    middleware = JobtrackMiddleware(counter)
     broker.add_middleware(middleware)
     with tracking.start_job("mails") as job:
         keys = [job.send("send", ok.message(n)) for n in range(3)]
@@ -106,6 +121,9 @@ def test_each_way_dramatiq_settles_a_message_counts_as_it_should(tmp_path: Path)
         ("fail0", "ValueError: task 0 failed", 2),
         ("fail1", "ValueError: task 1 failed", 2),
         ("thrown0", "KeyError: 'no 0'", 1),
+    ]
+    assert sorted(counter.retried, key=lambda ref: ref.key) == [  # first attempts retried
+        TaskRef(job.id, "send", key) for key in ("fail0", "fail1", "flaky0")
     ]
 
 

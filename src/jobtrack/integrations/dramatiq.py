@@ -24,7 +24,9 @@ The middleware counts a message when Dramatiq settles it, in its
 order of the middleware. A message rejected (dead-lettered) failed for good,
 with the error it raised; a message acked after its actor returned is done;
 one acked after an exception was retried by the ``Retries`` middleware (a copy
-is in the delay queue) and is not counted. Dramatiq acks late: the hook then
+is in the delay queue) is not counted, but its job is touched
+(:meth:`~jobtrack.integrations.TaskCounter.retrying`) so that the monitor
+does not take it for stuck while the copy waits. Dramatiq acks late: the hook then
 waits until the count is durable, so a worker that dies before that leaves
 the message unacked and RabbitMQ delivers it again. The wait is shared by the
 worker threads of a process (:class:`FlushGroup`): one store write covers
@@ -403,7 +405,10 @@ class JobtrackMiddleware(Middleware):
         if error is None:
             self.counter.done(ref)
         elif any(isinstance(m, Retries) for m in broker.middleware):
-            return  # retried: a copy waits in the delay queue
+            # Retried: a copy waits in the delay queue; the job is touched
+            # so that the monitor does not send it again meanwhile.
+            self.counter.retrying(ref)
+            return
         else:
             self.counter.failed(ref, _describe(error), attempts=attempts)
         self._durable(message)
