@@ -31,12 +31,20 @@ On the worker, :meth:`CeleryTracking.install` connects Celery's signals:
 ``task_success`` counts the item done; ``task_failure`` counts it failed
 with its error, after ``request.retries + 1`` attempts (a retry, by
 ``self.retry()`` or ``autoretry_for``, fires ``task_retry`` instead, which
-counts nothing); ``worker_process_shutdown`` and ``worker_shutdown`` flush
-the counts. A task that acks late (``acks_late``) has its count made
-durable before its message is acked (unless ``flush_before_ack=False``):
-``task_postrun`` runs in the pool
-process at the end of ``celery.app.trace``'s ``trace_task``, before the
-result goes back to the main process, whose ``Request.on_success`` (or
+counts nothing but touches the job, so that the monitor does not take a job
+whose last items wait for their retries for a stuck one); ``task_revoked``
+counts a revoked, expired or terminated task failed (a worker keeps its id
+in its revoked set: sent again, it would not run); ``worker_process_shutdown``
+and ``worker_shutdown`` flush the counts. A hard time limit and
+``Reject(requeue=False)`` fire ``task_failure`` in the worker's main
+process, where ``task.request`` is an empty context: ``task_received``,
+which runs there with the task's request, keeps each item task's reference
+by its id (the last :data:`MAX_RECEIVED`) for them.
+
+A task that acks late (``acks_late``) has its count made durable before
+its message is acked (unless ``flush_before_ack=False``): ``task_postrun``
+runs in the pool process at the end of ``celery.app.trace``'s
+``trace_task``, before the result goes back to the main process, whose ``Request.on_success`` (or
 ``on_failure``) then acks the message.
 """
 
