@@ -17,6 +17,7 @@ from celery import Celery, chain  # type: ignore[import-untyped]
 from celery.app.task import Context  # type: ignore[import-untyped]
 
 import jobtrack
+import jobtrack.integrations.celery as celery_integration
 from jobtrack.errors import InvalidRequest
 from jobtrack.integrations import HEADER, TaskCall, TaskCounter, TaskRef
 from jobtrack.integrations.celery import (
@@ -145,6 +146,21 @@ def test_a_retry_touches_and_a_failure_without_its_request_uses_the_received_one
         ("failed", ref, "terminated after 3"),
     ]
     assert len(tracking._received) == 0
+
+
+def test_the_received_references_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(celery_integration, "MAX_RECEIVED", 2)
+    app = jobtrack.App(
+        jobtrack.Settings(data_dir=tmp_path, store_url=f"sqlite:///{tmp_path / 'j.db'}")
+    )
+    tracking = CeleryTracking(app, celery_app)
+    for n in range(3):
+        ref = TaskRef("job-1", "send", f"k{n}").header()
+        tracking._on_received(request=SimpleNamespace(request_dict={"id": f"t{n}", HEADER: ref}))
+    tracking._on_received(request=SimpleNamespace(request_dict={"id": "t9"}))  # not an item
+    assert list(tracking._received) == ["t1", "t2"]
 
 
 def test_an_error_is_its_type_and_message() -> None:
