@@ -27,7 +27,10 @@ RQ forks a work horse per job, which ends with ``os._exit``. The counting
 is done in the worker's main process, which outlives its horses: once a
 horse has ended, :class:`JobtrackWorker` reads the job's status back from
 Redis and counts a finished job done, a failed one failed with its error
-(after its last retry: a job RQ enqueues again is not counted yet). The
+(after its last retry: a job RQ enqueues or schedules again is not
+counted yet; its jobtrack job is touched, so the monitor does not take it
+for a stuck one while it waits). Nothing that goes wrong while counting
+stops the worker: it is logged, and the monitor sends the item again. The
 counts are coalesced in that process by a
 :class:`~jobtrack.integrations.TaskCounter` and flushed when the worker
 stops.
