@@ -6,6 +6,7 @@ re-enqueueing, the backlog, refusals)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from arq.connections import RedisSettings
 from arq.worker import Retry, Worker, func
 
 import jobtrack
-from jobtrack.errors import InvalidRequest
+from jobtrack.errors import InvalidRequest, StoreUnavailable
+from jobtrack.integrations import HEADER, TaskRef
 from jobtrack.integrations.arq import ArqSender, ArqTracking, arq_job_id
 from jobtrack.model import JobStatus
 
@@ -197,3 +199,92 @@ async def test_what_is_refused(tmp_path: Path, queue: Queue) -> None:
         tracking.worker({"functions": []})
     with pytest.raises(InvalidRequest, match="a class or a dict"):
         tracking.worker(42)
+
+
+async def ok(ctx: dict[Any, Any], n: int) -> int:
+    """An arq function that returns ``n``."""
+    return n
+
+
+async def again(ctx: dict[Any, Any], n: int) -> None:
+    """An arq function that asks for a retry.
+
+    :raises Retry: always.
+    """
+    raise Retry(defer=60)
+
+
+async def test_a_function_used_without_its_worker_starts_the_counter_off_the_loop(
+    tmp_path: Path, queue: Queue
+) -> None:
+    app, tracking = make_tracking(tmp_path, queue.name)
+    async with app, tracking.start_job("emails") as job:
+        for key in ("k1", "k2"):
+            queue.ids.append(await job.send("send", "ok", 1, _key=key))
+    counter = tracking.counter
+    opened_on_a_loop: list[bool] = []
+    original = counter._started
+
+    def started() -> Any:
+        if not counter.running:
+            opened_on_a_loop.append(asyncio._get_running_loop() is not None)
+        return original()
+
+    counter._started = started  # type: ignore[method-assign]
+    counted = tracking.function(ok)
+    header = TaskRef(job.job.id, "send", "k1").header()
+    assert await counted.coroutine({"job_try": 1}, 7, **{HEADER: header}) == 7
+    await asyncio.to_thread(counter.close)  # as the worker's shutdown does
+    # A run cancelled, settled after the counter was closed.
+    ctx: dict[Any, Any] = {
+        "redis": await tracking.redis(),
+        "job_id": f"{queue.name}:gone",
+        "jobtrack_cancelled": (TaskRef(job.job.id, "send", "k2"), "CancelledError: x", 1),
+    }
+    await tracking._settle(ctx)
+    await asyncio.to_thread(counter.close)
+    await tracking.aclose()
+    assert opened_on_a_loop == [False, False]
+    async with app:
+        stage = (await app.store.get_job(job.job.id)).stage("send")
+    assert (stage.total_items, stage.completed_items, stage.failed_items) == (2, 1, 1)
+
+
+async def test_a_counter_that_cannot_start_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, tracking = make_tracking(tmp_path, "unused")
+    counter = tracking.counter
+
+    def down() -> None:
+        raise StoreUnavailable("the store is down")
+
+    counter.start = down  # type: ignore[method-assign]
+    counted = tracking.function(ok)
+    header = TaskRef("j1", "send", "k1").header()
+    with caplog.at_level(logging.WARNING, logger="jobtrack.integrations.arq"):
+        assert await counted.coroutine({"job_try": 1}, 3, **{HEADER: header}) == 3
+    assert [
+        r.getMessage()
+        for r in caplog.records
+        if getattr(r, "action", None) == "task_counter_not_started"
+    ] == ["the task counter could not start: the store is down; a task's end is not counted"]
+    assert (counter.running, counter.reported) == (False, 0)
+
+
+async def test_a_retry_before_the_last_try_touches_the_job(tmp_path: Path, queue: Queue) -> None:
+    app, tracking = make_tracking(tmp_path, queue.name)
+    async with app, tracking.start_job("emails") as job:
+        queue.ids.append(await job.send("send", "again", 1, _key="again"))
+    counted = tracking.function(again, max_tries=2)
+    header = TaskRef(job.job.id, "send", "again").header()
+    with pytest.raises(Retry):
+        await counted.coroutine({"job_try": 1}, 1, **{HEADER: header})
+    await asyncio.to_thread(tracking.counter.close)
+    async with app:
+        stage = (await app.store.get_job(job.job.id)).stage("send")
+    assert (stage.message, stage.completed_items, stage.failed_items) == (
+        "retrying: again and maybe more",
+        0,
+        0,
+    )

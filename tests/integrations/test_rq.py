@@ -7,6 +7,7 @@ local Redis."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,15 +16,18 @@ from pathlib import Path
 import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from rq import Queue, Retry
+from rq import Queue, Retry, SimpleWorker
+from rq.job import Job as RQJob
 
 import jobtrack
 from jobtrack.errors import InvalidRequest
-from jobtrack.integrations import HEADER, TaskCall
+from jobtrack.integrations import HEADER, TaskCall, TaskCounter, TaskRef
+from jobtrack.integrations import rq as rq_integration
 from jobtrack.integrations.rq import (
     RETRIES,
     JobtrackSimpleWorker,
     RQTracking,
+    count_end,
     function_path,
 )
 from jobtrack.model import Job
@@ -55,7 +59,11 @@ def queue() -> Iterator[Queue]:
     try:
         yield made
     finally:
-        registries = (made.finished_job_registry, made.failed_job_registry)
+        registries = (
+            made.finished_job_registry,
+            made.failed_job_registry,
+            made.scheduled_job_registry,
+        )
         ids = [job_id for registry in registries for job_id in registry.get_job_ids()]
         made.delete(delete_jobs=True)
         doomed = [f"rq:job:{i}" for i in ids] + [f"rq:results:{i}" for i in ids]
@@ -182,3 +190,110 @@ def test_a_re_sent_item_is_the_same_rq_job_enqueued_again(tmp_path: Path, queue:
     assert again is not None
     assert (again.get_status(), again.args) == ("queued", (1,))
     assert queue.connection.ttl(hash_key) == -1  # not to expire while it waits
+
+
+class Recorded(TaskCounter):
+    """A counter that records what it is told instead of counting it."""
+
+    def __init__(self, app: jobtrack.App) -> None:
+        super().__init__(app)
+        self.calls: list[tuple[str, TaskRef, str]] = []
+
+    def done(self, ref: TaskRef) -> None:
+        """Record ``ref`` done."""
+        self.calls.append(("done", ref, ""))
+
+    def failed(self, ref: TaskRef, error: str, *, attempts: int = 1) -> None:
+        """Record ``ref`` failed with ``error``."""
+        self.calls.append(("failed", ref, f"{error} ({attempts})"))
+
+    def retrying(self, ref: TaskRef) -> None:
+        """Record ``ref`` retrying."""
+        self.calls.append(("retrying", ref, ""))
+
+
+def test_a_failure_ttl_that_deletes_the_failed_job_at_once_is_refused(
+    tmp_path: Path, queue: Queue
+) -> None:
+    tracking = tracking_of(tmp_path, queue)
+    with tracking.start_job("emails") as job:
+        for ttl in (0, -2):
+            refused = f"failure_ttl must be positive or -1 .*not {ttl}"
+            with pytest.raises(InvalidRequest, match=refused):
+                job.send("send", boom, 1, key=f"k{ttl}", failure_ttl=ttl)
+        job.send("send", boom, 1, key="kept", failure_ttl=-1)
+    assert stored_job(tracking, job.job.id).stage("send").total_items == 1
+
+
+def test_a_failed_job_whose_record_is_gone_counts_failed(tmp_path: Path, queue: Queue) -> None:
+    tracking = tracking_of(tmp_path, queue)
+    ref = TaskRef("j1", "send", "k1")
+    failed = queue.enqueue(
+        boom, 1, failure_ttl=0, meta={HEADER: ref.header(), RETRIES: 2}, job_id=f"{queue.name}-f"
+    )
+    finished = queue.enqueue(
+        succeed, 2, result_ttl=0, meta={HEADER: ref.header()}, job_id=f"{queue.name}-s"
+    )
+    assert SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    counter = Recorded(tracking.app)
+    assert queue.connection.exists(failed.key, finished.key) == 0  # both deleted at their end
+    assert (count_end(counter, failed), count_end(counter, finished)) == (True, True)
+    assert counter.calls == [
+        ("failed", ref, "RQ job failed (its record deleted at once) (3)"),
+        ("done", ref, ""),
+    ]
+
+
+def test_a_job_scheduled_for_a_retry_touches_its_job(tmp_path: Path, queue: Queue) -> None:
+    tracking = tracking_of(tmp_path, queue)
+    with tracking.start_job("emails") as job:
+        job.send("send", boom, 1, key="later", retry=Retry(max=1, interval=[600]))
+
+    class Worker(JobtrackSimpleWorker):
+        jobtrack_app = tracking.app
+
+    assert Worker([queue], connection=queue.connection).work(burst=True)  # flushed at its end
+    assert len(queue.scheduled_job_registry) == 1
+    stage = stored_job(tracking, job.job.id).stage("send")
+    assert (stage.message, stage.completed_items, stage.failed_items) == (
+        "retrying: later and maybe more",
+        0,
+        0,
+    )
+
+
+def test_a_job_enqueued_again_for_a_retry_is_said_retrying(tmp_path: Path, queue: Queue) -> None:
+    tracking = tracking_of(tmp_path, queue)
+    ref = TaskRef("j1", "send", "k1")
+    rq_job = queue.enqueue(boom, 1, meta={HEADER: ref.header()}, retry=Retry(max=1))
+    worker = SimpleWorker([queue], connection=queue.connection)
+    worker.execute_job(rq_job, queue)  # fails once: enqueued again
+    counter = Recorded(tracking.app)
+    assert count_end(counter, RQJob.fetch(rq_job.id, connection=queue.connection)) is False
+    assert counter.calls == [("retrying", ref, "")]
+
+
+def test_nothing_from_counting_stops_the_worker(
+    tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracking = tracking_of(tmp_path, queue)
+    with tracking.start_job("emails") as job:
+        for n in range(2):
+            job.send("send", succeed, n, key=f"ok{n}")
+
+    def broken(counter: TaskCounter, job: RQJob) -> bool:
+        raise RuntimeError("counting broke")
+
+    monkeypatch.setattr(rq_integration, "count_end", broken)
+
+    class Worker(JobtrackSimpleWorker):
+        jobtrack_app = tracking.app
+
+    with caplog.at_level(logging.ERROR, logger=rq_integration.__name__):
+        assert Worker([queue], connection=queue.connection).work(burst=True)
+    assert queue.job_ids == []
+    assert [
+        (r.getMessage().split(" ")[-2:], r.exc_info is not None and str(r.exc_info[1]))
+        for r in caplog.records
+        if getattr(r, "action", None) == "task_end_not_counted"
+    ] == [(["not", "counted"], "counting broke")] * 2

@@ -45,11 +45,16 @@ How it fits arq (0.25):
 - **Counting.** :meth:`ArqTracking.worker` wraps each function: one that
   returns counts done; one that raises counts failed with its error, after
   ``job_try`` attempts, unless it raised :class:`arq.worker.Retry` (arq
-  runs it again) short of the last try (``max_tries``: arq then fails it
-  without running it, so the last :class:`~arq.worker.Retry` counts as the
-  failure). A run that is cancelled (a timeout, an abort, a shutdown) is
-  settled after arq has recorded it (``after_job_end``): failed when arq
-  finished the job, nothing when it will run it again.
+  runs it again: its jobtrack job is touched, see
+  :meth:`~jobtrack.integrations.TaskCounter.retrying`) short of the last
+  try (``max_tries``: arq then fails it without running it, so the last
+  :class:`~arq.worker.Retry` counts as the failure). The counter is started
+  in a thread, never on the worker's loop: by ``on_startup``, else (a
+  function used without :meth:`ArqTracking.worker`, a job ending after
+  ``on_shutdown``) before the first end is reported. A run that is
+  cancelled (a timeout, an abort, a shutdown) is settled after arq has
+  recorded it (``after_job_end``): failed when arq finished the job,
+  nothing when it will run it again.
 - **Acks.** arq deletes the job after the function returns; the count is
   reported before that, and written by the counter's thread a moment later.
   A worker killed in between loses the count of a job arq has finished: the
@@ -466,7 +471,10 @@ class ArqTracking:
         """``function`` (a coroutine function, an import path or an arq
         :class:`~arq.worker.Function`) wrapped to count its ends, under its
         own name; ``max_tries``, ``retry_jobs`` and ``job_timeout`` are the
-        worker's (a function's own ``max_tries`` and timeout win).
+        worker's (a function's own ``max_tries`` and timeout win). Used
+        without :meth:`worker`, the counter is started (in a thread) before
+        the first end is reported; one that cannot start is logged, and
+        that end not counted.
 
         :raises AssertionError: (arq's) not a coroutine function.
         """
@@ -487,11 +495,14 @@ class ArqTracking:
                 result = await inner(ctx, *args, **kwargs)
             except (Retry, RetryJob) as exc:
                 if not retry_jobs:
-                    counter.failed(ref, _error_text(exc), attempts=job_try)
+                    error = _error_text(exc)
+                    await tracking._report(counter.failed, ref, error, attempts=job_try)
                 elif job_try >= tries:  # arq fails it next time, unrun and unhooked
                     cause = exc.__cause__ or exc
                     error = f"{_error_text(cause)} (retried: {tries} tries used)"
-                    counter.failed(ref, error, attempts=job_try)
+                    await tracking._report(counter.failed, ref, error, attempts=job_try)
+                else:  # arq runs it again, maybe after a delay
+                    await tracking._report(counter.retrying, ref)
                 raise
             except asyncio.CancelledError:
                 elapsed = time.monotonic() - started
@@ -503,9 +514,9 @@ class ArqTracking:
                 ctx[_CANCELLED] = (ref, error, job_try)  # settled by after_job_end
                 raise
             except Exception as exc:
-                counter.failed(ref, _error_text(exc), attempts=job_try)
+                await tracking._report(counter.failed, ref, _error_text(exc), attempts=job_try)
                 raise
-            counter.done(ref)
+            await tracking._report(counter.done, ref)
             return result
 
         counted.__qualname__ = getattr(inner, "__qualname__", given.name)
@@ -525,6 +536,26 @@ class ArqTracking:
     async def _stop(self, ctx: dict[Any, Any]) -> None:
         await asyncio.to_thread(self.counter.close)
 
+    async def _report(self, report: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Tell the counter ``report(*args, **kwargs)`` (its ``done``,
+        ``failed`` or ``retrying``), starting it first in a thread when it
+        is not running (a function used without :meth:`worker`, a job that
+        ends after the worker's shutdown closed it): opening the store
+        must not block the worker's loop. Never raises: a counter that
+        cannot start is logged, and the report dropped (the monitor sends
+        the item again)."""
+        if not self.counter.running:
+            try:
+                await asyncio.to_thread(self.counter.start)
+            except Exception as exc:
+                logger.warning(
+                    "the task counter could not start: %s; a task's end is not counted",
+                    exc,
+                    extra={"action": "task_counter_not_started"},
+                )
+                return
+        report(*args, **kwargs)
+
     async def _settle(self, ctx: dict[Any, Any]) -> None:
         cancelled = ctx.pop(_CANCELLED, None)
         if cancelled is None:
@@ -534,7 +565,7 @@ class ArqTracking:
         # arq deletes the job's body when it finishes it; a run it will
         # repeat (a shutdown, retry_jobs) keeps it.
         if not await redis.exists(job_key_prefix + str(ctx["job_id"])):
-            self.counter.failed(ref, error, attempts=job_try)
+            await self._report(self.counter.failed, ref, error, attempts=job_try)
 
 
 _Hook = Callable[[dict[Any, Any]], Awaitable[Any]]

@@ -27,7 +27,10 @@ RQ forks a work horse per job, which ends with ``os._exit``. The counting
 is done in the worker's main process, which outlives its horses: once a
 horse has ended, :class:`JobtrackWorker` reads the job's status back from
 Redis and counts a finished job done, a failed one failed with its error
-(after its last retry: a job RQ enqueues again is not counted yet). The
+(after its last retry: a job RQ enqueues or schedules again is not
+counted yet; its jobtrack job is touched, so the monitor does not take it
+for a stuck one while it waits). Nothing that goes wrong while counting
+stops the worker: it is logged, and the monitor sends the item again. The
 counts are coalesced in that process by a
 :class:`~jobtrack.integrations.TaskCounter` and flushed when the worker
 stops.
@@ -48,6 +51,7 @@ from rq.exceptions import InvalidJobOperation
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from rq.queue import EnqueueData
+from rq.registry import FailedJobRegistry
 
 from jobtrack.errors import BrokerUnavailable, InvalidRequest
 from jobtrack.integrations.counter import TaskCounter
@@ -228,9 +232,18 @@ class RQJobSender:
         :data:`~jobtrack.jobs.producer.PRODUCER_BATCH` held), or by
         :meth:`flush`, or on leaving.
 
+        A ``failure_ttl`` of 0 (RQ deletes the failed job at once, and its
+        failure with it) or below -1 is refused: -1 keeps it for good.
+
         :raises InvalidRequest: a function RQ cannot import by name, an
-            argument or option that is not JSON, or as :meth:`flush`.
+            argument or option that is not JSON, a ``failure_ttl`` of 0 or
+            below -1, or as :meth:`flush`.
         """
+        if failure_ttl is not None and (failure_ttl == 0 or failure_ttl < -1):
+            raise InvalidRequest(
+                f"failure_ttl must be positive or -1 (kept), not {failure_ttl}: "
+                "a failed job must outlive its end for its failure to be counted"
+            )
         task_id = new_task_id()
         options: dict[str, Any] = {
             name: value
@@ -325,8 +338,10 @@ class RQTracking:
 def count_end(counter: TaskCounter, job: RQJob) -> bool:
     """Count ``job``'s end, read back from Redis after it ran: done when it
     finished (or is gone: a result TTL of 0), failed with its error when it
-    failed or was stopped; nothing when RQ enqueued it again (a retry) or it
-    is no item. Whether it was counted.
+    failed or was stopped (or is gone but in its queue's failed registry);
+    nothing when RQ enqueued or scheduled it again (a retry: its job is
+    touched, see :meth:`TaskCounter.retrying`) or it is no item. Whether it
+    was counted.
 
     :raises RedisError: Redis cannot be reached.
     """
@@ -335,20 +350,30 @@ def count_end(counter: TaskCounter, job: RQJob) -> bool:
         return False
     try:
         status = job.get_status(refresh=True)
-    except InvalidJobOperation:  # gone: a result TTL of 0 deletes a finished job
-        counter.done(ref)
+    except InvalidJobOperation:  # gone: a TTL of 0 deletes a finished (or failed) job
+        failed = FailedJobRegistry(job.origin, connection=job.connection)
+        if failed.connection.zscore(failed.key, job.id) is not None:
+            counter.failed(ref, "RQ job failed (its record deleted at once)", attempts=_tries(job))
+        else:
+            counter.done(ref)
         return True
+    if status in (RQStatus.QUEUED, RQStatus.SCHEDULED):  # a retry, now or later
+        counter.retrying(ref)
+        return False
     if status == RQStatus.FINISHED:
         counter.done(ref)
         return True
     if status in (RQStatus.FAILED, RQStatus.STOPPED):
         result = job.latest_result()
         error = (result.exc_string if result is not None else None) or f"RQ job {status.value}"
-        retries = job.meta.get(RETRIES)
-        attempts = int(retries) + 1 if isinstance(retries, int) else 1
-        counter.failed(ref, error, attempts=attempts)
+        counter.failed(ref, error, attempts=_tries(job))
         return True
     return False
+
+
+def _tries(job: RQJob) -> int:
+    retries = job.meta.get(RETRIES)
+    return int(retries) + 1 if isinstance(retries, int) else 1
 
 
 class _Counted:
@@ -379,6 +404,12 @@ class _Counted:
                 "end of RQ job %s not counted: %s",
                 job.id,
                 exc,
+                extra={"action": "task_end_not_counted"},
+            )
+        except Exception:  # nothing from counting may stop the worker
+            logger.exception(
+                "end of RQ job %s not counted",
+                job.id,
                 extra={"action": "task_end_not_counted"},
             )
 
