@@ -51,7 +51,7 @@ def driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Driver]:
 def test_exact_counts_ten_thousand_tasks_complete_the_job_once(driver: Driver) -> None:
     driver.start_workers()
     job_id = driver.produce(10_000)
-    job = wait_ended(driver, job_id, within=300)
+    job = wait_ended(driver, job_id, within=540)
     assert counted(job) == (10_000, 10_000, 0, True)
     assert job.status is JobStatus.COMPLETED
     assert job.completed_at is not None
