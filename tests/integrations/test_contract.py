@@ -47,6 +47,7 @@ def driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Driver]:
         made.close()
 
 
+@pytest.mark.timeout(600)  # RQ forks a work horse per job: about 100 jobs/s on 2 workers
 def test_exact_counts_ten_thousand_tasks_complete_the_job_once(driver: Driver) -> None:
     driver.start_workers()
     job_id = driver.produce(10_000)
