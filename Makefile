@@ -68,6 +68,7 @@ unit: install
 bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.ledger
+	$(BIN)/python -m bench.integrations
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache test-artifacts build dist

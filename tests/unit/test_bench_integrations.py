@@ -1,0 +1,78 @@
+"""The integrations benchmark's report, on fake numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.integrations import chart, markdown, targets
+
+
+def _run(rate: float, *, read_us: float | None = None, delay_ms: float = 50.0) -> dict[str, Any]:
+    run: dict[str, Any] = {"items_per_second": rate, "delay_ms": delay_ms, "load": [1.0, 1.5]}
+    if read_us is not None:
+        run |= {"read_us": read_us, "reads": 10}
+    return run
+
+
+def _data() -> dict[str, Any]:
+    return {
+        "tasks": [100, 500],
+        "kill_tasks": 50,
+        "runs_per_config": 1,
+        "workers": "2 worker processes each",
+        "runs": {
+            "celery-bare": {"100": _run(1000.0), "500": _run(1000.0)},
+            "celery-jobtrack": {
+                "100": _run(950.0),
+                "500": _run(800.0, read_us=900.0, delay_ms=120.0),
+            },
+            "celery-chord": {"100": _run(500.0), "500": _run(400.0, read_us=5000.0)},
+            "rq-bare": {"100": _run(100.0)},
+            "rq-jobtrack": {"100": _run(95.0, read_us=1500.0, delay_ms=250.0)},
+        },
+        "kills": {
+            "celery-jobtrack": {"items": 50, "counted": 50, "probe": 52, "exact": True},
+            "rq-jobtrack": {"items": 50, "counted": 49, "probe": 50, "exact": False},
+        },
+    }
+
+
+def test_targets_take_the_lowest_ratio_and_the_largest_n_of_each_configuration() -> None:
+    met = targets(_data())
+    assert met["celery-bare"]["ratio"] is None
+    assert met["celery-bare"]["delay_ms"] is None
+    assert met["celery-jobtrack"]["ratio"] == 0.8
+    assert met["celery-jobtrack"]["within_10pct"] is False
+    assert met["celery-jobtrack"]["largest"] == 500
+    assert met["celery-jobtrack"]["read_under_1ms"] is True
+    assert met["celery-jobtrack"]["delay_under_200ms"] is True
+    assert met["celery-jobtrack"]["kill_exact"] is True
+    assert met["celery-chord"]["read_under_1ms"] is False
+    assert met["celery-chord"]["kill"] is None
+    assert met["rq-jobtrack"]["ratio"] == 0.95
+    assert met["rq-jobtrack"]["within_10pct"] is True
+    assert met["rq-jobtrack"]["largest"] == 100
+    assert met["rq-jobtrack"]["read_under_1ms"] is False
+    assert met["rq-jobtrack"]["delay_under_200ms"] is False
+    assert met["rq-jobtrack"]["kill_exact"] is False
+
+
+def test_markdown_has_a_row_per_configuration_with_its_figures() -> None:
+    text = markdown(_data())
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[1] == "| celery-bare | 1,000 | 1,000 | - | - |"
+    assert rows[2] == "| celery-jobtrack | 950 | 800 | 0.800 | no |"
+    assert rows[4] == "| rq-bare | 100 | - | - | - |"
+    assert rows[5] == "| rq-jobtrack | 95 | - | 0.950 | yes |"
+    assert (
+        rows[8] == "| celery-jobtrack | 500 | 900 (10) | yes | 120.0 | yes | 50/50 | 52 | - | yes |"
+    )
+    assert rows[11] == "| rq-jobtrack | 100 | 1,500 (10) | no | 250.0 | no | 49/50 | 50 | - | no |"
+    assert text.endswith("Load average (1 min) at the runs' start: 1.00 to 1.00.\n")
+
+
+def test_chart_writes_a_png(tmp_path: Path) -> None:
+    path = tmp_path / "chart" / "integrations.png"
+    chart(_data(), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
