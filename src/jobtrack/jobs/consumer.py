@@ -28,7 +28,7 @@ from jobtrack.broker.base import clip
 from jobtrack.errors import InvalidRequest, MalformedMessage, NotFound, StoreUnavailable
 from jobtrack.jobs.executors import Attempt, HandlerRunner, describe
 from jobtrack.jobs.gate import JobGate
-from jobtrack.jobs.messages import ItemMessage, decode_item, encode_item
+from jobtrack.jobs.messages import ItemMessage, decode_item, encode_item, item_bodies
 from jobtrack.jobs.sealer import Sealer
 from jobtrack.jobs.types import Item, JobType
 from jobtrack.store import JobStore
@@ -287,10 +287,7 @@ class ItemConsumer:
         await self._reachable(lambda: self._store.add_items(job_id, stage, batch), message)
         await self._broker.publish_many(
             self.job_type.queue(stage),
-            [
-                encode_item(ItemMessage(job_id, self.job_type.name, stage, i.key, i.payload))
-                for i in batch
-            ],
+            item_bodies(job_id, self.job_type.name, stage, batch),
         )
 
     async def _record_failure(self, message: ItemMessage, attempt: int, error: str) -> None:

@@ -9,11 +9,13 @@ bound), so such a message never reaches the tracker.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
 from jobtrack.errors import MalformedMessage
+from jobtrack.store.ledger import LedgerItem
 from jobtrack.store.text import key_problem, text_problem
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "brief",
     "decode_item",
     "encode_item",
+    "item_bodies",
 ]
 
 ITEM_MESSAGE_VERSION = 1
@@ -93,3 +96,10 @@ def brief(text: str, limit: int = _BRIEF) -> str:
         return text
     tail = f"… ({len(text)} characters)"
     return text[: max(limit - len(tail), 0)] + tail
+
+
+def item_bodies(job_id: str, job_type: str, stage: str, items: Iterable[LedgerItem]) -> list[bytes]:
+    """One encoded :class:`ItemMessage` per ledger item of ``stage``: what
+    the producer, a handler's discovered work and the monitor's re-drive
+    publish. Raises nothing."""
+    return [encode_item(ItemMessage(job_id, job_type, stage, i.key, i.payload)) for i in items]

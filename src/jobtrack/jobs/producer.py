@@ -31,7 +31,6 @@ from typing import Any, TypeAlias
 from jobtrack.broker import Broker
 from jobtrack.broker.base import clip
 from jobtrack.errors import Conflict, InvalidRequest
-from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.jobs.sealing import seal_ready
 from jobtrack.jobs.types import JobType
 from jobtrack.model import Job, JobStatus
@@ -288,25 +287,8 @@ class JobProducer:
         return new
 
     async def _publish(self, job: Job, stage: str, batch: list[LedgerItem]) -> None:
-        sender = self.job_type.sender
-        if sender is not None:
-            await sender.send(job, stage, batch)
-            self.published += len(batch)
-            return
-        bodies = [
-            encode_item(
-                ItemMessage(
-                    job_id=job.id,
-                    job_type=self.job_type.name,
-                    stage=stage,
-                    key=item.key,
-                    payload=item.payload,
-                )
-            )
-            for item in batch
-        ]
-        await self._broker.publish_many(self.job_type.queue(stage), bodies)
-        self.published += len(bodies)
+        await self.job_type.send_items(self._broker, job, stage, batch)
+        self.published += len(batch)
 
     async def seal(self) -> Job:
         """Seal the total of every stage the producer feeds (every stage that

@@ -29,7 +29,6 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from jobtrack.broker import Broker
-from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.jobs.sealing import ready_to_seal, seal_ready
 from jobtrack.jobs.types import JobType
 from jobtrack.model import Job, StageCounts
@@ -167,37 +166,16 @@ class LedgerReconciler:
         :raises BrokerError: the broker refused a publish.
         :raises JobtrackError: the type's sender could not send them.
         """
-        sender = self.type.sender
-        if self._broker is None and sender is None:
+        if not self.can_redrive:
             return 0
         published = 0
         for stage, keys in missing.items():
             wanted = list(dict.fromkeys(keys))
             for start in range(0, len(wanted), PAGE):
                 items = await self._store.ledger_items(job.id, stage, wanted[start : start + PAGE])
-                if sender is not None:
-                    await sender.send(job, stage, items)
-                else:
-                    await self._publish(job, stage, items)
+                await self.type.send_items(self._broker, job, stage, items)
                 published += len(items)
         return published
-
-    async def _publish(self, job: Job, stage: str, items: Sequence[LedgerItem]) -> None:
-        if self._broker is None:
-            return
-        bodies = [
-            encode_item(
-                ItemMessage(
-                    job_id=job.id,
-                    job_type=self.type.name,
-                    stage=stage,
-                    key=item.key,
-                    payload=item.payload,
-                )
-            )
-            for item in items
-        ]
-        await self._broker.publish_many(self.type.queue(stage), bodies)
 
     async def give_up(self, job: Job, missing: Mapping[str, Sequence[str]], reason: str) -> None:
         """Record each item still missing as failed with ``reason``, once the

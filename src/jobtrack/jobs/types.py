@@ -34,10 +34,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from jobtrack.errors import Conflict, InvalidRequest
+from jobtrack.jobs.messages import item_bodies
 from jobtrack.model import Job
 from jobtrack.store.ledger import ItemFailure, LedgerItem
 
 if TYPE_CHECKING:
+    from jobtrack.broker import Broker
     from jobtrack.monitor.base import Reconciler
     from jobtrack.runtime.app import App
 
@@ -335,6 +337,24 @@ class JobType:
         if isinstance(error, Retry) and error.after is not None:
             return min(max(float(error.after), 0.0), self.max_backoff)
         return min(self.backoff * 2.0 ** (attempt - 1), self.max_backoff)
+
+    async def send_items(
+        self, broker: Broker | None, job: Job, stage: str, items: Sequence[LedgerItem]
+    ) -> None:
+        """Send ``items`` of ``job``'s ``stage`` to be done: through the
+        type's sender when it has one, else as item messages on ``broker``
+        (nothing without one). The producer and the monitor's re-drive both
+        send this way, once the items are in the ledger.
+
+        :raises BrokerError: the broker refused a publish.
+        :raises JobtrackError: the type's sender could not send them.
+        """
+        if self.sender is not None:
+            await self.sender.send(job, stage, items)
+        elif broker is not None:
+            await broker.publish_many(
+                self.queue(stage), item_bodies(job.id, self.name, stage, items)
+            )
 
     def check_complete(self) -> None:
         """Raise :class:`InvalidRequest` unless every stage has a handler
