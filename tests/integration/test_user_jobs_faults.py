@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,6 @@ from tests.apps.harness import (
     ended,
     monitor_once,
     produce,
-    scratch_env,
-    settings,
 )
 from tests.apps.tally import MAX_ATTEMPTS
 from tests.apps.tally import app as tally_app
@@ -34,20 +32,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 APP = "tests.apps.tally:app"
 WORK = tally_app.get_type("tally").queue("work")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with scratch_env(
-        tmp_path_factory.mktemp("user-jobs-faults"), "ujfaults", JOBTRACK_WORKERS="1"
-    ) as env:
-        yield env
-
-
-@pytest.fixture
-async def app(env: dict[str, str]) -> AsyncIterator[App]:
-    async with tally_app.with_settings(settings(env)) as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +18,12 @@ import pytest
 from jobtrack.model import JobStatus
 from jobtrack.runtime import App
 from jobtrack.store import JobStore
-from tests.apps.harness import WorkerProcess, counts, monitor_once, produce, scratch_env, settings
+from tests.apps.harness import WorkerProcess, counts, monitor_once, produce
 from tests.apps.tally import MAX_ATTEMPTS
-from tests.apps.tally import app as tally_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 APP = "tests.apps.tally:app"
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with scratch_env(
-        tmp_path_factory.mktemp("user-jobs-rollback"), "ujrollback", JOBTRACK_WORKERS="1"
-    ) as env:
-        yield env
-
-
-@pytest.fixture
-async def app(env: dict[str, str]) -> AsyncIterator[App]:
-    async with tally_app.with_settings(settings(env)) as opened:
-        yield opened
 
 
 @pytest.fixture

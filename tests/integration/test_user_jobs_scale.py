@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,28 +19,13 @@ from jobtrack.model import JobStatus, utc_now
 from jobtrack.runtime import App
 from jobtrack.store import JobQuery
 from jobtrack.store.ledger import LedgerItem
-from tests.apps.harness import WorkerProcess, counts, scratch_env, settings
-from tests.apps.tally import app as tally_app
+from tests.apps.harness import WorkerProcess, counts
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 APP = "tests.apps.tally:app"
 JOBS = 1_000
 ITEMS = 5
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with scratch_env(
-        tmp_path_factory.mktemp("user-jobs-scale"), "ujscale", JOBTRACK_WORKERS="1"
-    ) as env:
-        yield env
-
-
-@pytest.fixture
-async def app(env: dict[str, str]) -> AsyncIterator[App]:
-    async with tally_app.with_settings(settings(env)) as opened:
-        yield opened
 
 
 @pytest.fixture
