@@ -33,9 +33,15 @@ callback has run. items/s is N over the time from the first send to the
 completion seen; the delay is the completion seen minus the last task's
 end time.
 
-The progress read is measured at the largest N from another process
-(forked), which reads in a loop, 2 ms apart, from the job's creation (the
-chord: its send) to the completion seen; the median of its reads.
+The runs go in rounds: each configuration once per round (``--runs``
+rounds at each N), so that a framework's bare and tracked runs meet the
+same machine; items/s is the median run's.
+
+The progress read is measured in a run of its own at the largest N, after
+the timed ones (so that no timed run bears a reader, as no bare run does):
+another process (forked) reads in a loop, 2 ms apart, from the job's
+creation (the chord: its send) to the completion seen; the median of its
+reads, and that run's items/s beside it.
 
 The kill runs (``--kill-tasks`` N, jobtrack configurations and the raw
 counter): once a quarter of the tasks have ended, one worker process is
@@ -778,8 +784,10 @@ bare run: the probe's counter at N, polled every 5 ms; a jobtrack run: the
 job's status `completed`, polled every 5 ms; the chord: its callback ran).
 The raw counter is that same probe read as progress (`GET`), so its run is
 the bare run's code. tracked/bare: the lowest ratio over the N both ran.
-Progress read: the median of the reads another process takes, 2 ms apart,
-while the run at the configuration's largest N is in progress (jobtrack
+The configurations run in rounds, each once per round; items/s is the
+median run's. Progress read: in a run of its own at the configuration's
+largest N (the timed runs bear no reader), the median of the reads another
+process takes, 2 ms apart, while the run is in progress (jobtrack
 `store.get_job`, the counter's `GET`, the chord's
 `GroupResult.completed_count()`). Delay: completion seen minus the last
 task's end. SIGKILL: one worker process killed once a quarter of the tasks
@@ -935,16 +943,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         data["kills"] = {c: r for c, r in before["kills"].items() if c not in configs}
     with backend("postgres") as url, tempfile.TemporaryDirectory() as folder:
         logs = Path(folder)
+        results: dict[str, dict[int, list[dict[str, Any]]]] = {c: {} for c in configs}
+        for n in tasks:
+            # Interleaved (each configuration once per round), so that a
+            # framework's bare and tracked runs see the same machine.
+            for _ in range(args.runs):
+                for config in configs:
+                    result = timed(Run(config, n, url, folder), logs, read=False)
+                    results[config].setdefault(n, []).append(result)
+                    print(config, n, f"{result['items_per_second']:.0f}/s", flush=True)
         for config in configs:
-            by_n: dict[str, dict[str, Any]] = {}
-            for n in tasks:
-                results = []
-                for _ in range(args.runs):
-                    run = Run(config, n, url, folder)
-                    read = n == tasks[-1] and CONFIGS[config][1] != "bare"
-                    results.append(timed(run, logs, read=read))
-                    print(config, n, f"{results[-1]['items_per_second']:.0f}/s", flush=True)
-                by_n[str(n)] = _median_run(results)
+            by_n = {str(n): _median_run(results[config][n]) for n in tasks}
+            if CONFIGS[config][1] != "bare":
+                # The reads in a run of their own, so that the timed runs'
+                # items/s bear no reader, as the bare runs bear none.
+                reading = timed(Run(config, tasks[-1], url, folder), logs, read=True)
+                by_n[str(tasks[-1])] |= {
+                    "read_us": reading["read_us"],
+                    "reads": reading["reads"],
+                    "items_per_second_while_read": reading["items_per_second"],
+                }
+                print(config, "reads", f"{reading['read_us']:.0f} µs", flush=True)
             data["runs"][config] = by_n
             if CONFIGS[config][1] in {"tracked", "raw"} and args.kill_tasks:
                 data["kills"][config] = killed(Run(config, args.kill_tasks, url, folder), logs)
