@@ -180,7 +180,14 @@ class PostgresJobStore(SqlJobStore):
             else:
                 try:
                     await migrate(first, "jobs", "jobtrack.store.postgres.migrations")
-                finally:
+                except BaseException:
+                    await first.close()
+                    raise
+                # Kept as the direct connection: the first read or increment
+                # (a command's only one, often) has one ready.
+                if self._hot is None and not self._closed:
+                    self._hot = first
+                else:
                     await first.close()
             self._ready = True
 
@@ -287,9 +294,9 @@ class PostgresJobStore(SqlJobStore):
     async def _hot_connection(self) -> _Connection:
         """The direct connection, connected (and the schema migrated) first
         if need be; the caller holds ``_hot_lock``."""
+        if not self._ready:
+            await self._open()  # which keeps its first connection as the direct one
         if self._hot is None or self._hot.closed:
-            if not self._ready:
-                await self._open()
             self._hot = await psycopg.AsyncConnection.connect(
                 self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
             )
