@@ -1,4 +1,5 @@
-"""The stuck-job query on PostgreSQL goes through the seed's index."""
+"""The stuck-job query on PostgreSQL goes through the seed's index, and the
+reads of jobs reach their stages through the stages' primary key."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ async def test_the_stuck_query_uses_the_seeds_index(postgres_url: str) -> None:
             FROM generate_series(1, 50000) n
             """
         )
-        conn.execute("ANALYZE jobs")
+        _three_stages_each(conn)
         params: dict[str, object] = {"job_type": "collection-scan", "limit": 100}
         params |= {"before": "2100-01-01", "after": "1970-01-01", "after_id": ""}
         plan = "\n".join(
@@ -33,7 +34,53 @@ async def test_the_stuck_query_uses_the_seeds_index(postgres_url: str) -> None:
     assert "Index Scan using idx_stuck_jobs on jobs" in plan or (
         "Bitmap Index Scan on idx_stuck_jobs" in plan
     ), plan
+    assert "Index Scan using stages_pkey on stages" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+def _three_stages_each(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    conn.execute(
+        """
+        INSERT INTO stages (job_id, name, position)
+        SELECT id, name, position - 1 FROM jobs,
+               unnest(array['scan', 'thumbnail', 'cache']) WITH ORDINALITY AS s (name, position)
+        """
+    )
+    conn.execute("ANALYZE jobs")
+    conn.execute("ANALYZE stages")
+
+
+async def test_the_job_reads_join_the_stages_on_their_key(postgres_url: str) -> None:
+    store = open_store(postgres_url)
+    await store.list_jobs()  # migrated
+    await store.aclose()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE jobs CASCADE")
+        conn.execute(
+            """
+            INSERT INTO jobs (id, job_type, status, created_at, updated_at)
+            SELECT 'j' || n, 'collection-scan', 'completed',
+                   now() - n * interval '1 second', now() - n * interval '1 second'
+            FROM generate_series(1, 50000) n
+            """
+        )
+        _three_stages_each(conn)
+        params = {"status": None, "job_type": None, "updated_since": None}
+        listed = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN " + _Q["list_jobs"], params | {"limit": 50, "offset": 0}
+            ).fetchall()
+        )
+        one = "\n".join(
+            row[0] for row in conn.execute("EXPLAIN " + _Q["read_job"], {"job_id": "j77"})
+        )
+    assert "Index Scan using idx_jobs_created on jobs" in listed, listed
+    assert "Index Scan using stages_pkey on stages" in listed, listed
+    assert "Seq Scan" not in listed, listed
+    assert "jobs_pkey" in one, one
+    assert "stages_pkey" in one, one
+    assert "Seq Scan" not in one, one
 
 
 async def test_the_change_feed_uses_its_index(postgres_url: str) -> None:

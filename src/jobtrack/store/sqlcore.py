@@ -3,10 +3,16 @@
 Each operation is a *plan*: a generator that yields query requests
 (:class:`Fetch`, :class:`Execute`: a named query of the engine's
 ``queries.sql`` and its parameters) and is sent back their rows or row
-count. A connector drives a plan whole in one transaction: SQLite's
-synchronously on its database thread, in one ``BEGIN IMMEDIATE`` (one hop
-per operation); PostgreSQL's with ``await`` on one pooled connection. What
-truly differs per engine stays in the backends: the increment and flush
+count. A connector drives a plan whole: SQLite's synchronously on its
+database thread, in one ``BEGIN IMMEDIATE`` to write (a deferred ``BEGIN``
+to read; one hop per operation); PostgreSQL's with ``await`` on one
+connection, in one transaction to write (a read's statements each on their
+own). The reads of jobs (``get_job``, ``list_jobs``, ``find_stuck``) are no
+plans but one query each, the jobs' rows joined with their stages' (one row
+per stage, :func:`jobs_from_rows`), which a connector runs alone
+(:meth:`Connector.fetch`) outside any explicit transaction: one statement
+reads one snapshot, and on PostgreSQL takes one round trip. What truly
+differs per engine stays in the backends: the increment and flush
 statements, migrations, indexes, error translation, pooling.
 
 Rows are mappings by column name, decoded by the engine's :class:`Codec`
@@ -72,6 +78,7 @@ __all__ = [
     "drive",
     "drive_async",
     "job_from_row",
+    "jobs_from_rows",
     "lock_job",
     "lock_stage",
     "stage_from_row",
@@ -132,10 +139,20 @@ class Codec:
     them natively (PostgreSQL)."""
 
     TIMES: ClassVar[frozenset[str]] = frozenset(
-        {"created_at", "updated_at", "completed_at", "started_at", "at", "added_at", "failed_at"}
+        {
+            "created_at",
+            "updated_at",
+            "completed_at",
+            "started_at",
+            "at",
+            "added_at",
+            "failed_at",
+            "stage_started_at",
+            "stage_completed_at",
+        }
     )
     JSON: ClassVar[frozenset[str]] = frozenset({"attributes", "data", "payload"})
-    BOOLEANS: ClassVar[frozenset[str]] = frozenset({"total_final"})
+    BOOLEANS: ClassVar[frozenset[str]] = frozenset({"total_final", "stage_total_final"})
 
     def encode(self, value: Any) -> Any:
         """A parameter as the engine takes it."""
@@ -147,31 +164,39 @@ class Codec:
 
 
 class Connector(Protocol):
-    """Runs a plan in one transaction of its engine."""
+    """Runs plans, and single queries, on its engine."""
 
     codec: Codec
 
     async def run(self, plan: Plan[_T], *, write: bool = True) -> _T:
-        """Drive ``plan`` whole; raises what it raises, and the engine's
-        errors as jobtrack's (``StoreUnavailable`` when unreachable)."""
+        """Drive ``plan`` whole, in one transaction to write; raises what it
+        raises, and the engine's errors as jobtrack's (``StoreUnavailable``
+        when unreachable)."""
+        ...
+
+    async def fetch(self, request: Fetch) -> list[Row]:
+        """The decoded rows of one query run alone, outside any explicit
+        transaction (a statement reads one snapshot by itself); raises the
+        engine's errors as jobtrack's, as :meth:`run` does."""
         ...
 
 
 _STAGE_STATUS = {status.value: status for status in StageStatus}
 
 
-def stage_from_row(row: Row) -> Stage:
-    """A stage from a decoded row of the ``stages`` table."""
+def stage_from_row(row: Row, prefix: str = "") -> Stage:
+    """A stage from a decoded row of the ``stages`` table, its columns named
+    with ``prefix`` first (``stage_`` in a row joined with the job's)."""
     return Stage(
-        name=row["name"],
-        status=_STAGE_STATUS[row["status"]],
-        total_items=row["total_items"],
-        completed_items=row["completed_items"],
-        failed_items=row["failed_items"],
-        total_final=row["total_final"],
-        message=row["message"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
+        name=row[prefix + "name"],
+        status=_STAGE_STATUS[row[prefix + "status"]],
+        total_items=row[prefix + "total_items"],
+        completed_items=row[prefix + "completed_items"],
+        failed_items=row[prefix + "failed_items"],
+        total_final=row[prefix + "total_final"],
+        message=row[prefix + "message"],
+        started_at=row[prefix + "started_at"],
+        completed_at=row[prefix + "completed_at"],
     )
 
 
@@ -189,6 +214,21 @@ def job_from_row(row: Row, stages: Sequence[Stage]) -> Job:
         seq=row["seq"],
         stages={stage.name: stage for stage in stages},
     )
+
+
+def jobs_from_rows(rows: Sequence[Row]) -> list[Job]:
+    """The jobs of a query that joins each job's row with its stages'
+    (``stage_``-prefixed columns, NULL for a job without stages): one row
+    per stage, a job's rows together and its stages in position order; the
+    jobs in the order of their first rows."""
+    jobs: dict[str, tuple[Row, list[Stage]]] = {}
+    for row in rows:
+        job = jobs.get(row["id"])
+        if job is None:
+            job = jobs[row["id"]] = (row, [])
+        if row["stage_name"] is not None:
+            job[1].append(stage_from_row(row, "stage_"))
+    return [job_from_row(row, stages) for row, stages in jobs.values()]
 
 
 class SqlJobStore(StageWrites):
@@ -217,8 +257,9 @@ class SqlJobStore(StageWrites):
         )
 
     async def get_job(self, job_id: str) -> Job:
-        """The job as it is now; :class:`~jobtrack.errors.JobNotFound` if none."""
-        return await self._connector.run(_get_job(job_id), write=False)
+        """The job as it is now, read in one query; :class:`~jobtrack.errors.JobNotFound`
+        if none."""
+        return _one_job(job_id, await self._connector.fetch(_read_job(job_id)))
 
     async def list_jobs(self, query: JobQuery | None = None) -> list[Job]:
         """Jobs matching the query, newest first."""
@@ -230,7 +271,7 @@ class SqlJobStore(StageWrites):
             "limit": query.limit,
             "offset": query.offset,
         }
-        return await self._connector.run(_jobs("list_jobs", params), write=False)
+        return jobs_from_rows(await self._connector.fetch(Fetch("list_jobs", params)))
 
     async def _change(
         self, job_id: str, stage: str, change: Callable[[Stage, datetime], Stage]
@@ -291,7 +332,7 @@ class SqlJobStore(StageWrites):
             "after_id": "" if after is None else after[1],
             "limit": limit,
         }
-        return await self._connector.run(_jobs("find_stuck", params), write=False)
+        return jobs_from_rows(await self._connector.fetch(Fetch("find_stuck", params)))
 
     async def claim_stuck(self, job_id: str, seq: int) -> int | None:
         """Touch an active job still at ``seq``; its new ``seq``, or None
@@ -457,15 +498,18 @@ class SqlJobStore(StageWrites):
 # The plans. Each runs whole in one transaction of its connector.
 
 
-def _get_job(job_id: str) -> Plan[Job]:
-    rows = yield Fetch("get_job", {"job_id": job_id})
+def _read_job(job_id: str) -> Fetch:
+    return Fetch("read_job", {"job_id": job_id})
+
+
+def _one_job(job_id: str, rows: Sequence[Row]) -> Job:
     if not rows:
         raise JobNotFound(job_id)
-    return (yield from _with_stages(rows))[0]
+    return jobs_from_rows(rows)[0]
 
 
-def _jobs(name: str, params: Mapping[str, Any]) -> Plan[list[Job]]:
-    return (yield from _with_stages((yield Fetch(name, params))))
+def _get_job(job_id: str) -> Plan[Job]:
+    return _one_job(job_id, (yield _read_job(job_id)))
 
 
 def _with_stages(rows: Sequence[Row]) -> Plan[list[Job]]:

@@ -24,8 +24,23 @@ SELECT %(job_id)s, name, position - 1
 FROM unnest(%(names)s::text[]) WITH ORDINALITY AS s (name, position);
 
 -- name: get_job
+-- (The job's row alone: whether it exists.)
 SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
 FROM jobs WHERE id = %(job_id)s;
+
+-- name: read_job
+-- The job with its stages in one statement (one snapshot, one round trip):
+-- one row per stage, in position order, the job's columns on each and the
+-- stage's named stage_*.
+SELECT j.id, j.job_type, j.status, j.attributes, j.message, j.created_at, j.updated_at,
+       j.completed_at, j.seq,
+       s.name AS stage_name, s.status AS stage_status, s.total_items AS stage_total_items,
+       s.completed_items AS stage_completed_items, s.failed_items AS stage_failed_items,
+       s.total_final AS stage_total_final, s.message AS stage_message,
+       s.started_at AS stage_started_at, s.completed_at AS stage_completed_at
+FROM jobs AS j LEFT JOIN stages AS s ON s.job_id = j.id
+WHERE j.id = %(job_id)s
+ORDER BY s.position;
 
 -- name: lock_job
 SELECT status, seq FROM jobs WHERE id = %(job_id)s FOR UPDATE;
@@ -65,14 +80,25 @@ RETURNING id;
 DELETE FROM item_keys WHERE job_id = %(job_id)s;
 
 -- name: find_stuck
--- The seed's query; served by idx_stuck_jobs (job_type, status, updated_at).
-SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
-FROM jobs
-WHERE job_type = %(job_type)s AND status IN ('pending', 'in_progress')
-  AND updated_at < %(before)s AND updated_at >= %(after)s::timestamptz
-  AND (updated_at, id) > (%(after)s::timestamptz, %(after_id)s)
-ORDER BY updated_at, id
-LIMIT %(limit)s;
+-- The seed's query, served by idx_stuck_jobs (job_type, status, updated_at),
+-- its page joined with the stages as in read_job.
+WITH page AS (
+    SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
+    FROM jobs
+    WHERE job_type = %(job_type)s AND status IN ('pending', 'in_progress')
+      AND updated_at < %(before)s AND updated_at >= %(after)s::timestamptz
+      AND (updated_at, id) > (%(after)s::timestamptz, %(after_id)s)
+    ORDER BY updated_at, id
+    LIMIT %(limit)s
+)
+SELECT j.id, j.job_type, j.status, j.attributes, j.message, j.created_at, j.updated_at,
+       j.completed_at, j.seq,
+       s.name AS stage_name, s.status AS stage_status, s.total_items AS stage_total_items,
+       s.completed_items AS stage_completed_items, s.failed_items AS stage_failed_items,
+       s.total_final AS stage_total_final, s.message AS stage_message,
+       s.started_at AS stage_started_at, s.completed_at AS stage_completed_at
+FROM page AS j LEFT JOIN stages AS s ON s.job_id = j.id
+ORDER BY j.updated_at, j.id, s.position;
 
 -- name: forget_stage_keys
 DELETE FROM item_keys WHERE job_id = %(job_id)s AND stage = %(stage)s;
@@ -167,13 +193,24 @@ SELECT id, job_id, at, kind, message, data FROM job_events ORDER BY id DESC LIMI
 SELECT coalesce(max(seq), 0) AS seq, pg_current_snapshot()::text AS snapshot FROM jobs;
 
 -- name: list_jobs
-SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
-FROM jobs
-WHERE (%(status)s::text IS NULL OR status = %(status)s)
-  AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
-  AND (%(updated_since)s::timestamptz IS NULL OR updated_at >= %(updated_since)s)
-ORDER BY created_at DESC, id DESC
-LIMIT %(limit)s OFFSET %(offset)s;
+-- A page of jobs joined with their stages as in read_job.
+WITH page AS (
+    SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
+    FROM jobs
+    WHERE (%(status)s::text IS NULL OR status = %(status)s)
+      AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
+      AND (%(updated_since)s::timestamptz IS NULL OR updated_at >= %(updated_since)s)
+    ORDER BY created_at DESC, id DESC
+    LIMIT %(limit)s OFFSET %(offset)s
+)
+SELECT j.id, j.job_type, j.status, j.attributes, j.message, j.created_at, j.updated_at,
+       j.completed_at, j.seq,
+       s.name AS stage_name, s.status AS stage_status, s.total_items AS stage_total_items,
+       s.completed_items AS stage_completed_items, s.failed_items AS stage_failed_items,
+       s.total_final AS stage_total_final, s.message AS stage_message,
+       s.started_at AS stage_started_at, s.completed_at AS stage_completed_at
+FROM page AS j LEFT JOIN stages AS s ON s.job_id = j.id
+ORDER BY j.created_at DESC, j.id DESC, s.position;
 
 -- The migration runner's statements (store.postgres.store.migrate), for
 -- every component's migrations in this database.

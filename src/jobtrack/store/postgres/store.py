@@ -1,15 +1,18 @@
 """The PostgreSQL job store (``postgresql://…``), on psycopg 3 with a pool.
 
 The job operations are :mod:`jobtrack.store.sqlcore`'s plans, each driven
-with ``await`` in one transaction on one pooled connection; the rarer writes
-(totals, seals, reconciliation) lock the job, then the stage, and apply
-:mod:`jobtrack.model.rules`. What is PostgreSQL's own: the per-item
-increment, one round trip: ``jobtrack_add`` (in the migration) locks the job
-row, claims the item key, counts the items with the stage rules in an
-``UPDATE … RETURNING`` and re-derives the job's status when the stage
-changed. Taking the job's row lock first orders every writer of one job, so
-the re-derivation sees the other stages as committed: two stages finishing
-at once complete the job exactly once.
+with ``await``: a write in one transaction on one pooled connection; a read
+statement by statement on the store's direct connection (kept out of the
+pool, its statements prepared, as the per-item increment's; a pooled one
+when it is busy), so that reading a job, one query, is one round trip.
+The rarer writes (totals, seals, reconciliation) lock the job, then the
+stage, and apply :mod:`jobtrack.model.rules`. What is PostgreSQL's own: the
+per-item increment, one round trip: ``jobtrack_add`` (in the migration)
+locks the job row, claims the item key, counts the items with the stage
+rules in an ``UPDATE … RETURNING`` and re-derives the job's status when the
+stage changed. Taking the job's row lock first orders every writer of one
+job, so the re-derivation sees the other stages as committed: two stages
+finishing at once complete the job exactly once.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ from jobtrack.store.sql import load_queries, migrations
 from jobtrack.store.sqlcore import (
     Codec,
     Execute,
+    Fetch,
     Plan,
     Request,
+    Row,
     SqlJobStore,
     drive_async,
     stage_from_row,
@@ -51,6 +56,7 @@ __all__ = ["PostgresJobStore"]
 _Q = load_queries("jobtrack.store.postgres")
 _MIGRATION_LOCK = 0x6A6F62747261636B  # "jobtrack": one migrator at a time
 _Connection = psycopg.AsyncConnection[Any]
+_IDLE = psycopg.pq.TransactionStatus.IDLE
 _T = TypeVar("_T")
 
 
@@ -63,7 +69,7 @@ class PostgresCodec(Codec):
 
 
 class PostgresConnector:
-    """Drives plans on a pooled connection of a :class:`PostgresJobStore`."""
+    """Drives plans on the connections of a :class:`PostgresJobStore`."""
 
     codec: Codec = PostgresCodec()
 
@@ -71,21 +77,39 @@ class PostgresConnector:
         self._store = store
 
     async def run(self, plan: Plan[_T], *, write: bool = True) -> _T:
-        """The plan, whole, on one connection: in one transaction to write
-        (a read runs its statements as they come); raises what it raises."""
-        async with self._store.connection() as conn:
-            if not write:
-                return await drive_async(plan, lambda request: self._do(conn, request))
-            async with conn.transaction():
-                return await drive_async(plan, lambda request: self._do(conn, request))
+        """The plan, whole: to write, in one transaction on a pooled
+        connection; to read, its statements as they come, each its own
+        transaction, on the store's direct connection when it is free (see
+        :meth:`PostgresJobStore.read`). Raises what the plan raises, and
+        driver errors as jobtrack's."""
+        if not write:
+            return await self._store.read(plan)
+        async with self._store.connection() as conn, conn.transaction():
+            return await drive_async(plan, lambda request: execute(conn, request))
 
-    async def _do(self, conn: _Connection, request: Request) -> Any:
-        params = {name: self.codec.encode(value) for name, value in request.params.items()}
-        cursor = conn.cursor(row_factory=dict_row)
-        await cursor.execute(_Q[request.name], params)
-        if isinstance(request, Execute):
-            return cursor.rowcount
-        return await cursor.fetchall()
+    async def fetch(self, request: Fetch) -> list[Row]:
+        """The rows of one query, in one round trip on the direct connection
+        when it is free (see :meth:`PostgresJobStore.read`); raises driver
+        errors as jobtrack's."""
+        rows: list[Row] = await self._store.read(_fetch(request))
+        return rows
+
+
+def _fetch(request: Fetch) -> Plan[list[Row]]:
+    rows: list[Row] = yield request
+    return rows
+
+
+async def execute(conn: _Connection, request: Request, *, prepare: bool | None = None) -> Any:
+    """One request on ``conn``: its rows, or how many rows it changed.
+    ``prepare`` as psycopg's (None: prepared once run often)."""
+    codec = PostgresConnector.codec
+    params = {name: codec.encode(value) for name, value in request.params.items()}
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(_Q[request.name], params, prepare=prepare)
+    if isinstance(request, Execute):
+        return cursor.rowcount
+    return await cursor.fetchall()
 
 
 class PostgresJobStore(SqlJobStore):
@@ -156,7 +180,14 @@ class PostgresJobStore(SqlJobStore):
             else:
                 try:
                     await migrate(first, "jobs", "jobtrack.store.postgres.migrations")
-                finally:
+                except BaseException:
+                    await first.close()
+                    raise
+                # Kept as the direct connection: the first read or increment
+                # (a command's only one, often) has one ready.
+                if self._hot is None and not self._closed:
+                    self._hot = first
+                else:
                     await first.close()
             self._ready = True
 
@@ -198,8 +229,8 @@ class PostgresJobStore(SqlJobStore):
         return _result(p, await self._hot_fetch(_Q["add"], params)).as_increment()
 
     async def _hot_fetch(self, sql: str, params: Mapping[str, Any]) -> DictRow:
-        """One row from one statement, on a connection kept out of the pool for
-        the per-item path, so that a loop of increments pays no pool checkout;
+        """One row from one statement, on the direct connection (see
+        :meth:`read`), so that a loop of increments pays no pool checkout;
         a caller arriving while it is busy takes a pooled connection instead."""
         if self._closed:
             raise StoreError("the PostgreSQL store is closed")
@@ -210,24 +241,77 @@ class PostgresJobStore(SqlJobStore):
         else:
             async with self._hot_lock:
                 try:
-                    if self._hot is None or self._hot.closed:
-                        if not self._ready:
-                            await self._open()
-                        self._hot = await psycopg.AsyncConnection.connect(
-                            self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
-                        )
-                    cursor = self._hot.cursor(row_factory=dict_row)
+                    cursor = (await self._hot_connection()).cursor(row_factory=dict_row)
                     row = await (await cursor.execute(sql, params, prepare=True)).fetchone()
                 except psycopg.Error as exc:
                     await self._drop_hot()
                     raise _translate(exc) from exc
+                except BaseException:
+                    await self._drop_hot_if_busy()
+                    raise
         assert row is not None  # the function always returns one row
         return row
+
+    async def read(self, plan: Plan[_T]) -> _T:
+        """Drive a read ``plan``: its statements as they come, each its own
+        transaction (autocommit), on the store's direct connection when no
+        other caller holds it, else on a pooled connection.
+
+        The direct connection is kept out of the pool and its statements are
+        prepared: a statement is one round trip, with no pool checkout and
+        no check of the connection before it. A statement that finds it
+        broken (the server restarted since, say) runs again on a pooled
+        connection, which the pool checks first: a read is safe to repeat.
+
+        :raises StoreUnavailable: the server is unreachable.
+        :raises InvalidRequest: for data PostgreSQL refuses (a NUL in a text).
+        :raises StoreError: the store is closed, or another driver error.
+        """
+        if self._closed:
+            raise StoreError("the PostgreSQL store is closed")
+        if self._hot_lock.locked():
+            async with self.connection() as conn:
+                return await drive_async(plan, lambda request: execute(conn, request))
+        async with self._hot_lock:
+            return await drive_async(plan, self._direct_read)
+
+    async def _direct_read(self, request: Request) -> Any:
+        """One statement of a read on the direct connection (the caller holds
+        its lock), or again on a pooled one if the direct one broke."""
+        try:
+            return await execute(await self._hot_connection(), request, prepare=True)
+        except psycopg.Error as exc:
+            if self._hot is not None and not self._hot.closed:
+                await self._drop_hot_if_busy()
+                raise _translate(exc) from exc
+            await self._drop_hot()
+        except BaseException:  # cancelled mid-statement, say
+            await self._drop_hot_if_busy()
+            raise
+        async with self.connection() as conn:
+            return await execute(conn, request)
+
+    async def _hot_connection(self) -> _Connection:
+        """The direct connection, connected (and the schema migrated) first
+        if need be; the caller holds ``_hot_lock``."""
+        if not self._ready:
+            await self._open()  # which keeps its first connection as the direct one
+        if self._hot is None or self._hot.closed:
+            self._hot = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
+            )
+        return self._hot
 
     async def _drop_hot(self) -> None:
         if self._hot is not None:
             await self._hot.close()
             self._hot = None
+
+    async def _drop_hot_if_busy(self) -> None:
+        """Close the direct connection unless it is idle: a statement left
+        running or a result left unread would fail the next caller's."""
+        if self._hot is not None and self._hot.info.transaction_status != _IDLE:
+            await self._drop_hot()
 
     async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
         """Apply many stages' progress in one round trip (``jobtrack_add_many``),

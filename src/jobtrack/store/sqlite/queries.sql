@@ -48,16 +48,42 @@ INSERT INTO stages (job_id, name, position, updated_at)
 SELECT :job_id, value, key, :now FROM json_each(:names);
 
 -- name: get_job
+-- (The job's row alone: whether it exists.)
 SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
 FROM jobs WHERE id = :job_id;
 
+-- name: read_job
+-- The job with its stages in one statement (one snapshot): one row per
+-- stage, in position order, the job's columns on each and the stage's
+-- named stage_*.
+SELECT j.id, j.job_type, j.status, j.attributes, j.message, j.created_at, j.updated_at,
+       j.completed_at, j.seq,
+       s.name AS stage_name, s.status AS stage_status, s.total_items AS stage_total_items,
+       s.completed_items AS stage_completed_items, s.failed_items AS stage_failed_items,
+       s.total_final AS stage_total_final, s.message AS stage_message,
+       s.started_at AS stage_started_at, s.completed_at AS stage_completed_at
+FROM jobs AS j LEFT JOIN stages AS s ON s.job_id = j.id
+WHERE j.id = :job_id
+ORDER BY s.position;
+
 -- name: list_jobs
-SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
-FROM jobs
-WHERE (:status IS NULL OR status = :status) AND (:job_type IS NULL OR job_type = :job_type)
-  AND (:updated_since IS NULL OR updated_at >= :updated_since)
-ORDER BY created_at DESC, id DESC
-LIMIT :limit OFFSET :offset;
+-- A page of jobs joined with their stages as in read_job.
+WITH page AS (
+    SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
+    FROM jobs
+    WHERE (:status IS NULL OR status = :status) AND (:job_type IS NULL OR job_type = :job_type)
+      AND (:updated_since IS NULL OR updated_at >= :updated_since)
+    ORDER BY created_at DESC, id DESC
+    LIMIT :limit OFFSET :offset
+)
+SELECT j.id, j.job_type, j.status, j.attributes, j.message, j.created_at, j.updated_at,
+       j.completed_at, j.seq,
+       s.name AS stage_name, s.status AS stage_status, s.total_items AS stage_total_items,
+       s.completed_items AS stage_completed_items, s.failed_items AS stage_failed_items,
+       s.total_final AS stage_total_final, s.message AS stage_message,
+       s.started_at AS stage_started_at, s.completed_at AS stage_completed_at
+FROM page AS j LEFT JOIN stages AS s ON s.job_id = j.id
+ORDER BY j.created_at DESC, j.id DESC, s.position;
 
 -- name: lock_job
 -- SQLite has one writer at a time: the write transaction is the lock.
@@ -98,13 +124,24 @@ RETURNING id;
 DELETE FROM item_keys WHERE job_id = :job_id;
 
 -- name: find_stuck
--- The seed's query; served by idx_stuck_jobs (job_type, status, updated_at).
-SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
-FROM jobs
-WHERE job_type = :job_type AND status IN ('pending', 'in_progress')
-  AND updated_at < :before AND updated_at >= :after AND (updated_at, id) > (:after, :after_id)
-ORDER BY updated_at, id
-LIMIT :limit;
+-- The seed's query, served by idx_stuck_jobs (job_type, status, updated_at),
+-- its page joined with the stages as in read_job.
+WITH page AS (
+    SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
+    FROM jobs
+    WHERE job_type = :job_type AND status IN ('pending', 'in_progress')
+      AND updated_at < :before AND updated_at >= :after AND (updated_at, id) > (:after, :after_id)
+    ORDER BY updated_at, id
+    LIMIT :limit
+)
+SELECT j.id, j.job_type, j.status, j.attributes, j.message, j.created_at, j.updated_at,
+       j.completed_at, j.seq,
+       s.name AS stage_name, s.status AS stage_status, s.total_items AS stage_total_items,
+       s.completed_items AS stage_completed_items, s.failed_items AS stage_failed_items,
+       s.total_final AS stage_total_final, s.message AS stage_message,
+       s.started_at AS stage_started_at, s.completed_at AS stage_completed_at
+FROM page AS j LEFT JOIN stages AS s ON s.job_id = j.id
+ORDER BY j.updated_at, j.id, s.position;
 
 -- name: forget_stage_keys
 DELETE FROM item_keys WHERE job_id = :job_id AND stage = :stage;

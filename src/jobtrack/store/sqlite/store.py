@@ -37,6 +37,7 @@ from jobtrack.store.sqlcore import (
     Fetch,
     Plan,
     Request,
+    Row,
     SqlJobStore,
     drive,
     lock_job,
@@ -108,6 +109,17 @@ class SqliteConnector:
         """:meth:`run`, from the database's thread."""
         with self.database.transaction(write=write):
             return drive(plan, self.do)
+
+    async def fetch(self, request: Fetch) -> list[Row]:
+        """The decoded rows of one query, on the database's thread, in no
+        ``BEGIN`` of its own (the statement is its own transaction, one
+        snapshot); raises ``StoreError`` (``StoreUnavailable`` when busy)."""
+        return await self.database.run(self._fetch, request)
+
+    def _fetch(self, request: Fetch) -> list[Row]:
+        with self.database.translate_errors():
+            rows: list[Row] = self.do(request)
+        return rows
 
     def do(self, request: Request) -> Any:
         """One request: its decoded rows, or its changes count."""
