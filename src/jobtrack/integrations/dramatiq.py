@@ -37,18 +37,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import pika  # type: ignore[import-untyped]
 import pika.exceptions  # type: ignore[import-untyped]
-from dramatiq.broker import MessageProxy
+from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import dq_name
+from dramatiq.errors import BrokerError as DramatiqBrokerError
 from dramatiq.errors import DramatiqError
 from dramatiq.middleware import Middleware, Retries
 
@@ -65,10 +68,12 @@ if TYPE_CHECKING:
     from jobtrack.runtime.app import App
 
 __all__ = [
+    "CountedAcks",
     "DramatiqJob",
     "DramatiqSender",
     "DramatiqTracking",
     "FlushGroup",
+    "HeldConsumer",
     "JobtrackMiddleware",
     "message_for",
     "task_call",
@@ -361,15 +366,320 @@ class _Delivery(threading.local):
     retries: int = 0
 
 
+class _Handing(threading.local):
+    """The counted message whose ack (or nack) a thread is about to call."""
+
+    message: MessageProxy | None = None
+
+
+#: The attribute of a message that names the :class:`HeldConsumer` it came from.
+_ORIGIN = "_jobtrack_consumer"
+
+#: Every :class:`CountedAcks` of the process, to reset after a fork.
+_ACKS: weakref.WeakSet[CountedAcks] = weakref.WeakSet()
+
+
+def _reset_acks_after_fork() -> None:
+    for acks in list(_ACKS):
+        acks._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_acks_after_fork)
+
+
+class HeldConsumer(Consumer):
+    """A consumer of the broker's (``broker.consume``) whose counted
+    messages are settled by a :class:`CountedAcks`: :meth:`ack` and
+    :meth:`nack` of a message the middleware counted hand it over and
+    return at once; any other message is settled at once, as Dramatiq does.
+
+    :param consumer: the broker's consumer, which receives and settles.
+    :param acks: what settles the counted messages once durable.
+    """
+
+    def __init__(self, consumer: Consumer, acks: CountedAcks) -> None:
+        self.consumer = consumer
+        self.acks = acks
+        self.lock = threading.Lock()
+        """Held while this consumer settles or closes: no ack after the close."""
+        self.closed = False
+        """Whether :meth:`close` was called: its messages are not settled any more."""
+
+    def __next__(self) -> MessageProxy | None:
+        """The broker consumer's next message (None when none came), marked as
+        this consumer's.
+
+        :raises BrokerError: as the broker's consumer (Dramatiq's).
+        """
+        message = next(self.consumer)
+        if message is not None:
+            setattr(message, _ORIGIN, self)
+        return message
+
+    def ack(self, message: MessageProxy) -> None:
+        """Ack ``message``: once its count is durable if the middleware
+        counted it, else at once.
+
+        :raises BrokerError: as the broker's consumer's ``ack``.
+        """
+        if not self.acks.take(message, nack=False):
+            self.consumer.ack(message)
+
+    def nack(self, message: MessageProxy) -> None:
+        """Reject ``message``: once its count is durable if the middleware
+        counted it, else at once.
+
+        :raises BrokerError: as the broker's consumer's ``nack``.
+        """
+        if not self.acks.take(message, nack=True):
+            self.consumer.nack(message)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        """As the broker's consumer.
+
+        :raises BrokerError: as the broker's consumer's ``requeue``.
+        """
+        self.consumer.requeue(messages)
+
+    def close(self) -> None:
+        """Close the broker's consumer. Held messages it delivered are not
+        settled any more: its channel is gone, and the broker delivers them
+        again (their counts are kept: a copy counts once).
+
+        :raises BrokerError: as the broker's consumer's ``close``.
+        """
+        with self.lock:
+            self.closed = True
+        self.consumer.close()
+
+    def settle(self, messages: Sequence[tuple[MessageProxy, bool]]) -> int:
+        """Ack (or, with True, reject) ``messages`` on the broker's consumer;
+        none once :meth:`close` was called. Returns how many were settled;
+        never raises (a message not settled is delivered again)."""
+        settled = 0
+        with self.lock:
+            if self.closed:
+                return 0
+            for message, nack in messages:
+                try:
+                    if nack:
+                        self.consumer.nack(message)
+                    else:
+                        self.consumer.ack(message)
+                    settled += 1
+                except DramatiqBrokerError as exc:  # a connection lost, say
+                    logger.info(
+                        "message %s not settled, its connection is lost: %s",
+                        message.message_id,
+                        exc,
+                        extra={"action": "settle_failed"},
+                    )
+                except Exception:
+                    logger.exception("message %s not settled", message.message_id)
+        return settled
+
+
+class CountedAcks:
+    """Settles the messages a process's :class:`JobtrackMiddleware` counted,
+    once their counts are durable, from a thread of its own: the worker
+    threads hand a message over and go on to the next one.
+
+    The thread takes every message held, flushes the counter
+    (:meth:`TaskCounter.flush <jobtrack.integrations.TaskCounter.flush>`:
+    one store write for them all), then acks (or rejects) each one on the
+    consumer that delivered it. Messages that end during a flush wait for
+    the next one. A flush that does not end within ``flush_timeout`` seconds
+    (the store is down) settles its messages anyway, with a warning: their
+    counts stay in the process and are written when the store is back.
+
+    Installed on a broker (:meth:`install`), every consumer the worker makes
+    is a :class:`HeldConsumer`.
+
+    :param counter: the counter whose flushes make the counts durable.
+    :param flush_timeout: seconds a flush waits at most.
+    """
+
+    def __init__(self, counter: TaskCounter, *, flush_timeout: float = 30.0) -> None:
+        self.counter = counter
+        self.flush_timeout = flush_timeout
+        self.flushes = 0
+        """Flushes this process ran before settling."""
+        self.settled = 0
+        """Messages acked or rejected after their flush."""
+        self.not_durable = 0
+        """Messages settled after a flush that did not make them durable."""
+        self.lost = 0
+        """Messages not settled: their consumer was closed (the broker delivers them again)."""
+        self._handing = _Handing()
+        self._consume: Callable[..., Consumer] | None = None
+        self._after_fork()
+        _ACKS.add(self)
+
+    def _after_fork(self) -> None:
+        # A fork copies neither the thread nor a condition another thread
+        # held: the child starts with none held and a thread of its own.
+        self._cond = threading.Condition()
+        self._held: list[tuple[HeldConsumer, MessageProxy, bool]] = []
+        self._busy = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def held(self) -> int:
+        """Messages waiting now for their flush (or being settled)."""
+        with self._cond:
+            return len(self._held)
+
+    def install(self, broker: dramatiq.Broker) -> None:
+        """Make every consumer ``broker`` opens from now on a
+        :class:`HeldConsumer` of this object (a worker's consumers: call it
+        before the worker starts)."""
+        if self._consume is not None:
+            return
+        original = broker.consume
+
+        def consume(queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:
+            return HeldConsumer(original(queue_name, prefetch, timeout), self)
+
+        self._consume = consume
+        setattr(broker, "consume", consume)  # noqa: B010 - an instance's own method
+
+    def uninstall(self, broker: dramatiq.Broker) -> None:
+        """Give ``broker`` its own consumers back (unless another wrapper
+        replaced ours since)."""
+        if self._consume is not None and vars(broker).get("consume") is self._consume:
+            del broker.consume
+        self._consume = None
+
+    def hold(self, message: MessageProxy) -> bool:
+        """Called from the hook before the ack or nack of ``message`` that
+        the middleware counted, on the thread that then settles it: True if
+        its consumer's ack or nack will hand it over (it came from a
+        :class:`HeldConsumer` of this object), False if the caller must
+        wait for the count itself."""
+        origin = getattr(message, _ORIGIN, None)
+        if not isinstance(origin, HeldConsumer) or origin.acks is not self:
+            return False
+        self._handing.message = message
+        return True
+
+    def take(self, message: MessageProxy, *, nack: bool) -> bool:
+        """Take ``message`` from a :class:`HeldConsumer`'s ack (or nack):
+        True if it was counted (see :meth:`hold`) and is now settled once
+        durable, on the consumer that delivered it (not on one opened since,
+        whose delivery tags are others)."""
+        handing = self._handing
+        if handing.message is not message:
+            return False
+        handing.message = None
+        origin = getattr(message, _ORIGIN)
+        with self._cond:
+            self._held.append((origin, message, nack))
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping = False
+                self._thread = threading.Thread(target=self._run, name="jobtrack-acks", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        return True
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._held and not self._stopping:
+                    cond.wait()
+                if not self._held:
+                    return
+                batch, self._held = self._held, []
+                self._busy = True
+            try:
+                self._settle(batch)
+            finally:
+                with cond:
+                    self._busy = False
+                    cond.notify_all()
+
+    def _settle(self, batch: list[tuple[HeldConsumer, MessageProxy, bool]]) -> None:
+        try:
+            durable = self.counter.flush(self.flush_timeout)
+        except Exception:  # settled anyway: the monitor re-drives what is missing
+            logger.exception("counts of this process not flushed")
+            durable = False
+        self.flushes += 1
+        if not durable:
+            self.not_durable += len(batch)
+            logger.warning(
+                "%d messages settled before their counts were durable",
+                len(batch),
+                extra={"action": "count_not_durable"},
+            )
+        by_origin: dict[int, tuple[HeldConsumer, list[tuple[MessageProxy, bool]]]] = {}
+        for origin, message, nack in batch:
+            by_origin.setdefault(id(origin), (origin, []))[1].append((message, nack))
+        for origin, messages in by_origin.values():
+            settled = origin.settle(messages)
+            self.settled += settled
+            if settled < len(messages):
+                self.lost += len(messages) - settled
+                logger.info(
+                    "%d messages not settled: their consumer is closed, the broker "
+                    "delivers them again",
+                    len(messages) - settled,
+                    extra={"action": "settle_lost"},
+                )
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Block until every message held so far is settled (flushed, then
+        acked or rejected); False if that is not so within ``timeout``
+        seconds (default: ``flush_timeout`` and 5 s more)."""
+        wait = self.flush_timeout + 5.0 if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while self._held or self._busy:
+                if self._thread is None or not self._thread.is_alive():
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            if self._held:  # no thread settles them (a forked process)
+                batch, self._held = self._held, []
+            else:
+                return True
+        self._settle(batch)
+        return True
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Settle what is held (see :meth:`drain`), then end the thread
+        (the next message held starts another); False if not all was settled
+        within ``timeout``."""
+        drained = self.drain(timeout)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(1.0)
+        return drained
+
+
 class JobtrackMiddleware(Middleware):
     """Counts each message that carries a :class:`~jobtrack.integrations.TaskRef`
     once, when it ends (see the module), and acks it once its count is durable.
 
+    In a worker (``before_worker_boot``), the broker's consumers become
+    :class:`HeldConsumer` objects: a counted message is handed to the process's
+    :class:`CountedAcks` (:attr:`acks`), which acks it after a flush, and the
+    worker thread goes on at once. A message from a consumer that is not
+    one (the middleware was added after the worker started) is acked by its
+    worker thread once a shared flush (:class:`FlushGroup`) has ended.
+
     :param counter: a :class:`~jobtrack.integrations.TaskCounter`, or the
         jobtrack app to make one on.
-    :param flush_timeout: seconds an ack waits at most for its count to be
-        durable (the store is down, say); then the message is acked anyway,
-        its count kept and written when the store is back.
+    :param flush_timeout: seconds a flush waits at most for the counts to be
+        durable (the store is down, say); then its messages are acked anyway,
+        with a warning, their counts kept and written when the store is back.
     :raises InvalidRequest: an app whose store is ``memory://``.
     """
 
@@ -377,7 +687,13 @@ class JobtrackMiddleware(Middleware):
         self.counter = counter if isinstance(counter, TaskCounter) else TaskCounter(counter)
         self.flush_timeout = flush_timeout
         self.group = FlushGroup(self.counter)
+        self.acks = CountedAcks(self.counter, flush_timeout=flush_timeout)
         self._delivery = _Delivery()
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        """Make the consumers the worker opens :class:`HeldConsumer` objects
+        (Dramatiq's hook, before the worker opens any)."""
+        self.acks.install(broker)
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """Note the attempt this run is (Dramatiq's hook)."""
@@ -436,6 +752,11 @@ class JobtrackMiddleware(Middleware):
         return delivery.retries + 1
 
     def _durable(self, message: MessageProxy) -> None:
+        """Have ``message`` settled once its count is durable: by the
+        process's :attr:`acks` if its consumer hands it over, else by waiting
+        here for a flush."""
+        if self.acks.hold(message):
+            return
         try:
             durable = self.group.wait(self.flush_timeout)
         except Exception:  # the ack goes on: the monitor re-drives what is missing
@@ -448,8 +769,20 @@ class JobtrackMiddleware(Middleware):
                 extra={"action": "count_not_durable"},
             )
 
+    def before_consumer_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        """Settle every message held, before the worker closes its consumers
+        (Dramatiq's hook: the worker threads have stopped by then)."""
+        if not self.acks.drain():
+            logger.warning(
+                "messages still held at shutdown: the broker delivers them again",
+                extra={"action": "held_at_shutdown"},
+            )
+
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
-        """Write what this process counted and close the counter (Dramatiq's hook)."""
+        """Settle what is still held, give the broker its own consumers back,
+        write what this process counted and close the counter (Dramatiq's hook)."""
+        self.acks.stop()
+        self.acks.uninstall(broker)
         self.counter.close(self.flush_timeout)
 
 
