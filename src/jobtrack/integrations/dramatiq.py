@@ -50,7 +50,7 @@ import pika  # type: ignore[import-untyped]
 import pika.exceptions  # type: ignore[import-untyped]
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.common import dq_name
+from dramatiq.common import dq_name, q_name
 from dramatiq.errors import BrokerError as DramatiqBrokerError
 from dramatiq.errors import DramatiqError
 from dramatiq.middleware import Middleware, Retries
@@ -83,6 +83,8 @@ logger = logging.getLogger(__name__)
 
 #: The ledger option that records a message's queue.
 QUEUE_OPTION = "queue_name"
+#: The largest prefetch count AMQP allows.
+MAX_PREFETCH = 65535
 
 
 def task_call(message: dramatiq.Message[Any]) -> TaskCall:
@@ -496,13 +498,28 @@ class CountedAcks:
     Installed on a broker (:meth:`install`), every consumer the worker makes
     is a :class:`HeldConsumer`.
 
+    A message held waits unacked, so it takes a place of the consumer's
+    prefetch: each consumer of a queue (not of a delay queue, whose
+    messages are not counted) gets ``held_prefetch`` more places, so that
+    the worker threads have as many messages to start as Dramatiq means
+    them to have while others wait for their flush.
+
     :param counter: the counter whose flushes make the counts durable.
     :param flush_timeout: seconds a flush waits at most.
+    :param held_prefetch: places added to each queue consumer's prefetch
+        (default: as many as Dramatiq's prefetch, twice its worker threads).
     """
 
-    def __init__(self, counter: TaskCounter, *, flush_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        counter: TaskCounter,
+        *,
+        flush_timeout: float = 30.0,
+        held_prefetch: int | None = None,
+    ) -> None:
         self.counter = counter
         self.flush_timeout = flush_timeout
+        self.held_prefetch = held_prefetch
         self.flushes = 0
         """Flushes this process ran before settling."""
         self.settled = 0
@@ -540,6 +557,9 @@ class CountedAcks:
         original = broker.consume
 
         def consume(queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:
+            if q_name(queue_name) == queue_name:  # not a delay queue: its messages are counted
+                extra = prefetch if self.held_prefetch is None else self.held_prefetch
+                prefetch = min(prefetch + extra, MAX_PREFETCH)
             return HeldConsumer(original(queue_name, prefetch, timeout), self)
 
         self._consume = consume
@@ -680,14 +700,25 @@ class JobtrackMiddleware(Middleware):
     :param flush_timeout: seconds a flush waits at most for the counts to be
         durable (the store is down, say); then its messages are acked anyway,
         with a warning, their counts kept and written when the store is back.
+    :param held_prefetch: places added to the prefetch of each consumer of
+        a queue for the messages that wait for their flush (see
+        :class:`CountedAcks`; default: as many as Dramatiq's prefetch).
     :raises InvalidRequest: an app whose store is ``memory://``.
     """
 
-    def __init__(self, counter: TaskCounter | App, *, flush_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        counter: TaskCounter | App,
+        *,
+        flush_timeout: float = 30.0,
+        held_prefetch: int | None = None,
+    ) -> None:
         self.counter = counter if isinstance(counter, TaskCounter) else TaskCounter(counter)
         self.flush_timeout = flush_timeout
         self.group = FlushGroup(self.counter)
-        self.acks = CountedAcks(self.counter, flush_timeout=flush_timeout)
+        self.acks = CountedAcks(
+            self.counter, flush_timeout=flush_timeout, held_prefetch=held_prefetch
+        )
         self._delivery = _Delivery()
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
