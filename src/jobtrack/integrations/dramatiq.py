@@ -538,15 +538,16 @@ class CountedAcks:
         # held: the child starts with none held and a thread of its own.
         self._cond = threading.Condition()
         self._held: list[tuple[HeldConsumer, MessageProxy, bool]] = []
-        self._busy = False
+        self._settling = 0  # messages of the flush that runs
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     @property
     def held(self) -> int:
-        """Messages waiting now for their flush (or being settled)."""
+        """Messages handed over and not settled yet (waiting for their
+        flush, or in the flush that runs)."""
         with self._cond:
-            return len(self._held)
+            return len(self._held) + self._settling
 
     def install(self, broker: dramatiq.Broker) -> None:
         """Make every consumer ``broker`` opens from now on a
@@ -612,12 +613,12 @@ class CountedAcks:
                 if not self._held:
                     return
                 batch, self._held = self._held, []
-                self._busy = True
+                self._settling = len(batch)
             try:
                 self._settle(batch)
             finally:
                 with cond:
-                    self._busy = False
+                    self._settling = 0
                     cond.notify_all()
 
     def _settle(self, batch: list[tuple[HeldConsumer, MessageProxy, bool]]) -> None:
@@ -656,7 +657,7 @@ class CountedAcks:
         wait = self.flush_timeout + 5.0 if timeout is None else timeout
         deadline = time.monotonic() + wait
         with self._cond:
-            while self._held or self._busy:
+            while self._held or self._settling:
                 if self._thread is None or not self._thread.is_alive():
                     break
                 left = deadline - time.monotonic()
