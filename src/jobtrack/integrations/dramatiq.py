@@ -26,11 +26,24 @@ with the error it raised; a message acked after its actor returned is done;
 one acked after an exception was retried by the ``Retries`` middleware (a copy
 is in the delay queue) is not counted, but its job is touched
 (:meth:`~jobtrack.integrations.TaskCounter.retrying`) so that the monitor
-does not take it for stuck while the copy waits. Dramatiq acks late: the hook then
-waits until the count is durable, so a worker that dies before that leaves
-the message unacked and RabbitMQ delivers it again. The wait is shared by the
-worker threads of a process (:class:`FlushGroup`): one store write covers
-every message that ended while the write before it ran.
+does not take it for stuck while the copy waits.
+
+Dramatiq acks late, and a counted message is acked (or rejected) only once
+its count is durable, so a worker that dies before that leaves the message
+unacked and RabbitMQ delivers it again. The worker threads do not wait for
+it: when the worker boots, the middleware makes the broker's consumers
+:class:`HeldConsumer` objects, whose ack of a counted message hands it to the
+process's :class:`CountedAcks`; its thread flushes the counter (one store
+write for every message that ended while the write before it ran), then
+settles those messages on the consumer that delivered them. A consumer
+closed meanwhile (its connection lost) settles nothing: RabbitMQ delivers
+its messages again. Held messages take places of the prefetch, which gets
+as many more (``held_prefetch``). A flush that does not end within
+``flush_timeout`` (the store is down) settles its messages anyway, with a
+warning. A stopping worker settles everything held before it closes its
+consumers. A consumer not made by the middleware (it was added after the
+worker started) has its worker thread wait for a flush shared with the
+others (:class:`FlushGroup`) before the ack.
 """
 
 from __future__ import annotations
@@ -610,7 +623,8 @@ class CountedAcks:
             with cond:
                 while not self._held and not self._stopping:
                     cond.wait()
-                if not self._held:
+                if not self._held:  # stopped: the next message held starts another
+                    self._thread = None
                     return
                 batch, self._held = self._held, []
                 self._settling = len(batch)
@@ -816,6 +830,16 @@ class JobtrackMiddleware(Middleware):
         self.acks.stop()
         self.acks.uninstall(broker)
         self.counter.close(self.flush_timeout)
+        acks = self.acks
+        logger.info(
+            "%d messages acked after %d flushes (%d before their counts were durable, "
+            "%d left to be delivered again)",
+            acks.settled,
+            acks.flushes,
+            acks.not_durable,
+            acks.lost,
+            extra={"action": "acks_at_shutdown"},
+        )
 
 
 def _describe(error: BaseException) -> str:
