@@ -24,11 +24,13 @@ import pytest
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Middleware, SkipMessage
 
 import jobtrack
 from jobtrack.errors import InvalidRequest
 from jobtrack.integrations import HEADER, TaskCall, TaskCounter, TaskRef
+from jobtrack.integrations import dramatiq as dramatiq_integration
 from jobtrack.integrations.dramatiq import (
     CountedAcks,
     DramatiqSender,
@@ -558,3 +560,47 @@ def _ready(broker: RabbitmqBroker, queue: str) -> int:
         return int(declared.method.message_count)
     finally:
         connection.close()
+
+
+class Flaky(Recording):
+    """A broker consumer whose first ``failures`` acks lose their connection."""
+
+    def __init__(self, messages: list[MessageProxy], failures: int) -> None:
+        super().__init__(messages)
+        self.failures = failures
+
+    def ack(self, message: MessageProxy) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionClosed(RuntimeError("connection reset"))  # type: ignore[no-untyped-call]
+        super().ack(message)
+
+
+def test_an_ack_whose_connection_fails_is_tried_again_until_its_consumer_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dramatiq_integration, "SETTLE_RETRY", 0.01)
+    counter = HeldFlush(make_app(tmp_path))
+    counter.gate.set()
+    acks = CountedAcks(counter)
+    recovering = Flaky([_proxy(1)], failures=3)
+    consumer = HeldConsumer(recovering, acks)
+    message = next(consumer)
+    assert message is not None
+    assert acks.hold(message)
+    consumer.ack(message)
+    assert acks.drain(10)
+    assert recovering.acked == [message.message_id]  # the fourth try went through
+    broken = Flaky([_proxy(2)], failures=1_000_000)
+    consumer = HeldConsumer(broken, acks)
+    message = next(consumer)
+    assert message is not None
+    assert acks.hold(message)
+    consumer.ack(message)
+    _wait(lambda: broken.failures < 1_000_000 - 3, "tried again")
+    consumer.close()  # Dramatiq restarts the consumer: the broker delivers it again
+    assert acks.drain(10)
+    assert broken.acked == []
+    assert (acks.settled, acks.lost) == (1, 1)
+    acks.stop()
+    counter.close()

@@ -98,6 +98,8 @@ logger = logging.getLogger(__name__)
 QUEUE_OPTION = "queue_name"
 #: The largest prefetch count AMQP allows.
 MAX_PREFETCH = 65535
+#: Seconds between two tries to settle a message whose connection failed.
+SETTLE_RETRY = 1.0
 
 
 def task_call(message: dramatiq.Message[Any]) -> TaskCall:
@@ -470,28 +472,39 @@ class HeldConsumer(Consumer):
 
     def settle(self, messages: Sequence[tuple[MessageProxy, bool]]) -> int:
         """Ack (or, with True, reject) ``messages`` on the broker's consumer;
-        none once :meth:`close` was called. Returns how many were settled;
-        never raises (a message not settled is delivered again)."""
+        none once :meth:`close` was called. A connection error is retried
+        every :data:`SETTLE_RETRY` seconds until the consumer is closed (as
+        Dramatiq retries its own acks). Returns how many were settled; never
+        raises (a message not settled is delivered again)."""
         settled = 0
-        with self.lock:
-            if self.closed:
-                return 0
-            for message, nack in messages:
-                try:
-                    if nack:
-                        self.consumer.nack(message)
-                    else:
-                        self.consumer.ack(message)
-                    settled += 1
-                except DramatiqBrokerError as exc:  # a connection lost, say
-                    logger.info(
-                        "message %s not settled, its connection is lost: %s",
-                        message.message_id,
-                        exc,
-                        extra={"action": "settle_failed"},
-                    )
-                except Exception:
-                    logger.exception("message %s not settled", message.message_id)
+        waiting = list(messages)
+        while waiting:
+            with self.lock:
+                if self.closed:
+                    return settled
+                while waiting:
+                    message, nack = waiting[0]
+                    try:
+                        if nack:
+                            self.consumer.nack(message)
+                        else:
+                            self.consumer.ack(message)
+                        settled += 1
+                    except DramatiqBrokerError as exc:  # a connection lost, say
+                        logger.warning(
+                            "message %s not settled yet (%s): retried in %g s unless its "
+                            "consumer closes",
+                            message.message_id,
+                            exc,
+                            SETTLE_RETRY,
+                            extra={"action": "settle_retried"},
+                        )
+                        break
+                    except Exception:  # not Dramatiq's: not retried
+                        logger.exception("message %s not settled", message.message_id)
+                    waiting.pop(0)
+            if waiting:
+                time.sleep(SETTLE_RETRY)
         return settled
 
 
