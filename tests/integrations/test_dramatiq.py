@@ -364,8 +364,10 @@ def test_counted_messages_are_acked_once_their_flush_ends_and_threads_go_on(
         queue = broker.queues[QUEUE]
         # 2 threads ran all 6 messages while the first flush waits: none waited
         # on the store, and none is acked.
-        _wait(lambda: len(runs) == 6 and middleware.acks.held == 6, "all run, held")
-        assert counter.flushes == 1
+        _wait(
+            lambda: len(runs) == 6 and middleware.acks.held == 6 and counter.flushes == 1,
+            "all run, held",
+        )
         assert queue.unfinished_tasks == 6
         assert _done_items(app, job.id) == (0, 0)
         counter.gate.set()
@@ -467,12 +469,12 @@ def test_held_messages_are_settled_on_their_own_consumer_and_never_once_it_is_cl
     kept = next(second)
     assert lost is not None
     assert kept is not None
-    assert acks.hold(lost)
+    assert acks.hold(lost, _nothing)
     second.ack(lost)  # the ack comes through the consumer open now
-    assert acks.hold(kept)
+    assert acks.hold(kept, _nothing)
     second.nack(kept)
     plain = _proxy(4)
-    assert not acks.hold(plain)  # no consumer of ours delivered it
+    assert not acks.hold(plain, _nothing)  # no consumer of ours delivered it
     second.ack(plain)  # not counted: acked at once
     assert new.acked == [plain.message_id]
     first.close()  # the connection of the old consumer is lost
@@ -587,7 +589,7 @@ def test_an_ack_whose_connection_fails_is_tried_again_until_its_consumer_closes(
     consumer = HeldConsumer(recovering, acks)
     message = next(consumer)
     assert message is not None
-    assert acks.hold(message)
+    assert acks.hold(message, _nothing)
     consumer.ack(message)
     assert acks.drain(10)
     assert recovering.acked == [message.message_id]  # the fourth try went through
@@ -595,7 +597,7 @@ def test_an_ack_whose_connection_fails_is_tried_again_until_its_consumer_closes(
     consumer = HeldConsumer(broken, acks)
     message = next(consumer)
     assert message is not None
-    assert acks.hold(message)
+    assert acks.hold(message, _nothing)
     consumer.ack(message)
     _wait(lambda: broken.failures < 1_000_000 - 3, "tried again")
     consumer.close()  # Dramatiq restarts the consumer: the broker delivers it again
@@ -604,3 +606,7 @@ def test_an_ack_whose_connection_fails_is_tried_again_until_its_consumer_closes(
     assert (acks.settled, acks.lost) == (1, 1)
     acks.stop()
     counter.close()
+
+
+def _nothing() -> None:
+    """A report of a message's end that reports nothing."""

@@ -33,9 +33,10 @@ its count is durable, so a worker that dies before that leaves the message
 unacked and RabbitMQ delivers it again. The worker threads do not wait for
 it: when the worker boots, the middleware makes the broker's consumers
 :class:`HeldConsumer` objects, whose ack of a counted message hands it to the
-process's :class:`CountedAcks`; its thread flushes the counter (one store
-write for every message that ended while the write before it ran), then
-settles those messages on the consumer that delivered them. A consumer
+process's :class:`CountedAcks`; its thread reports the ends of the messages
+handed over to the counter, flushes it (one store write for every message
+that ended while the write before it ran), then settles those messages on
+the consumer that delivered them. A consumer
 closed meanwhile (its connection lost) settles nothing: RabbitMQ delivers
 its messages again. Held messages take places of the prefetch, which gets
 as many more (``held_prefetch``). A flush that does not end within
@@ -56,6 +57,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -384,9 +386,11 @@ class _Delivery(threading.local):
 
 
 class _Handing(threading.local):
-    """The counted message whose ack (or nack) a thread is about to call."""
+    """The counted message whose ack (or nack) a thread is about to call,
+    and how to report its end."""
 
     message: MessageProxy | None = None
+    report: Callable[[], None] | None = None
 
 
 #: The attribute of a message that names the :class:`HeldConsumer` it came from.
@@ -508,12 +512,18 @@ class HeldConsumer(Consumer):
         return settled
 
 
+_Held = tuple[HeldConsumer, MessageProxy, bool, Callable[[], None]]
+"""A message handed over: its consumer, itself, whether it is rejected, its report."""
+
+
 class CountedAcks:
     """Settles the messages a process's :class:`JobtrackMiddleware` counted,
     once their counts are durable, from a thread of its own: the worker
     threads hand a message over and go on to the next one.
 
-    The thread takes every message held, flushes the counter
+    The thread takes every message held, reports their ends to the
+    counter (so a worker thread does not even wake the counter's loop),
+    flushes the counter
     (:meth:`TaskCounter.flush <jobtrack.integrations.TaskCounter.flush>`:
     one store write for them all), then acks (or rejects) each one on the
     consumer that delivered it. Messages that end during a flush wait for
@@ -563,7 +573,7 @@ class CountedAcks:
         # A fork copies neither the thread nor a condition another thread
         # held: the child starts with none held and a thread of its own.
         self._cond = threading.Condition()
-        self._held: list[tuple[HeldConsumer, MessageProxy, bool]] = []
+        self._held: list[_Held] = []
         self._settling = 0  # messages of the flush that runs
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -599,16 +609,20 @@ class CountedAcks:
             del broker.consume
         self._consume = None
 
-    def hold(self, message: MessageProxy) -> bool:
-        """Called from the hook before the ack or nack of ``message`` that
-        the middleware counted, on the thread that then settles it: True if
-        its consumer's ack or nack will hand it over (it came from a
-        :class:`HeldConsumer` of this object), False if the caller must
+    def hold(self, message: MessageProxy, report: Callable[[], None]) -> bool:
+        """Called from the hook before the ack or nack of ``message``, on
+        the thread that then settles it, with what reports its end to the
+        counter (``counter.done(ref)``, say): True if its consumer's ack or
+        nack will hand it over (it came from a :class:`HeldConsumer` of this
+        object), and this object's thread then calls ``report`` before the
+        flush that makes it durable; False if the caller must report it and
         wait for the count itself."""
         origin = getattr(message, _ORIGIN, None)
         if not isinstance(origin, HeldConsumer) or origin.acks is not self:
             return False
-        self._handing.message = message
+        handing = self._handing
+        handing.message = message
+        handing.report = report
         return True
 
     def take(self, message: MessageProxy, *, nack: bool) -> bool:
@@ -617,12 +631,13 @@ class CountedAcks:
         durable, on the consumer that delivered it (not on one opened since,
         whose delivery tags are others)."""
         handing = self._handing
-        if handing.message is not message:
+        report = handing.report
+        if handing.message is not message or report is None:
             return False
-        handing.message = None
+        handing.message = handing.report = None
         origin = getattr(message, _ORIGIN)
         with self._cond:
-            self._held.append((origin, message, nack))
+            self._held.append((origin, message, nack, report))
             if self._thread is None or not self._thread.is_alive():
                 self._stopping = False
                 self._thread = threading.Thread(target=self._run, name="jobtrack-acks", daemon=True)
@@ -648,7 +663,12 @@ class CountedAcks:
                     self._settling = 0
                     cond.notify_all()
 
-    def _settle(self, batch: list[tuple[HeldConsumer, MessageProxy, bool]]) -> None:
+    def _settle(self, batch: list[_Held]) -> None:
+        for _, message, _, report in batch:
+            try:
+                report()
+            except Exception:  # the counter's reports do not raise; another's might
+                logger.exception("the end of message %s not reported", message.message_id)
         try:
             durable = self.counter.flush(self.flush_timeout)
         except Exception:  # settled anyway: the monitor re-drives what is missing
@@ -663,7 +683,7 @@ class CountedAcks:
                 extra={"action": "count_not_durable"},
             )
         by_origin: dict[int, tuple[HeldConsumer, list[tuple[MessageProxy, bool]]]] = {}
-        for origin, message, nack in batch:
+        for origin, message, nack, _ in batch:
             by_origin.setdefault(id(origin), (origin, []))[1].append((message, nack))
         for origin, messages in by_origin.values():
             settled = origin.settle(messages)
@@ -768,8 +788,8 @@ class JobtrackMiddleware(Middleware):
 
     def before_ack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """Count a message whose actor returned done, or one that raised
-        and that no ``Retries`` middleware retries failed; then wait until
-        the count is durable (Dramatiq's hook, before the ack)."""
+        and that no ``Retries`` middleware retries failed, and have it acked
+        once the count is durable (Dramatiq's hook, before the ack)."""
         attempts = self._attempts(message)
         if attempts is None:  # not run here: a delayed message moved on, a skip
             return
@@ -778,19 +798,19 @@ class JobtrackMiddleware(Middleware):
             return
         error = message._exception
         if error is None:
-            self.counter.done(ref)
+            self._count(message, partial(self.counter.done, ref))
         elif any(isinstance(m, Retries) for m in broker.middleware):
             # Retried: a copy waits in the delay queue; the job is touched
             # so that the monitor does not send it again meanwhile.
             self.counter.retrying(ref)
-            return
         else:
-            self.counter.failed(ref, _describe(error), attempts=attempts)
-        self._durable(message)
+            failed = partial(self.counter.failed, ref, _describe(error), attempts=attempts)
+            self._count(message, failed)
 
     def before_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        """Count a rejected (dead-lettered) message failed, with its error;
-        then wait until the count is durable (Dramatiq's hook, before the nack)."""
+        """Count a rejected (dead-lettered) message failed, with its error,
+        and have it rejected once the count is durable (Dramatiq's hook,
+        before the nack)."""
         attempts = self._attempts(message)
         ref = TaskRef.from_header(message.options.get(HEADER))
         if ref is None:
@@ -799,8 +819,7 @@ class JobtrackMiddleware(Middleware):
             attempts = int(message.options.get("retries", 0)) + 1
         error = message._exception
         reason = _describe(error) if error is not None else "rejected by a dramatiq middleware"
-        self.counter.failed(ref, reason, attempts=attempts)
-        self._durable(message)
+        self._count(message, partial(self.counter.failed, ref, reason, attempts=attempts))
 
     def _attempts(self, message: MessageProxy) -> int | None:
         """The attempt the message's run was, if it ran on this thread."""
@@ -810,12 +829,13 @@ class JobtrackMiddleware(Middleware):
         delivery.message_id = None
         return delivery.retries + 1
 
-    def _durable(self, message: MessageProxy) -> None:
-        """Have ``message`` settled once its count is durable: by the
-        process's :attr:`acks` if its consumer hands it over, else by waiting
-        here for a flush."""
-        if self.acks.hold(message):
+    def _count(self, message: MessageProxy, report: Callable[[], None]) -> None:
+        """Have ``message``'s end reported (``report``) and the message
+        settled once its count is durable: by the process's :attr:`acks` if
+        its consumer hands it over, else here, waiting for a flush."""
+        if self.acks.hold(message, report):
             return
+        report()
         try:
             durable = self.group.wait(self.flush_timeout)
         except Exception:  # the ack goes on: the monitor re-drives what is missing
