@@ -1,7 +1,8 @@
 """The Dramatiq integration's own parts: what the middleware counts for each
 way Dramatiq settles a message (in process, on Dramatiq's stub broker and a
-SQLite store), the flushes the worker threads share, the ledger payload of a
-message and the queue depth on RabbitMQ."""
+SQLite store), the flushes the worker threads share, the acks held until
+their flush (in process, and a worker process killed on RabbitMQ), the
+ledger payload of a message and the queue depth on RabbitMQ."""
 
 from __future__ import annotations
 

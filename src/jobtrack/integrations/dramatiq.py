@@ -36,15 +36,15 @@ it: when the worker boots, the middleware makes the broker's consumers
 process's :class:`CountedAcks`; its thread reports the ends of the messages
 handed over to the counter, flushes it (one store write for every message
 that ended while the write before it ran), then settles those messages on
-the consumer that delivered them. A consumer
-closed meanwhile (its connection lost) settles nothing: RabbitMQ delivers
-its messages again. Held messages take places of the prefetch, which gets
-as many more (``held_prefetch``). A flush that does not end within
-``flush_timeout`` (the store is down) settles its messages anyway, with a
-warning. A stopping worker settles everything held before it closes its
-consumers. A consumer not made by the middleware (it was added after the
-worker started) has its worker thread wait for a flush shared with the
-others (:class:`FlushGroup`) before the ack.
+the consumer that delivered them. A consumer closed meanwhile (its
+connection lost) settles nothing: RabbitMQ delivers its messages again.
+Held messages take places of the prefetch, which gets as many more
+(``held_prefetch``). A flush that does not end within ``flush_timeout``
+(the store is down) settles its messages anyway, with a warning. A
+stopping worker settles everything held before it closes its consumers. A
+consumer not made by the middleware (it was added after the worker
+started) has its worker thread wait for a flush shared with the others
+(:class:`FlushGroup`) before the ack.
 """
 
 from __future__ import annotations
