@@ -1,36 +1,50 @@
 """The Dramatiq integration's own parts: what the middleware counts for each
 way Dramatiq settles a message (in process, on Dramatiq's stub broker and a
-SQLite store), the flushes the worker threads share, the ledger payload of a
-message and the queue depth on RabbitMQ."""
+SQLite store), the flushes the worker threads share, the acks held until
+their flush (in process, and a worker process killed on RabbitMQ), the
+ledger payload of a message and the queue depth on RabbitMQ."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dramatiq
+import pika  # type: ignore[import-untyped]
 import pytest
-from dramatiq.broker import MessageProxy
+from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import Middleware, SkipMessage
 
 import jobtrack
 from jobtrack.errors import InvalidRequest
 from jobtrack.integrations import HEADER, TaskCall, TaskCounter, TaskRef
+from jobtrack.integrations import dramatiq as dramatiq_integration
 from jobtrack.integrations.dramatiq import (
+    CountedAcks,
     DramatiqSender,
     DramatiqTracking,
     FlushGroup,
+    HeldConsumer,
     JobtrackMiddleware,
     message_for,
     task_call,
 )
 from jobtrack.model import Job, JobStatus
 from jobtrack.store.ledger import LedgerItem
+from tests.apps.harness import ROOT
 from tests.rabbitmq import require_server, scratch_vhost, vhost_url
 
 QUEUE = "mail"
@@ -283,3 +297,317 @@ def test_the_backlog_is_the_queue_and_its_delay_queue_on_rabbitmq() -> None:
             )
         finally:
             broker.close()
+
+
+# -- acks after the flush ---------------------------------------------------
+
+
+class HeldFlush(TaskCounter):
+    """A counter whose flushes wait for a gate, then write; it counts them."""
+
+    def __init__(self, app: jobtrack.App) -> None:
+        super().__init__(app)
+        self.gate = threading.Event()
+        self.flushes = 0
+
+    def flush(self, timeout: float | None = None) -> bool:
+        self.flushes += 1
+        self.gate.wait(30)
+        return super().flush(timeout)
+
+
+def _wait(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def _done_items(app: jobtrack.App, job_id: str) -> tuple[int, int]:
+    async def read() -> tuple[int, int]:
+        async with app.with_settings(app.settings) as opened:
+            stage = (await opened.store.get_job(job_id)).stage("send")
+        return stage.completed_items, stage.failed_items
+
+    return asyncio.run(read())
+
+
+def _tracked_worker(
+    tmp_path: Path, counter_type: type[TaskCounter] = HeldFlush, **options: Any
+) -> tuple[StubBroker, jobtrack.App, Any, JobtrackMiddleware, list[int]]:
+    broker = StubBroker(middleware=[])
+    app = make_app(tmp_path)
+    runs: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=QUEUE)
+    def ok(n: int) -> None:
+        runs.append(n)
+
+    tracking = DramatiqTracking(app, broker)
+    tracking.job_type("mails", ["send"])
+    middleware = JobtrackMiddleware(counter_type(app), **options)
+    broker.add_middleware(middleware)
+    return broker, app, ok, middleware, runs
+
+
+def test_counted_messages_are_acked_once_their_flush_ends_and_threads_go_on(
+    tmp_path: Path,
+) -> None:
+    broker, app, ok, middleware, runs = _tracked_worker(tmp_path)
+    counter = middleware.counter
+    assert isinstance(counter, HeldFlush)
+    with DramatiqTracking(app, broker).start_job("mails") as job:
+        for n in range(6):
+            job.send("send", ok.message(n))
+    worker = dramatiq.Worker(broker, worker_threads=2)
+    worker.start()
+    try:
+        queue = broker.queues[QUEUE]
+        # 2 threads ran all 6 messages while the first flush waits: none waited
+        # on the store, and none is acked.
+        _wait(
+            lambda: len(runs) == 6 and middleware.acks.held == 6 and counter.flushes == 1,
+            "all run, held",
+        )
+        assert queue.unfinished_tasks == 6
+        assert _done_items(app, job.id) == (0, 0)
+        counter.gate.set()
+        broker.join(QUEUE, timeout=20_000)  # acked: each count was durable first
+        assert _done_items(app, job.id) == (6, 0)
+        assert middleware.acks.settled == 6
+        assert counter.flushes <= 3  # one for the first, one for those held meanwhile
+        # The queue's consumer has room for the held messages; the delay queue's not.
+        held = worker.consumers[QUEUE].consumer
+        assert isinstance(held, HeldConsumer)
+        assert getattr(held.consumer, "prefetch") == 2 * worker.queue_prefetch  # noqa: B009
+        delay = worker.consumers[f"{QUEUE}.DQ"]
+        assert getattr(delay.consumer, "consumer").prefetch == delay.prefetch  # noqa: B009
+    finally:
+        counter.gate.set()
+        worker.stop()
+    assert "consume" not in vars(broker)  # the broker's own consumers again
+
+
+def test_a_stopping_worker_settles_every_message_it_holds(tmp_path: Path) -> None:
+    broker, app, ok, middleware, runs = _tracked_worker(tmp_path)
+    counter = middleware.counter
+    assert isinstance(counter, HeldFlush)
+    with DramatiqTracking(app, broker).start_job("mails") as job:
+        for n in range(5):
+            job.send("send", ok.message(n))
+    worker = dramatiq.Worker(broker, worker_threads=2)
+    worker.start()
+    _wait(lambda: len(runs) == 5, "all run")
+    threading.Timer(0.5, counter.gate.set).start()  # the store answers late
+    worker.stop()
+    assert broker.queues[QUEUE].unfinished_tasks == 0  # every message acked
+    assert (middleware.acks.held, middleware.acks.settled) == (0, 5)
+    middleware.counter.close()
+    assert _done_items(app, job.id) == (5, 0)
+
+
+class Unflushable(TaskCounter):
+    """A counter whose flushes never make anything durable (the store is down)."""
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return False
+
+
+def test_messages_whose_flush_fails_are_acked_anyway_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker, app, ok, middleware, runs = _tracked_worker(tmp_path, Unflushable, flush_timeout=0.2)
+    with DramatiqTracking(app, broker).start_job("mails") as job:
+        for n in range(4):
+            job.send("send", ok.message(n))
+    worker = dramatiq.Worker(broker, worker_threads=2)
+    worker.start()
+    try:
+        broker.join(QUEUE, timeout=20_000)
+    finally:
+        worker.stop()
+    assert sorted(runs) == [0, 1, 2, 3]
+    assert middleware.acks.not_durable == 4
+    assert any(getattr(r, "action", None) == "count_not_durable" for r in caplog.records)
+    middleware.counter.close()  # the counts kept are written when the store answers
+    assert _done_items(app, job.id) == (4, 0)
+
+
+class Recording(Consumer):
+    """A broker consumer that hands out given messages and records what it settles."""
+
+    def __init__(self, messages: list[MessageProxy]) -> None:
+        self.messages = messages
+        self.acked: list[str] = []
+        self.nacked: list[str] = []
+
+    def __next__(self) -> MessageProxy | None:
+        return self.messages.pop(0) if self.messages else None
+
+    def ack(self, message: MessageProxy) -> None:
+        self.acked.append(message.message_id)
+
+    def nack(self, message: MessageProxy) -> None:
+        self.nacked.append(message.message_id)
+
+
+def _proxy(n: int) -> MessageProxy:
+    return MessageProxy(
+        dramatiq.Message(queue_name=QUEUE, actor_name="ok", args=(n,), kwargs={}, options={})
+    )
+
+
+def test_held_messages_are_settled_on_their_own_consumer_and_never_once_it_is_closed(
+    tmp_path: Path,
+) -> None:
+    counter = HeldFlush(make_app(tmp_path))
+    acks = CountedAcks(counter)
+    old = Recording([_proxy(1)])
+    new = Recording([_proxy(2)])
+    first = HeldConsumer(old, acks)
+    lost = next(first)
+    second = HeldConsumer(new, acks)  # the consumer thread's after a restart
+    kept = next(second)
+    assert lost is not None
+    assert kept is not None
+    assert acks.hold(lost, _nothing)
+    second.ack(lost)  # the ack comes through the consumer open now
+    assert acks.hold(kept, _nothing)
+    second.nack(kept)
+    plain = _proxy(4)
+    assert not acks.hold(plain, _nothing)  # no consumer of ours delivered it
+    second.ack(plain)  # not counted: acked at once
+    assert new.acked == [plain.message_id]
+    first.close()  # the connection of the old consumer is lost
+    counter.gate.set()
+    assert acks.drain(10)
+    assert (old.acked, old.nacked) == ([], [])  # its tags mean nothing on another channel
+    assert new.nacked == [kept.message_id]
+    assert lost.message_id not in new.acked  # nor on the new one
+    assert (acks.settled, acks.lost) == (1, 1)
+    acks.stop()
+    counter.close()
+
+
+def _held_then_killed(url: str, queue: str, store: str, total: str) -> None:
+    """A worker whose flushes never end runs ``total`` messages of ``queue``,
+    then its process is killed."""
+    broker = RabbitmqBroker(url=url)
+    ran: list[int] = []
+
+    @dramatiq.actor(broker=broker, queue_name=queue)
+    def ok(n: int) -> None:
+        ran.append(n)
+
+    app = jobtrack.App(
+        jobtrack.Settings(data_dir=Path(store).parent, store_url=f"sqlite:///{store}")
+    )
+    middleware = JobtrackMiddleware(HeldFlush(app))
+    broker.add_middleware(middleware)
+    worker = dramatiq.Worker(broker, worker_threads=2)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while (len(ran) < int(total) or middleware.acks.held + 2 < int(total)) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    print(f"ran {len(ran)}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_before_its_flush_leaves_its_messages_to_be_delivered_again(
+    tmp_path: Path,
+) -> None:
+    require_server()
+    total = 6
+    with scratch_vhost("dramatiq-held") as vhost:
+        url = vhost_url(vhost)
+        broker = RabbitmqBroker(url=url)
+        try:
+
+            @dramatiq.actor(broker=broker, queue_name=QUEUE)
+            def ok(n: int) -> None: ...
+
+            for n in range(total):
+                ref = TaskRef("job-1", "send", f"k{n}")
+                broker.enqueue(ok.message_with_options(args=(n,), **{HEADER: ref.header()}))
+            child = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from tests.integrations.test_dramatiq import _held_then_killed;"
+                    " _held_then_killed(*sys.argv[1:])",
+                    url,
+                    QUEUE,
+                    str(tmp_path / "j.db"),
+                    str(total),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+            assert f"ran {total}" in child.stdout, child.stderr[-3000:]
+            # Nothing was acked: RabbitMQ has every message ready again.
+            _wait(lambda: _ready(broker, QUEUE) == total, "messages back in the queue")
+        finally:
+            broker.close()
+
+
+def _ready(broker: RabbitmqBroker, queue: str) -> int:
+    connection = pika.BlockingConnection(broker.parameters)
+    try:
+        declared = connection.channel().queue_declare(queue, passive=True)
+        return int(declared.method.message_count)
+    finally:
+        connection.close()
+
+
+class Flaky(Recording):
+    """A broker consumer whose first ``failures`` acks lose their connection."""
+
+    def __init__(self, messages: list[MessageProxy], failures: int) -> None:
+        super().__init__(messages)
+        self.failures = failures
+
+    def ack(self, message: MessageProxy) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionClosed(RuntimeError("connection reset"))  # type: ignore[no-untyped-call]
+        super().ack(message)
+
+
+def test_an_ack_whose_connection_fails_is_tried_again_until_its_consumer_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dramatiq_integration, "SETTLE_RETRY", 0.01)
+    counter = HeldFlush(make_app(tmp_path))
+    counter.gate.set()
+    acks = CountedAcks(counter)
+    recovering = Flaky([_proxy(1)], failures=3)
+    consumer = HeldConsumer(recovering, acks)
+    message = next(consumer)
+    assert message is not None
+    assert acks.hold(message, _nothing)
+    consumer.ack(message)
+    assert acks.drain(10)
+    assert recovering.acked == [message.message_id]  # the fourth try went through
+    broken = Flaky([_proxy(2)], failures=1_000_000)
+    consumer = HeldConsumer(broken, acks)
+    message = next(consumer)
+    assert message is not None
+    assert acks.hold(message, _nothing)
+    consumer.ack(message)
+    _wait(lambda: broken.failures < 1_000_000 - 3, "tried again")
+    consumer.close()  # Dramatiq restarts the consumer: the broker delivers it again
+    assert acks.drain(10)
+    assert broken.acked == []
+    assert (acks.settled, acks.lost) == (1, 1)
+    acks.stop()
+    counter.close()
+
+
+def _nothing() -> None:
+    """A report of a message's end that reports nothing."""

@@ -26,29 +26,47 @@ with the error it raised; a message acked after its actor returned is done;
 one acked after an exception was retried by the ``Retries`` middleware (a copy
 is in the delay queue) is not counted, but its job is touched
 (:meth:`~jobtrack.integrations.TaskCounter.retrying`) so that the monitor
-does not take it for stuck while the copy waits. Dramatiq acks late: the hook then
-waits until the count is durable, so a worker that dies before that leaves
-the message unacked and RabbitMQ delivers it again. The wait is shared by the
-worker threads of a process (:class:`FlushGroup`): one store write covers
-every message that ended while the write before it ran.
+does not take it for stuck while the copy waits.
+
+Dramatiq acks late, and a counted message is acked (or rejected) only once
+its count is durable, so a worker that dies before that leaves the message
+unacked and RabbitMQ delivers it again. The worker threads do not wait for
+it: when the worker boots, the middleware makes the broker's consumers
+:class:`HeldConsumer` objects, whose ack of a counted message hands it to the
+process's :class:`CountedAcks`; its thread reports the ends of the messages
+handed over to the counter, flushes it (one store write for every message
+that ended while the write before it ran), then settles those messages on
+the consumer that delivered them. A consumer closed meanwhile (its
+connection lost) settles nothing: RabbitMQ delivers its messages again.
+Held messages take places of the prefetch, which gets as many more
+(``held_prefetch``). A flush that does not end within ``flush_timeout``
+(the store is down) settles its messages anyway, with a warning. A
+stopping worker settles everything held before it closes its consumers. A
+consumer not made by the middleware (it was added after the worker
+started) has its worker thread wait for a flush shared with the others
+(:class:`FlushGroup`) before the ack.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import pika  # type: ignore[import-untyped]
 import pika.exceptions  # type: ignore[import-untyped]
-from dramatiq.broker import MessageProxy
+from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
-from dramatiq.common import dq_name
+from dramatiq.common import dq_name, q_name
+from dramatiq.errors import BrokerError as DramatiqBrokerError
 from dramatiq.errors import DramatiqError
 from dramatiq.middleware import Middleware, Retries
 
@@ -65,10 +83,12 @@ if TYPE_CHECKING:
     from jobtrack.runtime.app import App
 
 __all__ = [
+    "CountedAcks",
     "DramatiqJob",
     "DramatiqSender",
     "DramatiqTracking",
     "FlushGroup",
+    "HeldConsumer",
     "JobtrackMiddleware",
     "message_for",
     "task_call",
@@ -78,6 +98,10 @@ logger = logging.getLogger(__name__)
 
 #: The ledger option that records a message's queue.
 QUEUE_OPTION = "queue_name"
+#: The largest prefetch count AMQP allows.
+MAX_PREFETCH = 65535
+#: Seconds between two tries to settle a message whose connection failed.
+SETTLE_RETRY = 1.0
 
 
 def task_call(message: dramatiq.Message[Any]) -> TaskCall:
@@ -361,23 +385,394 @@ class _Delivery(threading.local):
     retries: int = 0
 
 
+class _Handing(threading.local):
+    """The counted message whose ack (or nack) a thread is about to call,
+    and how to report its end."""
+
+    message: MessageProxy | None = None
+    report: Callable[[], None] | None = None
+
+
+#: The attribute of a message that names the :class:`HeldConsumer` it came from.
+_ORIGIN = "_jobtrack_consumer"
+
+#: Every :class:`CountedAcks` of the process, to reset after a fork.
+_ACKS: weakref.WeakSet[CountedAcks] = weakref.WeakSet()
+
+
+def _reset_acks_after_fork() -> None:
+    for acks in list(_ACKS):
+        acks._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_acks_after_fork)
+
+
+class HeldConsumer(Consumer):
+    """A consumer of the broker's (``broker.consume``) whose counted
+    messages are settled by a :class:`CountedAcks`: :meth:`ack` and
+    :meth:`nack` of a message the middleware counted hand it over and
+    return at once; any other message is settled at once, as Dramatiq does.
+
+    :param consumer: the broker's consumer, which receives and settles.
+    :param acks: what settles the counted messages once durable.
+    """
+
+    def __init__(self, consumer: Consumer, acks: CountedAcks) -> None:
+        self.consumer = consumer
+        self.acks = acks
+        self.lock = threading.Lock()
+        """Held while this consumer settles or closes: no ack after the close."""
+        self.closed = False
+        """Whether :meth:`close` was called: its messages are not settled any more."""
+
+    def __next__(self) -> MessageProxy | None:
+        """The broker consumer's next message (None when none came), marked as
+        this consumer's.
+
+        :raises BrokerError: as the broker's consumer (Dramatiq's).
+        """
+        message = next(self.consumer)
+        if message is not None:
+            setattr(message, _ORIGIN, self)
+        return message
+
+    def ack(self, message: MessageProxy) -> None:
+        """Ack ``message``: once its count is durable if the middleware
+        counted it, else at once.
+
+        :raises BrokerError: as the broker's consumer's ``ack``.
+        """
+        if not self.acks.take(message, nack=False):
+            self.consumer.ack(message)
+
+    def nack(self, message: MessageProxy) -> None:
+        """Reject ``message``: once its count is durable if the middleware
+        counted it, else at once.
+
+        :raises BrokerError: as the broker's consumer's ``nack``.
+        """
+        if not self.acks.take(message, nack=True):
+            self.consumer.nack(message)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        """As the broker's consumer.
+
+        :raises BrokerError: as the broker's consumer's ``requeue``.
+        """
+        self.consumer.requeue(messages)
+
+    def close(self) -> None:
+        """Close the broker's consumer. Held messages it delivered are not
+        settled any more: its channel is gone, and the broker delivers them
+        again (their counts are kept: a copy counts once).
+
+        :raises BrokerError: as the broker's consumer's ``close``.
+        """
+        with self.lock:
+            self.closed = True
+        self.consumer.close()
+
+    def settle(self, messages: Sequence[tuple[MessageProxy, bool]]) -> int:
+        """Ack (or, with True, reject) ``messages`` on the broker's consumer;
+        none once :meth:`close` was called. A connection error is retried
+        every :data:`SETTLE_RETRY` seconds until the consumer is closed (as
+        Dramatiq retries its own acks). Returns how many were settled; never
+        raises (a message not settled is delivered again)."""
+        settled = 0
+        waiting = list(messages)
+        while waiting:
+            with self.lock:
+                if self.closed:
+                    return settled
+                while waiting:
+                    message, nack = waiting[0]
+                    try:
+                        if nack:
+                            self.consumer.nack(message)
+                        else:
+                            self.consumer.ack(message)
+                        settled += 1
+                    except DramatiqBrokerError as exc:  # a connection lost, say
+                        logger.warning(
+                            "message %s not settled yet (%s): retried in %g s unless its "
+                            "consumer closes",
+                            message.message_id,
+                            exc,
+                            SETTLE_RETRY,
+                            extra={"action": "settle_retried"},
+                        )
+                        break
+                    except Exception:  # not Dramatiq's: not retried
+                        logger.exception("message %s not settled", message.message_id)
+                    waiting.pop(0)
+            if waiting:
+                time.sleep(SETTLE_RETRY)
+        return settled
+
+
+_Held = tuple[HeldConsumer, MessageProxy, bool, Callable[[], None]]
+"""A message handed over: its consumer, itself, whether it is rejected, its report."""
+
+
+class CountedAcks:
+    """Settles the messages a process's :class:`JobtrackMiddleware` counted,
+    once their counts are durable, from a thread of its own: the worker
+    threads hand a message over and go on to the next one.
+
+    The thread takes every message held, reports their ends to the
+    counter (so a worker thread does not even wake the counter's loop),
+    flushes the counter
+    (:meth:`TaskCounter.flush <jobtrack.integrations.TaskCounter.flush>`:
+    one store write for them all), then acks (or rejects) each one on the
+    consumer that delivered it. Messages that end during a flush wait for
+    the next one. A flush that does not end within ``flush_timeout`` seconds
+    (the store is down) settles its messages anyway, with a warning: their
+    counts stay in the process and are written when the store is back.
+
+    Installed on a broker (:meth:`install`), every consumer the worker makes
+    is a :class:`HeldConsumer`.
+
+    A message held waits unacked, so it takes a place of the consumer's
+    prefetch: each consumer of a queue (not of a delay queue, whose
+    messages are not counted) gets ``held_prefetch`` more places, so that
+    the worker threads have as many messages to start as Dramatiq means
+    them to have while others wait for their flush.
+
+    :param counter: the counter whose flushes make the counts durable.
+    :param flush_timeout: seconds a flush waits at most.
+    :param held_prefetch: places added to each queue consumer's prefetch
+        (default: as many as Dramatiq's prefetch, twice its worker threads).
+    """
+
+    def __init__(
+        self,
+        counter: TaskCounter,
+        *,
+        flush_timeout: float = 30.0,
+        held_prefetch: int | None = None,
+    ) -> None:
+        self.counter = counter
+        self.flush_timeout = flush_timeout
+        self.held_prefetch = held_prefetch
+        self.flushes = 0
+        """Flushes this process ran before settling."""
+        self.settled = 0
+        """Messages acked or rejected after their flush."""
+        self.not_durable = 0
+        """Messages settled after a flush that did not make them durable."""
+        self.lost = 0
+        """Messages not settled: their consumer was closed (the broker delivers them again)."""
+        self._handing = _Handing()
+        self._consume: Callable[..., Consumer] | None = None
+        self._after_fork()
+        _ACKS.add(self)
+
+    def _after_fork(self) -> None:
+        # A fork copies neither the thread nor a condition another thread
+        # held: the child starts with none held and a thread of its own.
+        self._cond = threading.Condition()
+        self._held: list[_Held] = []
+        self._settling = 0  # messages of the flush that runs
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def held(self) -> int:
+        """Messages handed over and not settled yet (waiting for their
+        flush, or in the flush that runs)."""
+        with self._cond:
+            return len(self._held) + self._settling
+
+    def install(self, broker: dramatiq.Broker) -> None:
+        """Make every consumer ``broker`` opens from now on a
+        :class:`HeldConsumer` of this object (a worker's consumers: call it
+        before the worker starts)."""
+        if self._consume is not None:
+            return
+        original = broker.consume
+
+        def consume(queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:
+            if q_name(queue_name) == queue_name:  # not a delay queue: its messages are counted
+                extra = prefetch if self.held_prefetch is None else self.held_prefetch
+                prefetch = min(prefetch + extra, MAX_PREFETCH)
+            return HeldConsumer(original(queue_name, prefetch, timeout), self)
+
+        self._consume = consume
+        setattr(broker, "consume", consume)  # noqa: B010 - an instance's own method
+
+    def uninstall(self, broker: dramatiq.Broker) -> None:
+        """Give ``broker`` its own consumers back (unless another wrapper
+        replaced ours since)."""
+        if self._consume is not None and vars(broker).get("consume") is self._consume:
+            del broker.consume
+        self._consume = None
+
+    def hold(self, message: MessageProxy, report: Callable[[], None]) -> bool:
+        """Called from the hook before the ack or nack of ``message``, on
+        the thread that then settles it, with what reports its end to the
+        counter (``counter.done(ref)``, say): True if its consumer's ack or
+        nack will hand it over (it came from a :class:`HeldConsumer` of this
+        object), and this object's thread then calls ``report`` before the
+        flush that makes it durable; False if the caller must report it and
+        wait for the count itself."""
+        origin = getattr(message, _ORIGIN, None)
+        if not isinstance(origin, HeldConsumer) or origin.acks is not self:
+            return False
+        handing = self._handing
+        handing.message = message
+        handing.report = report
+        return True
+
+    def take(self, message: MessageProxy, *, nack: bool) -> bool:
+        """Take ``message`` from a :class:`HeldConsumer`'s ack (or nack):
+        True if it was counted (see :meth:`hold`) and is now settled once
+        durable, on the consumer that delivered it (not on one opened since,
+        whose delivery tags are others)."""
+        handing = self._handing
+        report = handing.report
+        if handing.message is not message or report is None:
+            return False
+        handing.message = handing.report = None
+        origin = getattr(message, _ORIGIN)
+        with self._cond:
+            self._held.append((origin, message, nack, report))
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping = False
+                self._thread = threading.Thread(target=self._run, name="jobtrack-acks", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        return True
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._held and not self._stopping:
+                    cond.wait()
+                if not self._held:  # stopped: the next message held starts another
+                    self._thread = None
+                    return
+                batch, self._held = self._held, []
+                self._settling = len(batch)
+            try:
+                self._settle(batch)
+            finally:
+                with cond:
+                    self._settling = 0
+                    cond.notify_all()
+
+    def _settle(self, batch: list[_Held]) -> None:
+        for _, message, _, report in batch:
+            try:
+                report()
+            except Exception:  # the counter's reports do not raise; another's might
+                logger.exception("the end of message %s not reported", message.message_id)
+        try:
+            durable = self.counter.flush(self.flush_timeout)
+        except Exception:  # settled anyway: the monitor re-drives what is missing
+            logger.exception("counts of this process not flushed")
+            durable = False
+        self.flushes += 1
+        if not durable:
+            self.not_durable += len(batch)
+            logger.warning(
+                "%d messages settled before their counts were durable",
+                len(batch),
+                extra={"action": "count_not_durable"},
+            )
+        by_origin: dict[int, tuple[HeldConsumer, list[tuple[MessageProxy, bool]]]] = {}
+        for origin, message, nack, _ in batch:
+            by_origin.setdefault(id(origin), (origin, []))[1].append((message, nack))
+        for origin, messages in by_origin.values():
+            settled = origin.settle(messages)
+            self.settled += settled
+            if settled < len(messages):
+                self.lost += len(messages) - settled
+                logger.info(
+                    "%d messages not settled: their consumer is closed, the broker "
+                    "delivers them again",
+                    len(messages) - settled,
+                    extra={"action": "settle_lost"},
+                )
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Block until every message held so far is settled (flushed, then
+        acked or rejected); False if that is not so within ``timeout``
+        seconds (default: ``flush_timeout`` and 5 s more)."""
+        wait = self.flush_timeout + 5.0 if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while self._held or self._settling:
+                if self._thread is None or not self._thread.is_alive():
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            if self._held:  # no thread settles them (a forked process)
+                batch, self._held = self._held, []
+            else:
+                return True
+        self._settle(batch)
+        return True
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Settle what is held (see :meth:`drain`), then end the thread
+        (the next message held starts another); False if not all was settled
+        within ``timeout``."""
+        drained = self.drain(timeout)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(1.0)
+        return drained
+
+
 class JobtrackMiddleware(Middleware):
     """Counts each message that carries a :class:`~jobtrack.integrations.TaskRef`
     once, when it ends (see the module), and acks it once its count is durable.
 
+    In a worker (``before_worker_boot``), the broker's consumers become
+    :class:`HeldConsumer` objects: a counted message is handed to the process's
+    :class:`CountedAcks` (:attr:`acks`), which acks it after a flush, and the
+    worker thread goes on at once. A message from a consumer that is not
+    one (the middleware was added after the worker started) is acked by its
+    worker thread once a shared flush (:class:`FlushGroup`) has ended.
+
     :param counter: a :class:`~jobtrack.integrations.TaskCounter`, or the
         jobtrack app to make one on.
-    :param flush_timeout: seconds an ack waits at most for its count to be
-        durable (the store is down, say); then the message is acked anyway,
-        its count kept and written when the store is back.
+    :param flush_timeout: seconds a flush waits at most for the counts to be
+        durable (the store is down, say); then its messages are acked anyway,
+        with a warning, their counts kept and written when the store is back.
+    :param held_prefetch: places added to the prefetch of each consumer of
+        a queue for the messages that wait for their flush (see
+        :class:`CountedAcks`; default: as many as Dramatiq's prefetch).
     :raises InvalidRequest: an app whose store is ``memory://``.
     """
 
-    def __init__(self, counter: TaskCounter | App, *, flush_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        counter: TaskCounter | App,
+        *,
+        flush_timeout: float = 30.0,
+        held_prefetch: int | None = None,
+    ) -> None:
         self.counter = counter if isinstance(counter, TaskCounter) else TaskCounter(counter)
         self.flush_timeout = flush_timeout
         self.group = FlushGroup(self.counter)
+        self.acks = CountedAcks(
+            self.counter, flush_timeout=flush_timeout, held_prefetch=held_prefetch
+        )
         self._delivery = _Delivery()
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        """Make the consumers the worker opens :class:`HeldConsumer` objects
+        (Dramatiq's hook, before the worker opens any)."""
+        self.acks.install(broker)
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """Note the attempt this run is (Dramatiq's hook)."""
@@ -393,8 +788,8 @@ class JobtrackMiddleware(Middleware):
 
     def before_ack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         """Count a message whose actor returned done, or one that raised
-        and that no ``Retries`` middleware retries failed; then wait until
-        the count is durable (Dramatiq's hook, before the ack)."""
+        and that no ``Retries`` middleware retries failed, and have it acked
+        once the count is durable (Dramatiq's hook, before the ack)."""
         attempts = self._attempts(message)
         if attempts is None:  # not run here: a delayed message moved on, a skip
             return
@@ -403,19 +798,19 @@ class JobtrackMiddleware(Middleware):
             return
         error = message._exception
         if error is None:
-            self.counter.done(ref)
+            self._count(message, partial(self.counter.done, ref))
         elif any(isinstance(m, Retries) for m in broker.middleware):
             # Retried: a copy waits in the delay queue; the job is touched
             # so that the monitor does not send it again meanwhile.
             self.counter.retrying(ref)
-            return
         else:
-            self.counter.failed(ref, _describe(error), attempts=attempts)
-        self._durable(message)
+            failed = partial(self.counter.failed, ref, _describe(error), attempts=attempts)
+            self._count(message, failed)
 
     def before_nack(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        """Count a rejected (dead-lettered) message failed, with its error;
-        then wait until the count is durable (Dramatiq's hook, before the nack)."""
+        """Count a rejected (dead-lettered) message failed, with its error,
+        and have it rejected once the count is durable (Dramatiq's hook,
+        before the nack)."""
         attempts = self._attempts(message)
         ref = TaskRef.from_header(message.options.get(HEADER))
         if ref is None:
@@ -424,8 +819,7 @@ class JobtrackMiddleware(Middleware):
             attempts = int(message.options.get("retries", 0)) + 1
         error = message._exception
         reason = _describe(error) if error is not None else "rejected by a dramatiq middleware"
-        self.counter.failed(ref, reason, attempts=attempts)
-        self._durable(message)
+        self._count(message, partial(self.counter.failed, ref, reason, attempts=attempts))
 
     def _attempts(self, message: MessageProxy) -> int | None:
         """The attempt the message's run was, if it ran on this thread."""
@@ -435,7 +829,13 @@ class JobtrackMiddleware(Middleware):
         delivery.message_id = None
         return delivery.retries + 1
 
-    def _durable(self, message: MessageProxy) -> None:
+    def _count(self, message: MessageProxy, report: Callable[[], None]) -> None:
+        """Have ``message``'s end reported (``report``) and the message
+        settled once its count is durable: by the process's :attr:`acks` if
+        its consumer hands it over, else here, waiting for a flush."""
+        if self.acks.hold(message, report):
+            return
+        report()
         try:
             durable = self.group.wait(self.flush_timeout)
         except Exception:  # the ack goes on: the monitor re-drives what is missing
@@ -448,9 +848,31 @@ class JobtrackMiddleware(Middleware):
                 extra={"action": "count_not_durable"},
             )
 
+    def before_consumer_thread_shutdown(self, broker: dramatiq.Broker, thread: Any) -> None:
+        """Settle every message held, before the worker closes its consumers
+        (Dramatiq's hook: the worker threads have stopped by then)."""
+        if not self.acks.drain():
+            logger.warning(
+                "messages still held at shutdown: the broker delivers them again",
+                extra={"action": "held_at_shutdown"},
+            )
+
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
-        """Write what this process counted and close the counter (Dramatiq's hook)."""
+        """Settle what is still held, give the broker its own consumers back,
+        write what this process counted and close the counter (Dramatiq's hook)."""
+        self.acks.stop()
+        self.acks.uninstall(broker)
         self.counter.close(self.flush_timeout)
+        acks = self.acks
+        logger.info(
+            "%d messages acked after %d flushes (%d before their counts were durable, "
+            "%d left to be delivered again)",
+            acks.settled,
+            acks.flushes,
+            acks.not_durable,
+            acks.lost,
+            extra={"action": "acks_at_shutdown"},
+        )
 
 
 def _describe(error: BaseException) -> str:
