@@ -4,7 +4,7 @@ task, on PostgreSQL, apart from any framework.
 Usage::
 
     python -m bench.counter_cpu [--rate 400] [--seconds 10] [--rounds 3]
-                                [--compare OTHER_COUNTER.py]
+                                [--flush-interval 0.1] [--compare OTHER_COUNTER.py]
 
 A thread plays a worker process's task thread: it reports ``--rate`` task
 ends a second (``done()``, paced by sleeps) for ``--seconds``, then
@@ -108,9 +108,11 @@ async def _new_job(app: jobtrack.App, items: int) -> str:
     return producer.job.id
 
 
-def one(module: ModuleType, url: str, folder: str, rate: int, seconds: float) -> dict[str, Any]:
+def one(  # noqa: PLR0917 - one run of the matrix
+    module: ModuleType, url: str, folder: str, rate: int, seconds: float, interval: float
+) -> dict[str, Any]:
     """One run of ``module``'s counter: CPU per task of each part."""
-    settings = jobtrack.Settings(data_dir=Path(folder), store_url=url)
+    settings = jobtrack.Settings(data_dir=Path(folder), store_url=url, flush_interval=interval)
     app = jobtrack.App(settings)
     app.job_type(TYPE, [STAGE], sender=_NoSender())
     items = int(rate * seconds)
@@ -166,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--flush-interval", type=float, default=0.1, help="the app's flush interval, seconds"
+    )
     parser.add_argument("--compare", type=Path, help="another module defining TaskCounter")
     args = parser.parse_args(argv)
     modules = {"package": package_counter}
@@ -175,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with backend("postgres") as url, tempfile.TemporaryDirectory() as folder:
         for _ in range(args.rounds):
             for name, module in modules.items():
-                result = one(module, url, folder, args.rate, args.seconds)
+                result = one(module, url, folder, args.rate, args.seconds, args.flush_interval)
                 runs[name].append(result)
                 print(json.dumps({"counter": name} | result), flush=True)
     medians = {
