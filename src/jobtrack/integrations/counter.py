@@ -180,7 +180,12 @@ class _Running:
             waiting, self.waiting = self.waiting, []
             self.armed = False
         for callback, args in waiting:
-            callback(self, *args)
+            try:
+                callback(self, *args)
+            except Exception:  # one end's fault is not the rest of the batch's
+                logger.exception(
+                    "a task's end was not counted", extra={"action": "task_count_failed"}
+                )
 
     def stop(self, timeout: float) -> None:
         if self._stop is not None:
