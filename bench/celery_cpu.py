@@ -3,7 +3,7 @@ the CPU each costs per task.
 
 Usage::
 
-    python -m bench.celery_cpu [--tasks 10000] [--runs 3]
+    python -m bench.celery_cpu [--tasks 10000] [--runs 3] [--compare SRC]
 
 Runs ``celery-bare`` and ``celery-jobtrack`` of :mod:`bench.integrations`
 one after the other, ``--runs`` times each (bare, tracked, bare, tracked...),
@@ -13,8 +13,11 @@ from ``/proc``) spent from the first send to the completion seen by the
 worker's main process, by its pool processes (split into their main thread
 and their other threads, with the other threads' voluntary context
 switches: their wake-ups), and by the PostgreSQL backends serving the
-worker's processes (not the completion poll's). Prints one JSON line per
-run, then the medians per configuration.
+worker's processes (not the completion poll's). ``--compare SRC`` adds a
+third configuration, ``celery-jobtrack-compare``: tracked, with workers
+that import ``jobtrack`` from the folder ``SRC`` (an older version's
+``src``, say). Prints one JSON line per run, then the medians per
+configuration.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from bench.integrations import Run, _check, _children, _wait_complete, _workers,
 from bench.progress import backend
 
 TICK = os.sysconf("SC_CLK_TCK")
+COMPARE = "celery-jobtrack-compare"
 
 
 def _stat(path: str) -> tuple[float, int]:
@@ -133,9 +138,27 @@ def delta(before: dict[str, Any], after: dict[str, Any], items: int) -> dict[str
     }
 
 
-def one(config: str, items: int, url: str, folder: str) -> dict[str, Any]:
-    """One run of ``config``: items/s and CPU per task."""
-    run = Run(config, items, url, folder)
+@dataclass
+class CompareRun(Run):
+    """A tracked run whose workers import ``jobtrack`` from ``source``."""
+
+    source: str = ""
+
+    def env(self) -> dict[str, str]:
+        """The workers' environment, ``source`` first on the path."""
+        env = super().env()
+        env["PYTHONPATH"] = f"{self.source}{os.pathsep}{env['PYTHONPATH']}"
+        return env
+
+
+def one(config: str, items: int, url: str, folder: str, source: str = "") -> dict[str, Any]:
+    """One run of ``config`` (``celery-jobtrack`` with workers importing
+    ``jobtrack`` from ``source``, if given): items/s and CPU per task."""
+    run = (
+        CompareRun(config, items, url, folder, source=source)
+        if source
+        else Run(config, items, url, folder)
+    )
     with _workers(run, Path(folder)) as workers:
         main = workers.processes[0].pid
         before = snapshot(main, url)
@@ -154,12 +177,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Celery bare vs tracked, CPU per task")
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--compare", type=Path, help="another jobtrack source folder")
     args = parser.parse_args(argv)
     results: dict[str, list[dict[str, Any]]] = {"celery-bare": [], "celery-jobtrack": []}
+    if args.compare is not None:
+        results[COMPARE] = []
     with backend("postgres") as url, tempfile.TemporaryDirectory() as folder:
         for _ in range(args.runs):
             for config, runs in results.items():
-                result = one(config, args.tasks, url, folder)
+                if config == COMPARE:
+                    source = str(args.compare.resolve())
+                    result = one("celery-jobtrack", args.tasks, url, folder, source)
+                    result["config"] = COMPARE
+                else:
+                    result = one(config, args.tasks, url, folder)
                 runs.append(result)
                 print(json.dumps(result), flush=True)
     medians = {
@@ -168,9 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         for config, runs in results.items()
     }
-    bare, tracked = medians["celery-bare"], medians["celery-jobtrack"]
     print(json.dumps({"medians": medians}, indent=1))
-    print(f"ratio of medians: {tracked['items_per_second'] / bare['items_per_second']:.3f}")
+    bare = medians["celery-bare"]["items_per_second"]
+    for config in results:
+        if config != "celery-bare":
+            ratio = medians[config]["items_per_second"] / bare
+            print(f"{config}/celery-bare, ratio of medians: {ratio:.3f}")
     return 0
 
 
