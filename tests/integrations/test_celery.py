@@ -148,6 +148,31 @@ def test_a_retry_touches_and_a_failure_without_its_request_uses_the_received_one
     assert len(tracking._received) == 0
 
 
+def test_a_received_reference_is_read_only_when_used_and_a_malformed_one_is_not_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = jobtrack.App(
+        jobtrack.Settings(data_dir=tmp_path, store_url=f"sqlite:///{tmp_path / 'j.db'}")
+    )
+    tracking = CeleryTracking(app, celery_app)
+    counter = Recording(app)
+    tracking._counter = counter
+    bad = {"job": "job-1", "stage": "send"}  # no key
+    tracking._on_received(request=SimpleNamespace(request_dict={"id": "t1", HEADER: bad}))
+    tracking._on_received(
+        request=SimpleNamespace(
+            request_dict={"id": "t2", "retries": "x", HEADER: TaskRef("j", "s", "k").header()}
+        )
+    )
+    assert "malformed" not in caplog.text  # kept as it came, not read yet
+    empty = SimpleNamespace(request=Context())
+    tracking._on_failure(sender=empty, task_id="t1", exception=ValueError("late"))
+    tracking._on_failure(sender=empty, task_id="t2", exception=ValueError("late"))
+    assert "malformed" in caplog.text
+    assert counter.told == [("failed", TaskRef("j", "s", "k"), "ValueError: late after 1")]
+    assert len(tracking._received) == 0
+
+
 def test_the_received_references_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,12 +12,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import jobtrack
 from jobtrack.errors import InvalidRequest
 from jobtrack.integrations import TaskCall, TaskCounter, TaskRef
+from jobtrack.integrations import counter as counter_module
 from jobtrack.model import Job, JobStatus
 from jobtrack.store.ledger import LedgerItem
 
@@ -262,3 +264,162 @@ def test_a_count_the_store_cannot_take_is_dropped_not_raised(tmp_path: Path) -> 
     counter.failed(TaskRef("job-1", "send", "t1"), "boom")
     assert (counter.reported, counter.dropped, counter.running) == (2, 2, False)
     assert counter.flush(1.0)  # nothing running: nothing to wait for
+
+
+def make_two_stage_app(tmp_path: Path, flush_interval: float = 0.1) -> jobtrack.App:
+    settings = jobtrack.Settings(
+        data_dir=tmp_path,
+        store_url=f"sqlite:///{tmp_path / 'j.db'}",
+        flush_interval=flush_interval,
+    )
+    app = jobtrack.App(settings)
+    app.job_type("emails", ["send", "check"], sender=Recorder())
+    return app
+
+
+async def new_job(app: jobtrack.App, items: int) -> str:
+    async with app, app.start_job("emails") as producer:
+        await producer.add("send", calls(items))
+        await producer.add("check", calls(items))
+    return producer.job.id
+
+
+async def counted(app: jobtrack.App, job_id: str, stage: str) -> int:
+    async with app:
+        return (await app.store.get_job(job_id)).stage(stage).completed_items
+
+
+async def test_task_ends_wake_the_counters_thread_once_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(counter_module, "BATCH", 100)
+    app = make_two_stage_app(tmp_path, flush_interval=5.0)  # no wake-up but full batches
+    job_id = await new_job(app, 1_050)
+    counter = TaskCounter(app)
+    counter.start()
+    running = counter._running
+    assert running is not None
+    wakes: list[object] = []
+    call = running.loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any) -> Any:
+        wakes.append(callback)
+        return call(callback, *args)
+
+    monkeypatch.setattr(running.loop, "call_soon_threadsafe", counting)
+
+    def work(start: int) -> None:
+        for n in range(start, 1_050, 3):
+            counter.done(TaskRef(job_id, "send", f"t{n}"))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # One wake-up arms the lingering take; then one per full batch at most.
+    assert 1 <= len(wakes) <= 1 + 1_050 // 100
+    assert counter.flush(10.0)
+    assert await counted(app, job_id, "send") == 1_050
+    counter.close()
+
+
+async def test_a_flush_makes_what_was_reported_before_it_durable_while_others_report(
+    tmp_path: Path,
+) -> None:
+    app = make_two_stage_app(tmp_path, flush_interval=5.0)  # only flushes write soon
+    job_id = await new_job(app, 300)
+    counter = TaskCounter(app)
+    stop = threading.Event()
+
+    def race() -> None:  # reports all along, in the other stage
+        n = 0
+        while not stop.is_set() and n < 300:
+            counter.done(TaskRef(job_id, "check", f"t{n}"))
+            n += 1
+
+    racer = threading.Thread(target=race)
+    racer.start()
+    try:
+        for n in range(20):
+            counter.done(TaskRef(job_id, "send", f"t{n}"))
+            assert counter.flush(10.0)
+            assert await counted(app, job_id, "send") == n + 1
+    finally:
+        stop.set()
+        racer.join()
+    assert counter.flush(10.0)
+    assert await counted(app, job_id, "check") == counter.reported - 20
+    counter.close()
+
+
+async def test_closing_writes_the_ends_still_waiting_and_a_closed_counter_starts_again(
+    tmp_path: Path,
+) -> None:
+    app = make_two_stage_app(tmp_path, flush_interval=5.0)
+    job_id = await new_job(app, 3)
+    counter = TaskCounter(app)
+    counter.done(TaskRef(job_id, "send", "t0"))
+    counter.failed(TaskRef(job_id, "send", "t1"), "ValueError: no")
+    counter.close()  # no flush first: close writes what waits
+    assert not counter.running
+    async with app:
+        stage = (await app.store.get_job(job_id)).stage("send")
+    assert (stage.completed_items, stage.failed_items) == (1, 1)
+    counter.done(TaskRef(job_id, "send", "t2"))
+    assert counter.running
+    assert counter.flush(10.0)
+    counter.close()
+    assert await counted(app, job_id, "send") == 2
+    assert counter.dropped == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+async def test_ends_waiting_at_a_fork_are_the_parents_alone(tmp_path: Path) -> None:
+    app = make_two_stage_app(tmp_path, flush_interval=5.0)
+    job_id = await new_job(app, 3)
+    counter = TaskCounter(app)
+    counter.done(TaskRef(job_id, "send", "t0"))  # waits for the counter's thread
+    pid = os.fork()
+    if pid == 0:  # the child: none of the parent's waiting ends come along
+        try:
+            counter.done(TaskRef(job_id, "send", "t1"))
+            ok = counter.flush(10.0) and counter.reported == 1
+            counter.close()
+            os._exit(0 if ok else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert await counted(app, job_id, "send") == 1  # the child's, the parent's waits still
+    assert counter.flush(10.0)
+    assert await counted(app, job_id, "send") == 2
+    counter.done(TaskRef(job_id, "send", "t2"))
+    counter.close()
+    assert await counted(app, job_id, "send") == 3
+
+
+def test_the_ends_waiting_at_exit_are_written(tmp_path: Path) -> None:
+    script = f"""
+import jobtrack, sys, asyncio
+from jobtrack.integrations import TaskCounter, TaskRef
+settings = jobtrack.Settings(
+    data_dir={str(tmp_path)!r}, store_url={f"sqlite:///{tmp_path / 'j.db'}"!r},
+    flush_interval=30.0,
+)
+app = jobtrack.App(settings)
+counter = TaskCounter(app)
+for n in range(5):
+    counter.done(TaskRef(sys.argv[1], "send", f"t{{n}}"))
+"""
+    app = make_two_stage_app(tmp_path)
+    job_id = asyncio.run(new_job(app, 5))
+    done = subprocess.run(
+        [sys.executable, "-c", script, job_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert asyncio.run(counted(app, job_id, "send")) == 5

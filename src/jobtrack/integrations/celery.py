@@ -327,10 +327,10 @@ class CeleryTracking:
         self.sender = TaskSender(celery_app, queues)
         self._counter: TaskCounter | None = None
         self.flush_before_ack = True
-        #: By task id, the reference and attempt of each item task this
-        #: process received (the worker's main process), the oldest dropped
-        #: past :data:`MAX_RECEIVED`.
-        self._received: OrderedDict[str, tuple[TaskRef, int]] = OrderedDict()
+        #: By task id, the reference header and retries of each item task
+        #: this process received (the worker's main process), the oldest
+        #: dropped past :data:`MAX_RECEIVED`.
+        self._received: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._received_lock = threading.Lock()
 
     @property
@@ -396,27 +396,40 @@ class CeleryTracking:
         signals.worker_shutdown.connect(self._on_shutdown, weak=False, dispatch_uid=uid)
 
     def _on_received(self, request: Any = None, **_: Any) -> None:
+        # In the worker's main process, which every task passes through:
+        # the header is kept as it came, and read only if it is ever used.
         request_dict = getattr(request, "request_dict", None)
-        if not isinstance(request_dict, Mapping):
+        if not isinstance(request_dict, dict):
             return
-        ref = TaskRef.from_header(request_dict.get(HEADER))
+        header = request_dict.get(HEADER)
         task_id = request_dict.get("id")
-        if ref is None or not isinstance(task_id, str):
+        if header is None or not isinstance(task_id, str):
             return
-        attempts = int(request_dict.get("retries") or 0) + 1
         with self._received_lock:
             received = self._received
-            received[task_id] = (ref, attempts)
+            received[task_id] = (header, request_dict.get("retries"))
             received.move_to_end(task_id)
-            while len(received) > MAX_RECEIVED:
+            if len(received) > MAX_RECEIVED:
                 received.popitem(last=False)
 
     def _forget(self, task_id: Any) -> tuple[TaskRef, int] | None:
-        """The reference and attempt received for ``task_id``, forgotten."""
+        """The reference and attempt received for ``task_id``, forgotten
+        (None: not received here, or its reference is malformed)."""
         if not isinstance(task_id, str):
             return None
         with self._received_lock:
-            return self._received.pop(task_id, None)
+            kept = self._received.pop(task_id, None)
+        if kept is None:
+            return None
+        header, retries = kept
+        ref = TaskRef.from_header(header)
+        if ref is None:
+            return None
+        try:
+            attempts = int(retries or 0) + 1
+        except (TypeError, ValueError):
+            attempts = 1
+        return ref, attempts
 
     def _on_success(self, sender: Task | None = None, **_: Any) -> None:
         if sender is None:

@@ -9,6 +9,13 @@ synchronous processes (Celery prefork, RQ's forks, Dramatiq's threads)
 never waits on the store, and one that runs on asyncio (arq) never blocks
 its loop.
 
+A task's end costs its thread one append to a list, under a lock no other
+thread holds for longer than an append or a swap of the list. The counter's
+thread is not woken per task: the first end after it last took the list
+wakes it, and it takes the list, with every end reported meanwhile, the
+app's flush interval later (at once once :data:`BATCH` ends wait, or for a
+:meth:`TaskCounter.flush`); what it takes goes to the store in one write.
+
 Each ended task counts once, by its item key, whatever the redeliveries. A
 failed task's error is recorded in the ledger before it is counted failed.
 :meth:`TaskCounter.flush` blocks until everything reported so far is
@@ -51,6 +58,9 @@ logger = logging.getLogger(__name__)
 MAX_ERROR = 2_000
 #: Seconds between two touches of a job for its tasks' retries.
 TOUCH_EVERY = 5.0
+#: Task ends waiting for the counter's thread that wake it at once, rather
+#: than at the app's flush interval.
+BATCH = 1_000
 
 #: Every counter of the process, to reset after a fork.
 _COUNTERS: weakref.WeakSet[TaskCounter] = weakref.WeakSet()
@@ -80,7 +90,8 @@ def _register_at_exit(close: Callable[[], None]) -> None:
 
 
 class _Running:
-    """The counter's thread, its event loop and its open app, in one process."""
+    """The counter's thread, its event loop and its open app, in one process,
+    and the task ends waiting for that thread (see the module)."""
 
     def __init__(self, app: App, open_within: float) -> None:
         self.loop = asyncio.new_event_loop()
@@ -88,6 +99,13 @@ class _Running:
         self.receipts: list[Receipt] = []
         self.writes: set[asyncio.Task[None]] = set()
         self.touched: dict[str, float] = {}  # job id -> when a retry last touched it
+        # Reported by the framework's threads, not yet taken by the counter's:
+        # each a callback to run on the counter's loop and its arguments.
+        self.lock = threading.Lock()
+        self.waiting: list[tuple[Callable[..., None], tuple[object, ...]]] = []
+        self.armed = False  # the counter's thread will take the list
+        self.closed = False  # the counter's thread takes the list no more
+        self.linger = app.settings.flush_interval
         self._opened: Future[None] = Future()
         self._stop: asyncio.Event | None = None
         self.thread = threading.Thread(target=self._run, name="jobtrack-counter", daemon=True)
@@ -106,13 +124,18 @@ class _Running:
         try:
             self.loop.run_until_complete(self._serve())
         finally:
+            with self.lock:
+                self.closed = True
             self.loop.close()
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         try:
             await self.app.__aenter__()
-            self.app.tracker  # noqa: B018 - built now, on this loop
+            # The counter batches the counts itself (see the module): each
+            # batch it hands over is written at once, in one write, unless
+            # the store is backing the tracker off.
+            self.app.tracker.max_batch = 1
         except BaseException as exc:
             self._opened.set_exception(exc)
             return
@@ -120,16 +143,49 @@ class _Running:
         try:
             await self._stop.wait()
         finally:
+            with self.lock:
+                self.closed = True  # what comes later is dropped, not lost
+            self.take()
+            if self.writes:
+                await asyncio.wait(set(self.writes))
             await self.app.aclose()
 
-    def call(self, callback: object, *args: object) -> bool:
-        """Run ``callback(*args)`` on the counter's loop; False when the loop
-        has closed (the counter was closed meanwhile)."""
-        try:
-            self.loop.call_soon_threadsafe(callback, *args)  # type: ignore[arg-type]
-        except RuntimeError:  # closed
-            return False
+    def put(self, callback: Callable[..., None], args: tuple[object, ...]) -> bool:
+        """Have ``callback(self, *args)`` run on the counter's loop, with
+        the rest of the batch; False when the counter's thread has stopped
+        taking batches (the counter was closed meanwhile)."""
+        with self.lock:
+            if self.closed:
+                return False
+            waiting = self.waiting
+            waiting.append((callback, args))
+            if self.armed:
+                if len(waiting) != BATCH:
+                    return True
+                wake = self.take  # a full batch: now
+            else:
+                self.armed = True
+                wake = self._arm
+        # Closed meanwhile: the loop took this end on its way out.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(wake)
         return True
+
+    def _arm(self) -> None:
+        self.loop.call_later(self.linger, self.take)
+
+    def take(self) -> None:
+        """Run the waiting callbacks, on the counter's loop."""
+        with self.lock:
+            waiting, self.waiting = self.waiting, []
+            self.armed = False
+        for callback, args in waiting:
+            try:
+                callback(self, *args)
+            except Exception:  # one end's fault is not the rest of the batch's
+                logger.exception(
+                    "a task's end was not counted", extra={"action": "task_count_failed"}
+                )
 
     def stop(self, timeout: float) -> None:
         if self._stop is not None:
@@ -195,16 +251,16 @@ class TaskCounter:
                 self._pid = os.getpid()
             return self._running
 
-    def _hand(self, callback: object, *args: object) -> None:
-        """Run ``callback(running, *args)`` on the counter's loop, starting
-        the counter first if need be; never raises: a count that cannot be
-        handed over is logged and dropped."""
+    def _hand(self, callback: Callable[..., None], *args: object) -> None:
+        """Run ``callback(running, *args)`` on the counter's loop, with the
+        next batch, starting the counter first if need be; never raises: a
+        count that cannot be handed over is logged and dropped."""
         try:
             running = self._started()
         except Exception as exc:  # the store did not open: the monitor makes up for it
             self._drop(f"the counter could not start: {exc}")
             return
-        if not running.call(callback, running, *args):
+        if not running.put(callback, args):
             self._drop("the counter was closed")
 
     def _drop(self, why: str) -> None:
@@ -228,9 +284,10 @@ class TaskCounter:
     def done(self, ref: TaskRef) -> None:
         """Count ``ref``'s item done (once, by its key); returns at once
         (the first call in a process waits for the store to open, at most
-        :attr:`flush_timeout` seconds). Never raises: a count that cannot be
-        handed to the store is logged and dropped (:attr:`dropped`), and the
-        monitor sends the task again."""
+        :attr:`flush_timeout` seconds), the count written with the others
+        of its batch, within about the app's flush interval. Never raises:
+        a count that cannot be handed to the store is logged and dropped
+        (:attr:`dropped`), and the monitor sends the task again."""
         self.reported += 1
         self._hand(self._count, ref, None, 1)
 
@@ -308,7 +365,8 @@ class TaskCounter:
     def _add(running: _Running, ref: TaskRef, *, failed: bool) -> None:
         receipt = running.app.tracker.add(ref.job_id, ref.stage, item_key=ref.key, failed=failed)
         receipts = running.receipts
-        receipts.append(receipt)
+        if not receipts or receipts[-1] is not receipt:  # a batch's items share one
+            receipts.append(receipt)
         if len(receipts) >= 1_000:  # keep only those not known yet
             running.receipts = [r for r in receipts if not r.done()]
 
@@ -330,6 +388,7 @@ class TaskCounter:
 
     @staticmethod
     async def _flushed(running: _Running) -> bool:
+        running.take()  # what was reported before the flush, not yet taken
         if running.writes:  # failures being recorded: counted once they are
             await asyncio.wait(set(running.writes))
         receipts = list(running.receipts)
