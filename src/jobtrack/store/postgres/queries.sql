@@ -8,8 +8,9 @@ SELECT * FROM jobtrack_add(
 -- name: add_many
 -- The arrays go in binary: in text psycopg quotes each element of a text
 -- array with a regular expression, five times slower, and a flush sends
--- thousands of elements.
-SELECT * FROM jobtrack_add_many(
+-- thousands of elements. jobtrack_flush is jobtrack_add_many on plans
+-- cached for small batches (migration 0009).
+SELECT * FROM jobtrack_flush(
     %b::text[], %b::text[], %b::bigint[], %b::bigint[],
     %b::text[], %b::integer[], %b::integer[], %b::text[], %b::integer[], %b::integer[], %s);
 

@@ -314,9 +314,10 @@ class PostgresJobStore(SqlJobStore):
             await self._drop_hot()
 
     async def add_progress(self, batch: Sequence[StageProgress]) -> list[ProgressResult]:
-        """Apply many stages' progress in one round trip (``jobtrack_add_many``),
-        jobs locked in id order so that concurrent flushes never deadlock. An
-        entry no backend can store (a NUL character in a job id, say, which
+        """Apply many stages' progress in one round trip (``jobtrack_flush``:
+        ``jobtrack_add_many``, on cached plans for a small batch), jobs locked
+        in id order so that concurrent flushes never deadlock. An entry no
+        backend can store (a NUL character in a job id, say, which
         PostgreSQL text refuses) is refused alone, before the call."""
         screened = screen_progress(batch)
         todo = [p for p, r in zip(batch, screened, strict=True) if r is None]
