@@ -173,14 +173,17 @@ class ModelBroker:
         self.ready: dict[str, list[bytes]] = {}
         self.unacked: dict[str, int] = {}
         self.dead: list[bytes] = []
+        self.log: list[tuple[str, bytes]] = []  # every message published, in order
 
     async def publish(self, queue: str, body: bytes) -> None:
         """Queue one message."""
-        self.ready.setdefault(queue, []).append(body)
+        await self.publish_many(queue, [body])
 
     async def publish_many(self, queue: str, bodies: Iterable[bytes]) -> None:
         """Queue messages, in order."""
-        self.ready.setdefault(queue, []).extend(bodies)
+        sent = list(bodies)
+        self.ready.setdefault(queue, []).extend(sent)
+        self.log.extend((queue, body) for body in sent)
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> Subscription:
         """Not offered: the machine's rules deliver."""
@@ -613,11 +616,40 @@ class CrashMachine(RuleBasedStateMachine):
     def monitor_cycle(self, advance: bool) -> None:
         """A monitor cycle, ``stuck_after`` later or not (while a job's
         producer is still adding, the monitor would rightly fail it as
-        abandoned: it runs once every job is sealed)."""
+        abandoned: it runs once every job is sealed). What it re-drives of
+        a job were missing items (ledger items not counted) when it began,
+        each once; all of them, unless the store failed a call meanwhile."""
         self._step()
         if advance:
             self.clock.advance(STUCK_AFTER + 1)
+        missing = self.run(self._missing())
+        sent, outages = len(self.broker.log), self.store.refused
         self._try(self.monitor.cycle)
+        redriven: dict[str, list[str]] = {}
+        for _, body in self.broker.log[sent:]:
+            item = decode_item(body)
+            redriven.setdefault(item.job_id, []).append(f"{item.stage}/{item.key}")
+        for job_id, keys in redriven.items():
+            where = f"job {job_id[:8]}"
+            assert len(keys) == len(set(keys)), f"{where}: an item re-driven twice in a cycle"
+            extra = set(keys) - missing.get(job_id, set())
+            assert not extra, f"{where}: re-driven, and not missing: {sorted(extra)}"
+            if self.store.refused == outages:  # a cycle the store answered throughout
+                assert set(keys) == missing[job_id], (
+                    f"{where}: re-drove {sorted(keys)} of {sorted(missing[job_id])} missing"
+                )
+
+    async def _missing(self) -> dict[str, set[str]]:
+        """Per active job, its ledger items not counted, as ``stage/key``."""
+        missing: dict[str, set[str]] = {}
+        for model in self.jobs:
+            job = await self.real.get_job(model.id)
+            if job.status.terminal:
+                continue
+            for stage in STAGES:
+                items = await self.real.missing_items(job.id, stage, limit=1_000_000)
+                missing.setdefault(job.id, set()).update(f"{stage}/{i.key}" for i in items)
+        return missing
 
     # -- what must hold at every step --------------------------------------
 
