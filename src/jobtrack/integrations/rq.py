@@ -34,6 +34,12 @@ stops the worker: it is logged, and the monitor sends the item again. The
 counts are coalesced in that process by a
 :class:`~jobtrack.integrations.TaskCounter` and flushed when the worker
 stops.
+
+A busy worker holds the ends it has read and hands them to its counter
+together (every :data:`HOLD_FOR` seconds or :data:`HOLD_MAX` ends): every
+wake of the counter's thread after a fork costs copy-on-write page faults.
+A worker that finds its queues empty hands what it holds over before it
+waits for a job.
 """
 
 from __future__ import annotations
@@ -539,17 +545,20 @@ class _Counted:
 class JobtrackWorker(_Counted, Worker):
     """RQ's forking :class:`rq.Worker` that counts each job's end in jobtrack
     (``rq worker -w jobtrack.integrations.rq.JobtrackWorker``): in its main
-    process once the work horse has ended; flushed when the worker stops.
+    process once the work horse has ended, handed to its counter a batch at
+    a time while it is busy (see the module); flushed when the worker stops.
     Set :attr:`jobtrack_app` in a subclass to count into another app's store.
     """
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
-        """Run ``job`` in a work horse (as RQ does), then count its end."""
+        """Run ``job`` in a work horse (as RQ does), then read its end and
+        hold it for the counter (never raises for the counting)."""
         super().execute_job(job, queue)
         self._count(job)
 
     def teardown(self) -> None:
-        """Stop as RQ does, then flush and close the counter."""
+        """Stop as RQ does, then hand the ends held over, flush and close
+        the counter."""
         try:
             super().teardown()  # type: ignore[no-untyped-call]
         finally:
@@ -563,12 +572,14 @@ class JobtrackSimpleWorker(_Counted, SimpleWorker):
     :class:`JobtrackWorker` does."""
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
-        """Run ``job`` (as RQ does), then count its end."""
+        """Run ``job`` (as RQ does), then read its end and hold it for the
+        counter (never raises for the counting)."""
         super().execute_job(job, queue)
         self._count(job)
 
     def teardown(self) -> None:
-        """Stop as RQ does, then flush and close the counter."""
+        """Stop as RQ does, then hand the ends held over, flush and close
+        the counter."""
         try:
             super().teardown()  # type: ignore[no-untyped-call]
         finally:
