@@ -297,3 +297,97 @@ def test_nothing_from_counting_stops_the_worker(
         for r in caplog.records
         if getattr(r, "action", None) == "task_end_not_counted"
     ] == [(["not", "counted"], "counting broke")] * 2
+
+
+def _enqueued(queue: Queue, count: int) -> list[tuple[RQJob, TaskRef]]:
+    made = []
+    for n in range(count):
+        ref = TaskRef("j1", "send", f"k{n}")
+        made.append((queue.enqueue(succeed, n, meta={HEADER: ref.header()}), ref))
+    return made
+
+
+def test_a_busy_worker_hands_the_ends_it_holds_over_together(
+    tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rq_integration, "HOLD_MAX", 2)
+    monkeypatch.setattr(rq_integration, "HOLD_FOR", 3600.0)
+    tracking = tracking_of(tmp_path, queue)
+    counter = Recorded(tracking.app)
+    worker = JobtrackSimpleWorker([queue], connection=queue.connection)
+    worker._jobtrack_counter = counter
+    made = _enqueued(queue, 3)
+    seen = []
+    for rq_job, _ in made:
+        taken = worker.dequeue_job_and_maintain_ttl(1)
+        assert taken is not None
+        assert taken[0].id == rq_job.id
+        worker.execute_job(taken[0], taken[1])
+        seen.append(len(counter.calls))
+    assert seen == [0, 2, 2]  # held, then the two handed over, then one held
+    assert worker.dequeue_job_and_maintain_ttl(None) is None  # empty: handed over
+    assert counter.calls == [("done", ref, "") for _, ref in made]
+
+
+def test_held_ends_are_handed_over_before_waiting_for_a_job(
+    tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rq_integration, "HOLD_FOR", 3600.0)
+    tracking = tracking_of(tmp_path, queue)
+    counter = Recorded(tracking.app)
+    worker = JobtrackSimpleWorker([queue], connection=queue.connection)
+    worker._jobtrack_counter = counter
+    ((_, ref),) = _enqueued(queue, 1)
+    taken = worker.dequeue_job_and_maintain_ttl(1)
+    assert taken is not None
+    worker.execute_job(taken[0], taken[1])
+    assert counter.calls == []
+    queue.enqueue(succeed, 2)  # no item of jobtrack's: not counted
+    taken = worker.dequeue_job_and_maintain_ttl(1)  # a job waits: still held
+    assert taken is not None
+    assert counter.calls == []
+    worker.execute_job(taken[0], taken[1])
+    began = time.monotonic()
+    # handed over first, then waited: 1 s, its longest idle time
+    assert worker.dequeue_job_and_maintain_ttl(1, max_idle_time=1) is None
+    assert time.monotonic() - began >= 0.9
+    assert counter.calls == [("done", ref, "")]
+
+
+def test_held_ends_are_counted_when_the_worker_stops(
+    tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rq_integration, "HOLD_FOR", 3600.0)
+    tracking = tracking_of(tmp_path, queue)
+    with tracking.start_job("emails") as job:
+        for n in range(3):
+            job.send("send", succeed, n, key=f"ok{n}")
+
+    class Worker(JobtrackSimpleWorker):
+        jobtrack_app = tracking.app
+
+    worker = Worker([queue], connection=queue.connection)
+    assert worker.work(burst=True, max_jobs=3)  # stops after its 3rd job, ends held
+    assert stored_job(tracking, job.job.id).stage("send").completed_items == 3
+
+
+def test_a_hand_over_that_fails_does_not_stop_the_worker(
+    tmp_path: Path, queue: Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracking = tracking_of(tmp_path, queue)
+
+    class Broken(Recorded):
+        def done(self, ref: TaskRef) -> None:
+            raise RuntimeError("counter broke")
+
+    worker = JobtrackSimpleWorker([queue], connection=queue.connection)
+    worker._jobtrack_counter = Broken(tracking.app)
+    _enqueued(queue, 2)
+    with caplog.at_level(logging.ERROR, logger=rq_integration.__name__):
+        assert worker.work(burst=True)
+    assert queue.job_ids == []
+    assert [
+        (r.getMessage(), r.exc_info is not None and str(r.exc_info[1]))
+        for r in caplog.records
+        if getattr(r, "action", None) == "task_end_not_counted"
+    ] == [("2 RQ job ends not counted", "counter broke")]

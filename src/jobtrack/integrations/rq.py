@@ -34,6 +34,12 @@ stops the worker: it is logged, and the monitor sends the item again. The
 counts are coalesced in that process by a
 :class:`~jobtrack.integrations.TaskCounter` and flushed when the worker
 stops.
+
+A busy worker holds the ends it has read and hands them to its counter
+together (every :data:`HOLD_FOR` seconds or :data:`HOLD_MAX` ends): every
+wake of the counter's thread after a fork costs copy-on-write page faults.
+A worker that finds its queues empty hands what it holds over before it
+waits for a job.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from redis.exceptions import RedisError
 from rq import Queue, Retry, SimpleWorker, Worker
@@ -64,7 +70,10 @@ from jobtrack.runtime import App
 from jobtrack.store.ledger import LedgerItem
 
 __all__ = [
+    "HOLD_FOR",
+    "HOLD_MAX",
     "RETRIES",
+    "EndCounter",
     "JobtrackSimpleWorker",
     "JobtrackWorker",
     "RQJobSender",
@@ -79,6 +88,13 @@ logger = logging.getLogger(__name__)
 #: The ``meta`` field holding how many retries the job was sent with, so
 #: that a failure records how many attempts it took.
 RETRIES = "jobtrack_retries"
+
+#: Seconds at most a busy worker holds the job ends it has read before it
+#: hands them to its counter (a worker that finds its queues empty hands
+#: them over at once).
+HOLD_FOR = 0.25
+#: Job ends a busy worker holds at most before it hands them over.
+HOLD_MAX = 100
 
 #: The send options :meth:`RQJobSender.send` takes, as ``Queue.enqueue`` names them.
 _OPTIONS = ("job_timeout", "result_ttl", "ttl", "failure_ttl", "description", "at_front")
@@ -335,7 +351,22 @@ class RQTracking:
         return RQJobSender(self.app.start_job_sync(job_type, attributes=attributes))
 
 
-def count_end(counter: TaskCounter, job: RQJob) -> bool:
+class EndCounter(Protocol):
+    """What :func:`count_end` tells a job's end to: a
+    :class:`~jobtrack.integrations.TaskCounter`, or what holds the ends
+    for one."""
+
+    def done(self, ref: TaskRef) -> None:
+        """Count ``ref``'s item done."""
+
+    def failed(self, ref: TaskRef, error: str, *, attempts: int = 1) -> None:
+        """Count ``ref``'s item failed with ``error`` after ``attempts`` tries."""
+
+    def retrying(self, ref: TaskRef) -> None:
+        """Say that ``ref``'s task will be tried again."""
+
+
+def count_end(counter: EndCounter, job: RQJob) -> bool:
     """Count ``job``'s end, read back from Redis after it ran: done when it
     finished (or is gone: a result TTL of 0), failed with its error when it
     failed or was stopped (or is gone but in its queue's failed registry);
@@ -376,14 +407,61 @@ def _tries(job: RQJob) -> int:
     return int(retries) + 1 if isinstance(retries, int) else 1
 
 
+class _HeldEnds:
+    """Job ends read in a worker's main process, held for its counter: the
+    :class:`EndCounter` :func:`count_end` tells while the worker is busy."""
+
+    def __init__(self) -> None:
+        self.ends: list[tuple[str, TaskRef, str, int]] = []
+        self.since = 0.0  # time.monotonic() of the oldest end held
+
+    def done(self, ref: TaskRef) -> None:
+        """Hold ``ref`` done."""
+        self._hold("done", ref, "", 1)
+
+    def failed(self, ref: TaskRef, error: str, *, attempts: int = 1) -> None:
+        """Hold ``ref`` failed with ``error``."""
+        self._hold("failed", ref, error, attempts)
+
+    def retrying(self, ref: TaskRef) -> None:
+        """Hold ``ref`` retrying."""
+        self._hold("retrying", ref, "", 0)
+
+    def _hold(self, what: str, ref: TaskRef, error: str, attempts: int) -> None:
+        if not self.ends:
+            self.since = time.monotonic()
+        self.ends.append((what, ref, error, attempts))
+
+    def due(self) -> bool:
+        """Whether the ends held are to be handed over now: :data:`HOLD_MAX`
+        of them, or the oldest held :data:`HOLD_FOR` seconds."""
+        return len(self.ends) >= HOLD_MAX or (
+            bool(self.ends) and time.monotonic() - self.since >= HOLD_FOR
+        )
+
+    def hand(self, counter: EndCounter) -> None:
+        """Tell ``counter`` every end held, in the order they were read, and
+        hold none. Raises what ``counter`` raises (the ends are let go)."""
+        ends, self.ends = self.ends, []
+        for what, ref, error, attempts in ends:
+            if what == "done":
+                counter.done(ref)
+            elif what == "failed":
+                counter.failed(ref, error, attempts=attempts)
+            else:
+                counter.retrying(ref)
+
+
 class _Counted:
-    """What both worker classes share: their counter, from their app."""
+    """What both worker classes share: their counter, from their app, and
+    the job ends held for it while the worker is busy."""
 
     jobtrack_app: ClassVar[App | None] = None
     """The app whose store the counts go to; None: ``jobtrack.App()``
     (the store from ``JOBTRACK_STORE_URL``)."""
 
     _jobtrack_counter: TaskCounter | None = None
+    _jobtrack_held: _HeldEnds | None = None
 
     @property
     def jobtrack_counter(self) -> TaskCounter:
@@ -396,9 +474,17 @@ class _Counted:
             self._jobtrack_counter = TaskCounter(app)
         return self._jobtrack_counter
 
+    @property
+    def _held(self) -> _HeldEnds:
+        if self._jobtrack_held is None:
+            self._jobtrack_held = _HeldEnds()
+        return self._jobtrack_held
+
     def _count(self, job: RQJob) -> None:
+        """Read ``job``'s end and hold it; hand what is held over when it
+        is due. Never raises."""
         try:
-            count_end(self.jobtrack_counter, job)
+            count_end(self._held, job)
         except RedisError as exc:  # its end unknown here: the monitor sends it again
             logger.warning(
                 "end of RQ job %s not counted: %s",
@@ -412,8 +498,46 @@ class _Counted:
                 job.id,
                 extra={"action": "task_end_not_counted"},
             )
+        if self._held.due():
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Hand the ends held to the counter (which starts on first use).
+        Never raises: what cannot be handed over is logged, and the monitor
+        sends those tasks again."""
+        held = self._held
+        if not held.ends:
+            return
+        count = len(held.ends)
+        try:
+            held.hand(self.jobtrack_counter)
+        except Exception:  # nothing from counting may stop the worker
+            logger.exception(
+                "%d RQ job ends not counted",
+                count,
+                extra={"action": "task_end_not_counted"},
+            )
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[RQJob, Queue] | None:
+        """Take the next job as RQ does; when ends are held, look without
+        waiting first, and hand them over before waiting for a job (or
+        before stopping, in burst mode)."""
+        take = super().dequeue_job_and_maintain_ttl  # type: ignore[misc]
+        if self._held.ends:
+            result: tuple[RQJob, Queue] | None = take(None, max_idle_time)
+            if result is not None:
+                return result
+            self._hand_over()
+            if timeout is None:
+                return None
+        found: tuple[RQJob, Queue] | None = take(timeout, max_idle_time)
+        return found
 
     def _close_counter(self) -> None:
+        """Hand the ends held over, then flush and close the counter."""
+        self._hand_over()
         if self._jobtrack_counter is not None:
             self._jobtrack_counter.close()
 
@@ -421,17 +545,20 @@ class _Counted:
 class JobtrackWorker(_Counted, Worker):
     """RQ's forking :class:`rq.Worker` that counts each job's end in jobtrack
     (``rq worker -w jobtrack.integrations.rq.JobtrackWorker``): in its main
-    process once the work horse has ended; flushed when the worker stops.
+    process once the work horse has ended, handed to its counter a batch at
+    a time while it is busy (see the module); flushed when the worker stops.
     Set :attr:`jobtrack_app` in a subclass to count into another app's store.
     """
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
-        """Run ``job`` in a work horse (as RQ does), then count its end."""
+        """Run ``job`` in a work horse (as RQ does), then read its end and
+        hold it for the counter (never raises for the counting)."""
         super().execute_job(job, queue)
         self._count(job)
 
     def teardown(self) -> None:
-        """Stop as RQ does, then flush and close the counter."""
+        """Stop as RQ does, then hand the ends held over, flush and close
+        the counter."""
         try:
             super().teardown()  # type: ignore[no-untyped-call]
         finally:
@@ -445,12 +572,14 @@ class JobtrackSimpleWorker(_Counted, SimpleWorker):
     :class:`JobtrackWorker` does."""
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
-        """Run ``job`` (as RQ does), then count its end."""
+        """Run ``job`` (as RQ does), then read its end and hold it for the
+        counter (never raises for the counting)."""
         super().execute_job(job, queue)
         self._count(job)
 
     def teardown(self) -> None:
-        """Stop as RQ does, then flush and close the counter."""
+        """Stop as RQ does, then hand the ends held over, flush and close
+        the counter."""
         try:
             super().teardown()  # type: ignore[no-untyped-call]
         finally:
