@@ -38,8 +38,12 @@ handed over to the counter, flushes it (one store write for every message
 that ended while the write before it ran), then settles those messages on
 the consumer that delivered them. A consumer closed meanwhile (its
 connection lost) settles nothing: RabbitMQ delivers its messages again.
-Held messages take places of the prefetch, which gets as many more
-(``held_prefetch``). A flush that does not end within ``flush_timeout``
+The thread waits ``flush_linger`` seconds (20 ms) after the first
+message it is handed before it flushes, so that one write covers more
+messages: a write costs the store about as much for one count as for
+dozens. Held messages take places of the prefetch, which gets as many more
+(``held_prefetch``: Dramatiq's own prefetch, at least :data:`HELD_PREFETCH`).
+A flush that does not end within ``flush_timeout``
 (the store is down) settles its messages anyway, with a warning. A
 stopping worker settles everything held before it closes its consumers. A
 consumer not made by the middleware (it was added after the worker
@@ -100,6 +104,12 @@ logger = logging.getLogger(__name__)
 QUEUE_OPTION = "queue_name"
 #: The largest prefetch count AMQP allows.
 MAX_PREFETCH = 65535
+#: The fewest places a queue consumer's prefetch gets for the messages
+#: that wait for their flush.
+HELD_PREFETCH = 64
+#: Seconds the acks thread waits, after the first message it is handed,
+#: for more before it flushes.
+FLUSH_LINGER = 0.02
 #: Seconds between two tries to settle a message whose connection failed.
 SETTLE_RETRY = 1.0
 
@@ -521,8 +531,9 @@ class CountedAcks:
     once their counts are durable, from a thread of its own: the worker
     threads hand a message over and go on to the next one.
 
-    The thread takes every message held, reports their ends to the
-    counter (so a worker thread does not even wake the counter's loop),
+    The thread waits ``flush_linger`` seconds after the first message it is
+    handed (not when the worker stops), takes every message held then,
+    reports their ends to the counter (so a worker thread does not even wake the counter's loop),
     flushes the counter
     (:meth:`TaskCounter.flush <jobtrack.integrations.TaskCounter.flush>`:
     one store write for them all), then acks (or rejects) each one on the
@@ -543,7 +554,9 @@ class CountedAcks:
     :param counter: the counter whose flushes make the counts durable.
     :param flush_timeout: seconds a flush waits at most.
     :param held_prefetch: places added to each queue consumer's prefetch
-        (default: as many as Dramatiq's prefetch, twice its worker threads).
+        (default: as many as Dramatiq's prefetch, twice its worker threads,
+        and at least :data:`HELD_PREFETCH`).
+    :param flush_linger: seconds to wait for more messages before a flush.
     """
 
     def __init__(
@@ -552,10 +565,12 @@ class CountedAcks:
         *,
         flush_timeout: float = 30.0,
         held_prefetch: int | None = None,
+        flush_linger: float = FLUSH_LINGER,
     ) -> None:
         self.counter = counter
         self.flush_timeout = flush_timeout
         self.held_prefetch = held_prefetch
+        self.flush_linger = flush_linger
         self.flushes = 0
         """Flushes this process ran before settling."""
         self.settled = 0
@@ -595,7 +610,9 @@ class CountedAcks:
 
         def consume(queue_name: str, prefetch: int = 1, timeout: int = 30000) -> Consumer:
             if q_name(queue_name) == queue_name:  # not a delay queue: its messages are counted
-                extra = prefetch if self.held_prefetch is None else self.held_prefetch
+                extra = self.held_prefetch
+                if extra is None:
+                    extra = max(prefetch, HELD_PREFETCH)
                 prefetch = min(prefetch + extra, MAX_PREFETCH)
             return HeldConsumer(original(queue_name, prefetch, timeout), self)
 
@@ -654,6 +671,8 @@ class CountedAcks:
                 if not self._held:  # stopped: the next message held starts another
                     self._thread = None
                     return
+                if self.flush_linger > 0 and not self._stopping:
+                    cond.wait(self.flush_linger)  # more messages for this write
                 batch, self._held = self._held, []
                 self._settling = len(batch)
             try:
@@ -750,7 +769,10 @@ class JobtrackMiddleware(Middleware):
         with a warning, their counts kept and written when the store is back.
     :param held_prefetch: places added to the prefetch of each consumer of
         a queue for the messages that wait for their flush (see
-        :class:`CountedAcks`; default: as many as Dramatiq's prefetch).
+        :class:`CountedAcks`; default: as many as Dramatiq's prefetch, at
+        least :data:`HELD_PREFETCH`).
+    :param flush_linger: seconds the acks thread waits for more messages
+        before a flush (see :class:`CountedAcks`).
     :raises InvalidRequest: an app whose store is ``memory://``.
     """
 
@@ -760,12 +782,16 @@ class JobtrackMiddleware(Middleware):
         *,
         flush_timeout: float = 30.0,
         held_prefetch: int | None = None,
+        flush_linger: float = FLUSH_LINGER,
     ) -> None:
         self.counter = counter if isinstance(counter, TaskCounter) else TaskCounter(counter)
         self.flush_timeout = flush_timeout
         self.group = FlushGroup(self.counter)
         self.acks = CountedAcks(
-            self.counter, flush_timeout=flush_timeout, held_prefetch=held_prefetch
+            self.counter,
+            flush_timeout=flush_timeout,
+            held_prefetch=held_prefetch,
+            flush_linger=flush_linger,
         )
         self._delivery = _Delivery()
 
