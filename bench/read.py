@@ -58,40 +58,20 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import psycopg
 
-ADMIN_URL = os.environ.get(
-    "JOBTRACK_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+from bench.progress import backend
+
 STAGES = ("scan", "thumbnail", "cache")
 READER_APP = "jobtrack-bench-read"
 WARMUP = 300
 _TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def backend(name: str) -> Iterator[str]:
-    """A fresh store of the named backend; yields its URL."""
-    if name == "sqlite":
-        with tempfile.TemporaryDirectory() as folder:
-            yield f"sqlite:///{folder}/bench.db"
-        return
-    database = f"jobtrack_bench_read_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + "/" + database
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 async def _setup(url: str, items: int) -> str:
