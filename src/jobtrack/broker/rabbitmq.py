@@ -210,10 +210,10 @@ def parse_amqp_urls(value: str) -> BrokerNodes:
     """Parse a broker setting of one or several ``amqp://`` URLs
     (:func:`split_broker_urls`), each as :func:`parse_amqp_url` does.
 
-    :raises ConfigurationError: a URL is empty or does not parse, a host
-        holds a comma or a space (a list whose separator is missing its
-        ``amqp://``), or the URLs disagree on ``queue_type`` or
-        ``delivery_limit`` (the error names the option).
+    :raises ConfigurationError: a URL is empty or does not parse, holds a
+        comma after its login or a space in its host (a list whose separator
+        is missing its ``amqp://``, say), or the URLs disagree on
+        ``queue_type`` or ``delivery_limit`` (the error names the option).
     """
     parsed = [parse_amqp_url(url) for url in split_broker_urls(value)]
     for option, index in (("queue_type", 1), ("delivery_limit", 2)):
