@@ -20,6 +20,7 @@ whenever the cluster cannot start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -101,15 +102,15 @@ async def test_every_confirmed_message_is_consumed_after_the_leader_is_killed(
                 confirmed.extend(batch)
 
         publishing = asyncio.create_task(publish_all())
-        while len(confirmed) < MESSAGES // 2:
+        while len(confirmed) < MESSAGES // 5:
             assert not publishing.done(), publishing
             await asyncio.sleep(0.01)
         await asyncio.to_thread(cluster.kill, leader)
         killed_at = len(confirmed)
         await publishing
-        assert killed_at < MESSAGES
+        assert killed_at < MESSAGES, "the publishing ended before the node was down"
         # It moved on to the next node and published the rest there.
-        assert publisher.connections == 2
+        assert publisher.connections == 2, publisher.connections
         assert publisher.node == masked_url(cluster.url("jt2"))
     finally:
         await publisher.aclose()
@@ -126,13 +127,20 @@ async def test_every_confirmed_message_is_consumed_after_the_leader_is_killed(
 
     try:
         subscription = await consumer.consume(queue, take, prefetch=200)
-        await asyncio.wait_for(everything.wait(), 60)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(everything.wait(), 60)
+        # Copies sent again (their confirm lost with the node) may follow.
+        deadline = time.monotonic() + 30
+        while await consumer.in_flight(queue):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
         await subscription.cancel()
         # The publisher may have sent a message twice (its confirm lost with
         # the node): never one less.
-        assert received == {f"{n}".encode() for n in range(MESSAGES)}
-        assert set(confirmed) == received
-        assert await consumer.in_flight(queue) == 0
+        assert sorted(set(confirmed)) == sorted(f"{n}".encode() for n in range(MESSAGES))
+        missing = sorted(int(body) for body in set(confirmed) - received)
+        assert (len(missing), missing[:20]) == (0, [])
+        assert len(received) == MESSAGES
     finally:
         await consumer.aclose()
 
