@@ -110,7 +110,47 @@ def test_a_list_of_urls_is_masked_url_by_url(value: str, shown: str) -> None:
     assert masked_url(value) == shown
 
 
-@given(st.text())
+# Pieces of broker settings, so that the text is often nearly a list of URLs.
+FRAGMENTS = [
+    "amqp://",
+    "amqps://",
+    "AMQP://",
+    ",",
+    ", ",
+    "@",
+    ":",
+    "/",
+    "%2F",
+    "?",
+    "&",
+    "=",
+    "[",
+    "]",
+    "::1",
+    "guest",
+    "mq1",
+    "127.0.0.1",
+    "5672",
+    "99999",
+    "0",
+    "queue_type=classic",
+    "queue_type=quorum",
+    "queue_type=stream",
+    "delivery_limit=3",
+    "delivery_limit=-1",
+    "heartbeat=5",
+    "memory://",
+    " ",
+    "\x00",
+    "\u00fc",
+]
+settings_text = st.one_of(
+    st.text(),
+    st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=3)), max_size=16).map("".join),
+)
+
+
+@given(settings_text)
 def test_any_setting_is_a_list_of_nodes_or_a_configuration_error(value: str) -> None:
     try:
         nodes = parse_amqp_urls(value)
