@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from jobtrack.broker import open_broker
 from jobtrack.broker.backoff import Backoff
 from jobtrack.broker.rabbitmq import (
     BROKER_SETTING,
@@ -20,7 +21,7 @@ from jobtrack.broker.rabbitmq import (
     parse_amqp_urls,
     split_broker_urls,
 )
-from jobtrack.errors import ConfigurationError, masked_url
+from jobtrack.errors import ConfigurationError, InvalidRequest, masked_url
 
 
 @pytest.mark.parametrize(
@@ -257,3 +258,12 @@ async def test_the_supervisor_goes_round_the_nodes_and_backs_off_per_round(
         assert len(waits) - 2 == rounds
     finally:
         await broker.aclose()
+
+
+def test_open_broker_takes_a_list_and_masks_what_it_refuses() -> None:
+    opened = open_broker(" AMQP://app:s3cret@mq1/,amqps://app:s3cret@mq2/")
+    assert isinstance(opened, RabbitMQBroker)
+    assert repr(opened) == "RabbitMQBroker('amqp://app:***@mq1/,amqps://app:***@mq2/')"
+    with pytest.raises(InvalidRequest, match="unsupported broker URL") as refused:
+        open_broker("redis://app:s3cret@mq1/,amqp://app:s3cret@mq2/")
+    assert "s3cret" not in str(refused.value)

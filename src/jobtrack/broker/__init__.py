@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from jobtrack.broker.base import Broker, Delivery, Handler, Subscription, dead_letter_queue
 from jobtrack.broker.memory import DeadLetter, InMemoryBroker
-from jobtrack.errors import InvalidRequest
+from jobtrack.errors import InvalidRequest, masked_url
 
 __all__ = [
     "Broker",
@@ -20,11 +20,21 @@ __all__ = [
 
 
 def open_broker(url: str) -> Broker:
-    """Open the broker a URL names (connecting lazily, on first use)."""
+    """Open the broker a URL names (connecting lazily, on first use):
+    ``memory://``, or ``amqp://…``, one URL or a cluster's nodes separated
+    by commas.
+
+    :raises InvalidRequest: another scheme (the URL shown with its password
+        masked).
+    :raises ConfigurationError: an ``amqp://`` setting that does not parse.
+    """
     if url == "memory://":
         return InMemoryBroker()
-    if url.startswith(("amqp://", "amqps://")):
+    if url.lstrip().lower().startswith(("amqp://", "amqps://")):
         from jobtrack.broker.rabbitmq import RabbitMQBroker  # noqa: PLC0415 (aio-pika on demand)
 
         return RabbitMQBroker(url)
-    raise InvalidRequest(f"unsupported broker URL {url!r}: use memory:// or amqp://…")
+    raise InvalidRequest(
+        f"unsupported broker URL {masked_url(url)!r}: use memory:// or amqp://…"
+        " (a cluster's nodes: amqp:// URLs separated by commas)"
+    )
