@@ -238,11 +238,15 @@ def child_main(role: str, spec_json: str, out: str) -> int:
 
 class BackendSampler:
     """Samples the PostgreSQL backends of one database from ``/proc`` in a
-    thread: per backend, its peak RSS, anonymous RSS and CPU seconds."""
+    thread: per backend, its peak RSS, anonymous RSS and CPU seconds; and
+    the server's checkpoints (when each was counted) and WAL written (the
+    whole server's: other databases' too)."""
 
     def __init__(self, url: str, database: str) -> None:
         self._url, self._database = url, database
         self.backends: dict[int, dict[str, float]] = {}
+        self.checkpoints_at: list[float] = []
+        self.wal_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -257,7 +261,12 @@ class BackendSampler:
     def _run(self) -> None:
         with psycopg.connect(self._url, autocommit=True) as conn:
             own = conn.info.backend_pid
+            start_lsn = _one(conn, "SELECT pg_current_wal_lsn()")
+            checkpoints = _one(conn, _CHECKPOINTS)
             while not self._stop.wait(0.25):
+                if (now := _one(conn, _CHECKPOINTS)) != checkpoints:
+                    checkpoints = now
+                    self.checkpoints_at.append(time.time())
                 rows = conn.execute(
                     "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> %s",
                     (self._database, own),
@@ -268,18 +277,33 @@ class BackendSampler:
                         seen = self.backends.setdefault(pid, sample)
                         for name, value in sample.items():
                             seen[name] = max(seen[name], value)
+            self.wal_bytes = int(
+                _one(conn, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (start_lsn,))
+            )
 
-    def report(self, items: int) -> dict[str, Any]:
-        """Per-backend peaks and the backends' CPU per item."""
+    def report(self, items: int, start_at: float) -> dict[str, Any]:
+        """Per-backend peaks, the backends' CPU per item, the server's WAL
+        per item and when its checkpoints were counted (s after ``start_at``)."""
         values = list(self.backends.values())
         cpu = sum(v["cpu_s"] for v in values)
         return {
+            "server_wal_bytes_per_item": self.wal_bytes / items if items else 0.0,
+            "server_checkpoints_at": [at - start_at for at in self.checkpoints_at],
             "backends": len(values),
             "hwm_kb": _percentiles([v["hwm_kb"] for v in values]),
             "anon_kb": _percentiles([v["anon_kb"] for v in values]),
             "cpu_s": cpu,
             "cpu_us_per_item": cpu / items * 1e6 if items else 0.0,
         }
+
+
+_CHECKPOINTS = "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+
+
+def _one(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def _proc(pid: int) -> dict[str, float] | None:
@@ -425,7 +449,7 @@ def hybrid(
             {k: v for k, v in r.items() if k not in ("last_at", "completed_at")} for r in results
         ],
         "monitor": monitored,
-        "postgres": sampler.report(total_items),
+        "postgres": sampler.report(total_items, start_at),
     }
 
 
