@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     scale.add_argument(
         "--scale-jobs",
         default="10000,50000,100000",
-        help="JOBS[xITEMS[xWORKERS]], comma-separated, run in turn",
+        help="JOBS[xITEMS[xWORKERS[xMONITOR]]], comma-separated, run in turn (MONITOR 0: none)",
     )
     scale.add_argument("--workers", type=int, default=4, help="worker processes")
     scale.add_argument("--rate", type=float, default=5_000.0, help="items/s of all workers")

@@ -379,9 +379,17 @@ def _active(url: str) -> int:
 
 
 def hybrid(
-    url: str, database: str, *, jobs: int, items: int, workers: int, rate: float
+    url: str,
+    database: str,
+    *,
+    jobs: int,
+    items: int,
+    workers: int,
+    rate: float,
+    with_monitor: bool = True,
 ) -> dict[str, Any]:
-    """One hybrid run of ``jobs`` jobs of ``items`` items at ``rate`` items/s."""
+    """One hybrid run of ``jobs`` jobs of ``items`` items at ``rate`` items/s
+    (``with_monitor``: and the monitor's process beside the workers)."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE jobs, stages, item_keys, job_events CASCADE")
     begin = time.perf_counter()
@@ -391,12 +399,12 @@ def hybrid(
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder, BackendSampler(url, database) as sampler:
         spec = {"url": url, "jobs": jobs, "items": items, "workers": workers, "window": window}
-        monitor = _spawn("monitor", spec, Path(folder, "monitor.json"))
+        monitors = [_spawn("monitor", spec, Path(folder, "monitor.json"))] if with_monitor else []
         procs = [
             _spawn("worker", spec | {"index": i}, Path(folder, f"worker{i}.json"))
             for i in range(workers)
         ]
-        for proc in [monitor, *procs]:
+        for proc in [*monitors, *procs]:
             assert proc.stdout is not None
             assert proc.stdout.readline() == "ready\n"
         start_at = time.time() + 0.5
@@ -409,13 +417,15 @@ def hybrid(
         deadline = time.monotonic() + 120
         while _active(url) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert monitor.stdin is not None
-        monitor.stdin.close()
-        assert monitor.wait() == 0
+        monitored = None
+        for monitor in monitors:
+            assert monitor.stdin is not None
+            monitor.stdin.close()
+            assert monitor.wait() == 0
+            monitored = json.loads(Path(folder, "monitor.json").read_text())
+            for took in monitored["cycles"]:
+                took["at"] -= start_at  # s after the start
         results = [json.loads(Path(folder, f"worker{i}.json").read_text()) for i in range(workers)]
-        monitored = json.loads(Path(folder, "monitor.json").read_text())
-        for took in monitored["cycles"]:
-            took["at"] -= start_at  # s after the start
     load_after = os.getloadavg()
     last = [max(r["last_at"][j] for r in results) for j in range(1, jobs + 1)]
     seen = [max(r["completed_at"][j] for r in results) for j in range(1, jobs + 1)]
@@ -614,17 +624,17 @@ async def _migrate(url: str) -> None:
     await store.aclose()
 
 
-Config = tuple[int, int, int]  # jobs, items per job, worker processes
+Config = tuple[int, int, int, int]  # jobs, items per job, worker processes, monitor (1/0)
 
 
 def parse_configs(text: str, *, items: int, workers: int) -> list[Config]:
-    """``JOBS[xITEMS[xWORKERS]]``, comma-separated; what a config leaves out
-    is ``items`` and ``workers``."""
+    """``JOBS[xITEMS[xWORKERS[xMONITOR]]]``, comma-separated; what a config
+    leaves out is ``items``, ``workers`` and 1 (a monitor process; 0: none)."""
     configs = []
     for part in text.split(","):
         numbers = [int(n) for n in part.split("x")]
-        numbers += [items, workers][len(numbers) - 1 :]
-        configs.append((numbers[0], numbers[1], numbers[2]))
+        numbers += [items, workers, 1][len(numbers) - 1 :]
+        configs.append((numbers[0], numbers[1], numbers[2], numbers[3]))
     return configs
 
 
@@ -648,9 +658,17 @@ def run(
     with _database() as (url, database):
         asyncio.run(_migrate(url))
         for _ in range(runs):
-            for jobs, items, workers in configs:
-                result = hybrid(url, database, jobs=jobs, items=items, workers=workers, rate=rate)
-                samples[_key((jobs, items, workers))].append(result)
+            for jobs, items, workers, monitor in configs:
+                result = hybrid(
+                    url,
+                    database,
+                    jobs=jobs,
+                    items=items,
+                    workers=workers,
+                    rate=rate,
+                    with_monitor=bool(monitor),
+                )
+                samples[_key((jobs, items, workers, monitor))].append(result)
                 print(
                     "hybrid",
                     jobs,
@@ -703,7 +721,9 @@ def _markdown(
                     " · ".join(
                         f"{_mb(w['rss_before_kb'])}→{_mb(w['rss_peak_kb'])}" for w in workers
                     ),
-                    f"{_mb(r['monitor']['rss_before_kb'])}→{_mb(r['monitor']['rss_peak_kb'])}",
+                    f"{_mb(r['monitor']['rss_before_kb'])}→{_mb(r['monitor']['rss_peak_kb'])}"
+                    if r["monitor"]
+                    else "none",
                     f"{r['postgres']['backends']}: {_mb(r['postgres']['hwm_kb']['max'])}"
                     f" ({_mb(r['postgres']['anon_kb']['max'])} anon)",
                     " / ".join(f"{x:.2f}" for x in r["load_before"]),
