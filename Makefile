@@ -65,10 +65,16 @@ browser:
 unit: install
 	$(BIN)/pytest tests/unit tests/contract
 
+# `make bench SCALE=1` adds the scale variant (50,000 and 100,000 jobs at once,
+# the fallback cycle over 1,000,000 jobs): minutes of a PostgreSQL server's time,
+# into bench/results/scale/. Benchmarks are not tests: CI runs none of them.
+SCALE ?=
+
 bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.ledger
 	$(BIN)/python -m bench.integrations
+	$(if $(SCALE),$(BIN)/python -m bench.monitor --scale)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache test-artifacts build dist

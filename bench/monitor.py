@@ -21,6 +21,14 @@ stuck): the stuck query with the seed's index and without it, and the whole
 cycle. Results: bench/results/monitor.{json,md,png}.
 
 Run: ``python -m bench.monitor [--runs 1] [--jobs 6,100,1000,10000]``.
+
+``--scale`` runs the scale variant instead (:mod:`bench.scale`: 50,000 and
+100,000 jobs at once over several worker processes, the cycle over
+1,000,000 jobs with 10,000 stuck, the ledger's size), into
+bench/results/scale/: ``python -m bench.monitor --scale [--scale-jobs
+10000,50000,100000] [--workers 4] [--rate 5000] [--runs 1] [--stuck-every 50]
+[--concurrency 1,8] [--ledger-items 200000]``. ``make bench SCALE=1`` adds
+it to ``make bench``; the tests never run it.
 """
 
 from __future__ import annotations
@@ -167,7 +175,7 @@ def _completed(url: str) -> dict[str, datetime]:
 async def run_one(url: str, mode: str, jobs: int, items: int, window: float) -> dict[str, Any]:
     """One configuration, on a store emptied first."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE jobs, stages, item_keys, job_events")
+        conn.execute("TRUNCATE jobs, stages, item_keys, job_events CASCADE")
     job_ids = _bulk_jobs(url, jobs, items)
     produced = Produced()
     store = Counting(open_store(url))
@@ -210,7 +218,7 @@ async def run_one(url: str, mode: str, jobs: int, items: int, window: float) -> 
 async def fallback_cycle(url: str, *, jobs: int = 1_000_000, runs: int = 20) -> dict[str, Any]:
     """The stuck query and one monitor cycle over ``jobs`` jobs."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE jobs, stages, item_keys, job_events")
+        conn.execute("TRUNCATE jobs, stages, item_keys, job_events CASCADE")
     ids = _bulk_jobs(url, jobs, 1, active_every=1000, age="1 day")  # one in 1,000 active...
     stuck = min(100, len(ids) // 2)
     with psycopg.connect(url, autocommit=True) as conn:  # ...100 of them stuck
@@ -304,8 +312,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=10)
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--million", type=int, default=1_000_000)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None)
+    scale = parser.add_argument_group("scale variant")
+    scale.add_argument("--scale", action="store_true", help="run the scale variant instead")
+    scale.add_argument(
+        "--scale-jobs",
+        default="10000,50000,100000",
+        help="JOBS[xITEMS[xWORKERS[xMONITOR]]], comma-separated, run in turn (MONITOR 0: none)",
+    )
+    scale.add_argument("--workers", type=int, default=4, help="worker processes")
+    scale.add_argument("--rate", type=float, default=5_000.0, help="items/s of all workers")
+    scale.add_argument(
+        "--stuck-every", type=int, default=50, help="one job in this many active, half stuck"
+    )
+    scale.add_argument(
+        "--concurrency", default="1,8", help="the fallback cycle's concurrencies, in turn"
+    )
+    scale.add_argument(
+        "--ledger-items", type=int, default=200_000, help="items for the ledger's size (0: none)"
+    )
     args = parser.parse_args(argv)
+    if args.scale:
+        from bench import scale as scale_variant
+
+        scale_variant.run(
+            configs=scale_variant.parse_configs(
+                args.scale_jobs, items=args.items, workers=args.workers
+            ),
+            rate=args.rate,
+            runs=args.runs,
+            million=args.million,
+            stuck_every=args.stuck_every,
+            concurrencies=[int(c) for c in args.concurrency.split(",")],
+            ledger_items=args.ledger_items,
+            out=args.out or RESULTS / "scale",
+        )
+        return 0
+    args.out = args.out or RESULTS
     runs: dict[str, list[dict[str, Any]]] = {}
     with backend("postgres") as url:
         asyncio.run(_migrate(url))

@@ -158,8 +158,13 @@ def test_monitor_once_on_a_store_with_nothing_stuck(collection: Path, tmp_path: 
     assert done.returncode == 0, done.stderr
     assert done.stdout == "0 jobs looked at\n"
     assert "missing items cannot be published again" in " ".join(done.stderr.split())
-    report = json.loads(run("monitor", "--once", "--json", data_dir=data_dir).stdout)
+    report = json.loads(
+        run("monitor", "--once", "--json", "--concurrency", "4", data_dir=data_dir).stdout
+    )
     assert (report["stuck"], report["queries"]) == (0, 1)
+    refused = run("monitor", "--once", "--concurrency", "0", data_dir=data_dir)
+    assert refused.returncode == 2
+    assert "--concurrency" in refused.stderr
 
 
 def test_failed_job_exits_1(tmp_path: Path) -> None:

@@ -81,7 +81,9 @@ async def test_a_monitor_needs_no_tracker_nor_an_in_process_broker(tmp_path: Pat
         assert monitor.stuck_after == 42.0
         assert monitor.max_redrives == 5
         assert monitor.mode == "centralized"
+        assert monitor.concurrency == 1
         assert app.monitor(stuck_after=7.0).stuck_after == 7.0
+        assert app.monitor(concurrency=8).concurrency == 8
         # Another process's in-process broker is out of reach: nothing to re-drive into.
         assert app.reconciler.can_redrive is False
         assert app._tracker is None

@@ -82,7 +82,11 @@ class BacklogWatch:
     async def read_counts(self, store: JobStore, job_types: Collection[str], now: datetime) -> None:
         """Read the jobs written since the last reading (the first time:
         within ``stuck_after``) and note, per (job type, stage), when items
-        were last counted. Raises what the store raises."""
+        were last counted. A reading stops at the newest write there was
+        when it began: writers that write faster than the feed is read
+        would otherwise keep it, and the cycle, going until they pause;
+        what they wrote meanwhile is read next time. Raises what the store
+        raises."""
         self._counted.clear()
         if self._cursor is None:  # the first reading: the feed from now on
             cursor = await store.last_change()
@@ -98,6 +102,7 @@ class BacklogWatch:
             self._cursor, self._last_read = cursor, now
             return
         start = self._last_read or now
+        head = await store.last_change()
         while True:
             jobs, self._cursor = await store.list_changed(after=self._cursor, limit=CHANGES_LIMIT)
             for job in jobs:
@@ -105,6 +110,10 @@ class BacklogWatch:
                     self._compare(job, start)
             if len(jobs) < CHANGES_LIMIT:
                 self._last_read = now
+                return
+            if self._cursor.seq >= head.seq:
+                # Not caught up: jobs created since the last complete reading
+                # still count from nothing when they are first read.
                 return
 
     def _compare(self, job: Job, start: datetime) -> None:

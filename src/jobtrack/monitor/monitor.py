@@ -97,6 +97,13 @@ class CycleReport:
         """The report as JSON."""
         return {name: getattr(self, name) for name in self.__slots__}
 
+    def merge(self, other: CycleReport) -> None:
+        """Add ``other``'s counts to this report, and its jobs after these."""
+        for name in self.__slots__:
+            if name != "jobs":
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.jobs.extend(other.jobs)
+
 
 def _last(events: Sequence[JobEvent], *kinds: str) -> JobEvent | None:
     """The latest of ``events`` of one of these kinds."""
@@ -139,7 +146,10 @@ class Monitor:
     :param ledger_retention: how long the ledger and failures of an ended
         job are kept (None: kept, never purged by this monitor).
     :param purge_every: seconds between two purges of old ledgers, at least.
-    :raises InvalidRequest: an unknown mode, a negative retention.
+    :param concurrency: stuck jobs of one page handled at once, at most (each
+        job's own steps stay in order; 1: one job after another).
+    :raises InvalidRequest: an unknown mode, a negative retention, a
+        concurrency below 1.
     """
 
     def __init__(
@@ -155,7 +165,11 @@ class Monitor:
         waiting_every: float = 3600.0,
         ledger_retention: timedelta | None = None,
         purge_every: float = 3600.0,
+        concurrency: int = 1,
     ) -> None:
+        if concurrency < 1:
+            raise InvalidRequest(f"concurrency must be at least 1, not {concurrency}")
+        self.concurrency = concurrency
         if mode not in ("hybrid", "centralized"):
             raise InvalidRequest(f"mode must be hybrid or centralized, not {mode!r}")
         if ledger_retention is not None and ledger_retention < timedelta(0):
@@ -198,19 +212,7 @@ class Monitor:
                 report.queries += 1
                 if not page:
                     break
-                for job in page:
-                    report.stuck += 1
-                    try:
-                        if centralized:
-                            await self._recount(job, reconciler, report)
-                        else:
-                            await self._handle(job, reconciler, backlog, report)
-                    except (NotFound, StoreError, Conflict) as exc:
-                        report.errors += 1
-                        logger.warning("job %s not handled: %s", job.id, exc)
-                    except Exception:  # one job's trouble never stops the others
-                        report.errors += 1
-                        logger.exception("job %s not handled", job.id)
+                await self._page(page, reconciler, backlog, report)
                 after = (page[-1].updated_at, page[-1].id)
         if report.stuck:
             logger.info(
@@ -219,6 +221,47 @@ class Monitor:
                 extra={"action": "monitor_cycle"},
             )
         return report
+
+    async def _page(
+        self,
+        page: Sequence[Job],
+        reconciler: Reconciler,
+        backlog: Mapping[str, int],
+        report: CycleReport,
+    ) -> None:
+        """Handle a page of stuck jobs, up to ``concurrency`` at a time; what
+        each did is added to ``report`` in the page's order."""
+        if self.concurrency == 1:
+            for job in page:
+                await self._one(job, reconciler, backlog, report)
+            return
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(job: Job) -> CycleReport:
+            own = CycleReport()
+            async with limit:
+                await self._one(job, reconciler, backlog, own)
+            return own
+
+        for own in await asyncio.gather(*(one(job) for job in page)):
+            report.merge(own)
+
+    async def _one(
+        self, job: Job, reconciler: Reconciler, backlog: Mapping[str, int], report: CycleReport
+    ) -> None:
+        """Handle one stuck job; its trouble is logged and counted, never raised."""
+        report.stuck += 1
+        try:
+            if self.mode == "centralized":
+                await self._recount(job, reconciler, report)
+            else:
+                await self._handle(job, reconciler, backlog, report)
+        except (NotFound, StoreError, Conflict) as exc:
+            report.errors += 1
+            logger.warning("job %s not handled: %s", job.id, exc)
+        except Exception:  # one job's trouble never stops the others
+            report.errors += 1
+            logger.exception("job %s not handled", job.id)
 
     async def _purge(self, now: datetime, report: CycleReport) -> None:
         """Delete the ledgers of jobs ended before the retention, when due:

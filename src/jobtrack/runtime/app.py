@@ -236,7 +236,12 @@ class App:
         return chosen
 
     def monitor(
-        self, *, stuck_after: float | None = None, max_redrives: int = 3, mode: str = "hybrid"
+        self,
+        *,
+        stuck_after: float | None = None,
+        max_redrives: int = 3,
+        mode: str = "hybrid",
+        concurrency: int = 1,
     ) -> Monitor:
         """A fallback monitor of the app's store, with a reconciler per job
         type (:meth:`reconcilers`); it purges the ledgers of jobs ended
@@ -244,8 +249,9 @@ class App:
 
         :param stuck_after: seconds without an update before a job is stuck
             (default: the settings').
+        :param concurrency: stuck jobs of a page handled at once, at most.
         :raises InvalidRequest: ``mode`` is neither hybrid nor centralized;
-            the app is closed.
+            ``concurrency`` is below 1; the app is closed.
         """
         return Monitor(
             self.store,
@@ -254,6 +260,7 @@ class App:
             max_redrives=max_redrives,
             mode=mode,
             ledger_retention=timedelta(days=self.settings.ledger_retention),
+            concurrency=concurrency,
         )
 
     def start_job(
