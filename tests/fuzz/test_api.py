@@ -26,11 +26,12 @@ import httpx
 import pytest
 from hypothesis import event, example, given
 from hypothesis import strategies as st
+from starlette.types import ASGIApp, Message
 
 from jobtrack import App, Item, JobType, Settings
 from jobtrack.api.app import create_app
 from jobtrack.api.config import ApiConfig
-from jobtrack.api.security import MAX_BODY
+from jobtrack.api.security import MAX_BODY, LoopbackHostGuard
 from jobtrack.model import JobStatus
 from tests.fuzz.strategies import any_text, dumps, fuzz_settings, json_values
 
@@ -49,6 +50,7 @@ class Served:
 
     loop: asyncio.AbstractEventLoop
     client: httpx.AsyncClient
+    api: ASGIApp
     database: Path
     job_ids: list[str]
 
@@ -57,6 +59,43 @@ class Served:
 
     def call(self, method: str, url: str, **options: Any) -> httpx.Response:
         return self.run(self.client.request(method, url, **options))
+
+    def raw_call(
+        self, app: ASGIApp, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
+        """Call ``app`` as a server would, with header bytes no client
+        library would send; the status, headers and body of the answer."""
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+        events: list[Message] = [
+            {"type": "http.request", "body": body, "more_body": False},
+            {"type": "http.disconnect"},
+        ]
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return events.pop(0) if len(events) > 1 else events[0]
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        self.run(app(scope, receive, send))
+        start = sent[0]
+        answer = b"".join(m.get("body", b"") for m in sent[1:])
+        return start["status"], dict(start["headers"]), answer
 
     def dump(self) -> str:
         """A digest of every row of the database (store and catalog)."""
@@ -107,7 +146,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         running = await store.create_job("fuzzed", ["work"])
         ended = await store.create_job("fuzzed", ["work"])
         await store.end_job(ended.id, JobStatus.CANCELLED)
-        return Served(loop, client, database, [running.id, ended.id])
+        return Served(loop, client, api, database, [running.id, ended.id])
 
     try:
         yield loop.run_until_complete(start())
@@ -359,3 +398,90 @@ def test_a_scan_of_the_root_is_accepted_and_runs_to_its_end(served: Served) -> N
     shown = served.call("GET", f"/api/jobs/{response.json()['id']}")
     assert shown.json()["status"] == "completed"
     assert json.loads(shown.text)["job_type"] == "collection-scan"
+
+
+header_values = st.one_of(
+    st.binary(max_size=60),
+    st.sampled_from(
+        [
+            b"9" * 5000,
+            b"0" * 30 + b"2",
+            b"-1",
+            b" 2",
+            b"127.0.0.1:" + b"9" * 5000,
+            b"[::1",
+            b"[::1]:80",
+            b"localhost",
+            b"localhost.",
+            b"evil.example",
+            b"127.0.0.1@evil",
+            b"\xff\xfe",
+            b"Bearer " + TOKEN.encode(),
+            b"Bearer \xff",
+            b"bearer  " + TOKEN.encode(),
+        ]
+    ),
+)
+raw_headers = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [b"host", b"content-length", b"authorization", b"content-type", b"last-event-id"]
+        ),
+        header_values,
+    ),
+    max_size=5,
+)
+
+
+@fuzz_settings(max_examples=300)
+@given(
+    headers=raw_headers,
+    route=st.sampled_from(
+        [("POST", "/api/scans"), ("GET", "/api/jobs"), ("POST", "/api/jobs/x/cancel")]
+    ),
+    body=st.binary(max_size=40) | st.just(b'{"path": "."}'),
+    guarded=st.booleans(),
+)
+@example(  # int() of the length raised ValueError: a 500 without JSON
+    headers=[(b"authorization", f"Bearer {TOKEN}".encode()), (b"content-length", b"9" * 5000)],
+    route=("POST", "/api/scans"),
+    body=b"{}",
+    guarded=False,
+)
+@example(
+    headers=[(b"host", b"127.0.0.1:" + b"9" * 5000)],
+    route=("GET", "/api/jobs"),
+    body=b"",
+    guarded=True,
+)
+def test_raw_header_bytes_are_answered_below_500(
+    served: Served,
+    headers: list[tuple[bytes, bytes]],
+    route: tuple[str, str],
+    body: bytes,
+    guarded: bool,
+) -> None:
+    app = LoopbackHostGuard(served.api) if guarded else served.api
+    before = served.dump()
+    status, answer_headers, answer = served.raw_call(app, *route, headers, body)
+    event(f"{route[0]} {route[1]} {status}")
+    assert status < 500, answer
+    if status >= 400:
+        assert answer_headers[b"content-type"].startswith(b"application/json")
+        error = json.loads(answer)
+        assert isinstance(error["error"], str)
+        assert served.dump() == before, "a refused call wrote to the store"
+    else:
+        served.settle()
+
+
+def test_a_content_length_past_int_digits_is_413(served: Served) -> None:
+    status, headers, answer = served.raw_call(
+        served.api,
+        "POST",
+        "/api/scans",
+        [(b"authorization", f"Bearer {TOKEN}".encode()), (b"content-length", b"9" * 5000)],
+        b"{}",
+    )
+    assert (status, headers[b"content-type"]) == (413, b"application/json")
+    assert json.loads(answer) == {"error": f"the request body is over {MAX_BODY} bytes"}
