@@ -19,8 +19,11 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from starlette.types import Receive, Scope, Send
 
-from jobtrack.errors import ConfigurationError
+from jobtrack.api.config import ApiConfig
+from jobtrack.api.security import TokenGuard
+from jobtrack.errors import ConfigurationError, InvalidRequest
 from jobtrack.model import utc_now
 from jobtrack.runtime import Settings
 from jobtrack.store import JobStore, open_store, sqlite_path
@@ -230,3 +233,48 @@ def test_a_store_url_opens_or_is_a_configuration_error(url: str) -> None:
         assert str(refused).endswith(f"(check {STORE})")
         assert "\x00" not in str(refused)
         assert len(str(refused)) < 600
+
+
+# -- the server's own settings -----------------------------------------------
+
+
+@fuzz_settings(max_examples=200)
+@given(
+    host=any_text | st.sampled_from(["127.0.0.1", "::1", "localhost", "0.0.0.0", "::1%lo"]),
+    token=st.none() | any_text,
+    roots=st.none() | any_text,
+)
+@example(host="127.0.0.1", token="t\udcff", roots=None)  # UnicodeEncodeError in TokenGuard
+@example(host="127.0.0.1", token="t\x00", roots=None)
+@example(host="0.0.0.0", token=None, roots=None)
+@example(host="127.0.0.1", token=None, roots="r" * 300)  # OSError: a name too long
+def test_the_servers_settings_or_a_refusal(host: str, token: str | None, roots: str | None) -> None:
+    env = {
+        name: value
+        for name, value in (("JOBTRACK_API_TOKEN", token), ("JOBTRACK_SCAN_ROOTS", roots))
+        if value is not None
+    }
+    refused: InvalidRequest | None = None
+    try:
+        config = ApiConfig.for_bind(host, env=env)
+    except InvalidRequest as exc:
+        refused = exc
+    if refused is not None:
+        assert str(refused)
+        return
+    guard = TokenGuard(_nothing, token=config.token, reads_need_token=config.reads_need_token)
+    assert guard is not None
+    assert config.token is None or config.token == config.token.strip() != ""
+
+
+async def _nothing(scope: Scope, receive: Receive, send: Send) -> None:
+    """An ASGI app that answers nothing."""
+
+
+def test_a_token_no_header_can_carry_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        ApiConfig.for_bind("127.0.0.1", env={"JOBTRACK_API_TOKEN": "t\udcff"})
+    assert refused.value.setting == "JOBTRACK_API_TOKEN"
+    assert str(refused.value) == (
+        "JOBTRACK_API_TOKEN must be valid Unicode, not a lone surrogate (check JOBTRACK_API_TOKEN)"
+    )
