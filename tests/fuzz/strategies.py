@@ -5,6 +5,7 @@ nesting), and the text every store can hold."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -16,9 +17,10 @@ from jobtrack.store.text import MAX_KEY_LENGTH
 
 def fuzz_settings(max_examples: int) -> settings:
     """Deterministic runs (the same examples every time, no example
-    database), no deadline: a fuzz test is a regression test."""
+    database), no deadline: a fuzz test is a regression test. For a longer
+    hunt, ``JOBTRACK_FUZZ_SCALE=10`` runs ten times the examples."""
     return settings(
-        max_examples=max_examples,
+        max_examples=max_examples * int(os.environ.get("JOBTRACK_FUZZ_SCALE", "1")),
         derandomize=True,
         database=None,
         deadline=None,
