@@ -18,6 +18,7 @@ __all__ = ["Settings", "default_data_dir"]
 _TRUE = {"1", "on", "true", "yes"}
 _FALSE = {"0", "off", "false", "no"}
 _SHOWN = 80  # characters of a refused value said back
+_DATA_DIR_SETTING = "JOBTRACK_DATA_DIR / --data-dir"
 
 #: The largest value of each whole-number setting: far past any use, and
 #: small enough that every duration made of it is a valid date's distance.
@@ -48,7 +49,7 @@ def default_data_dir(env: Mapping[str, str] = os.environ) -> Path:
             base = str(Path.home() / ".local" / "share")
         except RuntimeError:
             raise ConfigurationError(
-                "no home folder to keep jobtrack's data in", setting="JOBTRACK_DATA_DIR"
+                "no home folder to keep jobtrack's data in", setting=_DATA_DIR_SETTING
             ) from None
     return Path(base) / "jobtrack"
 
@@ -60,10 +61,8 @@ def _data_dir(env: Mapping[str, str], given: Path | None) -> tuple[Path, str]:
     :raises ConfigurationError: a NUL in it, a ``~user`` of no user, or a
         path the system cannot resolve.
     """
-    if given is not None:
-        setting = "--data-dir"
-    elif env.get("JOBTRACK_DATA_DIR"):
-        setting = "JOBTRACK_DATA_DIR"
+    if given is not None or env.get("JOBTRACK_DATA_DIR"):
+        setting = _DATA_DIR_SETTING  # the commands' flag reads the variable too
     else:
         setting = "XDG_DATA_HOME" if env.get("XDG_DATA_HOME") else "HOME"
     folder = given or default_data_dir(env)
