@@ -167,4 +167,9 @@ def test_unusable_settings_are_usage_errors(tmp_path: Path) -> None:
 
     for done in (bogus, no_workers, empty):
         assert done.stdout == ""
-        assert "Usage: jobtrack " in done.stderr
+    # A store URL that can never work is one line naming its setting; a
+    # flag Click refuses is a usage error.
+    for done in (bogus, empty):
+        assert "(check JOBTRACK_STORE_URL / --store)" in done.stderr
+        assert "Usage: jobtrack " not in done.stderr
+    assert "Usage: jobtrack " in no_workers.stderr

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobtrack.errors import InvalidRequest
+from jobtrack.errors import ConfigurationError, InvalidRequest
+from jobtrack.store.text import text_problem
 
 __all__ = ["ApiConfig", "is_loopback"]
 
@@ -54,8 +55,11 @@ class ApiConfig:
         ``JOBTRACK_SCAN_ROOTS`` (``os.pathsep``-separated) unless given. Off
         this machine every call needs the token, so one must be set.
 
-        :raises InvalidRequest: the token is only whitespace; off this
-            machine, no token; a root that is not a folder.
+        :raises InvalidRequest: off this machine, no token; a root that is
+            not a folder.
+        :raises ConfigurationError: (an :class:`InvalidRequest`) the token
+            is only whitespace, or holds a NUL or a lone surrogate; a root
+            the system cannot look at (a name too long).
         """
         token = _token(token if token is not None else env.get("JOBTRACK_API_TOKEN"))
         if not roots and env.get("JOBTRACK_SCAN_ROOTS"):
@@ -68,9 +72,17 @@ class ApiConfig:
             )
         resolved = []
         for root in roots:
-            if not root.is_dir():
+            try:
+                found = root.is_dir()
+                folder = root.resolve()
+            except (OSError, ValueError) as exc:  # a name too long, a loop of links
+                raise ConfigurationError(
+                    f"scan root {str(root)[:200]!r} cannot be used: {exc}",
+                    setting="JOBTRACK_SCAN_ROOTS / --root",
+                ) from None
+            if not found:
                 raise InvalidRequest(f"scan root {root} is not a folder")
-            resolved.append(root.resolve())
+            resolved.append(folder)
         return cls(
             roots=tuple(resolved),
             token=token,
@@ -81,11 +93,20 @@ class ApiConfig:
 
 
 def _token(given: str | None) -> str | None:
-    """The token without surrounding whitespace; None when unset or empty."""
+    """The token without surrounding whitespace; None when unset or empty.
+
+    :raises ConfigurationError: only whitespace, or a character no header
+        can carry as the server compares it (a NUL, a lone surrogate: bytes
+        of the environment that are not UTF-8).
+    """
     if not given:
         return None
     if not given.strip():
-        raise InvalidRequest(
-            "JOBTRACK_API_TOKEN is blank (only whitespace): set a token, or unset it"
+        raise ConfigurationError(
+            "JOBTRACK_API_TOKEN is blank (only whitespace): set a token, or unset it",
+            setting="JOBTRACK_API_TOKEN",
         )
+    problem = text_problem(given, "JOBTRACK_API_TOKEN")
+    if problem is not None:
+        raise ConfigurationError(problem, setting="JOBTRACK_API_TOKEN")
     return given.strip()

@@ -17,11 +17,12 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from jobtrack.errors import InvalidRequest
+from jobtrack.jobs.messages import MAX_FIELD_LENGTH
 from jobtrack.store.ledger import encode_payload
-from jobtrack.store.text import key_problem
+from jobtrack.store.text import key_problem, text_problem
 
 __all__ = ["HEADER", "TaskCall", "TaskRef", "new_task_id"]
 
@@ -111,22 +112,26 @@ class TaskRef:
     def from_header(cls, value: Any) -> TaskRef | None:
         """The reference a task carries; None when it carries none (a task
         not sent as an item) or one that is malformed (logged: the task runs
-        on, uncounted, and the monitor sends it again if it is missing)."""
+        on, uncounted, and the monitor sends it again if it is missing).
+
+        Well formed is what an item message holds: a job id and a stage of 1
+        to :data:`~jobtrack.jobs.messages.MAX_FIELD_LENGTH` characters and a
+        key, each text every store can keep (no NUL, no lone surrogate).
+        Raises nothing, whatever ``value`` is.
+        """
         if value is None:
             return None
         if isinstance(value, str):  # a framework that keeps headers as text
             try:
                 value = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past the limit
                 value = None
         if isinstance(value, dict):
             job_id, stage, key = value.get("job"), value.get("stage"), value.get("key")
             if (
-                isinstance(job_id, str)
-                and isinstance(stage, str)
+                _storable(job_id, "job")
+                and _storable(stage, "stage")
                 and isinstance(key, str)
-                and job_id
-                and stage
                 and key_problem(key) is None
             ):
                 return cls(job_id, stage, key)
@@ -139,6 +144,18 @@ class TaskRef:
         return None
 
 
+def _storable(value: object, what: str) -> TypeGuard[str]:
+    """Whether ``value`` is a job id or stage name an item message could hold."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_FIELD_LENGTH
+        and text_problem(value, what) is None
+    )
+
+
 def _clip(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:  # nested past the recursion limit, or a __repr__ that fails
+        text = f"<a {type(value).__name__} that cannot be shown>"
     return text if len(text) <= 200 else text[:197] + "..."

@@ -4,7 +4,8 @@ Versioned and validated on receipt; anything that does not decode is a
 :class:`~jobtrack.errors.MalformedMessage`, for the dead-letter queue with
 its reason. The decoder refuses what no store can hold (a NUL byte, a lone
 surrogate, an id past :data:`MAX_FIELD_LENGTH`, a key past the store's
-bound), so such a message never reaches the tracker.
+bound, an ``attempt`` past :data:`MAX_ATTEMPT`), so such a message never
+reaches the tracker.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from jobtrack.store.text import key_problem, text_problem
 
 __all__ = [
     "ITEM_MESSAGE_VERSION",
+    "MAX_ATTEMPT",
     "MAX_FIELD_LENGTH",
     "ItemMessage",
     "brief",
@@ -32,6 +34,10 @@ ITEM_MESSAGE_VERSION = 1
 
 MAX_FIELD_LENGTH = 200
 """The most characters a job id, job type or stage name of a message may have."""
+
+MAX_ATTEMPT = 2**31 - 1
+"""The highest ``attempt`` a message may carry: what a store's failure
+record holds (PostgreSQL's ``integer``)."""
 
 _BRIEF = 300
 
@@ -63,13 +69,17 @@ def decode_item(body: bytes) -> ItemMessage:
     Raises:
         MalformedMessage: the body is not an item message of this version,
             or an id, stage or key is empty, holds a NUL byte or a lone
-            surrogate, or is too long; the reason is short whatever the
+            surrogate, or is too long, its payload is nested deeper than
+            the interpreter's recursion limit, or its ``attempt`` is not
+            1 to :data:`MAX_ATTEMPT`; the reason is short whatever the
             body's size.
     """
     try:
         message = _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise MalformedMessage(f"malformed item message: {brief(str(exc))}") from exc
+    except RecursionError:  # msgspec recurses once per level of a payload's nesting
+        raise MalformedMessage("malformed item message: its payload is nested too deep") from None
     if message.v != ITEM_MESSAGE_VERSION:
         raise MalformedMessage(f"unsupported item message version {message.v}")
     for name in ("job_id", "job_type", "stage"):
@@ -84,8 +94,10 @@ def decode_item(body: bytes) -> ItemMessage:
     problem = key_problem(message.key)
     if problem is not None:
         raise MalformedMessage(f"item message: {problem}")
-    if message.attempt < 1:
-        raise MalformedMessage(f"item message with attempt {message.attempt}")
+    if not 1 <= message.attempt <= MAX_ATTEMPT:
+        raise MalformedMessage(
+            f"item message with attempt {brief(str(message.attempt), 40)} (1 to {MAX_ATTEMPT})"
+        )
     return message
 
 

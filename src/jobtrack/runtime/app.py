@@ -157,10 +157,13 @@ class App:
         """The job store the settings name (created, unless ``create_store``
         is False, and migrated as needed).
 
-        :raises InvalidRequest: an unsupported store URL, or the app is closed.
+        :raises InvalidRequest: the app is closed.
         :raises StoreMissing: ``create_store`` is False and there is none.
-        :raises ConfigurationError: a PostgreSQL URL that can never connect.
-        :raises StoreError: the SQLite file cannot be created or opened.
+        :raises ConfigurationError: a store URL that can never work: an
+            unsupported one, a SQLite file that cannot be made or opened, a
+            PostgreSQL URL that can never connect.
+        :raises StoreError: the SQLite file cannot be migrated, or its disk
+            is full or failing.
         """
         if self._store is None:
             self._check_open()

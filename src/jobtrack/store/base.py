@@ -37,6 +37,7 @@ __all__ = [
     "EVENTS_LIMIT",
     "MAX_EVENT_MESSAGE",
     "MAX_KEY_LENGTH",
+    "STORE_SETTING",
     "STUCK_QUERY_LIMIT",
     "ChangeCursor",
     "Changes",
@@ -62,6 +63,8 @@ __all__ = [
     "validate_new_job",
 ]
 
+#: The setting a store's URL comes from, as a configuration error names it.
+STORE_SETTING = "JOBTRACK_STORE_URL / --store"
 DEFAULT_PAGE_SIZE = 50
 #: At most this many jobs per stuck-job query, as the seed's ``Limit(100)``.
 STUCK_QUERY_LIMIT = 100

@@ -20,10 +20,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from jobtrack.errors import ConfigurationError, masked_url
+from jobtrack.store.base import STORE_SETTING
+from jobtrack.store.text import text_problem
 
 __all__ = ["STORE_SETTING", "check_url", "masked", "refusal"]
-
-STORE_SETTING = "JOBTRACK_STORE_URL / --store"
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # invalid_catalog_name, invalid_authorization_specification, invalid_password
 _REFUSED_SQLSTATES = {"3D000", "28000", "28P01"}
@@ -49,23 +49,41 @@ def masked(url: str) -> str:
 def check_url(url: str) -> None:
     """Refuse a URL that can never connect, before trying to.
 
-    :raises ConfigurationError: it does not parse, names an unknown option,
-        a port outside 1-65535 or an ``sslmode`` libpq does not know.
+    :raises ConfigurationError: it holds a NUL (libpq would read the URL
+        only up to it) or a lone surrogate, does not parse, names an
+        unknown option, a port outside 1-65535 or an ``sslmode`` libpq does
+        not know.
     """
 
-    def refuse(why: str) -> ConfigurationError:
-        return ConfigurationError(f"bad store URL {masked(url)}: {why}", setting=STORE_SETTING)
+    shown = _clipped(masked(url))
 
+    def refuse(why: str) -> ConfigurationError:
+        return ConfigurationError(f"bad store URL {shown}: {why}", setting=STORE_SETTING)
+
+    problem = text_problem(url, "a store URL")
+    if problem is not None:
+        shown = _clipped(ascii(masked(url)))
+        raise refuse(problem)
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        raise refuse(str(exc).strip().replace(url, masked(url))) from None
+        raise refuse(_clipped(str(exc).strip().replace(url, masked(url)))) from None
     for port in str(params.get("port", "5432")).split(","):
-        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
-            raise refuse(f"port {port!r} is not a number in 1-65535")
+        # ASCII digits only: str.isdigit also takes '²', which int() refuses.
+        if port and not (
+            port.isascii()
+            and port.isdigit()
+            and len(port.lstrip("0")) <= 5
+            and 1 <= int(port) <= 65535
+        ):
+            raise refuse(f"port {_clipped(repr(port), 40)} is not a number in 1-65535")
     sslmode = params.get("sslmode")
     if sslmode is not None and sslmode not in _SSLMODES:
-        raise refuse(f"sslmode {sslmode!r} is not one of {', '.join(_SSLMODES)}")
+        raise refuse(f"sslmode {_clipped(repr(sslmode), 40)} is not one of {', '.join(_SSLMODES)}")
+
+
+def _clipped(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def refusal(exc: psycopg.Error, url: str) -> ConfigurationError | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import sqlite3
@@ -26,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from jobtrack.errors import StoreError, StoreMissing, StoreUnavailable
+from jobtrack.errors import ConfigurationError, StoreError, StoreMissing, StoreUnavailable
+from jobtrack.store.base import STORE_SETTING
 from jobtrack.store.sql import load_queries, migrations
 
 __all__ = ["SqliteDatabase", "from_micros", "on_database_thread", "to_micros"]
@@ -41,6 +43,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 # Conditions that pass: another writer, a full or failing disk, a file that
 # cannot be opened just now. A write refused for these is worth retrying.
+# What a database that does not open at all says: a path that cannot be
+# opened (a folder, no write access: SQLITE_CANTOPEN), a file that is not a
+# database (SQLITE_NOTADB), a read-only place (SQLITE_READONLY).
+# Folder errors that pass (a full or failing disk, too many open files).
+_PASSING = frozenset({errno.ENOSPC, errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+_UNOPENABLE = frozenset({sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_READONLY})
 _BUSY = (
     "database is locked",
     "database is busy",
@@ -48,6 +56,12 @@ _BUSY = (
     "database or disk is full",
     "disk I/O error",
 )
+
+
+def _shown(path: Path | str) -> str:
+    """A path as an error says it back: quoted, cut short."""
+    text = repr(str(path))
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 def to_micros(moment: datetime) -> int:
@@ -73,24 +87,52 @@ class SqliteDatabase:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobtrack-sqlite")
         self._thread_id: int | None = None
         # Made on its thread; usable from another (tests, benchmarks) while idle.
-        self.connection = self.call(self._connect, busy_timeout_ms)
+        try:
+            self.connection = self.call(self._connect, busy_timeout_ms)
+        except BaseException:
+            self._thread.shutdown(wait=False)
+            raise
 
     def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
         self._thread_id = threading.get_ident()
-        with self.translate_errors():
+        try:
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = NORMAL")
-            connection.execute("PRAGMA foreign_keys = ON")
-            # Checkpoint every 10,000 pages (40 MiB of WAL), not SQLite's 1,000:
-            # a ledger batch of keys in no order dirties about a page a key,
-            # so the default checkpointed (and synced) after every batch. The
-            # WAL file is cut back to 64 MiB after a checkpoint.
-            connection.execute("PRAGMA wal_autocheckpoint = 10000")
-            connection.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
-            connection.execute(_Q["migrations_table"])
+        except sqlite3.Error as exc:
+            raise self._unopenable(exc) from exc
+        try:
+            self._configure(connection, busy_timeout_ms)
+        except sqlite3.Error as exc:
+            connection.close()
+            raise self._unopenable(exc) from exc
+        except BaseException:
+            connection.close()
+            raise
         return connection
+
+    def _unopenable(self, exc: sqlite3.Error) -> StoreError | ConfigurationError:
+        """The error for a database that does not open: a path no database
+        can be opened at (a folder, a file that is no database, a place
+        that cannot be written) is a configuration error; anything else is
+        translated as usual."""
+        if exc.sqlite_errorcode & 0xFF in _UNOPENABLE:
+            return ConfigurationError(
+                f"no SQLite database can be opened at {_shown(self.path)}: {exc}",
+                setting=STORE_SETTING,
+            )
+        return self.translate(exc)
+
+    def _configure(self, connection: sqlite3.Connection, busy_timeout_ms: int) -> None:
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        # Checkpoint every 10,000 pages (40 MiB of WAL), not SQLite's 1,000:
+        # a ledger batch of keys in no order dirties about a page a key,
+        # so the default checkpointed (and synced) after every batch. The
+        # WAL file is cut back to 64 MiB after a checkpoint.
+        connection.execute("PRAGMA wal_autocheckpoint = 10000")
+        connection.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
+        connection.execute(_Q["migrations_table"])
 
     async def run(self, work: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """``work(*args, **kwargs)`` on the database's thread, after what was
@@ -114,12 +156,29 @@ class SqliteDatabase:
 
     @staticmethod
     def _prepare_file(path: Path, *, create: bool) -> None:
+        """Make the database's folder.
+
+        :raises StoreMissing: ``create`` is false and there is no file.
+        :raises ConfigurationError: the path cannot name a file (a NUL),
+            or its folder cannot be made (a file in its way, a name too
+            long, no permission).
+        :raises StoreError: the disk is full or failing.
+        """
         if not create and not path.is_file():
             raise StoreMissing(f"no database at {path}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create a database at {path}: {exc.strerror}") from exc
+            if exc.errno in _PASSING:
+                raise StoreError(f"cannot create a database at {path}: {exc.strerror}") from exc
+            raise ConfigurationError(
+                f"cannot create a database at {_shown(path)}: {exc.strerror}",
+                setting=STORE_SETTING,
+            ) from exc
+        except ValueError as exc:  # a NUL in the path
+            raise ConfigurationError(
+                f"cannot create a database at {_shown(path)}: {exc}", setting=STORE_SETTING
+            ) from exc
 
     def translate(self, exc: sqlite3.Error) -> StoreError:
         """The jobtrack error for a sqlite3 error: transient ones (a busy
