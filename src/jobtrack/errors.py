@@ -170,12 +170,19 @@ class ScanNotStarted(JobtrackError):
 
 # Where a list of URLs (the broker setting's, comma-separated) starts the next one.
 _NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+# What a URL's user:password@ looks like, when urlsplit cannot say: the
+# password runs to the last @ before a space (more hidden, never less).
+_LOGIN = re.compile(r"(://[^:/?#@\s]*:)\S*@")
+_UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
 
 
 def masked_url(url: str) -> str:
     """``url`` with its password shown as ``***``, for messages and logs: a
     URL, one that does not parse, a libpq ``key=value`` string, or a list
-    of URLs separated by commas (each masked)."""
+    of URLs separated by commas (each masked). A password urlsplit cannot
+    find (an unencoded ``/``, ``?`` or ``#`` in it, URLs separated by
+    spaces or newlines) is masked by pattern: everything from the colon
+    after the user to the last ``@`` before a space."""
     if _NEXT_URL.search(url):
         return ",".join(_masked_one(one) for one in _NEXT_URL.split(url))
     return _masked_one(url)
@@ -187,9 +194,13 @@ def _masked_one(url: str) -> str:
     try:
         parts = urlsplit(url)
         password = parts.password
-    except ValueError:  # a URL that does not parse: mask what looks like user:password@
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
-    if password is None:
+    except ValueError:  # a URL that does not parse
+        password = None
+    # urlsplit drops tabs and newlines (two URLs on two lines read as one),
+    # and ends the login at an unencoded / ? or #: mask by pattern then.
+    if password is None or url.count("://") > 1 or _UNSAFE.search(url.strip()):
+        if "@" in url.partition("://")[2]:
+            return _LOGIN.sub(r"\1***@", url)
         return url
     netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
