@@ -157,6 +157,8 @@ def test_no_password_of_a_list_shows_in_its_errors_or_repr() -> None:
         ("amqp://a:p1@mq1/\namqp://b:p2@mq2/", "amqp://a:***@mq1/\namqp://b:***@mq2/"),
         ("amqp://a:p/1@mq1/,amqp://b:p?2@mq2/", "amqp://a:***@mq1/,amqp://b:***@mq2/"),
         ("amqp://mq1:5672/\tamqp://b:p2@mq2/", "amqp://mq1:5672/\tamqp://b:***@mq2/"),
+        ("amqp://a:p 1@mq1/ amqp://b:p\t2@mq2/", "amqp://a:***@mq1/ amqp://b:***@mq2/"),
+        ("amqp://a:p1@mq1/amqp://b:p2@mq2/", "amqp://a:***@mq2/"),
     ],
 )
 def test_a_list_of_urls_is_masked_url_by_url(value: str, shown: str) -> None:
@@ -251,7 +253,7 @@ def test_urls_joined_with_commas_come_back_in_order(
     )
 
 
-secrets = st.text(st.sampled_from("XYZ019,;:!$&'()*+=-._~/?#@%"), min_size=1, max_size=8).map(
+secrets = st.text(st.sampled_from("XYZ019,;:!$&'()*+=-._~/?#@% \t"), min_size=1, max_size=8).map(
     lambda text: f"Secret{text}"
 )
 separators = st.sampled_from([",", ", ", "\n", "\t", " ", ",\n", "\r\n", ""])

@@ -5,7 +5,11 @@ What it guarantees, and how:
 - **Nothing is lost once ``publish`` returns**: queues are durable (quorum
   queues where the server has them), messages persistent, and the channel
   runs publisher confirms, so a publish returns only once the broker holds
-  the message.
+  the message. A message not confirmed (the connection lost) or nacked (a
+  quorum queue without a leader for a moment after its node was lost, or
+  full with ``reject-publish``) is sent again until ``publish_timeout``,
+  then :class:`~jobtrack.errors.BrokerUnavailable`; one the server returns
+  (no such queue) is a :class:`~jobtrack.errors.BrokerError` at once.
 - **Acks are manual**, and sent by the handler when it chooses (the
   consumers ack only once the item's progress is durable). A message whose
   consumer goes away unacked is delivered again.
@@ -981,7 +985,12 @@ class RabbitMQBroker:
             return publisher
 
     async def publish(self, queue: str, body: bytes) -> None:
-        """Return once the broker has confirmed the message (persistent, durable queue)."""
+        """Return once the broker has confirmed the message (persistent, durable queue).
+
+        :raises BrokerUnavailable: not confirmed within ``publish_timeout``
+            (the broker away, or nacking it all along).
+        :raises BrokerError: the server returned it, or a configuration error.
+        """
         await self._publish(queue, body, headers=None)
 
     async def publish_many(self, queue: str, bodies: Iterable[bytes]) -> None:
@@ -1033,7 +1042,23 @@ class RabbitMQBroker:
                 await asyncio.sleep(0.05)
                 continue
             except aio_pika.exceptions.DeliveryError as exc:
-                raise BrokerError(f"RabbitMQ refused a message for {queue}: {exc}") from exc
+                if not isinstance(exc.frame, aiormq.spec.Basic.Nack):  # unroutable: returned
+                    raise BrokerError(f"RabbitMQ refused a message for {queue}: {exc}") from exc
+                # A nack: the queue could not take it now (a quorum queue
+                # electing a leader after its node was lost, or full with
+                # overflow reject-publish). Send it again until the deadline.
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise BrokerUnavailable(
+                        f"publish to {queue} not confirmed: the server nacked it"
+                        f" for {self._publish_timeout:g} s"
+                    ) from exc
+                logger.warning(
+                    "RabbitMQ nacked a message for %s; sending it again",
+                    queue,
+                    extra={"action": "publish_nacked", "queue": queue},
+                )
+                await asyncio.sleep(0.2)
+                continue
             if not isinstance(confirm, aiormq.spec.Basic.Ack):
                 raise BrokerError(f"RabbitMQ did not take a message for {queue}: {confirm!r}")
             return
