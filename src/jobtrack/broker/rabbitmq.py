@@ -984,6 +984,17 @@ class RabbitMQBroker:
                 self._publisher = publisher
             return publisher
 
+    async def _reopen_publisher(self, publisher: AbstractChannel) -> None:
+        """Close ``publisher``, unless already replaced, so that the next
+        publish opens a new channel (its publishes awaiting a confirm are
+        sent again, as after any channel loss)."""
+        async with self._publisher_lock:
+            if self._publisher is not publisher:
+                return
+            self._publisher = None
+        with contextlib.suppress(*_GONE_OR_SLOW):
+            await asyncio.wait_for(publisher.close(), _CLOSE_TIMEOUT)
+
     async def publish(self, queue: str, body: bytes) -> None:
         """Return once the broker has confirmed the message (persistent, durable queue).
 
@@ -1046,7 +1057,10 @@ class RabbitMQBroker:
                     raise BrokerError(f"RabbitMQ refused a message for {queue}: {exc}") from exc
                 # A nack: the queue could not take it now (a quorum queue
                 # electing a leader after its node was lost, or full with
-                # overflow reject-publish). Send it again until the deadline.
+                # overflow reject-publish). Send it again until the deadline,
+                # on a new channel: one opened while the leader's node was
+                # being lost may keep nacking for good, a new one does not.
+                await self._reopen_publisher(publisher)
                 if asyncio.get_running_loop().time() >= deadline:
                     raise BrokerUnavailable(
                         f"publish to {queue} not confirmed: the server nacked it"
