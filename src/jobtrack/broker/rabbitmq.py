@@ -1047,7 +1047,9 @@ class RabbitMQBroker:
                 )
             except _GONE_OR_SLOW as exc:
                 if asyncio.get_running_loop().time() >= deadline:
-                    raise BrokerUnavailable(f"publish to {queue} not confirmed: {exc}") from exc
+                    raise BrokerUnavailable(
+                        f"publish to {queue} not confirmed: {exc or type(exc).__name__}"
+                    ) from exc
                 # Not confirmed: send it again once the connection or channel is
                 # back (it may then be there twice; consumers count each item once).
                 await asyncio.sleep(0.05)
