@@ -170,26 +170,43 @@ class ScanNotStarted(JobtrackError):
 
 # Where a list of URLs (the broker setting's, comma-separated) starts the next one.
 _NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+# Where URLs separated by spaces or newlines start the next one.
+_NEXT_URL_AFTER_SPACE = re.compile(r"(\s+)(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+# What a URL's user:password@ looks like, when urlsplit cannot say: the
+# password runs to the URL's last @ (more hidden, never less).
+_LOGIN = re.compile(r"(://[^:/?#@\s]*:).*@", re.DOTALL)
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def masked_url(url: str) -> str:
     """``url`` with its password shown as ``***``, for messages and logs: a
     URL, one that does not parse, a libpq ``key=value`` string, or a list
-    of URLs separated by commas (each masked)."""
+    of URLs separated by commas (each masked). A password urlsplit cannot
+    find (an unencoded ``/``, ``?`` or ``#`` in it, a control character in
+    the URL, URLs run together) is masked by pattern: everything from the
+    colon after the user to the URL's last ``@``. URLs separated by spaces
+    or newlines are masked one by one, the separators kept."""
     if _NEXT_URL.search(url):
-        return ",".join(_masked_one(one) for one in _NEXT_URL.split(url))
+        return ",".join(_masked_one(one.lstrip()) for one in _NEXT_URL.split(url))
     return _masked_one(url)
 
 
 def _masked_one(url: str) -> str:
     if "://" not in url:
         return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+    pieces = _NEXT_URL_AFTER_SPACE.split(url)
+    if len(pieces) > 1:  # the separators at odd places
+        return "".join(piece if n % 2 else _masked_one(piece) for n, piece in enumerate(pieces))
     try:
         parts = urlsplit(url)
         password = parts.password
-    except ValueError:  # a URL that does not parse: mask what looks like user:password@
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url, count=1)
-    if password is None:
+    except ValueError:  # a URL that does not parse
+        password = None
+    # urlsplit drops tabs and newlines (two URLs on two lines read as one),
+    # and ends the login at an unencoded / ? or #: mask by pattern then.
+    if password is None or url.count("://") > 1 or _UNSAFE.search(url.strip()):
+        if "@" in url.partition("://")[2]:
+            return _LOGIN.sub(r"\1***@", url)
         return url
     netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))

@@ -20,7 +20,7 @@ import pytest
 
 from jobtrack.broker import Delivery, dead_letter_queue
 from jobtrack.broker.rabbitmq import COUNT_HEADER, REASON_HEADER, SOURCE_HEADER, RabbitMQBroker
-from jobtrack.errors import BrokerError, InvalidRequest
+from jobtrack.errors import BrokerError, BrokerUnavailable, InvalidRequest
 from tests.rabbitmq import (
     queues,
     rabbitmqctl,
@@ -320,3 +320,44 @@ def test_bad_url_options_are_refused() -> None:
         RabbitMQBroker("amqp://localhost/?delivery_limit=0")
     with pytest.raises(InvalidRequest, match="not an AMQP URL"):
         RabbitMQBroker("http://localhost/")
+
+
+async def test_a_nacked_publish_is_sent_again_until_the_queue_takes_it(
+    vhost: str, queue: str
+) -> None:
+    """A quorum queue that cannot take a message now nacks it (here: full,
+    with overflow reject-publish; in a cluster: no leader yet after its
+    node was lost): the publish sends it again until it is confirmed, and
+    gives up after ``publish_timeout`` as for an outage."""
+    rabbitmqctl(
+        "set_policy",
+        "-p",
+        vhost,
+        "--apply-to",
+        "queues",
+        f"full-{queue}",
+        f"^{queue}$",
+        '{"max-length": 1, "overflow": "reject-publish"}',
+    )
+    broker = RabbitMQBroker(vhost_url(vhost), publish_timeout=20)
+    try:
+        # A quorum queue refuses once it is over its length: with one, at the third.
+        await broker.publish_many(queue, [b"1", b"2"])
+        third = asyncio.create_task(broker.publish(queue, b"3"))
+        await asyncio.sleep(1.0)
+        assert not third.done()  # nacked, and sent again
+        assert [m.body for m in await drain(vhost_url(vhost), queue)] == [b"1", b"2"]
+        await asyncio.wait_for(third, 10)
+        await broker.publish(queue, b"4")
+        short = RabbitMQBroker(vhost_url(vhost), publish_timeout=1.0)
+        try:
+            # Nacked, then (the time up while a new channel opens, or within
+            # the last publish's wait) not confirmed either way.
+            with pytest.raises(BrokerUnavailable, match=f"^publish to {queue} not confirmed: "):
+                await short.publish(queue, b"5")
+        finally:
+            await short.aclose()
+        assert [m.body for m in await drain(vhost_url(vhost), queue)] == [b"3", b"4"]
+    finally:
+        await broker.aclose()
+        rabbitmqctl("clear_policy", "-p", vhost, f"full-{queue}")

@@ -47,7 +47,9 @@ from tests.postgres import database_url, scratch_database
 from tests.postgres import require_server as require_postgres
 from tests.services.rabbitmq_nodes import RabbitCluster, cluster_unavailable
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# The time limit counts the fixtures too: starting the cluster (up to a few
+# minutes on a busy machine), the sample collection and the database.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 NODES = ("jt1", "jt2", "jt3")
 FIRST_PORT = 5701
@@ -199,15 +201,21 @@ class Processes:
         return str(job["id"])
 
     def stop_all(self) -> None:
-        for worker in self.workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in self.workers:
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        """SIGTERM every worker and give them 30 s; then SIGKILL whatever
+        is left, whatever failed (or timed out) meanwhile."""
+        try:
+            for worker in self.workers:
+                if worker.poll() is None:
+                    worker.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            for worker in self.workers:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.wait(max(deadline - time.monotonic(), 0.1))
+        finally:
+            for worker in self.workers:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,15 @@ The nodes share the machine node's Erlang cookie: ``rabbitmq-server`` and
 its home and cookie, and keep the ``RABBITMQ_*`` variables they are given.
 A run that was aborted leaves nodes behind: :meth:`RabbitCluster.start`
 stops them first (by name, else the pid in their pid file), and refuses
-to start on a port that something else holds.
+to start on a port that something else holds. Two runs of the same
+cluster (same folder, so same names and ports) at once would stop each
+other's nodes: :meth:`~RabbitCluster.start` takes an exclusive
+``flock`` on a lock file beside the folder, which :meth:`~RabbitCluster.stop`
+releases, so a second run waits for the first.
+
+Each node's ``rabbitmq.conf`` sets ``queue_leader_locator = client-local``:
+a quorum queue's leader is the node its declaring client is connected to
+(RabbitMQ 4 balances leaders by default), which the tests rely on.
 
 Used as a context manager::
 
@@ -27,6 +35,7 @@ Used as a context manager::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -124,13 +133,27 @@ class RabbitCluster:
     :param root: the folder of the nodes' files (default: a folder named by
         ``first_port`` in the temporary directory, so that a later run finds
         what an aborted one left there); it must be reachable by the
-        ``rabbitmq`` user.
+        ``rabbitmq`` user. The lock file that keeps two runs apart is
+        beside it (``<root>.lock``).
+    :param lock_wait: seconds :meth:`start` waits for another run of the
+        same cluster to end.
+    :raises ValueError: no names.
     """
 
-    def __init__(self, names: Sequence[str], first_port: int, *, root: Path | None = None) -> None:
+    def __init__(
+        self,
+        names: Sequence[str],
+        first_port: int,
+        *,
+        root: Path | None = None,
+        lock_wait: float = 1200,
+    ) -> None:
         if not names:
             raise ValueError("a cluster needs at least one node")
         self.root = root or Path(tempfile.gettempdir()) / f"jobtrack-rabbit-{first_port}"
+        self.lock_file = self.root.with_name(self.root.name + ".lock")
+        self._lock_wait = lock_wait
+        self._lock: int | None = None  # the lock file's descriptor, while held
         self.nodes = [
             RabbitNode(name, first_port + index, self.root / name)
             for index, name in enumerate(names)
@@ -138,11 +161,20 @@ class RabbitCluster:
         self._by_name = {node.name: node for node in self.nodes}
 
     def __enter__(self) -> RabbitCluster:
-        """Start the cluster (see :meth:`start`); stopped again if that fails."""
+        """Start the cluster (see :meth:`start`); stopped again if that
+        fails, the start's error raised (a failure to stop added as a note).
+
+        :raises ClusterError: it did not start, or another run held it too
+            long (then nothing of that run is stopped).
+        """
+        self._take_lock()
         try:
             self.start()
-        except BaseException:
-            self.stop()
+        except BaseException as error:
+            try:
+                self.stop()
+            except ClusterError as stopping:
+                error.add_note(f"stopping the cluster failed too: {stopping}")
             raise
         return self
 
@@ -181,9 +213,13 @@ class RabbitCluster:
         each node after the first stops its app, resets, joins the first and
         starts again.
 
-        :raises ClusterError: a node did not start, or a port is held by
-            something else.
+        Waits first (up to ``lock_wait`` seconds) for another run of the
+        same cluster to stop it.
+
+        :raises ClusterError: a node did not start, a port is held by
+            something else, or another run held the cluster too long.
         """
+        self._take_lock()
         self._clear_leftovers()
         self.root.mkdir(mode=0o755, parents=True)
         for node in self.nodes:
@@ -261,17 +297,60 @@ class RabbitCluster:
 
     def stop(self) -> None:
         """Stop every node, the first last; the first forgets each other
-        node once it is down; then remove the nodes' files. Nodes that
-        do not stop are killed; never raises for a node already down."""
-        first, *others = self.nodes
-        for node in others:
-            self._stop_node(node)
-            if self.running(first.name):
-                # Already forgotten, or the first node is going too: stopped below.
-                with contextlib.suppress(ClusterError):
-                    self.ctl(first.name, "forget_cluster_node", node.nodename)
-        self._stop_node(first)
-        shutil.rmtree(self.root, ignore_errors=True)
+        node once it is down; then remove the nodes' files and let another
+        run start. Nodes that do not stop are killed; never raises for a
+        node already down. Each node is stopped whatever happened to the
+        others, and the files are removed and the lock released in any case.
+
+        :raises ClusterError: a node still listened after it was killed
+            (every such node named).
+        """
+        failures: list[str] = []
+        try:
+            first, *others = self.nodes
+            for node in others:
+                try:
+                    self._stop_node(node)
+                except ClusterError as exc:
+                    failures.append(str(exc))
+                    continue
+                if self.running(first.name):
+                    # Already forgotten, or the first node is going too: stopped below.
+                    with contextlib.suppress(ClusterError):
+                        self.ctl(first.name, "forget_cluster_node", node.nodename)
+            try:
+                self._stop_node(first)
+            except ClusterError as exc:
+                failures.append(str(exc))
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self._release_lock()
+        if failures:
+            raise ClusterError("; ".join(failures))
+
+    def _take_lock(self) -> None:
+        if self._lock is not None:
+            return
+        descriptor = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self._lock_wait
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(descriptor)
+                    raise ClusterError(
+                        f"another run held {self.lock_file} for {self._lock_wait:g} s"
+                    ) from None
+                time.sleep(0.5)
+                continue
+            self._lock = descriptor
+            return
+
+    def _release_lock(self) -> None:
+        descriptor, self._lock = self._lock, None
+        if descriptor is not None:
+            os.close(descriptor)  # releases the flock
 
     def _stop_node(self, node: RabbitNode) -> None:
         if _listening(node.port) or _listening(node.dist_port):
@@ -293,7 +372,11 @@ class RabbitCluster:
     def _prepare(self, node: RabbitNode) -> None:
         node.home.mkdir(mode=0o755)
         (node.home / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{node.port}\nloopback_users.guest = true\n"
+            f"listeners.tcp.local = 127.0.0.1:{node.port}\n"
+            "loopback_users.guest = true\n"
+            # A quorum queue's leader on the declaring client's node, as the
+            # tests expect (RabbitMQ 4's default is balanced).
+            "queue_leader_locator = client-local\n"
         )
         (node.home / "enabled_plugins").write_text("[].\n")
         account = pwd.getpwnam(USER)

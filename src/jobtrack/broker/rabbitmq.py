@@ -5,7 +5,11 @@ What it guarantees, and how:
 - **Nothing is lost once ``publish`` returns**: queues are durable (quorum
   queues where the server has them), messages persistent, and the channel
   runs publisher confirms, so a publish returns only once the broker holds
-  the message.
+  the message. A message not confirmed (the connection lost) or nacked (a
+  quorum queue without a leader for a moment after its node was lost, or
+  full with ``reject-publish``) is sent again until ``publish_timeout``,
+  then :class:`~jobtrack.errors.BrokerUnavailable`; one the server returns
+  (no such queue) is a :class:`~jobtrack.errors.BrokerError` at once.
 - **Acks are manual**, and sent by the handler when it chooses (the
   consumers ack only once the item's progress is durable). A message whose
   consumer goes away unacked is delivered again.
@@ -45,7 +49,21 @@ What it guarantees, and how:
   that answers; when the connection is lost it tries the next node (round
   robin), declares again and consumes there, and publishes go there. A
   failed attempt moves on to the next node at once; once every node has
-  failed in a row, the backoff waits before the next round.
+  failed in a row, the backoff waits before the next round. Spaces and
+  newlines never separate URLs: a URL holding one is refused (urlsplit
+  would drop them, reading two URLs as one).
+
+- **Time limits on every step**, so that a node that answers nothing
+  (stopped, or cut off by the network) cannot hold the supervisor: an
+  attempt to connect (10 s; in a first round over several nodes, each
+  node's share of it, at least 2 s), setting the connection up (10 s) and
+  closing one (5 s). A connection in use is watched by the AMQP heartbeat
+  (``heartbeat=…``; aio-pika's default is 60 s).
+
+- **A refusal stops a process only when it cannot work anywhere**: before
+  the first connection, a refused login raises at once, and a refused
+  virtual host only once every node refused it (one node may refuse it
+  alone, while the virtual host is down there).
 
 URL options (removed before the URL reaches aio-pika, which takes the
 others, such as ``heartbeat``): ``queue_type`` (``quorum``, the default, or
@@ -121,6 +139,13 @@ _CONNECT_FAILED: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+# Seconds a connection attempt may take (TCP, TLS and the AMQP handshake);
+# see RabbitMQBroker._attempt_timeout for its share with several nodes.
+_CONNECT_TIMEOUT = 10.0
+# Seconds setting a new connection up (its channels, declarations and
+# consumers) may take, and closing one.
+_ATTACH_TIMEOUT = 10.0
+_CLOSE_TIMEOUT = 5.0
 # The server refused to let us consume a queue: retrying cannot help.
 _REFUSED: tuple[type[BaseException], ...] = (
     QueueRefused,
@@ -129,13 +154,42 @@ _REFUSED: tuple[type[BaseException], ...] = (
     aiormq.exceptions.ChannelPreconditionFailed,
 )
 
+# Any whitespace or control character: none belongs in a URL, and urlsplit
+# silently drops tabs and newlines.
+_UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f\s]")
+
+
+def _several_urls(url: str) -> str | None:
+    """Why ``url`` reads as several URLs run together, or None. A comma
+    elsewhere (in a password, a virtual host, an option) is the URL's."""
+    if _UNSAFE.search(url):
+        # urlsplit drops tabs and newlines: two URLs on two lines would read
+        # as one, the second in the first's virtual host.
+        return (
+            "a space or control character in the URL (several URLs are separated by"
+            " commas, each starting amqp:// or amqps://; a space in a password is written %20)"
+        )
+    if "://" in url.partition("://")[2]:
+        return (
+            "another URL inside this one (several URLs are separated by commas,"
+            " each starting amqp:// or amqps://)"
+        )
+    if url.endswith(","):
+        return (
+            "a comma at the end (an empty URL in a list; a virtual host ending"
+            " in a comma is written %2C)"
+        )
+    return None
+
 
 def parse_amqp_url(url: str) -> tuple[str, str, int]:
     """Split jobtrack's options off an ``amqp://`` URL:
     (the URL for aio-pika, the queue type, the delivery limit).
 
     :raises ConfigurationError: (an :class:`~jobtrack.errors.InvalidRequest`)
-        for a URL that is not AMQP, has a bad port or a bad option.
+        for a URL that is not AMQP, has a bad port or a bad option, holds a
+        space or control character, a comma in its host, another URL
+        (``://``) in its path or query, or ends with a comma.
     """
 
     def refuse(why: str) -> ConfigurationError:
@@ -143,6 +197,9 @@ def parse_amqp_url(url: str) -> tuple[str, str, int]:
             f"bad broker URL {masked_url(url)}: {why}", setting=BROKER_SETTING
         )
 
+    several = _several_urls(url)
+    if several is not None:
+        raise refuse(several)
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # an unclosed [IPv6 address, say
@@ -151,15 +208,17 @@ def parse_amqp_url(url: str) -> tuple[str, str, int]:
         raise refuse("not an AMQP URL (amqp://user:password@host:port/vhost)")
     try:
         port = parts.port
-    except ValueError as exc:  # not a number, or out of 0-65535
-        raise refuse(f"bad port ({exc})") from None
+    except ValueError:  # not a number, or out of 0-65535; its text may be a password's
+        raise refuse(
+            "bad port (not a whole number from 1 to 65535;"
+            " a / ? # or @ in a password is written %2F %3F %23 %40)"
+        ) from None
     if port == 0 or not parts.hostname:
         raise refuse("no host" if not parts.hostname else "port 0")
-    after_login = parts.netloc.rpartition("@")[2] + parts.path + parts.query + parts.fragment
-    if "," in after_login or any(c.isspace() for c in parts.hostname):
+    if "," in parts.netloc.rpartition("@")[2]:
         raise refuse(
-            "a comma or a space after the login (several URLs are separated by commas,"
-            " each starting amqp:// or amqps://; a comma in a virtual host is written %2C)"
+            "a comma in the host (several URLs are separated by commas,"
+            " each starting amqp:// or amqps://)"
         )
     query = parse_qsl(parts.query, keep_blank_values=True)
     options = {key: value for key, value in query if key in ("queue_type", "delivery_limit")}
@@ -191,8 +250,9 @@ def split_broker_urls(value: str) -> list[str]:
 
     A comma separates two URLs only where ``amqp://`` or ``amqps://``
     follows it (spaces around it are dropped), so a comma inside one URL,
-    in its password say, stays where it is. Nothing is checked here (see
-    :func:`parse_amqp_urls`).
+    in its password or virtual host say, stays where it is. Spaces and
+    newlines never separate URLs: :func:`parse_amqp_urls` refuses them.
+    Nothing is checked here.
     """
     return _URL_SEPARATOR.split(value.strip())
 
@@ -211,8 +271,10 @@ def parse_amqp_urls(value: str) -> BrokerNodes:
     (:func:`split_broker_urls`), each as :func:`parse_amqp_url` does.
 
     :raises ConfigurationError: a URL is empty or does not parse, holds a
-        comma after its login or a space in its host (a list whose separator
-        is missing its ``amqp://``, say), or the URLs disagree on
+        space or control character (URLs on several lines, say: they are
+        separated by commas only), a comma in its host or another URL in its
+        path or query (a separator missing its ``amqp://``, say), ends with a
+        comma, or the URLs disagree on
         ``queue_type`` or ``delivery_limit`` (the error names the option).
     """
     parsed = [parse_amqp_url(url) for url in split_broker_urls(value)]
@@ -254,6 +316,14 @@ def _login_refused(exc: BaseException, url: str) -> ConfigurationError | None:
             setting=BROKER_SETTING,
         )
     return None
+
+
+def _is_login_refusal(exc: BaseException) -> bool:
+    """Whether a failed connection attempt is the server refusing the user
+    or password (the same on every node of a cluster), rather than the
+    virtual host (which a node may refuse alone, while it is down there)."""
+    errors = aiormq.exceptions
+    return isinstance(exc, errors.ProbableAuthenticationError | errors.AuthenticationError)
 
 
 def _first_arg(exc: BaseException) -> str:
@@ -587,6 +657,9 @@ class RabbitMQBroker:
         self._window = asyncio.Semaphore(confirm_window)
         self._backoff = backoff or (lambda: Backoff(initial=0.1, maximum=max_reconnect_delay))
         self._connection: AbstractConnection | None = None
+        # The connection being set up or in use: the only one whose close counts.
+        self._current: AbstractConnection | None = None
+        self._refusing: set[int] = set()  # nodes that refused the virtual host
         self._publisher: AbstractChannel | None = None
         self._declared: set[str] = set()
         self._subscriptions: list[_RabbitSubscription] = []
@@ -706,9 +779,7 @@ class RabbitMQBroker:
             self._ready.set()
             await self._lost.wait()
             self._ready.clear()
-            self._connection = self._publisher = None
-            for subscription in list(self._subscriptions):
-                await subscription.detach()
+            await self._drop(connection)
             self._next_node()  # the node lost is likely gone: the next one first
             # A connection that held a while is followed by an attempt at once;
             # one that keeps dropping soon after it is made, by the backoff.
@@ -720,14 +791,22 @@ class RabbitMQBroker:
     async def _connect(self, backoff: Backoff, failed: int) -> AbstractConnection | None:
         """One attempt at the current node: the connection, set up; or None
         after moving on to the next node (waiting the backoff's next delay
-        once each node has failed in turn)."""
+        once each node has failed in turn).
+
+        :raises ConfigurationError: before the first connection, the login
+            refused, or the virtual host refused by every node.
+        """
         url = self._url
+        timeout = self._attempt_timeout(failed)
         try:
-            connection = await aio_pika.connect(url, timeout=10)
+            # aio-pika's timeout does not bound every step of a handshake.
+            connection = await asyncio.wait_for(aio_pika.connect(url, timeout=timeout), timeout)
         except _CONNECT_FAILED as exc:
             refused = _login_refused(exc, url)
             if refused is not None and self.connections == 0:
-                raise refused from exc
+                self._refusing.add(self._node)
+                if _is_login_refusal(exc) or len(self._refusing) == len(self._urls):
+                    raise refused from exc
             await self._after_failure(
                 backoff,
                 failed,
@@ -737,24 +816,25 @@ class RabbitMQBroker:
                 level=logging.WARNING if refused is None else logging.ERROR,
             )
             return None
+        self._current = connection
         self._lost.clear()
         connection.close_callbacks.add(self._on_close)
         try:
-            await self._attach(connection)
+            # A node that hangs after the handshake (stopped, or cut off)
+            # answers nothing: give up on it in time.
+            await asyncio.wait_for(self._attach(connection), _ATTACH_TIMEOUT)
         except _GONE_OR_SLOW as exc:
-            with contextlib.suppress(*_GONE_OR_SLOW):
-                await connection.close()
+            await self._drop(connection)
             await self._after_failure(
                 backoff,
                 failed,
                 "lost the RabbitMQ connection to %s while setting up (%s)",
                 masked_url(url),
-                exc,
+                exc if str(exc) else type(exc).__name__,
             )
             return None
         except BaseException:
-            with contextlib.suppress(*_GONE_OR_SLOW):
-                await connection.close()
+            await self._drop(connection)
             raise
         self.connections += 1
         if self.connections > 1:
@@ -771,6 +851,29 @@ class RabbitMQBroker:
                 extra={"action": "broker_connected", "node": masked_url(url)},
             )
         return connection
+
+    def _attempt_timeout(self, failed: int) -> float:
+        """Seconds the next connection attempt may take: the whole connect
+        timeout for a single node, and from the second round of failed
+        attempts on; in a first round over several nodes, a share of it (at
+        least a fifth), so that nodes dropping packets silently do not eat
+        a caller's whole wait before a node that answers is tried."""
+        nodes = len(self._urls)
+        if nodes == 1 or failed >= nodes:
+            return _CONNECT_TIMEOUT
+        return max(_CONNECT_TIMEOUT / nodes, _CONNECT_TIMEOUT / 5)
+
+    async def _drop(self, connection: AbstractConnection) -> None:
+        """Give up ``connection`` (lost, or failed while set up): forget it
+        and the channels on it, and close it, each close within a time
+        limit (a hung node never answers)."""
+        if self._current is connection:
+            self._current = None  # its close callback is ignored from now on
+        if self._connection is connection:
+            self._connection = self._publisher = None
+        with contextlib.suppress(*_GONE_OR_SLOW):
+            await asyncio.wait_for(connection.close(), _CLOSE_TIMEOUT)
+        await asyncio.gather(*(s.detach() for s in list(self._subscriptions)))
 
     async def _after_failure(
         self,
@@ -828,7 +931,9 @@ class RabbitMQBroker:
         )
         return refused
 
-    def _on_close(self, _: object, exc: BaseException | None = None) -> None:
+    def _on_close(self, connection: object, exc: BaseException | None = None) -> None:
+        if connection is not self._current:
+            return  # one given up already (it failed while set up): not ours to report
         if not self._closed:
             logger.warning(
                 "RabbitMQ connection closed: %s",
@@ -879,8 +984,24 @@ class RabbitMQBroker:
                 self._publisher = publisher
             return publisher
 
+    async def _reopen_publisher(self, publisher: AbstractChannel) -> None:
+        """Close ``publisher``, unless already replaced, so that the next
+        publish opens a new channel (its publishes awaiting a confirm are
+        sent again, as after any channel loss)."""
+        async with self._publisher_lock:
+            if self._publisher is not publisher:
+                return
+            self._publisher = None
+        with contextlib.suppress(*_GONE_OR_SLOW):
+            await asyncio.wait_for(publisher.close(), _CLOSE_TIMEOUT)
+
     async def publish(self, queue: str, body: bytes) -> None:
-        """Return once the broker has confirmed the message (persistent, durable queue)."""
+        """Return once the broker has confirmed the message (persistent, durable queue).
+
+        :raises BrokerUnavailable: not confirmed within ``publish_timeout``
+            (the broker away, or nacking it all along).
+        :raises BrokerError: the server returned it, or a configuration error.
+        """
         await self._publish(queue, body, headers=None)
 
     async def publish_many(self, queue: str, bodies: Iterable[bytes]) -> None:
@@ -926,13 +1047,34 @@ class RabbitMQBroker:
                 )
             except _GONE_OR_SLOW as exc:
                 if asyncio.get_running_loop().time() >= deadline:
-                    raise BrokerUnavailable(f"publish to {queue} not confirmed: {exc}") from exc
+                    raise BrokerUnavailable(
+                        f"publish to {queue} not confirmed: {exc or type(exc).__name__}"
+                    ) from exc
                 # Not confirmed: send it again once the connection or channel is
                 # back (it may then be there twice; consumers count each item once).
                 await asyncio.sleep(0.05)
                 continue
             except aio_pika.exceptions.DeliveryError as exc:
-                raise BrokerError(f"RabbitMQ refused a message for {queue}: {exc}") from exc
+                if not isinstance(exc.frame, aiormq.spec.Basic.Nack):  # unroutable: returned
+                    raise BrokerError(f"RabbitMQ refused a message for {queue}: {exc}") from exc
+                # A nack: the queue could not take it now (a quorum queue
+                # electing a leader after its node was lost, or full with
+                # overflow reject-publish). Send it again until the deadline,
+                # on a new channel: one opened while the leader's node was
+                # being lost may keep nacking for good, a new one does not.
+                await self._reopen_publisher(publisher)
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise BrokerUnavailable(
+                        f"publish to {queue} not confirmed: the server nacked it"
+                        f" for {self._publish_timeout:g} s"
+                    ) from exc
+                logger.warning(
+                    "RabbitMQ nacked a message for %s; sending it again",
+                    queue,
+                    extra={"action": "publish_nacked", "queue": queue},
+                )
+                await asyncio.sleep(0.2)
+                continue
             if not isinstance(confirm, aiormq.spec.Basic.Ack):
                 raise BrokerError(f"RabbitMQ did not take a message for {queue}: {confirm!r}")
             return
