@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -423,3 +424,32 @@ for n in range(5):
     )
     assert done.returncode == 0, done.stderr
     assert asyncio.run(counted(app, job_id, "send")) == 5
+
+
+async def test_ends_gathered_by_a_thread_wait_for_its_flush(tmp_path: Path) -> None:
+    app = make_app(tmp_path, Recorder())
+    async with app, app.start_job("emails") as producer:
+        await producer.add("send", calls(3))
+    job_id = producer.job.id
+    counter = TaskCounter(app.with_settings(replace(app.settings, flush_interval=0.05)))
+    counter.start()
+
+    async def counted() -> int:
+        async with app.with_settings(app.settings) as opened:
+            return (await opened.store.get_job(job_id)).stage("send").completed_items
+
+    with counter.gathering():
+        counter.done(TaskRef(job_id, "send", "t0"))
+        await asyncio.sleep(0.5)  # ten flush intervals: nothing woke the counter's thread
+        assert await counted() == 0
+        assert counter.flush(10.0)
+        assert await counted() == 1
+        counter.done(TaskRef(job_id, "send", "t1"))
+    # Leaving the block has what waits taken at the flush interval.
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while await counted() < 2:
+        assert asyncio.get_running_loop().time() < deadline, "t1 not counted after the block"
+        await asyncio.sleep(0.02)
+    counter.done(TaskRef(job_id, "send", "t2"))  # outside a block
+    counter.close()
+    assert await counted() == 3

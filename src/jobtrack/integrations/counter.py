@@ -37,7 +37,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
@@ -104,6 +104,7 @@ class _Running:
         self.lock = threading.Lock()
         self.waiting: list[tuple[Callable[..., None], tuple[object, ...]]] = []
         self.armed = False  # the counter's thread will take the list
+        self.timer: asyncio.TimerHandle | None = None  # the take it is armed for
         self.closed = False  # the counter's thread takes the list no more
         self.linger = app.settings.flush_interval
         self._opened: Future[None] = Future()
@@ -150,32 +151,49 @@ class _Running:
                 await asyncio.wait(set(self.writes))
             await self.app.aclose()
 
-    def put(self, callback: Callable[..., None], args: tuple[object, ...]) -> bool:
+    def put(self, callback: Callable[..., None], args: tuple[object, ...], *, arm: bool) -> bool:
         """Have ``callback(self, *args)`` run on the counter's loop, with
-        the rest of the batch; False when the counter's thread has stopped
-        taking batches (the counter was closed meanwhile)."""
+        the rest of the batch (without ``arm``, the batch is taken by the
+        next flush or :meth:`arm`, unless it is full); False when the
+        counter's thread has stopped taking batches (the counter was closed
+        meanwhile)."""
         with self.lock:
             if self.closed:
                 return False
             waiting = self.waiting
             waiting.append((callback, args))
-            if self.armed:
+            if self.armed or not arm:
                 if len(waiting) != BATCH:
                     return True
                 wake = self.take  # a full batch: now
             else:
                 self.armed = True
                 wake = self._arm
-        # Closed meanwhile: the loop took this end on its way out.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(wake)
+        self._wake(wake)
         return True
 
+    def arm(self) -> None:
+        """Have what waits taken at the flush interval, if nothing will."""
+        with self.lock:
+            if self.closed or self.armed or not self.waiting:
+                return
+            self.armed = True
+        self._wake(self._arm)
+
+    def _wake(self, callback: Callable[[], None]) -> None:
+        # Closed meanwhile: the loop took what waits on its way out.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(callback)
+
     def _arm(self) -> None:
-        self.loop.call_later(self.linger, self.take)
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.linger, self.take)
 
     def take(self) -> None:
         """Run the waiting callbacks, on the counter's loop."""
+        if self.timer is not None:  # taken now: the take it was armed for is not needed
+            self.timer.cancel()
+            self.timer = None
         with self.lock:
             waiting, self.waiting = self.waiting, []
             self.armed = False
@@ -192,6 +210,12 @@ class _Running:
             with contextlib.suppress(RuntimeError):  # the loop has closed already
                 self.loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(timeout)
+
+
+class _Gathering(threading.local):
+    """How deep a thread is in :meth:`TaskCounter.gathering` blocks."""
+
+    depth = 0
 
 
 class TaskCounter:
@@ -216,6 +240,7 @@ class TaskCounter:
         self._lock = threading.Lock()
         self._running: _Running | None = None
         self._pid = 0
+        self._gathering = _Gathering()
         self.reported = 0
         """Task ends reported in this process (done and failed)."""
         self.dropped = 0
@@ -230,6 +255,7 @@ class TaskCounter:
         self._lock = threading.Lock()
         self._running = None
         self._pid = 0
+        self._gathering = _Gathering()
         self.reported = self.dropped = 0
 
     @property
@@ -260,7 +286,7 @@ class TaskCounter:
         except Exception as exc:  # the store did not open: the monitor makes up for it
             self._drop(f"the counter could not start: {exc}")
             return
-        if not running.put(callback, args):
+        if not running.put(callback, args, arm=not self._gathering.depth):
             self._drop("the counter was closed")
 
     def _drop(self, why: str) -> None:
@@ -280,6 +306,25 @@ class TaskCounter:
             :attr:`flush_timeout` seconds: ``StoreUnavailable``).
         """
         self._started()
+
+    @contextlib.contextmanager
+    def gathering(self) -> Iterator[None]:
+        """A block whose task ends, reported by this thread, do not wake the
+        counter's thread: they wait for the next :meth:`flush` (or the
+        next end reported outside such a block, or :data:`BATCH` ends),
+        which takes them with the rest. For a thread that reports many ends
+        and then flushes: one wake-up of the counter's thread, not two.
+        Leaving the block has what still waits taken at the flush interval,
+        as :meth:`done` does."""
+        gathering = self._gathering
+        gathering.depth += 1
+        try:
+            yield
+        finally:
+            gathering.depth -= 1
+            running = self._running
+            if not gathering.depth and running is not None and self._pid == os.getpid():
+                running.arm()
 
     def done(self, ref: TaskRef) -> None:
         """Count ``ref``'s item done (once, by its key); returns at once
