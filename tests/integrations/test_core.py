@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from jobtrack.integrations import TaskCall, TaskCounter, TaskRef
 from jobtrack.integrations import counter as counter_module
 from jobtrack.model import Job, JobStatus
 from jobtrack.store.ledger import LedgerItem
+from jobtrack.tracking.stats import WRITE_STATS
 
 
 class Recorder:
@@ -453,3 +455,32 @@ async def test_ends_gathered_by_a_thread_wait_for_its_flush(tmp_path: Path) -> N
     counter.done(TaskRef(job_id, "send", "t2"))  # outside a block
     counter.close()
     assert await counted() == 3
+
+
+async def test_a_busy_counter_writes_every_few_intervals_and_soon_once_ends_stop(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path, Recorder())
+    async with app, app.start_job("emails") as producer:
+        await producer.add("send", calls(100))
+    job_id = producer.job.id
+    counter = TaskCounter(app.with_settings(replace(app.settings, flush_interval=0.1)))
+    counter.start()
+    before = WRITE_STATS.writes
+    began = time.monotonic()
+    for n in range(100):  # an end every 10 ms for about 1.2 s
+        counter.done(TaskRef(job_id, "send", f"t{n}"))
+        await asyncio.sleep(0.01)
+    busy = time.monotonic() - began
+    ended = time.monotonic()
+    async with app.with_settings(app.settings) as opened:
+        while (await opened.store.get_job(job_id)).stage("send").completed_items < 100:
+            assert time.monotonic() - ended < 5.0, "the last ends not written"
+            await asyncio.sleep(0.01)
+    written = time.monotonic() - ended
+    writes = WRITE_STATS.writes - before
+    counter.close()
+    # One write every 2.5 intervals while the ends come (not one an
+    # interval), and the last ends within about an interval of the last.
+    assert writes <= busy / 0.25 + 2, (writes, busy)
+    assert written < 0.5, written

@@ -12,9 +12,14 @@ its loop.
 A task's end costs its thread one append to a list, under a lock no other
 thread holds for longer than an append or a swap of the list. The counter's
 thread is not woken per task: the first end after it last took the list
-wakes it, and it takes the list, with every end reported meanwhile, the
-app's flush interval later (at once once :data:`BATCH` ends wait, or for a
-:meth:`TaskCounter.flush`); what it takes goes to the store in one write.
+wakes it, and it takes the list, with every end reported meanwhile, once
+no end has come for half the app's flush interval (:data:`QUIET`; an
+interval after it last took it at the soonest), or once the oldest end
+has waited 2.5 intervals (:data:`LONGEST`) while others keep coming; at
+once when :data:`BATCH` ends wait, or for a :meth:`TaskCounter.flush`.
+What it takes goes to the store in one write. So a busy worker writes
+every 2.5 intervals (a write costs about as much for one end as for
+hundreds), and the last ends of a burst are written within an interval.
 
 Each ended task counts once, by its item key, whatever the redeliveries. A
 failed task's error is recorded in the ledger before it is counted failed.
@@ -61,6 +66,11 @@ TOUCH_EVERY = 5.0
 #: Task ends waiting for the counter's thread that wake it at once, rather
 #: than at the app's flush interval.
 BATCH = 1_000
+#: Flush intervals without a new task end after which the ends waiting are
+#: taken (an interval after the last take at the soonest).
+QUIET = 0.5
+#: Flush intervals an end waits at most while others keep coming.
+LONGEST = 2.5
 
 #: Every counter of the process, to reset after a fork.
 _COUNTERS: weakref.WeakSet[TaskCounter] = weakref.WeakSet()
@@ -106,7 +116,15 @@ class _Running:
         self.armed = False  # the counter's thread will take the list
         self.timer: asyncio.TimerHandle | None = None  # the take it is armed for
         self.closed = False  # the counter's thread takes the list no more
-        self.linger = app.settings.flush_interval
+        # When the list is taken (see the module): once no end has come for
+        # `quiet` seconds, an interval after the last take at the soonest,
+        # or once the oldest end has waited `longest` seconds.
+        self.interval = app.settings.flush_interval
+        self.quiet = self.interval * QUIET
+        self.longest = self.interval * LONGEST
+        self.first = 0.0  # time.monotonic() when the oldest end waiting came
+        self.last = 0.0  # when the newest came
+        self.taken = 0.0  # when the list was last taken
         self._opened: Future[None] = Future()
         self._stop: asyncio.Event | None = None
         self.thread = threading.Thread(target=self._run, name="jobtrack-counter", daemon=True)
@@ -162,6 +180,9 @@ class _Running:
                 return False
             waiting = self.waiting
             waiting.append((callback, args))
+            self.last = now = time.monotonic()
+            if len(waiting) == 1:
+                self.first = now
             if self.armed or not arm:
                 if len(waiting) != BATCH:
                     return True
@@ -187,7 +208,17 @@ class _Running:
 
     def _arm(self) -> None:
         if self.timer is None:
-            self.timer = self.loop.call_later(self.linger, self.take)
+            self._check()
+
+    def _check(self) -> None:
+        """Take the list if it is due, else look again when it may be."""
+        self.timer = None
+        quiet = max(self.last + self.quiet, self.taken + self.interval)
+        due = min(self.first + self.longest, quiet)
+        if time.monotonic() >= due:
+            self.take()
+        else:
+            self.timer = self.loop.call_later(due - time.monotonic(), self._check)
 
     def take(self) -> None:
         """Run the waiting callbacks, on the counter's loop."""
@@ -197,6 +228,7 @@ class _Running:
         with self.lock:
             waiting, self.waiting = self.waiting, []
             self.armed = False
+            self.taken = time.monotonic()
         for callback, args in waiting:
             try:
                 callback(self, *args)
@@ -330,7 +362,9 @@ class TaskCounter:
         """Count ``ref``'s item done (once, by its key); returns at once
         (the first call in a process waits for the store to open, at most
         :attr:`flush_timeout` seconds), the count written with the others
-        of its batch, within about the app's flush interval. Never raises:
+        of its batch (see the module): within an interval or so of the
+        app's flush interval once ends stop coming, within 2.5 while they
+        keep coming. Never raises:
         a count that cannot be handed to the store is logged and dropped
         (:attr:`dropped`), and the monitor sends the task again."""
         self.reported += 1
