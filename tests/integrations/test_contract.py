@@ -140,11 +140,8 @@ def test_a_task_failing_every_attempt_is_a_failed_item_with_its_error(driver: Dr
 def test_a_worker_killed_before_its_flush_ends_exact_after_reconciling(driver: Driver) -> None:
     total = 50
     # Counts wait 60 s in each process before a flush: every task has ended
-    # and been reported when the kill comes, and none of it is in the store
-    # (RQ's forking worker would write what it hands over before it waits
-    # for its next job: not here).
+    # and been reported when the kill comes, and none of it is in the store.
     driver.env["JOBTRACK_FLUSH_INTERVAL_MS"] = "60000"
-    driver.env["JOBTRACK_TEST_RQ_WAIT_FOR_WRITES"] = "0"
     driver.start_workers()
     job_id = driver.produce(total)
     deadline = time.monotonic() + 60
@@ -163,7 +160,6 @@ def test_a_worker_killed_before_its_flush_ends_exact_after_reconciling(driver: D
         return
     assert lost[1] < total, lost
     driver.env["JOBTRACK_FLUSH_INTERVAL_MS"] = "100"
-    driver.env["JOBTRACK_TEST_RQ_WAIT_FOR_WRITES"] = "1"
     driver.start_workers()
     time.sleep(1.1)
     report = monitor(driver, "--stuck-after", "1")

@@ -354,62 +354,6 @@ def test_held_ends_are_handed_over_before_waiting_for_a_job(
     assert counter.calls == [("done", ref, "")]
 
 
-def test_a_forking_worker_has_the_ends_it_hands_over_written_before_its_next_job(
-    tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(rq_integration, "HOLD_FOR", 3600.0)
-    tracking = tracking_of(tmp_path, queue)
-    with tracking.start_job("emails") as job:
-        for n in range(2):
-            job.send("send", succeed, n, key=f"ok{n}")
-
-    class Waiting(JobtrackSimpleWorker):
-        jobtrack_app = tracking.app
-        jobtrack_wait_for_writes = True  # as JobtrackWorker, without forking in the tests
-
-    worker = Waiting([queue], connection=queue.connection)
-    for _ in range(2):
-        taken = worker.dequeue_job_and_maintain_ttl(1)
-        assert taken is not None
-        worker.execute_job(taken[0], taken[1])
-    assert stored_job(tracking, job.job.id).stage("send").completed_items == 0  # held
-    assert worker.dequeue_job_and_maintain_ttl(None) is None  # empty: handed over
-    assert stored_job(tracking, job.job.id).stage("send").completed_items == 2  # and written
-    worker._close_counter()
-
-
-def test_a_hand_over_not_written_in_time_is_not_waited_for_again_for_a_while(
-    tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(rq_integration, "HOLD_MAX", 1)
-    tracking = tracking_of(tmp_path, queue)
-
-    class Slow(Recorded):
-        """A counter whose flushes never see their counts written in time."""
-
-        def __init__(self, app: jobtrack.App) -> None:
-            super().__init__(app)
-            self.waits: list[float | None] = []
-
-        def flush(self, timeout: float | None = None) -> bool:
-            self.waits.append(timeout)
-            return False
-
-    class Waiting(JobtrackSimpleWorker):
-        jobtrack_wait_for_writes = True
-
-    counter = Slow(tracking.app)
-    worker = Waiting([queue], connection=queue.connection)
-    worker._jobtrack_counter = counter
-    made = _enqueued(queue, 3)
-    for _ in made:
-        taken = worker.dequeue_job_and_maintain_ttl(1)
-        assert taken is not None
-        worker.execute_job(taken[0], taken[1])  # each end handed over at once
-    assert counter.calls == [("done", ref, "") for _, ref in made]
-    assert counter.waits == [rq_integration.HAND_WAIT]  # then none for WAIT_AGAIN seconds
-
-
 def test_held_ends_are_counted_when_the_worker_stops(
     tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -39,13 +39,7 @@ A busy worker holds the ends it has read and hands them to its counter
 together (every :data:`HOLD_FOR` seconds or :data:`HOLD_MAX` ends): every
 wake of the counter's thread after a fork costs copy-on-write page faults.
 A worker that finds its queues empty hands what it holds over before it
-waits for a job. Having handed them over, the worker waits for them to be
-written (at most :data:`HAND_WAIT` seconds) before it forks its next work
-horse: the counter's thread then writes while no work horse shares the
-worker's pages, and none of its writes to memory is a copy-on-write fault.
-A wait that times out (the store is slow or down) is not made again for
-:data:`WAIT_AGAIN` seconds: the counts are kept and written in the
-background meanwhile, as they are by any counter.
+waits for a job.
 """
 
 from __future__ import annotations
@@ -76,11 +70,9 @@ from jobtrack.runtime import App
 from jobtrack.store.ledger import LedgerItem
 
 __all__ = [
-    "HAND_WAIT",
     "HOLD_FOR",
     "HOLD_MAX",
     "RETRIES",
-    "WAIT_AGAIN",
     "EndCounter",
     "JobtrackSimpleWorker",
     "JobtrackWorker",
@@ -103,12 +95,6 @@ RETRIES = "jobtrack_retries"
 HOLD_FOR = 0.25
 #: Job ends a busy worker holds at most before it hands them over.
 HOLD_MAX = 100
-#: Seconds a worker waits at most, having handed ends over, for them to
-#: be written before it takes its next job.
-HAND_WAIT = 1.0
-#: Seconds a worker does not wait for its hand-overs to be written after a
-#: wait that did not see them written.
-WAIT_AGAIN = 30.0
 
 #: The send options :meth:`RQJobSender.send` takes, as ``Queue.enqueue`` names them.
 _OPTIONS = ("job_timeout", "result_ttl", "ttl", "failure_ttl", "description", "at_front")
@@ -476,13 +462,6 @@ class _Counted:
 
     _jobtrack_counter: TaskCounter | None = None
     _jobtrack_held: _HeldEnds | None = None
-    _jobtrack_wait_from = 0.0  # time.monotonic() from which hand-overs wait again
-
-    jobtrack_wait_for_writes: ClassVar[bool] = False
-    """Whether the worker, having handed ends over, waits for them to be
-    written before its next job (see the module): what a worker that forks
-    its work horses does. False: they are written in the background, at
-    the app's flush interval."""
 
     @property
     def jobtrack_counter(self) -> TaskCounter:
@@ -531,17 +510,7 @@ class _Counted:
             return
         count = len(held.ends)
         try:
-            counter = self.jobtrack_counter
-            # Handed over without waking the counter's thread, which the
-            # flush then wakes once (see the module).
-            with counter.gathering():
-                held.hand(counter)
-                if (
-                    self.jobtrack_wait_for_writes
-                    and time.monotonic() >= self._jobtrack_wait_from
-                    and not counter.flush(HAND_WAIT)
-                ):
-                    self._jobtrack_wait_from = time.monotonic() + WAIT_AGAIN
+            held.hand(self.jobtrack_counter)
         except Exception:  # nothing from counting may stop the worker
             logger.exception(
                 "%d RQ job ends not counted",
@@ -577,12 +546,9 @@ class JobtrackWorker(_Counted, Worker):
     """RQ's forking :class:`rq.Worker` that counts each job's end in jobtrack
     (``rq worker -w jobtrack.integrations.rq.JobtrackWorker``): in its main
     process once the work horse has ended, handed to its counter a batch at
-    a time while it is busy, and written before the next work horse is
-    forked (see the module); flushed when the worker stops. Set
-    :attr:`jobtrack_app` in a subclass to count into another app's store.
+    a time while it is busy (see the module); flushed when the worker stops.
+    Set :attr:`jobtrack_app` in a subclass to count into another app's store.
     """
-
-    jobtrack_wait_for_writes = True
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
         """Run ``job`` in a work horse (as RQ does), then read its end and

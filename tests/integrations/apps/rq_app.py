@@ -6,8 +6,7 @@ inherit it.
 
 Environment: ``JOBTRACK_STORE_URL`` (the store), ``JOBTRACK_TEST_REDIS_URL``,
 ``JOBTRACK_TEST_RQ_QUEUE`` (the test's queue), ``JOBTRACK_TEST_RAW_KEY`` (the
-raw counter, a Redis hash), ``JOBTRACK_TEST_RQ_WAIT_FOR_WRITES`` (see
-:class:`Worker`).
+raw counter, a Redis hash).
 """
 
 from __future__ import annotations
@@ -77,9 +76,6 @@ def fail(n: int) -> None:
 
 
 class Worker(JobtrackWorker):
-    """RQ's forking worker, counting into :data:`app`'s store (without
-    waiting for what it hands over to be written when
-    ``JOBTRACK_TEST_RQ_WAIT_FOR_WRITES`` is ``0``)."""
+    """RQ's forking worker, counting into :data:`app`'s store."""
 
     jobtrack_app = app
-    jobtrack_wait_for_writes = os.environ.get("JOBTRACK_TEST_RQ_WAIT_FOR_WRITES", "1") == "1"
