@@ -10,7 +10,9 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from jobtrack.integrations import TaskCall, TaskCounter, TaskRef
 from jobtrack.integrations import counter as counter_module
 from jobtrack.model import Job, JobStatus
 from jobtrack.store.ledger import LedgerItem
+from jobtrack.tracking.stats import WRITE_STATS
 
 
 class Recorder:
@@ -423,3 +426,61 @@ for n in range(5):
     )
     assert done.returncode == 0, done.stderr
     assert asyncio.run(counted(app, job_id, "send")) == 5
+
+
+async def test_ends_gathered_by_a_thread_wait_for_its_flush(tmp_path: Path) -> None:
+    app = make_app(tmp_path, Recorder())
+    async with app, app.start_job("emails") as producer:
+        await producer.add("send", calls(3))
+    job_id = producer.job.id
+    counter = TaskCounter(app.with_settings(replace(app.settings, flush_interval=0.05)))
+    counter.start()
+
+    async def counted() -> int:
+        async with app.with_settings(app.settings) as opened:
+            return (await opened.store.get_job(job_id)).stage("send").completed_items
+
+    with counter.gathering():
+        counter.done(TaskRef(job_id, "send", "t0"))
+        await asyncio.sleep(0.5)  # ten flush intervals: nothing woke the counter's thread
+        assert await counted() == 0
+        assert counter.flush(10.0)
+        assert await counted() == 1
+        counter.done(TaskRef(job_id, "send", "t1"))
+    # Leaving the block has what waits taken at the flush interval.
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while await counted() < 2:
+        assert asyncio.get_running_loop().time() < deadline, "t1 not counted after the block"
+        await asyncio.sleep(0.02)
+    counter.done(TaskRef(job_id, "send", "t2"))  # outside a block
+    counter.close()
+    assert await counted() == 3
+
+
+async def test_a_busy_counter_writes_every_few_intervals_and_soon_once_ends_stop(
+    tmp_path: Path,
+) -> None:
+    app = make_app(tmp_path, Recorder())
+    async with app, app.start_job("emails") as producer:
+        await producer.add("send", calls(100))
+    job_id = producer.job.id
+    counter = TaskCounter(app.with_settings(replace(app.settings, flush_interval=0.1)))
+    counter.start()
+    before = WRITE_STATS.writes
+    began = time.monotonic()
+    for n in range(100):  # an end every 10 ms for about 1.2 s
+        counter.done(TaskRef(job_id, "send", f"t{n}"))
+        await asyncio.sleep(0.01)
+    busy = time.monotonic() - began
+    ended = time.monotonic()
+    async with app.with_settings(app.settings) as opened:
+        while (await opened.store.get_job(job_id)).stage("send").completed_items < 100:
+            assert time.monotonic() - ended < 5.0, "the last ends not written"
+            await asyncio.sleep(0.01)
+    written = time.monotonic() - ended
+    writes = WRITE_STATS.writes - before
+    counter.close()
+    # One write every 2.5 intervals while the ends come (not one an
+    # interval), and the last ends within about an interval of the last.
+    assert writes <= busy / 0.25 + 2, (writes, busy)
+    assert written < 0.5, written

@@ -491,6 +491,52 @@ def test_held_messages_are_settled_on_their_own_consumer_and_never_once_it_is_cl
     counter.close()
 
 
+def _hand_over(acks: CountedAcks, consumer: HeldConsumer, count: int, pause: float) -> list[str]:
+    """Hand ``count`` messages of ``consumer`` to ``acks``, ``pause`` seconds
+    apart, as worker threads would; their ids."""
+    ids = []
+    for _ in range(count):
+        message = next(consumer)
+        assert message is not None
+        assert acks.hold(message, _nothing)
+        consumer.ack(message)
+        ids.append(message.message_id)
+        time.sleep(pause)
+    return ids
+
+
+def test_the_acks_thread_lingers_for_more_messages_before_one_flush(tmp_path: Path) -> None:
+    counter = HeldFlush(make_app(tmp_path))
+    counter.gate.set()
+    acks = CountedAcks(counter, flush_linger=1.0)
+    recording = Recording([_proxy(n) for n in range(8)])
+    ids = _hand_over(acks, HeldConsumer(recording, acks), 8, 0.01)
+    assert acks.drain(10)
+    # Each message handed over after the first does not end the wait.
+    assert (counter.flushes, recording.acked) == (1, ids)
+    acks.stop()
+    counter.close()
+
+
+def test_a_full_batch_is_flushed_before_the_linger_is_up(tmp_path: Path) -> None:
+    counter = HeldFlush(make_app(tmp_path))
+    counter.gate.set()
+    acks = CountedAcks(counter, held_prefetch=8, flush_linger=30.0)
+    assert acks.flush_at == 6
+    recording = Recording([_proxy(n) for n in range(7)])
+    consumer = HeldConsumer(recording, acks)
+    ids = _hand_over(acks, consumer, 6, 0.0)
+    _wait(lambda: recording.acked == ids, "a full batch settled", within=5.0)
+    assert counter.flushes == 1
+    last = _hand_over(acks, consumer, 1, 0.0)
+    time.sleep(0.2)
+    assert (acks.held, recording.acked) == (1, ids)  # one message: it lingers
+    assert acks.drain(1.0)  # it does not wait out the linger
+    assert (counter.flushes, recording.acked) == (2, ids + last)
+    acks.stop()
+    counter.close()
+
+
 def _held_then_killed(url: str, queue: str, store: str, total: str) -> None:
     """A worker whose flushes never end runs ``total`` messages of ``queue``,
     then its process is killed."""

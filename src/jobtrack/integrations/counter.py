@@ -12,9 +12,14 @@ its loop.
 A task's end costs its thread one append to a list, under a lock no other
 thread holds for longer than an append or a swap of the list. The counter's
 thread is not woken per task: the first end after it last took the list
-wakes it, and it takes the list, with every end reported meanwhile, the
-app's flush interval later (at once once :data:`BATCH` ends wait, or for a
-:meth:`TaskCounter.flush`); what it takes goes to the store in one write.
+wakes it, and it takes the list, with every end reported meanwhile, once
+no end has come for half the app's flush interval (:data:`QUIET`; an
+interval after it last took it at the soonest), or once the oldest end
+has waited 2.5 intervals (:data:`LONGEST`) while others keep coming; at
+once when :data:`BATCH` ends wait, or for a :meth:`TaskCounter.flush`.
+What it takes goes to the store in one write. So a busy worker writes
+every 2.5 intervals (a write costs about as much for one end as for
+hundreds), and the last ends of a burst are written within an interval.
 
 Each ended task counts once, by its item key, whatever the redeliveries. A
 failed task's error is recorded in the ledger before it is counted failed.
@@ -37,7 +42,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
@@ -61,6 +66,11 @@ TOUCH_EVERY = 5.0
 #: Task ends waiting for the counter's thread that wake it at once, rather
 #: than at the app's flush interval.
 BATCH = 1_000
+#: Flush intervals without a new task end after which the ends waiting are
+#: taken (an interval after the last take at the soonest).
+QUIET = 0.5
+#: Flush intervals an end waits at most while others keep coming.
+LONGEST = 2.5
 
 #: Every counter of the process, to reset after a fork.
 _COUNTERS: weakref.WeakSet[TaskCounter] = weakref.WeakSet()
@@ -104,8 +114,17 @@ class _Running:
         self.lock = threading.Lock()
         self.waiting: list[tuple[Callable[..., None], tuple[object, ...]]] = []
         self.armed = False  # the counter's thread will take the list
+        self.timer: asyncio.TimerHandle | None = None  # the take it is armed for
         self.closed = False  # the counter's thread takes the list no more
-        self.linger = app.settings.flush_interval
+        # When the list is taken (see the module): once no end has come for
+        # `quiet` seconds, an interval after the last take at the soonest,
+        # or once the oldest end has waited `longest` seconds.
+        self.interval = app.settings.flush_interval
+        self.quiet = self.interval * QUIET
+        self.longest = self.interval * LONGEST
+        self.first = 0.0  # time.monotonic() when the oldest end waiting came
+        self.last = 0.0  # when the newest came
+        self.taken = 0.0  # when the list was last taken
         self._opened: Future[None] = Future()
         self._stop: asyncio.Event | None = None
         self.thread = threading.Thread(target=self._run, name="jobtrack-counter", daemon=True)
@@ -150,35 +169,66 @@ class _Running:
                 await asyncio.wait(set(self.writes))
             await self.app.aclose()
 
-    def put(self, callback: Callable[..., None], args: tuple[object, ...]) -> bool:
+    def put(self, callback: Callable[..., None], args: tuple[object, ...], *, arm: bool) -> bool:
         """Have ``callback(self, *args)`` run on the counter's loop, with
-        the rest of the batch; False when the counter's thread has stopped
-        taking batches (the counter was closed meanwhile)."""
+        the rest of the batch (without ``arm``, the batch is taken by the
+        next flush or :meth:`arm`, unless it is full); False when the
+        counter's thread has stopped taking batches (the counter was closed
+        meanwhile)."""
         with self.lock:
             if self.closed:
                 return False
             waiting = self.waiting
             waiting.append((callback, args))
-            if self.armed:
+            self.last = now = time.monotonic()
+            if len(waiting) == 1:
+                self.first = now
+            if self.armed or not arm:
                 if len(waiting) != BATCH:
                     return True
                 wake = self.take  # a full batch: now
             else:
                 self.armed = True
                 wake = self._arm
-        # Closed meanwhile: the loop took this end on its way out.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(wake)
+        self._wake(wake)
         return True
 
+    def arm(self) -> None:
+        """Have what waits taken at the flush interval, if nothing will."""
+        with self.lock:
+            if self.closed or self.armed or not self.waiting:
+                return
+            self.armed = True
+        self._wake(self._arm)
+
+    def _wake(self, callback: Callable[[], None]) -> None:
+        # Closed meanwhile: the loop took what waits on its way out.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(callback)
+
     def _arm(self) -> None:
-        self.loop.call_later(self.linger, self.take)
+        if self.timer is None:
+            self._check()
+
+    def _check(self) -> None:
+        """Take the list if it is due, else look again when it may be."""
+        self.timer = None
+        quiet = max(self.last + self.quiet, self.taken + self.interval)
+        due = min(self.first + self.longest, quiet)
+        if time.monotonic() >= due:
+            self.take()
+        else:
+            self.timer = self.loop.call_later(due - time.monotonic(), self._check)
 
     def take(self) -> None:
         """Run the waiting callbacks, on the counter's loop."""
+        if self.timer is not None:  # taken now: the take it was armed for is not needed
+            self.timer.cancel()
+            self.timer = None
         with self.lock:
             waiting, self.waiting = self.waiting, []
             self.armed = False
+            self.taken = time.monotonic()
         for callback, args in waiting:
             try:
                 callback(self, *args)
@@ -192,6 +242,12 @@ class _Running:
             with contextlib.suppress(RuntimeError):  # the loop has closed already
                 self.loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(timeout)
+
+
+class _Gathering(threading.local):
+    """How deep a thread is in :meth:`TaskCounter.gathering` blocks."""
+
+    depth = 0
 
 
 class TaskCounter:
@@ -216,6 +272,7 @@ class TaskCounter:
         self._lock = threading.Lock()
         self._running: _Running | None = None
         self._pid = 0
+        self._gathering = _Gathering()
         self.reported = 0
         """Task ends reported in this process (done and failed)."""
         self.dropped = 0
@@ -230,6 +287,7 @@ class TaskCounter:
         self._lock = threading.Lock()
         self._running = None
         self._pid = 0
+        self._gathering = _Gathering()
         self.reported = self.dropped = 0
 
     @property
@@ -260,7 +318,7 @@ class TaskCounter:
         except Exception as exc:  # the store did not open: the monitor makes up for it
             self._drop(f"the counter could not start: {exc}")
             return
-        if not running.put(callback, args):
+        if not running.put(callback, args, arm=not self._gathering.depth):
             self._drop("the counter was closed")
 
     def _drop(self, why: str) -> None:
@@ -281,11 +339,32 @@ class TaskCounter:
         """
         self._started()
 
+    @contextlib.contextmanager
+    def gathering(self) -> Iterator[None]:
+        """A block whose task ends, reported by this thread, do not wake the
+        counter's thread: they wait for the next :meth:`flush` (or the
+        next end reported outside such a block, or :data:`BATCH` ends),
+        which takes them with the rest. For a thread that reports many ends
+        and then flushes: one wake-up of the counter's thread, not two.
+        Leaving the block has what still waits taken at the flush interval,
+        as :meth:`done` does."""
+        gathering = self._gathering
+        gathering.depth += 1
+        try:
+            yield
+        finally:
+            gathering.depth -= 1
+            running = self._running
+            if not gathering.depth and running is not None and self._pid == os.getpid():
+                running.arm()
+
     def done(self, ref: TaskRef) -> None:
         """Count ``ref``'s item done (once, by its key); returns at once
         (the first call in a process waits for the store to open, at most
         :attr:`flush_timeout` seconds), the count written with the others
-        of its batch, within about the app's flush interval. Never raises:
+        of its batch (see the module): within an interval or so of the
+        app's flush interval once ends stop coming, within 2.5 while they
+        keep coming. Never raises:
         a count that cannot be handed to the store is logged and dropped
         (:attr:`dropped`), and the monitor sends the task again."""
         self.reported += 1

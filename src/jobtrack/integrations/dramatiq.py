@@ -38,8 +38,9 @@ handed over to the counter, flushes it (one store write for every message
 that ended while the write before it ran), then settles those messages on
 the consumer that delivered them. A consumer closed meanwhile (its
 connection lost) settles nothing: RabbitMQ delivers its messages again.
-The thread waits ``flush_linger`` seconds (20 ms) after the first
-message it is handed before it flushes, so that one write covers more
+The thread waits ``flush_linger`` seconds (50 ms) after the first
+message it is handed before it flushes, or until it holds
+:attr:`CountedAcks.flush_at` messages, so that one write covers more
 messages: a write costs the store about as much for one count as for
 dozens. Held messages take places of the prefetch, which gets as many more
 (``held_prefetch``: Dramatiq's own prefetch, at least :data:`HELD_PREFETCH`).
@@ -109,7 +110,7 @@ MAX_PREFETCH = 65535
 HELD_PREFETCH = 64
 #: Seconds the acks thread waits, after the first message it is handed,
 #: for more before it flushes.
-FLUSH_LINGER = 0.02
+FLUSH_LINGER = 0.05
 #: Seconds between two tries to settle a message whose connection failed.
 SETTLE_RETRY = 1.0
 
@@ -532,7 +533,8 @@ class CountedAcks:
     threads hand a message over and go on to the next one.
 
     The thread waits ``flush_linger`` seconds after the first message it is
-    handed (not when the worker stops), takes every message held then,
+    handed (not when the worker stops), or until :attr:`flush_at` are
+    held, takes every message held then,
     reports their ends to the counter (so a worker thread does not even wake the counter's loop),
     flushes the counter
     (:meth:`TaskCounter.flush <jobtrack.integrations.TaskCounter.flush>`:
@@ -571,6 +573,11 @@ class CountedAcks:
         self.flush_timeout = flush_timeout
         self.held_prefetch = held_prefetch
         self.flush_linger = flush_linger
+        places = HELD_PREFETCH if held_prefetch is None else held_prefetch
+        self.flush_at = max(1, places * 3 // 4)
+        """Messages held that start a flush at once, before the linger is up:
+        three quarters of the places added to a consumer's prefetch, so that
+        its worker threads still get messages while the flush runs."""
         self.flushes = 0
         """Flushes this process ran before settling."""
         self.settled = 0
@@ -589,6 +596,8 @@ class CountedAcks:
         # held: the child starts with none held and a thread of its own.
         self._cond = threading.Condition()
         self._held: list[_Held] = []
+        self._since = 0.0  # time.monotonic() when the oldest message held came
+        self._draining = 0  # threads in drain(): the linger is cut short
         self._settling = 0  # messages of the flush that runs
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -654,12 +663,20 @@ class CountedAcks:
         handing.message = handing.report = None
         origin = getattr(message, _ORIGIN)
         with self._cond:
-            self._held.append((origin, message, nack, report))
+            held = self._held
+            held.append((origin, message, nack, report))
             if self._thread is None or not self._thread.is_alive():
                 self._stopping = False
                 self._thread = threading.Thread(target=self._run, name="jobtrack-acks", daemon=True)
                 self._thread.start()
-            self._cond.notify_all()
+            # The thread is woken for the first message (its linger starts)
+            # and for the one that makes a full batch, not for each one: a
+            # wake-up per message would end the linger at the second.
+            if len(held) == 1:
+                self._since = time.monotonic()
+                self._cond.notify_all()
+            elif len(held) == self.flush_at:
+                self._cond.notify_all()
         return True
 
     def _run(self) -> None:
@@ -671,8 +688,14 @@ class CountedAcks:
                 if not self._held:  # stopped: the next message held starts another
                     self._thread = None
                     return
-                if self.flush_linger > 0 and not self._stopping:
-                    cond.wait(self.flush_linger)  # more messages for this write
+                # More messages for this write: until the first one held has
+                # waited flush_linger seconds, or a full batch is held.
+                deadline = self._since + self.flush_linger
+                while not self._stopping and not self._draining and len(self._held) < self.flush_at:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    cond.wait(left)
                 batch, self._held = self._held, []
                 self._settling = len(batch)
             try:
@@ -683,16 +706,19 @@ class CountedAcks:
                     cond.notify_all()
 
     def _settle(self, batch: list[_Held]) -> None:
-        for _, message, _, report in batch:
+        # The ends reported here are taken by the flush that follows: the
+        # counter's thread is woken once for them.
+        with self.counter.gathering():
+            for _, message, _, report in batch:
+                try:
+                    report()
+                except Exception:  # the counter's reports do not raise; another's might
+                    logger.exception("the end of message %s not reported", message.message_id)
             try:
-                report()
-            except Exception:  # the counter's reports do not raise; another's might
-                logger.exception("the end of message %s not reported", message.message_id)
-        try:
-            durable = self.counter.flush(self.flush_timeout)
-        except Exception:  # settled anyway: the monitor re-drives what is missing
-            logger.exception("counts of this process not flushed")
-            durable = False
+                durable = self.counter.flush(self.flush_timeout)
+            except Exception:  # settled anyway: the monitor re-drives what is missing
+                logger.exception("counts of this process not flushed")
+                durable = False
         self.flushes += 1
         if not durable:
             self.not_durable += len(batch)
@@ -718,18 +744,24 @@ class CountedAcks:
 
     def drain(self, timeout: float | None = None) -> bool:
         """Block until every message held so far is settled (flushed, then
-        acked or rejected); False if that is not so within ``timeout``
-        seconds (default: ``flush_timeout`` and 5 s more)."""
+        acked or rejected, without waiting out the linger); False if that
+        is not so within ``timeout`` seconds (default: ``flush_timeout`` and
+        5 s more)."""
         wait = self.flush_timeout + 5.0 if timeout is None else timeout
         deadline = time.monotonic() + wait
         with self._cond:
-            while self._held or self._settling:
-                if self._thread is None or not self._thread.is_alive():
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
+            self._draining += 1
+            self._cond.notify_all()
+            try:
+                while self._held or self._settling:
+                    if self._thread is None or not self._thread.is_alive():
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(left)
+            finally:
+                self._draining -= 1
             if self._held:  # no thread settles them (a forked process)
                 batch, self._held = self._held, []
             else:
