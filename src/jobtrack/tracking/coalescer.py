@@ -5,7 +5,10 @@ counts add up, item keys gather in an ordered set. A flush writes all of
 them with one :meth:`~jobtrack.store.base.JobStore.add_progress` call (one
 statement on PostgreSQL, one transaction on SQLite), which deduplicates the
 keys against what the store already counted. So a hot job costs the store
-one write per flush, whatever the item rate, and stays exact.
+one write per flush, whatever the item rate, and stays exact. A flush of
+more than ``max_write`` entries (one per job and stage) is written as
+several calls, one after another, so that no transaction holds the locks
+of thousands of jobs while it runs.
 
 A flush happens every ``flush_interval`` seconds, or as soon as
 ``max_batch`` items wait. Each item's :class:`Receipt` resolves when its
@@ -57,7 +60,16 @@ from jobtrack.tracking.progress_log import ProgressLog
 from jobtrack.tracking.receipt import DURABLE, NOT_WRITTEN, Outcome, Receipt
 from jobtrack.tracking.stats import WRITE_STATS
 
-__all__ = ["Coalescer", "Receipt"]
+__all__ = ["MAX_WRITE", "Coalescer", "Receipt"]
+
+#: Entries per ``add_progress`` call of a flush, at most. A call is one
+#: transaction that holds the row lock of every job it writes until it
+#: commits; a flush of thousands of spread entries (the one after a slow
+#: write, which gathered everything reported meanwhile) held thousands of
+#: jobs' locks for seconds, and every other process's flush wanting one of
+#: them waited as long, and grew in turn. Written in calls of at most this
+#: many entries, a flush holds each lock for one call's time.
+MAX_WRITE = 500
 
 logger = logging.getLogger("jobtrack.tracking")
 
@@ -136,6 +148,10 @@ class Coalescer:
         items are dropped (their receipts resolve False, not refused).
     :param max_entry: items per store entry at most; a stage holding more is
         written as several entries of one batch.
+    :param max_write: entries per store call at most; a flush holding more
+        is written as several calls, one after another, each its own
+        transaction (see :data:`MAX_WRITE`).
+    :raises ValueError: ``max_entry`` or ``max_write`` below 1.
     """
 
     def __init__(
@@ -147,11 +163,15 @@ class Coalescer:
         max_batch: int = 50_000,
         max_pending: int = 1_000_000,
         max_entry: int = MAX_INCREMENT,
+        max_write: int | None = None,
         retry_after: float = 0.5,
         max_retry_after: float = 30.0,
     ) -> None:
         if max_entry < 1:
             raise ValueError("max_entry must be at least 1")
+        if max_write is not None and max_write < 1:
+            raise ValueError("max_write must be at least 1")
+        self._max_write = MAX_WRITE if max_write is None else max_write
         self._store = store
         self._log = progress_log
         self._interval = flush_interval
@@ -286,7 +306,12 @@ class Coalescer:
         faults: dict[int, Exception] = {}
         started = time.perf_counter()
         try:
-            outage = await self._write(batch, 0, len(batch), results, faults)
+            outage = None
+            for lo in range(0, len(batch), self._max_write):
+                hi = min(lo + self._max_write, len(batch))
+                outage = await self._write(batch, lo, hi, results, faults, whole=True)
+                if outage is not None:
+                    break  # the rest is kept, as after an outage in the middle of one call
             outage = self._judge(batch, results, faults, outage)
         except asyncio.CancelledError:
             # Whatever was under way may or may not have happened: keys make it safe.
@@ -313,8 +338,11 @@ class Coalescer:
         hi: int,
         results: list[ProgressResult | None],
         faults: dict[int, Exception],
+        *,
+        whole: bool = False,
     ) -> StoreUnavailable | None:
-        """Write ``batch[lo:hi]`` into ``results``; a write that fails as a
+        """Write ``batch[lo:hi]`` (``whole``: one of the flush's calls, not a
+        part of one) into ``results``; a write that fails as a
         whole (not for unavailability) is written again in halves, until
         each entry that fails alone is left: refused at once for an error
         about its data, else put in ``faults`` for :meth:`_judge`. Returns
@@ -333,11 +361,11 @@ class Coalescer:
                 else:
                     faults[lo] = exc
                 return None
-            if hi - lo == len(batch):
+            if whole:
                 logger.warning(
                     "a progress write of %d stages failed (%s); writing it in parts "
                     "to find the stages refused",
-                    len(batch),
+                    hi - lo,
                     exc,
                     extra={"action": "progress_write_split"},
                 )
