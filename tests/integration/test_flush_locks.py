@@ -1,8 +1,8 @@
 """A coalesced flush on PostgreSQL holds the row locks of the jobs of each
 store call until that call commits. Written in calls of ``max_write``
 entries, the jobs of a call already written are free again while a later
-call of the same flush waits; written as one call, every job of the flush
-stays locked as long as its slowest job makes it wait."""
+call of the same flush waits; written as one call (the default), every job
+of the flush stays locked as long as its slowest job makes it wait."""
 
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ async def _waiting(url: str) -> None:
             await asyncio.sleep(0.02)
 
 
-@pytest.mark.parametrize(("max_write", "first_free"), [(2, True), (4, False)])
+@pytest.mark.parametrize(("max_write", "first_free"), [(2, True), (4, False), (None, False)])
 async def test_a_call_written_releases_its_jobs_while_a_later_call_waits(
-    postgres_url: str, max_write: int, first_free: bool
+    postgres_url: str, max_write: int | None, first_free: bool
 ) -> None:
     store = open_store(postgres_url)
     jobs = sorted([(await store.create_job("t", ["a"])).id for _ in range(4)])

@@ -5,10 +5,13 @@ counts add up, item keys gather in an ordered set. A flush writes all of
 them with one :meth:`~jobtrack.store.base.JobStore.add_progress` call (one
 statement on PostgreSQL, one transaction on SQLite), which deduplicates the
 keys against what the store already counted. So a hot job costs the store
-one write per flush, whatever the item rate, and stays exact. A flush of
-more than ``max_write`` entries (one per job and stage) is written as
-several calls, one after another, so that no transaction holds the locks
-of thousands of jobs while it runs.
+one write per flush, whatever the item rate, and stays exact. With
+``max_write``, a flush of more entries (one per job and stage) is written
+as several calls, one after another, each its own transaction; by default
+a flush is one call, however big. One call is the faster: a call holds
+the row locks of its jobs until it commits, but with every job's items
+spread over several processes each call of one process meets the locks of
+another's, so more calls are more waits (docs/SCALING.md).
 
 A flush happens every ``flush_interval`` seconds, or as soon as
 ``max_batch`` items wait. Each item's :class:`Receipt` resolves when its
@@ -60,16 +63,7 @@ from jobtrack.tracking.progress_log import ProgressLog
 from jobtrack.tracking.receipt import DURABLE, NOT_WRITTEN, Outcome, Receipt
 from jobtrack.tracking.stats import WRITE_STATS
 
-__all__ = ["MAX_WRITE", "Coalescer", "Receipt"]
-
-#: Entries per ``add_progress`` call of a flush, at most. A call is one
-#: transaction that holds the row lock of every job it writes until it
-#: commits; a flush of thousands of spread entries (the one after a slow
-#: write, which gathered everything reported meanwhile) held thousands of
-#: jobs' locks for seconds, and every other process's flush wanting one of
-#: them waited as long, and grew in turn. Written in calls of at most this
-#: many entries, a flush holds each lock for one call's time.
-MAX_WRITE = 500
+__all__ = ["Coalescer", "Receipt"]
 
 logger = logging.getLogger("jobtrack.tracking")
 
@@ -148,9 +142,9 @@ class Coalescer:
         items are dropped (their receipts resolve False, not refused).
     :param max_entry: items per store entry at most; a stage holding more is
         written as several entries of one batch.
-    :param max_write: entries per store call at most; a flush holding more
-        is written as several calls, one after another, each its own
-        transaction (see :data:`MAX_WRITE`).
+    :param max_write: entries per store call at most (None: no limit); a
+        flush holding more is written as several calls, one after another,
+        each its own transaction.
     :raises ValueError: ``max_entry`` or ``max_write`` below 1.
     """
 
@@ -171,7 +165,7 @@ class Coalescer:
             raise ValueError("max_entry must be at least 1")
         if max_write is not None and max_write < 1:
             raise ValueError("max_write must be at least 1")
-        self._max_write = MAX_WRITE if max_write is None else max_write
+        self._max_write = max_write
         self._store = store
         self._log = progress_log
         self._interval = flush_interval
@@ -307,8 +301,9 @@ class Coalescer:
         started = time.perf_counter()
         try:
             outage = None
-            for lo in range(0, len(batch), self._max_write):
-                hi = min(lo + self._max_write, len(batch))
+            step = self._max_write or len(batch)
+            for lo in range(0, len(batch), step):
+                hi = min(lo + step, len(batch))
                 outage = await self._write(batch, lo, hi, results, faults, whole=True)
                 if outage is not None:
                     break  # the rest is kept, as after an outage in the middle of one call

@@ -42,8 +42,9 @@ class ProgressTracker:
     :param max_batch: flush at once when this many items wait.
     :param max_write: entries (one per job and stage) per store call of a
         coalesced flush at most; a bigger flush is written as several
-        calls, one after another (default
-        :data:`~jobtrack.tracking.coalescer.MAX_WRITE`).
+        calls, one after another. None (the default): one call per flush,
+        the faster with many jobs spread over several processes
+        (docs/SCALING.md).
     :param max_pending: items kept for the store at most; past it, new ones
         are dropped (and left to reconciliation), so memory stays bounded.
     :param log_every: log a progress line every this many items per stage.
