@@ -350,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the workers' trackers' entries per store call, comma-separated, each a run"
         " of its own (default: the tracker's)",
     )
+    scale.add_argument(
+        "--free-first",
+        default="1",
+        help="the workers' PostgreSQL stores' free_first, comma-separated (1, 0),"
+        " each a run of its own",
+    )
     args = parser.parse_args(argv)
     if args.scale:
         from bench import scale as scale_variant
@@ -368,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             pg_configs=args.pg_config.split(","),
             pg_settings=dict(s.split("=", 1) for s in args.pg_setting),
             max_writes=[None if w == "default" else int(w) for w in args.max_write.split(",")],
+            free_firsts=[bool(int(f)) for f in args.free_first.split(",")],
         )
         return 0
     args.out = args.out or RESULTS

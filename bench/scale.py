@@ -73,6 +73,7 @@ from jobtrack.model import JobStatus
 from jobtrack.monitor import CycleReport, Monitor
 from jobtrack.store import JobStore, open_store
 from jobtrack.store.base import ProgressResult, StageProgress
+from jobtrack.store.postgres import PostgresJobStore
 from jobtrack.store.postgres.store import _Q
 from jobtrack.tracking import ProgressTracker
 
@@ -130,7 +131,10 @@ def _cpu_s() -> float:
 
 async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     jobs, items, workers, index = spec["jobs"], spec["items"], spec["workers"], spec["index"]
-    store = Recording(open_store(spec["url"]), jobs)
+    backend = open_store(spec["url"])
+    if isinstance(backend, PostgresJobStore):
+        backend.free_first = spec.get("free_first", True)
+    store = Recording(backend, jobs)
     tracker = ProgressTracker(store, max_write=spec.get("max_write"))
     await store.get_job("j1")  # the connections opened before the start
     share = array("q", range(index, jobs * items, workers))
@@ -508,12 +512,14 @@ def hybrid(
     with_monitor: bool = True,
     server: PrivateServer | None = None,
     max_write: int | None = None,
+    free_first: bool = True,
 ) -> dict[str, Any]:
     """One hybrid run of ``jobs`` jobs of ``items`` items at ``rate`` items/s
     (``with_monitor``: and the monitor's process beside the workers), on
     the server of ``url``; ``server``: a private one, whose log's
     checkpoints are reported; ``max_write``: the workers' trackers' entries
-    per store call (None: the tracker's default)."""
+    per store call (None: the tracker's default); ``free_first``: the
+    workers' stores' ``free_first``."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE jobs, stages, item_keys, job_events CASCADE")
     begin = time.perf_counter()
@@ -529,6 +535,7 @@ def hybrid(
     ):
         spec = {"url": url, "jobs": jobs, "items": items, "workers": workers, "window": window}
         spec["max_write"] = max_write
+        spec["free_first"] = free_first
         monitors = [_spawn("monitor", spec, Path(folder, "monitor.json"))] if with_monitor else []
         procs = [
             _spawn("worker", spec | {"index": i}, Path(folder, f"worker{i}.json"))
@@ -574,6 +581,7 @@ def hybrid(
         "jobs": jobs,
         "items_per_job": items,
         "max_write": max_write,
+        "free_first": free_first,
         "workers": workers,
         "rate_target": rate,
         "window_s": window,
@@ -792,6 +800,7 @@ def run(
     pg_configs: Sequence[str] = ("machine",),
     pg_settings: Mapping[str, str] | None = None,
     max_writes: Sequence[int | None] = (None,),
+    free_firsts: Sequence[bool] = (True,),
 ) -> dict[str, Any]:
     """The scale variant: hybrid runs interleaved (``runs`` rounds over
     ``configs``, each on every server of ``pg_configs``), then the fallback
@@ -803,7 +812,8 @@ def run(
     settings (and ``pg_settings`` over them), removed afterwards.
 
     ``max_writes``: the workers' trackers' entries per store call, each
-    value a run of its own (None: the tracker's default).
+    value a run of its own (None: the tracker's default); ``free_firsts``:
+    the workers' stores' ``free_first``, each value a run of its own.
 
     :raises KeyError: a name of ``pg_configs`` is neither.
     """
@@ -811,7 +821,11 @@ def run(
     if unknown:
         raise KeyError(f"unknown server configurations: {unknown}; known: machine, {list(CONFIGS)}")
     samples: dict[str, list[dict[str, Any]]] = {
-        _key(c, pg, w): [] for pg in pg_configs for c in configs for w in max_writes
+        _key(c, pg, w, f): []
+        for pg in pg_configs
+        for c in configs
+        for w in max_writes
+        for f in free_firsts
     }
     cycle: dict[str, Any] | None = None
     ledger: dict[str, Any] | None = None
@@ -831,8 +845,11 @@ def run(
             asyncio.run(_migrate(servers[name][0]))
         for _ in range(runs):
             for jobs, items, workers, monitor in configs:
-                for name, (url, database, server), max_write in (
-                    (name, s, w) for name, s in servers.items() for w in max_writes
+                for name, (url, database, server), max_write, free_first in (
+                    (name, s, w, f)
+                    for name, s in servers.items()
+                    for w in max_writes
+                    for f in free_firsts
                 ):
                     result = hybrid(
                         url,
@@ -844,13 +861,16 @@ def run(
                         with_monitor=bool(monitor),
                         server=server,
                         max_write=max_write,
+                        free_first=free_first,
                     )
                     result["pg_config"] = name
-                    samples[_key((jobs, items, workers, monitor), name, max_write)].append(result)
+                    config = (jobs, items, workers, monitor)
+                    samples[_key(config, name, max_write, free_first)].append(result)
                     print(
                         "hybrid",
                         name,
                         max_write,
+                        free_first,
                         jobs,
                         items,
                         workers,
@@ -873,10 +893,16 @@ def run(
     return data
 
 
-def _key(config: Config, pg_config: str = "machine", max_write: int | None = None) -> str:
+def _key(
+    config: Config,
+    pg_config: str = "machine",
+    max_write: int | None = None,
+    free_first: bool = True,
+) -> str:
     key = "x".join(str(n) for n in config)
     key = key if pg_config == "machine" else f"{key}@{pg_config}"
-    return key if max_write is None else f"{key}/w{max_write}"
+    key = key if max_write is None else f"{key}/w{max_write}"
+    return key if free_first else f"{key}/one-transaction"
 
 
 def _mb(kb: float) -> str:
@@ -898,7 +924,9 @@ def _stalls_markdown(samples: dict[str, list[dict[str, Any]]]) -> str:
             )
             text += (
                 f"\n### {r.get('pg_config', 'machine')}, {r['jobs']:,} jobs,"
-                f" entries/call {r.get('max_write') or 'default'}, run {n}\n\n"
+                f" entries/call {r.get('max_write') or 'default'},"
+                f" {'free first' if r.get('free_first', True) else 'one transaction'},"
+                f" run {n}\n\n"
                 f"Flushes over 1 s: {sum(1 for f in slow if f[1] > 1000)}"
                 f" (of {sum(w['flushes'] for w in r['workers_detail']):,});"
                 " the longest (s after the start, s, entries): "
@@ -953,6 +981,7 @@ def _markdown(
                 [
                     r.get("pg_config", "machine"),
                     r.get("max_write") or "default",
+                    "free first" if r.get("free_first", True) else "one",
                     f"{r['jobs']:,}",
                     r["items_per_job"],
                     r["workers"],
@@ -986,6 +1015,7 @@ def _markdown(
             [
                 "server",
                 "entries/call",
+                "transactions",
                 "jobs",
                 "items/job",
                 "workers",

@@ -1,8 +1,12 @@
-"""A coalesced flush on PostgreSQL holds the row locks of the jobs of each
-store call until that call commits. Written in calls of ``max_write``
-entries, the jobs of a call already written are free again while a later
-call of the same flush waits; written as one call (the default), every job
-of the flush stays locked as long as its slowest job makes it wait."""
+"""A flush on PostgreSQL and the row locks of its jobs. A transaction holds
+the lock of every job it writes until it commits. With ``free_first`` (the
+default), a batch of keyed entries is written in two transactions: the jobs
+no other transaction holds first, then the rest; so while the flush waits
+for a job another transaction holds, the jobs it already wrote are free and
+their counts visible. A batch with bare counts, or a store without
+``free_first``, is one transaction: every job of the flush locked before
+the one it waits for stays locked, and nothing of it is visible, until that
+job is free."""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ import asyncio
 import psycopg
 import pytest
 
-from jobtrack.store import open_store
-from jobtrack.tracking import ProgressTracker
+from jobtrack.store import StageProgress, open_store
+from jobtrack.store.postgres import PostgresJobStore
 
 
 def _free(url: str, job_id: str) -> bool:
@@ -23,6 +27,15 @@ def _free(url: str, job_id: str) -> bool:
         except psycopg.errors.LockNotAvailable:
             return False
         return True
+
+
+def _counted(url: str, job_id: str) -> int:
+    """The stage's completed items as another connection sees them."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT completed_items FROM stages WHERE job_id = %s", (job_id,))
+        found = row.fetchone()
+        assert found is not None
+        return int(found[0])
 
 
 async def _waiting(url: str) -> None:
@@ -39,24 +52,45 @@ async def _waiting(url: str) -> None:
             await asyncio.sleep(0.02)
 
 
-@pytest.mark.parametrize(("max_write", "first_free"), [(2, True), (4, False), (None, False)])
-async def test_a_call_written_releases_its_jobs_while_a_later_call_waits(
-    postgres_url: str, max_write: int | None, first_free: bool
+@pytest.mark.parametrize(
+    ("free_first", "keyed", "written_first"),
+    [(True, True, True), (False, True, False), (True, False, False)],
+    ids=["free-first", "one-transaction", "bare-counts"],
+)
+async def test_the_jobs_written_are_free_while_the_flush_waits_for_a_held_one(
+    postgres_url: str, free_first: bool, keyed: bool, written_first: bool
 ) -> None:
     store = open_store(postgres_url)
+    assert isinstance(store, PostgresJobStore)
+    store.free_first = free_first
     jobs = sorted([(await store.create_job("t", ["a"])).id for _ in range(4)])
-    # the first two in id order go in the first call, the last two in the second
-    tracker = ProgressTracker(store, flush_interval=60, max_write=max_write)
-    receipts = [tracker.add(job, "a", item_key="k") for job in jobs]
+    if keyed:
+        batch = [StageProgress(job, "a", completed_keys=("k",)) for job in jobs]
+    else:
+        batch = [StageProgress(job, "a", completed=1) for job in jobs]
     with psycopg.connect(postgres_url) as blocker:
         blocker.execute("SELECT FROM jobs WHERE id = %s FOR UPDATE", (jobs[-1],))
-        flush = asyncio.create_task(tracker.flush(max_wait=30))
-        await _waiting(postgres_url)  # the call writing the last job waits for it
+        flush = asyncio.create_task(store.add_progress(batch))
+        await _waiting(postgres_url)  # the write of the last job waits for it
         assert not flush.done()
-        assert await asyncio.to_thread(_free, postgres_url, jobs[0]) is first_free
-        assert await asyncio.to_thread(_free, postgres_url, jobs[1]) is first_free
+        for job in jobs[:3]:
+            assert await asyncio.to_thread(_free, postgres_url, job) is written_first
+            assert await asyncio.to_thread(_counted, postgres_url, job) == int(written_first)
+        assert await asyncio.to_thread(_counted, postgres_url, jobs[-1]) == 0
         blocker.rollback()
-    assert await flush
-    assert await asyncio.gather(*receipts) == [True] * 4
+    results = await flush
+    assert [(r.progress.job_id, r.counted) for r in results] == [(job, 1) for job in jobs]
     assert [(await store.get_job(job)).stage("a").completed_items for job in jobs] == [1] * 4
+    await store.aclose()
+
+
+async def test_a_keyed_batch_written_again_after_a_failure_counts_nothing_twice(
+    postgres_url: str,
+) -> None:
+    store = open_store(postgres_url)
+    jobs = [(await store.create_job("t", ["a"])).id for _ in range(3)]
+    batch = [StageProgress(job, "a", completed_keys=("k1", "k2")) for job in jobs]
+    assert [r.counted for r in await store.add_progress(batch)] == [2, 2, 2]
+    assert [r.counted for r in await store.add_progress(batch)] == [0, 0, 0]
+    assert [(await store.get_job(job)).stage("a").completed_items for job in jobs] == [2] * 3
     await store.aclose()
