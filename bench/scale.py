@@ -28,6 +28,24 @@ store's connection and the shuffled share), CPU seconds; per PostgreSQL
 backend of the database: peak RSS (``VmHWM``, which counts the shared
 buffers it touched) and its anonymous memory (``RssAnon``), CPU seconds.
 
+What the server does meanwhile (:class:`WaitSampler`): every 50 ms, the
+state of each active backend of the database and of the server's own
+processes (``pg_stat_activity``: ``wait_event_type:wait_event``, ``CPU``
+when it waits for nothing) and, when one waits for a lock, the relations
+waited for (``pg_locks``); every second the machine's load average and CPU
+split (``/proc/stat``). Each worker lists its flushes over 500 ms; the
+flushes over 1 s are the run's *stalls*, and the states are reported in
+and outside them, and second by second. The server's settings
+(``SHOW``) and, on a private server, the checkpoints its log records go
+with each run.
+
+Servers (``--pg-config``, comma-separated, each run on all in turn):
+``machine``, the machine's own server, or a private one started with the
+settings of :data:`bench.pgserver.CONFIGS` (``machine-default``,
+``production``; ``--pg-setting NAME=VALUE`` over them). ``--max-write``
+and ``--free-first`` compare the trackers' entries per store call and the
+store's ``free_first`` the same way.
+
 Each configuration is ``JOBS[xITEMS[xWORKERS]]`` (``--scale-jobs``), all
 at one item rate (``--rate``, items/s over all workers: the window is
 jobs * items / rate), run one after another in each round, so that the

@@ -15,6 +15,7 @@ import asyncio
 import psycopg
 import pytest
 
+from jobtrack.errors import StoreUnavailable
 from jobtrack.store import StageProgress, open_store
 from jobtrack.store.postgres import PostgresJobStore
 
@@ -93,4 +94,32 @@ async def test_a_keyed_batch_written_again_after_a_failure_counts_nothing_twice(
     assert [r.counted for r in await store.add_progress(batch)] == [2, 2, 2]
     assert [r.counted for r in await store.add_progress(batch)] == [0, 0, 0]
     assert [(await store.get_job(job)).stage("a").completed_items for job in jobs] == [2] * 3
+    await store.aclose()
+
+
+async def test_a_key_claimed_elsewhere_while_its_job_is_held_is_a_deadlock_written_again(
+    postgres_url: str,
+) -> None:
+    store = open_store(postgres_url)
+    job = (await store.create_job("t", ["a"])).id
+    with psycopg.connect(postgres_url) as other:
+        # another writer claimed the same item's key and has not committed
+        other.execute(
+            "INSERT INTO item_keys (job_id, stage, item_key) VALUES (%s, 'a', 'k')", (job,)
+        )
+        flush = asyncio.create_task(
+            store.add_progress([StageProgress(job, "a", completed_keys=("k",))])
+        )
+        await _waiting(postgres_url)  # the flush holds the job and waits for the key
+        # the other writer now wants the job: one of the two is rolled back
+        locked = asyncio.to_thread(
+            other.execute, "SELECT FROM jobs WHERE id = %s FOR UPDATE", (job,)
+        )
+        outcomes = await asyncio.gather(flush, locked, return_exceptions=True)
+        assert isinstance(outcomes[0], StoreUnavailable)
+        assert "deadlock" in str(outcomes[0])
+        other.rollback()
+    results = await store.add_progress([StageProgress(job, "a", completed_keys=("k",))])
+    assert [r.counted for r in results] == [1]
+    assert (await store.get_job(job)).stage("a").completed_items == 1
     await store.aclose()

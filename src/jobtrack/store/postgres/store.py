@@ -335,6 +335,15 @@ class PostgresJobStore(SqlJobStore):
         writes the whole batch again: the keys the first one counted count
         nothing the second time. A batch with bare counts, which a second
         write would count again, is one transaction.
+
+        The first transaction claims its keys holding its jobs' locks
+        (``jobtrack_add_many`` claims them before it locks, so that a
+        writer holding a job's lock never waits for a key): should another
+        writer have claimed one of those keys (the same item reported by
+        two processes at once) and wait for one of those jobs, PostgreSQL
+        reports a deadlock after ``deadlock_timeout`` and rolls one of the
+        two back; that one is reported as unavailable and written again,
+        so nothing counts twice.
         """
         screened = screen_progress(batch)
         todo = [p for p, r in zip(batch, screened, strict=True) if r is None]
