@@ -14,9 +14,9 @@ SELECT * FROM jobtrack_flush(
     %b::text[], %b::text[], %b::bigint[], %b::bigint[],
     %b::text[], %b::integer[], %b::integer[], %b::text[], %b::integer[], %b::integer[], %s);
 
--- name: lock_free_jobs
--- The jobs of a flush that no other transaction holds, locked; those held
--- are skipped, not waited for.
+-- name: free_jobs
+-- The jobs of a flush that no other transaction holds now: those held are
+-- skipped, not waited for. Run alone (autocommit), its locks end with it.
 SELECT id FROM jobs WHERE id = ANY(%b::text[]) ORDER BY id FOR UPDATE SKIP LOCKED;
 
 -- name: insert_job

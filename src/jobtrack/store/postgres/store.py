@@ -117,7 +117,8 @@ class PostgresJobStore(SqlJobStore):
 
     ``free_first`` (True): :meth:`add_progress` writes a keyed batch's
     entries of the jobs no other transaction holds first, in a transaction
-    of their own (see there); False: every batch in one transaction.
+    of their own, then the rest (see there); False: every batch in one
+    transaction.
 
     :raises ConfigurationError: for a URL that can never connect (here), and
         from the first operation for a login or database the server refuses.
@@ -327,23 +328,16 @@ class PostgresJobStore(SqlJobStore):
 
         A batch whose entries all count by key only is written in two
         transactions: first the entries of the jobs no other transaction
-        holds (locked with ``SKIP LOCKED``: this one waits for none), then
-        the others (waiting for their locks, holding only theirs). A flush
-        then never holds the locks of thousands of jobs while it waits for
-        one, which made every concurrent flush wait for it in turn. Should
-        the second transaction fail, the error is raised and the caller
-        writes the whole batch again: the keys the first one counted count
-        nothing the second time. A batch with bare counts, which a second
-        write would count again, is one transaction.
-
-        The first transaction claims its keys holding its jobs' locks
-        (``jobtrack_add_many`` claims them before it locks, so that a
-        writer holding a job's lock never waits for a key): should another
-        writer have claimed one of those keys (the same item reported by
-        two processes at once) and wait for one of those jobs, PostgreSQL
-        reports a deadlock after ``deadlock_timeout`` and rolls one of the
-        two back; that one is reported as unavailable and written again,
-        so nothing counts twice.
+        holds at the time (found with a ``SKIP LOCKED`` read whose locks
+        end with it), then the others. The first hardly ever waits for
+        another flush, and the second waits holding only its own jobs'
+        locks: a flush then no longer holds the locks of thousands of jobs
+        while it waits for one, which made every concurrent flush wait for
+        it in turn. Each transaction claims its keys before it locks its
+        jobs, as one does. Should the second fail, the error is raised and
+        the caller writes the whole batch again: the keys the first counted
+        count nothing the second time. A batch with bare counts, which a
+        second write would count again, is one transaction.
         """
         screened = screen_progress(batch)
         todo = [p for p, r in zip(batch, screened, strict=True) if r is None]
@@ -355,12 +349,11 @@ class PostgresJobStore(SqlJobStore):
             if not keyed:
                 await self._flush(conn, todo, range(len(todo)), results)
             else:
-                async with conn.transaction():
-                    jobs = sorted({p.job_id for p in todo})
-                    cursor = await conn.execute(_Q["lock_free_jobs"], (jobs,), prepare=True)
-                    free = {row[0] for row in await cursor.fetchall()}
-                    first = [i for i, p in enumerate(todo) if p.job_id in free]
-                    await self._flush(conn, todo, first, results)
+                jobs = sorted({p.job_id for p in todo})
+                cursor = await conn.execute(_Q["free_jobs"], (jobs,), prepare=True)
+                free = {row[0] for row in await cursor.fetchall()}
+                first = [i for i, p in enumerate(todo) if p.job_id in free]
+                await self._flush(conn, todo, first, results)
                 rest = [i for i, p in enumerate(todo) if p.job_id not in free]
                 await self._flush(conn, todo, rest, results)
         return merge_screened(screened, [r for r in results if r is not None])
