@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     scale.add_argument(
         "--free-first",
-        default="1",
+        default="0",
         help="the workers' PostgreSQL stores' free_first, comma-separated (1, 0),"
         " each a run of its own",
     )

@@ -151,7 +151,7 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     jobs, items, workers, index = spec["jobs"], spec["items"], spec["workers"], spec["index"]
     backend = open_store(spec["url"])
     if isinstance(backend, PostgresJobStore):
-        backend.free_first = spec.get("free_first", True)
+        backend.free_first = spec.get("free_first", False)
     store = Recording(backend, jobs)
     tracker = ProgressTracker(store, max_write=spec.get("max_write"))
     await store.get_job("j1")  # the connections opened before the start
@@ -530,7 +530,7 @@ def hybrid(
     with_monitor: bool = True,
     server: PrivateServer | None = None,
     max_write: int | None = None,
-    free_first: bool = True,
+    free_first: bool = False,
 ) -> dict[str, Any]:
     """One hybrid run of ``jobs`` jobs of ``items`` items at ``rate`` items/s
     (``with_monitor``: and the monitor's process beside the workers), on
@@ -818,7 +818,7 @@ def run(
     pg_configs: Sequence[str] = ("machine",),
     pg_settings: Mapping[str, str] | None = None,
     max_writes: Sequence[int | None] = (None,),
-    free_firsts: Sequence[bool] = (True,),
+    free_firsts: Sequence[bool] = (False,),
 ) -> dict[str, Any]:
     """The scale variant: hybrid runs interleaved (``runs`` rounds over
     ``configs``, each on every server of ``pg_configs``), then the fallback
@@ -915,12 +915,12 @@ def _key(
     config: Config,
     pg_config: str = "machine",
     max_write: int | None = None,
-    free_first: bool = True,
+    free_first: bool = False,
 ) -> str:
     key = "x".join(str(n) for n in config)
     key = key if pg_config == "machine" else f"{key}@{pg_config}"
     key = key if max_write is None else f"{key}/w{max_write}"
-    return key if free_first else f"{key}/one-transaction"
+    return f"{key}/free-first" if free_first else key
 
 
 def _mb(kb: float) -> str:
@@ -943,7 +943,7 @@ def _stalls_markdown(samples: dict[str, list[dict[str, Any]]]) -> str:
             text += (
                 f"\n### {r.get('pg_config', 'machine')}, {r['jobs']:,} jobs,"
                 f" entries/call {r.get('max_write') or 'default'},"
-                f" {'free first' if r.get('free_first', True) else 'one transaction'},"
+                f" {'free first' if r.get('free_first') else 'one transaction'},"
                 f" run {n}\n\n"
                 f"Flushes over 1 s: {sum(1 for f in slow if f[1] > 1000)}"
                 f" (of {sum(w['flushes'] for w in r['workers_detail']):,});"
@@ -999,7 +999,7 @@ def _markdown(
                 [
                     r.get("pg_config", "machine"),
                     r.get("max_write") or "default",
-                    "free first" if r.get("free_first", True) else "one",
+                    "free first" if r.get("free_first") else "one",
                     f"{r['jobs']:,}",
                     r["items_per_job"],
                     r["workers"],

@@ -1,6 +1,6 @@
 """A flush on PostgreSQL and the row locks of its jobs. A transaction holds
-the lock of every job it writes until it commits. With ``free_first`` (the
-default), a batch of keyed entries is written in two transactions: the jobs
+the lock of every job it writes until it commits. With ``free_first`` (off
+by default), a batch of keyed entries is written in two transactions: the jobs
 no other transaction holds first, then the rest; so while the flush waits
 for a job another transaction holds, the jobs it already wrote are free and
 their counts visible. A batch with bare counts, or a store without
@@ -62,6 +62,7 @@ async def test_the_jobs_written_are_free_while_the_flush_waits_for_a_held_one(
 ) -> None:
     store = open_store(postgres_url)
     assert isinstance(store, PostgresJobStore)
+    assert store.free_first is False  # the default: one transaction
     store.free_first = free_first
     jobs = sorted([(await store.create_job("t", ["a"])).id for _ in range(4)])
     if keyed:

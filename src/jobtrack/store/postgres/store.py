@@ -115,10 +115,11 @@ async def execute(conn: _Connection, request: Request, *, prepare: bool | None =
 class PostgresJobStore(SqlJobStore):
     """A :class:`~jobtrack.store.base.JobStore` on PostgreSQL.
 
-    ``free_first`` (True): :meth:`add_progress` writes a keyed batch's
-    entries of the jobs no other transaction holds first, in a transaction
-    of their own, then the rest (see there); False: every batch in one
-    transaction.
+    ``free_first`` (False): every batch of :meth:`add_progress` is one
+    transaction; True: a keyed batch's entries of the jobs no other
+    transaction holds go first, in a transaction of their own, then the
+    rest (see there). It measured no better on a quiet machine
+    (docs/SCALING.md), so it is off by default.
 
     :raises ConfigurationError: for a URL that can never connect (here), and
         from the first operation for a login or database the server refuses.
@@ -157,7 +158,7 @@ class PostgresJobStore(SqlJobStore):
         self._hot: _Connection | None = None
         self._closed = False
         self._hot_lock = asyncio.Lock()
-        self.free_first = True
+        self.free_first = False
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[_Connection]:
@@ -326,7 +327,8 @@ class PostgresJobStore(SqlJobStore):
         NUL character in a job id, say, which PostgreSQL text refuses) is
         refused alone, before the call.
 
-        A batch whose entries all count by key only is written in two
+        With :attr:`free_first`, a batch whose entries all count by key
+        only is written in two
         transactions: first the entries of the jobs no other transaction
         holds at the time (found with a ``SKIP LOCKED`` read whose locks
         end with it), then the others. The first hardly ever waits for
