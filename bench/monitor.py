@@ -331,6 +331,31 @@ def main(argv: list[str] | None = None) -> int:
     scale.add_argument(
         "--ledger-items", type=int, default=200_000, help="items for the ledger's size (0: none)"
     )
+    scale.add_argument(
+        "--pg-config",
+        default="machine",
+        help="servers to run on, comma-separated, interleaved: machine (the machine's own)"
+        " or a private one: machine-default, production (bench.pgserver.CONFIGS)",
+    )
+    scale.add_argument(
+        "--pg-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the private servers over their configuration's (repeatable)",
+    )
+    scale.add_argument(
+        "--max-write",
+        default="default",
+        help="the workers' trackers' entries per store call, comma-separated, each a run"
+        " of its own (default: the tracker's)",
+    )
+    scale.add_argument(
+        "--free-first",
+        default="0",
+        help="the workers' PostgreSQL stores' free_first, comma-separated (1, 0),"
+        " each a run of its own",
+    )
     args = parser.parse_args(argv)
     if args.scale:
         from bench import scale as scale_variant
@@ -346,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             concurrencies=[int(c) for c in args.concurrency.split(",")],
             ledger_items=args.ledger_items,
             out=args.out or RESULTS / "scale",
+            pg_configs=args.pg_config.split(","),
+            pg_settings=dict(s.split("=", 1) for s in args.pg_setting),
+            max_writes=[None if w == "default" else int(w) for w in args.max_write.split(",")],
+            free_firsts=[bool(int(f)) for f in args.free_first.split(",")],
         )
         return 0
     args.out = args.out or RESULTS

@@ -28,6 +28,24 @@ store's connection and the shuffled share), CPU seconds; per PostgreSQL
 backend of the database: peak RSS (``VmHWM``, which counts the shared
 buffers it touched) and its anonymous memory (``RssAnon``), CPU seconds.
 
+What the server does meanwhile (:class:`WaitSampler`): every 50 ms, the
+state of each active backend of the database and of the server's own
+processes (``pg_stat_activity``: ``wait_event_type:wait_event``, ``CPU``
+when it waits for nothing) and, when one waits for a lock, the relations
+waited for (``pg_locks``); every second the machine's load average and CPU
+split (``/proc/stat``). Each worker lists its flushes over 500 ms; the
+flushes over 1 s are the run's *stalls*, and the states are reported in
+and outside them, and second by second. The server's settings
+(``SHOW``) and, on a private server, the checkpoints its log records go
+with each run.
+
+Servers (``--pg-config``, comma-separated, each run on all in turn):
+``machine``, the machine's own server, or a private one started with the
+settings of :data:`bench.pgserver.CONFIGS` (``machine-default``,
+``production``; ``--pg-setting NAME=VALUE`` over them). ``--max-write``
+and ``--free-first`` compare the trackers' entries per store call and the
+store's ``free_first`` the same way.
+
 Each configuration is ``JOBS[xITEMS[xWORKERS]]`` (``--scale-jobs``), all
 at one item rate (``--rate``, items/s over all workers: the window is
 jobs * items / rate), run one after another in each round, so that the
@@ -58,8 +76,8 @@ import tempfile
 import threading
 import time
 from array import array
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -67,11 +85,13 @@ from typing import Any, ClassVar
 import psycopg
 
 from bench.monitor import JOB_TYPE, STAGE, Counting, NoopReconciler, Produced
+from bench.pgserver import CONFIGS, PrivateServer, private_server, settings_of
 from bench.report import summary, table, write
 from jobtrack.model import JobStatus
 from jobtrack.monitor import CycleReport, Monitor
 from jobtrack.store import JobStore, open_store
 from jobtrack.store.base import ProgressResult, StageProgress
+from jobtrack.store.postgres import PostgresJobStore
 from jobtrack.store.postgres.store import _Q
 from jobtrack.tracking import ProgressTracker
 
@@ -129,8 +149,11 @@ def _cpu_s() -> float:
 
 async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     jobs, items, workers, index = spec["jobs"], spec["items"], spec["workers"], spec["index"]
-    store = Recording(open_store(spec["url"]), jobs)
-    tracker = ProgressTracker(store)
+    backend = open_store(spec["url"])
+    if isinstance(backend, PostgresJobStore):
+        backend.free_first = spec.get("free_first", False)
+    store = Recording(backend, jobs)
+    tracker = ProgressTracker(store, max_write=spec.get("max_write"))
     await store.get_job("j1")  # the connections opened before the start
     share = array("q", range(index, jobs * items, workers))
     random.Random(7 + index).shuffle(share)
@@ -174,6 +197,12 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             ),
             key=lambda flush: -flush[1],
         )[:10],
+        # every flush over 500 ms: when it started (s after the start), ms, entries
+        "slow_flushes": [
+            (at - start_at, ms, n)
+            for at, ms, n in zip(store.flush_at, store.flush_ms, store.flush_entries, strict=True)
+            if ms > 500
+        ],
         "last_at": last_at.tolist(),
         "completed_at": store.completed.tolist(),
     }
@@ -300,6 +329,118 @@ class BackendSampler:
 _CHECKPOINTS = "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
 
 
+class WaitSampler:
+    """Samples, every ``every`` seconds in a thread, what the server's
+    processes are doing (``pg_stat_activity``: each active client backend
+    of the database and each of the server's own processes, by
+    ``wait_event_type:wait_event``, ``CPU`` when it waits for nothing),
+    the relations of the locks waited for (``pg_locks``, only when a
+    backend waits for a lock), and once a second the machine's load
+    average and CPU split (``/proc/stat``: busy, iowait, steal)."""
+
+    def __init__(self, url: str, database: str, every: float = 0.05) -> None:
+        self._url, self._database, self._every = url, database, every
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self.lock_waits: dict[str, int] = {}
+        self.machine: list[dict[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> WaitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with psycopg.connect(self._url, autocommit=True) as conn:
+            own = conn.info.backend_pid
+            last_cpu, next_machine = _proc_stat(), time.time() + 1.0
+            while not self._stop.wait(self._every):
+                now = time.time()
+                rows = conn.execute(_ACTIVITY, (own, self._database)).fetchall()
+                counts: dict[str, int] = {}
+                for backend_type, wait_type, wait_event in rows:
+                    who = "client" if backend_type == "client backend" else backend_type
+                    what = f"{wait_type}:{wait_event}" if wait_type else "CPU"
+                    counts[f"{who} / {what}"] = counts.get(f"{who} / {what}", 0) + 1
+                self.samples.append((now, counts))
+                if any(" / Lock:" in key for key in counts):
+                    for (relation,) in conn.execute(_LOCK_WAITS).fetchall():
+                        self.lock_waits[relation] = self.lock_waits.get(relation, 0) + 1
+                if now >= next_machine:
+                    cpu = _proc_stat()
+                    delta = [b - a for a, b in zip(last_cpu, cpu, strict=True)]
+                    total = sum(delta) or 1
+                    # /proc/stat cpu: user nice system idle iowait irq softirq steal
+                    self.machine.append(
+                        {
+                            "at": now,
+                            "load1": os.getloadavg()[0],
+                            "busy": 1 - (delta[3] + delta[4]) / total,
+                            "iowait": delta[4] / total,
+                            "steal": delta[7] / total,
+                        }
+                    )
+                    last_cpu, next_machine = cpu, now + 1.0
+
+    def report(self, start_at: float, stalls: Sequence[tuple[float, float]]) -> dict[str, Any]:
+        """The share of samples in which each kind of process was in each
+        state, over the run and during ``stalls`` (intervals, s after
+        ``start_at``, in which a flush took over a second); the lock waits'
+        relations; per second, the backends' states and the machine's load."""
+
+        def share(chosen: list[dict[str, int]]) -> dict[str, float]:
+            total: dict[str, int] = {}
+            for counts in chosen:
+                for key, n in counts.items():
+                    total[key] = total.get(key, 0) + n
+            return {k: round(v / max(1, len(chosen)), 3) for k, v in sorted(total.items())}
+
+        def stalled(at: float) -> bool:
+            return any(begin <= at - start_at <= end for begin, end in stalls)
+
+        during = [c for at, c in self.samples if stalled(at)]
+        outside = [c for at, c in self.samples if not stalled(at) and at >= start_at]
+        seconds: dict[int, list[dict[str, int]]] = {}
+        for at, counts in self.samples:
+            seconds.setdefault(int(at - start_at), []).append(counts)
+        return {
+            "every_s": self._every,
+            "samples": len(self.samples),
+            "samples_in_stalls": len(during),
+            "mean_processes_outside_stalls": share(outside),
+            "mean_processes_in_stalls": share(during),
+            "lock_waits_by_relation": self.lock_waits,
+            "per_second": [
+                {"s": second, **share(chosen)} for second, chosen in sorted(seconds.items())
+            ],
+            "machine": [
+                {"s": round(m["at"] - start_at, 1)}
+                | {k: round(v, 3) for k, v in m.items() if k != "at"}
+                for m in self.machine
+            ],
+        }
+
+
+_ACTIVITY = (
+    "SELECT backend_type, wait_event_type, wait_event FROM pg_stat_activity"
+    " WHERE pid <> %s AND (datname = %s AND state = 'active'"
+    " OR backend_type NOT IN ('client backend', 'autovacuum launcher',"
+    " 'logical replication launcher'))"
+)
+_LOCK_WAITS = (
+    "SELECT coalesce(l.relation::regclass::text, l.locktype) FROM pg_locks l WHERE NOT l.granted"
+)
+
+
+def _proc_stat() -> list[int]:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
+    return [int(n) for n in fields]
+
+
 def _one(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> Any:
     row = conn.execute(query, params).fetchone()
     assert row is not None
@@ -387,9 +528,16 @@ def hybrid(
     workers: int,
     rate: float,
     with_monitor: bool = True,
+    server: PrivateServer | None = None,
+    max_write: int | None = None,
+    free_first: bool = False,
 ) -> dict[str, Any]:
     """One hybrid run of ``jobs`` jobs of ``items`` items at ``rate`` items/s
-    (``with_monitor``: and the monitor's process beside the workers)."""
+    (``with_monitor``: and the monitor's process beside the workers), on
+    the server of ``url``; ``server``: a private one, whose log's
+    checkpoints are reported; ``max_write``: the workers' trackers' entries
+    per store call (None: the tracker's default); ``free_first``: the
+    workers' stores' ``free_first``."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE jobs, stages, item_keys, job_events CASCADE")
     begin = time.perf_counter()
@@ -397,8 +545,15 @@ def hybrid(
     setup_s = time.perf_counter() - begin
     window = jobs * items / rate
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as folder, BackendSampler(url, database) as sampler:
+    settings = settings_of(url)
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        BackendSampler(url, database) as sampler,
+        WaitSampler(url, database) as waits,
+    ):
         spec = {"url": url, "jobs": jobs, "items": items, "workers": workers, "window": window}
+        spec["max_write"] = max_write
+        spec["free_first"] = free_first
         monitors = [_spawn("monitor", spec, Path(folder, "monitor.json"))] if with_monitor else []
         procs = [
             _spawn("worker", spec | {"index": i}, Path(folder, f"worker{i}.json"))
@@ -427,6 +582,9 @@ def hybrid(
                 took["at"] -= start_at  # s after the start
         results = [json.loads(Path(folder, f"worker{i}.json").read_text()) for i in range(workers)]
     load_after = os.getloadavg()
+    stalls = sorted(
+        (at, at + ms / 1000) for r in results for at, ms, _ in r["slow_flushes"] if ms > 1000
+    )
     last = [max(r["last_at"][j] for r in results) for j in range(1, jobs + 1)]
     seen = [max(r["completed_at"][j] for r in results) for j in range(1, jobs + 1)]
     latencies = sorted(s - t for s, t in zip(seen, last, strict=True) if s)
@@ -440,6 +598,8 @@ def hybrid(
     return {
         "jobs": jobs,
         "items_per_job": items,
+        "max_write": max_write,
+        "free_first": free_first,
         "workers": workers,
         "rate_target": rate,
         "window_s": window,
@@ -460,6 +620,13 @@ def hybrid(
         ],
         "monitor": monitored,
         "postgres": sampler.report(total_items, start_at),
+        "server_settings": settings,
+        "server_checkpoints": [
+            c | {"completed_at": c["completed_at"] - start_at}  # type: ignore[operator]
+            for c in (server.checkpoints(start_at - 60) if server else [])
+        ],
+        "stalls": stalls,
+        "waits": waits.report(start_at, stalls),
     }
 
 
@@ -648,35 +815,91 @@ def run(
     concurrencies: Sequence[int],
     ledger_items: int,
     out: Path,
+    pg_configs: Sequence[str] = ("machine",),
+    pg_settings: Mapping[str, str] | None = None,
+    max_writes: Sequence[int | None] = (None,),
+    free_firsts: Sequence[bool] = (False,),
 ) -> dict[str, Any]:
     """The scale variant: hybrid runs interleaved (``runs`` rounds over
-    ``configs``), then the fallback cycle and the ledger's size; writes
-    ``out``/scale.{json,md}."""
-    samples: dict[str, list[dict[str, Any]]] = {_key(c): [] for c in configs}
+    ``configs``, each on every server of ``pg_configs``), then the fallback
+    cycle and the ledger's size on the first; writes ``out``/scale.{json,md}.
+
+    ``pg_configs`` names servers: ``machine``, the machine's own (a database
+    of its own there, dropped afterwards), or a name of
+    :data:`bench.pgserver.CONFIGS`, a private server started with those
+    settings (and ``pg_settings`` over them), removed afterwards.
+
+    ``max_writes``: the workers' trackers' entries per store call, each
+    value a run of its own (None: the tracker's default); ``free_firsts``:
+    the workers' stores' ``free_first``, each value a run of its own.
+
+    :raises KeyError: a name of ``pg_configs`` is neither.
+    """
+    unknown = [name for name in pg_configs if name != "machine" and name not in CONFIGS]
+    if unknown:
+        raise KeyError(f"unknown server configurations: {unknown}; known: machine, {list(CONFIGS)}")
+    samples: dict[str, list[dict[str, Any]]] = {
+        _key(c, pg, w, f): []
+        for pg in pg_configs
+        for c in configs
+        for w in max_writes
+        for f in free_firsts
+    }
     cycle: dict[str, Any] | None = None
     ledger: dict[str, Any] | None = None
-    with _database() as (url, database):
-        asyncio.run(_migrate(url))
+    with ExitStack() as stack:
+        servers: dict[str, tuple[str, str, PrivateServer | None]] = {}
+        for name in pg_configs:
+            if name == "machine":
+                url, database = stack.enter_context(_database())
+                servers[name] = (url, database, None)
+            else:
+                private = stack.enter_context(
+                    private_server(CONFIGS[name] | dict(pg_settings or {}))
+                )
+                with psycopg.connect(private.url(), autocommit=True) as conn:
+                    conn.execute("CREATE DATABASE jobtrack_bench")
+                servers[name] = (private.url("jobtrack_bench"), "jobtrack_bench", private)
+            asyncio.run(_migrate(servers[name][0]))
         for _ in range(runs):
             for jobs, items, workers, monitor in configs:
-                result = hybrid(
-                    url,
-                    database,
-                    jobs=jobs,
-                    items=items,
-                    workers=workers,
-                    rate=rate,
-                    with_monitor=bool(monitor),
-                )
-                samples[_key((jobs, items, workers, monitor))].append(result)
-                print(
-                    "hybrid",
-                    jobs,
-                    items,
-                    workers,
-                    {k: v for k, v in result.items() if k != "workers_detail"},
-                    flush=True,
-                )
+                for name, (url, database, server), max_write, free_first in (
+                    (name, s, w, f)
+                    for name, s in servers.items()
+                    for w in max_writes
+                    for f in free_firsts
+                ):
+                    result = hybrid(
+                        url,
+                        database,
+                        jobs=jobs,
+                        items=items,
+                        workers=workers,
+                        rate=rate,
+                        with_monitor=bool(monitor),
+                        server=server,
+                        max_write=max_write,
+                        free_first=free_first,
+                    )
+                    result["pg_config"] = name
+                    config = (jobs, items, workers, monitor)
+                    samples[_key(config, name, max_write, free_first)].append(result)
+                    print(
+                        "hybrid",
+                        name,
+                        max_write,
+                        free_first,
+                        jobs,
+                        items,
+                        workers,
+                        {
+                            k: v
+                            for k, v in result.items()
+                            if k not in ("workers_detail", "waits", "server_checkpoints")
+                        },
+                        flush=True,
+                    )
+        url = next(iter(servers.values()))[0]
         if million:
             cycle = asyncio.run(
                 fallback(url, jobs=million, stuck_every=stuck_every, concurrencies=concurrencies)
@@ -688,12 +911,78 @@ def run(
     return data
 
 
-def _key(config: Config) -> str:
-    return "x".join(str(n) for n in config)
+def _key(
+    config: Config,
+    pg_config: str = "machine",
+    max_write: int | None = None,
+    free_first: bool = False,
+) -> str:
+    key = "x".join(str(n) for n in config)
+    key = key if pg_config == "machine" else f"{key}@{pg_config}"
+    key = key if max_write is None else f"{key}/w{max_write}"
+    return f"{key}/free-first" if free_first else key
 
 
 def _mb(kb: float) -> str:
     return f"{kb / 1024:.0f}"
+
+
+def _stalls_markdown(samples: dict[str, list[dict[str, Any]]]) -> str:
+    """Per run: its stalls (flushes over 1 s), the checkpoints, and what the
+    server's processes were doing in and out of the stalls."""
+    text = ""
+    for runs in samples.values():
+        for n, r in enumerate(runs, 1):
+            if "waits" not in r:
+                continue
+            waits = r["waits"]
+            slow = sorted(
+                (f for w in r["workers_detail"] for f in w.get("slow_flushes", [])),
+                key=lambda f: f[0],
+            )
+            text += (
+                f"\n### {r.get('pg_config', 'machine')}, {r['jobs']:,} jobs,"
+                f" entries/call {r.get('max_write') or 'default'},"
+                f" {'free first' if r.get('free_first') else 'one transaction'},"
+                f" run {n}\n\n"
+                f"Flushes over 1 s: {sum(1 for f in slow if f[1] > 1000)}"
+                f" (of {sum(w['flushes'] for w in r['workers_detail']):,});"
+                " the longest (s after the start, s, entries): "
+                + ", ".join(
+                    f"{at:.0f}: {ms / 1000:.1f} s, {entries:,}"
+                    for at, ms, entries in sorted(slow, key=lambda f: -f[1])[:8]
+                )
+                + ". Checkpoints counted at (s): "
+                + ", ".join(f"{at:.0f}" for at in r["postgres"]["server_checkpoints_at"])
+                + "\n\n"
+            )
+            for c in r.get("server_checkpoints", []):
+                text += f"    {c['completed_at']:.0f} s: {c['line']}\n"
+            inside, outside = (
+                waits["mean_processes_in_stalls"],
+                waits["mean_processes_outside_stalls"],
+            )
+            keys = sorted(set(inside) | set(outside), key=lambda k: -inside.get(k, 0))
+            text += (
+                "\nProcesses in each state, mean per sample"
+                f" (every {waits['every_s'] * 1000:.0f} ms; {waits['samples_in_stalls']:,}"
+                f" samples in stalls, {waits['samples']:,} in all):\n\n"
+                + table(
+                    ["process / state", "in stalls", "outside"],
+                    [[k, f"{inside.get(k, 0):.2f}", f"{outside.get(k, 0):.2f}"] for k in keys],
+                )
+            )
+            if waits["lock_waits_by_relation"]:
+                text += f"\nLocks waited for (samples): {waits['lock_waits_by_relation']}\n"
+            machine = waits["machine"]
+            if machine:
+                loads = [m["load1"] for m in machine]
+                text += (
+                    f"\nMachine: load 1-min {min(loads):.1f} to {max(loads):.1f};"
+                    f" CPU busy {sum(m['busy'] for m in machine) / len(machine):.0%},"
+                    f" iowait {sum(m['iowait'] for m in machine) / len(machine):.0%} (means)\n"
+                )
+    return text
 
 
 def _markdown(
@@ -708,6 +997,9 @@ def _markdown(
             workers = r["workers_detail"]
             rows.append(
                 [
+                    r.get("pg_config", "machine"),
+                    r.get("max_write") or "default",
+                    "free first" if r.get("free_first") else "one",
                     f"{r['jobs']:,}",
                     r["items_per_job"],
                     r["workers"],
@@ -739,6 +1031,9 @@ def _markdown(
         " largest peak (VmHWM, shared buffers touched included) and its anonymous part.\n\n"
         + table(
             [
+                "server",
+                "entries/call",
+                "transactions",
                 "jobs",
                 "items/job",
                 "workers",
@@ -757,6 +1052,7 @@ def _markdown(
             rows,
         )
     )
+    text += _stalls_markdown(samples)
     if cycle is not None:
         plan = "\n".join("    " + line for line in cycle["stuck_query_plan"])
         text += (

@@ -693,3 +693,55 @@ async def test_a_lower_max_batch_flushes_before_the_interval() -> None:
     with pytest.raises(InvalidRequest, match="max_batch"):
         tracker.max_batch = 0
     assert await tracker.flush(max_wait=1.0)
+
+
+async def test_a_flush_bigger_than_max_write_is_written_in_calls_of_max_write() -> None:
+    store = PickyStore()
+    jobs = [await store.create_job("t", ["a"]) for _ in range(12)]
+    coalescer = Coalescer(store, ProgressLog(50), flush_interval=60, max_write=5)
+    receipts = [coalescer.add(job.id, "a", item_key="k", failed=False) for job in jobs]
+    assert await coalescer.flush()
+    assert [len(b) for b in store.batches] == [5, 5, 2]
+    assert [p.job_id for b in store.batches for p in b] == [job.id for job in jobs]
+    assert await asyncio.gather(*receipts) == [True] * 12
+    assert [(await store.get_job(j.id)).stage("a").completed_items for j in jobs] == [1] * 12
+    await coalescer.aclose(max_wait=1.0)
+
+
+async def test_an_outage_in_a_later_call_keeps_that_call_and_the_rest() -> None:
+    store = PickyStore()
+    jobs = [await store.create_job("t", ["a"]) for _ in range(12)]
+    coalescer = Coalescer(store, ProgressLog(50), flush_interval=60, max_write=5, retry_after=60)
+    receipts = [coalescer.add(job.id, "a", item_key="k", failed=False) for job in jobs]
+    store.down_after = 1  # the first call is written, the second meets an outage
+    assert not await coalescer.flush()
+    assert [len(b) for b in store.batches] == [5, 5]
+    assert [r.done() for r in receipts] == [True] * 5 + [False] * 7
+    assert coalescer.pending == 7
+    store.down_after = None
+    assert await coalescer.flush()
+    assert [len(b) for b in store.batches] == [5, 5, 5, 2]
+    assert await asyncio.gather(*receipts) == [True] * 12
+    assert [(await store.get_job(j.id)).stage("a").completed_items for j in jobs] == [1] * 12
+    await coalescer.aclose(max_wait=1.0)
+
+
+async def test_an_entry_refused_in_a_later_call_is_refused_alone() -> None:
+    store = PickyStore()
+    jobs = [await store.create_job("t", ["a"]) for _ in range(8)]
+    coalescer = Coalescer(store, ProgressLog(50), flush_interval=60, max_write=4)
+    receipts = [coalescer.add(job.id, "a", item_key="k", failed=False) for job in jobs[:6]]
+    poison = coalescer.add("poison", "a", item_key="k", failed=False)
+    receipts += [coalescer.add(job.id, "a", item_key="k", failed=False) for job in jobs[6:]]
+    assert await coalescer.flush()
+    # the second call (4 entries, the poison among them) is split until the
+    # poison is alone; the third call (the last entry) goes as it was
+    assert [len(b) for b in store.batches] == [4, 4, 2, 2, 1, 1, 1]
+    assert (await poison, poison.refused) == (False, "engine says no")
+    assert await asyncio.gather(*receipts) == [True] * 8
+    await coalescer.aclose(max_wait=1.0)
+
+
+def test_max_write_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_write must be at least 1"):
+        Coalescer(InMemoryJobStore(), ProgressLog(50), max_write=0)

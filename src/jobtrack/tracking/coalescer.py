@@ -5,7 +5,13 @@ counts add up, item keys gather in an ordered set. A flush writes all of
 them with one :meth:`~jobtrack.store.base.JobStore.add_progress` call (one
 statement on PostgreSQL, one transaction on SQLite), which deduplicates the
 keys against what the store already counted. So a hot job costs the store
-one write per flush, whatever the item rate, and stays exact.
+one write per flush, whatever the item rate, and stays exact. With
+``max_write``, a flush of more entries (one per job and stage) is written
+as several calls, one after another, each its own transaction; by default
+a flush is one call, however big. One call is the faster: a call holds
+the row locks of its jobs until it commits, but with every job's items
+spread over several processes each call of one process meets the locks of
+another's, so more calls are more waits (docs/SCALING.md).
 
 A flush happens every ``flush_interval`` seconds, or as soon as
 ``max_batch`` items wait. Each item's :class:`Receipt` resolves when its
@@ -136,6 +142,10 @@ class Coalescer:
         items are dropped (their receipts resolve False, not refused).
     :param max_entry: items per store entry at most; a stage holding more is
         written as several entries of one batch.
+    :param max_write: entries per store call at most (None: no limit); a
+        flush holding more is written as several calls, one after another,
+        each its own transaction.
+    :raises ValueError: ``max_entry`` or ``max_write`` below 1.
     """
 
     def __init__(
@@ -147,11 +157,15 @@ class Coalescer:
         max_batch: int = 50_000,
         max_pending: int = 1_000_000,
         max_entry: int = MAX_INCREMENT,
+        max_write: int | None = None,
         retry_after: float = 0.5,
         max_retry_after: float = 30.0,
     ) -> None:
         if max_entry < 1:
             raise ValueError("max_entry must be at least 1")
+        if max_write is not None and max_write < 1:
+            raise ValueError("max_write must be at least 1")
+        self._max_write = max_write
         self._store = store
         self._log = progress_log
         self._interval = flush_interval
@@ -286,7 +300,13 @@ class Coalescer:
         faults: dict[int, Exception] = {}
         started = time.perf_counter()
         try:
-            outage = await self._write(batch, 0, len(batch), results, faults)
+            outage = None
+            step = self._max_write or len(batch)
+            for lo in range(0, len(batch), step):
+                hi = min(lo + step, len(batch))
+                outage = await self._write(batch, lo, hi, results, faults, whole=True)
+                if outage is not None:
+                    break  # the rest is kept, as after an outage in the middle of one call
             outage = self._judge(batch, results, faults, outage)
         except asyncio.CancelledError:
             # Whatever was under way may or may not have happened: keys make it safe.
@@ -313,8 +333,11 @@ class Coalescer:
         hi: int,
         results: list[ProgressResult | None],
         faults: dict[int, Exception],
+        *,
+        whole: bool = False,
     ) -> StoreUnavailable | None:
-        """Write ``batch[lo:hi]`` into ``results``; a write that fails as a
+        """Write ``batch[lo:hi]`` (``whole``: one of the flush's calls, not a
+        part of one) into ``results``; a write that fails as a
         whole (not for unavailability) is written again in halves, until
         each entry that fails alone is left: refused at once for an error
         about its data, else put in ``faults`` for :meth:`_judge`. Returns
@@ -333,11 +356,11 @@ class Coalescer:
                 else:
                     faults[lo] = exc
                 return None
-            if hi - lo == len(batch):
+            if whole:
                 logger.warning(
                     "a progress write of %d stages failed (%s); writing it in parts "
                     "to find the stages refused",
-                    len(batch),
+                    hi - lo,
                     exc,
                     extra={"action": "progress_write_split"},
                 )

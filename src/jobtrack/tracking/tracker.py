@@ -40,6 +40,11 @@ class ProgressTracker:
         write each item on its own.
     :param flush_interval: seconds between coalesced flushes.
     :param max_batch: flush at once when this many items wait.
+    :param max_write: entries (one per job and stage) per store call of a
+        coalesced flush at most; a bigger flush is written as several
+        calls, one after another. None (the default): one call per flush,
+        the faster with many jobs spread over several processes
+        (docs/SCALING.md).
     :param max_pending: items kept for the store at most; past it, new ones
         are dropped (and left to reconciliation), so memory stays bounded.
     :param log_every: log a progress line every this many items per stage.
@@ -54,6 +59,7 @@ class ProgressTracker:
         coalesce: bool = True,
         flush_interval: float = 0.1,
         max_batch: int = 50_000,
+        max_write: int | None = None,
         max_pending: int = 1_000_000,
         log_every: int = 50,
         retry_after: float = 0.5,
@@ -69,6 +75,7 @@ class ProgressTracker:
             progress_log,
             flush_interval=flush_interval,
             max_batch=max_batch,
+            max_write=max_write,
             max_pending=max_pending,
             retry_after=retry_after,
             max_retry_after=max_retry_after,

@@ -14,6 +14,11 @@ SELECT * FROM jobtrack_flush(
     %b::text[], %b::text[], %b::bigint[], %b::bigint[],
     %b::text[], %b::integer[], %b::integer[], %b::text[], %b::integer[], %b::integer[], %s);
 
+-- name: free_jobs
+-- The jobs of a flush that no other transaction holds now: those held are
+-- skipped, not waited for. Run alone (autocommit), its locks end with it.
+SELECT id FROM jobs WHERE id = ANY(%b::text[]) ORDER BY id FOR UPDATE SKIP LOCKED;
+
 -- name: insert_job
 INSERT INTO jobs (id, job_type, status, attributes, created_at, updated_at)
 VALUES (%(id)s, %(job_type)s, 'pending', %(attributes)s, %(now)s, %(now)s);
