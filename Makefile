@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-data
 SAMPLE_COUNT ?= 200
 
-.PHONY: install demo examples test lint typecheck unit bench clean browser docs dist
+.PHONY: install demo examples test lint typecheck unit bench clean browser docs dist soak
 
 install: $(STAMP)
 
@@ -69,6 +69,14 @@ bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.ledger
 	$(BIN)/python -m bench.integrations
+
+# The chaos soak (tests/soak): a private PostgreSQL server and RabbitMQ node,
+# real workers, monitor and server under a seeded schedule of faults for
+# SOAK_MINUTES; its report goes to bench/results/soak/ (soak.json, soak.md).
+SOAK_MINUTES ?= 10
+SOAK_SEED ?= 1
+soak: install
+	$(BIN)/python -m tests.soak.run --minutes $(SOAK_MINUTES) --seed $(SOAK_SEED) --out bench/results/soak
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache test-artifacts build dist
