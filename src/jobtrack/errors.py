@@ -168,9 +168,20 @@ class ScanNotStarted(JobtrackError):
     not start in time): try again later."""
 
 
+# Where a list of URLs (the broker setting's, comma-separated) starts the next one.
+_NEXT_URL = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
 def masked_url(url: str) -> str:
     """``url`` with its password shown as ``***``, for messages and logs: a
-    URL, one that does not parse, or a libpq ``key=value`` string."""
+    URL, one that does not parse, a libpq ``key=value`` string, or a list
+    of URLs separated by commas (each masked)."""
+    if _NEXT_URL.search(url):
+        return ",".join(_masked_one(one) for one in _NEXT_URL.split(url))
+    return _masked_one(url)
+
+
+def _masked_one(url: str) -> str:
     if "://" not in url:
         return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
     try:

@@ -59,6 +59,11 @@ def services() -> None:
             id="worker-amqp-port",
         ),
         pytest.param(
+            ["worker", "--broker", f"{WRONG_PASSWORD}?queue_type=classic,{WRONG_PASSWORD}"],
+            BROKER,
+            id="worker-amqp-list-disagrees",
+        ),
+        pytest.param(
             ["worker", "--broker", rabbitmq.SERVER_URL, "--store", MISSING_DATABASE],
             STORE,
             id="worker-pg-database",
@@ -97,5 +102,28 @@ def test_a_setting_that_cannot_work_exits_at_once_with_one_line(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("Error: ")
     assert lines[0].endswith(names)
+    assert "wrong-secret" not in done.stderr
+    assert took < 10, f"took {took:.1f} s"
+
+
+def test_a_refused_login_on_the_next_node_of_a_list_exits_at_once(
+    services: None, tmp_path: Path
+) -> None:
+    """The first node is down (an outage: logged, the next node tried at
+    once); the second refuses the login: the command stops there."""
+    broker = f"amqp://guest:wrong-secret@127.0.0.1:1/,{WRONG_PASSWORD}"
+    done, took = run(
+        "worker",
+        "--broker",
+        broker,
+        "--store",
+        f"sqlite:///{tmp_path / 'jobs.db'}",
+        data_dir=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: RabbitMQ refused the login of user 'guest' at amqp://guest:***@")
+    assert last.endswith(BROKER)
+    assert "trying amqp://guest:***@" in done.stderr
     assert "wrong-secret" not in done.stderr
     assert took < 10, f"took {took:.1f} s"

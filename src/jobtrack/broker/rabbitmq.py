@@ -37,9 +37,20 @@ What it guarantees, and how:
   timeout) count as the broker being away. Any other error, a
   ``RuntimeError`` of a bug included, is raised to the caller.
 
+- **A cluster's nodes, one after another.** The setting may name several
+  nodes, their URLs separated by commas
+  (``amqp://u:p@mq1:5672/,amqp://u:p@mq2:5672/``; a comma starts a new URL
+  only where ``amqp://`` or ``amqps://`` follows it, so a comma in a
+  password stays in its URL). The supervisor connects to the first node
+  that answers; when the connection is lost it tries the next node (round
+  robin), declares again and consumes there, and publishes go there. A
+  failed attempt moves on to the next node at once; once every node has
+  failed in a row, the backoff waits before the next round.
+
 URL options (removed before the URL reaches aio-pika, which takes the
 others, such as ``heartbeat``): ``queue_type`` (``quorum``, the default, or
-``classic``) and ``delivery_limit`` (quorum queues; default 20).
+``classic``) and ``delivery_limit`` (quorum queues; default 20). The URLs
+of a list must agree on both.
 """
 
 from __future__ import annotations
@@ -48,13 +59,15 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
 import pamqp.exceptions
+import yarl
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -73,7 +86,14 @@ from jobtrack.errors import (
     masked_url,
 )
 
-__all__ = ["BROKER_SETTING", "RabbitMQBroker", "parse_amqp_url"]
+__all__ = [
+    "BROKER_SETTING",
+    "BrokerNodes",
+    "RabbitMQBroker",
+    "parse_amqp_url",
+    "parse_amqp_urls",
+    "split_broker_urls",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +155,12 @@ def parse_amqp_url(url: str) -> tuple[str, str, int]:
         raise refuse(f"bad port ({exc})") from None
     if port == 0 or not parts.hostname:
         raise refuse("no host" if not parts.hostname else "port 0")
+    after_login = parts.netloc.rpartition("@")[2] + parts.path + parts.query + parts.fragment
+    if "," in after_login or any(c.isspace() for c in parts.hostname):
+        raise refuse(
+            "a comma or a space after the login (several URLs are separated by commas,"
+            " each starting amqp:// or amqps://; a comma in a virtual host is written %2C)"
+        )
     query = parse_qsl(parts.query, keep_blank_values=True)
     options = {key: value for key, value in query if key in ("queue_type", "delivery_limit")}
     rest = [(key, value) for key, value in query if key not in options]
@@ -148,7 +174,58 @@ def parse_amqp_url(url: str) -> tuple[str, str, int]:
         raise refuse(f"delivery_limit must be a whole number, not {raw_limit!r}") from None
     if delivery_limit < 1:
         raise refuse(f"delivery_limit must be at least 1, not {delivery_limit}")
-    return urlunsplit(parts._replace(query=urlencode(rest))), queue_type, delivery_limit
+    bare = urlunsplit(parts._replace(query=urlencode(rest)))
+    try:
+        yarl.URL(bare)  # as aio-pika will read it
+    except ValueError as exc:  # a host name IDNA cannot encode, say
+        raise refuse(str(exc)) from None
+    return bare, queue_type, delivery_limit
+
+
+# A comma followed by a new AMQP URL (spaces around it allowed).
+_URL_SEPARATOR = re.compile(r"\s*,\s*(?=amqps?://)", re.IGNORECASE)
+
+
+def split_broker_urls(value: str) -> list[str]:
+    """The URLs of a broker setting: one URL, or several separated by commas.
+
+    A comma separates two URLs only where ``amqp://`` or ``amqps://``
+    follows it (spaces around it are dropped), so a comma inside one URL,
+    in its password say, stays where it is. Nothing is checked here (see
+    :func:`parse_amqp_urls`).
+    """
+    return _URL_SEPARATOR.split(value.strip())
+
+
+class BrokerNodes(NamedTuple):
+    """A broker setting, parsed: the nodes' URLs for aio-pika (jobtrack's
+    options removed) and the options they agree on."""
+
+    urls: tuple[str, ...]
+    queue_type: str
+    delivery_limit: int
+
+
+def parse_amqp_urls(value: str) -> BrokerNodes:
+    """Parse a broker setting of one or several ``amqp://`` URLs
+    (:func:`split_broker_urls`), each as :func:`parse_amqp_url` does.
+
+    :raises ConfigurationError: a URL is empty or does not parse, a host
+        holds a comma or a space (a list whose separator is missing its
+        ``amqp://``), or the URLs disagree on ``queue_type`` or
+        ``delivery_limit`` (the error names the option).
+    """
+    parsed = [parse_amqp_url(url) for url in split_broker_urls(value)]
+    for option, index in (("queue_type", 1), ("delivery_limit", 2)):
+        values = {str(one[index]) for one in parsed}
+        if len(values) > 1:
+            raise ConfigurationError(
+                f"the broker URLs {masked_url(value)} disagree on {option}"
+                f" ({', '.join(sorted(values))}): every node of a list takes the same"
+                " queue_type and delivery_limit",
+                setting=BROKER_SETTING,
+            )
+    return BrokerNodes(tuple(one[0] for one in parsed), parsed[0][1], parsed[0][2])
 
 
 def _login_refused(exc: BaseException, url: str) -> ConfigurationError | None:
@@ -481,7 +558,9 @@ class RabbitMQBroker:
     """A :class:`~jobtrack.broker.base.Broker` on RabbitMQ.
 
     :param url: ``amqp://user:password@host:port/vhost`` with aio-pika's
-        options (``heartbeat=…``) and ours (``queue_type``, ``delivery_limit``).
+        options (``heartbeat=…``) and ours (``queue_type``, ``delivery_limit``);
+        or the URLs of several nodes of a cluster, separated by commas
+        (:func:`split_broker_urls`), tried in turn.
     :param publish_timeout: seconds a publish may wait for the broker (through
         reconnections) before :class:`~jobtrack.errors.BrokerUnavailable`.
     :param confirm_window: publishes of :meth:`publish_many` awaiting their
@@ -489,7 +568,8 @@ class RabbitMQBroker:
     :param max_reconnect_delay: the ceiling of the reconnection backoff.
     :param backoff: makes the backoff of each run of attempts (tests inject
         one with their own random and sleep).
-    :raises ConfigurationError: for a URL that does not parse.
+    :raises ConfigurationError: for a URL that does not parse, or URLs that
+        disagree on ``queue_type`` or ``delivery_limit``.
     """
 
     def __init__(
@@ -501,7 +581,8 @@ class RabbitMQBroker:
         max_reconnect_delay: float = 5.0,
         backoff: Callable[[], Backoff] | None = None,
     ) -> None:
-        self._url, self.queue_type, self.delivery_limit = parse_amqp_url(url)
+        self._urls, self.queue_type, self.delivery_limit = parse_amqp_urls(url)
+        self._node = 0  # the index in _urls of the node connected, or to try next
         self._publish_timeout = publish_timeout
         self._window = asyncio.Semaphore(confirm_window)
         self._backoff = backoff or (lambda: Backoff(initial=0.1, maximum=max_reconnect_delay))
@@ -519,7 +600,23 @@ class RabbitMQBroker:
         self.connections = 0  # how many times a connection was made (1 + reconnections)
 
     def __repr__(self) -> str:
-        return f"RabbitMQBroker({masked_url(self._url)!r})"
+        return f"RabbitMQBroker({self._where()!r})"
+
+    @property
+    def _url(self) -> str:
+        """The URL of the node connected, or to be tried next."""
+        return self._urls[self._node]
+
+    @property
+    def node(self) -> str:
+        """The URL (password masked) of the node connected, or to be tried next."""
+        return masked_url(self._url)
+
+    def _where(self) -> str:
+        return ",".join(masked_url(url) for url in self._urls)
+
+    def _next_node(self) -> None:
+        self._node = (self._node + 1) % len(self._urls)
 
     async def connect(self, *, within: float = 30.0) -> None:
         """Connect now (the first publish or consume does it otherwise).
@@ -558,9 +655,7 @@ class RabbitMQBroker:
                 raise BrokerError("the broker is closed")
             raise supervisor.exception()  # type: ignore[misc]
         if not self._ready.is_set():
-            raise BrokerUnavailable(
-                f"cannot reach RabbitMQ at {masked_url(self._url)} within {within:g} s"
-            )
+            raise BrokerUnavailable(f"cannot reach RabbitMQ at {self._where()} within {within:g} s")
         assert self._connection is not None
         return self._connection
 
@@ -594,56 +689,19 @@ class RabbitMQBroker:
             )
 
     async def _supervise(self) -> None:
-        """Keep a connection open, and every subscription consuming on it.
+        """Keep a connection open, to one node after another, and every
+        subscription consuming on it.
 
         Ends (raising) on a configuration error before the first connection,
         and on any error that is not the connection's (a bug)."""
         backoff = self._backoff()
+        failed = 0  # attempts failed in a row, over the nodes
         while not self._closed:
-            try:
-                connection = await aio_pika.connect(self._url, timeout=10)
-            except _CONNECT_FAILED as exc:
-                refused = _login_refused(exc, self._url)
-                if refused is not None and self.connections == 0:
-                    raise refused from exc
-                delay = backoff.next_delay()
-                logger.log(
-                    logging.WARNING if refused is None else logging.ERROR,
-                    "cannot connect to RabbitMQ at %s (%s); retrying in %.1f s",
-                    masked_url(self._url),
-                    exc if refused is None else refused,
-                    delay,
-                    extra={"action": "broker_unavailable"},
-                )
-                await backoff.sleep(delay)
+            connection = await self._connect(backoff, failed)
+            if connection is None:
+                failed += 1
                 continue
-            self._lost.clear()
-            connection.close_callbacks.add(self._on_close)
-            try:
-                await self._attach(connection)
-            except _GONE_OR_SLOW as exc:
-                delay = backoff.next_delay()
-                logger.warning(
-                    "lost the RabbitMQ connection while setting up (%s); retrying in %.1f s",
-                    exc,
-                    delay,
-                    extra={"action": "broker_unavailable"},
-                )
-                with contextlib.suppress(*_GONE_OR_SLOW):
-                    await connection.close()
-                await backoff.sleep(delay)
-                continue
-            except BaseException:
-                with contextlib.suppress(*_GONE_OR_SLOW):
-                    await connection.close()
-                raise
-            self.connections += 1
-            if self.connections > 1:
-                logger.warning(
-                    "reconnected to RabbitMQ; consuming %d queue(s) again",
-                    len(self._subscriptions),
-                    extra={"action": "broker_reconnected"},
-                )
+            failed = 0
             up_since = asyncio.get_running_loop().time()
             self._ready.set()
             await self._lost.wait()
@@ -651,12 +709,99 @@ class RabbitMQBroker:
             self._connection = self._publisher = None
             for subscription in list(self._subscriptions):
                 await subscription.detach()
+            self._next_node()  # the node lost is likely gone: the next one first
             # A connection that held a while is followed by an attempt at once;
             # one that keeps dropping soon after it is made, by the backoff.
             if asyncio.get_running_loop().time() - up_since >= backoff.maximum:
                 backoff.reset()
             elif not self._closed:
                 await backoff.wait()
+
+    async def _connect(self, backoff: Backoff, failed: int) -> AbstractConnection | None:
+        """One attempt at the current node: the connection, set up; or None
+        after moving on to the next node (waiting the backoff's next delay
+        once each node has failed in turn)."""
+        url = self._url
+        try:
+            connection = await aio_pika.connect(url, timeout=10)
+        except _CONNECT_FAILED as exc:
+            refused = _login_refused(exc, url)
+            if refused is not None and self.connections == 0:
+                raise refused from exc
+            await self._after_failure(
+                backoff,
+                failed,
+                "cannot connect to RabbitMQ at %s (%s)",
+                masked_url(url),
+                exc if refused is None else refused,
+                level=logging.WARNING if refused is None else logging.ERROR,
+            )
+            return None
+        self._lost.clear()
+        connection.close_callbacks.add(self._on_close)
+        try:
+            await self._attach(connection)
+        except _GONE_OR_SLOW as exc:
+            with contextlib.suppress(*_GONE_OR_SLOW):
+                await connection.close()
+            await self._after_failure(
+                backoff,
+                failed,
+                "lost the RabbitMQ connection to %s while setting up (%s)",
+                masked_url(url),
+                exc,
+            )
+            return None
+        except BaseException:
+            with contextlib.suppress(*_GONE_OR_SLOW):
+                await connection.close()
+            raise
+        self.connections += 1
+        if self.connections > 1:
+            logger.warning(
+                "reconnected to RabbitMQ at %s; consuming %d queue(s) again",
+                masked_url(url),
+                len(self._subscriptions),
+                extra={"action": "broker_reconnected", "node": masked_url(url)},
+            )
+        else:
+            logger.info(
+                "connected to RabbitMQ at %s",
+                masked_url(url),
+                extra={"action": "broker_connected", "node": masked_url(url)},
+            )
+        return connection
+
+    async def _after_failure(
+        self,
+        backoff: Backoff,
+        failed: int,
+        message: str,
+        *args: object,
+        level: int = logging.WARNING,
+    ) -> None:
+        """Log a failed attempt and move on to the next node: at once while
+        some node of this round is left to try, after the backoff's next
+        delay once every node has failed in a row."""
+        self._next_node()
+        if (failed + 1) % len(self._urls):
+            logger.log(
+                level,
+                message + "; trying %s",
+                *args,
+                self.node,
+                extra={"action": "broker_unavailable"},
+            )
+            return
+        delay = backoff.next_delay()
+        logger.log(
+            level,
+            message + "; retrying in %.1f s",
+            *args,
+            delay,
+            extra={"action": "broker_unavailable"},
+        )
+        await backoff.sleep(delay)
 
     async def _attach(self, connection: AbstractConnection) -> None:
         self._declared = set()

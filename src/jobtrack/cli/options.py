@@ -64,7 +64,8 @@ broker_option = click.option(
     "broker_url",
     envvar="JOBTRACK_BROKER_URL",
     show_envvar=True,
-    help="Broker URL: memory:// (in this process) or amqp://user:password@host:port/vhost"
+    help="Broker URL: memory:// (in this process) or amqp://user:password@host:port/vhost;"
+    " a RabbitMQ cluster's nodes as several amqp:// URLs separated by commas, tried in turn"
     " [default: memory://].",
 )
 

@@ -66,6 +66,9 @@ class Settings:
     data_dir: Path
     store_url: str
     broker_url: str = "memory://"
+    """``memory://`` (in this process) or ``amqp://…``; a RabbitMQ cluster's
+    nodes as several ``amqp://`` URLs separated by commas, tried in turn
+    (:func:`jobtrack.broker.rabbitmq.split_broker_urls`)."""
     consumer_progress: bool = True
     coalesce: bool = True
     flush_interval: float = 0.1
