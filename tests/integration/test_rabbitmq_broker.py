@@ -320,3 +320,32 @@ def test_bad_url_options_are_refused() -> None:
         RabbitMQBroker("amqp://localhost/?delivery_limit=0")
     with pytest.raises(InvalidRequest, match="not an AMQP URL"):
         RabbitMQBroker("http://localhost/")
+
+
+async def test_in_flight_asked_while_the_server_closes_the_connection_waits_and_answers(
+    broker: RabbitMQBroker, vhost: str, queue: str
+) -> None:
+    # The monitor asks every cycle; a connection lost during the question
+    # was a bare ConnectionError (or aiormq's), which failed its whole cycle.
+    await broker.publish_many(queue, [b"{}"] * 5)
+    answers: list[int] = []
+    errors: list[BaseException] = []
+    stop = asyncio.Event()
+
+    async def ask() -> None:
+        while not stop.is_set():
+            try:
+                answers.append(await broker.in_flight(queue))
+            except Exception as exc:
+                errors.append(exc)
+
+    asker = asyncio.create_task(ask())
+    await asyncio.sleep(0.3)
+    for _ in range(3):
+        await asyncio.to_thread(rabbitmqctl, "close_all_connections", "-p", vhost, "in-flight test")
+        await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.wait_for(asker, 60)
+    assert errors == []
+    assert set(answers) == {5}
+    assert broker.connections >= 4  # the first, then once after each close
