@@ -77,12 +77,14 @@ def schedule(
     every = major_every or (seconds / (len(kinds) + 1) if seconds < 600 else 90.0)
     at = every
     turn: list[str] = []
-    count = 0
+    done = {kind: rng.randrange(2) for kind in kinds}  # each kind alternates its two ways
     while at < seconds - 5:
         if not turn:
             turn = list(kinds)
             rng.shuffle(turn)
         kind = turn.pop()
+        count = done[kind]
+        done[kind] += 1
         params: dict[str, Any]
         if kind == "rabbitmq_restart":
             params = {"kill": count % 2 == 1, "down_for": round(rng.uniform(1, 5), 1)}
@@ -99,6 +101,5 @@ def schedule(
         else:
             params = {"down_for": round(rng.uniform(5, 15), 1)}
         faults.append(Fault(round(at, 2), kind, params))
-        count += 1
         at += every * rng.uniform(0.8, 1.2)
     return sorted(faults, key=lambda fault: fault.at)

@@ -44,12 +44,12 @@ from tests.services.postgres_private import (
     free_port,
     private_postgres,
 )
-from tests.services.rabbitmq_soak import PrivateRabbit, private_rabbit
 from tests.soak import checks
 from tests.soak.app import JOB_TYPE, STAGE, TRUTH_ENV, TRUTH_SCHEMA
 from tests.soak.app import app as soak_app
+from tests.soak.brokers import SoakBroker, soak_broker
 from tests.soak.clients import StreamClient
-from tests.soak.faults import Fault, schedule
+from tests.soak.faults import MAJOR, Fault, schedule
 from tests.soak.procs import ROOT, JobtrackProcess
 
 __all__ = ["Plan", "ServicesUnavailable", "Soak", "main", "plan_for", "run_soak"]
@@ -85,17 +85,24 @@ class Plan:
 
 
 def plan_for(
-    minutes: float, seed: int, *, jobs: int | None = None, items: int | None = None
+    minutes: float,
+    seed: int,
+    *,
+    jobs: int | None = None,
+    items: int | None = None,
+    cluster: bool = False,
 ) -> Plan:
     """The plan of a soak of ``minutes``: 100 jobs of 1,000 items over 30
     minutes, in a wave every 90 s or so (as many jobs per minute in a longer
-    run); fewer in a shorter one (a 2-minute run: 12 jobs of 1,000 in 4 waves)."""
+    run); fewer in a shorter one (a 2-minute run: 12 jobs of 1,000 in 4
+    waves). With ``cluster`` the broker is a private cluster of three nodes
+    and the faults include ``node_lost``."""
     if jobs is None:
         jobs = max(4, round(100 * minutes / 30)) if minutes >= 10 else max(4, round(6 * minutes))
     if items is None:
         items = 1000
     waves = max(4, round(minutes * 60 * 0.75 / 90))
-    return Plan(minutes=minutes, seed=seed, jobs=jobs, items=items, waves=waves)
+    return Plan(minutes=minutes, seed=seed, jobs=jobs, items=items, waves=waves, node_lost=cluster)
 
 
 class ServicesUnavailable(ServiceError):
@@ -126,12 +133,12 @@ class Soak:
     """One soak run on a private PostgreSQL server and RabbitMQ node."""
 
     def __init__(
-        self, plan: Plan, work: Path, postgres: PrivatePostgres, rabbit: PrivateRabbit
+        self, plan: Plan, work: Path, postgres: PrivatePostgres, broker: SoakBroker
     ) -> None:
         self.plan = plan
         self.work = work
         self.postgres = postgres
-        self.rabbit = rabbit
+        self.broker = broker
         self.rng = random.Random(plan.seed)
         self.faults = FaultLog()
         self.store_url = postgres.create_database("jobtrack")
@@ -139,7 +146,7 @@ class Soak:
         with psycopg.connect(self.truth_url, autocommit=True) as conn:
             conn.execute(TRUTH_SCHEMA)
         self.port = free_port()
-        self.env = self._env()
+        self.env = self.env_for(0)
         self.workers: list[JobtrackProcess] = []
         self.others: list[JobtrackProcess] = []
         self.clients: list[StreamClient] = []
@@ -149,13 +156,16 @@ class Soak:
         self.scan_failures: list[str] = []
         self.started = 0.0
         self.window_end = 0.0
+        self._major = asyncio.Lock()  # the large faults, one at a time
         self.hostile = work / "hostile"
 
-    def _env(self) -> dict[str, str]:
+    def env_for(self, number: int) -> dict[str, str]:
+        """The environment of process ``number`` (its broker URL may start
+        with another node of a cluster than the next process's)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRACK_")}
         env |= {
             "JOBTRACK_STORE_URL": self.store_url,
-            "JOBTRACK_BROKER_URL": self.rabbit.url,
+            "JOBTRACK_BROKER_URL": self.broker.url_for(number),
             "JOBTRACK_DATA_DIR": str(self.work / "state"),
             "JOBTRACK_APP": APP,
             "JOBTRACK_STUCK_AFTER": str(self.plan.stuck_after),
@@ -177,17 +187,19 @@ class Soak:
         for n in range(self.plan.workers):
             args = ["worker", "--stage", f"{JOB_TYPE}.{STAGE}", "--concurrency", "8"]
             self.workers.append(
-                JobtrackProcess(f"worker-{n}", args, self.env, logs / f"worker-{n}.log")
+                JobtrackProcess(f"worker-{n}", args, self.env_for(n), logs / f"worker-{n}.log")
             )
         scan_args = ["worker", "--stage", "thumbnail", "--stage", "cache", "--concurrency", "2"]
         self.workers.append(
-            JobtrackProcess("scan-worker", scan_args, self.env, logs / "scan-worker.log")
+            JobtrackProcess(
+                "scan-worker", scan_args, self.env_for(self.plan.workers), logs / "scan-worker.log"
+            )
         )
         self.others.append(
             JobtrackProcess(
                 "monitor",
                 ["monitor", "--interval", str(self.plan.monitor_interval)],
-                self.env,
+                self.env_for(1),
                 logs / "monitor.log",
             )
         )
@@ -195,7 +207,7 @@ class Soak:
             JobtrackProcess(
                 "serve",
                 ["serve", "--port", str(self.port), "--root", str(self.work)],
-                self.env,
+                self.env_for(2),
                 logs / "serve.log",
             )
         )
@@ -309,6 +321,13 @@ class Soak:
             await asyncio.gather(*running)
 
     async def _inject(self, fault: Fault) -> None:
+        if fault.kind in MAJOR:  # one at a time: each is over before the next begins
+            async with self._major:
+                await self._inject_now(fault)
+        else:
+            await self._inject_now(fault)
+
+    async def _inject_now(self, fault: Fault) -> None:
         started = self.now()
         recovered, note = True, ""
         try:
@@ -333,10 +352,11 @@ class Soak:
                 self.clients[n].cut()
             return f"{len(params['clients'])} clients"
         if fault.kind == "rabbitmq_restart":
-            await asyncio.to_thread(
-                self.rabbit.restart, kill=params["kill"], down_for=params["down_for"]
+            return await asyncio.to_thread(
+                functools.partial(
+                    self.broker.restart, kill=params["kill"], down_for=params["down_for"]
+                )
             )
-            return "SIGKILL" if params["kill"] else "rabbitmqctl stop"
         if fault.kind == "postgres_restart":
             await asyncio.to_thread(
                 self.postgres.restart, params["mode"], down_for=params["down_for"]
@@ -351,7 +371,8 @@ class Soak:
             if worker.running() and worker.stopped:
                 worker.cont()
             return f"{worker.name} for {params['seconds']} s"
-        return "not injected: the soak's broker is a single node (no cluster to lose one of)"
+        queue = soak_app.get_type(JOB_TYPE).queue(STAGE)
+        return await asyncio.to_thread(self.broker.lose_leader, queue, params["down_for"])
 
     # -- the run -------------------------------------------------------------
 
@@ -468,10 +489,10 @@ def run_soak(plan: Plan, out: Path, *, keep: bool = False) -> dict[str, Any]:
         with contextlib.ExitStack() as services:
             try:
                 postgres = services.enter_context(private_postgres())
-                rabbit = services.enter_context(private_rabbit())
+                broker = services.enter_context(soak_broker(cluster=plan.node_lost))
             except (ServiceError, OSError, subprocess.SubprocessError) as exc:
                 raise ServicesUnavailable(str(exc)) from exc
-            soak = Soak(plan, work, postgres, rabbit)
+            soak = Soak(plan, work, postgres, broker)
             report = asyncio.run(soak.run())
         out.mkdir(parents=True, exist_ok=True)
         (out / "soak.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -497,11 +518,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak")
     parser.add_argument("--jobs", type=int, default=None, help="jobs of the no-op type")
     parser.add_argument("--items", type=int, default=None, help="items per job")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a private cluster of three RabbitMQ nodes, and the node-loss fault",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    plan = plan_for(args.minutes, args.seed, jobs=args.jobs, items=args.items)
+    plan = plan_for(args.minutes, args.seed, jobs=args.jobs, items=args.items, cluster=args.cluster)
     report = run_soak(plan, args.out, keep=args.keep)
     print(checks.markdown(report))
     return 0 if report["ok"] else 1
