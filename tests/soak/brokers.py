@@ -143,6 +143,22 @@ def _listening(port: int) -> bool:
     return True
 
 
+def _started_cluster(attempts: int = 3) -> RabbitCluster:
+    """A started cluster; a start that fails (a node slow to boot on a busy
+    machine) is cleared and tried again, ``attempts`` times in all."""
+    for attempt in range(1, attempts + 1):
+        nodes = RabbitCluster(NODES, _cluster_port())
+        try:
+            nodes.start()
+        except ClusterError as exc:
+            nodes.stop()
+            if attempt == attempts:
+                raise ServiceError(str(exc)) from exc
+        else:
+            return nodes
+    raise AssertionError("unreachable")
+
+
 @contextlib.contextmanager
 def soak_broker(*, cluster: bool) -> Iterator[SoakBroker]:
     """The soak's broker, started, and removed afterwards.
@@ -156,12 +172,7 @@ def soak_broker(*, cluster: bool) -> Iterator[SoakBroker]:
     why = cluster_unavailable()
     if why is not None:
         raise ServiceError(f"cannot start a private RabbitMQ cluster: {why}")
-    nodes = RabbitCluster(NODES, _cluster_port())
-    try:
-        nodes.start()
-    except ClusterError as exc:
-        nodes.stop()
-        raise ServiceError(str(exc)) from exc
+    nodes = _started_cluster()
     try:
         yield ClusterBroker(nodes)
     finally:
