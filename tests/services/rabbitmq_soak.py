@@ -117,7 +117,7 @@ class PrivateRabbit:
             for path in [self.root, *self.root.iterdir()]:
                 shutil.chown(path, self.owner, self.owner)
 
-    def start(self, *, within: float = 120) -> None:
+    def start(self, *, within: float = 240) -> None:
         """Start the node and wait until its AMQP port answers.
 
         :raises ServiceError: it did not come up in time.
@@ -156,14 +156,21 @@ class PrivateRabbit:
             return None
         return pid
 
-    def stop(self) -> None:
-        """Stop the node cleanly (``rabbitmqctl stop``), waiting for its VM to end.
+    def stop(self) -> str:
+        """Stop the node cleanly (``rabbitmqctl stop``), waiting for its VM
+        to end; a node that does not stop within two minutes (a busy
+        machine) is SIGKILLed. What was done.
 
-        :raises ServiceError: it did not stop.
+        :raises ServiceError: it did not end even then.
         """
         pid = self.pid()
-        self.ctl("stop", timeout=120)
-        self._wait_gone(pid)
+        try:
+            self.ctl("stop", timeout=120)
+            self._wait_gone(pid)
+        except (ServiceError, subprocess.TimeoutExpired) as exc:
+            self.kill()
+            return f"rabbitmqctl stop failed ({type(exc).__name__}), SIGKILLed"
+        return "rabbitmqctl stop"
 
     def kill(self) -> None:
         """SIGKILL the node's VM: a node lost at once."""
@@ -183,17 +190,20 @@ class PrivateRabbit:
                 raise ServiceError(f"RabbitMQ node {self.name} (pid {pid}) did not exit")
             time.sleep(0.1)
 
-    def restart(self, *, kill: bool = False, down_for: float = 0.0) -> None:
-        """Stop (or SIGKILL) the node, stay down ``down_for`` seconds, start it.
+    def restart(self, *, kill: bool = False, down_for: float = 0.0) -> str:
+        """Stop (or SIGKILL) the node, stay down ``down_for`` seconds, start
+        it; what was done.
 
         :raises ServiceError: a step failed.
         """
         if kill:
             self.kill()
+            done = "SIGKILL"
         else:
-            self.stop()
+            done = self.stop()
         time.sleep(down_for)
         self.start()
+        return done
 
     def remove(self) -> None:
         """Kill the node if it runs and delete its folder."""

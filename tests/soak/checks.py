@@ -101,6 +101,13 @@ async def check(
     known = set(soak.soak_jobs) | set(soak.scan_jobs)
     strangers = sorted(set(jobs) - known)
     results.append(_check("no job but those the soak started", not strangers, strangers or None))
+    results.append(
+        _check(
+            "every job produced whole",
+            not soak.production_failures,
+            soak.production_failures or None,
+        )
+    )
     missing = sorted(known - set(jobs))
     results.append(_check("every job the soak started is in the store", not missing, missing))
 
@@ -287,9 +294,11 @@ async def _check_clients(soak: Soak, app: App) -> tuple[dict[str, Any], list[dic
     return clients, checks
 
 
-def fault_summary(entries: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Faults by kind: injected, recovered from, skipped."""
-    summary = {kind: {"injected": 0, "recovered": 0, "skipped": 0} for kind in KINDS}
+def fault_summary(entries: list[dict[str, Any]], *, ok: bool) -> dict[str, dict[str, int]]:
+    """Faults by kind: injected, recovered from (the service or process
+    back), survived (recovered from, in a run whose every end check
+    passed: ``ok``), skipped."""
+    summary = {kind: {"injected": 0, "recovered": 0, "survived": 0, "skipped": 0} for kind in KINDS}
     for entry in entries:
         row = summary[entry["kind"]]
         if entry["note"].startswith(("skipped", "not injected")):
@@ -297,6 +306,7 @@ def fault_summary(entries: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
             continue
         row["injected"] += 1
         row["recovered"] += int(entry["recovered"])
+        row["survived"] += int(entry["recovered"] and ok)
     return summary
 
 
@@ -326,15 +336,20 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Faults",
         "",
-        "| fault | injected | recovered | skipped |",
-        "|---|---:|---:|---:|",
+        "| fault | injected | recovered | survived | skipped |",
+        "|---|---:|---:|---:|---:|",
     ]
     for kind, row in report["faults"].items():
-        lines.append(f"| {kind} | {row['injected']} | {row['recovered']} | {row['skipped']} |")
+        lines.append(
+            f"| {kind} | {row['injected']} | {row['recovered']} | {row['survived']} |"
+            f" {row['skipped']} |"
+        )
     lines += [
         "",
-        "`skipped`: a worker kill that found its worker stopped or down, or `node_lost` on a"
-        " single-node broker (the hook is there; it needs a RabbitMQ cluster).",
+        "`recovered`: the service or process was back afterwards; `survived`: recovered"
+        " from, and every end check below passed; `skipped`: a worker kill that found its"
+        " worker stopped or down, or `node_lost` on a single-node broker (it needs"
+        " `--cluster`).",
         "",
         "## Items",
         "",

@@ -32,7 +32,10 @@ class JobtrackProcess:
     stopped: bool = False
 
     def start(self) -> None:
-        """Start a new run (its output appended to the log)."""
+        """Start a new run (its output appended to the log); nothing while
+        a run is still going (never two of one process)."""
+        if self.running():
+            return
         stream: IO[bytes] = self.log.open("ab")
         stream.write(f"--- start {self.starts + 1} at {time.time():.3f}\n".encode())
         stream.flush()

@@ -153,6 +153,7 @@ class Soak:
         self.soak_jobs: list[str] = []
         self.scan_jobs: list[str] = []
         self.production_retries = 0
+        self.production_failures: list[str] = []
         self.scan_failures: list[str] = []
         self.started = 0.0
         self.window_end = 0.0
@@ -254,17 +255,29 @@ class Soak:
         for wave in range(waves):
             await self._until(span * wave / waves)
             mine = numbers[wave::waves]
-            made = await asyncio.gather(*(self._produce_one(app, n) for n in mine))
-            self.soak_jobs.extend(made)
+            made = await asyncio.gather(*(self._produced(app, n) for n in mine))
+            self.soak_jobs.extend(job_id for job_id in made if job_id is not None)
+
+    async def _produced(self, app: App, number: int) -> str | None:
+        """Job ``number`` produced; its id (None: it could not be created).
+        A job that could not be produced whole is recorded, and fails the run."""
+        try:
+            return await self._produce_one(app, number)
+        except RuntimeError as exc:
+            self.production_failures.append(f"job {number}: {exc}")
+            return None
 
     async def _produce_one(self, app: App, number: int) -> str:
         producer = app.start_job(JOB_TYPE, attributes={"soak": number})
         await self._retrying(producer.start)
-        keys = [f"item-{k:05d}" for k in range(self.plan.items)]
-        for start in range(0, len(keys), 250):
-            batch = keys[start : start + 250]
-            await self._retrying(functools.partial(self._add, producer, batch))
-        await self._retrying(producer.seal)
+        try:
+            keys = [f"item-{k:05d}" for k in range(self.plan.items)]
+            for start in range(0, len(keys), 250):
+                batch = keys[start : start + 250]
+                await self._retrying(functools.partial(self._add, producer, batch))
+            await self._retrying(producer.seal)
+        except RuntimeError as exc:
+            self.production_failures.append(f"job {producer.job.id}: {exc}")
         return producer.job.id
 
     @staticmethod
@@ -397,13 +410,31 @@ class Soak:
             node_lost=self.plan.node_lost,
         )
         self.start_processes()
-        await self.wait_served()
-        self.clients = [
-            StreamClient(n, f"http://127.0.0.1:{self.port}", random.Random(self.plan.seed + n))
-            for n in range(self.plan.clients)
-        ]
-        reading = [asyncio.create_task(client.run()) for client in self.clients]
+        reading: list[asyncio.Task[None]] = []
         supervisor = asyncio.create_task(self.supervise())
+        try:
+            await self.wait_served()
+            self.clients = [
+                StreamClient(n, f"http://127.0.0.1:{self.port}", random.Random(self.plan.seed + n))
+                for n in range(self.plan.clients)
+            ]
+            reading = [asyncio.create_task(client.run()) for client in self.clients]
+            report = await self._run(faults)
+        finally:
+            supervisor.cancel()
+            for client in self.clients:
+                client.stop()
+            await asyncio.gather(*reading, supervisor, return_exceptions=True)
+            processes = self.stop_processes()  # whatever happened: none is left running
+        report["processes"] = processes
+        report["plan"] = asdict(self.plan)
+        report["ok"] = all(check["ok"] for check in report["checks"])
+        report["faults"] = checks.fault_summary(self.faults.entries, ok=report["ok"])
+        report["fault_log"] = self.faults.entries
+        return report
+
+    async def _run(self, faults: list[Fault]) -> dict[str, Any]:
+        """The faults, the work and the end checks, on the runner's own app."""
         async with soak_app.with_settings(self.settings()) as app:
             await asyncio.sleep(1.0)  # every client has its first snapshot
             self.started = time.monotonic()
@@ -415,23 +446,13 @@ class Soak:
                 if worker.stopped:
                     worker.cont()
             quiet = await self.quiesce(app)
-            report = await checks.check(
+            return await checks.check(
                 self,
                 app,
                 started_at=started_at,
                 window_end_at=ended_at,
                 quiesced_in=quiet,
             )
-        supervisor.cancel()
-        for client in self.clients:
-            client.stop()
-        await asyncio.gather(*reading, supervisor, return_exceptions=True)
-        report["processes"] = self.stop_processes()
-        report["plan"] = asdict(self.plan)
-        report["faults"] = checks.fault_summary(self.faults.entries)
-        report["fault_log"] = self.faults.entries
-        report["ok"] = all(check["ok"] for check in report["checks"])
-        return report
 
     async def quiesce(self, app: App) -> float:
         """Wait until every job has ended (at most :data:`QUIESCE` s); the wait."""

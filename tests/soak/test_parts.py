@@ -76,7 +76,13 @@ def test_the_fault_summary_counts_what_was_skipped_apart() -> None:
         {"kind": "worker_kill", "recovered": True, "note": "skipped: not running, or stopped"},
         {"kind": "postgres_restart", "recovered": False, "note": "ServiceError: x"},
     ]
-    summary = fault_summary(entries)
-    assert summary["worker_kill"] == {"injected": 1, "recovered": 1, "skipped": 1}
-    assert summary["postgres_restart"] == {"injected": 1, "recovered": 0, "skipped": 0}
-    assert summary["node_lost"] == {"injected": 0, "recovered": 0, "skipped": 0}
+    summary = fault_summary(entries, ok=True)
+    assert summary["worker_kill"] == {"injected": 1, "recovered": 1, "survived": 1, "skipped": 1}
+    assert summary["postgres_restart"] == {
+        "injected": 1,
+        "recovered": 0,
+        "survived": 0,
+        "skipped": 0,
+    }
+    assert summary["node_lost"] == {"injected": 0, "recovered": 0, "survived": 0, "skipped": 0}
+    assert fault_summary(entries, ok=False)["worker_kill"]["survived"] == 0

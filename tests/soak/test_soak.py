@@ -50,6 +50,7 @@ def test_a_two_minute_soak_under_faults_ends_exact(tmp_path: Path) -> None:
         row = report["faults"][kind]
         assert row["injected"] >= 1, kind
         assert row["recovered"] == row["injected"], (kind, report["fault_log"])
+        assert row["survived"] == row["injected"], kind
     pause = report["faults"]["worker_pause"]
     assert pause["injected"] + pause["skipped"] >= 1
     assert pause["recovered"] == pause["injected"]
