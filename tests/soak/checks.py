@@ -30,7 +30,15 @@ from tests.soak.faults import KINDS
 if TYPE_CHECKING:
     from tests.soak.run import Soak
 
-__all__ = ["HOSTILE_FAILED", "HOSTILE_GOOD", "check", "fault_summary", "markdown", "percentile"]
+__all__ = [
+    "HOSTILE_FAILED",
+    "HOSTILE_GOOD",
+    "check",
+    "fault_summary",
+    "faults_undone",
+    "markdown",
+    "percentile",
+]
 
 #: Images of the hostile collection that must fail (two bombs, an empty file).
 HOSTILE_FAILED = 3
@@ -294,6 +302,14 @@ async def _check_clients(soak: Soak, app: App) -> tuple[dict[str, Any], list[dic
     return clients, checks
 
 
+def faults_undone(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The check that every fault injected was undone: the service or
+    process it took down came back (a fault that was not leaves the run
+    without the conditions its checks assume)."""
+    stuck = [f"{e['kind']} at {e['at']} s: {e['note']}" for e in entries if not e["recovered"]]
+    return _check("every fault injected was undone", not stuck, stuck or None)
+
+
 def fault_summary(entries: list[dict[str, Any]], *, ok: bool) -> dict[str, dict[str, int]]:
     """Faults by kind: injected, recovered from (the service or process
     back), survived (recovered from, in a run whose every end check
@@ -315,16 +331,25 @@ def markdown(report: dict[str, Any]) -> str:
     plan = report["plan"]
     items, latency = report["items"], report["latency"]
     verdict = "passed" if report["ok"] else "FAILED"
+    cluster = bool(plan.get("node_lost"))
+    broker = (
+        "a private cluster of three RabbitMQ nodes (quorum queues; every process given"
+        " the three nodes' URLs, each starting on another node)"
+        if cluster
+        else "a private RabbitMQ node"
+    )
     lines = [
         f"# Chaos soak: {verdict}",
         "",
-        f"Run as `python -m tests.soak.run --minutes {plan['minutes']:g} --seed {plan['seed']}`"
-        f" (`make soak SOAK_MINUTES={plan['minutes']:g} SOAK_SEED={plan['seed']}`), from"
+        f"Run as `python -m tests.soak.run --minutes {plan['minutes']:g} --seed {plan['seed']}"
+        f"{' --cluster' if cluster else ''}`"
+        f" (`make soak SOAK_MINUTES={plan['minutes']:g} SOAK_SEED={plan['seed']}"
+        f"{' SOAK_CLUSTER=1' if cluster else ''}`), from"
         f" {report['started_at']} to {report['window_end_at']} (faults), then"
         f" {report['quiesced_in_seconds']} s for the last jobs to end.",
         "",
-        f"Setup: a private PostgreSQL server (store and truth table) and a private RabbitMQ"
-        f" node; {plan['jobs']} jobs x {plan['items']} items of a no-op job type produced"
+        f"Setup: a private PostgreSQL server (store and truth table) and {broker};"
+        f" {plan['jobs']} jobs x {plan['items']} items of a no-op job type produced"
         f" in {plan['waves']} waves over the first {plan['produce_until']:.0%} of the run,"
         " and scans of a hostile"
         " collection (3 images, 2 decompression bombs, an empty file, a symlink out of it)"

@@ -428,6 +428,7 @@ class Soak:
             processes = self.stop_processes()  # whatever happened: none is left running
         report["processes"] = processes
         report["plan"] = asdict(self.plan)
+        report["checks"].append(checks.faults_undone(self.faults.entries))
         report["ok"] = all(check["ok"] for check in report["checks"])
         report["faults"] = checks.fault_summary(self.faults.entries, ok=report["ok"])
         report["fault_log"] = self.faults.entries
@@ -544,8 +545,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a private cluster of three RabbitMQ nodes, and the node-loss fault",
     )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="SOAK_JSON",
+        help="run nothing: write soak.md again beside this soak.json (its fault summary too)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder and logs")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        report = json.loads(args.render.read_text())
+        report["faults"] = checks.fault_summary(report["fault_log"], ok=report["ok"])
+        args.render.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        (args.render.parent / "soak.md").write_text(checks.markdown(report))
+        return 0 if report["ok"] else 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     plan = plan_for(args.minutes, args.seed, jobs=args.jobs, items=args.items, cluster=args.cluster)

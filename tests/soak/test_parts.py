@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 
-from tests.soak.checks import fault_summary, percentile
+from tests.soak.checks import fault_summary, faults_undone, percentile
 from tests.soak.clients import StreamClient
 from tests.soak.faults import KINDS, schedule
 from tests.soak.run import plan_for
@@ -86,3 +86,12 @@ def test_the_fault_summary_counts_what_was_skipped_apart() -> None:
     }
     assert summary["node_lost"] == {"injected": 0, "recovered": 0, "survived": 0, "skipped": 0}
     assert fault_summary(entries, ok=False)["worker_kill"]["survived"] == 0
+
+
+def test_a_fault_not_undone_fails_its_check() -> None:
+    undone = {"kind": "postgres_restart", "at": 30.0, "recovered": True, "note": "fast"}
+    stuck = {"kind": "rabbitmq_restart", "at": 60.0, "recovered": False, "note": "timed out"}
+    assert faults_undone([undone])["ok"] is True
+    failed = faults_undone([undone, stuck])
+    assert failed["ok"] is False
+    assert failed["detail"] == ["rabbitmq_restart at 60.0 s: timed out"]
