@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gzip
 import json
 import logging
 import os
@@ -522,8 +523,8 @@ def run_soak(plan: Plan, out: Path, *, keep: bool = False) -> dict[str, Any]:
         if not report["ok"] or keep:
             logs = out / "logs"
             logs.mkdir(exist_ok=True)
-            for log in (work / "logs").glob("*.log"):
-                (logs / log.name).write_bytes(log.read_bytes()[-200_000:])
+            for log in (work / "logs").glob("*.log"):  # whole: a failure's start matters
+                (logs / f"{log.name}.gz").write_bytes(gzip.compress(log.read_bytes()))
         return report
     finally:
         if not keep:
