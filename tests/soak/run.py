@@ -34,7 +34,7 @@ from typing import Any
 
 import psycopg
 
-from jobtrack.errors import JobtrackError
+from jobtrack.errors import BrokerUnavailable, JobtrackError, StoreUnavailable
 from jobtrack.jobs.producer import JobProducer
 from jobtrack.model import JobStatus, utc_now
 from jobtrack.runtime import App, Settings
@@ -286,14 +286,23 @@ class Soak:
         return await producer.add(STAGE, [(key, {"n": i}) for i, key in enumerate(keys)])
 
     async def _retrying(self, call: Any) -> Any:
+        """``call()``, tried again through outages (as a user's producer
+        would), for up to 5 minutes; any other error (a refusal) is raised
+        as a RuntimeError, which fails the job's production and the run.
+
+        :raises RuntimeError: an error that is not an outage, or an outage
+            that lasted 5 minutes.
+        """
         for attempt in range(600):
             try:
                 return await call()
-            except JobtrackError as exc:
+            except (StoreUnavailable, BrokerUnavailable) as exc:
                 self.production_retries += 1
                 if attempt % 10 == 0:
                     logger.info("producer: %s: trying again", exc)
                 await asyncio.sleep(0.5)
+            except JobtrackError as exc:
+                raise RuntimeError(f"the producer failed: {type(exc).__name__}: {exc}") from exc
         raise RuntimeError("the producer could not reach the store or broker for 5 minutes")
 
     async def scans(self) -> None:
