@@ -20,7 +20,7 @@ import pytest
 
 from jobtrack.broker import Delivery, dead_letter_queue
 from jobtrack.broker.rabbitmq import COUNT_HEADER, REASON_HEADER, SOURCE_HEADER, RabbitMQBroker
-from jobtrack.errors import BrokerError, InvalidRequest
+from jobtrack.errors import BrokerError, BrokerUnavailable, InvalidRequest
 from tests.rabbitmq import (
     queues,
     rabbitmqctl,
@@ -349,3 +349,69 @@ async def test_in_flight_asked_while_the_server_closes_the_connection_waits_and_
     assert errors == []
     assert set(answers) == {5}
     assert broker.connections >= 4  # the first, then once after each close
+
+
+@pytest.fixture
+def full_queue(vhost: str, queue: str) -> Iterator[str]:
+    """``queue`` under a policy that makes the server nack a publish while
+    it holds a message (max-length 0, reject-publish: a quorum queue takes
+    one message, then nacks); a quorum queue nacks, too, while it has no
+    leader (a node lost)."""
+    rabbitmqctl(
+        "set_policy",
+        "-p",
+        vhost,
+        "--apply-to",
+        "queues",
+        f"full-{queue}",
+        f"^{queue}$",
+        json.dumps({"max-length": 0, "overflow": "reject-publish"}),
+    )
+    yield queue
+    rabbitmqctl("clear_policy", "-p", vhost, f"full-{queue}")
+
+
+async def declared_full(broker: RabbitMQBroker, vhost: str, queue: str) -> None:
+    """Publish the queue's first message (declaring it), then wait until the
+    server applies the policy to it (it does so in the background)."""
+    await broker.publish(queue, b'{"n": 1}')
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        out = await asyncio.to_thread(
+            rabbitmqctl, "list_queues", "-p", vhost, "name", "policy", "--formatter", "json"
+        )
+        if any(row["name"] == queue and row["policy"] for row in json.loads(out or "[]")):
+            return
+        assert asyncio.get_running_loop().time() < deadline, out
+        await asyncio.sleep(0.2)
+
+
+async def test_a_publish_the_server_nacks_is_sent_again_until_it_is_taken(
+    vhost: str, full_queue: str
+) -> None:
+    # A nack says the server did not take the message this time; it was
+    # raised at once as a refusal (BrokerError), which made a producer
+    # cancel its job while a cluster node was lost.
+    broker = RabbitMQBroker(vhost_url(vhost), publish_timeout=30)
+    try:
+        await declared_full(broker, vhost, full_queue)
+        second = asyncio.create_task(broker.publish(full_queue, b'{"n": 2}'))
+        await asyncio.sleep(1.5)
+        assert not second.done()  # nacked, and sent again while the queue is full
+        taken = await drain(vhost_url(vhost), full_queue)
+        await asyncio.wait_for(second, 30)
+        taken += await drain(vhost_url(vhost), full_queue)
+    finally:
+        await broker.aclose()
+    assert sorted(message.body for message in taken) == [b'{"n": 1}', b'{"n": 2}']
+
+
+async def test_a_publish_nacked_until_its_timeout_is_an_outage(vhost: str, full_queue: str) -> None:
+    broker = RabbitMQBroker(vhost_url(vhost), publish_timeout=2)
+    try:
+        await declared_full(broker, vhost, full_queue)
+        with pytest.raises(BrokerUnavailable, match="not confirmed"):
+            await broker.publish(full_queue, b'{"n": 2}')
+    finally:
+        await broker.aclose()
+    assert [message.body for message in await drain(vhost_url(vhost), full_queue)] == [b'{"n": 1}']

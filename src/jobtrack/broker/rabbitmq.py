@@ -880,7 +880,15 @@ class RabbitMQBroker:
             return publisher
 
     async def publish(self, queue: str, body: bytes) -> None:
-        """Return once the broker has confirmed the message (persistent, durable queue)."""
+        """Return once the broker has confirmed the message (persistent,
+        durable queue). A message the server does not confirm, or nacks (a
+        quorum queue without a leader while a node is lost, a queue full
+        with reject-publish), is sent again until ``publish_timeout``.
+
+        :raises BrokerUnavailable: not confirmed within ``publish_timeout``.
+        :raises BrokerError: the server returned it (its queue is gone) or
+            refused its queue.
+        """
         await self._publish(queue, body, headers=None)
 
     async def publish_many(self, queue: str, bodies: Iterable[bytes]) -> None:
@@ -932,7 +940,17 @@ class RabbitMQBroker:
                 await asyncio.sleep(0.05)
                 continue
             except aio_pika.exceptions.DeliveryError as exc:
-                raise BrokerError(f"RabbitMQ refused a message for {queue}: {exc}") from exc
+                if not isinstance(exc.frame, aiormq.spec.Basic.Nack):  # returned: no queue
+                    raise BrokerError(f"RabbitMQ refused a message for {queue}: {exc}") from exc
+                # A nack: the server did not take it this time (a quorum queue
+                # without a leader while a node is lost, a full queue that
+                # rejects publishes): send it again, as an unconfirmed one.
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise BrokerUnavailable(
+                        f"publish to {queue} not confirmed: nacked until the timeout: {exc}"
+                    ) from exc
+                await asyncio.sleep(0.2)
+                continue
             if not isinstance(confirm, aiormq.spec.Basic.Ack):
                 raise BrokerError(f"RabbitMQ did not take a message for {queue}: {confirm!r}")
             return
