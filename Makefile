@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-data
 SAMPLE_COUNT ?= 200
 
-.PHONY: install demo examples test lint typecheck unit bench clean browser docs dist
+.PHONY: install demo examples test lint typecheck unit bench clean browser docs dist soak
 
 install: $(STAMP)
 
@@ -75,6 +75,17 @@ bench: install
 	$(BIN)/python -m bench.ledger
 	$(BIN)/python -m bench.integrations
 	$(if $(SCALE),$(BIN)/python -m bench.monitor --scale)
+
+# The chaos soak (tests/soak): a private PostgreSQL server and RabbitMQ node,
+# real workers, monitor and server under a seeded schedule of faults for
+# SOAK_MINUTES; its report goes to bench/results/soak/ (soak.json, soak.md).
+# SOAK_CLUSTER=1: a private cluster of three RabbitMQ nodes, and a node lost.
+SOAK_MINUTES ?= 10
+SOAK_SEED ?= 1
+SOAK_CLUSTER ?= 0
+soak: install
+	$(BIN)/python -m tests.soak.run --minutes $(SOAK_MINUTES) --seed $(SOAK_SEED) \
+		$(if $(filter 1,$(SOAK_CLUSTER)),--cluster,) --out bench/results/soak
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache test-artifacts build dist

@@ -322,13 +322,41 @@ def test_bad_url_options_are_refused() -> None:
         RabbitMQBroker("http://localhost/")
 
 
-async def test_a_nacked_publish_is_sent_again_until_the_queue_takes_it(
-    vhost: str, queue: str
+async def test_in_flight_asked_while_the_server_closes_the_connection_waits_and_answers(
+    broker: RabbitMQBroker, vhost: str, queue: str
 ) -> None:
-    """A quorum queue that cannot take a message now nacks it (here: full,
-    with overflow reject-publish; in a cluster: no leader yet after its
-    node was lost): the publish sends it again until it is confirmed, and
-    gives up after ``publish_timeout`` as for an outage."""
+    # The monitor asks every cycle; a connection lost during the question
+    # was a bare ConnectionError (or aiormq's), which failed its whole cycle.
+    await broker.publish_many(queue, [b"{}"] * 5)
+    answers: list[int] = []
+    errors: list[BaseException] = []
+    stop = asyncio.Event()
+
+    async def ask() -> None:
+        while not stop.is_set():
+            try:
+                answers.append(await broker.in_flight(queue))
+            except Exception as exc:
+                errors.append(exc)
+
+    asker = asyncio.create_task(ask())
+    await asyncio.sleep(0.3)
+    for _ in range(3):
+        await asyncio.to_thread(rabbitmqctl, "close_all_connections", "-p", vhost, "in-flight test")
+        await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.wait_for(asker, 60)
+    assert errors == []
+    assert set(answers) == {5}
+    assert broker.connections >= 4  # the first, then once after each close
+
+
+@pytest.fixture
+def full_queue(vhost: str, queue: str) -> Iterator[str]:
+    """``queue`` under a policy that makes the server nack a publish while
+    it holds a message (max-length 0, reject-publish: a quorum queue takes
+    one message, then nacks); a quorum queue nacks, too, while it has no
+    leader (a node lost)."""
     rabbitmqctl(
         "set_policy",
         "-p",
@@ -337,27 +365,53 @@ async def test_a_nacked_publish_is_sent_again_until_the_queue_takes_it(
         "queues",
         f"full-{queue}",
         f"^{queue}$",
-        '{"max-length": 1, "overflow": "reject-publish"}',
+        json.dumps({"max-length": 0, "overflow": "reject-publish"}),
     )
-    broker = RabbitMQBroker(vhost_url(vhost), publish_timeout=20)
+    yield queue
+    rabbitmqctl("clear_policy", "-p", vhost, f"full-{queue}")
+
+
+async def declared_full(broker: RabbitMQBroker, vhost: str, queue: str) -> None:
+    """Publish the queue's first message (declaring it), then wait until the
+    server applies the policy to it (it does so in the background)."""
+    await broker.publish(queue, b'{"n": 1}')
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        out = await asyncio.to_thread(
+            rabbitmqctl, "list_queues", "-p", vhost, "name", "policy", "--formatter", "json"
+        )
+        if any(row["name"] == queue and row["policy"] for row in json.loads(out or "[]")):
+            return
+        assert asyncio.get_running_loop().time() < deadline, out
+        await asyncio.sleep(0.2)
+
+
+async def test_a_publish_the_server_nacks_is_sent_again_until_it_is_taken(
+    vhost: str, full_queue: str
+) -> None:
+    # A nack says the server did not take the message this time; it was
+    # raised at once as a refusal (BrokerError), which made a producer
+    # cancel its job while a cluster node was lost.
+    broker = RabbitMQBroker(vhost_url(vhost), publish_timeout=30)
     try:
-        # A quorum queue refuses once it is over its length: with one, at the third.
-        await broker.publish_many(queue, [b"1", b"2"])
-        third = asyncio.create_task(broker.publish(queue, b"3"))
-        await asyncio.sleep(1.0)
-        assert not third.done()  # nacked, and sent again
-        assert [m.body for m in await drain(vhost_url(vhost), queue)] == [b"1", b"2"]
-        await asyncio.wait_for(third, 10)
-        await broker.publish(queue, b"4")
-        short = RabbitMQBroker(vhost_url(vhost), publish_timeout=1.0)
-        try:
-            # Nacked, then (the time up while a new channel opens, or within
-            # the last publish's wait) not confirmed either way.
-            with pytest.raises(BrokerUnavailable, match=f"^publish to {queue} not confirmed: "):
-                await short.publish(queue, b"5")
-        finally:
-            await short.aclose()
-        assert [m.body for m in await drain(vhost_url(vhost), queue)] == [b"3", b"4"]
+        await declared_full(broker, vhost, full_queue)
+        second = asyncio.create_task(broker.publish(full_queue, b'{"n": 2}'))
+        await asyncio.sleep(1.5)
+        assert not second.done()  # nacked, and sent again while the queue is full
+        taken = await drain(vhost_url(vhost), full_queue)
+        await asyncio.wait_for(second, 30)
+        taken += await drain(vhost_url(vhost), full_queue)
     finally:
         await broker.aclose()
-        rabbitmqctl("clear_policy", "-p", vhost, f"full-{queue}")
+    assert sorted(message.body for message in taken) == [b'{"n": 1}', b'{"n": 2}']
+
+
+async def test_a_publish_nacked_until_its_timeout_is_an_outage(vhost: str, full_queue: str) -> None:
+    broker = RabbitMQBroker(vhost_url(vhost), publish_timeout=2)
+    try:
+        await declared_full(broker, vhost, full_queue)
+        with pytest.raises(BrokerUnavailable, match="not confirmed"):
+            await broker.publish(full_queue, b'{"n": 2}')
+    finally:
+        await broker.aclose()
+    assert [message.body for message in await drain(vhost_url(vhost), full_queue)] == [b'{"n": 1}']

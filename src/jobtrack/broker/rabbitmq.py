@@ -996,11 +996,14 @@ class RabbitMQBroker:
             await asyncio.wait_for(publisher.close(), _CLOSE_TIMEOUT)
 
     async def publish(self, queue: str, body: bytes) -> None:
-        """Return once the broker has confirmed the message (persistent, durable queue).
+        """Return once the broker has confirmed the message (persistent,
+        durable queue). A message the server does not confirm, or nacks (a
+        quorum queue without a leader while a node is lost, a queue full
+        with reject-publish), is sent again, on a new channel, until ``publish_timeout``.
 
-        :raises BrokerUnavailable: not confirmed within ``publish_timeout``
-            (the broker away, or nacking it all along).
-        :raises BrokerError: the server returned it, or a configuration error.
+        :raises BrokerUnavailable: not confirmed within ``publish_timeout``.
+        :raises BrokerError: the server returned it (its queue is gone) or
+            refused its queue.
         """
         await self._publish(queue, body, headers=None)
 
@@ -1146,23 +1149,47 @@ class RabbitMQBroker:
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
 
-    async def in_flight(self, queue: str) -> int:
+    async def in_flight(self, queue: str, *, within: float = 30.0) -> int:
         """Messages ready in ``queue`` plus those this process holds unsettled
         on a channel still open (a delivery of a lost channel is back in the
-        queue, so counted once).
+        queue, so counted once). A connection lost while asking is waited
+        for and asked again, for up to ``within`` seconds in all.
 
         AMQP does not tell how many messages other processes hold unacked.
+
+        :raises BrokerUnavailable: no answer within ``within`` seconds.
+        :raises BrokerError: the queue exists with other settings, or the
+            server refused it.
         """
-        connection = await self._connected(30.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            connection = await self._connected(max(deadline - loop.time(), 0.001))
+            try:
+                ready = await self._ready_in(connection, queue)
+            except _REFUSED as exc:
+                if isinstance(exc, BrokerError):
+                    raise
+                raise BrokerError(f"RabbitMQ refused queue {queue}: {exc}") from exc
+            except _GONE_OR_SLOW as exc:
+                if loop.time() >= deadline:
+                    raise BrokerUnavailable(
+                        f"cannot count the messages of {queue} within {within:g} s: {exc!r}"
+                    ) from exc
+                await asyncio.sleep(0.05)  # the supervisor reconnects meanwhile
+                continue
+            held = sum(s.unsettled for s in self._subscriptions if s.queue == queue)
+            return ready + held
+
+    async def _ready_in(self, connection: AbstractConnection, queue: str) -> int:
+        """The messages ready in ``queue``, asked on a channel of its own."""
         channel = await _open_channel(connection, publisher_confirms=False)
         try:
             declared = await self.declare(channel, queue)
-            ready = declared.declaration_result.message_count or 0
+            return declared.declaration_result.message_count or 0
         finally:
             with contextlib.suppress(*_GONE):
                 await channel.close()
-        held = sum(s.unsettled for s in self._subscriptions if s.queue == queue)
-        return ready + held
 
     async def aclose(self) -> None:
         """Stop every subscription and close the connection."""
