@@ -97,9 +97,10 @@ def test_a_worker_killed_mid_run_leaves_exact_counts_after_a_restart(driver: Dri
 
 def test_purged_tasks_are_sent_again_by_the_monitor_exactly(driver: Driver) -> None:
     total = 300
-    # Tasks of 30 ms: with every worker thread busy, the queue still holds
-    # most of them when the first 50 are counted.
-    job_id = driver.produce(total, pause=0.03)
+    # Tasks of 100 ms: with every worker slot busy, the queue still holds
+    # most of them when the first 50 are counted (a busy counter writes
+    # every 250 ms; arq's 20 slots would run 300 tasks of 30 ms in 0.45 s).
+    job_id = driver.produce(total, pause=0.1)
     driver.start_workers()
     wait_counted(driver, job_id, 50)
     purged = driver.purge()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -150,10 +151,12 @@ def watch_job(
             app_spec=app_spec,
         )
     except KeyboardInterrupt:
-        stderr.print(f"stopped watching job {job_id}; it goes on (jobtrack jobs show {job_id})")
-        sys.exit(EXIT_INTERRUPTED)
+        job = None
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if job is None:  # interrupted: the watching stops, the job goes on
+        stderr.print(f"stopped watching job {job_id}; it goes on (jobtrack jobs show {job_id})")
+        sys.exit(EXIT_INTERRUPTED)
     if as_json:
         click.echo(json.dumps(job_json(job), indent=2))
     else:
@@ -162,23 +165,45 @@ def watch_job(
     sys.exit(0 if job.status is JobStatus.COMPLETED else 1)
 
 
-async def _follow(app: App, job_id: str, *, interval: float, live: bool) -> Job:
-    """Read the job every ``interval`` seconds until it has ended; with
-    ``live``, draw its stages' bars as it goes."""
-    job = await app.store.get_job(job_id)
-    stderr.print(f"watching job {job.id} ({job.job_type}): {job.status.value}", markup=False)
-    if not live:
-        while not job.status.terminal:
-            await asyncio.sleep(interval)
-            job = await app.store.get_job(job_id)
+async def _follow(app: App, job_id: str, *, interval: float, live: bool) -> Job | None:
+    """Read the job every ``interval`` seconds until it has ended (the job),
+    or until SIGINT or SIGTERM (None); with ``live``, draw its stages' bars
+    as it goes.
+
+    The signals set an event the loop waits on, rather than cancelling the
+    task as ``asyncio.run`` does: a cancellation that lands as an awaited
+    call completes can be lost on Python 3.11, and the watching would then
+    go on for as long as the job."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        job = await app.store.get_job(job_id)
+        stderr.print(f"watching job {job.id} ({job.job_type}): {job.status.value}", markup=False)
+        with JobProgress(stderr) if live else contextlib.nullcontext() as progress:
+            if progress is not None:
+                progress.update(job)
+            while not job.status.terminal:
+                if await _stopped(stop, interval):
+                    return None
+                job = await app.store.get_job(job_id)
+                if progress is not None:
+                    progress.update(job)
         return job
-    with JobProgress(stderr) as progress:
-        progress.update(job)
-        while not job.status.terminal:
-            await asyncio.sleep(interval)
-            job = await app.store.get_job(job_id)
-            progress.update(job)
-    return job
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def _stopped(stop: asyncio.Event, interval: float) -> bool:
+    """Wait ``interval`` seconds, or less if ``stop`` is set; whether it is."""
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=interval)
+    finally:
+        waiter.cancel()
+    return stop.is_set()
 
 
 #: ``jobtrack jobs cancel`` exit status per outcome (1 stays an error: no such job, no store).
