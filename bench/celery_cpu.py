@@ -67,7 +67,7 @@ def _threads(pid: int) -> dict[str, tuple[float, int]]:
     return found
 
 
-def _ports(pids: list[int]) -> set[int]:
+def _ports(pids: Sequence[int]) -> set[int]:
     """The local TCP ports of the sockets these processes hold."""
     inodes: set[str] = set()
     for pid in pids:
@@ -87,7 +87,7 @@ def _ports(pids: list[int]) -> set[int]:
     return ports
 
 
-def _backends(url: str, clients: list[int]) -> list[int]:
+def _backends(url: str, clients: Sequence[int]) -> list[int]:
     """The PostgreSQL backends of the run's database serving ``clients``."""
     database = url.rsplit("/", 1)[1]
     ports = _ports(clients)

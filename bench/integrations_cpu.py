@@ -51,6 +51,7 @@ from typing import Any
 
 import psycopg
 
+from bench.celery_cpu import _backends
 from bench.integrations import (
     FLOORS,
     RUN_TIMEOUT,
@@ -91,37 +92,6 @@ def _tree(pids: Sequence[int]) -> list[int]:
         found.append(pid)
         waiting.extend(_children(pid))
     return found
-
-
-def _ports(pids: Sequence[int]) -> set[int]:
-    """The local TCP ports of the sockets these processes hold."""
-    inodes: set[str] = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:["):
-                        inodes.add(link[8:-1])
-    ports: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in list(f)[1:]:
-                fields = line.split()
-                if fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def _backends(url: str, clients: Sequence[int]) -> list[int]:
-    """The PostgreSQL backends of the run's database serving ``clients``."""
-    database = url.rsplit("/", 1)[1]
-    ports = _ports(clients)
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/test", autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pid, client_port FROM pg_stat_activity WHERE datname = %s", (database,)
-        ).fetchall()
-    return [int(pid) for pid, port in rows if port in ports]
 
 
 def _all_backends(url: str) -> list[int]:
