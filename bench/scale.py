@@ -80,7 +80,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import psycopg
 
@@ -265,7 +265,27 @@ def child_main(role: str, spec_json: str, out: str) -> int:
 # --- the PostgreSQL backends ---------------------------------------------------------
 
 
-class BackendSampler:
+class _Sampling:
+    """A sampler's thread: ``_run`` started on entering, stopped (``_stop``
+    set) and joined on leaving."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class BackendSampler(_Sampling):
     """Samples the PostgreSQL backends of one database from ``/proc`` in a
     thread: per backend, its peak RSS, anonymous RSS and CPU seconds; and
     the server's checkpoints (when each was counted) and WAL written (the
@@ -276,16 +296,7 @@ class BackendSampler:
         self.backends: dict[int, dict[str, float]] = {}
         self.checkpoints_at: list[float] = []
         self.wal_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> BackendSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__init__()
 
     def _run(self) -> None:
         with psycopg.connect(self._url, autocommit=True) as conn:
@@ -329,7 +340,7 @@ class BackendSampler:
 _CHECKPOINTS = "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
 
 
-class WaitSampler:
+class WaitSampler(_Sampling):
     """Samples, every ``every`` seconds in a thread, what the server's
     processes are doing (``pg_stat_activity``: each active client backend
     of the database and each of the server's own processes, by
@@ -343,16 +354,7 @@ class WaitSampler:
         self.samples: list[tuple[float, dict[str, int]]] = []
         self.lock_waits: dict[str, int] = {}
         self.machine: list[dict[str, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> WaitSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__init__()
 
     def _run(self) -> None:
         with psycopg.connect(self._url, autocommit=True) as conn:
