@@ -43,6 +43,7 @@ from jobtrack.pipeline.catalog import ArtifactStatus, catalog_for
 from jobtrack.pipeline.reconciler import CollectionScanReconciler
 from jobtrack.pipeline.stages import queue_for
 from jobtrack.store import JobStore, open_store
+from tests.integration.test_distributed import counted, wait_for
 from tests.postgres import database_url, scratch_database
 from tests.postgres import require_server as require_postgres
 from tests.services.rabbitmq_nodes import RabbitCluster, cluster_unavailable
@@ -250,24 +251,6 @@ async def store(processes: Processes) -> AsyncIterator[JobStore]:
     await store.aclose()
 
 
-def counted(job: Job) -> int:
-    """Rendition items counted, done or failed, over both stages."""
-    return sum(job.stages[s].completed_items + job.stages[s].failed_items for s in RENDITIONS)
-
-
-async def wait_for(
-    store: JobStore, job_id: str, *, done: int | None = None, within: float = 150
-) -> Job:
-    """The job once it has ended, or once ``done`` rendition items are counted."""
-    deadline = time.monotonic() + within
-    while True:
-        job = await store.get_job(job_id)
-        if job.status.terminal or (done is not None and counted(job) >= done):
-            return job
-        assert time.monotonic() < deadline, job.to_dict()
-        await asyncio.sleep(0.05)
-
-
 async def assert_exact(store: JobStore, job: Job) -> None:
     """The job completed once, each stage at the catalog's true count, and no
     rendition made after its stage completed (a double count completes a
@@ -306,13 +289,13 @@ async def test_a_scan_ends_exact_when_the_node_leading_its_queues_is_killed(
     leaders = {q: cluster.leader_of(queue_for(q)) for q in RENDITIONS}
     assert set(leaders.values()) == {"jt1"}, leaders
     job_id = await asyncio.to_thread(processes.enqueue, collection, cluster.broker_url(first="jt2"))
-    before = await wait_for(store, job_id, done=2 * IMAGES // 5)
+    before = await wait_for(store, job_id, done=2 * IMAGES // 5, within=150)
     assert not before.status.terminal
     await asyncio.to_thread(cluster.kill, "jt1")
-    after_kill = await wait_for(store, job_id, done=counted(before) + 60)
+    after_kill = await wait_for(store, job_id, done=counted(before) + 60, within=150)
     assert not after_kill.status.terminal  # the work went on without jt1
     await asyncio.to_thread(cluster.restart, "jt1")
-    job = await wait_for(store, job_id)
+    job = await wait_for(store, job_id, within=150)
     await assert_exact(store, job)
     logs = [log.read_text() for log in processes.logs]
     # The worker connected to jt1 moved to the next node, jt2; the others
