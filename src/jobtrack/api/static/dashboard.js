@@ -1,7 +1,8 @@
-// The jobtrack dashboard: one page of jobs from GET /api/jobs, kept live by
+// The jobs view: one page of jobs from GET /api/jobs, kept live by
 // GET /api/stream (read with fetch, so that the bearer token can be sent, and
 // resumed with Last-Event-ID). Every value shown goes through textContent:
-// nothing from the server is ever parsed as HTML.
+// nothing from the server is ever parsed as HTML. The helpers it uses ($, el,
+// api, say…) are common.js's.
 "use strict";
 
 const PAGE = 50;
@@ -16,38 +17,6 @@ const state = {
   newJobs: 0,
   seen: new Set(),      // ids of the new jobs counted
 };
-
-const $ = (id) => document.getElementById(id);
-const el = (tag, text, cls) => {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (cls) node.className = cls;
-  return node;
-};
-
-function token() { return sessionStorage.getItem("jobtrack-token") || ""; }
-function headers(extra) {
-  const h = Object.assign({ Accept: "application/json" }, extra || {});
-  if (token()) h.Authorization = "Bearer " + token();
-  return h;
-}
-function say(text, isError) {
-  $("message").textContent = text || "";
-  $("message").className = isError ? "error" : "";
-}
-
-async function api(method, path, body) {
-  const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
-  if (body) init.body = JSON.stringify(body);
-  const response = await fetch(path, init);
-  let data = null;
-  try { data = await response.json(); } catch (e) { data = null; }
-  if (!response.ok) {
-    const reason = data && data.error ? data.error : response.status + " " + response.statusText;
-    throw new Error(reason);
-  }
-  return data;
-}
 
 // ---- rate and ETA -------------------------------------------------------
 
