@@ -78,7 +78,9 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -94,12 +96,20 @@ from aio_pika.abc import (
 )
 
 from jobtrack.broker.backoff import Backoff
-from jobtrack.broker.base import Handler, dead_letter_queue, is_dead_letter_queue
+from jobtrack.broker.base import (
+    DeadMessage,
+    Handler,
+    QueueStats,
+    dead_letter_queue,
+    dead_message_id,
+    is_dead_letter_queue,
+)
 from jobtrack.broker.settle import SettleOnce, log_dead_letter, run_handler
 from jobtrack.errors import (
     BrokerError,
     BrokerUnavailable,
     ConfigurationError,
+    NotFound,
     QueueRefused,
     masked_url,
 )
@@ -118,6 +128,10 @@ logger = logging.getLogger(__name__)
 REASON_HEADER = "x-jobtrack-reason"
 SOURCE_HEADER = "x-jobtrack-queue"
 COUNT_HEADER = "x-jobtrack-delivery-count"
+DIED_HEADER = "x-jobtrack-died-at"
+# Headers the server changes while a message waits (a quorum queue counts
+# each return): left out of a dead letter's derived id.
+_VOLATILE_HEADERS = frozenset({"x-delivery-count"})
 BROKER_SETTING = "JOBTRACK_BROKER_URL / --broker"
 _QUEUE_TYPES = ("quorum", "classic")
 # Errors that mean "the connection or channel is gone", not "this call is
@@ -1030,7 +1044,14 @@ class RabbitMQBroker:
         except ExceptionGroup as failed:  # the first failure, as publish would raise it
             raise failed.exceptions[0] from None
 
-    async def _publish(self, queue: str, body: bytes, headers: dict[str, Any] | None) -> None:
+    async def _publish(
+        self,
+        queue: str,
+        body: bytes,
+        headers: dict[str, Any] | None,
+        *,
+        message_id: str | None = None,
+    ) -> None:
         deadline = asyncio.get_running_loop().time() + self._publish_timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
@@ -1044,6 +1065,7 @@ class RabbitMQBroker:
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     content_type="application/json",
                     headers=headers,
+                    message_id=message_id,
                 )
                 confirm = await publisher.default_exchange.publish(
                     message, routing_key=queue, mandatory=True, timeout=max(remaining, 0.001)
@@ -1100,7 +1122,10 @@ class RabbitMQBroker:
         headers.pop(COUNT_HEADER, None)
         if self.queue_type == "quorum":
             headers[COUNT_HEADER] = delivery_count
-        await self._publish(dead_letter_queue(queue), message.body, headers=headers)
+        headers[DIED_HEADER] = datetime.now(UTC).isoformat()
+        await self._publish(
+            dead_letter_queue(queue), message.body, headers=headers, message_id=uuid.uuid4().hex
+        )
         log_dead_letter(queue, reason)
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> _RabbitSubscription:
@@ -1191,6 +1216,112 @@ class RabbitMQBroker:
             with contextlib.suppress(*_GONE):
                 await channel.close()
 
+    @contextlib.asynccontextmanager
+    async def _side_channel(self, within: float) -> AsyncIterator[AbstractChannel]:
+        """A channel of its own for one operation, closed after it (the
+        server then takes back what it holds unacked).
+
+        :raises BrokerUnavailable: no connection within ``within`` seconds,
+            or it was lost during the operation.
+        """
+        connection = await self._connected(within)
+        try:
+            channel = await _open_channel(connection, publisher_confirms=False)
+        except _GONE_OR_SLOW as exc:
+            raise BrokerUnavailable(f"cannot open a channel to RabbitMQ: {exc!r}") from exc
+        try:
+            yield channel
+        except _GONE_OR_SLOW as exc:
+            raise BrokerUnavailable(f"the RabbitMQ channel was lost: {exc!r}") from exc
+        finally:
+            with contextlib.suppress(*_GONE_OR_SLOW):
+                await asyncio.wait_for(channel.close(), _CLOSE_TIMEOUT)
+
+    async def queue_stats(self, queue: str, *, within: float = 10.0) -> QueueStats:
+        """The ready messages and consumers of ``queue``, from a passive
+        declare (it is not created; a queue that does not exist has none).
+        AMQP tells neither the messages other processes hold unacked nor
+        the age of the oldest message: both None.
+
+        :raises BrokerUnavailable: no answer within ``within`` seconds.
+        """
+        async with self._side_channel(within) as channel:
+            try:
+                declared = await channel.declare_queue(queue, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return QueueStats(queue, 0, 0)
+        result = declared.declaration_result
+        return QueueStats(queue, result.message_count or 0, result.consumer_count or 0)
+
+    async def _held_dead(
+        self, channel: AbstractChannel, queue: str, limit: int | None
+    ) -> list[tuple[DeadMessage, AbstractIncomingMessage]]:
+        """Take up to ``limit`` (None: all) messages of ``queue``'s
+        dead-letter queue on ``channel``, unacked: they go back when it
+        closes, unless acked. A dead-letter queue has no delivery limit, so
+        taking and returning them loses none."""
+        try:
+            dead = await channel.declare_queue(dead_letter_queue(queue), passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return []
+        held: list[tuple[DeadMessage, AbstractIncomingMessage]] = []
+        while limit is None or len(held) < limit:
+            message = await dead.get(no_ack=False, fail=False, timeout=_ATTACH_TIMEOUT)
+            if message is None:
+                break
+            held.append((_dead_message(message), message))
+        return held
+
+    async def dead_messages(
+        self, queue: str, *, limit: int, within: float = 10.0
+    ) -> list[DeadMessage]:
+        """The first ``limit`` messages of ``queue``'s dead-letter queue,
+        oldest first: taken unacked on a channel of their own, then given
+        back by closing it (none is lost: the dead-letter queue has no
+        delivery limit).
+
+        :raises BrokerUnavailable: no answer within ``within`` seconds.
+        """
+        if limit < 1:
+            return []
+        async with self._side_channel(within) as channel:
+            return [listed for listed, _ in await self._held_dead(channel, queue, limit)]
+
+    async def settle_dead(
+        self,
+        queue: str,
+        ids: Collection[str] | None,
+        *,
+        requeue: bool,
+        within: float = 10.0,
+    ) -> list[DeadMessage]:
+        """Take the messages ``ids`` (None: all) out of ``queue``'s
+        dead-letter queue. Every dead letter is held unacked on a channel of
+        its own; with ``requeue`` each chosen body is published back to
+        ``queue`` (confirmed) before its dead copy is acked; without, it is
+        acked (dropped). Closing the channel gives back the others.
+
+        :raises NotFound: an id is not in the dead-letter queue (named;
+            nothing is taken).
+        :raises BrokerUnavailable: no answer within ``within`` seconds, or a
+            publish not confirmed (those before it are taken).
+        """
+        async with self._side_channel(within) as channel:
+            held = await self._held_dead(channel, queue, None)
+            chosen = set(ids) if ids is not None else {listed.id for listed, _ in held}
+            missing = sorted(chosen.difference(listed.id for listed, _ in held))
+            if missing:
+                raise NotFound(f"no dead letter {', '.join(missing)} in {dead_letter_queue(queue)}")
+            taken: list[DeadMessage] = []
+            for listed, message in held:
+                if listed.id not in chosen:
+                    continue
+                if requeue:
+                    await self._publish(queue, listed.body, headers=None)
+                await message.ack()
+                taken.append(listed)
+            return taken
+
     async def aclose(self) -> None:
         """Stop every subscription and close the connection."""
         self._closed = True
@@ -1204,3 +1335,44 @@ class RabbitMQBroker:
         if connection is not None:
             with contextlib.suppress(*_GONE_OR_SLOW):
                 await asyncio.wait_for(connection.close(), 5.0)
+
+
+def _dead_message(message: AbstractIncomingMessage) -> DeadMessage:
+    """A message of a dead-letter queue as listed: its id (the one given
+    when jobtrack dead-lettered it, else one derived from its body and
+    headers), reason, count and death from jobtrack's headers, else from the
+    server's ``x-death`` (a message the server dead-lettered itself)."""
+    headers = dict(message.headers or {})
+    deaths = headers.get("x-death")
+    death = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
+    raw_reason = headers.get(REASON_HEADER)
+    if isinstance(raw_reason, bytes):
+        raw_reason = raw_reason.decode("utf-8", "replace")
+    if isinstance(raw_reason, str):
+        reason = raw_reason
+    else:
+        server_reason = death.get("reason", "unknown")
+        if isinstance(server_reason, bytes):
+            server_reason = server_reason.decode("utf-8", "replace")
+        reason = f"dead-lettered by the server: {server_reason}"
+    count = headers.get(COUNT_HEADER)
+    died: datetime | None = None
+    raw_died = headers.get(DIED_HEADER)
+    if isinstance(raw_died, bytes):
+        raw_died = raw_died.decode("ascii", "replace")
+    if isinstance(raw_died, str):
+        with contextlib.suppress(ValueError):
+            died = datetime.fromisoformat(raw_died)
+    else:
+        when = death.get("time")
+        if isinstance(when, datetime):
+            died = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    stable = {k: v for k, v in headers.items() if k not in _VOLATILE_HEADERS}
+    ident = message.message_id or dead_message_id(message.body, stable)
+    return DeadMessage(
+        ident,
+        message.body,
+        reason,
+        count if isinstance(count, int) and not isinstance(count, bool) else None,
+        died,
+    )
