@@ -53,7 +53,8 @@ async def test_stats_count_ready_messages_consumers_and_what_is_held(
     assert (stats.messages, stats.consumers) == (2, 1)
     assert stats.unacked == (1 if b.tells_unacked else None)
     if b.tells_unacked:
-        assert stats.oldest_seconds is not None and stats.oldest_seconds >= 0
+        assert stats.oldest_seconds is not None
+        assert stats.oldest_seconds >= 0
     held.settle("ack")
     await puppet.next_finished()
     await puppet.next()  # `b`, held: cancelling gives it back
@@ -132,6 +133,4 @@ async def test_an_unknown_id_is_named_and_nothing_is_taken(under_test: BrokerUnd
         await b.broker.settle_dead(b.queue, [listed[0].id, "nope"], requeue=True)
     assert await dead_count(b) == 2
     assert (await b.broker.queue_stats(b.queue)).messages == 0
-    assert [d.id for d in await b.broker.dead_messages(b.queue, limit=10)] == [
-        d.id for d in listed
-    ]
+    assert [d.id for d in await b.broker.dead_messages(b.queue, limit=10)] == [d.id for d in listed]
