@@ -27,12 +27,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobtrack.api.config import ApiConfig
 from jobtrack.api.feed import ChangeFeed
-from jobtrack.api.metrics import render_metrics
+from jobtrack.api.metrics import QueueCollector, render_metrics
 from jobtrack.api.scans import ScanLauncher
 from jobtrack.api.schemas import (
     ActivityOut,
     CancelOut,
     CancelRefusedOut,
+    DeadLettersOut,
+    DeadSettledOut,
+    DeadSettleIn,
     ErrorOut,
     EventsOut,
     FailuresOut,
@@ -40,12 +43,14 @@ from jobtrack.api.schemas import (
     JobOut,
     JobPage,
     JobStatusName,
+    QueuesOut,
     RetryOut,
     ScanIn,
 )
 from jobtrack.api.security import BodyLimit, LoopbackHostGuard, TokenGuard
 from jobtrack.api.stream import EventCache, job_events_stream, since_header
 from jobtrack.errors import (
+    BrokerUnavailable,
     Conflict,
     InvalidRequest,
     JobtrackError,
@@ -59,6 +64,14 @@ from jobtrack.jobs.types import failure_json, item_failures_of
 from jobtrack.model import Clock, JobStatus, utc_now
 from jobtrack.runtime import App, Settings, cancel_job
 from jobtrack.runtime.builtin import builtin_app
+from jobtrack.runtime.queues import (
+    QueueRow,
+    app_queue,
+    drop_dead,
+    list_dead,
+    queue_rows,
+    requeue_dead,
+)
 from jobtrack.store import JobQuery, JobStore
 from jobtrack.tracking.stats import WRITE_STATS
 
@@ -75,10 +88,10 @@ _ERROR_TEXT = {
     400: "bad input",
     401: "no or a wrong bearer token",
     403: "not allowed: outside the scan roots, or the server takes no changes",
-    404: "no such job or folder",
+    404: "no such job, folder, queue or dead letter",
     409: "not now: the job is running, or there is nothing to do",
     422: "malformed request",
-    503: "the store is unreachable, or the server cannot start a scan now",
+    503: "the store or broker is unreachable, or the server cannot start a scan now",
 }
 
 
@@ -114,7 +127,7 @@ def _status_of(exc: JobtrackError) -> int:
         return 403
     if isinstance(exc, InvalidRequest | Conflict):
         return 400 if isinstance(exc, InvalidRequest) else 409
-    if isinstance(exc, StoreError | ScanNotStarted):
+    if isinstance(exc, StoreError | ScanNotStarted | BrokerUnavailable):
         return 503
     return 500
 
@@ -132,6 +145,10 @@ def create_app(
         launcher = ScanLauncher(settings, config.roots)
         chosen = builtin_app(settings, scans=launcher.start) if app is None else app
         async with chosen as opened:
+            if app is None and not opened.shared_broker:
+                # The scans' work runs on the server's in-process broker, so
+                # that its queues and dead letters are the ones shown here.
+                launcher.broker = opened.broker
             store = opened.store
             # The catalog beside the store is made now, at start (its tables
             # migrated), not by a first scan while another process writes.
@@ -415,9 +432,107 @@ async def metrics(request: Request) -> Response:
     threshold = found.clock() - timedelta(seconds=found.config.stuck_after)
     stats = await found.store.stats(stuck_before=threshold)
     return Response(
-        render_metrics(stats, WRITE_STATS),
+        render_metrics(stats, WRITE_STATS, QueueCollector(await _queue_rows_or_none(found))),
         media_type="text/plain; version=0.0.4; charset=utf-8",
     )
+
+
+# Queues and dead letters (runtime.queues does the work, as for the CLI)
+
+#: At most this many dead letters listed at once.
+MAX_DEAD = 1000
+
+
+async def _queue_rows_or_none(found: _Parts) -> list[QueueRow]:
+    """The queues' numbers for the metrics; none while the broker is away
+    (the other metrics are still served)."""
+    try:
+        return await queue_rows(found.app)
+    except BrokerUnavailable as exc:
+        logger.warning("queue metrics left out: %s", exc, extra={"action": "queue_metrics_lost"})
+        return []
+
+
+def _by(request: Request) -> str:
+    """Who acts through the API, for the jobs' events."""
+    client = request.client.host if request.client is not None else "an unknown client"
+    return f"the API (from {client})"
+
+
+@router.get("/api/queues", response_model=QueuesOut, tags=["queues"], responses=_errors(401, 503))
+async def list_queues(request: Request) -> dict[str, Any]:
+    """Every stage queue of the server's app: messages ready, consumers,
+    messages in flight and the oldest message's age where the broker tells,
+    and how many dead letters its dead-letter queue holds."""
+    found = parts(request)
+    rows = await queue_rows(found.app)
+    return {
+        "broker": "shared" if found.app.shared_broker else "memory",
+        "queues": [row.to_dict() for row in rows],
+    }
+
+
+@router.get(
+    "/api/queues/{queue}/dead",
+    response_model=DeadLettersOut,
+    tags=["queues"],
+    responses=_errors(401, 404, 422, 503),
+)
+async def dead_letters(
+    request: Request, queue: str, limit: Annotated[int, Query(ge=1, le=MAX_DEAD)] = 100
+) -> dict[str, Any]:
+    """The first ``limit`` dead letters of a stage queue, oldest first,
+    each with its id, reason, delivery count, when it died and the job,
+    stage and item it was for. Listing leaves them all in place."""
+    app = parts(request).app
+    chosen = app_queue(app, queue)
+    views = await list_dead(app, queue, limit=limit)
+    total = (await app.broker.queue_stats(chosen.dead_queue)).messages
+    return {
+        "queue": chosen.queue,
+        "dead_queue": chosen.dead_queue,
+        "total": total,
+        "dead_letters": [view.to_dict() for view in views],
+    }
+
+
+async def _settle(request: Request, queue: str, chosen: DeadSettleIn, *, requeue: bool) -> Any:
+    if chosen.all == bool(chosen.ids):
+        raise InvalidRequest('name the dead letters: "ids": [...] or "all": true (not both)')
+    action = requeue_dead if requeue else drop_dead
+    ids = None if chosen.all else list(dict.fromkeys(chosen.ids))
+    views = await action(parts(request).app, queue, ids, by=_by(request))
+    return {
+        "queue": queue,
+        "action": "requeued" if requeue else "dropped",
+        "dead_letters": [view.to_dict() for view in views],
+    }
+
+
+@router.post(
+    "/api/queues/{queue}/dead/requeue",
+    response_model=DeadSettledOut,
+    tags=["queues"],
+    responses=_errors(400, 401, 403, 404, 422, 503),
+)
+async def requeue_dead_letters(request: Request, queue: str, chosen: DeadSettleIn) -> Any:
+    """Send the chosen dead letters back to their queue (each published
+    again, confirmed, before its dead copy goes) and record a ``requeued``
+    event on each one's job. An id not found is a 404 naming it, and
+    nothing is sent back."""
+    return await _settle(request, queue, chosen, requeue=True)
+
+
+@router.post(
+    "/api/queues/{queue}/dead/drop",
+    response_model=DeadSettledOut,
+    tags=["queues"],
+    responses=_errors(400, 401, 403, 404, 422, 503),
+)
+async def drop_dead_letters(request: Request, queue: str, chosen: DeadSettleIn) -> Any:
+    """Drop the chosen dead letters and record a ``dropped`` event on each
+    one's job. An id not found is a 404 naming it, and nothing is dropped."""
+    return await _settle(request, queue, chosen, requeue=False)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -17,10 +17,17 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from jobtrack.runtime.queues import QueueRow
 from jobtrack.store import StoreStats
 from jobtrack.tracking.stats import LATENCY_BUCKETS, WRITE_STATS, WriteStats
 
-__all__ = ["StoreCollector", "WriteCollector", "render_metrics", "serve_write_metrics"]
+__all__ = [
+    "QueueCollector",
+    "StoreCollector",
+    "WriteCollector",
+    "render_metrics",
+    "serve_write_metrics",
+]
 
 
 class StoreCollector(Collector):
@@ -66,6 +73,49 @@ class StoreCollector(Collector):
         yield events
 
 
+class QueueCollector(Collector):
+    """The app's stage queues as the broker tells them (read once per
+    scrape): a metric with no value known for a queue is left out for it."""
+
+    def __init__(self, rows: list[QueueRow]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            "messages": GaugeMetricFamily(
+                "jobtrack_queue_messages", "Messages ready in a stage queue", labels=["queue"]
+            ),
+            "consumers": GaugeMetricFamily(
+                "jobtrack_queue_consumers", "Consumers of a stage queue", labels=["queue"]
+            ),
+            "unacked": GaugeMetricFamily(
+                "jobtrack_queue_unacked",
+                "Messages of a stage queue delivered and not yet settled (where the broker tells)",
+                labels=["queue"],
+            ),
+            "oldest": GaugeMetricFamily(
+                "jobtrack_queue_oldest_seconds",
+                "Age of a stage queue's oldest message (where it can be known)",
+                labels=["queue"],
+            ),
+            "dead": GaugeMetricFamily(
+                "jobtrack_dead_letters",
+                "Messages in a stage queue's dead-letter queue",
+                labels=["queue"],
+            ),
+        }
+        for row in self._rows:
+            name = [row.queue.queue]
+            families["messages"].add_metric(name, row.stats.messages)
+            families["consumers"].add_metric(name, row.stats.consumers)
+            if row.stats.unacked is not None:
+                families["unacked"].add_metric(name, row.stats.unacked)
+            if row.stats.oldest_seconds is not None:
+                families["oldest"].add_metric(name, row.stats.oldest_seconds)
+            families["dead"].add_metric(name, row.dead_letters)
+        yield from families.values()
+
+
 class WriteCollector(Collector):
     """This process's progress writes, read at each scrape."""
 
@@ -99,11 +149,14 @@ class WriteCollector(Collector):
         )
 
 
-def render_metrics(stats: StoreStats, writes: WriteStats) -> bytes:
-    """The exposition text of the API's ``/metrics``."""
+def render_metrics(stats: StoreStats, writes: WriteStats, *more: Collector) -> bytes:
+    """The exposition text of the API's ``/metrics`` (``more``: further
+    collectors, such as the queues')."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(stats))
     registry.register(WriteCollector(writes))
+    for collector in more:
+        registry.register(collector)
     return generate_latest(registry)
 
 

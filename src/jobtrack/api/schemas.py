@@ -3,7 +3,7 @@ check every answer against it."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +12,10 @@ __all__ = [
     "ActivityOut",
     "CancelOut",
     "CancelRefusedOut",
+    "DeadLetterOut",
+    "DeadLettersOut",
+    "DeadSettleIn",
+    "DeadSettledOut",
     "ErrorOut",
     "EventOut",
     "EventsOut",
@@ -20,6 +24,8 @@ __all__ = [
     "HealthOut",
     "JobOut",
     "JobPage",
+    "QueueOut",
+    "QueuesOut",
     "RetryOut",
     "ScanIn",
     "StageOut",
@@ -159,3 +165,75 @@ class ErrorOut(BaseModel):
 
     error: str
     detail: list[dict[str, Any]] | None = None
+
+
+# Queues and dead letters
+
+
+class QueueOut(BaseModel):
+    """A stage queue's numbers; ``unacked`` and ``oldest_seconds`` are null
+    where the broker does not tell (RabbitMQ without its management API)."""
+
+    queue: str
+    job_type: str
+    stage: str
+    messages: int = Field(ge=0, description="ready messages (the queue's depth)")
+    consumers: int = Field(ge=0)
+    unacked: int | None = Field(ge=0, description="delivered, not yet settled")
+    oldest_seconds: float | None = Field(ge=0, description="age of the oldest message")
+    dead_queue: str
+    dead_letters: int = Field(ge=0, description="messages in its dead-letter queue")
+
+
+class QueuesOut(BaseModel):
+    """Every stage queue of the server's app, and whether the broker is one
+    other processes share (``memory://`` is the server's own, which its
+    scans run on)."""
+
+    broker: Literal["memory", "shared"]
+    queues: list[QueueOut]
+
+
+class DeadLetterOut(BaseModel):
+    """One dead letter: its id (for requeue and drop), why it died, its
+    delivery count (null where the queue does not count) and when (null
+    when unknown), the job, stage and item key its body decodes to (null
+    when it does not decode) and the start of its body."""
+
+    id: str
+    reason: str
+    delivery_count: int | None
+    died_at: str | None
+    job_id: str | None
+    job_type: str | None
+    stage: str | None
+    key: str | None
+    preview: str
+
+
+class DeadLettersOut(BaseModel):
+    """The first dead letters of a stage queue, oldest first."""
+
+    queue: str
+    dead_queue: str
+    total: int = Field(ge=0, description="every dead letter of the queue")
+    dead_letters: list[DeadLetterOut]
+
+
+class DeadSettleIn(BaseModel):
+    """Which dead letters to send back or drop: ``ids``, or ``all``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    all: bool = False
+
+
+class DeadSettledOut(BaseModel):
+    """The dead letters sent back (``requeued``) or dropped."""
+
+    queue: str
+    action: Literal["requeued", "dropped"]
+    dead_letters: list[DeadLetterOut]

@@ -1284,8 +1284,28 @@ class RabbitMQBroker:
         """
         if limit < 1:
             return []
-        async with self._side_channel(within) as channel:
-            return [listed for listed, _ in await self._held_dead(channel, queue, limit)]
+        held: list[tuple[DeadMessage, AbstractIncomingMessage]] = []
+        try:
+            async with self._side_channel(within) as channel:
+                held = await self._held_dead(channel, queue, limit)
+                return [listed for listed, _ in held]
+        finally:
+            await self._returned(dead_letter_queue(queue), len(held), within)
+
+    async def _returned(self, queue: str, count: int, within: float) -> None:
+        """Wait until ``queue`` counts at least ``count`` messages again: a
+        closed channel's messages go back to a quorum queue after the close
+        is confirmed, and a caller counting at once must see them."""
+        if count < 1:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        with contextlib.suppress(BrokerError):
+            while (await self.queue_stats(queue, within=within)).messages < count:
+                if loop.time() >= deadline:
+                    logger.warning("%s still counts fewer than the %d returned", queue, count)
+                    return
+                await asyncio.sleep(0.02)
 
     async def settle_dead(
         self,
@@ -1306,21 +1326,29 @@ class RabbitMQBroker:
         :raises BrokerUnavailable: no answer within ``within`` seconds, or a
             publish not confirmed (those before it are taken).
         """
-        async with self._side_channel(within) as channel:
-            held = await self._held_dead(channel, queue, None)
-            chosen = set(ids) if ids is not None else {listed.id for listed, _ in held}
-            missing = sorted(chosen.difference(listed.id for listed, _ in held))
-            if missing:
-                raise NotFound(f"no dead letter {', '.join(missing)} in {dead_letter_queue(queue)}")
-            taken: list[DeadMessage] = []
-            for listed, message in held:
-                if listed.id not in chosen:
-                    continue
-                if requeue:
-                    await self._publish(queue, listed.body, headers=None)
-                await message.ack()
-                taken.append(listed)
-            return taken
+        returned = 0
+        try:
+            async with self._side_channel(within) as channel:
+                held = await self._held_dead(channel, queue, None)
+                returned = len(held)
+                chosen = set(ids) if ids is not None else {listed.id for listed, _ in held}
+                missing = sorted(chosen.difference(listed.id for listed, _ in held))
+                if missing:
+                    raise NotFound(
+                        f"no dead letter {', '.join(missing)} in {dead_letter_queue(queue)}"
+                    )
+                taken: list[DeadMessage] = []
+                for listed, message in held:
+                    if listed.id not in chosen:
+                        continue
+                    if requeue:
+                        await self._publish(queue, listed.body, headers=None)
+                    await message.ack()
+                    returned -= 1
+                    taken.append(listed)
+                return taken
+        finally:
+            await self._returned(dead_letter_queue(queue), returned, within)
 
     async def aclose(self) -> None:
         """Stop every subscription and close the connection."""

@@ -77,7 +77,12 @@ class ScanOutcome:
 
 
 class EmbeddedRuntime:
-    """Everything a scan needs, in one process; use as ``async with``."""
+    """Everything a scan needs, in one process; use as ``async with``.
+
+    :param broker: an in-process broker to run the scan's work on instead of
+        a new one (an HTTP server's, so that its queues and dead letters are
+        the server's to show); it is not closed with the runtime.
+    """
 
     def __init__(
         self,
@@ -86,6 +91,7 @@ class EmbeddedRuntime:
         renditions: tuple[RenditionSpec, ...] = DEFAULT_RENDITIONS,
         poll_interval: float = 0.1,
         pending_grace: float = 10.0,
+        broker: Broker | None = None,
     ) -> None:
         self.settings = settings
         self.renditions = renditions
@@ -94,7 +100,7 @@ class EmbeddedRuntime:
         self._idle_since: float | None = None
         self._exit = AsyncExitStack()
         self._subscriptions: list[Subscription] = []
-        self.app = builtin_app(settings, renditions=renditions, flush_wait=5.0)
+        self.app = builtin_app(settings, renditions=renditions, flush_wait=5.0, broker=broker)
         """The built-in app, whose parts this runtime uses (store, catalog,
         broker, tracker) and whose collection scan it runs."""
         self.current_job_id: str | None = None  # the job this runtime started

@@ -1,0 +1,204 @@
+"""The queues and dead letters through the HTTP API, served in process: on
+the in-process broker and on RabbitMQ (a virtual host for each test)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from jobtrack import App, Item, JobType, Settings
+from jobtrack.broker import Broker, Delivery
+from jobtrack.jobs.messages import ItemMessage, encode_item
+from jobtrack.model import Job
+from tests import rabbitmq
+
+pytestmark = pytest.mark.timeout(60)
+
+TOKEN = "queues-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+QUEUE = "jobtrack.imports.rows"
+DEAD = f"{QUEUE}.dead"
+REASON = "rejected by the test"
+
+
+def _nothing(item: Item) -> None:
+    """A handler that does nothing."""
+
+
+def _imports() -> JobType:
+    imports = JobType("imports", ["rows"])
+    imports.handler("rows")(_nothing)
+    return imports
+
+
+@pytest.fixture
+def rabbitmq_vhost() -> Iterator[str]:
+    """A RabbitMQ virtual host for this test alone (deleted after it)."""
+    rabbitmq.require_server()
+    with rabbitmq.scratch_vhost("queues_api") as name:
+        yield name
+
+
+@pytest.fixture(params=["memory", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each broker in turn."""
+    if request.param == "memory":
+        return "memory://"
+    vhost: str = request.getfixturevalue("rabbitmq_vhost")
+    return rabbitmq.vhost_url(vhost)
+
+
+@asynccontextmanager
+async def served(tmp_path: Path, broker_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, App]]:
+    """The API of an app with the ``imports`` type, and the app it opened."""
+    settings = Settings(
+        data_dir=tmp_path, store_url=f"sqlite:///{tmp_path}/jobtrack.db", broker_url=broker_url
+    )
+    api = App(settings, job_types=[_imports()]).asgi(token=TOKEN)
+    transport = httpx.ASGITransport(app=api)
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
+    ):
+        yield client, api.state.parts.app
+
+
+async def dead_lettered(broker: Broker, bodies: list[bytes]) -> None:
+    """``bodies`` published to the queue and each rejected by a consumer."""
+    seen: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def reject(delivery: Delivery) -> None:
+        await delivery.nack(requeue=False, reason=REASON)
+        seen.put_nowait(delivery.body)
+
+    await broker.publish_many(QUEUE, bodies)
+    subscription = await broker.consume(QUEUE, reject, prefetch=1)
+    async with asyncio.timeout(20):
+        for _ in bodies:
+            await seen.get()
+    await subscription.cancel()
+
+
+def item(job: Job, key: str) -> bytes:
+    return encode_item(ItemMessage(job.id, "imports", "rows", key, {"row": key}))
+
+
+def by_key(listed: dict[str, Any]) -> dict[str | None, dict[str, Any]]:
+    return {entry["key"]: entry for entry in listed["dead_letters"]}
+
+
+async def test_queues_and_dead_letters_are_listed_sent_back_and_dropped(
+    tmp_path: Path, broker_url: str
+) -> None:
+    async with served(tmp_path, broker_url) as (client, app):
+        job = await app.store.create_job("imports", ["rows"])
+        await dead_lettered(app.broker, [item(job, "a"), item(job, "b"), b"not an item"])
+
+        queues = (await client.get("/api/queues")).json()
+        assert queues["broker"] == ("memory" if broker_url == "memory://" else "shared")
+        [row] = queues["queues"]
+        assert (row["queue"], row["job_type"], row["stage"]) == (QUEUE, "imports", "rows")
+        assert (row["messages"], row["consumers"], row["dead_queue"], row["dead_letters"]) == (
+            0,
+            0,
+            DEAD,
+            3,
+        )
+
+        listed = (await client.get(f"/api/queues/{QUEUE}/dead")).json()
+        assert (listed["queue"], listed["dead_queue"], listed["total"]) == (QUEUE, DEAD, 3)
+        letters = by_key(listed)
+        assert set(letters) == {"a", "b", None}
+        assert letters["a"]["job_id"] == job.id
+        assert letters["a"]["reason"] == REASON
+        assert letters[None]["preview"] == "not an item"
+        assert letters[None]["job_id"] is None
+        assert (await client.get(f"/api/queues/{QUEUE}/dead?limit=1")).json()["total"] == 3
+        assert (
+            len((await client.get(f"/api/queues/{QUEUE}/dead?limit=1")).json()["dead_letters"]) == 1
+        )
+
+        refused = await client.post(
+            f"/api/queues/{QUEUE}/dead/requeue", json={"ids": [letters["a"]["id"]]}
+        )
+        assert refused.status_code == 401
+        unknown = await client.post(
+            f"/api/queues/{QUEUE}/dead/requeue",
+            json={"ids": [letters["a"]["id"], "no-such-id"]},
+            headers=AUTH,
+        )
+        assert unknown.status_code == 404
+        assert "no-such-id" in unknown.json()["error"]
+        neither = await client.post(f"/api/queues/{QUEUE}/dead/drop", json={}, headers=AUTH)
+        assert neither.status_code == 400
+        assert (await client.get(f"/api/queues/{QUEUE}/dead")).json()["total"] == 3
+
+        sent = await client.post(
+            f"/api/queues/{QUEUE}/dead/requeue",
+            json={"ids": [letters["a"]["id"], letters[None]["id"]]},
+            headers=AUTH,
+        )
+        assert sent.status_code == 200
+        assert sent.json()["action"] == "requeued"
+        assert sorted(d["id"] for d in sent.json()["dead_letters"]) == sorted(
+            [letters["a"]["id"], letters[None]["id"]]
+        )
+        dropped = await client.post(
+            f"/api/queues/{QUEUE}/dead/drop", json={"ids": [letters["b"]["id"]]}, headers=AUTH
+        )
+        assert dropped.status_code == 200
+
+        [row] = (await client.get("/api/queues")).json()["queues"]
+        assert (row["messages"], row["dead_letters"]) == (2, 0)
+        events = (await client.get(f"/api/jobs/{job.id}/events")).json()["events"]
+        assert len(events) == 2  # none for the message that is not an item
+        kinds = [
+            (e["kind"], letters[key]["id"] in e["message"])
+            for e, key in zip(events, "ab", strict=True)
+        ]
+        assert kinds == [("requeued", True), ("dropped", True)]
+        assert "the API" in events[0]["message"]
+
+
+async def test_a_queue_not_of_the_app_is_a_404(tmp_path: Path) -> None:
+    async with served(tmp_path, "memory://") as (client, _):
+        listed = await client.get("/api/queues/jobtrack.other.rows/dead")
+        sent = await client.post(
+            "/api/queues/jobtrack.other.rows/dead/drop", json={"all": True}, headers=AUTH
+        )
+    assert listed.status_code == 404
+    assert "jobtrack.other.rows" in listed.json()["error"]
+    assert QUEUE in listed.json()["error"]  # the app's queues are named
+    assert sent.status_code == 404
+
+
+async def test_the_metrics_show_each_queue(tmp_path: Path) -> None:
+    async with served(tmp_path, "memory://") as (client, app):
+        job = await app.store.create_job("imports", ["rows"])
+        await dead_lettered(app.broker, [item(job, "a")])
+        await app.broker.publish(QUEUE, item(job, "b"))
+        text = (await client.get("/metrics")).text
+    assert f'jobtrack_queue_messages{{queue="{QUEUE}"}} 1.0' in text
+    assert f'jobtrack_queue_consumers{{queue="{QUEUE}"}} 0.0' in text
+    assert f'jobtrack_queue_unacked{{queue="{QUEUE}"}} 0.0' in text
+    assert f'jobtrack_queue_oldest_seconds{{queue="{QUEUE}"}}' in text
+    assert f'jobtrack_dead_letters{{queue="{QUEUE}"}} 1.0' in text
+
+
+async def test_rabbitmq_metrics_leave_out_what_it_does_not_tell(
+    tmp_path: Path, rabbitmq_vhost: str
+) -> None:
+    async with served(tmp_path, rabbitmq.vhost_url(rabbitmq_vhost)) as (client, app):
+        job = await app.store.create_job("imports", ["rows"])
+        await app.broker.publish(QUEUE, item(job, "b"))
+        text = (await client.get("/metrics")).text
+        await app.broker.settle_dead(QUEUE, None, requeue=False)
+    assert f'jobtrack_queue_messages{{queue="{QUEUE}"}} 1.0' in text
+    assert "jobtrack_queue_unacked{" not in text
+    assert "jobtrack_queue_oldest_seconds{" not in text
