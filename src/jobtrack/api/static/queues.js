@@ -41,9 +41,8 @@
     const table = part("queues-table", "table");
     table.replaceChildren();
     const head = el("tr");
-    for (const name of ["queue", "type", "stage", "ready", "consumers", "unacked", "oldest", "dead letters"]) {
-      head.append(el("th", name));
-    }
+    for (const name of ["queue", "type", "stage"]) head.append(el("th", name));
+    for (const name of ["ready", "consumers", "unacked", "oldest", "dead letters"]) head.append(el("th", name, "num"));
     const thead = el("thead");
     thead.append(head);
     const tbody = el("tbody");
@@ -145,8 +144,13 @@
       const job = el("td");
       if (dead.job_id) {
         const link = el("a", dead.job_id.slice(0, 8));
-        link.href = "#" + dead.job_id;
+        link.href = "#" + encodeURIComponent(dead.job_id);
         link.title = dead.job_id;
+        link.addEventListener("click", (event) => {
+          event.preventDefault();
+          go("jobs");
+          if (typeof select === "function") select(dead.job_id);  // the jobs view's detail
+        });
         job.append(link);
       } else {
         job.textContent = "–";
