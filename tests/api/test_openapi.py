@@ -53,9 +53,13 @@ def test_every_operation_keeps_to_the_document(server: Server) -> None:
         "GET /api/jobs/{job_id}",
         "GET /api/jobs/{job_id}/events",
         "GET /api/jobs/{job_id}/failures",
+        "GET /api/queues",
+        "GET /api/queues/{queue}/dead",
         "GET /healthz",
         "GET /metrics",
         "POST /api/jobs/{job_id}/cancel",
         "POST /api/jobs/{job_id}/retry",
+        "POST /api/queues/{queue}/dead/drop",
+        "POST /api/queues/{queue}/dead/requeue",
         "POST /api/scans",
     ]

@@ -135,8 +135,17 @@ async def test_queues_and_dead_letters_are_listed_sent_back_and_dropped(
         )
         assert unknown.status_code == 404
         assert "no-such-id" in unknown.json()["error"]
-        neither = await client.post(f"/api/queues/{QUEUE}/dead/drop", json={}, headers=AUTH)
-        assert neither.status_code == 400
+        bodies: list[dict[str, Any]] = [
+            {},
+            {"ids": []},
+            {"ids": [letters["a"]["id"]], "all": True},
+            {"all": False},
+        ]
+        for body in bodies:
+            refused_body = await client.post(
+                f"/api/queues/{QUEUE}/dead/drop", json=body, headers=AUTH
+            )
+            assert refused_body.status_code == 422, body
         assert (await client.get(f"/api/queues/{QUEUE}/dead")).json()["total"] == 3
 
         sent = await client.post(

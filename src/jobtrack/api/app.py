@@ -33,6 +33,7 @@ from jobtrack.api.schemas import (
     ActivityOut,
     CancelOut,
     CancelRefusedOut,
+    DeadIdsIn,
     DeadLettersOut,
     DeadSettledOut,
     DeadSettleIn,
@@ -497,10 +498,8 @@ async def dead_letters(
 
 
 async def _settle(request: Request, queue: str, chosen: DeadSettleIn, *, requeue: bool) -> Any:
-    if chosen.all == bool(chosen.ids):
-        raise InvalidRequest('name the dead letters: "ids": [...] or "all": true (not both)')
     action = requeue_dead if requeue else drop_dead
-    ids = None if chosen.all else list(dict.fromkeys(chosen.ids))
+    ids = list(dict.fromkeys(chosen.ids)) if isinstance(chosen, DeadIdsIn) else None
     views = await action(parts(request).app, queue, ids, by=_by(request))
     return {
         "queue": queue,
@@ -513,7 +512,7 @@ async def _settle(request: Request, queue: str, chosen: DeadSettleIn, *, requeue
     "/api/queues/{queue}/dead/requeue",
     response_model=DeadSettledOut,
     tags=["queues"],
-    responses=_errors(400, 401, 403, 404, 422, 503),
+    responses=_errors(401, 403, 404, 422, 503),
 )
 async def requeue_dead_letters(request: Request, queue: str, chosen: DeadSettleIn) -> Any:
     """Send the chosen dead letters back to their queue (each published
@@ -527,7 +526,7 @@ async def requeue_dead_letters(request: Request, queue: str, chosen: DeadSettleI
     "/api/queues/{queue}/dead/drop",
     response_model=DeadSettledOut,
     tags=["queues"],
-    responses=_errors(400, 401, 403, 404, 422, 503),
+    responses=_errors(401, 403, 404, 422, 503),
 )
 async def drop_dead_letters(request: Request, queue: str, chosen: DeadSettleIn) -> Any:
     """Drop the chosen dead letters and record a ``dropped`` event on each

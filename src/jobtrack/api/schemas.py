@@ -12,6 +12,8 @@ __all__ = [
     "ActivityOut",
     "CancelOut",
     "CancelRefusedOut",
+    "DeadAllIn",
+    "DeadIdsIn",
     "DeadLetterOut",
     "DeadLettersOut",
     "DeadSettleIn",
@@ -220,15 +222,26 @@ class DeadLettersOut(BaseModel):
     dead_letters: list[DeadLetterOut]
 
 
-class DeadSettleIn(BaseModel):
-    """Which dead letters to send back or drop: ``ids``, or ``all``."""
+class DeadIdsIn(BaseModel):
+    """The dead letters to send back or drop, by id."""
 
     model_config = ConfigDict(extra="forbid")
 
     ids: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        default_factory=list, max_length=1000
+        min_length=1, max_length=1000
     )
-    all: bool = False
+
+
+class DeadAllIn(BaseModel):
+    """Every dead letter of the queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    all: Literal[True]
+
+
+DeadSettleIn = DeadIdsIn | DeadAllIn
+"""Which dead letters to send back or drop: ``{"ids": [...]}`` or ``{"all": true}``."""
 
 
 class DeadSettledOut(BaseModel):
