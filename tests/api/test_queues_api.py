@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from jobtrack import App, Item, JobType, Settings
+from jobtrack.api.app import create_app
+from jobtrack.api.config import ApiConfig
 from jobtrack.broker import Broker, Delivery
 from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.model import Job
@@ -211,3 +213,21 @@ async def test_rabbitmq_metrics_leave_out_what_it_does_not_tell(
     assert f'jobtrack_queue_messages{{queue="{QUEUE}"}} 1.0' in text
     assert "jobtrack_queue_unacked{" not in text
     assert "jobtrack_queue_oldest_seconds{" not in text
+
+
+async def test_the_builtin_servers_scans_run_on_the_broker_it_shows(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, store_url=f"sqlite:///{tmp_path}/jobtrack.db")
+    api = create_app(settings, ApiConfig(token=TOKEN))
+    transport = httpx.ASGITransport(app=api)
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
+    ):
+        found = api.state.parts
+        assert found.launcher.broker is found.app.broker
+        listed = (await client.get("/api/queues")).json()
+    assert listed["broker"] == "memory"
+    assert [(q["queue"], q["stage"]) for q in listed["queues"]] == [
+        ("jobtrack.thumbnail", "thumbnail"),
+        ("jobtrack.cache", "cache"),
+    ]

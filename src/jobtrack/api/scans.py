@@ -123,7 +123,12 @@ class ScanLauncher:
 
         async def run() -> None:
             try:
-                async with EmbeddedRuntime(self._settings, broker=self.broker) as runtime:
+                runtime = (
+                    EmbeddedRuntime(self._settings)
+                    if self.broker is None
+                    else EmbeddedRuntime(self._settings, broker=self.broker)
+                )
+                async with runtime:
                     outcome = await runtime.scan(folder, on_progress=seen)
                 seen(outcome.job)
             except asyncio.CancelledError:
