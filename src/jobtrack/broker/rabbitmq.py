@@ -74,15 +74,19 @@ of a list must agree on both.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
+import json
 import logging
 import re
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -652,8 +656,12 @@ class RabbitMQBroker:
     :param max_reconnect_delay: the ceiling of the reconnection backoff.
     :param backoff: makes the backoff of each run of attempts (tests inject
         one with their own random and sleep).
+    :param management_url: RabbitMQ's management API
+        (``http://user:password@host:15672``), asked for a queue's numbers,
+        the messages held unacked among them; None: AMQP alone.
     :raises ConfigurationError: for a URL that does not parse, or URLs that
-        disagree on ``queue_type`` or ``delivery_limit``.
+        disagree on ``queue_type`` or ``delivery_limit``, or a management
+        URL that is not ``http://`` or ``https://`` with a host.
     """
 
     def __init__(
@@ -664,8 +672,10 @@ class RabbitMQBroker:
         confirm_window: int = 100,
         max_reconnect_delay: float = 5.0,
         backoff: Callable[[], Backoff] | None = None,
+        management_url: str | None = None,
     ) -> None:
         self._urls, self.queue_type, self.delivery_limit = parse_amqp_urls(url)
+        self._management = None if management_url is None else _Management(management_url)
         self._node = 0  # the index in _urls of the node connected, or to try next
         self._publish_timeout = publish_timeout
         self._window = asyncio.Semaphore(confirm_window)
@@ -1066,6 +1076,7 @@ class RabbitMQBroker:
                     content_type="application/json",
                     headers=headers,
                     message_id=message_id,
+                    timestamp=datetime.now(UTC),
                 )
                 confirm = await publisher.default_exchange.publish(
                     message, routing_key=queue, mandatory=True, timeout=max(remaining, 0.001)
@@ -1241,10 +1252,25 @@ class RabbitMQBroker:
         """The ready messages and consumers of ``queue``, from a passive
         declare (it is not created; a queue that does not exist has none).
         AMQP tells neither the messages other processes hold unacked nor
-        the age of the oldest message: both None.
+        the age of the oldest message: both None. With a management API,
+        its numbers instead (sampled by the server, every 5 s by default),
+        unacked included, and the oldest message's age where the server
+        tells it (a classic queue's head); if it does not answer, AMQP's.
 
         :raises BrokerUnavailable: no answer within ``within`` seconds.
         """
+        if self._management is not None:
+            vhost = unquote(urlsplit(self._url).path[1:]) or "/"
+            try:
+                return await self._management.queue_stats(vhost, queue)
+            except (OSError, ValueError) as exc:
+                logger.warning(
+                    "RabbitMQ's management API at %s did not answer for %s (%s); asking AMQP",
+                    self._management.where,
+                    queue,
+                    exc,
+                    extra={"action": "management_unavailable", "queue": queue},
+                )
         async with self._side_channel(within) as channel:
             try:
                 declared = await channel.declare_queue(queue, passive=True)
@@ -1404,3 +1430,69 @@ def _dead_message(message: AbstractIncomingMessage) -> DeadMessage:
         count if isinstance(count, int) and not isinstance(count, bool) else None,
         died,
     )
+
+
+class _Management:
+    """RabbitMQ's management API, asked for one queue's numbers at a time
+    (in a thread: the standard library's HTTP client blocks)."""
+
+    def __init__(self, url: str) -> None:
+        refused = ConfigurationError(
+            f"bad RabbitMQ management URL {masked_url(url)}: use http://user:password@host:15672",
+            setting="JOBTRACK_BROKER_MANAGEMENT_URL",
+        )
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise refused from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise refused
+        user, password = unquote(parts.username or "guest"), unquote(parts.password or "guest")
+        netloc = parts.hostname if port is None else f"{parts.hostname}:{port}"
+        self._base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        self._authorization = f"Basic {token}"
+        self.where = masked_url(url)
+
+    async def queue_stats(self, vhost: str, queue: str) -> QueueStats:
+        """``queue``'s numbers in ``vhost`` (none for a queue that does not exist).
+
+        :raises OSError: the API did not answer, or refused (an HTTP error).
+        :raises ValueError: its answer is not the JSON of a queue.
+        """
+        found = await asyncio.to_thread(self._get, vhost, queue)
+        if found is None:
+            return QueueStats(queue, 0, 0)
+        head = found.get("head_message_timestamp")
+        oldest = None
+        if isinstance(head, int | float) and not isinstance(head, bool) and head > 0:
+            oldest = max(datetime.now(UTC).timestamp() - float(head), 0.0)
+        return QueueStats(
+            queue,
+            _whole(found.get("messages_ready")),
+            _whole(found.get("consumers")),
+            _whole(found.get("messages_unacknowledged")),
+            oldest,
+        )
+
+    def _get(self, vhost: str, queue: str) -> dict[str, Any] | None:
+        url = f"{self._base}/api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}"
+        request = urllib.request.Request(
+            url, headers={"Authorization": self._authorization, "Accept": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5.0) as answer:
+                found = json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise OSError(f"HTTP {exc.code} {exc.reason}") from None
+        if not isinstance(found, dict):
+            raise ValueError("not a queue's JSON")
+        return found
+
+
+def _whole(value: object) -> int:
+    """A count from the management API's JSON (0 when missing: not sampled yet)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -154,7 +154,9 @@ class App:
         """
         if self._broker is None:
             self._check_open()
-            self._broker = open_broker(self.settings.broker_url)
+            self._broker = open_broker(
+                self.settings.broker_url, management_url=self.settings.broker_management_url
+            )
         return self._broker
 
     @property
