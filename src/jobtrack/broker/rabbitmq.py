@@ -104,6 +104,7 @@ from jobtrack.broker.base import (
     DeadMessage,
     Handler,
     QueueStats,
+    clip,
     dead_letter_queue,
     dead_message_id,
     is_dead_letter_queue,
@@ -1361,7 +1362,7 @@ class RabbitMQBroker:
                 missing = sorted(chosen.difference(listed.id for listed, _ in held))
                 if missing:
                     raise NotFound(
-                        f"no dead letter {', '.join(missing)} in {dead_letter_queue(queue)}"
+                        f"no dead letter {clip(', '.join(missing))} in {dead_letter_queue(queue)}"
                     )
                 taken: list[DeadMessage] = []
                 for listed, message in held:
