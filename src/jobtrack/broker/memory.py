@@ -280,7 +280,9 @@ class InMemoryBroker:
         chosen = set(ids) if ids is not None else {letter.id for letter in letters}
         missing = sorted(chosen.difference(letter.id for letter in letters))
         if missing:
-            raise NotFound(f"no dead letter {clip(', '.join(missing))} in {dead_letter_queue(queue)}")
+            raise NotFound(
+                f"no dead letter {clip(', '.join(missing))} in {dead_letter_queue(queue)}"
+            )
         taken = [letter for letter in letters if letter.id in chosen]
         kept = [letter for letter in letters if letter.id not in chosen]
         if letters:
