@@ -107,7 +107,8 @@ async def test_the_watch_list_with_the_monitors_last_action(
     assert first.action.at == action.at
     assert first.action.job_id == redriven.id
     assert second.states == [WatchState.WAITING]
-    assert second.action is not None and second.action.kind == "waiting"
+    assert second.action is not None
+    assert second.action.kind == "waiting"
     assert (third.states, third.action, third.job_type) == ([WatchState.STUCK], None, "scan")
     assert third.status is JobStatus.PENDING
     assert third.updated_at == stuck.updated_at

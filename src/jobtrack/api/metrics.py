@@ -6,7 +6,7 @@ process (its progress writes and their latency). ``jobtrack worker
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import (
@@ -17,10 +17,16 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from jobtrack.store import StoreStats
+from jobtrack.store import StoreStats, TypeCounts
 from jobtrack.tracking.stats import LATENCY_BUCKETS, WRITE_STATS, WriteStats
 
-__all__ = ["StoreCollector", "WriteCollector", "render_metrics", "serve_write_metrics"]
+__all__ = [
+    "OverviewCollector",
+    "StoreCollector",
+    "WriteCollector",
+    "render_metrics",
+    "serve_write_metrics",
+]
 
 
 class StoreCollector(Collector):
@@ -66,6 +72,35 @@ class StoreCollector(Collector):
         yield events
 
 
+class OverviewCollector(Collector):
+    """Per job type, its active jobs and those stuck or waiting (one
+    ``JobStore.count_by_type`` per scrape): the overview's counts."""
+
+    _GAUGES = (
+        ("jobtrack_jobs_active_by_type", "Jobs pending or in progress, per job type", "active"),
+        (
+            "jobtrack_jobs_stuck_by_type",
+            "Active jobs not written for longer than the stuck threshold, per job type",
+            "stuck",
+        ),
+        (
+            "jobtrack_jobs_waiting_by_type",
+            "Active jobs the monitor left alone behind a backlog being consumed, per job type",
+            "waiting",
+        ),
+    )
+
+    def __init__(self, counts: Sequence[TypeCounts]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        for name, text, field in self._GAUGES:
+            gauge = GaugeMetricFamily(name, text, labels=["job_type"])
+            for counts in self._counts:
+                gauge.add_metric([counts.job_type], getattr(counts, field))
+            yield gauge
+
+
 class WriteCollector(Collector):
     """This process's progress writes, read at each scrape."""
 
@@ -99,10 +134,14 @@ class WriteCollector(Collector):
         )
 
 
-def render_metrics(stats: StoreStats, writes: WriteStats) -> bytes:
-    """The exposition text of the API's ``/metrics``."""
+def render_metrics(
+    stats: StoreStats, writes: WriteStats, counts: Sequence[TypeCounts] = ()
+) -> bytes:
+    """The exposition text of the API's ``/metrics`` (``counts``: per job
+    type, as ``JobStore.count_by_type`` reads them)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(stats))
+    registry.register(OverviewCollector(counts))
     registry.register(WriteCollector(writes))
     return generate_latest(registry)
 
