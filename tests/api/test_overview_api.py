@@ -169,6 +169,8 @@ async def test_jobs_are_found_by_id_prefix_and_searchable_fields(served: Served)
     assert await found("q=csv&job_type=imports&type=imports") == [ledger.id, report.id]
     assert await found("q=_") == [report.id]
     assert await found("job_type=imports&type=exports") == []  # both filters hold
+    await store.end_job(ledger.id, JobStatus.CANCELLED)
+    assert await found("status=active&type=imports") == [report.id]
     empty = await served.client.get("/api/jobs?q=")
     assert empty.status_code == 422
 

@@ -207,3 +207,16 @@ async def test_search_by_id_prefix_with_the_other_filters(store: JobStore) -> No
     assert [job.id for job in cancelled] == [second.id]
     scans = await store.list_jobs(JobQuery(job_type="scan", search=second.id))
     assert scans == []
+
+
+async def test_only_the_active_jobs(store: JobStore) -> None:
+    pending = await _job(store)
+    moving = await _job(store, "import")
+    await store.start_stage(moving.id, "a")
+    ended = await _job(store)
+    await store.end_job(ended.id, JobStatus.CANCELLED)
+
+    active = await store.list_jobs(JobQuery(active=True))
+    assert [job.id for job in active] == [moving.id, pending.id]
+    scans = await store.list_jobs(JobQuery(active=True, job_type="scan"))
+    assert [job.id for job in scans] == [pending.id]

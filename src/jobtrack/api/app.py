@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -262,21 +262,22 @@ async def healthz(request: Request) -> dict[str, str]:
 async def list_jobs(
     request: Request,
     *,
-    status: JobStatusName | None = None,
+    status: JobStatusName | Literal["active"] | None = None,
     job_type: _JobTypeParam = None,
     type_: _TypeParam = None,
     q: Annotated[str | None, Query(min_length=1, max_length=200, pattern=_NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
-    """Jobs, newest first, filtered by status and type (``job_type``, or
-    ``type``), a page at a time. With ``q``, only the jobs whose id starts
-    with it, or in one of whose searchable fields (those its type declares,
-    such as a collection scan's ``collection.path``) it is found,
-    case-insensitively."""
+    """Jobs, newest first, filtered by status (``active``: pending or in
+    progress) and type (``job_type``, or ``type``), a page at a time. With
+    ``q``, only the jobs whose id starts with it, or in one of whose
+    searchable fields (those its type declares, such as a collection scan's
+    ``collection.path``) it is found, case-insensitively."""
     found = parts(request)
     query = JobQuery(
-        status=None if status is None else JobStatus(status),
+        status=None if status in {None, "active"} else JobStatus(status),
+        active=status == "active",
         job_type=_one_type(job_type, type_),
         limit=limit + 1,
         offset=offset,

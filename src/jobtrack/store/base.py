@@ -172,6 +172,8 @@ class JobQuery:
     search: str | None = None
     #: The attribute paths ``search`` looks in, per job type.
     search_fields: tuple[SearchField, ...] = ()
+    #: Only active jobs (pending or in progress).
+    active: bool = False
 
 
 class Ended(NamedTuple):

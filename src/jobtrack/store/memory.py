@@ -140,6 +140,7 @@ class InMemoryJobStore(StageWrites):
             and (query.job_type is None or job.job_type == query.job_type)
             and (query.updated_since is None or job.updated_at >= query.updated_since)
             and (query.search is None or _found(job, query.search, query.search_fields))
+            and (not query.active or job.status in ACTIVE_JOB_STATUSES)
         ]
         jobs.sort(key=lambda job: (job.created_at, job.id), reverse=True)
         return jobs[query.offset : query.offset + query.limit]

@@ -279,6 +279,7 @@ class SqlJobStore(StageWrites):
             "limit": query.limit,
             "offset": query.offset,
             "search": query.search,
+            "active": query.active,
             "pattern": like_pattern(query.search or ""),
             "search_types": [field.job_type for field in query.search_fields],
             "search_paths": [self._search_path(field) for field in query.search_fields],

@@ -206,6 +206,7 @@ WITH page AS (
     WHERE (%(status)s::text IS NULL OR status = %(status)s)
       AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
       AND (%(updated_since)s::timestamptz IS NULL OR updated_at >= %(updated_since)s)
+      AND (NOT %(active)s::boolean OR status IN ('pending', 'in_progress'))
       -- A search (store.overview): the id's prefix, or a string at one of the
       -- dotted paths (%(search_paths)s) of the job's type (%(search_types)s,
       -- the same index), holding the lowercased %(pattern)s.

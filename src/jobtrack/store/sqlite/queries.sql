@@ -73,6 +73,7 @@ WITH page AS (
     FROM jobs
     WHERE (:status IS NULL OR status = :status) AND (:job_type IS NULL OR job_type = :job_type)
       AND (:updated_since IS NULL OR updated_at >= :updated_since)
+      AND (NOT :active OR status IN ('pending', 'in_progress'))
       -- A search (store.overview): the id's prefix, or a string at one of the
       -- paths (:search_paths, SQLite JSON paths) of the job's type
       -- (:search_types, the same index), holding the lowercased :pattern.
