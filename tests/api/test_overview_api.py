@@ -126,7 +126,7 @@ async def test_the_watch_list_with_reasons_and_the_monitors_action(served: Serve
     assert [job["id"] for job in jobs] == [redriven.id, stuck.id]
     assert jobs[0]["states"] == ["redriving"]
     assert jobs[0]["action"] == action.to_dict()
-    assert jobs[0]["reason"].startswith("the monitor is re-driving it")
+    assert jobs[0]["reason"] == "re-driven by the monitor, which found it stuck"
     assert jobs[1]["states"] == ["stuck"]
     assert jobs[1]["action"] is None
     assert jobs[1]["reason"].startswith("stuck: not written for 6 min ")

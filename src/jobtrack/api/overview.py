@@ -52,7 +52,7 @@ def reason_of(watched: Watched, *, now: datetime, stuck_after: float) -> str:
             quiet = _seconds((now - watched.updated_at).total_seconds())
             reasons.append(f"stuck: not written for {quiet} (stuck after {_seconds(stuck_after)})")
         elif state is WatchState.REDRIVING:
-            reasons.append("the monitor is re-driving it: reconciled, its missing items sent again")
+            reasons.append("re-driven by the monitor, which found it stuck")
         else:
             reasons.append("waiting behind a backlog being consumed")
     return "; ".join(reasons)
