@@ -68,20 +68,24 @@ ORDER BY s.position;
 
 -- name: list_jobs
 -- A page of jobs joined with their stages as in read_job.
-WITH page AS (
+-- A search (store.overview): the id's prefix, or a string at one of the
+-- paths (:search_paths, SQLite JSON paths) of the job's type (:search_types,
+-- the same index) that is LIKE :pattern (lowercased; LIKE folds ASCII case).
+-- The fields are read once (fields), not for every job.
+WITH fields AS MATERIALIZED (
+    SELECT t.value AS job_type, p.value AS path
+    FROM json_each(:search_types) AS t JOIN json_each(:search_paths) AS p ON p.key = t.key
+), page AS (
     SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
     FROM jobs
     WHERE (:status IS NULL OR status = :status) AND (:job_type IS NULL OR job_type = :job_type)
       AND (:updated_since IS NULL OR updated_at >= :updated_since)
       AND (NOT :active OR status IN ('pending', 'in_progress'))
-      -- A search (store.overview): the id's prefix, or a string at one of the
-      -- paths (:search_paths, SQLite JSON paths) of the job's type
-      -- (:search_types, the same index), holding the lowercased :pattern.
       AND (:search IS NULL OR substr(id, 1, length(:search)) = :search
-           OR EXISTS (SELECT 1 FROM json_each(:search_types) AS t
-                      JOIN json_each(:search_paths) AS p ON p.key = t.key
-                      WHERE t.value = job_type AND json_type(attributes, p.value) = 'text'
-                        AND lower(json_extract(attributes, p.value)) LIKE :pattern ESCAPE '\'))
+           OR EXISTS (SELECT 1 FROM fields AS f
+                      WHERE f.job_type = jobs.job_type
+                        AND (attributes ->> f.path) LIKE :pattern ESCAPE '\'
+                        AND json_type(attributes, f.path) = 'text'))
     ORDER BY created_at DESC, id DESC
     LIMIT :limit OFFSET :offset
 )
