@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,7 +40,7 @@ from jobtrack.api.schemas import (
     HealthOut,
     JobOut,
     JobPage,
-    JobStatusName,
+    JobStatusFilter,
     OverviewOut,
     RetryOut,
     ScanIn,
@@ -262,7 +262,7 @@ async def healthz(request: Request) -> dict[str, str]:
 async def list_jobs(
     request: Request,
     *,
-    status: JobStatusName | Literal["active"] | None = None,
+    status: JobStatusFilter | None = None,
     job_type: _JobTypeParam = None,
     type_: _TypeParam = None,
     q: Annotated[str | None, Query(min_length=1, max_length=200, pattern=_NO_NUL)] = None,

@@ -20,6 +20,7 @@ __all__ = [
     "HealthOut",
     "JobOut",
     "JobPage",
+    "JobStatusFilter",
     "OverviewOut",
     "RetryOut",
     "ScanIn",
@@ -32,6 +33,8 @@ __all__ = [
 
 JobStatusName = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
 StageStatusName = Literal["pending", "in_progress", "completed", "failed"]
+#: The job list's status filter: a job status, or ``active`` (pending or in progress).
+JobStatusFilter = Literal["pending", "in_progress", "completed", "failed", "cancelled", "active"]
 
 
 class StageOut(BaseModel):

@@ -193,10 +193,12 @@ function mayMatch(job) {
 }
 
 // Whether a job not shown belongs on the unfiltered first page: every job
-// newer than its oldest row is on it, so one that is not is new.
+// newer than its oldest row is on it, so one that is not is new. The JSON's
+// times are to the millisecond, the store's finer: a job of the oldest row's
+// millisecond that is not shown is older than it.
 function onFirstPage(job) {
   if (state.order.length < PAGE) return true;
-  return newer(job, state.jobs.get(state.order[state.order.length - 1])) < 0;
+  return job.created_at > state.jobs.get(state.order[state.order.length - 1]).created_at;
 }
 
 // A new job on the unfiltered first page: in its place at the top, the page
