@@ -175,4 +175,7 @@ def test_the_jobs_view_finds_a_job_by_its_collection_path(browser: Browser, serv
     page.fill("#job-search", garden.id[:8])
     expect(rows.first).to_have_attribute("data-job", garden.id, timeout=5_000)
     expect(rows).to_have_count(1)
+    page.click('nav a[data-nav="overview"]')  # the overview lists every job
+    expect(rows).to_have_count(2, timeout=5_000)
+    expect(page.locator("#job-search")).to_have_value("")
     assert errors == []

@@ -417,19 +417,24 @@ function showFilters() {
   $("type-name").textContent = "type " + state.type;
 }
 
+function useFilters(wanted) {
+  const changed = Object.keys(wanted).some((key) => wanted[key] !== state[key]);
+  Object.assign(state, wanted);
+  showFilters();
+  if (changed) {
+    state.offset = 0;
+    loadPage();
+  }
+}
+
 registerView("jobs", {
   enter(params) {
-    const wanted = { status: params.get("status") || "", type: params.get("type") || "", q: params.get("q") || "" };
-    const changed = Object.keys(wanted).some((key) => wanted[key] !== state[key]);
-    Object.assign(state, wanted);
-    showFilters();
-    if (changed) {
-      state.offset = 0;
-      loadPage();
-    }
+    useFilters({ status: params.get("status") || "", type: params.get("type") || "", q: params.get("q") || "" });
   },
   leave() {},
 });
+// The overview shows the jobs unfiltered: the newest first, live.
+registerView("overview", { enter() { useFilters({ status: "", type: "", q: "" }); }, leave() {} });
 $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadPage(); });
 $("next").addEventListener("click", () => { state.offset += PAGE; loadPage(); });
 $("new-jobs").addEventListener("click", () => { state.offset = 0; loadPage(); });
