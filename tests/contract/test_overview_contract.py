@@ -220,3 +220,9 @@ async def test_only_the_active_jobs(store: JobStore) -> None:
     assert [job.id for job in active] == [moving.id, pending.id]
     scans = await store.list_jobs(JobQuery(active=True, job_type="scan"))
     assert [job.id for job in scans] == [pending.id]
+
+
+@pytest.mark.parametrize("term", ["a\x00b", "\ud800"])
+def test_a_search_no_backend_can_compare_is_refused(term: str) -> None:
+    with pytest.raises(InvalidRequest, match="a search must"):
+        JobQuery(search=term)

@@ -158,7 +158,8 @@ class StoreStats:
 
 @dataclass(frozen=True, slots=True)
 class JobQuery:
-    """Filters and paging for :meth:`JobStore.list_jobs`; newest first."""
+    """Filters and paging for :meth:`JobStore.list_jobs`; newest first.
+    Raises :class:`InvalidRequest` for a search no backend can compare."""
 
     status: JobStatus | None = None
     job_type: str | None = None
@@ -174,6 +175,13 @@ class JobQuery:
     search_fields: tuple[SearchField, ...] = ()
     #: Only active jobs (pending or in progress).
     active: bool = False
+
+    def __post_init__(self) -> None:
+        """Raise :class:`InvalidRequest` for a search no backend can compare
+        (a NUL character, a lone surrogate)."""
+        problem = None if self.search is None else text_problem(self.search, "a search")
+        if problem is not None:
+            raise InvalidRequest(problem)
 
 
 class Ended(NamedTuple):
