@@ -55,6 +55,8 @@ def test_every_operation_keeps_to_the_document(server: Server) -> None:
         "GET /api/jobs/{job_id}/failures",
         "GET /api/queues",
         "GET /api/queues/{queue}/dead",
+        "GET /api/overview",
+        "GET /api/watch",
         "GET /healthz",
         "GET /metrics",
         "POST /api/jobs/{job_id}/cancel",

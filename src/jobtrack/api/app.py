@@ -27,7 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobtrack.api.config import ApiConfig
 from jobtrack.api.feed import ChangeFeed
-from jobtrack.api.metrics import QueueCollector, render_metrics
+from jobtrack.api.metrics import OverviewCollector, QueueCollector, render_metrics
+from jobtrack.api.overview import overview_json, watched_json
 from jobtrack.api.scans import ScanLauncher
 from jobtrack.api.schemas import (
     ActivityOut,
@@ -43,10 +44,13 @@ from jobtrack.api.schemas import (
     HealthOut,
     JobOut,
     JobPage,
-    JobStatusName,
+    JobStatusFilter,
+    OverviewOut,
     QueuesOut,
     RetryOut,
     ScanIn,
+    WatchPage,
+    WatchStateName,
 )
 from jobtrack.api.security import BodyLimit, LoopbackHostGuard, TokenGuard
 from jobtrack.api.stream import EventCache, job_events_stream, since_header
@@ -61,7 +65,7 @@ from jobtrack.errors import (
     StoreError,
     StoreMissing,
 )
-from jobtrack.jobs.types import failure_json, item_failures_of
+from jobtrack.jobs.types import failure_json, item_failures_of, search_fields
 from jobtrack.model import Clock, JobStatus, utc_now
 from jobtrack.runtime import App, Settings, cancel_job
 from jobtrack.runtime.builtin import builtin_app
@@ -73,7 +77,8 @@ from jobtrack.runtime.queues import (
     queue_rows,
     requeue_dead,
 )
-from jobtrack.store import JobQuery, JobStore
+from jobtrack.store import JobQuery, JobStore, WatchQuery, WatchState
+from jobtrack.store.overview import WATCH_LIMIT
 from jobtrack.tracking.stats import WRITE_STATS
 
 __all__ = ["create_app"]
@@ -84,6 +89,10 @@ logger = logging.getLogger(__name__)
 MAX_PAGE = 200
 #: At most this many failed items (item and stage) read for a job.
 MAX_FAILURES = 10_000
+
+_NO_NUL = "^[^\x00]*$"
+_JobTypeParam = Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)]
+_TypeParam = Annotated[str | None, Query(alias="type", max_length=200, pattern=_NO_NUL)]
 
 _ERROR_TEXT = {
     400: "bad input",
@@ -270,19 +279,30 @@ async def healthz(request: Request) -> dict[str, str]:
 @router.get("/api/jobs", response_model=JobPage, tags=["jobs"], responses=_errors(401, 422, 503))
 async def list_jobs(
     request: Request,
-    status: JobStatusName | None = None,
-    job_type: Annotated[str | None, Query(max_length=200, pattern="^[^\x00]*$")] = None,
+    *,
+    status: JobStatusFilter | None = None,
+    job_type: _JobTypeParam = None,
+    type_: _TypeParam = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=200, pattern=_NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
-    """Jobs, newest first, filtered by status and type, a page at a time."""
+    """Jobs, newest first, filtered by status (``active``: pending or in
+    progress) and type (``job_type``, or ``type``), a page at a time. With
+    ``q``, only the jobs whose id starts with it, or in one of whose
+    searchable fields (those its type declares, such as a collection scan's
+    ``collection.path``) it is found, case-insensitively."""
+    found = parts(request)
     query = JobQuery(
-        status=None if status is None else JobStatus(status),
-        job_type=job_type,
+        status=None if status in {None, "active"} else JobStatus(status),
+        active=status == "active",
+        job_type=_one_type(job_type, type_),
         limit=limit + 1,
         offset=offset,
+        search=q,
+        search_fields=search_fields(found.app.job_types.values()) if q else (),
     )
-    jobs = await parts(request).store.list_jobs(query)
+    jobs = await found.store.list_jobs(query)
     more = len(jobs) > limit
     return {
         "jobs": [job.to_dict() for job in jobs[:limit]],
@@ -432,8 +452,14 @@ async def metrics(request: Request) -> Response:
     found = parts(request)
     threshold = found.clock() - timedelta(seconds=found.config.stuck_after)
     stats = await found.store.stats(stuck_before=threshold)
+    counts = await found.store.count_by_type(stuck_before=threshold)
     return Response(
-        render_metrics(stats, WRITE_STATS, QueueCollector(await _queue_rows_or_none(found))),
+        render_metrics(
+            stats,
+            WRITE_STATS,
+            OverviewCollector(counts),
+            QueueCollector(await _queue_rows_or_none(found)),
+        ),
         media_type="text/plain; version=0.0.4; charset=utf-8",
     )
 
@@ -532,6 +558,74 @@ async def drop_dead_letters(request: Request, queue: str, chosen: DeadSettleIn) 
     """Drop the chosen dead letters and record a ``dropped`` event on each
     one's job. An id not found is a 404 naming it, and nothing is dropped."""
     return await _settle(request, queue, chosen, requeue=False)
+
+
+# The operator's overview: counts per job type, the watch list.
+
+
+def _one_type(job_type: str | None, type_: str | None) -> str | None:
+    """The type filter, named ``job_type`` or ``type`` (both: both must hold,
+    and when they differ no job does: ``_NO_TYPE``, which no job type is)."""
+    if job_type is not None and type_ is not None and job_type != type_:
+        return _NO_TYPE
+    return job_type if job_type is not None else type_
+
+
+#: A job type no job has (job type names are never empty).
+_NO_TYPE = ""
+
+
+@router.get(
+    "/api/overview", response_model=OverviewOut, tags=["overview"], responses=_errors(401, 503)
+)
+async def overview(request: Request) -> dict[str, Any]:
+    """Per job type and in total: jobs per status, the active ones, and of
+    those the stuck (not written for the server's ``stuck_after``), the
+    waiting (left alone by the monitor behind a backlog being consumed) and
+    the re-driven; read in one query."""
+    found = parts(request)
+    threshold = found.clock() - timedelta(seconds=found.config.stuck_after)
+    counts = await found.store.count_by_type(stuck_before=threshold)
+    return overview_json(counts, found.config.stuck_after)
+
+
+@router.get(
+    "/api/watch",
+    response_model=WatchPage,
+    tags=["overview"],
+    responses=_errors(401, 422, 503),
+)
+async def watch(
+    request: Request,
+    *,
+    state: WatchStateName | None = None,
+    job_type: _JobTypeParam = None,
+    type_: _TypeParam = None,
+    limit: Annotated[int, Query(ge=1, le=WATCH_LIMIT - 1)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> dict[str, Any]:
+    """The active jobs that are stuck, waiting behind a backlog or being
+    re-driven by the monitor (``state``: only those), newest first, each
+    with why and the monitor's last action; a page at a time."""
+    found = parts(request)
+    now = found.clock()
+    stuck_after = found.config.stuck_after
+    query = WatchQuery(
+        stuck_before=now - timedelta(seconds=stuck_after),
+        state=None if state is None else WatchState(state),
+        job_type=_one_type(job_type, type_),
+        limit=limit + 1,
+        offset=offset,
+    )
+    listed = await found.store.list_watched(query)
+    more = len(listed) > limit
+    return {
+        "jobs": [watched_json(w, now=now, stuck_after=stuck_after) for w in listed[:limit]],
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if more else None,
+        "stuck_after": stuck_after,
+    }
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -6,7 +6,7 @@ process (its progress writes and their latency). ``jobtrack worker
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import (
@@ -18,10 +18,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from jobtrack.runtime.queues import QueueRow
-from jobtrack.store import StoreStats
+from jobtrack.store import StoreStats, TypeCounts
 from jobtrack.tracking.stats import LATENCY_BUCKETS, WRITE_STATS, WriteStats
 
 __all__ = [
+    "OverviewCollector",
     "QueueCollector",
     "StoreCollector",
     "WriteCollector",
@@ -116,6 +117,35 @@ class QueueCollector(Collector):
         yield from families.values()
 
 
+class OverviewCollector(Collector):
+    """Per job type, its active jobs and those stuck or waiting (one
+    ``JobStore.count_by_type`` per scrape): the overview's counts."""
+
+    _GAUGES = (
+        ("jobtrack_jobs_active_by_type", "Jobs pending or in progress, per job type", "active"),
+        (
+            "jobtrack_jobs_stuck_by_type",
+            "Active jobs not written for longer than the stuck threshold, per job type",
+            "stuck",
+        ),
+        (
+            "jobtrack_jobs_waiting_by_type",
+            "Active jobs the monitor left alone behind a backlog being consumed, per job type",
+            "waiting",
+        ),
+    )
+
+    def __init__(self, counts: Sequence[TypeCounts]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        for name, text, field in self._GAUGES:
+            gauge = GaugeMetricFamily(name, text, labels=["job_type"])
+            for counts in self._counts:
+                gauge.add_metric([counts.job_type], getattr(counts, field))
+            yield gauge
+
+
 class WriteCollector(Collector):
     """This process's progress writes, read at each scrape."""
 
@@ -150,8 +180,9 @@ class WriteCollector(Collector):
 
 
 def render_metrics(stats: StoreStats, writes: WriteStats, *more: Collector) -> bytes:
-    """The exposition text of the API's ``/metrics`` (``more``: further
-    collectors, such as the queues')."""
+    """The exposition text of the API's ``/metrics``: the store's totals,
+    this process's writes, and ``more`` collectors (the queues', the job
+    types' counts…)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(stats))
     registry.register(WriteCollector(writes))

@@ -26,15 +26,23 @@ __all__ = [
     "HealthOut",
     "JobOut",
     "JobPage",
+    "JobStatusFilter",
+    "OverviewOut",
     "QueueOut",
     "QueuesOut",
     "RetryOut",
     "ScanIn",
     "StageOut",
+    "TypeCountsOut",
+    "WatchPage",
+    "WatchStateName",
+    "WatchedOut",
 ]
 
 JobStatusName = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
 StageStatusName = Literal["pending", "in_progress", "completed", "failed"]
+#: The job list's status filter: a job status, or ``active`` (pending or in progress).
+JobStatusFilter = Literal["pending", "in_progress", "completed", "failed", "cancelled", "active"]
 
 
 class StageOut(BaseModel):
@@ -250,3 +258,62 @@ class DeadSettledOut(BaseModel):
     queue: str
     action: Literal["requeued", "dropped"]
     dead_letters: list[DeadLetterOut]
+
+
+# The operator's overview: counts per job type, the watch list.
+
+WatchStateName = Literal["stuck", "waiting", "redriving"]
+
+
+class TypeCountsOut(BaseModel):
+    """One job type's jobs (or, as ``totals``, every type's): per status,
+    ``active`` (pending or in progress), and the active ones stuck, waiting
+    behind a backlog or being re-driven by the monitor."""
+
+    job_type: str
+    active: int
+    pending: int
+    in_progress: int
+    completed: int
+    failed: int
+    cancelled: int
+    stuck: int
+    waiting: int
+    redriving: int
+
+
+class OverviewOut(BaseModel):
+    """The counts of the overview: per job type, in name order, and over
+    all of them; ``stuck_after`` is the seconds without a write after which
+    an active job counts as stuck."""
+
+    types: list[TypeCountsOut]
+    totals: TypeCountsOut
+    stuck_after: float
+
+
+class WatchedOut(BaseModel):
+    """An active job on the watch list: why it is there (``states``, worst
+    first, and ``reason`` in words) and the monitor's last action on it
+    (its latest waiting, redriven or reconciled event; None before any)."""
+
+    id: str
+    job_type: str
+    status: Literal["pending", "in_progress"]
+    message: str
+    created_at: str
+    updated_at: str
+    states: list[WatchStateName]
+    reason: str
+    action: EventOut | None
+
+
+class WatchPage(BaseModel):
+    """A page of the watch list, newest first; ``next_offset`` is None on
+    the last page."""
+
+    jobs: list[WatchedOut]
+    limit: int
+    offset: int
+    next_offset: int | None
+    stuck_after: float

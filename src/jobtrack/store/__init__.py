@@ -27,6 +27,13 @@ from jobtrack.store.base import (
     StoreStats,
 )
 from jobtrack.store.memory import InMemoryJobStore
+from jobtrack.store.overview import (
+    SearchField,
+    TypeCounts,
+    Watched,
+    WatchQuery,
+    WatchState,
+)
 from jobtrack.store.sqlite import SqliteDatabase, SqliteJobStore
 
 __all__ = [
@@ -41,10 +48,15 @@ __all__ = [
     "JobQuery",
     "JobStore",
     "ProgressResult",
+    "SearchField",
     "SqliteDatabase",
     "SqliteJobStore",
     "StageProgress",
     "StoreStats",
+    "TypeCounts",
+    "WatchQuery",
+    "WatchState",
+    "Watched",
     "open_store",
     "sqlite_path",
 ]

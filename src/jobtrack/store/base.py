@@ -29,6 +29,7 @@ from jobtrack.model import (
     start_stage,
 )
 from jobtrack.store.ledger import ItemFailure, LedgerItem, LedgerTally
+from jobtrack.store.overview import SearchField, TypeCounts, Watched, WatchQuery
 from jobtrack.store.text import MAX_KEY_LENGTH, key_problem, text_problem
 
 __all__ = [
@@ -157,7 +158,8 @@ class StoreStats:
 
 @dataclass(frozen=True, slots=True)
 class JobQuery:
-    """Filters and paging for :meth:`JobStore.list_jobs`; newest first."""
+    """Filters and paging for :meth:`JobStore.list_jobs`; newest first.
+    Raises :class:`InvalidRequest` for a search no backend can compare."""
 
     status: JobStatus | None = None
     job_type: str | None = None
@@ -165,6 +167,21 @@ class JobQuery:
     offset: int = 0
     #: Only jobs written at or after this moment.
     updated_since: datetime | None = None
+    #: Only jobs whose id starts with this text, or in one of whose
+    #: ``search_fields`` (those of the job's type) this text is found,
+    #: case-insensitively (``%`` and ``_`` are plain characters).
+    search: str | None = None
+    #: The attribute paths ``search`` looks in, per job type.
+    search_fields: tuple[SearchField, ...] = ()
+    #: Only active jobs (pending or in progress).
+    active: bool = False
+
+    def __post_init__(self) -> None:
+        """Raise :class:`InvalidRequest` for a search no backend can compare
+        (a NUL character, a lone surrogate)."""
+        problem = None if self.search is None else text_problem(self.search, "a search")
+        if problem is not None:
+            raise InvalidRequest(problem)
 
 
 class Ended(NamedTuple):
@@ -688,6 +705,21 @@ class JobStore(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+    # The operator's overview (store.overview).
+
+    async def count_by_type(self, *, stuck_before: datetime) -> list[TypeCounts]:
+        """Per job type in the store, in name order, its jobs per status and
+        its active jobs stuck (not written since ``stuck_before``), waiting
+        and being re-driven (the rules of :mod:`jobtrack.store.overview`),
+        read in one query."""
+        ...
+
+    async def list_watched(self, query: WatchQuery) -> list[Watched]:
+        """Active jobs stuck, waiting or being re-driven (as ``query``
+        filters them), newest first (by creation, ties by id), each with the
+        monitor's latest action on it, read in one query."""
         ...
 
 

@@ -61,6 +61,13 @@ from jobtrack.store.ledger import (
     check_outcomes,
     storable_error,
 )
+from jobtrack.store.overview import (
+    MONITOR_ACTIONS,
+    SearchField,
+    TypeCounts,
+    Watched,
+    WatchQuery,
+)
 
 __all__ = ["InMemoryJobStore"]
 
@@ -132,6 +139,8 @@ class InMemoryJobStore(StageWrites):
             if (query.status is None or job.status is query.status)
             and (query.job_type is None or job.job_type == query.job_type)
             and (query.updated_since is None or job.updated_at >= query.updated_since)
+            and (query.search is None or _found(job, query.search, query.search_fields))
+            and (not query.active or job.status in ACTIVE_JOB_STATUSES)
         ]
         jobs.sort(key=lambda job: (job.created_at, job.id), reverse=True)
         return jobs[query.offset : query.offset + query.limit]
@@ -514,6 +523,72 @@ class InMemoryJobStore(StageWrites):
             changed = change(current, now)
             self._put_stages(job, [changed], now)
             return changed
+
+    # The operator's overview (store.overview).
+
+    async def count_by_type(self, *, stuck_before: datetime) -> list[TypeCounts]:
+        """Per job type, in name order, its jobs per status and its active
+        jobs stuck, waiting and being re-driven."""
+        counts: dict[str, dict[str, int]] = {}
+        for job in self._jobs.values():
+            row = counts.setdefault(job.job_type, {})
+            row[job.status.value] = row.get(job.status.value, 0) + 1
+            watched = self._watched(job, stuck_before)
+            for state in [] if watched is None else watched.states:
+                row[state.value] = row.get(state.value, 0) + 1
+        return [TypeCounts(job_type, **row) for job_type, row in sorted(counts.items())]
+
+    async def list_watched(self, query: WatchQuery) -> list[Watched]:
+        """Active jobs stuck, waiting or being re-driven, newest first."""
+        found = []
+        for job in sorted(self._jobs.values(), key=lambda j: (j.created_at, j.id), reverse=True):
+            if query.job_type is not None and job.job_type != query.job_type:
+                continue
+            watched = self._watched(job, query.stuck_before)
+            if watched is not None and (query.state is None or query.state in watched.states):
+                found.append(watched)
+        return found[query.offset : query.offset + query.limit]
+
+    def _watched(self, job: Job, stuck_before: datetime) -> Watched | None:
+        """The job as the watch list shows it; None when it is not on it."""
+        if job.status not in ACTIVE_JOB_STATUSES:
+            return None
+        history = self._events.get(job.id, [])
+        actions = [event for event in history if event.kind in MONITOR_ACTIONS]
+        verdicts = [event.kind for event in actions if event.kind != "reconciled"]
+        stuck = job.updated_at < stuck_before
+        waiting = verdicts[-1:] == ["waiting"]
+        redriving = verdicts[-1:] == ["redriven"] or (not verdicts and bool(actions))
+        if not (stuck or waiting or redriving):
+            return None
+        return Watched(
+            job.id,
+            job.job_type,
+            job.status,
+            job.message,
+            job.created_at,
+            job.updated_at,
+            stuck,
+            waiting,
+            redriving,
+            actions[-1] if actions else None,
+        )
+
+
+def _found(job: Job, term: str, fields: Sequence[SearchField]) -> bool:
+    """Whether the job's id starts with ``term``, or one of its type's
+    fields holds a string that contains it, case-insensitively."""
+    if job.id.startswith(term):
+        return True
+    for search in fields:
+        if search.job_type != job.job_type:
+            continue
+        value: Any = job.attributes
+        for part in search.parts:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, str) and term.lower() in value.lower():
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)

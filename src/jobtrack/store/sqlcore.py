@@ -65,6 +65,13 @@ from jobtrack.store.ledger import (
     check_outcomes,
     storable_error,
 )
+from jobtrack.store.overview import (
+    SearchField,
+    TypeCounts,
+    Watched,
+    WatchQuery,
+    like_pattern,
+)
 
 __all__ = [
     "Codec",
@@ -147,11 +154,12 @@ class Codec:
             "at",
             "added_at",
             "failed_at",
+            "action_at",
             "stage_started_at",
             "stage_completed_at",
         }
     )
-    JSON: ClassVar[frozenset[str]] = frozenset({"attributes", "data", "payload"})
+    JSON: ClassVar[frozenset[str]] = frozenset({"attributes", "data", "payload", "action_data"})
     BOOLEANS: ClassVar[frozenset[str]] = frozenset({"total_final", "stage_total_final"})
 
     def encode(self, value: Any) -> Any:
@@ -270,8 +278,18 @@ class SqlJobStore(StageWrites):
             "updated_since": query.updated_since,
             "limit": query.limit,
             "offset": query.offset,
+            "search": query.search,
+            "active": query.active,
+            "pattern": like_pattern(query.search or ""),
+            "search_types": [field.job_type for field in query.search_fields],
+            "search_paths": [self._search_path(field) for field in query.search_fields],
         }
         return jobs_from_rows(await self._connector.fetch(Fetch("list_jobs", params)))
+
+    def _search_path(self, field: SearchField) -> str:
+        """A searchable field's path as the engine's ``list_jobs`` takes it.
+        This one: the dotted path (PostgreSQL splits it)."""
+        return field.path
 
     async def _change(
         self, job_id: str, stage: str, change: Callable[[Stage, datetime], Stage]
@@ -372,6 +390,26 @@ class SqlJobStore(StageWrites):
         """The last ``limit`` events of every job, newest first."""
         params = {"limit": max(limit, 0)}
         return await self._connector.run(_events("recent_events", params, None), write=False)
+
+    # The operator's overview (store.overview).
+
+    async def count_by_type(self, *, stuck_before: datetime) -> list[TypeCounts]:
+        """Per job type, in name order, its jobs per status and its active
+        jobs stuck, waiting and being re-driven, in one query."""
+        rows = await self._connector.fetch(Fetch("count_by_type", {"before": stuck_before}))
+        return [_type_counts(row) for row in rows]
+
+    async def list_watched(self, query: WatchQuery) -> list[Watched]:
+        """Active jobs stuck, waiting or being re-driven, newest first, each
+        with the monitor's latest action, in one query."""
+        params = {
+            "before": query.stuck_before,
+            "state": None if query.state is None else query.state.value,
+            "job_type": query.job_type,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+        return [_watched(row) for row in await self._connector.fetch(Fetch("list_watched", params))]
 
     # The item ledger.
 
@@ -493,6 +531,37 @@ class SqlJobStore(StageWrites):
         ``ended_before``, at most ``limit`` jobs a call; returns how many jobs
         were purged. Active jobs keep theirs whatever their age."""
         return await self._connector.run(_purge(ended_before, max(limit, 0)))
+
+
+def _type_counts(row: Row) -> TypeCounts:
+    names = ("pending", "in_progress", "completed", "failed", "cancelled")
+    marks = ("stuck", "waiting", "redriving")
+    return TypeCounts(row["job_type"], **{name: int(row[name] or 0) for name in (*names, *marks)})
+
+
+def _watched(row: Row) -> Watched:
+    action = None
+    if row["action_id"] is not None:
+        action = JobEvent(
+            row["id"],
+            row["action_at"],
+            row["action_kind"],
+            row["action_message"],
+            row["action_data"] or {},
+            int(row["action_id"]),
+        )
+    return Watched(
+        row["id"],
+        row["job_type"],
+        JobStatus(row["status"]),
+        row["message"],
+        row["created_at"],
+        row["updated_at"],
+        bool(row["stuck"]),
+        bool(row["waiting"]),
+        bool(row["redriving"]),
+        action,
+    )
 
 
 # The plans. Each runs whole in one transaction of its connector.

@@ -206,6 +206,19 @@ WITH page AS (
     WHERE (%(status)s::text IS NULL OR status = %(status)s)
       AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
       AND (%(updated_since)s::timestamptz IS NULL OR updated_at >= %(updated_since)s)
+      AND (NOT %(active)s::boolean OR status IN ('pending', 'in_progress'))
+      -- A search (store.overview): the id's prefix, or a string at one of the
+      -- dotted paths (%(search_paths)s) of the job's type (%(search_types)s,
+      -- the same index), holding the lowercased %(pattern)s.
+      AND (%(search)s::text IS NULL
+           OR substr(id, 1, length(%(search)s::text)) = %(search)s::text
+           OR EXISTS (SELECT 1
+                      FROM unnest(%(search_types)s::text[], %(search_paths)s::text[])
+                          AS f(job_type, path)
+                      WHERE f.job_type = jobs.job_type
+                        AND jsonb_typeof(attributes #> string_to_array(f.path, '.')) = 'string'
+                        AND lower(attributes #>> string_to_array(f.path, '.'))
+                            LIKE %(pattern)s::text ESCAPE '\'))
     ORDER BY created_at DESC, id DESC
     LIMIT %(limit)s OFFSET %(offset)s
 )
@@ -340,3 +353,69 @@ DELETE FROM job_items WHERE job_id = ANY(%(job_ids)s::text[]);
 
 -- name: purge_failures
 DELETE FROM item_failures WHERE job_id = ANY(%(job_ids)s::text[]);
+
+-- The operator's overview (store.overview; migration 0011_watch_list.sql).
+-- A job's verdict is the kind of its latest waiting or redriven event, its
+-- action its latest waiting, redriven or reconciled event, both on
+-- idx_job_events and read for active jobs only.
+
+-- name: count_by_type
+WITH marked AS (
+    SELECT j.job_type, j.status,
+           j.status IN ('pending', 'in_progress') AND j.updated_at < %(before)s AS stuck,
+           CASE WHEN j.status IN ('pending', 'in_progress') THEN
+               (SELECT e.kind FROM job_events AS e
+                WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven')
+                ORDER BY e.id DESC LIMIT 1) END AS verdict,
+           CASE WHEN j.status IN ('pending', 'in_progress') THEN
+               EXISTS (SELECT 1 FROM job_events AS e
+                       WHERE e.job_id = j.id AND e.kind = 'reconciled') END AS reconciled
+    FROM jobs AS j
+)
+SELECT job_type,
+       count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'in_progress') AS in_progress,
+       count(*) FILTER (WHERE status = 'completed') AS completed,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       count(*) FILTER (WHERE stuck) AS stuck,
+       count(*) FILTER (WHERE verdict = 'waiting') AS waiting,
+       count(*) FILTER (WHERE verdict = 'redriven' OR (verdict IS NULL AND reconciled))
+           AS redriving
+FROM marked
+GROUP BY job_type
+ORDER BY job_type;
+
+-- name: list_watched
+-- The active jobs on idx_jobs_active, newest first; %(state)s NULL, 'stuck',
+-- 'waiting' or 'redriving'.
+WITH active AS (
+    SELECT j.id, j.job_type, j.status, j.message, j.created_at, j.updated_at,
+           j.updated_at < %(before)s AS stuck,
+           (SELECT e.kind FROM job_events AS e
+            WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven')
+            ORDER BY e.id DESC LIMIT 1) AS verdict,
+           (SELECT e.id FROM job_events AS e
+            WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven', 'reconciled')
+            ORDER BY e.id DESC LIMIT 1) AS action_id
+    FROM jobs AS j
+    WHERE j.status IN ('pending', 'in_progress')
+      AND (%(job_type)s::text IS NULL OR j.job_type = %(job_type)s::text)
+), marked AS (
+    SELECT id, job_type, status, message, created_at, updated_at, stuck, action_id,
+           coalesce(verdict = 'waiting', false) AS waiting,
+           coalesce(verdict = 'redriven', false) OR (verdict IS NULL AND action_id IS NOT NULL)
+               AS redriving
+    FROM active
+)
+SELECT m.id, m.job_type, m.status, m.message, m.created_at, m.updated_at,
+       m.stuck, m.waiting, m.redriving,
+       e.id AS action_id, e.kind AS action_kind, e.message AS action_message,
+       e.at AS action_at, e.data AS action_data
+FROM marked AS m LEFT JOIN job_events AS e ON e.id = m.action_id
+WHERE (m.stuck OR m.waiting OR m.redriving)
+  AND (%(state)s::text IS NULL OR (%(state)s::text = 'stuck' AND m.stuck)
+       OR (%(state)s::text = 'waiting' AND m.waiting)
+       OR (%(state)s::text = 'redriving' AND m.redriving))
+ORDER BY m.created_at DESC, m.id DESC
+LIMIT %(limit)s OFFSET %(offset)s;

@@ -68,11 +68,24 @@ ORDER BY s.position;
 
 -- name: list_jobs
 -- A page of jobs joined with their stages as in read_job.
-WITH page AS (
+-- A search (store.overview): the id's prefix, or a string at one of the
+-- paths (:search_paths, SQLite JSON paths) of the job's type (:search_types,
+-- the same index) that is LIKE :pattern (lowercased; LIKE folds ASCII case).
+-- The fields are read once (fields), not for every job.
+WITH fields AS MATERIALIZED (
+    SELECT t.value AS job_type, p.value AS path
+    FROM json_each(:search_types) AS t JOIN json_each(:search_paths) AS p ON p.key = t.key
+), page AS (
     SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
     FROM jobs
     WHERE (:status IS NULL OR status = :status) AND (:job_type IS NULL OR job_type = :job_type)
       AND (:updated_since IS NULL OR updated_at >= :updated_since)
+      AND (NOT :active OR status IN ('pending', 'in_progress'))
+      AND (:search IS NULL OR substr(id, 1, length(:search)) = :search
+           OR EXISTS (SELECT 1 FROM fields AS f
+                      WHERE f.job_type = jobs.job_type
+                        AND (attributes ->> f.path) LIKE :pattern ESCAPE '\'
+                        AND json_type(attributes, f.path) = 'text'))
     ORDER BY created_at DESC, id DESC
     LIMIT :limit OFFSET :offset
 )
@@ -328,3 +341,67 @@ DELETE FROM job_items WHERE job_id IN (SELECT value FROM json_each(:job_ids));
 
 -- name: purge_failures
 DELETE FROM item_failures WHERE job_id IN (SELECT value FROM json_each(:job_ids));
+
+-- The operator's overview (store.overview; migration 0008_watch_list.sql).
+-- A job's verdict is the kind of its latest waiting or redriven event, its
+-- action its latest waiting, redriven or reconciled event, both on
+-- idx_job_events and read for active jobs only.
+
+-- name: count_by_type
+WITH marked AS (
+    SELECT j.job_type, j.status,
+           j.status IN ('pending', 'in_progress') AND j.updated_at < :before AS stuck,
+           CASE WHEN j.status IN ('pending', 'in_progress') THEN
+               (SELECT e.kind FROM job_events AS e
+                WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven')
+                ORDER BY e.id DESC LIMIT 1) END AS verdict,
+           CASE WHEN j.status IN ('pending', 'in_progress') THEN
+               EXISTS (SELECT 1 FROM job_events AS e
+                       WHERE e.job_id = j.id AND e.kind = 'reconciled') END AS reconciled
+    FROM jobs AS j
+)
+SELECT job_type,
+       count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'in_progress') AS in_progress,
+       count(*) FILTER (WHERE status = 'completed') AS completed,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       count(*) FILTER (WHERE stuck) AS stuck,
+       count(*) FILTER (WHERE verdict = 'waiting') AS waiting,
+       count(*) FILTER (WHERE verdict = 'redriven' OR (verdict IS NULL AND reconciled))
+           AS redriving
+FROM marked
+GROUP BY job_type
+ORDER BY job_type;
+
+-- name: list_watched
+-- The active jobs on idx_jobs_active, newest first; :state NULL, 'stuck',
+-- 'waiting' or 'redriving'.
+WITH active AS (
+    SELECT j.id, j.job_type, j.status, j.message, j.created_at, j.updated_at,
+           j.updated_at < :before AS stuck,
+           (SELECT e.kind FROM job_events AS e
+            WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven')
+            ORDER BY e.id DESC LIMIT 1) AS verdict,
+           (SELECT e.id FROM job_events AS e
+            WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven', 'reconciled')
+            ORDER BY e.id DESC LIMIT 1) AS action_id
+    FROM jobs AS j
+    WHERE j.status IN ('pending', 'in_progress') AND (:job_type IS NULL OR j.job_type = :job_type)
+), marked AS (
+    SELECT id, job_type, status, message, created_at, updated_at, stuck, action_id,
+           coalesce(verdict = 'waiting', 0) AS waiting,
+           coalesce(verdict = 'redriven', 0) OR (verdict IS NULL AND action_id IS NOT NULL)
+               AS redriving
+    FROM active
+)
+SELECT m.id, m.job_type, m.status, m.message, m.created_at, m.updated_at,
+       m.stuck, m.waiting, m.redriving,
+       e.id AS action_id, e.kind AS action_kind, e.message AS action_message,
+       e.at AS action_at, e.data AS action_data
+FROM marked AS m LEFT JOIN job_events AS e ON e.id = m.action_id
+WHERE (m.stuck OR m.waiting OR m.redriving)
+  AND (:state IS NULL OR (:state = 'stuck' AND m.stuck) OR (:state = 'waiting' AND m.waiting)
+       OR (:state = 'redriving' AND m.redriving))
+ORDER BY m.created_at DESC, m.id DESC
+LIMIT :limit OFFSET :offset;
