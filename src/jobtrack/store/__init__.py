@@ -28,6 +28,13 @@ from jobtrack.store.base import (
 )
 from jobtrack.store.memory import InMemoryJobStore
 from jobtrack.store.sqlite import SqliteDatabase, SqliteJobStore
+from jobtrack.store.workers import (
+    StageCount,
+    ThroughputPoint,
+    WorkerBeat,
+    WorkerInfo,
+    WorkerState,
+)
 
 __all__ = [
     "CHANGES_LIMIT",
@@ -43,8 +50,13 @@ __all__ = [
     "ProgressResult",
     "SqliteDatabase",
     "SqliteJobStore",
+    "StageCount",
     "StageProgress",
     "StoreStats",
+    "ThroughputPoint",
+    "WorkerBeat",
+    "WorkerInfo",
+    "WorkerState",
     "open_store",
     "sqlite_path",
 ]
