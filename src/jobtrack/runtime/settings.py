@@ -28,6 +28,7 @@ _MOST = {
     "JOBTRACK_STUCK_AFTER": 10**9,  # seconds: about 31 years
     "JOBTRACK_MONITOR_INTERVAL": 10**9,
     "JOBTRACK_LEDGER_RETENTION": 36_500,  # days: a hundred years
+    "JOBTRACK_HEARTBEAT_INTERVAL": 3600,  # seconds: an hour
 }
 
 
@@ -147,6 +148,9 @@ class Settings:
     ledger_retention: int = 7
     """Days the item ledger and failures of an ended job are kept (what a
     retry of the job needs), before the monitor deletes them."""
+    heartbeat_interval: float = 5.0
+    """Seconds between two heartbeats of a worker process; a worker silent
+    for more than two of them counts as dead."""
 
     @classmethod
     def from_env(
@@ -185,4 +189,5 @@ class Settings:
             stuck_after=_positive(env, "JOBTRACK_STUCK_AFTER", 300),
             monitor_interval=_positive(env, "JOBTRACK_MONITOR_INTERVAL", 60),
             ledger_retention=_positive(env, "JOBTRACK_LEDGER_RETENTION", 7),
+            heartbeat_interval=_positive(env, "JOBTRACK_HEARTBEAT_INTERVAL", 5),
         )
