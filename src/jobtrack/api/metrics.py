@@ -6,7 +6,7 @@ process (its progress writes and their latency). ``jobtrack worker
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import (
@@ -17,10 +17,16 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from jobtrack.store import StoreStats
+from jobtrack.store import StoreStats, WorkerInfo, WorkerState
 from jobtrack.tracking.stats import LATENCY_BUCKETS, WRITE_STATS, WriteStats
 
-__all__ = ["StoreCollector", "WriteCollector", "render_metrics", "serve_write_metrics"]
+__all__ = [
+    "StoreCollector",
+    "WorkerCollector",
+    "WriteCollector",
+    "render_metrics",
+    "serve_write_metrics",
+]
 
 
 class StoreCollector(Collector):
@@ -99,11 +105,49 @@ class WriteCollector(Collector):
         )
 
 
-def render_metrics(stats: StoreStats, writes: WriteStats) -> bytes:
-    """The exposition text of the API's ``/metrics``."""
+class WorkerCollector(Collector):
+    """The workers' heartbeats (one ``JobStore.list_workers`` per scrape):
+    workers per state, and the items the live ones counted since they started."""
+
+    def __init__(self, workers: Sequence[WorkerInfo]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        states = GaugeMetricFamily(
+            "jobtrack_workers",
+            "Worker processes by the state of their heartbeat (live, dead, stopped)",
+            labels=["state"],
+        )
+        counts = dict.fromkeys(WorkerState, 0)
+        done = failed = 0
+        for info in self._workers:
+            counts[info.state] += 1
+            if info.state is WorkerState.LIVE:
+                done += info.beat.done
+                failed += info.beat.failed
+        for state, count in counts.items():
+            states.add_metric([state.value], count)
+        yield states
+        items = GaugeMetricFamily(
+            "jobtrack_worker_items",
+            "Items the live workers counted since they started, per outcome (from heartbeats)",
+            labels=["outcome"],
+        )
+        items.add_metric(["done"], done)
+        items.add_metric(["failed"], failed)
+        yield items
+
+
+def render_metrics(
+    stats: StoreStats, writes: WriteStats, workers: Sequence[WorkerInfo] | None = None
+) -> bytes:
+    """The exposition text of the API's ``/metrics`` (with ``workers``,
+    their heartbeats' metrics too)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(stats))
     registry.register(WriteCollector(writes))
+    if workers is not None:
+        registry.register(WorkerCollector(workers))
     return generate_latest(registry)
 
 
