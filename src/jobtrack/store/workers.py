@@ -41,7 +41,8 @@ __all__ = [
 
 #: Seconds each throughput bucket spans.
 THROUGHPUT_BUCKET = 10
-#: Seconds past two missed beats before a worker counts as dead.
+#: Seconds past two missed beats before a worker counts as dead, at most
+#: (a quarter of its interval when that is less).
 DEAD_GRACE = 1.0
 #: How long the rows of stopped or dead workers, and old buckets, are kept.
 WORKER_RETENTION = timedelta(hours=24)
@@ -118,10 +119,12 @@ class ThroughputPoint:
 
 def worker_state(beat: WorkerBeat, now: datetime) -> WorkerState:
     """Stopped when the worker said so; dead when it has not beaten for more
-    than two of its intervals (plus :data:`DEAD_GRACE`); else live."""
+    than two of its intervals (plus a grace: :data:`DEAD_GRACE`, or a
+    quarter of the interval when less); else live."""
     if beat.stopped_at is not None:
         return WorkerState.STOPPED
-    if (now - beat.beat_at).total_seconds() > 2 * beat.interval + DEAD_GRACE:
+    grace = min(DEAD_GRACE, beat.interval / 4)
+    if (now - beat.beat_at).total_seconds() > 2 * beat.interval + grace:
         return WorkerState.DEAD
     return WorkerState.LIVE
 
