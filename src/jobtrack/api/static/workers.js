@@ -4,7 +4,7 @@
 "use strict";
 
 (function () {
-  const POLL_MS = 2000;
+  const POLL_MS = 1000;
   let timer = null;
 
   function clock(iso) {
