@@ -53,6 +53,8 @@ def test_every_operation_keeps_to_the_document(server: Server) -> None:
         "GET /api/jobs/{job_id}",
         "GET /api/jobs/{job_id}/events",
         "GET /api/jobs/{job_id}/failures",
+        "GET /api/throughput",
+        "GET /api/workers",
         "GET /healthz",
         "GET /metrics",
         "POST /api/jobs/{job_id}/cancel",
