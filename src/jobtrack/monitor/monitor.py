@@ -224,6 +224,8 @@ class Monitor:
                 ", ".join(f"{k} {v}" for k, v in report.to_dict().items() if v and k != "jobs"),
                 extra={"action": "monitor_cycle"},
             )
+        # After the cycle's own work: a store that is away fails the cycle first.
+        await self._purge_workers(now)
         return report
 
     async def _page(
@@ -272,7 +274,6 @@ class Monitor:
         on the first cycle, then once every ``purge_every``. A purge that
         fails is logged and tried again on the next cycle: housekeeping
         never stops the cycle's own work."""
-        await self._purge_workers(now)
         if self.ledger_retention is None:
             return
         due = timedelta(seconds=self.purge_every)
@@ -300,7 +301,8 @@ class Monitor:
 
     async def _purge_workers(self, now: datetime) -> None:
         """Delete the heartbeats and throughput older than a day, when due
-        (as the ledgers); a failure is logged and tried again next cycle."""
+        (as often as the ledgers, at the end of a cycle); a failure is logged
+        and tried again next cycle."""
         due = timedelta(seconds=self.purge_every)
         if self._workers_purged_at is not None and now - self._workers_purged_at < due:
             return
