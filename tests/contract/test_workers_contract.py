@@ -130,6 +130,8 @@ async def test_a_long_error_is_cut_and_bad_beats_refused(
         _beat(clock, host="h\ud800"),
         _beat(clock, done=-1),
         _beat(clock, interval=0),
+        _beat(clock, interval=float("inf")),
+        _beat(clock, interval=float("nan")),
     ):
         with pytest.raises(InvalidRequest):
             await store.beat_worker(bad)

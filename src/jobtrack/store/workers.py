@@ -154,7 +154,7 @@ def check_beat(beat: WorkerBeat, counts: Sequence[StageCount]) -> WorkerBeat:
 
     :raises InvalidRequest: an empty or overlong id, host, stage or job type,
         text no store can hold, more than :data:`MAX_WORKER_STAGES` stages,
-        negative numbers, or a non-positive interval.
+        negative numbers, or an interval that is not a finite positive number.
     """
     names = [beat.worker_id, beat.host, *beat.stages]
     names += [name for count in counts for name in (count.job_type, count.stage)]
@@ -168,8 +168,10 @@ def check_beat(beat: WorkerBeat, counts: Sequence[StageCount]) -> WorkerBeat:
         raise InvalidRequest(f"a heartbeat names at most {MAX_WORKER_STAGES} stages")
     numbers = [beat.pid, beat.concurrency, beat.prefetch, beat.done, beat.failed]
     numbers += [n for count in counts for n in (count.done, count.failed)]
-    if min(numbers) < 0 or max(numbers) >= 2**63 or not beat.interval > 0:
-        raise InvalidRequest("a heartbeat's numbers must be positive and its interval above 0")
+    if min(numbers) < 0 or max(numbers) >= 2**63 or not 0 < beat.interval < 1e9:
+        raise InvalidRequest(
+            "a heartbeat's numbers must be positive and its interval a finite number above 0"
+        )
     error = beat.last_error
     if error is not None:
         error = error[:MAX_WORKER_ERROR].replace("\x00", "\ufffd")
