@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import timedelta
 
 import pytest
 
-from jobtrack.errors import StoreUnavailable
+from jobtrack.errors import ConfigurationError, StoreUnavailable
 from jobtrack.jobs.heartbeat import Heartbeat, ItemCounter
+from jobtrack.monitor import Monitor
+from jobtrack.runtime.settings import Settings
 from jobtrack.store import InMemoryJobStore, StageCount, WorkerBeat, WorkerState
 from tests.conftest import SteppingClock
 
@@ -92,12 +95,26 @@ async def test_run_beats_and_stop_writes_stopped_at(clock: SteppingClock) -> Non
 
 @pytest.mark.parametrize("raw", ["0", "x", "3601"])
 def test_the_interval_setting_is_checked(raw: str) -> None:
-    from jobtrack.errors import ConfigurationError
-    from jobtrack.runtime.settings import Settings
-
     with pytest.raises(ConfigurationError, match="JOBTRACK_HEARTBEAT_INTERVAL"):
         Settings.from_env({"JOBTRACK_HEARTBEAT_INTERVAL": raw, "HOME": "/tmp"})
     assert (
         Settings.from_env({"JOBTRACK_HEARTBEAT_INTERVAL": "2", "HOME": "/tmp"}).heartbeat_interval
         == 2
     )
+
+
+async def test_the_monitor_purges_workers_silent_for_a_day(clock: SteppingClock) -> None:
+    store = InMemoryJobStore(clock=clock)
+    old = _heartbeat(store, clock)
+    await old.beat()
+    clock.advance(24 * 3600 + 1)
+    recent = _heartbeat(store, clock)
+    recent.worker_id = "w2"
+    recent.counter.count("t", "a")
+    await recent.beat()
+    monitor = Monitor(store, [], clock=clock, ledger_retention=timedelta(days=7))
+
+    await monitor.cycle()
+
+    assert [w.beat.worker_id for w in await store.list_workers()] == ["w2"]
+    assert len(await store.throughput(since=clock.now - timedelta(hours=1))) == 1
