@@ -57,6 +57,8 @@ def test_every_operation_keeps_to_the_document(server: Server) -> None:
         "GET /api/queues",
         "GET /api/queues/{queue}/dead",
         "GET /api/watch",
+        "GET /api/throughput",
+        "GET /api/workers",
         "GET /healthz",
         "GET /metrics",
         "POST /api/jobs/{job_id}/cancel",

@@ -37,6 +37,8 @@ def test_migrations_apply_once_per_component(tmp_path: Path) -> None:
         "change_seq",
         "job_items",
         "item_failures",
+        "workers",
+        "worker_throughput",
         "sqlite_sequence",
         "collections",
         "images",

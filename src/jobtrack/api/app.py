@@ -27,7 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobtrack.api.config import ApiConfig
 from jobtrack.api.feed import ChangeFeed
-from jobtrack.api.metrics import OverviewCollector, QueueCollector, render_metrics
+from jobtrack.api.metrics import (
+    OverviewCollector,
+    QueueCollector,
+    WorkerCollector,
+    render_metrics,
+)
 from jobtrack.api.overview import overview_json, watched_json
 from jobtrack.api.scans import ScanLauncher
 from jobtrack.api.schemas import (
@@ -49,11 +54,14 @@ from jobtrack.api.schemas import (
     QueuesOut,
     RetryOut,
     ScanIn,
+    ThroughputOut,
     WatchPage,
     WatchStateName,
+    WorkersOut,
 )
 from jobtrack.api.security import BodyLimit, LoopbackHostGuard, TokenGuard
 from jobtrack.api.stream import EventCache, job_events_stream, since_header
+from jobtrack.api.workers import throughput_json, throughput_since, workers_json
 from jobtrack.errors import (
     BrokerUnavailable,
     Conflict,
@@ -448,17 +456,20 @@ async def stream(request: Request) -> EventSourceResponse:
 )
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: items per stage, jobs per status, stuck jobs,
-    the monitor's events, this process's progress writes and latency."""
+    the monitor's events, workers per state and their items, this
+    process's progress writes and latency."""
     found = parts(request)
     threshold = found.clock() - timedelta(seconds=found.config.stuck_after)
     stats = await found.store.stats(stuck_before=threshold)
     counts = await found.store.count_by_type(stuck_before=threshold)
+    workers = await found.store.list_workers()
     return Response(
         render_metrics(
             stats,
             WRITE_STATS,
             OverviewCollector(counts),
             QueueCollector(await _queue_rows_or_none(found)),
+            WorkerCollector(workers),
         ),
         media_type="text/plain; version=0.0.4; charset=utf-8",
     )
@@ -626,6 +637,39 @@ async def watch(
         "next_offset": offset + limit if more else None,
         "stuck_after": stuck_after,
     }
+
+
+# Workers and throughput: the heartbeats the worker processes write.
+
+
+@router.get(
+    "/api/workers", response_model=WorkersOut, tags=["workers"], responses=_errors(401, 503)
+)
+async def workers(request: Request) -> dict[str, Any]:
+    """Every worker process that wrote a heartbeat in the last day, live
+    first: its host, pid, stages, concurrency, items and last error, and its
+    state (live; dead, since its last beat; stopped)."""
+    found = parts(request)
+    listed = await found.store.list_workers()
+    return workers_json(listed, found.app.settings.heartbeat_interval)
+
+
+@router.get(
+    "/api/throughput",
+    response_model=ThroughputOut,
+    tags=["workers"],
+    responses=_errors(401, 422, 503),
+)
+async def throughput(
+    request: Request, minutes: Annotated[int, Query(ge=1, le=1440)] = 60
+) -> dict[str, Any]:
+    """Items done and failed per job type and stage, summed over the
+    workers, per bucket over the last ``minutes``, with the totals of the
+    last minute and the last hour."""
+    found = parts(request)
+    now = found.clock()
+    points = await found.store.throughput(since=throughput_since(now, minutes))
+    return throughput_json(points, now, minutes)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

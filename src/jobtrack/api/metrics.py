@@ -18,13 +18,14 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from jobtrack.runtime.queues import QueueRow
-from jobtrack.store import StoreStats, TypeCounts
+from jobtrack.store import StoreStats, TypeCounts, WorkerInfo, WorkerState
 from jobtrack.tracking.stats import LATENCY_BUCKETS, WRITE_STATS, WriteStats
 
 __all__ = [
     "OverviewCollector",
     "QueueCollector",
     "StoreCollector",
+    "WorkerCollector",
     "WriteCollector",
     "render_metrics",
     "serve_write_metrics",
@@ -179,10 +180,43 @@ class WriteCollector(Collector):
         )
 
 
+class WorkerCollector(Collector):
+    """The workers' heartbeats (one ``JobStore.list_workers`` per scrape):
+    workers per state, and the items the live ones counted since they started."""
+
+    def __init__(self, workers: Sequence[WorkerInfo]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        states = GaugeMetricFamily(
+            "jobtrack_workers",
+            "Worker processes by the state of their heartbeat (live, dead, stopped)",
+            labels=["state"],
+        )
+        counts = dict.fromkeys(WorkerState, 0)
+        done = failed = 0
+        for info in self._workers:
+            counts[info.state] += 1
+            if info.state is WorkerState.LIVE:
+                done += info.beat.done
+                failed += info.beat.failed
+        for state, count in counts.items():
+            states.add_metric([state.value], count)
+        yield states
+        items = GaugeMetricFamily(
+            "jobtrack_worker_items",
+            "Items the live workers counted since they started, per outcome (from heartbeats)",
+            labels=["outcome"],
+        )
+        items.add_metric(["done"], done)
+        items.add_metric(["failed"], failed)
+        yield items
+
+
 def render_metrics(stats: StoreStats, writes: WriteStats, *more: Collector) -> bytes:
     """The exposition text of the API's ``/metrics``: the store's totals,
     this process's writes, and ``more`` collectors (the queues', the job
-    types' counts…)."""
+    types' counts, the workers'…)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(stats))
     registry.register(WriteCollector(writes))

@@ -27,16 +27,22 @@ __all__ = [
     "JobOut",
     "JobPage",
     "JobStatusFilter",
+    "OutcomeCountsOut",
     "OverviewOut",
     "QueueOut",
     "QueuesOut",
     "RetryOut",
     "ScanIn",
     "StageOut",
+    "ThroughputOut",
+    "ThroughputSeriesOut",
     "TypeCountsOut",
     "WatchPage",
     "WatchStateName",
     "WatchedOut",
+    "WorkerCountsOut",
+    "WorkerOut",
+    "WorkersOut",
 ]
 
 JobStatusName = Literal["pending", "in_progress", "completed", "failed", "cancelled"]
@@ -317,3 +323,79 @@ class WatchPage(BaseModel):
     offset: int
     next_offset: int | None
     stuck_after: float
+
+
+# Workers and throughput (GET /api/workers, GET /api/throughput).
+
+WorkerStateName = Literal["live", "dead", "stopped"]
+
+
+class WorkerOut(BaseModel):
+    """A worker process as its last heartbeat tells it: live, dead (no beat
+    for more than two intervals; ``dead_since``: its last beat) or stopped."""
+
+    id: str
+    state: WorkerStateName
+    host: str
+    pid: int = Field(ge=0)
+    stages: list[str]
+    concurrency: int = Field(ge=0)
+    prefetch: int = Field(ge=0)
+    interval: float = Field(gt=0)
+    done: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    last_error: str | None
+    last_error_at: str | None
+    started_at: str
+    beat_at: str
+    stopped_at: str | None
+    dead_since: str | None
+
+
+class WorkerCountsOut(BaseModel):
+    """How many workers are in each state."""
+
+    live: int = Field(ge=0)
+    dead: int = Field(ge=0)
+    stopped: int = Field(ge=0)
+
+
+class WorkersOut(BaseModel):
+    """Every worker, live first, and the server's heartbeat interval."""
+
+    heartbeat_interval: float
+    counts: WorkerCountsOut
+    workers: list[WorkerOut]
+
+
+class OutcomeCountsOut(BaseModel):
+    """Items done and failed."""
+
+    done: int = Field(ge=0)
+    failed: int = Field(ge=0)
+
+
+class ThroughputSeriesOut(BaseModel):
+    """One job type's stage: items done and failed per bucket (aligned with
+    ``buckets``), and its totals of the last minute and hour."""
+
+    job_type: str
+    stage: str
+    done: list[int]
+    failed: list[int]
+    last_minute: OutcomeCountsOut
+    last_hour: OutcomeCountsOut
+
+
+class ThroughputOut(BaseModel):
+    """Items counted by the workers, per job type and stage, in buckets of
+    ``bucket_seconds`` (their starts in ``buckets``, oldest first), with
+    the totals of the last minute and hour over every stage."""
+
+    bucket_seconds: int
+    minutes: int
+    now: str
+    buckets: list[str]
+    series: list[ThroughputSeriesOut]
+    last_minute: OutcomeCountsOut
+    last_hour: OutcomeCountsOut

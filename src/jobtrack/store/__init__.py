@@ -35,6 +35,13 @@ from jobtrack.store.overview import (
     WatchState,
 )
 from jobtrack.store.sqlite import SqliteDatabase, SqliteJobStore
+from jobtrack.store.workers import (
+    StageCount,
+    ThroughputPoint,
+    WorkerBeat,
+    WorkerInfo,
+    WorkerState,
+)
 
 __all__ = [
     "CHANGES_LIMIT",
@@ -51,12 +58,17 @@ __all__ = [
     "SearchField",
     "SqliteDatabase",
     "SqliteJobStore",
+    "StageCount",
     "StageProgress",
     "StoreStats",
+    "ThroughputPoint",
     "TypeCounts",
     "WatchQuery",
     "WatchState",
     "Watched",
+    "WorkerBeat",
+    "WorkerInfo",
+    "WorkerState",
     "open_store",
     "sqlite_path",
 ]

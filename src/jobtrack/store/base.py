@@ -31,6 +31,7 @@ from jobtrack.model import (
 from jobtrack.store.ledger import ItemFailure, LedgerItem, LedgerTally
 from jobtrack.store.overview import SearchField, TypeCounts, Watched, WatchQuery
 from jobtrack.store.text import MAX_KEY_LENGTH, key_problem, text_problem
+from jobtrack.store.workers import StageCount, ThroughputPoint, WorkerBeat, WorkerInfo
 
 __all__ = [
     "CHANGES_LIMIT",
@@ -701,6 +702,33 @@ class JobStore(Protocol):
         """Delete the ledger rows and failures of jobs that ended before
         ``ended_before``, at most ``limit`` jobs' worth a call; returns the
         number of jobs purged. Active jobs keep theirs whatever their age."""
+        ...
+
+    # Worker heartbeats and throughput (store/workers.py).
+
+    async def beat_worker(self, beat: WorkerBeat, counts: Sequence[StageCount] = ()) -> None:
+        """Write a worker's heartbeat (its one row, replaced) and, in the same
+        transaction, add ``counts`` (what it counted since its previous beat)
+        to its own row of the throughput bucket the beat falls in. Raises
+        :class:`InvalidRequest` for a beat
+        :func:`~jobtrack.store.workers.check_beat` refuses."""
+        ...
+
+    async def list_workers(self, *, limit: int = 1000) -> list[WorkerInfo]:
+        """The workers (at most ``limit``, the latest beats), live first, then
+        dead, then stopped, each with its state judged by the store's clock
+        (:func:`~jobtrack.store.workers.worker_state`)."""
+        ...
+
+    async def throughput(self, *, since: datetime) -> list[ThroughputPoint]:
+        """Items counted per throughput bucket, job type and stage, summed
+        over the workers, from the bucket ``since`` falls in on, oldest first."""
+        ...
+
+    async def purge_workers(self, *, before: datetime) -> int:
+        """Delete the workers last heard of (beat or stop) before ``before``,
+        and the throughput buckets that start before it; returns how many
+        workers were deleted."""
         ...
 
     async def aclose(self) -> None:

@@ -68,6 +68,15 @@ from jobtrack.store.overview import (
     Watched,
     WatchQuery,
 )
+from jobtrack.store.workers import (
+    StageCount,
+    ThroughputPoint,
+    WorkerBeat,
+    WorkerInfo,
+    bucket_start,
+    check_beat,
+    sorted_workers,
+)
 
 __all__ = ["InMemoryJobStore"]
 
@@ -90,6 +99,9 @@ class InMemoryJobStore(StageWrites):
         self._failures: dict[str, dict[tuple[str, str], _Failure]] = {}
         # job -> (stage, key) -> "done" or "failed", as recorded by record_outcomes
         self._outcomes: dict[str, dict[tuple[str, str], str]] = {}
+        self._workers: dict[str, WorkerBeat] = {}
+        # (bucket, worker, job type, stage) -> (done, failed)
+        self._throughput: dict[tuple[datetime, str, str, str], tuple[int, int]] = {}
         self._lock = asyncio.Lock()
 
     async def create_job(
@@ -494,6 +506,52 @@ class InMemoryJobStore(StageWrites):
                 self._ledger.pop(job_id, None)
                 self._failures.pop(job_id, None)
                 self._outcomes.pop(job_id, None)
+            return len(old)
+
+    # Worker heartbeats and throughput (store/workers.py).
+
+    async def beat_worker(self, beat: WorkerBeat, counts: Sequence[StageCount] = ()) -> None:
+        """Keep the worker's heartbeat and add ``counts`` to its row of the
+        beat's bucket. Raises ``InvalidRequest`` for a beat
+        :func:`~jobtrack.store.workers.check_beat` refuses."""
+        beat = check_beat(beat, counts)
+        bucket = bucket_start(beat.beat_at)
+        async with self._lock:
+            self._workers[beat.worker_id] = beat
+            for count in counts:
+                if count.done or count.failed:
+                    row = (bucket, beat.worker_id, count.job_type, count.stage)
+                    done, failed = self._throughput.get(row, (0, 0))
+                    self._throughput[row] = (done + count.done, failed + count.failed)
+
+    async def list_workers(self, *, limit: int = 1000) -> list[WorkerInfo]:
+        """The workers, live first, each with its state by the store's clock."""
+        async with self._lock:
+            beats = sorted(
+                self._workers.values(), key=lambda b: (-b.beat_at.timestamp(), b.worker_id)
+            )
+            return sorted_workers(beats[: max(limit, 0)], self._clock())
+
+    async def throughput(self, *, since: datetime) -> list[ThroughputPoint]:
+        """Items counted per bucket, job type and stage, summed over the
+        workers, from the bucket ``since`` falls in on."""
+        first = bucket_start(since)
+        sums: dict[tuple[datetime, str, str], tuple[int, int]] = {}
+        async with self._lock:
+            for (bucket, _, job_type, stage), (done, failed) in self._throughput.items():
+                if bucket >= first:
+                    was = sums.get((bucket, job_type, stage), (0, 0))
+                    sums[bucket, job_type, stage] = (was[0] + done, was[1] + failed)
+        return [ThroughputPoint(*key, *sums[key]) for key in sorted(sums)]
+
+    async def purge_workers(self, *, before: datetime) -> int:
+        """Drop the workers last heard of before ``before``, and older buckets."""
+        async with self._lock:
+            old = [wid for wid, beat in self._workers.items() if beat.beat_at < before]
+            for worker_id in old:
+                del self._workers[worker_id]
+            for row in [row for row in self._throughput if row[0] < before]:
+                del self._throughput[row]
             return len(old)
 
     async def aclose(self) -> None:

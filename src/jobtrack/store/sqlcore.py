@@ -21,6 +21,7 @@ Rows are mappings by column name, decoded by the engine's :class:`Codec`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,6 +72,15 @@ from jobtrack.store.overview import (
     Watched,
     WatchQuery,
     like_pattern,
+)
+from jobtrack.store.workers import (
+    StageCount,
+    ThroughputPoint,
+    WorkerBeat,
+    WorkerInfo,
+    bucket_start,
+    check_beat,
+    sorted_workers,
 )
 
 __all__ = [
@@ -157,6 +167,10 @@ class Codec:
             "action_at",
             "stage_started_at",
             "stage_completed_at",
+            "beat_at",
+            "stopped_at",
+            "last_error_at",
+            "bucket_start",
         }
     )
     JSON: ClassVar[frozenset[str]] = frozenset({"attributes", "data", "payload", "action_data"})
@@ -532,6 +546,44 @@ class SqlJobStore(StageWrites):
         were purged. Active jobs keep theirs whatever their age."""
         return await self._connector.run(_purge(ended_before, max(limit, 0)))
 
+    # Worker heartbeats and throughput (store/workers.py).
+
+    async def beat_worker(self, beat: WorkerBeat, counts: Sequence[StageCount] = ()) -> None:
+        """Write the worker's heartbeat and add ``counts`` to its row of the
+        beat's throughput bucket, in one transaction. Raises
+        ``InvalidRequest`` for a beat :func:`~jobtrack.store.workers.check_beat`
+        refuses."""
+        beat = check_beat(beat, counts)
+        await self._connector.run(_beat(beat, counts))
+
+    async def list_workers(self, *, limit: int = 1000) -> list[WorkerInfo]:
+        """The workers with a row, live first, each with its state by the
+        store's clock (one query)."""
+        rows = await self._connector.fetch(Fetch("list_workers", {"limit": max(limit, 0)}))
+        return sorted_workers([_beat_from_row(row) for row in rows], self._clock())
+
+    async def throughput(self, *, since: datetime) -> list[ThroughputPoint]:
+        """Items counted per bucket, job type and stage, summed over the
+        workers, from the bucket ``since`` falls in on (one query)."""
+        params = {"since": bucket_start(since)}
+        rows = await self._connector.fetch(Fetch("throughput", params))
+        return [
+            ThroughputPoint(
+                row["bucket_start"],
+                row["job_type"],
+                row["stage"],
+                int(row["done"]),
+                int(row["failed"]),
+            )
+            for row in rows
+        ]
+
+    async def purge_workers(self, *, before: datetime) -> int:
+        """Delete the workers whose last beat (or stop) is older than
+        ``before``, and the throughput buckets that start before it; returns
+        how many workers were deleted."""
+        return await self._connector.run(_purge_workers(before))
+
 
 def _type_counts(row: Row) -> TypeCounts:
     names = ("pending", "in_progress", "completed", "failed", "cancelled")
@@ -848,3 +900,64 @@ def _purge(before: datetime, limit: int) -> Plan[int]:
     yield Execute("purge_items", {"job_ids": ids})
     yield Execute("purge_failures", {"job_ids": ids})
     return len(ids)
+
+
+def _beat(beat: WorkerBeat, counts: Sequence[StageCount]) -> Plan[None]:
+    yield Execute(
+        "beat_worker",
+        {
+            "worker_id": beat.worker_id,
+            "host": beat.host,
+            "pid": beat.pid,
+            "stages_json": json.dumps(list(beat.stages)),
+            "concurrency": beat.concurrency,
+            "prefetch": beat.prefetch,
+            "interval": float(beat.interval),
+            "done": beat.done,
+            "failed": beat.failed,
+            "last_error": beat.last_error,
+            "last_error_at": beat.last_error_at,
+            "started_at": beat.started_at,
+            "beat_at": beat.beat_at,
+            "stopped_at": beat.stopped_at,
+        },
+    )
+    bucket = bucket_start(beat.beat_at)
+    for count in counts:
+        if count.done or count.failed:
+            yield Execute(
+                "add_throughput",
+                {
+                    "bucket_start": bucket,
+                    "worker_id": beat.worker_id,
+                    "job_type": count.job_type,
+                    "stage": count.stage,
+                    "done": count.done,
+                    "failed": count.failed,
+                },
+            )
+
+
+def _beat_from_row(row: Row) -> WorkerBeat:
+    return WorkerBeat(
+        worker_id=row["worker_id"],
+        host=row["host"],
+        pid=int(row["pid"]),
+        stages=tuple(json.loads(row["stages_json"])),
+        concurrency=int(row["concurrency"]),
+        prefetch=int(row["prefetch"]),
+        interval=float(row["beat_interval"]),
+        started_at=row["started_at"],
+        beat_at=row["beat_at"],
+        done=int(row["done"]),
+        failed=int(row["failed"]),
+        last_error=row["last_error"],
+        last_error_at=row["last_error_at"],
+        stopped_at=row["stopped_at"],
+    )
+
+
+def _purge_workers(before: datetime) -> Plan[int]:
+    purged = int((yield Execute("purge_workers", {"before": before})))
+    yield Execute("purge_throughput", {"before": before})
+    return purged

@@ -419,3 +419,48 @@ WHERE (m.stuck OR m.waiting OR m.redriving)
        OR (%(state)s::text = 'redriving' AND m.redriving))
 ORDER BY m.created_at DESC, m.id DESC
 LIMIT %(limit)s OFFSET %(offset)s;
+-- Worker heartbeats and throughput (store/workers.py).
+
+-- name: beat_worker
+INSERT INTO workers (worker_id, host, pid, stages_json, concurrency, prefetch, beat_interval,
+                     done, failed, last_error, last_error_at, started_at, beat_at, stopped_at)
+VALUES (%(worker_id)s, %(host)s, %(pid)s, %(stages_json)s, %(concurrency)s, %(prefetch)s,
+        %(interval)s, %(done)s, %(failed)s, %(last_error)s, %(last_error_at)s,
+        %(started_at)s, %(beat_at)s, %(stopped_at)s)
+ON CONFLICT (worker_id) DO UPDATE SET
+    host = excluded.host, pid = excluded.pid, stages_json = excluded.stages_json,
+    concurrency = excluded.concurrency, prefetch = excluded.prefetch,
+    beat_interval = excluded.beat_interval, done = excluded.done, failed = excluded.failed,
+    last_error = excluded.last_error, last_error_at = excluded.last_error_at,
+    started_at = excluded.started_at, beat_at = excluded.beat_at,
+    stopped_at = excluded.stopped_at;
+
+-- name: add_throughput
+-- Only this worker writes its rows: no other writer waits on them.
+INSERT INTO worker_throughput (bucket_start, worker_id, job_type, stage, done, failed)
+VALUES (%(bucket_start)s, %(worker_id)s, %(job_type)s, %(stage)s, %(done)s, %(failed)s)
+ON CONFLICT (bucket_start, worker_id, job_type, stage) DO UPDATE SET
+    done = worker_throughput.done + excluded.done,
+    failed = worker_throughput.failed + excluded.failed;
+
+-- name: list_workers
+SELECT worker_id, host, pid, stages_json, concurrency, prefetch, beat_interval, done, failed,
+       last_error, last_error_at, started_at, beat_at, stopped_at
+FROM workers
+ORDER BY beat_at DESC, worker_id
+LIMIT %(limit)s;
+
+-- name: throughput
+-- Summed over the workers, on the primary key's range of buckets.
+SELECT bucket_start, job_type, stage, SUM(done) AS done, SUM(failed) AS failed
+FROM worker_throughput
+WHERE bucket_start >= %(since)s
+GROUP BY bucket_start, job_type, stage
+ORDER BY bucket_start, job_type, stage;
+
+-- name: purge_workers
+-- Workers stopped, or silent (dead), since before the cutoff.
+DELETE FROM workers WHERE beat_at < %(before)s;
+
+-- name: purge_throughput
+DELETE FROM worker_throughput WHERE bucket_start < %(before)s;
