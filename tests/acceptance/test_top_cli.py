@@ -388,3 +388,11 @@ def test_top_once_and_workers_as_text_and_json(tmp_path: Path, prepared: Prepare
     )
     assert missing.returncode == 1
     assert f"store unavailable: no database at {tmp_path}/none.db" in missing.stdout
+
+
+def test_the_command_line_loads_without_fastapi() -> None:
+    check = "import sys, jobtrack.cli.main; print('fastapi' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout == "False\n"
