@@ -25,9 +25,11 @@ from typing import Any
 
 import pytest
 
+from jobtrack import App, Settings
 from jobtrack.model import Job, JobEvent, utc_now
 from jobtrack.store import SqliteJobStore, StageCount, WorkerBeat
 from jobtrack.store.workers import THROUGHPUT_BUCKET, bucket_start
+from tests import rabbitmq
 from tests.conftest import SteppingClock
 
 pytestmark = pytest.mark.timeout(120)
@@ -396,3 +398,54 @@ def test_the_command_line_loads_without_fastapi() -> None:
         [sys.executable, "-c", check], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout == "False\n"
+
+
+USER_APP = '''
+"""A user's app with one job type, ``imports``, whose ``rows`` stage has a queue."""
+
+from jobtrack.runtime import App
+
+app = App()
+imports = app.job_type("imports", ["rows"])
+
+
+@imports.handler("rows")
+def rows(item):
+    """Does nothing."""
+'''
+
+
+def test_top_shows_the_queues_of_a_shared_broker(tmp_path: Path, prepared: Prepared) -> None:
+    rabbitmq.require_server()
+    (tmp_path / "mytop.py").write_text(USER_APP, encoding="utf-8")
+    with rabbitmq.scratch_vhost("top_cli") as vhost:
+        broker_url = rabbitmq.vhost_url(vhost)
+        asyncio.run(_publish(broker_url, tmp_path, 4))
+        env = _env(tmp_path) | {
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]),
+            "JOBTRACK_APP": "mytop:app",
+            "JOBTRACK_BROKER_URL": broker_url,
+        }
+        done = subprocess.run(
+            [*JOBTRACK, "top", "--once", "--json", "--store", prepared.store_url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["queues_note"] is None
+    assert body["broker_error"] is None
+    assert [
+        (q["queue"], q["job_type"], q["stage"], q["messages"], q["consumers"], q["dead_letters"])
+        for q in body["queues"]
+    ] == [("jobtrack.imports.rows", "imports", "rows", 4, 0, 0)]
+
+
+async def _publish(broker_url: str, data_dir: Path, count: int) -> None:
+    """``count`` messages on the ``imports`` type's ``rows`` queue."""
+    app = App(Settings(data_dir=data_dir, store_url="memory://", broker_url=broker_url))
+    async with app:
+        await app.broker.publish_many("jobtrack.imports.rows", [b"{}"] * count)
