@@ -8,7 +8,13 @@ from datetime import UTC, datetime, timedelta
 from rich.console import Console
 
 from jobtrack.broker.base import QueueStats
-from jobtrack.cli.top import MEMORY_BROKER_NOTE, StageRate, TopSnapshot, render_top
+from jobtrack.cli.top import (
+    MEMORY_BROKER_NOTE,
+    WORKERS_SHOWN,
+    StageRate,
+    TopSnapshot,
+    render_top,
+)
 from jobtrack.model import JobEvent, JobStatus
 from jobtrack.runtime.queues import AppQueue, QueueRow
 from jobtrack.store import TypeCounts, Watched, WorkerBeat, WorkerInfo, WorkerState
@@ -180,3 +186,36 @@ def test_the_json_is_the_apis_objects() -> None:
 
 def test_per_second_is_over_the_minute() -> None:
     assert StageRate("t", "s", 90, 30).per_second == 2.0
+
+
+def test_a_frame_lists_the_first_workers_and_counts_them_all() -> None:
+    many = [WorkerInfo(_beat(f"w-{n:03}", 1000 + n, 1), WorkerState.LIVE) for n in range(12)] + [
+        WorkerInfo(_beat("w-gone", 7, 90), WorkerState.DEAD)
+    ]
+    text = _text(TopSnapshot(at=NOW, stuck_after=300.0, heartbeat_interval=5.0, workers=many))
+
+    shown = [row[0] for row in _rows(text)]
+    assert shown == [f"w-{n:03}" for n in range(WORKERS_SHOWN)]
+    assert f"workers (the first {WORKERS_SHOWN} of 13: 12 live, 1 dead)" in text
+
+
+def test_the_json_of_a_store_away_has_no_store_parts() -> None:
+    body = TopSnapshot(
+        at=NOW,
+        stuck_after=300.0,
+        heartbeat_interval=5.0,
+        queues_note=MEMORY_BROKER_NOTE,
+        store_error="no answer within 5 s",
+    ).to_dict()
+
+    assert body == {
+        "at": "2026-11-30T12:00:00.000Z",
+        "throughput": None,
+        "workers": None,
+        "overview": None,
+        "watched": None,
+        "queues": None,
+        "queues_note": MEMORY_BROKER_NOTE,
+        "store_error": "no answer within 5 s",
+        "broker_error": None,
+    }

@@ -53,6 +53,7 @@ from jobtrack.store import TypeCounts, Watched, WatchQuery, WorkerInfo, WorkerSt
 __all__ = [
     "MEMORY_BROKER_NOTE",
     "WATCHED_SHOWN",
+    "WORKERS_SHOWN",
     "StageRate",
     "TopSnapshot",
     "render_top",
@@ -64,6 +65,8 @@ __all__ = [
 
 #: The stuck and waiting jobs a frame lists, at most (the counts hold them all).
 WATCHED_SHOWN = 5
+#: The workers a frame lists, at most (live first; the title counts them all).
+WORKERS_SHOWN = 10
 #: What a frame says instead of the queues when the broker is in process.
 MEMORY_BROKER_NOTE = (
     "no queues: the broker is memory://, whose queues live inside the process running them"
@@ -246,11 +249,23 @@ def _rates_table(rates: Sequence[StageRate]) -> Table:
 _STATE_STYLE = {WorkerState.LIVE: "green", WorkerState.DEAD: "red", WorkerState.STOPPED: "dim"}
 
 
-def workers_table(workers: Sequence[WorkerInfo], now: datetime) -> Table:
+def workers_table(
+    workers: Sequence[WorkerInfo], now: datetime, *, shown: int | None = None
+) -> Table:
     """The workers' heartbeats as a Rich table: state (a dead worker's since
     its last beat), host, pid, stages, concurrency, items done and failed,
-    the last beat (as an age from ``now``) and the last error."""
-    table = Table(title="workers", title_justify="left")
+    the last beat (as an age from ``now``) and the last error; with
+    ``shown``, only the first so many, the title counting them all per
+    state."""
+    title = "workers"
+    if shown is not None and len(workers) > shown:
+        states = [info.state for info in workers]
+        per_state = ", ".join(
+            f"{states.count(state)} {state.value}" for state in WorkerState if state in states
+        )
+        title = f"workers (the first {shown} of {len(workers)}: {per_state})"
+        workers = workers[:shown]
+    table = Table(title=title, title_justify="left")
     for name in ("worker", "state", "host"):
         table.add_column(name, overflow="fold")
     table.add_column("pid", justify="right")
@@ -343,7 +358,7 @@ def render_top(snapshot: TopSnapshot, *, retrying: bool = True) -> RenderableTyp
         parts.append(Text("no stage queues in this app"))
     if snapshot.store_error is None:
         parts.append(
-            workers_table(snapshot.workers, now)
+            workers_table(snapshot.workers, now, shown=WORKERS_SHOWN)
             if snapshot.workers
             else Text("workers: none has written a heartbeat")
         )
