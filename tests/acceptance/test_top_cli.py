@@ -5,20 +5,13 @@ The live screen runs in a pseudo-terminal and is read as a terminal shows it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import json
 import os
-import re
-import select
 import signal
-import struct
 import subprocess
 import sys
-import termios
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,13 +24,13 @@ from jobtrack.store import SqliteJobStore, StageCount, WorkerBeat
 from jobtrack.store.workers import THROUGHPUT_BUCKET, bucket_start
 from tests import rabbitmq
 from tests.conftest import SteppingClock
+from tests.terminal import Screen, has_row, pseudo_terminal, rows_of, text_of
 
 pytestmark = pytest.mark.timeout(120)
 
 JOBTRACK = [sys.executable, "-m", "jobtrack"]
 PID = 31337
 INTERVAL = 0.5
-_ESCAPE = re.compile(rb"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][A-Za-z0-9]|[=>78])")
 
 
 @dataclass
@@ -113,66 +106,11 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-@dataclass
-class Screen:
-    """What a pseudo-terminal received, with the escape sequences left out."""
-
-    fd: int
-    raw: bytearray = field(default_factory=bytearray)
-
-    def read(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([self.fd], [], [], left)
-            if not ready:
-                return
-            try:
-                chunk = os.read(self.fd, 65536)
-            except OSError:  # the other end closed
-                return
-            if not chunk:
-                return
-            self.raw += chunk
-
-    @property
-    def frames(self) -> list[str]:
-        """The frames drawn so far, each as its text."""
-        text = _ESCAPE.sub(b"", bytes(self.raw)).decode("utf-8", "replace")
-        return text.split("jobtrack top — ")[1:]
-
-    def wait_for(self, check: Callable[[str], bool], *, within: float, after: int = 0) -> str:
-        """The first frame drawn after the first ``after`` that passes ``check``."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            self.read(0.2)
-            for frame in self.frames[after:-1]:  # the last one may be half drawn
-                if check(frame):
-                    return frame
-        shown = self.frames[-2:] if self.frames else ["(nothing)"]
-        raise AssertionError("no such frame; the last ones:\n" + "\n----\n".join(shown))
-
-
-def _rows(frame: str) -> list[list[str]]:
-    return [
-        [cell.strip() for cell in line.strip().strip("│").split("│")]
-        for line in frame.splitlines()
-        if line.strip().startswith("│")
-    ]
-
-
-def _has_row(*cells: str) -> Callable[[str], bool]:
-    return lambda frame: any(row[: len(cells)] == list(cells) for row in _rows(frame))
-
-
 @pytest.fixture
 def terminal() -> Iterator[tuple[int, int]]:
     """A pseudo-terminal of 60 lines of 200 columns: (master, slave)."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 200, 0, 0))
-    yield master, slave
-    for fd in (master, slave):
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    with pseudo_terminal() as ends:
+        yield ends
 
 
 def test_top_shows_the_live_numbers_in_a_terminal(
@@ -189,8 +127,8 @@ def test_top_shows_the_live_numbers_in_a_terminal(
     )
     screen = Screen(master)
     try:
-        first = screen.wait_for(_has_row("imports", "rows", "3", "1"), within=30)
-        rows = _rows(first)
+        first = screen.wait_for(has_row("imports", "rows", "3", "1"), within=30)
+        rows = rows_of(first)
         assert ["imports", "rows", "3", "1", "0.1", "3", "1"] in rows
         [worker] = [row for row in rows if row[0] == "w-top"]
         assert worker[:8] == ["w-top", "live", "box-7", str(PID), "imports/rows", "3", "3", "0"]
@@ -204,9 +142,9 @@ def test_top_shows_the_live_numbers_in_a_terminal(
         seen = len(screen.frames)
         asyncio.run(_count_more(prepared.path, 4))
         moved = screen.wait_for(
-            _has_row("imports", "rows", "7", "1"), within=6 * INTERVAL + 5, after=seen
+            has_row("imports", "rows", "7", "1"), within=6 * INTERVAL + 5, after=seen
         )
-        [worker] = [row for row in _rows(moved) if row[0] == "w-top"]
+        [worker] = [row for row in rows_of(moved) if row[0] == "w-top"]
         assert worker[6] == "7"
 
         process.send_signal(signal.SIGINT)
@@ -216,7 +154,7 @@ def test_top_shows_the_live_numbers_in_a_terminal(
             process.kill()
             process.wait()
     screen.read(0.5)
-    assert "Traceback" not in _ESCAPE.sub(b"", bytes(screen.raw)).decode("utf-8", "replace")
+    assert "Traceback" not in text_of(bytes(screen.raw))
 
 
 def test_top_says_a_missing_store_and_keeps_trying(
@@ -237,7 +175,7 @@ def test_top_says_a_missing_store_and_keeps_trying(
         screen.wait_for(lambda frame: "store unavailable: " in frame, within=30)
         seen = len(screen.frames)
         asyncio.run(_prepare(path))
-        screen.wait_for(_has_row("imports", "rows", "3", "1"), within=10, after=seen)
+        screen.wait_for(has_row("imports", "rows", "3", "1"), within=10, after=seen)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
     finally:
@@ -363,11 +301,11 @@ def test_top_once_and_workers_as_text_and_json(tmp_path: Path, prepared: Prepare
 
     once = run("top", "--once")
     assert once.returncode == 0, once.stderr
-    assert ["imports", "rows", "3", "1", "0.1", "3", "1"] in _rows(once.stdout)
+    assert ["imports", "rows", "3", "1", "0.1", "3", "1"] in rows_of(once.stdout)
 
     table = run("workers")
     assert table.returncode == 0, table.stderr
-    [row] = _rows(table.stdout)
+    [row] = rows_of(table.stdout)
     assert row[:8] == ["w-top", "live", "box-7", str(PID), "imports/rows", "3", "3", "0"]
 
     listed = run("workers", "--json")
