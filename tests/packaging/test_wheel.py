@@ -223,6 +223,23 @@ def test_core_installs_and_starts_without_pillow(core_venv: Venv) -> None:
     assert "No module named 'PIL'" in pillow.stderr
 
 
+def test_core_top_runs_without_the_api_extra(core_venv: Venv, tmp_path: Path) -> None:
+    fastapi = core_venv.run(core_venv.python, "-c", "import fastapi", check=False)
+    assert fastapi.returncode == 1
+    missing = tmp_path / "none.db"
+    top = core_venv.run(
+        core_venv.jobtrack,
+        "top",
+        "--once",
+        "--json",
+        "--store",
+        f"sqlite:///{missing}",
+        check=False,
+    )
+    assert top.returncode == 1, top.stderr
+    assert json.loads(top.stdout)["store_error"] == f"no database at {missing}"
+
+
 def test_core_sample_says_which_extra_to_install(core_venv: Venv, tmp_path: Path) -> None:
     sample = core_venv.run(core_venv.jobtrack, "sample", tmp_path / "photos", check=False)
     assert sample.returncode == 1

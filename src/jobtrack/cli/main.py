@@ -1,5 +1,5 @@
 """The ``jobtrack`` command line: ``scan``, ``worker``, ``monitor``, ``jobs``, ``serve``,
-``queues``, ``dead``, ``sample``."""
+``queues``, ``dead``, ``top``, ``workers``, ``sample``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from jobtrack.cli.options import (
 from jobtrack.cli.progress import JobProgress
 from jobtrack.cli.queues import dead, queues
 from jobtrack.cli.serve import serve
+from jobtrack.cli.top import top, workers
 from jobtrack.cli.views import job_json, plural, print_job
 from jobtrack.cli.worker import worker
 from jobtrack.errors import InvalidRequest, JobtrackError
@@ -55,8 +56,9 @@ def cli(verbose: int) -> None:
     without progress before a scan's job counts as abandoned, default 300) and
     JOBTRACK_CONSUMER_PROGRESS=on|off (off: consumers report nothing and the
     counts come from reconciliation against the catalog). monitor, serve,
-    jobs, queues and dead take --app MODULE:ATTR (or JOBTRACK_APP): your app, whose job types
-    they know (the built-in collection scan's by default).
+    jobs, queues, dead, top and workers take --app MODULE:ATTR (or
+    JOBTRACK_APP): your app, whose job types they know (the built-in
+    collection scan's by default).
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(
@@ -72,6 +74,8 @@ cli.add_command(monitor)
 cli.add_command(serve)
 cli.add_command(queues)
 cli.add_command(dead)
+cli.add_command(top)
+cli.add_command(workers)
 
 
 @cli.command()
