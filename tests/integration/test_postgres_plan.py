@@ -69,7 +69,9 @@ async def test_the_job_reads_join_the_stages_on_their_key(postgres_url: str) -> 
             """
         )
         _three_stages_each(conn)
-        params = {"status": None, "job_type": None, "updated_since": None}
+        params: dict[str, object] = {"status": None, "job_type": None, "updated_since": None}
+        params |= {"search": None, "active": False, "pattern": "%"}
+        params |= {"search_types": [], "search_paths": []}
         listed = "\n".join(
             row[0]
             for row in conn.execute(
