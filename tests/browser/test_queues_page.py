@@ -164,3 +164,39 @@ async def job_events(db: Path, job_id: str) -> list[tuple[str, str]]:
         return [(e.kind, e.message) for e in await store.list_events(job_id)]
     finally:
         await store.aclose()
+
+
+def test_a_view_entered_again_keeps_one_timer_and_stops_polling_when_left(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """Only the params change (``#/queues`` → ``#/queues?x=1``): the router
+    leaves the view before entering it again, so leaving it for the jobs
+    view stops every poll of ``/api/queues``."""
+    with running_server(tmp_path) as server:
+        page: Page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        polls: list[float] = []
+        page.on(
+            "request",
+            lambda request: (
+                polls.append(time.monotonic()) if request.url.endswith("/api/queues") else None
+            ),
+        )
+        page.goto(server.url + "/#/queues")
+        page.fill("#token", TOKEN)
+        page.dispatch_event("#token", "change")
+        expect(page.locator("#queues-note")).to_contain_text("memory://")
+        for again in ("#/queues?x=1", "#/queues?x=2", "#/queues?x=3"):
+            page.evaluate("(hash) => { location.hash = hash; }", again)
+            page.wait_for_timeout(300)
+        page.wait_for_timeout(4_500)  # two polls of one timer; four timers would make eight
+        recent = [t for t in polls if t > time.monotonic() - 4.4]
+        assert 1 <= len(recent) <= 3, len(recent)
+        page.evaluate("() => { location.hash = '#/jobs'; }")
+        page.wait_for_timeout(500)
+        left = len(polls)
+        page.wait_for_timeout(4_500)
+        assert len(polls) == left  # no timer left behind
+        assert errors == []
+        page.close()
