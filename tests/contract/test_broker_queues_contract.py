@@ -14,7 +14,7 @@ import aio_pika
 import pytest
 
 from jobtrack.broker import dead_letter_queue
-from jobtrack.errors import NotFound
+from jobtrack.errors import NotFound, TooManyDeadLetters
 from tests import rabbitmq
 from tests.contract.conftest import BrokerUnderTest
 from tests.contract.test_broker_contract import REJECTED, puppet_on, until
@@ -226,3 +226,24 @@ async def test_rabbitmq_keeps_the_order_and_marks_what_it_sends_back(
 
 async def _never() -> Any:
     raise AssertionError("not used here")
+
+
+async def test_more_dead_letters_than_are_held_at_once_is_an_error_that_changes_nothing(
+    under_test: BrokerUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = under_test
+    await rejected(b, [b"one", b"two", b"three"])
+    module = type(b.broker).__module__
+    monkeypatch.setattr(f"{module}.MAX_HELD_DEAD", 2)
+    with pytest.raises(TooManyDeadLetters, match="holds 3 dead letters, more than the 2"):
+        await b.broker.dead_messages(b.queue, limit=1)
+    with pytest.raises(TooManyDeadLetters):
+        await b.broker.settle_dead(b.queue, None, requeue=True)
+    assert await dead_count(b) == 3
+    assert (await b.broker.queue_stats(b.queue)).messages == 0
+    monkeypatch.setattr(f"{module}.MAX_HELD_DEAD", 3)
+    assert [d.body for d in await b.broker.dead_messages(b.queue, limit=3)] == [
+        b"one",
+        b"two",
+        b"three",
+    ]
