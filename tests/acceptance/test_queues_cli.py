@@ -144,6 +144,7 @@ def test_queues_and_dead_letters_from_the_command_line(tmp_path: Path, vhost: st
 
     sent = as_json(env, "dead", "requeue", QUEUE, letters["a"]["id"])
     assert [d["id"] for d in sent["requeued"]] == [letters["a"]["id"]]
+    assert sent["remaining"] == 2
     [row] = as_json(env, "queues")
     assert (row["messages"], row["dead_letters"]) == (1, 2)
 
@@ -151,6 +152,7 @@ def test_queues_and_dead_letters_from_the_command_line(tmp_path: Path, vhost: st
     assert sorted(d["id"] for d in dropped["dropped"]) == sorted(
         [letters["b"]["id"], letters[None]["id"]]
     )
+    assert dropped["remaining"] == 0
     [row] = as_json(env, "queues")
     assert (row["messages"], row["dead_letters"]) == (1, 0)
 

@@ -15,10 +15,13 @@ import pytest
 from jobtrack import App, Item, JobType, Settings
 from jobtrack.api.app import create_app
 from jobtrack.api.config import ApiConfig
-from jobtrack.broker import Broker, Delivery
+from jobtrack.broker import Broker, Delivery, InMemoryBroker
+from jobtrack.broker.base import DeadMessage
+from jobtrack.errors import BrokerUnavailable, PartlySettled
 from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.model import Job
 from tests import rabbitmq
+from tests.contract.test_broker_contract import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -231,3 +234,125 @@ async def test_the_builtin_servers_scans_run_on_the_broker_it_shows(tmp_path: Pa
         ("jobtrack.thumbnail", "thumbnail"),
         ("jobtrack.cache", "cache"),
     ]
+
+
+async def test_all_at_once_is_capped_and_says_how_many_remain(
+    tmp_path: Path, broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("jobtrack.runtime.queues.SETTLE_AT_ONCE", 2)
+    async with served(tmp_path, broker_url) as (client, app):
+        job = await app.store.create_job("imports", ["rows"])
+        await dead_lettered(app.broker, [item(job, k) for k in "abc"])
+        first = await client.post(
+            f"/api/queues/{QUEUE}/dead/drop", json={"all": True}, headers=AUTH
+        )
+        assert first.status_code == 200
+        assert [d["key"] for d in first.json()["dead_letters"]] == ["a", "b"]
+        assert first.json()["remaining"] == 1
+        rest = await client.post(f"/api/queues/{QUEUE}/dead/drop", json={"all": True}, headers=AUTH)
+        assert ([d["key"] for d in rest.json()["dead_letters"]], rest.json()["remaining"]) == (
+            ["c"],
+            0,
+        )
+
+
+async def test_a_send_back_lost_part_way_answers_what_was_done_and_records_it(
+    tmp_path: Path, broker_url: str
+) -> None:
+    async with served(tmp_path, broker_url) as (client, app):
+        job = await app.store.create_job("imports", ["rows"])
+        await dead_lettered(app.broker, [item(job, k) for k in "abc"])
+        letters = by_key((await client.get(f"/api/queues/{QUEUE}/dead")).json())
+        lose_after_one(app.broker)
+        answer = await client.post(
+            f"/api/queues/{QUEUE}/dead/requeue", json={"all": True}, headers=AUTH
+        )
+        assert answer.status_code == 503
+        body = answer.json()
+        assert "1 of 3" in body["error"]
+        assert [d["key"] for d in body["dead_letters"]] == ["a"]
+        assert body["not_done"] == [letters["b"]["id"], letters["c"]["id"]]
+        events = (await client.get(f"/api/jobs/{job.id}/events")).json()["events"]
+        assert [(e["kind"], letters["a"]["id"] in e["message"]) for e in events] == [
+            ("requeued", True)
+        ]
+        [row] = (await client.get("/api/queues")).json()["queues"]
+        assert (row["messages"], row["dead_letters"]) == (1, 2)
+
+
+def lose_after_one(broker: Broker) -> None:
+    """Make ``broker``'s next send-back lose the broker after one dead letter
+    is sent back: RabbitMQ's second publish is not confirmed; the in-process
+    broker answers as RabbitMQ then does."""
+    from jobtrack.broker.rabbitmq import RabbitMQBroker
+
+    if isinstance(broker, RabbitMQBroker):
+        publish = broker._publish
+        sent = 0
+
+        async def publish_once(queue: str, body: bytes, headers: Any, **kwargs: Any) -> None:
+            nonlocal sent
+            if sent >= 1:
+                raise BrokerUnavailable("publish not confirmed (lost by the test)")
+            sent += 1
+            await publish(queue, body, headers, **kwargs)
+
+        broker._publish = publish_once  # type: ignore[method-assign]
+        return
+    assert isinstance(broker, InMemoryBroker)
+    settle = broker.settle_dead
+
+    async def settle_one(
+        queue: str, ids: Any, *, requeue: bool, most: int | None = None
+    ) -> list[DeadMessage]:
+        listed = await broker.dead_messages(queue, limit=100)
+        chosen = [d.id for d in listed if ids is None or d.id in ids][:most]
+        taken = await settle(queue, chosen[:1], requeue=requeue)
+        raise PartlySettled("1 of 3 sent back, then lost", taken=taken, not_taken=chosen[1:])
+
+    broker.settle_dead = settle_one  # type: ignore[method-assign]
+
+
+async def test_a_dead_letter_sent_back_twice_counts_once(tmp_path: Path, broker_url: str) -> None:
+    """A send-back whose ack is lost after its publish leaves the item on
+    the queue and still dead; sending it back again puts it there twice:
+    the item counts once."""
+    async with served(tmp_path, broker_url) as (client, app):
+        async with app.start_job("imports") as producer:
+            await producer.add("rows", [("a", {"row": "a"})])
+        await dead_lettered_queue(app.broker)
+        [letter] = (await client.get(f"/api/queues/{QUEUE}/dead")).json()["dead_letters"]
+        sent = await client.post(
+            f"/api/queues/{QUEUE}/dead/requeue", json={"ids": [letter["id"]]}, headers=AUTH
+        )
+        assert sent.status_code == 200
+        body = encode_item(ItemMessage(producer.job.id, "imports", "rows", "a", {"row": "a"}))
+        await app.broker.publish(QUEUE, body)  # the second send-back of the same dead letter
+
+        async def worked() -> bool:
+            job = await app.store.get_job(producer.job.id)
+            idle = (await app.broker.queue_stats(QUEUE)).messages == 0
+            return idle and job.status.value == "completed"
+
+        async with app.working(concurrency=1):
+            await until(worked)
+            await asyncio.sleep(0.3)  # the duplicate, if it were counted, would be by now
+        job = await app.store.get_job(producer.job.id)
+        rows = job.stage("rows")
+        assert (rows.total_items, rows.completed_items, rows.failed_items) == (1, 1, 0)
+
+
+async def dead_lettered_queue(broker: Broker) -> None:
+    """Every message now in the queue rejected once, to its dead-letter queue."""
+    count = (await broker.queue_stats(QUEUE)).messages
+    seen: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def reject(delivery: Delivery) -> None:
+        await delivery.nack(requeue=False, reason=REASON)
+        seen.put_nowait(delivery.body)
+
+    subscription = await broker.consume(QUEUE, reject, prefetch=1)
+    async with asyncio.timeout(20):
+        for _ in range(count):
+            await seen.get()
+    await subscription.cancel()

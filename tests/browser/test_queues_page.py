@@ -164,3 +164,93 @@ async def job_events(db: Path, job_id: str) -> list[tuple[str, str]]:
         return [(e.kind, e.message) for e in await store.list_events(job_id)]
     finally:
         await store.aclose()
+
+
+def test_a_view_entered_again_keeps_one_timer_and_stops_polling_when_left(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """Only the params change (``#/queues`` → ``#/queues?x=1``): the router
+    leaves the view before entering it again, so leaving it for the jobs
+    view stops every poll of ``/api/queues``."""
+    with running_server(tmp_path) as server:
+        page: Page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        polls: list[float] = []
+        page.on(
+            "request",
+            lambda request: (
+                polls.append(time.monotonic()) if request.url.endswith("/api/queues") else None
+            ),
+        )
+        page.goto(server.url + "/#/queues")
+        page.fill("#token", TOKEN)
+        page.dispatch_event("#token", "change")
+        expect(page.locator("#queues-note")).to_contain_text("memory://")
+        for again in ("#/queues?x=1", "#/queues?x=2", "#/queues?x=3"):
+            page.evaluate("(hash) => { location.hash = hash; }", again)
+            page.wait_for_timeout(300)
+        page.wait_for_timeout(4_500)  # two polls of one timer; four timers would make eight
+        recent = [t for t in polls if t > time.monotonic() - 4.4]
+        assert 1 <= len(recent) <= 3, len(recent)
+        page.evaluate("() => { location.hash = '#/jobs'; }")
+        page.wait_for_timeout(500)
+        left = len(polls)
+        page.wait_for_timeout(4_500)
+        assert len(polls) == left  # no timer left behind
+        assert errors == []
+        page.close()
+
+
+async def swapped_dead_letter(settings: Settings, job_id: str) -> None:
+    """The queue's one dead letter dropped and another one dead-lettered:
+    the count stays 1, the ids differ."""
+    app = App(settings)
+    app.job_type("imports", ["rows"])
+    async with app:
+        assert len(await app.broker.settle_dead(QUEUE, None, requeue=False)) == 1
+        seen: asyncio.Event = asyncio.Event()
+
+        async def reject(delivery: Delivery) -> None:
+            await delivery.nack(requeue=False, reason=REASON)
+            seen.set()
+
+        await app.broker.publish(QUEUE, encode_item(ItemMessage(job_id, "imports", "rows", "x")))
+        subscription = await app.broker.consume(QUEUE, reject, prefetch=1)
+        async with asyncio.timeout(20):
+            await seen.wait()
+        await subscription.cancel()
+
+
+def test_the_dead_letters_are_listed_again_when_their_ids_change_but_not_their_count(
+    browser: Browser, tmp_path: Path, vhost: str
+) -> None:
+    (tmp_path / "myqueues.py").write_text(USER_APP, encoding="utf-8")
+    data_dir = tmp_path / "state"
+    data_dir.mkdir()
+    db = data_dir / "jobtrack.db"
+    broker_url = rabbitmq.vhost_url(vhost)
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]),
+        "JOBTRACK_APP": "myqueues:app",
+        "JOBTRACK_STORE_URL": f"sqlite:///{db}",
+        "JOBTRACK_BROKER_URL": broker_url,
+    }
+    settings = Settings(data_dir=data_dir, store_url=f"sqlite:///{db}", broker_url=broker_url)
+    with ThreadPoolExecutor(1) as thread, running_server(tmp_path, env=env) as server:
+        job_id = thread.submit(asyncio.run, dead_lettered_job(settings)).result()
+        page: Page = browser.new_page(viewport={"width": 1300, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server.url + "/#/queues")
+        page.fill("#token", TOKEN)
+        page.dispatch_event("#token", "change")
+        block = page.locator(f'#dead-letters [data-dead-queue="{QUEUE}"]')
+        expect(block.locator("tbody tr")).to_have_count(1, timeout=10_000)
+        expect(block.locator("tbody tr")).to_contain_text(job_id[:8])
+        expect(block.locator("tbody tr td").nth(6)).to_have_text("b")
+        thread.submit(asyncio.run, swapped_dead_letter(settings, job_id)).result()
+        expect(block.locator("tbody tr td").nth(6)).to_have_text("x", timeout=10_000)
+        expect(block.locator("tbody tr")).to_have_count(1)
+        assert errors == []
+        page.close()

@@ -202,7 +202,7 @@ class ModelBroker:
         raise BrokerError("the model broker keeps no dead letters to list")
 
     async def settle_dead(
-        self, queue: str, ids: Collection[str] | None, *, requeue: bool
+        self, queue: str, ids: Collection[str] | None, *, requeue: bool, most: int | None = None
     ) -> list[DeadMessage]:
         """Not offered: the machine counts its dead letters itself."""
         raise BrokerError("the model broker keeps no dead letters to settle")

@@ -6,10 +6,16 @@ a queue for each test)."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from typing import Any
+
+import aio_pika
 import pytest
 
 from jobtrack.broker import dead_letter_queue
-from jobtrack.errors import NotFound
+from jobtrack.errors import NotFound, TooManyDeadLetters
+from tests import rabbitmq
 from tests.contract.conftest import BrokerUnderTest
 from tests.contract.test_broker_contract import REJECTED, puppet_on, until
 
@@ -134,3 +140,110 @@ async def test_an_unknown_id_is_named_and_nothing_is_taken(under_test: BrokerUnd
     assert await dead_count(b) == 2
     assert (await b.broker.queue_stats(b.queue)).messages == 0
     assert [d.id for d in await b.broker.dead_messages(b.queue, limit=10)] == [d.id for d in listed]
+
+
+async def test_a_listing_never_changes_the_order_partial_or_whole(
+    under_test: BrokerUnderTest,
+) -> None:
+    """A quorum queue puts a message given back behind those given back
+    before: a partial listing after a whole one must not move the first
+    letters to the end."""
+    b = under_test
+    died = [f"m{i}".encode() for i in range(6)]
+    await rejected(b, died)
+    for limit in (2, 10, 2, 1, 10, 3):
+        assert [d.body for d in await b.broker.dead_messages(b.queue, limit=limit)] == died[:limit]
+        assert [d.body for d in await b.broker.dead_messages(b.queue, limit=10)] == died
+        assert await dead_count(b) == 6
+
+
+async def test_sending_back_or_dropping_some_keeps_the_others_in_order(
+    under_test: BrokerUnderTest,
+) -> None:
+    b = under_test
+    died = [f"m{i}".encode() for i in range(6)]
+    await rejected(b, died)
+    listed = await b.broker.dead_messages(b.queue, limit=10)
+    await b.broker.settle_dead(b.queue, [listed[1].id, listed[4].id], requeue=False)
+    kept = [died[0], died[2], died[3], died[5]]
+    assert [d.body for d in await b.broker.dead_messages(b.queue, limit=10)] == kept
+    first = await b.broker.settle_dead(b.queue, None, requeue=False, most=3)
+    assert [d.body for d in first] == kept[:3]
+    assert [d.body for d in await b.broker.dead_messages(b.queue, limit=10)] == kept[3:]
+
+
+async def test_an_id_held_by_another_listing_is_found_once_given_back(
+    under_test: BrokerUnderTest,
+) -> None:
+    b = under_test
+    await rejected(b, [b"one", b"two"])
+    listed = await b.broker.dead_messages(b.queue, limit=10)
+    listings = [b.broker.dead_messages(b.queue, limit=10) for _ in range(3)]
+    settling = b.broker.settle_dead(b.queue, [listed[1].id], requeue=False)
+    *again, taken = await asyncio.gather(*listings, settling)
+    assert [d.body for d in taken] == [b"two"]
+    assert await dead_count(b) == 1
+    assert [d.body for d in await b.broker.dead_messages(b.queue, limit=10)] == [b"one"]
+    assert all(len(one) <= 2 for one in again)
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+async def test_rabbitmq_keeps_the_order_and_marks_what_it_sends_back(
+    rabbitmq_vhost: str, queue_type: str
+) -> None:
+    """On both queue types: listings in any order leave the dead letters
+    as they died; one sent back carries its dead letter's id as message id
+    and the dead-letter queue in ``x-jobtrack-requeued-from``."""
+    from jobtrack.broker.rabbitmq import REQUEUED_HEADER, RabbitMQBroker
+
+    url = rabbitmq.vhost_url(rabbitmq_vhost, queue_type=queue_type)
+    broker = RabbitMQBroker(url)
+    queue = f"q-{queue_type}-{uuid.uuid4().hex[:8]}"
+    died = [f"m{i}".encode() for i in range(6)]
+    b = BrokerUnderTest(broker, queue, _never, _never, _never, quiet=0.5)
+    try:
+        await rejected(b, died)
+        for limit in (2, 10, 2, 1, 10):
+            listed = await broker.dead_messages(queue, limit=limit)
+            assert [d.body for d in listed] == died[:limit]
+            assert [d.body for d in await broker.dead_messages(queue, limit=10)] == died
+        listed = await broker.dead_messages(queue, limit=10)
+        await broker.settle_dead(queue, [listed[2].id], requeue=True)
+        rest = [died[i] for i in (0, 1, 3, 4, 5)]
+        assert [d.body for d in await broker.dead_messages(queue, limit=10)] == rest
+        connection = await aio_pika.connect(url)
+        try:
+            channel = await connection.channel()
+            declared = await channel.declare_queue(queue, passive=True)
+            back = await declared.get(no_ack=True, fail=True, timeout=5)
+            assert (back.body, back.message_id) == (died[2], listed[2].id)
+            assert (back.headers or {}).get(REQUEUED_HEADER) == dead_letter_queue(queue)
+        finally:
+            await connection.close()
+    finally:
+        await broker.aclose()
+
+
+async def _never() -> Any:
+    raise AssertionError("not used here")
+
+
+async def test_more_dead_letters_than_are_held_at_once_is_an_error_that_changes_nothing(
+    under_test: BrokerUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = under_test
+    await rejected(b, [b"one", b"two", b"three"])
+    module = type(b.broker).__module__
+    monkeypatch.setattr(f"{module}.MAX_HELD_DEAD", 2)
+    with pytest.raises(TooManyDeadLetters, match="holds 3 dead letters, more than the 2"):
+        await b.broker.dead_messages(b.queue, limit=1)
+    with pytest.raises(TooManyDeadLetters):
+        await b.broker.settle_dead(b.queue, None, requeue=True)
+    assert await dead_count(b) == 3
+    assert (await b.broker.queue_stats(b.queue)).messages == 0
+    monkeypatch.setattr(f"{module}.MAX_HELD_DEAD", 3)
+    assert [d.body for d in await b.broker.dead_messages(b.queue, limit=3)] == [
+        b"one",
+        b"two",
+        b"three",
+    ]

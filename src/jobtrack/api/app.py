@@ -68,16 +68,19 @@ from jobtrack.errors import (
     InvalidRequest,
     JobtrackError,
     NotFound,
+    PartlySettled,
     PathRefused,
     ScanNotStarted,
     StoreError,
     StoreMissing,
+    TooManyDeadLetters,
 )
 from jobtrack.jobs.types import failure_json, item_failures_of, search_fields
 from jobtrack.model import Clock, JobStatus, utc_now
 from jobtrack.runtime import App, Settings, cancel_job
 from jobtrack.runtime.builtin import builtin_app
 from jobtrack.runtime.queues import (
+    DeadLetterView,
     QueueRow,
     app_queue,
     drop_dead,
@@ -107,7 +110,7 @@ _ERROR_TEXT = {
     401: "no or a wrong bearer token",
     403: "not allowed: outside the scan roots, or the server takes no changes",
     404: "no such job, folder, queue or dead letter",
-    409: "not now: the job is running, or there is nothing to do",
+    409: "not now: the job is running, there is nothing to do, or too many dead letters",
     422: "malformed request",
     503: "the store or broker is unreachable, or the server cannot start a scan now",
 }
@@ -143,6 +146,8 @@ def _status_of(exc: JobtrackError) -> int:
         return 404
     if isinstance(exc, PathRefused):
         return 403
+    if isinstance(exc, TooManyDeadLetters):
+        return 409
     if isinstance(exc, InvalidRequest | Conflict):
         return 400 if isinstance(exc, InvalidRequest) else 409
     if isinstance(exc, StoreError | ScanNotStarted | BrokerUnavailable):
@@ -514,14 +519,16 @@ async def list_queues(request: Request) -> dict[str, Any]:
     "/api/queues/{queue}/dead",
     response_model=DeadLettersOut,
     tags=["queues"],
-    responses=_errors(401, 404, 422, 503),
+    responses=_errors(401, 404, 409, 422, 503),
 )
 async def dead_letters(
     request: Request, queue: str, limit: Annotated[int, Query(ge=1, le=MAX_DEAD)] = 100
 ) -> dict[str, Any]:
     """The first ``limit`` dead letters of a stage queue, oldest first,
     each with its id, reason, delivery count, when it died and the job,
-    stage and item it was for. Listing leaves them all in place."""
+    stage and item it was for. Listing changes nothing: every dead letter
+    stays, in its order, and the count with it (so it is a GET, open
+    when reads are). A queue holding more than 10,000 is a 409."""
     app = parts(request).app
     chosen = app_queue(app, queue)
     views = await list_dead(app, queue, limit=limit)
@@ -535,27 +542,36 @@ async def dead_letters(
 
 
 async def _settle(request: Request, queue: str, chosen: DeadSettleIn, *, requeue: bool) -> Any:
+    app = parts(request).app
     action = requeue_dead if requeue else drop_dead
     ids = list(dict.fromkeys(chosen.ids)) if isinstance(chosen, DeadIdsIn) else None
-    views = await action(parts(request).app, queue, ids, by=_by(request))
-    return {
-        "queue": queue,
-        "action": "requeued" if requeue else "dropped",
-        "dead_letters": [view.to_dict() for view in views],
-    }
+    answer: dict[str, Any] = {"queue": queue, "action": "requeued" if requeue else "dropped"}
+    try:
+        views = await action(app, queue, ids, by=_by(request))
+    except PartlySettled as exc:
+        logger.warning("%s %s: %s", request.method, request.url.path, exc)
+        done = [view.to_dict() for view in exc.taken if isinstance(view, DeadLetterView)]
+        answer |= {"error": str(exc), "dead_letters": done, "not_done": exc.not_taken}
+        return JSONResponse(answer, status_code=503)
+    remaining = (await app.broker.queue_stats(app_queue(app, queue).dead_queue)).messages
+    return answer | {"dead_letters": [view.to_dict() for view in views], "remaining": remaining}
 
 
 @router.post(
     "/api/queues/{queue}/dead/requeue",
     response_model=DeadSettledOut,
     tags=["queues"],
-    responses=_errors(401, 403, 404, 422, 503),
+    responses=_errors(401, 403, 404, 409, 422, 503),
 )
 async def requeue_dead_letters(request: Request, queue: str, chosen: DeadSettleIn) -> Any:
     """Send the chosen dead letters back to their queue (each published
     again, confirmed, before its dead copy goes) and record a ``requeued``
     event on each one's job. An id not found is a 404 naming it, and
-    nothing is sent back."""
+    nothing is sent back; an id another server's listing holds for a
+    moment is waited for. ``{"all": true}`` sends back at most 1,000 (the
+    answer's ``remaining`` says how many are left). A broker lost part way
+    answers 503 with the ones sent back (``dead_letters``, their events
+    recorded) and the ids not sent back (``not_done``)."""
     return await _settle(request, queue, chosen, requeue=True)
 
 
@@ -563,11 +579,14 @@ async def requeue_dead_letters(request: Request, queue: str, chosen: DeadSettleI
     "/api/queues/{queue}/dead/drop",
     response_model=DeadSettledOut,
     tags=["queues"],
-    responses=_errors(401, 403, 404, 422, 503),
+    responses=_errors(401, 403, 404, 409, 422, 503),
 )
 async def drop_dead_letters(request: Request, queue: str, chosen: DeadSettleIn) -> Any:
     """Drop the chosen dead letters and record a ``dropped`` event on each
-    one's job. An id not found is a 404 naming it, and nothing is dropped."""
+    one's job. An id not found is a 404 naming it, and nothing is dropped.
+    ``{"all": true}`` drops at most 1,000 (``remaining``: how many are
+    left). A broker lost part way answers 503 with the ones dropped and the
+    ids not dropped (``not_done``)."""
     return await _settle(request, queue, chosen, requeue=False)
 
 

@@ -259,11 +259,14 @@ DeadSettleIn = DeadIdsIn | DeadAllIn
 
 
 class DeadSettledOut(BaseModel):
-    """The dead letters sent back (``requeued``) or dropped."""
+    """The dead letters sent back (``requeued``) or dropped, and how many
+    the dead-letter queue still holds (a request for all of them takes at
+    most 1,000)."""
 
     queue: str
     action: Literal["requeued", "dropped"]
     dead_letters: list[DeadLetterOut]
+    remaining: int
 
 
 # The operator's overview: counts per job type, the watch list.

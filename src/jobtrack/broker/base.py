@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from jobtrack.errors import BrokerError
 
 __all__ = [
+    "MAX_HELD_DEAD",
     "Broker",
     "DeadMessage",
     "Delivery",
@@ -40,6 +41,11 @@ def dead_letter_queue(queue: str) -> str:
 def is_dead_letter_queue(queue: str) -> bool:
     """Whether ``queue`` is where another queue's rejected messages go."""
     return queue.endswith(_DEAD)
+
+
+MAX_HELD_DEAD = 10_000
+"""At most this many dead letters of one queue are listed, sent back or
+dropped: a broker holds them all at once, in memory, to keep their order."""
 
 
 LOGGED_TEXT = 300
@@ -172,22 +178,29 @@ class Broker(Protocol):
 
     async def dead_messages(self, queue: str, *, limit: int) -> list[DeadMessage]:
         """The first ``limit`` messages of ``queue``'s dead-letter queue,
-        oldest first, all left in it.
+        oldest first, all left in it, in the same order (a listing changes
+        nothing).
 
+        :raises TooManyDeadLetters: more than :data:`MAX_HELD_DEAD` dead letters.
         :raises BrokerUnavailable: the broker cannot be reached.
         """
         ...
 
     async def settle_dead(
-        self, queue: str, ids: Collection[str] | None, *, requeue: bool
+        self, queue: str, ids: Collection[str] | None, *, requeue: bool, most: int | None = None
     ) -> list[DeadMessage]:
-        """Take the messages ``ids`` (None: every one) out of ``queue``'s
-        dead-letter queue: with ``requeue``, each body is published back to
-        ``queue`` (confirmed) before its dead copy goes; without, it is
-        dropped. Returns the messages taken, oldest first.
+        """Take the messages ``ids`` (None: every one, or the first
+        ``most``) out of ``queue``'s dead-letter queue: with ``requeue``,
+        each body is published back to ``queue`` (confirmed, its message id
+        the dead letter's) before its dead copy goes; without, it is
+        dropped. Returns the messages taken, oldest first; the others keep
+        their order.
 
         :raises NotFound: an id is not in the dead-letter queue (named; then
             nothing is taken).
+        :raises TooManyDeadLetters: more than :data:`MAX_HELD_DEAD` dead letters.
+        :raises PartlySettled: the broker was lost part way (what was taken,
+            what was not).
         :raises BrokerUnavailable: the broker cannot be reached.
         """
         ...

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from jobtrack.broker.base import (
+    MAX_HELD_DEAD,
     DeadMessage,
     Handler,
     QueueStats,
@@ -27,7 +28,7 @@ from jobtrack.broker.base import (
     is_dead_letter_queue,
 )
 from jobtrack.broker.settle import SettleOnce, log_dead_letter, run_handler
-from jobtrack.errors import BrokerError, NotFound
+from jobtrack.errors import BrokerError, NotFound, TooManyDeadLetters
 from jobtrack.model import utc_now
 
 __all__ = ["DeadLetter", "InMemoryBroker"]
@@ -264,20 +265,33 @@ class InMemoryBroker:
         return QueueStats(queue, state.ready.qsize(), self.consumers(queue), state.unacked, age)
 
     async def dead_messages(self, queue: str, *, limit: int) -> list[DeadMessage]:
-        """The first ``limit`` dead letters of ``queue``, oldest first."""
-        letters = self.dead_letters.get(dead_letter_queue(queue), [])
+        """The first ``limit`` dead letters of ``queue``, oldest first.
+
+        :raises TooManyDeadLetters: more than :data:`MAX_HELD_DEAD`, as on RabbitMQ.
+        """
+        letters = self._held(queue)
         return [letter.listed() for letter in letters[: max(limit, 0)]]
 
+    def _held(self, queue: str) -> list[DeadLetter]:
+        letters = self.dead_letters.get(dead_letter_queue(queue), [])
+        if len(letters) > MAX_HELD_DEAD:
+            raise TooManyDeadLetters(
+                f"{dead_letter_queue(queue)} holds {len(letters)} dead letters, more than"
+                f" the {MAX_HELD_DEAD} listed, sent back or dropped at once"
+            )
+        return letters
+
     async def settle_dead(
-        self, queue: str, ids: Collection[str] | None, *, requeue: bool
+        self, queue: str, ids: Collection[str] | None, *, requeue: bool, most: int | None = None
     ) -> list[DeadMessage]:
-        """Take the dead letters ``ids`` (None: all) of ``queue``: requeued
-        (their bodies put back on ``queue``) or dropped.
+        """Take the dead letters ``ids`` (None: all, or the first ``most``)
+        of ``queue``: requeued (their bodies put back on ``queue``) or dropped.
 
         :raises NotFound: an id is not among them (nothing is taken).
+        :raises TooManyDeadLetters: more than :data:`MAX_HELD_DEAD`, as on RabbitMQ.
         """
-        letters = self.dead_letters.get(dead_letter_queue(queue), [])
-        chosen = set(ids) if ids is not None else {letter.id for letter in letters}
+        letters = self._held(queue)
+        chosen = set(ids) if ids is not None else {letter.id for letter in letters[:most]}
         missing = sorted(chosen.difference(letter.id for letter in letters))
         if missing:
             raise NotFound(

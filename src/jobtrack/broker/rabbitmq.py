@@ -101,6 +101,7 @@ from aio_pika.abc import (
 
 from jobtrack.broker.backoff import Backoff
 from jobtrack.broker.base import (
+    MAX_HELD_DEAD,
     DeadMessage,
     Handler,
     QueueStats,
@@ -115,7 +116,9 @@ from jobtrack.errors import (
     BrokerUnavailable,
     ConfigurationError,
     NotFound,
+    PartlySettled,
     QueueRefused,
+    TooManyDeadLetters,
     masked_url,
 )
 
@@ -134,6 +137,15 @@ REASON_HEADER = "x-jobtrack-reason"
 SOURCE_HEADER = "x-jobtrack-queue"
 COUNT_HEADER = "x-jobtrack-delivery-count"
 DIED_HEADER = "x-jobtrack-died-at"
+# On a dead letter sent back to its queue: the dead-letter queue it came from
+# (its message id is the dead letter's).
+REQUEUED_HEADER = "x-jobtrack-requeued-from"
+# Seconds a listing waits for another process's listing of the same
+# dead-letter queue to give it back, and for all of it to be delivered; and
+# how long a send-back looks again for an id not found.
+_HELD_PATIENCE = 2.0
+# Seconds without a delivery after which a listing stops waiting for more.
+_HELD_IDLE = 0.5
 # Headers the server changes while a message waits (a quorum queue counts
 # each return): left out of a dead letter's derived id.
 _VOLATILE_HEADERS = frozenset({"x-delivery-count"})
@@ -151,6 +163,9 @@ _GONE: tuple[type[BaseException], ...] = (
     ConnectionError,
 )
 _GONE_OR_SLOW: tuple[type[BaseException], ...] = (*_GONE, TimeoutError)
+# What stops a send-back of dead letters part way: a publish not confirmed,
+# or the channel holding them gone.
+_LOST_SETTLING: tuple[type[BaseException], ...] = (BrokerError, *_GONE_OR_SLOW)
 # What a failed connection attempt raises when the server is away (or refused).
 _CONNECT_FAILED: tuple[type[BaseException], ...] = (
     aiormq.exceptions.AMQPError,
@@ -1281,32 +1296,73 @@ class RabbitMQBroker:
         return QueueStats(queue, result.message_count or 0, result.consumer_count or 0)
 
     async def _held_dead(
-        self, channel: AbstractChannel, queue: str, limit: int | None
+        self, channel: AbstractChannel, queue: str, within: float
     ) -> list[tuple[DeadMessage, AbstractIncomingMessage]]:
-        """Take up to ``limit`` (None: all) messages of ``queue``'s
-        dead-letter queue on ``channel``, unacked: they go back when it
-        closes, unless acked. A dead-letter queue has no delivery limit, so
-        taking and returning them loses none."""
-        try:
-            dead = await channel.declare_queue(dead_letter_queue(queue), passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return []
-        held: list[tuple[DeadMessage, AbstractIncomingMessage]] = []
-        while limit is None or len(held) < limit:
-            message = await dead.get(no_ack=False, fail=False, timeout=_ATTACH_TIMEOUT)
-            if message is None:
+        """Take every message of ``queue``'s dead-letter queue on ``channel``,
+        unacked and in order: they go back when it closes, unless acked.
+
+        All of them, never some: a quorum queue puts a message given back
+        behind the others given back before, so returning only the first
+        few would move them to the end; returning all of them, in the order
+        taken, keeps the order. One ``basic.consume`` with a prefetch of the
+        whole queue takes them in a few round trips. While another listing
+        holds the queue (it consumes it), this one waits for it a moment,
+        so that the two do not split the messages between them.
+
+        :raises TooManyDeadLetters: more than :data:`MAX_HELD_DEAD`.
+        """
+        name = dead_letter_queue(queue)
+        loop = asyncio.get_running_loop()
+        patience = loop.time() + _HELD_PATIENCE
+        while True:
+            try:
+                dead = await channel.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return []
+            declared = dead.declaration_result
+            if not declared.consumer_count or loop.time() >= patience:
                 break
-            held.append((_dead_message(message), message))
-        return held
+            await asyncio.sleep(0.05)
+        count = declared.message_count or 0
+        if count < 1:
+            return []
+        if count > MAX_HELD_DEAD:
+            raise TooManyDeadLetters(
+                f"{name} holds {count} dead letters, more than the {MAX_HELD_DEAD} jobtrack"
+                " lists, sends back or drops at once: move or purge some with RabbitMQ's"
+                " own tools first"
+            )
+        await channel.set_qos(prefetch_count=count)
+        taken: list[AbstractIncomingMessage] = []
+        every = asyncio.Event()
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            taken.append(message)
+            if len(taken) >= count:
+                every.set()
+
+        tag = await dead.consume(take)
+        # Fewer than counted come when another process took some meanwhile:
+        # then wait only while they keep coming.
+        deadline, seen = loop.time() + within, -1
+        while not every.is_set() and len(taken) > seen and loop.time() < deadline:
+            seen = len(taken)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(every.wait(), _HELD_IDLE)
+        await dead.cancel(tag)
+        taken.sort(key=lambda message: message.delivery_tag or 0)
+        return [(_dead_message(message), message) for message in taken]
 
     async def dead_messages(
         self, queue: str, *, limit: int, within: float = 10.0
     ) -> list[DeadMessage]:
         """The first ``limit`` messages of ``queue``'s dead-letter queue,
-        oldest first: taken unacked on a channel of their own, then given
-        back by closing it (none is lost: the dead-letter queue has no
-        delivery limit).
+        oldest first. Every one is taken unacked on a channel of its own, in
+        order, then given back by closing it (none is lost: the dead-letter
+        queue has no delivery limit), so a listing changes neither the
+        order nor the count.
 
+        :raises TooManyDeadLetters: more than :data:`MAX_HELD_DEAD`.
         :raises BrokerUnavailable: no answer within ``within`` seconds.
         """
         if limit < 1:
@@ -1314,8 +1370,8 @@ class RabbitMQBroker:
         held: list[tuple[DeadMessage, AbstractIncomingMessage]] = []
         try:
             async with self._side_channel(within) as channel:
-                held = await self._held_dead(channel, queue, limit)
-                return [listed for listed, _ in held]
+                held = await self._held_dead(channel, queue, within)
+                return [listed for listed, _ in held[:limit]]
         finally:
             await self._returned(dead_letter_queue(queue), len(held), within)
 
@@ -1340,42 +1396,85 @@ class RabbitMQBroker:
         ids: Collection[str] | None,
         *,
         requeue: bool,
+        most: int | None = None,
         within: float = 10.0,
     ) -> list[DeadMessage]:
-        """Take the messages ``ids`` (None: all) out of ``queue``'s
-        dead-letter queue. Every dead letter is held unacked on a channel of
-        its own; with ``requeue`` each chosen body is published back to
-        ``queue`` (confirmed) before its dead copy is acked; without, it is
-        acked (dropped). Closing the channel gives back the others.
+        """Take the messages ``ids`` (None: all, or the first ``most``) out
+        of ``queue``'s dead-letter queue. Every dead letter is held unacked
+        on a channel of its own; with ``requeue`` each chosen body is
+        published back to ``queue`` (confirmed; its message id the dead
+        letter's, in an ``x-jobtrack-requeued-from`` header the dead-letter
+        queue) before its dead copy is acked; without, it is acked
+        (dropped). Closing the channel gives back the others, in order. An
+        id not found is looked for again for a moment: another process's
+        listing may hold it.
 
         :raises NotFound: an id is not in the dead-letter queue (named;
             nothing is taken).
-        :raises BrokerUnavailable: no answer within ``within`` seconds, or a
-            publish not confirmed (those before it are taken).
+        :raises TooManyDeadLetters: more than :data:`MAX_HELD_DEAD`.
+        :raises PartlySettled: the broker was lost part way (what was taken
+            and what was not).
+        :raises BrokerUnavailable: no answer within ``within`` seconds.
         """
-        returned = 0
+        loop = asyncio.get_running_loop()
+        patience = loop.time() + _HELD_PATIENCE
+        while True:
+            returned = 0
+            try:
+                async with self._side_channel(within) as channel:
+                    held = await self._held_dead(channel, queue, within)
+                    returned = len(held)
+                    chosen = _chosen(held, ids, most)
+                    missing = sorted(chosen.difference(listed.id for listed, _ in held))
+                    if not missing:
+                        taken = await self._take(queue, held, chosen, requeue=requeue)
+                        returned -= len(taken)
+                        return taken
+            except PartlySettled as exc:
+                returned -= len(exc.taken)
+                raise
+            finally:
+                await self._returned(dead_letter_queue(queue), returned, within)
+            if loop.time() >= patience:
+                raise NotFound(
+                    f"no dead letter {clip(', '.join(missing))} in {dead_letter_queue(queue)}"
+                )
+            await asyncio.sleep(0.1)
+
+    async def _take(
+        self,
+        queue: str,
+        held: list[tuple[DeadMessage, AbstractIncomingMessage]],
+        chosen: set[str],
+        *,
+        requeue: bool,
+    ) -> list[DeadMessage]:
+        """Send back (or drop) the ``chosen`` of ``held``, in order.
+
+        :raises PartlySettled: the broker was lost part way.
+        """
+        taken: list[DeadMessage] = []
         try:
-            async with self._side_channel(within) as channel:
-                held = await self._held_dead(channel, queue, None)
-                returned = len(held)
-                chosen = set(ids) if ids is not None else {listed.id for listed, _ in held}
-                missing = sorted(chosen.difference(listed.id for listed, _ in held))
-                if missing:
-                    raise NotFound(
-                        f"no dead letter {clip(', '.join(missing))} in {dead_letter_queue(queue)}"
-                    )
-                taken: list[DeadMessage] = []
-                for listed, message in held:
-                    if listed.id not in chosen:
-                        continue
-                    if requeue:
-                        await self._publish(queue, listed.body, headers=None)
-                    await message.ack()
-                    returned -= 1
-                    taken.append(listed)
-                return taken
-        finally:
-            await self._returned(dead_letter_queue(queue), returned, within)
+            for listed, message in held:
+                if listed.id not in chosen:
+                    continue
+                if requeue:
+                    headers = {REQUEUED_HEADER: dead_letter_queue(queue)}
+                    await self._publish(queue, listed.body, headers, message_id=listed.id)
+                await message.ack()
+                taken.append(listed)
+        except _LOST_SETTLING as exc:
+            done = {listed.id for listed in taken}
+            not_taken = [listed.id for listed, _ in held if listed.id in chosen - done]
+            what = "sent back" if requeue else "dropped"
+            raise PartlySettled(
+                f"{len(taken)} of {len(chosen)} dead letters of {dead_letter_queue(queue)}"
+                f" {what} before the broker was lost ({exc!r}); the other {len(not_taken)}"
+                " are still dead letters",
+                taken=taken,
+                not_taken=not_taken,
+            ) from exc
+        return taken
 
     async def aclose(self) -> None:
         """Stop every subscription and close the connection."""
@@ -1390,6 +1489,17 @@ class RabbitMQBroker:
         if connection is not None:
             with contextlib.suppress(*_GONE_OR_SLOW):
                 await asyncio.wait_for(connection.close(), 5.0)
+
+
+def _chosen(
+    held: list[tuple[DeadMessage, AbstractIncomingMessage]],
+    ids: Collection[str] | None,
+    most: int | None,
+) -> set[str]:
+    """The ids to take: ``ids``, or (None) the first ``most`` held (all)."""
+    if ids is not None:
+        return set(ids)
+    return {listed.id for listed, _ in held[:most]}
 
 
 def _dead_message(message: AbstractIncomingMessage) -> DeadMessage:

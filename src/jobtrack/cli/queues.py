@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from jobtrack.broker import dead_letter_queue
 from jobtrack.cli.options import (
     app_option,
     broker_option,
@@ -230,18 +231,20 @@ def _settle_command(name: str, *, requeue: bool) -> click.Command:
         chosen = None if every else list(dict.fromkeys(ids))
         action = requeue_dead if requeue else drop_dead
 
-        async def act(app: App) -> list[DeadLetterView]:
-            return await action(app, queue, chosen, by=_by())
+        async def act(app: App) -> tuple[list[DeadLetterView], int]:
+            taken = await action(app, queue, chosen, by=_by())
+            return taken, (await app.broker.queue_stats(dead_letter_queue(queue))).messages
 
-        taken = with_app(settings, act, app_spec=app_spec)
+        taken, remaining = with_app(settings, act, app_spec=app_spec)
         if as_json:
-            click.echo(json.dumps({"queue": queue, done: [v.to_dict() for v in taken]}, indent=2))
+            answer = {"queue": queue, done: [v.to_dict() for v in taken], "remaining": remaining}
+            click.echo(json.dumps(answer, indent=2))
             return
         where = f"back to {queue}" if requeue else f"from {queue}'s dead letters"
-        stdout.print(f"{done} {len(taken)} dead letter(s) {where}")
+        stdout.print(f"{done} {len(taken)} dead letter(s) {where}; {remaining} remain")
 
     command.help = (
-        f"{verb} the dead letters IDS of QUEUE (or --all of them)"
+        f"{verb} the dead letters IDS of QUEUE (or --all of them, at most 1,000 at once)"
         + (", published to QUEUE again," if requeue else "")
         + " and record it on each message's job. An id not found changes nothing."
     )

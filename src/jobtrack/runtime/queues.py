@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobtrack.broker.base import DeadMessage, QueueStats, clip, dead_letter_queue
-from jobtrack.errors import JobtrackError, MalformedMessage, NotFound
+from jobtrack.errors import JobtrackError, MalformedMessage, NotFound, PartlySettled
 from jobtrack.jobs.messages import decode_item
 from jobtrack.runtime.app import App
 
 __all__ = [
     "PREVIEW",
+    "SETTLE_AT_ONCE",
     "AppQueue",
     "DeadLetterView",
     "QueueRow",
@@ -39,6 +40,11 @@ logger = logging.getLogger(__name__)
 
 PREVIEW = 200
 """At most this many characters of a dead letter's body are shown."""
+
+SETTLE_AT_ONCE = 1000
+"""At most this many dead letters are sent back or dropped by one request
+for all of them; the rest wait for the next (the caller reports how many
+remain)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,11 +200,16 @@ async def list_dead(app: App, queue: str, *, limit: int) -> list[DeadLetterView]
 async def requeue_dead(
     app: App, queue: str, ids: Collection[str] | None, *, by: str
 ) -> list[DeadLetterView]:
-    """Send the dead letters ``ids`` (None: all) of ``queue`` back to it,
-    and record a ``requeued`` event on the job of each (``by`` says who).
+    """Send the dead letters ``ids`` (None: all, at most
+    :data:`SETTLE_AT_ONCE`) of ``queue`` back to it, and record a
+    ``requeued`` event on the job of each (``by`` says who).
 
     :raises NotFound: ``queue`` is not one of the app's stage queues, or an
         id is not among its dead letters (named; nothing is sent back).
+    :raises TooManyDeadLetters: the dead-letter queue holds more than the
+        broker takes at once.
+    :raises PartlySettled: the broker was lost part way: the views of those
+        sent back (their events recorded) and the ids not sent back.
     :raises BrokerUnavailable: the broker cannot be reached.
     """
     return await _settle(app, queue, ids, requeue=True, by=by)
@@ -207,11 +218,16 @@ async def requeue_dead(
 async def drop_dead(
     app: App, queue: str, ids: Collection[str] | None, *, by: str
 ) -> list[DeadLetterView]:
-    """Drop the dead letters ``ids`` (None: all) of ``queue``, and record a
-    ``dropped`` event on the job of each (``by`` says who).
+    """Drop the dead letters ``ids`` (None: all, at most
+    :data:`SETTLE_AT_ONCE`) of ``queue``, and record a ``dropped`` event
+    on the job of each (``by`` says who).
 
     :raises NotFound: ``queue`` is not one of the app's stage queues, or an
         id is not among its dead letters (named; nothing is dropped).
+    :raises TooManyDeadLetters: the dead-letter queue holds more than the
+        broker takes at once.
+    :raises PartlySettled: the broker was lost part way: the views of those
+        dropped (their events recorded) and the ids not dropped.
     :raises BrokerUnavailable: the broker cannot be reached.
     """
     return await _settle(app, queue, ids, requeue=False, by=by)
@@ -223,8 +239,25 @@ async def _settle(
     chosen = app_queue(app, queue)
     if ids is not None and not ids:
         return []
-    taken = await app.broker.settle_dead(chosen.queue, ids, requeue=requeue)
+    most = SETTLE_AT_ONCE if ids is None else None
+    try:
+        taken = await app.broker.settle_dead(chosen.queue, ids, requeue=requeue, most=most)
+    except PartlySettled as exc:
+        done = [
+            DeadLetterView.of(message) for message in exc.taken if isinstance(message, DeadMessage)
+        ]
+        await _record(app, chosen, done, requeue=requeue, by=by)
+        raise PartlySettled(str(exc), taken=done, not_taken=exc.not_taken) from exc
     views = [DeadLetterView.of(message) for message in taken]
+    await _record(app, chosen, views, requeue=requeue, by=by)
+    return views
+
+
+async def _record(
+    app: App, chosen: AppQueue, views: list[DeadLetterView], *, requeue: bool, by: str
+) -> None:
+    """A ``requeued`` (or ``dropped``) event on the job of each of ``views``;
+    one that cannot be recorded is logged (the message is settled)."""
     kind = "requeued" if requeue else "dropped"
     done = f"sent back to {chosen.queue}" if requeue else f"dropped from {chosen.dead_queue}"
     for view in views:
@@ -246,4 +279,3 @@ async def _settle(
                 exc,
                 extra={"action": "dead_letter_event_lost", "queue": chosen.queue},
             )
-    return views

@@ -2,15 +2,19 @@
 // depth, consumers, messages in flight and oldest message where the broker
 // tells, live every 2 s; below, each dead-letter queue that holds messages,
 // with a checkbox per message and "Send back" / "Drop" for those checked.
+// The dead letters are listed again at every poll (at most LISTS_PER_POLL
+// queues a poll, in turn) and drawn again when their ids or count differ.
 // Every server value goes through textContent.
 "use strict";
 
 (() => {
   const POLL_MS = 2000;
   const DEAD_LIMIT = 200;
+  const LISTS_PER_POLL = 4;
   let timer = null;
   let polling = false;
-  const seenCounts = new Map();  // queue -> dead-letter count last listed
+  let nextList = 0;              // where the next poll's turn of listings starts
+  const seenLists = new Map();   // queue -> its listing last drawn: ids and count
   const selected = new Map();    // queue -> Set of checked dead-letter ids
 
   function section() { return $("queues-view"); }
@@ -90,10 +94,11 @@
       const n = done.dead_letters.length;
       say((action === "requeue" ? "sent back " : "dropped ") + n + " dead letter" + (n === 1 ? "" : "s") + " of " + queue);
       checked(queue).clear();
-      seenCounts.delete(queue);
+      seenLists.delete(queue);
       await poll();
     } catch (e) {
       say(String(e.message || e), true);
+      seenLists.delete(queue);  // part may be done: list it again
     } finally {
       button.disabled = false;
     }
@@ -170,6 +175,18 @@
     block.append(table);
   }
 
+  // The queues whose dead letters this poll lists: those never drawn first,
+  // then the others in turn, LISTS_PER_POLL at most.
+  function listingsDue(rows) {
+    const dead = rows.filter((row) => row.dead_letters > 0);
+    const fresh = dead.filter((row) => !seenLists.has(row.queue));
+    const start = dead.length ? nextList % dead.length : 0;
+    const turn = [...dead.slice(start), ...dead.slice(0, start)].filter((row) => seenLists.has(row.queue));
+    const due = [...fresh, ...turn].slice(0, LISTS_PER_POLL);
+    nextList = start + Math.max(LISTS_PER_POLL - fresh.length, 0);
+    return due;
+  }
+
   async function poll() {
     if (polling) return;
     polling = true;
@@ -181,14 +198,15 @@
       for (const block of [...holder.children]) {
         if (!withDead.has(block.dataset.deadQueue)) {
           block.remove();
-          seenCounts.delete(block.dataset.deadQueue);
+          seenLists.delete(block.dataset.deadQueue);
           selected.delete(block.dataset.deadQueue);
         }
       }
-      for (const row of data.queues) {
-        if (!row.dead_letters || seenCounts.get(row.queue) === row.dead_letters) continue;
+      for (const row of listingsDue(data.queues)) {
         const listed = await api("GET", "/api/queues/" + encodeURIComponent(row.queue) + "/dead?limit=" + DEAD_LIMIT);
-        seenCounts.set(row.queue, row.dead_letters);
+        const seen = listed.total + " " + listed.dead_letters.map((d) => d.id).join(" ");
+        if (seenLists.get(row.queue) === seen) continue;
+        seenLists.set(row.queue, seen);
         renderDead(row.queue, listed);
       }
     } catch (e) {
@@ -200,7 +218,8 @@
 
   registerView("queues", {
     enter() {
-      seenCounts.clear();
+      clearInterval(timer);  // entered again without a leave: one timer only
+      seenLists.clear();
       poll();
       timer = setInterval(poll, POLL_MS);
     },

@@ -104,7 +104,7 @@
 
   const chartView = {
     enter() {
-      if (timer) return;
+      clearInterval(timer);  // entered again without a leave: one timer only
       poll();
       timer = setInterval(poll, POLL_MS);
     },

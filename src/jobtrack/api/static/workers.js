@@ -88,7 +88,7 @@
 
   registerView("workers", {
     enter() {
-      if (timer) return;
+      clearInterval(timer);  // entered again without a leave: one timer only
       poll();
       timer = setInterval(poll, POLL_MS);
     },
