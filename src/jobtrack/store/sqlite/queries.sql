@@ -408,18 +408,22 @@ LIMIT :limit OFFSET :offset;
 -- Worker heartbeats and throughput (store/workers.py).
 
 -- name: beat_worker
+-- Skipped (no row changed) when the row holds this beat's number or a later
+-- one: a beat written again; its counts are then not added again.
 INSERT INTO workers (worker_id, host, pid, stages_json, concurrency, prefetch, beat_interval,
-                     done, failed, last_error, last_error_at, started_at, beat_at, stopped_at)
+                     done, failed, last_error, last_error_at, started_at, beat_at, stopped_at,
+                     beat_seq)
 VALUES (:worker_id, :host, :pid, :stages_json, :concurrency, :prefetch,
         :interval, :done, :failed, :last_error, :last_error_at,
-        :started_at, :beat_at, :stopped_at)
+        :started_at, :beat_at, :stopped_at, :seq)
 ON CONFLICT (worker_id) DO UPDATE SET
     host = excluded.host, pid = excluded.pid, stages_json = excluded.stages_json,
     concurrency = excluded.concurrency, prefetch = excluded.prefetch,
     beat_interval = excluded.beat_interval, done = excluded.done, failed = excluded.failed,
     last_error = excluded.last_error, last_error_at = excluded.last_error_at,
     started_at = excluded.started_at, beat_at = excluded.beat_at,
-    stopped_at = excluded.stopped_at;
+    stopped_at = excluded.stopped_at, beat_seq = MAX(workers.beat_seq, excluded.beat_seq)
+WHERE excluded.beat_seq = 0 OR workers.beat_seq < excluded.beat_seq;
 
 -- name: add_throughput
 -- Only this worker writes its rows: no other writer waits on them.
@@ -431,7 +435,7 @@ ON CONFLICT (bucket_start, worker_id, job_type, stage) DO UPDATE SET
 
 -- name: list_workers
 SELECT worker_id, host, pid, stages_json, concurrency, prefetch, beat_interval, done, failed,
-       last_error, last_error_at, started_at, beat_at, stopped_at
+       last_error, last_error_at, started_at, beat_at, stopped_at, beat_seq
 FROM workers
 ORDER BY beat_at DESC, worker_id
 LIMIT :limit;
