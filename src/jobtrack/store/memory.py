@@ -642,7 +642,7 @@ class InMemoryJobStore(StageWrites):
 def _found(job: Job, term: str, fields: Sequence[SearchField]) -> bool:
     """Whether the job's id starts with ``term``, or one of its type's
     fields holds a string that contains it, case-insensitively."""
-    if job.id.startswith(term):
+    if job.id.startswith(term.lower()):  # ids are lowercase hex
         return True
     for search in fields:
         if search.job_type != job.job_type:

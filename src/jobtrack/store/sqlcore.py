@@ -293,6 +293,8 @@ class SqlJobStore(StageWrites):
             "limit": query.limit,
             "offset": query.offset,
             "search": query.search,
+            # Ids are lowercase hex: the prefix matched whatever the term's case.
+            "id_prefix": None if query.search is None else query.search.lower(),
             "active": query.active,
             "pattern": like_pattern(query.search or ""),
             "search_types": [field.job_type for field in query.search_fields],

@@ -209,9 +209,10 @@ WITH page AS (
       AND (NOT %(active)s::boolean OR status IN ('pending', 'in_progress'))
       -- A search (store.overview): the id's prefix, or a string at one of the
       -- dotted paths (%(search_paths)s) of the job's type (%(search_types)s,
-      -- the same index), holding the lowercased %(pattern)s.
+      -- the same index), holding the lowercased %(pattern)s. Ids are lowercase:
+      -- %(id_prefix)s is the term lowercased.
       AND (%(search)s::text IS NULL
-           OR substr(id, 1, length(%(search)s::text)) = %(search)s::text
+           OR substr(id, 1, length(%(id_prefix)s::text)) = %(id_prefix)s::text
            OR EXISTS (SELECT 1
                       FROM unnest(%(search_types)s::text[], %(search_paths)s::text[])
                           AS f(job_type, path)

@@ -71,6 +71,7 @@ ORDER BY s.position;
 -- A search (store.overview): the id's prefix, or a string at one of the
 -- paths (:search_paths, SQLite JSON paths) of the job's type (:search_types,
 -- the same index) that is LIKE :pattern (lowercased; LIKE folds ASCII case).
+-- Ids are lowercase: :id_prefix is the term lowercased.
 -- The fields are read once (fields), not for every job.
 WITH fields AS MATERIALIZED (
     SELECT t.value AS job_type, p.value AS path
@@ -81,7 +82,7 @@ WITH fields AS MATERIALIZED (
     WHERE (:status IS NULL OR status = :status) AND (:job_type IS NULL OR job_type = :job_type)
       AND (:updated_since IS NULL OR updated_at >= :updated_since)
       AND (NOT :active OR status IN ('pending', 'in_progress'))
-      AND (:search IS NULL OR substr(id, 1, length(:search)) = :search
+      AND (:search IS NULL OR substr(id, 1, length(:id_prefix)) = :id_prefix
            OR EXISTS (SELECT 1 FROM fields AS f
                       WHERE f.job_type = jobs.job_type
                         AND (attributes ->> f.path) LIKE :pattern ESCAPE '\'
