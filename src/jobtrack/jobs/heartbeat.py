@@ -25,6 +25,7 @@ from jobtrack.errors import InvalidRequest, JobtrackError
 from jobtrack.model import Clock, utc_now
 from jobtrack.store import JobStore, StageCount, WorkerBeat
 from jobtrack.store.workers import MAX_WORKER_STAGES, count_problem, worker_name_problem
+from jobtrack.tracking.receipt import Outcome, Receipt
 
 __all__ = ["STOP_WAIT", "Heartbeat", "ItemCounter", "new_worker_id"]
 
@@ -61,11 +62,21 @@ class ItemCounter:
     """Items a worker counted: in total since it started, and per job type
     and stage since the last :meth:`take`. Used on the event loop only."""
 
-    __slots__ = ("_clock", "_pending", "done", "failed", "last_error", "last_error_at")
+    __slots__ = (
+        "_clock",
+        "_pending",
+        "_receipts",
+        "done",
+        "failed",
+        "last_error",
+        "last_error_at",
+    )
 
     def __init__(self, *, clock: Clock = utc_now) -> None:
         self._clock = clock
         self._pending: dict[tuple[str, str], list[int]] = {}
+        # Receipts waited for (by Receipt.ident): job type, stage, last error.
+        self._receipts: dict[int, tuple[str, str, str | None]] = {}
         self.done = 0
         self.failed = 0
         self.last_error: str | None = None
@@ -73,17 +84,50 @@ class ItemCounter:
 
     def count(self, job_type: str, stage: str, *, error: str | None = None) -> None:
         """One item of the stage counted: done, or failed with ``error``."""
+        if error is None:
+            self.add(job_type, stage, done=1)
+        else:
+            self.add(job_type, stage, failed=1, error=error)
+
+    def add(
+        self, job_type: str, stage: str, *, done: int = 0, failed: int = 0, error: str | None = None
+    ) -> None:
+        """Items of the stage counted: ``done`` and ``failed``, the last of
+        those failed with ``error``."""
+        if not (done or failed):
+            return
         cell = self._pending.get((job_type, stage))
         if cell is None:
             cell = self._pending[job_type, stage] = [0, 0]
-        if error is None:
-            cell[0] += 1
-            self.done += 1
-        else:
-            cell[1] += 1
-            self.failed += 1
+        cell[0] += done
+        cell[1] += failed
+        self.done += done
+        self.failed += failed
+        if failed and error is not None:
             self.last_error = error
             self.last_error_at = self._clock()
+
+    def count_receipt(
+        self, job_type: str, stage: str, receipt: Receipt, error: str | None = None
+    ) -> None:
+        """Count the items of ``receipt`` as the store counted them, once its
+        outcome is known (:attr:`~jobtrack.tracking.receipt.Outcome.done`,
+        ``failed``: none refused, dropped, or counted before, as a redelivered
+        item is). Items that share a receipt are counted once for all of
+        them, under the job type and stage of the first; ``error`` is the
+        item's, kept as the last error if the receipt counts failed items."""
+        ident = receipt.ident
+        known = self._receipts.get(ident)
+        if known is not None:
+            if error is not None:
+                self._receipts[ident] = (known[0], known[1], error)
+            return
+        self._receipts[ident] = (job_type, stage, error)
+        receipt.when_known(lambda outcome: self._counted(ident, outcome))
+
+    def _counted(self, ident: int, outcome: Outcome) -> None:
+        job_type, stage, error = self._receipts.pop(ident)
+        self.add(job_type, stage, done=outcome.done, failed=outcome.failed, error=error)
 
     def take(self) -> list[StageCount]:
         """What was counted since the last call, per job type and stage."""
