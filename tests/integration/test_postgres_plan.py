@@ -65,7 +65,9 @@ async def test_the_job_reads_join_the_stages_on_their_key(postgres_url: str) -> 
             """
         )
         _three_stages_each(conn)
-        params = {"status": None, "job_type": None, "updated_since": None}
+        params: dict[str, object] = {"status": None, "job_type": None, "updated_since": None}
+        params |= {"active": False, "search": None, "id_prefix": None, "pattern": "%"}
+        params |= {"search_types": [], "search_paths": []}
         listed = "\n".join(
             row[0]
             for row in conn.execute(
