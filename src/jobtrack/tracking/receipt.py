@@ -97,11 +97,11 @@ class Receipt:
 
     def when_known(self, callback: Callable[[Outcome], None]) -> None:
         """Call ``callback(outcome)`` once the outcome is known (soon, on
-        the loop, if it is known already); never for a cancelled wait."""
+        the loop, if it is known already); a cancelled wait is told as not
+        written."""
 
         def known(future: asyncio.Future[Outcome]) -> None:
-            if not future.cancelled():
-                callback(future.result())
+            callback(NOT_WRITTEN if future.cancelled() else future.result())
 
         self._future.add_done_callback(known)
 
