@@ -4,8 +4,8 @@ worker processes write them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,11 +21,39 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield running
 
 
+class PastClock:
+    """The real clock, ``ago`` seconds back: the store stamps each beat
+    with its clock, so beats heard of in the past are written with this."""
+
+    def __init__(self) -> None:
+        self.ago = 0.0
+
+    def __call__(self) -> datetime:
+        return utc_now() - timedelta(seconds=self.ago)
+
+
 @pytest.fixture
-async def store(server: Server) -> AsyncIterator[SqliteJobStore]:
-    opened = SqliteJobStore.open(str(server.data_dir / "jobtrack.db"))
+def past() -> PastClock:
+    """The writing store's clock, moved back per beat."""
+    return PastClock()
+
+
+@pytest.fixture
+async def store(server: Server, past: PastClock) -> AsyncIterator[SqliteJobStore]:
+    opened = SqliteJobStore.open(str(server.data_dir / "jobtrack.db"), clock=past)
     yield opened
     await opened.aclose()
+
+
+async def _write(
+    store: SqliteJobStore,
+    past: PastClock,
+    beat: WorkerBeat,
+    ago: float,
+    counts: Sequence[StageCount] = (),
+) -> None:
+    past.ago = ago
+    await store.beat_worker(beat, counts)
 
 
 def _beat(worker_id: str, ago: float, **changes: object) -> WorkerBeat:
@@ -45,12 +73,13 @@ def _beat(worker_id: str, ago: float, **changes: object) -> WorkerBeat:
 
 
 async def test_workers_are_listed_live_first_with_their_states(
-    server: Server, store: SqliteJobStore
+    server: Server, store: SqliteJobStore, past: PastClock
 ) -> None:
-    await store.beat_worker(_beat("w-stopped", 30, stopped_at=utc_now() - timedelta(seconds=30)))
+    stopped = _beat("w-stopped", 30, stopped_at=utc_now() - timedelta(seconds=30))
+    await _write(store, past, stopped, 30)
     dead = _beat("w-dead", 60, done=7, last_error="disk full", last_error_at=utc_now())
-    await store.beat_worker(dead)
-    await store.beat_worker(_beat("w-live", 0, done=3, failed=1))
+    await _write(store, past, dead, 60)
+    await _write(store, past, _beat("w-live", 0, done=3, failed=1), 0)
 
     with server.client() as client:
         answer = client.get("/api/workers")
@@ -83,10 +112,12 @@ async def test_workers_are_listed_live_first_with_their_states(
     assert 'jobtrack_worker_items{outcome="failed"} 1.0' in metrics
 
 
-async def test_throughput_sums_the_workers_per_stage(server: Server, store: SqliteJobStore) -> None:
-    await store.beat_worker(_beat("t-1", 0), [StageCount("scan", "thumb", 4, 1)])
-    await store.beat_worker(_beat("t-2", 0), [StageCount("scan", "thumb", 6, 0)])
-    await store.beat_worker(_beat("t-2", 1800), [StageCount("scan", "cache", 5, 0)])
+async def test_throughput_sums_the_workers_per_stage(
+    server: Server, store: SqliteJobStore, past: PastClock
+) -> None:
+    await _write(store, past, _beat("t-2", 1800), 1800, [StageCount("scan", "cache", 5, 0)])
+    await _write(store, past, _beat("t-1", 0), 0, [StageCount("scan", "thumb", 4, 1)])
+    await _write(store, past, _beat("t-2", 0), 0, [StageCount("scan", "thumb", 6, 0)])
 
     with server.client() as client:
         body = client.get("/api/throughput", params={"minutes": 10}).json()

@@ -8,6 +8,7 @@ the overview's counts link to their lists. Screenshots go to
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ from jobtrack.broker import InMemoryBroker
 from jobtrack.jobs.reconciler import LedgerReconciler
 from jobtrack.model import Job
 from jobtrack.monitor import Monitor
+from jobtrack.pipeline.sample import generate_sample
 from jobtrack.store import SqliteJobStore
 from jobtrack.store.ledger import LedgerItem
 from tests.api.server import TOKEN, Server, running_server
@@ -82,9 +84,16 @@ def test_a_job_that_starts_appears_at_the_top_of_the_first_page(
     oldest_shown = made[3].id
     expect(rows.last).to_have_attribute("data-job", oldest_shown)
 
-    started = in_store(server, one)
+    # A job started from the API: at the top within a second of the answer.
+    generate_sample(server.root / "album", count=3, broken=0, max_megapixels=0.5)
+    with server.client() as client:
+        answer = client.post("/api/scans", json={"path": "album"})
+    answered = time.monotonic()
+    assert answer.status_code == 202, answer.text
+    started_id = answer.json()["id"]
 
-    expect(rows.first).to_have_attribute("data-job", started.id, timeout=1_000)
+    expect(rows.first).to_have_attribute("data-job", started_id, timeout=1_000)
+    assert time.monotonic() - answered < 1.0
     expect(rows).to_have_count(PAGE)  # the page keeps its size: the oldest row dropped off
     expect(rows.nth(1)).to_have_attribute("data-job", made[-1].id)
     expect(page.locator(f'#jobs tr[data-job="{oldest_shown}"]')).to_have_count(0)

@@ -201,6 +201,8 @@ async def test_search_by_id_prefix_with_the_other_filters(store: JobStore) -> No
     assert await _ids(store, first.id[:8]) == {first.id}
     assert await _ids(store, first.id) == {first.id}
     assert await _ids(store, first.id[1:9]) == set()  # a prefix, not any part
+    assert await _ids(store, first.id.upper()) == {first.id}  # case-insensitive, as the rest
+    assert await _ids(store, first.id[:8].upper()) == {first.id}
     cancelled = await store.list_jobs(
         JobQuery(status=JobStatus.CANCELLED, job_type="import", search=second.id[:6])
     )

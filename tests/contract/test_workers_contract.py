@@ -40,20 +40,23 @@ async def test_a_beat_is_read_back_whole_and_replaced_by_the_next(
         first, beat_at=clock.now, done=12, failed=1, last_error="boom", last_error_at=error_at
     )
     await store.beat_worker(second)
+    stamped = clock.now  # the store's clock, read once by the beat
 
     workers = await store.list_workers()
 
     assert len(workers) == 1
-    assert workers[0].beat == second
+    assert workers[0].beat == replace(second, beat_at=stamped)
     assert workers[0].state is WorkerState.LIVE
 
 
 async def test_states_follow_the_clock_and_a_graceful_stop(
     store: JobStore, clock: SteppingClock
 ) -> None:
+    await store.beat_worker(_beat(clock, "silent"))
+    silent_at = clock.now
+    clock.advance(3)
     start = clock.now
     await store.beat_worker(_beat(clock, "live"))
-    await store.beat_worker(_beat(clock, "silent", beat_at=start - timedelta(seconds=3)))
     await store.beat_worker(_beat(clock, "stopped", stopped_at=start))
 
     first = {w.beat.worker_id: w.state for w in await store.list_workers()}
@@ -70,7 +73,56 @@ async def test_states_follow_the_clock_and_a_graceful_stop(
         ("silent", WorkerState.DEAD),
         ("stopped", WorkerState.STOPPED),
     ]
-    assert workers[1].beat.beat_at == start - timedelta(seconds=3)  # when it stopped beating
+    assert workers[1].beat.beat_at == silent_at  # when it stopped beating
+
+
+async def test_the_store_stamps_a_beat_with_its_own_clock(
+    store: JobStore, clock: SteppingClock
+) -> None:
+    ahead = clock.now + timedelta(minutes=10)  # a worker whose clock runs 10 minutes fast
+    behind = clock.now - timedelta(minutes=10)  # and one 10 minutes slow
+    await store.beat_worker(_beat(clock, "fast", beat_at=ahead), [StageCount("t", "s", 1)])
+    await store.beat_worker(_beat(clock, "slow", beat_at=behind, stopped_at=behind))
+    stamped = clock.now
+
+    first = {w.beat.worker_id: (w.state, w.beat.beat_at) for w in await store.list_workers()}
+    clock.advance(12)  # more than two intervals and the grace since the store heard of "fast"
+    (fast, slow) = await store.list_workers()
+
+    assert first["fast"][0] is WorkerState.LIVE
+    assert first["slow"] == (WorkerState.STOPPED, stamped)
+    assert (fast.beat.worker_id, fast.state) == ("fast", WorkerState.DEAD)
+    assert slow.beat.stopped_at == slow.beat.beat_at == stamped
+    points = await store.throughput(since=stamped - timedelta(minutes=1))
+    assert [(p.bucket_start, p.done) for p in points] == [(bucket_start(stamped), 1)]
+
+
+async def test_a_beat_written_again_adds_its_counts_once(
+    store: JobStore, clock: SteppingClock
+) -> None:
+    counts = [StageCount("t", "s", done=10, failed=1)]
+    await store.beat_worker(_beat(clock, done=10, failed=1, seq=1), counts)
+    await store.beat_worker(_beat(clock, done=10, failed=1, seq=1), counts)  # again
+    await store.beat_worker(_beat(clock, done=12, failed=1, seq=2), [StageCount("t", "s", 2)])
+    await store.beat_worker(_beat(clock, done=10, failed=1, seq=1), counts)  # late, again
+
+    (worker,) = await store.list_workers()
+    points = await store.throughput(since=clock.now - timedelta(minutes=1))
+
+    assert [(p.done, p.failed) for p in points] == [(12, 1)]
+    assert (worker.beat.seq, worker.beat.done) == (2, 12)
+
+
+async def test_beats_without_a_number_always_add(store: JobStore, clock: SteppingClock) -> None:
+    await store.beat_worker(_beat(clock, seq=3), [StageCount("t", "s", 1)])
+    await store.beat_worker(_beat(clock), [StageCount("t", "s", 1)])
+    await store.beat_worker(_beat(clock), [StageCount("t", "s", 1)])
+
+    (worker,) = await store.list_workers()
+    points = await store.throughput(since=clock.now - timedelta(minutes=1))
+
+    assert [p.done for p in points] == [3]
+    assert worker.beat.seq == 3
 
 
 async def test_throughput_sums_two_workers_per_bucket_and_stage(

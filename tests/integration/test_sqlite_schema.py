@@ -19,7 +19,7 @@ def test_migrations_apply_once_per_component(tmp_path: Path) -> None:
     assert database.schema_version("jobs") == 0
     store = SqliteJobStore(database)
     SqliteCatalog(database)
-    assert (database.schema_version("jobs"), database.schema_version("catalog")) == (8, 1)
+    assert (database.schema_version("jobs"), database.schema_version("catalog")) == (9, 1)
     # Opening again (another process, a restart) applies nothing more.
     assert database.migrate("jobs", "jobtrack.store.sqlite.migrations") == []
     again = SqliteDatabase(tmp_path / "jobs.db")

@@ -14,6 +14,7 @@ from jobtrack.jobs.heartbeat import Heartbeat, ItemCounter
 from jobtrack.monitor import Monitor
 from jobtrack.runtime.settings import Settings
 from jobtrack.store import InMemoryJobStore, StageCount, WorkerBeat, WorkerState
+from jobtrack.store.workers import MAX_WORKER_STAGES
 from tests.conftest import SteppingClock
 
 
@@ -118,3 +119,115 @@ async def test_the_monitor_purges_workers_silent_for_a_day(clock: SteppingClock)
 
     assert [w.beat.worker_id for w in await store.list_workers()] == ["w2"]
     assert len(await store.throughput(since=clock.now - timedelta(hours=1))) == 1
+
+
+class LostAnswerStore(InMemoryJobStore):
+    """Writes the next ``lost`` beats, then fails as if the answer were lost."""
+
+    def __init__(self, clock: SteppingClock) -> None:
+        super().__init__(clock=clock)
+        self.lost = 0
+        self.written = 0
+
+    async def beat_worker(self, beat: WorkerBeat, counts: Sequence[StageCount] = ()) -> None:
+        await super().beat_worker(beat, counts)
+        self.written += 1
+        if self.lost:
+            self.lost -= 1
+            raise StoreUnavailable("connection lost after the commit")
+
+
+async def test_a_beat_committed_but_reported_failed_counts_once(clock: SteppingClock) -> None:
+    store = LostAnswerStore(clock)
+    heartbeat = _heartbeat(store, clock)
+    for _ in range(10):
+        heartbeat.counter.count("t", "a")
+    store.lost = 1
+
+    assert await heartbeat.beat() is False
+    heartbeat.counter.count("t", "a", error="bad")
+    assert await heartbeat.beat() is True  # the first beat again, then the new one
+    assert await heartbeat.beat() is True
+
+    (worker,) = await store.list_workers()
+    points = await store.throughput(since=clock.now.replace(hour=0))
+    assert [(p.done, p.failed) for p in points] == [(10, 1)]
+    assert (worker.beat.done, worker.beat.failed, worker.beat.seq) == (10, 1, 3)
+    assert store.written == 4
+
+
+class SlowStore(InMemoryJobStore):
+    """Commits each beat, then takes ``delay`` seconds to answer."""
+
+    def __init__(self, clock: SteppingClock) -> None:
+        super().__init__(clock=clock)
+        self.delay = 0.0
+
+    async def beat_worker(self, beat: WorkerBeat, counts: Sequence[StageCount] = ()) -> None:
+        await super().beat_worker(beat, counts)
+        await asyncio.sleep(self.delay)
+
+
+async def test_a_stop_during_a_committed_beat_counts_once(clock: SteppingClock) -> None:
+    store = SlowStore(clock)
+    heartbeat = _heartbeat(store, clock)
+    for _ in range(10):
+        heartbeat.counter.count("t", "a")
+    store.delay = 0.5
+    task = heartbeat.start()
+    await asyncio.sleep(0.05)  # the first beat is written, its answer not yet back
+    store.delay = 0.0
+
+    await heartbeat.stop(task)
+
+    (worker,) = await store.list_workers()
+    points = await store.throughput(since=clock.now.replace(hour=0))
+    assert [p.done for p in points] == [10]
+    assert worker.state is WorkerState.STOPPED
+
+
+async def test_counts_a_store_refuses_are_dropped_not_kept(
+    clock: SteppingClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = InMemoryJobStore(clock=clock)
+    heartbeat = _heartbeat(store, clock)
+    heartbeat.counter.count("t", "s" * 201)
+    heartbeat.counter.count("t", "a")
+
+    assert await heartbeat.beat() is True
+    heartbeat.counter.count("t", "s" * 201)
+    heartbeat.counter.count("t", "a")
+    assert await heartbeat.beat() is True
+
+    (worker,) = await store.list_workers()
+    points = await store.throughput(since=clock.now.replace(hour=0))
+    assert [(p.stage, p.done) for p in points] == [("a", 2)]
+    assert worker.beat.done == 4  # every item the worker did, in its own total
+    assert len([r for r in caplog.records if "drops the throughput" in r.message]) == 1
+
+
+async def test_a_beat_the_store_refuses_is_not_written_again(clock: SteppingClock) -> None:
+    store = InMemoryJobStore(clock=clock)
+    heartbeat = _heartbeat(store, clock)
+    heartbeat.counter.count("t", "a")
+    heartbeat.worker_id = "w\x00"  # a beat no store takes
+
+    assert await heartbeat.beat() is False
+    heartbeat.worker_id = "w1"
+    heartbeat.counter.count("t", "a")
+    assert await heartbeat.beat() is True
+
+    points = await store.throughput(since=clock.now.replace(hour=0))
+    assert [p.done for p in points] == [1]
+
+
+def test_stage_names_a_store_refuses_are_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    names = ["t/a", "t/" + "x" * 300, *(f"t/s{i}" for i in range(250))]
+
+    heartbeat = Heartbeat(
+        InMemoryJobStore(), ItemCounter(), stages=names, concurrency=1, prefetch=1, interval=1
+    )
+
+    assert len(heartbeat.stages) == MAX_WORKER_STAGES
+    assert heartbeat.stages[:2] == ("t/a", "t/s0")
+    assert len(caplog.records) == 1

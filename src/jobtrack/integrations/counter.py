@@ -54,7 +54,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
 
-from jobtrack.errors import InvalidRequest, JobtrackError, StoreUnavailable
+from jobtrack.errors import InvalidRequest, JobtrackError, NotFound, StoreUnavailable
 from jobtrack.integrations.tasks import TaskRef
 from jobtrack.jobs.heartbeat import Heartbeat, ItemCounter
 from jobtrack.store.ledger import storable_error
@@ -82,6 +82,8 @@ LONGEST = 2.5
 
 #: Jobs whose type the counter's thread keeps, at most (then it forgets them all).
 JOB_TYPES_KEPT = 10_000
+#: Reads of a job's type an outage may fail before its task counts are left out.
+TYPE_READS = 5
 
 #: Every counter of the process, to reset after a fork.
 _COUNTERS: weakref.WeakSet[TaskCounter] = weakref.WeakSet()
@@ -139,7 +141,8 @@ class _Running:
         # The heartbeat's counts, and the job types they are counted under.
         self.items = ItemCounter()
         self.job_types: dict[str, str] = {}  # job id -> its type
-        self.unresolved: dict[str, list[tuple[str, str | None]]] = {}  # job id -> (stage, error)
+        # job id -> (stage, receipt, error) of the task ends waiting for its type
+        self.unresolved: dict[str, list[tuple[str, Receipt, str | None]]] = {}
         self.reads: set[asyncio.Task[None]] = set()  # of job types
         self._opened: Future[None] = Future()
         self._stop: asyncio.Event | None = None
@@ -204,12 +207,14 @@ class _Running:
             await heartbeat.stop(beating)
             await self.app.aclose()
 
-    def tally(self, ref: TaskRef, error: str | None) -> None:
-        """Count a task's end for the heartbeat, under its job's type (read
-        once per job, in a task of the counter's loop)."""
+    def tally(self, ref: TaskRef, receipt: Receipt, error: str | None) -> None:
+        """Count a task's end for the heartbeat as the store counts it (the
+        receipt's outcome: nothing for a task of an unknown job or stage, or
+        counted before), under its job's type (read once per job, in a task
+        of the counter's loop)."""
         job_type = self.job_types.get(ref.job_id)
         if job_type is not None:
-            self.items.count(job_type, ref.stage, error=error)
+            self.items.count_receipt(job_type, ref.stage, receipt, error)
             return
         waiting = self.unresolved.get(ref.job_id)
         if waiting is None:
@@ -217,19 +222,34 @@ class _Running:
             read = self.loop.create_task(self._resolve(ref.job_id))
             self.reads.add(read)
             read.add_done_callback(self.reads.discard)
-        waiting.append((ref.stage, error))
+        waiting.append((ref.stage, receipt, error))
 
     async def _resolve(self, job_id: str) -> None:
-        try:
-            job_type = (await self.app.store.get_job(job_id)).job_type
-        except Exception:  # an unknown job or an outage: counted under no type, read again later
-            job_type = "?"
-        else:
-            if len(self.job_types) >= JOB_TYPES_KEPT:
-                self.job_types.clear()
-            self.job_types[job_id] = job_type
-        for stage, error in self.unresolved.pop(job_id, []):
-            self.items.count(job_type, stage, error=error)
+        job_type = None
+        delay = 0.5
+        for _ in range(TYPE_READS):
+            try:
+                job_type = (await self.app.store.get_job(job_id)).job_type
+                break
+            except NotFound:  # its tasks' counts are refused too: nothing to count
+                break
+            except Exception as exc:  # an outage: read again, a while
+                logger.warning(
+                    "job type of job %s not read (%s); its task counts wait",
+                    job_id,
+                    exc,
+                    extra={"action": "task_counts_waiting", "job_id": job_id},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        waiting = self.unresolved.pop(job_id, [])
+        if job_type is None:
+            return  # an unknown job, or still unreadable: left out of the throughput
+        if len(self.job_types) >= JOB_TYPES_KEPT:
+            self.job_types.clear()
+        self.job_types[job_id] = job_type
+        for stage, receipt, error in waiting:
+            self.items.count_receipt(job_type, stage, receipt, error)
 
     def put(self, callback: Callable[..., None], args: tuple[object, ...], *, arm: bool) -> bool:
         """Have ``callback(self, *args)`` run on the counter's loop, with
@@ -504,8 +524,8 @@ class TaskCounter:
 
     @staticmethod
     def _add(running: _Running, ref: TaskRef, *, failed: bool, error: str | None = None) -> None:
-        running.tally(ref, error)
         receipt = running.app.tracker.add(ref.job_id, ref.stage, item_key=ref.key, failed=failed)
+        running.tally(ref, receipt, error)
         receipts = running.receipts
         if not receipts or receipts[-1] is not receipt:  # a batch's items share one
             receipts.append(receipt)

@@ -265,7 +265,8 @@ class ItemConsumer:
             )
             return
         await delivery.ack()
-        self._count(outcome.error)
+        if self._counter is not None:  # as the store counts it: a key counted before is not
+            self._counter.count_receipt(self.job_type.name, self.stage, receipt, outcome.error)
         if self._sealer is not None:
             self._sealer.poke(self.job_type, message.job_id)
 

@@ -707,9 +707,12 @@ class JobStore(Protocol):
     # Worker heartbeats and throughput (store/workers.py).
 
     async def beat_worker(self, beat: WorkerBeat, counts: Sequence[StageCount] = ()) -> None:
-        """Write a worker's heartbeat (its one row, replaced) and, in the same
-        transaction, add ``counts`` (what it counted since its previous beat)
-        to its own row of the throughput bucket the beat falls in. Raises
+        """Write a worker's heartbeat (its one row, replaced; ``beat_at``
+        stamped by the store's clock) and, in the same transaction, add
+        ``counts`` (what it counted since its previous beat) to its own row
+        of the throughput bucket the beat falls in. A beat whose ``seq`` the
+        row holds already, or a later one, was written before and changes
+        nothing (its counts are not added twice). Raises
         :class:`InvalidRequest` for a beat
         :func:`~jobtrack.store.workers.check_beat` refuses."""
         ...

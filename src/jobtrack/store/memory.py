@@ -511,12 +511,18 @@ class InMemoryJobStore(StageWrites):
     # Worker heartbeats and throughput (store/workers.py).
 
     async def beat_worker(self, beat: WorkerBeat, counts: Sequence[StageCount] = ()) -> None:
-        """Keep the worker's heartbeat and add ``counts`` to its row of the
-        beat's bucket. Raises ``InvalidRequest`` for a beat
+        """Keep the worker's heartbeat, stamped by the store's clock, and add
+        ``counts`` to its row of the beat's bucket, unless the beat's number
+        says it was written already. Raises ``InvalidRequest`` for a beat
         :func:`~jobtrack.store.workers.check_beat` refuses."""
-        beat = check_beat(beat, counts)
+        beat = check_beat(beat, counts, self._clock())
         bucket = bucket_start(beat.beat_at)
         async with self._lock:
+            was = self._workers.get(beat.worker_id)
+            if beat.seq and was is not None and was.seq >= beat.seq:
+                return  # written already: its counts were added then
+            if was is not None and was.seq > beat.seq:
+                beat = replace(beat, seq=was.seq)
             self._workers[beat.worker_id] = beat
             for count in counts:
                 if count.done or count.failed:
@@ -636,7 +642,7 @@ class InMemoryJobStore(StageWrites):
 def _found(job: Job, term: str, fields: Sequence[SearchField]) -> bool:
     """Whether the job's id starts with ``term``, or one of its type's
     fields holds a string that contains it, case-insensitively."""
-    if job.id.startswith(term):
+    if job.id.startswith(term.lower()):  # ids are lowercase hex
         return True
     for search in fields:
         if search.job_type != job.job_type:

@@ -293,6 +293,8 @@ class SqlJobStore(StageWrites):
             "limit": query.limit,
             "offset": query.offset,
             "search": query.search,
+            # Ids are lowercase hex: the prefix matched whatever the term's case.
+            "id_prefix": None if query.search is None else query.search.lower(),
             "active": query.active,
             "pattern": like_pattern(query.search or ""),
             "search_types": [field.job_type for field in query.search_fields],
@@ -549,11 +551,13 @@ class SqlJobStore(StageWrites):
     # Worker heartbeats and throughput (store/workers.py).
 
     async def beat_worker(self, beat: WorkerBeat, counts: Sequence[StageCount] = ()) -> None:
-        """Write the worker's heartbeat and add ``counts`` to its row of the
-        beat's throughput bucket, in one transaction. Raises
+        """Write the worker's heartbeat, stamped by the store's clock, and add
+        ``counts`` to its row of the beat's throughput bucket, in one
+        transaction; a beat whose number the row holds already (or a later
+        one) changes nothing. Raises
         ``InvalidRequest`` for a beat :func:`~jobtrack.store.workers.check_beat`
         refuses."""
-        beat = check_beat(beat, counts)
+        beat = check_beat(beat, counts, self._clock())
         await self._connector.run(_beat(beat, counts))
 
     async def list_workers(self, *, limit: int = 1000) -> list[WorkerInfo]:
@@ -903,7 +907,7 @@ def _purge(before: datetime, limit: int) -> Plan[int]:
 
 
 def _beat(beat: WorkerBeat, counts: Sequence[StageCount]) -> Plan[None]:
-    yield Execute(
+    written = yield Execute(
         "beat_worker",
         {
             "worker_id": beat.worker_id,
@@ -920,8 +924,11 @@ def _beat(beat: WorkerBeat, counts: Sequence[StageCount]) -> Plan[None]:
             "started_at": beat.started_at,
             "beat_at": beat.beat_at,
             "stopped_at": beat.stopped_at,
+            "seq": beat.seq,
         },
     )
+    if not written:
+        return  # this beat was written already, its counts with it
     bucket = bucket_start(beat.beat_at)
     for count in counts:
         if count.done or count.failed:
@@ -954,6 +961,7 @@ def _beat_from_row(row: Row) -> WorkerBeat:
         last_error=row["last_error"],
         last_error_at=row["last_error_at"],
         stopped_at=row["stopped_at"],
+        seq=int(row["beat_seq"]),
     )
 
 

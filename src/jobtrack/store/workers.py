@@ -35,7 +35,9 @@ __all__ = [
     "WorkerState",
     "bucket_start",
     "check_beat",
+    "count_problem",
     "sorted_workers",
+    "worker_name_problem",
     "worker_state",
 ]
 
@@ -68,7 +70,12 @@ class WorkerBeat:
     ``done`` and ``failed`` count the items since the worker started;
     ``interval`` is the worker's heartbeat interval in seconds (what its
     state is judged by); ``stopped_at`` is set by the last beat of a
-    graceful stop.
+    graceful stop. ``seq`` numbers the worker's beats from 1: a beat whose
+    number is not above the last one written is one written again (its
+    write committed, the answer was lost) and changes nothing, its counts
+    not added twice; 0 is a beat without a number, always written. The
+    store stamps ``beat_at`` (and ``stopped_at``) with its own clock: a
+    worker's state is judged by one clock, whatever the worker's says.
     """
 
     worker_id: str
@@ -85,6 +92,7 @@ class WorkerBeat:
     last_error: str | None = None
     last_error_at: datetime | None = None
     stopped_at: datetime | None = None
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +156,31 @@ def bucket_start(at: datetime) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def check_beat(beat: WorkerBeat, counts: Sequence[StageCount]) -> WorkerBeat:
-    """The beat as a store keeps it (its last error cut to
-    :data:`MAX_WORKER_ERROR` characters).
+def worker_name_problem(name: str) -> str | None:
+    """Why a store would refuse ``name`` as a worker's id, host, stage or
+    job type (empty, over 200 characters, text no store holds), or None."""
+    if not name or len(name) > _MAX_NAME:
+        return f"a worker's names must have 1 to {_MAX_NAME} characters"
+    return text_problem(name, "a worker's name")
+
+
+def count_problem(count: StageCount) -> str | None:
+    """Why a store would refuse ``count`` in a heartbeat (a job type or
+    stage name empty, over 200 characters or text no store holds; a
+    negative or too large number), or None when it would take it."""
+    for name in (count.job_type, count.stage):
+        problem = worker_name_problem(name)
+        if problem is not None:
+            return problem
+    if not (0 <= count.done < 2**63 and 0 <= count.failed < 2**63):
+        return "a heartbeat's numbers must be positive"
+    return None
+
+
+def check_beat(beat: WorkerBeat, counts: Sequence[StageCount], now: datetime) -> WorkerBeat:
+    """The beat as a store keeps it: stamped ``now`` by the store's clock
+    (``beat_at``, and ``stopped_at`` when it has one), its last error cut
+    to :data:`MAX_WORKER_ERROR` characters.
 
     :raises InvalidRequest: an empty or overlong id, host, stage or job type,
         text no store can hold, more than :data:`MAX_WORKER_STAGES` stages,
@@ -159,14 +189,12 @@ def check_beat(beat: WorkerBeat, counts: Sequence[StageCount]) -> WorkerBeat:
     names = [beat.worker_id, beat.host, *beat.stages]
     names += [name for count in counts for name in (count.job_type, count.stage)]
     for name in names:
-        if not name or len(name) > _MAX_NAME:
-            raise InvalidRequest(f"a worker's names must have 1 to {_MAX_NAME} characters")
-        problem = text_problem(name, "a worker's name")
+        problem = worker_name_problem(name)
         if problem is not None:
             raise InvalidRequest(problem)
     if len(beat.stages) > MAX_WORKER_STAGES:
         raise InvalidRequest(f"a heartbeat names at most {MAX_WORKER_STAGES} stages")
-    numbers = [beat.pid, beat.concurrency, beat.prefetch, beat.done, beat.failed]
+    numbers = [beat.pid, beat.concurrency, beat.prefetch, beat.done, beat.failed, beat.seq]
     numbers += [n for count in counts for n in (count.done, count.failed)]
     if min(numbers) < 0 or max(numbers) >= 2**63 or not 0 < beat.interval < 1e9:
         raise InvalidRequest(
@@ -176,6 +204,5 @@ def check_beat(beat: WorkerBeat, counts: Sequence[StageCount]) -> WorkerBeat:
     if error is not None:
         error = error[:MAX_WORKER_ERROR].replace("\x00", "\ufffd")
         error = error.encode("utf-8", "replace").decode("utf-8")
-    if error == beat.last_error:
-        return beat
-    return replace(beat, last_error=error)
+    stopped_at = None if beat.stopped_at is None else now
+    return replace(beat, last_error=error, beat_at=now, stopped_at=stopped_at)

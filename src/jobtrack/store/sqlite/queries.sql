@@ -71,6 +71,7 @@ ORDER BY s.position;
 -- A search (store.overview): the id's prefix, or a string at one of the
 -- paths (:search_paths, SQLite JSON paths) of the job's type (:search_types,
 -- the same index) that is LIKE :pattern (lowercased; LIKE folds ASCII case).
+-- Ids are lowercase: :id_prefix is the term lowercased.
 -- The fields are read once (fields), not for every job.
 WITH fields AS MATERIALIZED (
     SELECT t.value AS job_type, p.value AS path
@@ -81,7 +82,7 @@ WITH fields AS MATERIALIZED (
     WHERE (:status IS NULL OR status = :status) AND (:job_type IS NULL OR job_type = :job_type)
       AND (:updated_since IS NULL OR updated_at >= :updated_since)
       AND (NOT :active OR status IN ('pending', 'in_progress'))
-      AND (:search IS NULL OR substr(id, 1, length(:search)) = :search
+      AND (:search IS NULL OR substr(id, 1, length(:id_prefix)) = :id_prefix
            OR EXISTS (SELECT 1 FROM fields AS f
                       WHERE f.job_type = jobs.job_type
                         AND (attributes ->> f.path) LIKE :pattern ESCAPE '\'
@@ -408,18 +409,22 @@ LIMIT :limit OFFSET :offset;
 -- Worker heartbeats and throughput (store/workers.py).
 
 -- name: beat_worker
+-- Skipped (no row changed) when the row holds this beat's number or a later
+-- one: a beat written again; its counts are then not added again.
 INSERT INTO workers (worker_id, host, pid, stages_json, concurrency, prefetch, beat_interval,
-                     done, failed, last_error, last_error_at, started_at, beat_at, stopped_at)
+                     done, failed, last_error, last_error_at, started_at, beat_at, stopped_at,
+                     beat_seq)
 VALUES (:worker_id, :host, :pid, :stages_json, :concurrency, :prefetch,
         :interval, :done, :failed, :last_error, :last_error_at,
-        :started_at, :beat_at, :stopped_at)
+        :started_at, :beat_at, :stopped_at, :seq)
 ON CONFLICT (worker_id) DO UPDATE SET
     host = excluded.host, pid = excluded.pid, stages_json = excluded.stages_json,
     concurrency = excluded.concurrency, prefetch = excluded.prefetch,
     beat_interval = excluded.beat_interval, done = excluded.done, failed = excluded.failed,
     last_error = excluded.last_error, last_error_at = excluded.last_error_at,
     started_at = excluded.started_at, beat_at = excluded.beat_at,
-    stopped_at = excluded.stopped_at;
+    stopped_at = excluded.stopped_at, beat_seq = MAX(workers.beat_seq, excluded.beat_seq)
+WHERE excluded.beat_seq = 0 OR workers.beat_seq < excluded.beat_seq;
 
 -- name: add_throughput
 -- Only this worker writes its rows: no other writer waits on them.
@@ -431,7 +436,7 @@ ON CONFLICT (bucket_start, worker_id, job_type, stage) DO UPDATE SET
 
 -- name: list_workers
 SELECT worker_id, host, pid, stages_json, concurrency, prefetch, beat_interval, done, failed,
-       last_error, last_error_at, started_at, beat_at, stopped_at
+       last_error, last_error_at, started_at, beat_at, stopped_at, beat_seq
 FROM workers
 ORDER BY beat_at DESC, worker_id
 LIMIT :limit;
