@@ -163,7 +163,7 @@ async def _seed_jobs(
         if n % lanes != lane:
             continue
         if fate == "stuck":
-            clock.at = now - timedelta(hours=2, seconds=-n)
+            clock.at = now - timedelta(hours=2, seconds=(JOBS - n) * 0.1)
         elif n >= JOBS - ACTIVE:
             clock.at = now - timedelta(seconds=(JOBS - n) * 0.1)
         else:
@@ -406,16 +406,20 @@ def _note_error(errors: list[str], error: Error) -> None:
     errors.append(str(error))
 
 
-def _note_request(seen: list[tuple[float, str]], request: Request) -> None:
-    seen.append((time.perf_counter(), urlsplit(request.url).path))
+def _note_request(seen: list[tuple[float, str, str]], request: Request) -> None:
+    parts = urlsplit(request.url)
+    seen.append((time.perf_counter(), parts.path, parts.query))
 
 
 #: Counts the jobs table's rows added or replaced in place while watched.
+#: (Times in ms since it started watching, one per row.)
 _OBSERVE = """() => {
-  window.__rowsChanged = 0;
+  window.__rowsChanged = [];
+  const since = performance.now();
   const body = document.querySelector("#jobs tbody");
   new MutationObserver((records) => {
-    for (const r of records) window.__rowsChanged += r.addedNodes.length;
+    const at = Math.round(performance.now() - since);
+    for (const r of records) for (const n of r.addedNodes) window.__rowsChanged.push(at);
   }).observe(body, { childList: true });
 }"""
 
@@ -431,18 +435,18 @@ def _browser(url: str, watch: float) -> dict[str, dict[str, Any]]:
             for name, (route, selector) in VIEWS.items():
                 page = browser.new_page(viewport={"width": 1300, "height": 800})
                 errors: list[str] = []
-                seen: list[tuple[float, str]] = []
+                seen: list[tuple[float, str, str]] = []
                 page.on("pageerror", partial(_note_error, errors))
                 page.on("request", partial(_note_request, seen))
                 started = time.perf_counter()
                 page.goto(f"{url}/{route}")
                 page.wait_for_selector(selector, timeout=30_000)
                 drawn = time.perf_counter() - started
-                loaded = Counter(path for _, path in seen)
+                loaded = Counter(path for _, path, _ in seen)
                 page.evaluate(_OBSERVE)
                 mark = time.perf_counter()
                 page.wait_for_timeout(watch * 1000)
-                after = Counter(path for at, path in seen if at >= mark)
+                after = Counter(path for at, path, _ in seen if at >= mark)
                 found[name] = {
                     "drawn_ms": drawn * 1000,
                     "requests_during_load": dict(sorted(loaded.items())),
@@ -450,7 +454,21 @@ def _browser(url: str, watch: float) -> dict[str, dict[str, Any]]:
                     "requests_per_s": sum(after.values()) / watch,
                     "requests_by_path": dict(sorted(after.items())),
                     "jobs_list_refetched": after.get("/api/jobs", 0),
-                    "job_rows_changed": page.evaluate("() => window.__rowsChanged"),
+                    "job_rows_changed": page.evaluate("() => window.__rowsChanged.length"),
+                    # When (seconds after navigation) the jobs list was fetched,
+                    # the stream opened, and rows of the jobs table were drawn.
+                    "jobs_fetched_at_s": [
+                        [round(at - started, 2), query]
+                        for at, path, query in seen
+                        if path == "/api/jobs"
+                    ],
+                    "stream_opened_at_s": [
+                        round(at - started, 2) for at, path, _ in seen if path == "/api/stream"
+                    ],
+                    "rows_drawn_at_s": [
+                        round(mark - started + at / 1000, 2)
+                        for at in page.evaluate("() => window.__rowsChanged")
+                    ],
                     "page_errors": errors,
                 }
                 page.close()
