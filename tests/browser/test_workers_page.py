@@ -2,7 +2,9 @@
 (Debian's chromium through Playwright, as ``test_dashboard``): the chart
 moves while a scan runs, and a SIGKILLed ``jobtrack worker`` shows as dead
 within two heartbeats (plus the grace and one poll of the page).
-Screenshots are kept in ``test-artifacts/``."""
+Screenshots are kept in ``test-artifacts/``; with ``JOBTRACK_SCREENSHOT_DIR``
+set, the overview's first screen is saved there too (``overview.png``, the
+README's picture)."""
 
 from __future__ import annotations
 
@@ -71,7 +73,20 @@ def test_the_overview_chart_moves_while_a_scan_runs(browser: Browser, server: Se
     assert page.locator("#overview-chart svg polyline").count() >= 2  # thumbnail, cache
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "overview-throughput.png"), full_page=True)
+    readme_shot(page, "overview.png")
     assert errors == []
+
+
+def readme_shot(page: Page, name: str) -> None:
+    """With ``JOBTRACK_SCREENSHOT_DIR`` set, save the page's first screen
+    (1300x800) there as ``name`` too: the README's picture
+    (``JOBTRACK_SCREENSHOT_DIR=docs/images``)."""
+    folder = os.environ.get("JOBTRACK_SCREENSHOT_DIR")
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": 1300, "height": 800})
+    page.screenshot(path=str(Path(folder) / name))
 
 
 @pytest.fixture
