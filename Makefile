@@ -74,6 +74,7 @@ bench: install
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.ledger
 	$(BIN)/python -m bench.integrations
+	$(BIN)/python -m bench.dashboard
 	$(if $(SCALE),$(BIN)/python -m bench.monitor --scale)
 
 # The chaos soak (tests/soak): a private PostgreSQL server and RabbitMQ node,

@@ -20,7 +20,9 @@ backend boundary, and chained with ``raise ... from exc``::
     │   └── StoreMissing            no database where one was expected
     ├── BrokerError
     │   ├── BrokerUnavailable       transient: retry later
-    │   └── QueueRefused            the server refuses a queue: retrying will not help
+    │   │   └── PartlySettled       dead letters sent back or dropped part way: what was done
+    │   ├── QueueRefused            the server refuses a queue: retrying will not help
+    │   └── TooManyDeadLetters      more dead letters than are taken at once
     ├── ImageError                  corrupt, truncated, hostile or unsupported image
     ├── WorkerCrashed               an image worker process died mid-item
     └── ScanNotStarted              the server cannot start a scan now: try again later
@@ -34,6 +36,8 @@ classes). The command line's own usage errors are Click's
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
@@ -49,6 +53,7 @@ __all__ = [
     "JobtrackError",
     "MalformedMessage",
     "NotFound",
+    "PartlySettled",
     "PathRefused",
     "QueueRefused",
     "ScanNotStarted",
@@ -56,9 +61,12 @@ __all__ = [
     "StoreError",
     "StoreMissing",
     "StoreUnavailable",
+    "TooManyDeadLetters",
     "WorkerCrashed",
     "masked_url",
 ]
+
+_Taken = TypeVar("_Taken")
 
 
 class JobtrackError(Exception):
@@ -145,6 +153,22 @@ class BrokerError(JobtrackError):
 
 class BrokerUnavailable(BrokerError):
     """The broker cannot be reached; the operation may succeed later."""
+
+
+class PartlySettled(BrokerUnavailable, Generic[_Taken]):
+    """Sending dead letters back (or dropping them) stopped part way, the
+    broker lost: ``taken`` holds what was done (sent back or dropped, in
+    order), ``not_taken`` the ids chosen and not done (still dead letters)."""
+
+    def __init__(self, message: str, *, taken: Sequence[_Taken], not_taken: Sequence[str]) -> None:
+        super().__init__(message)
+        self.taken = list(taken)
+        self.not_taken = list(not_taken)
+
+
+class TooManyDeadLetters(BrokerError):
+    """A dead-letter queue holds more messages than are listed, sent back
+    or dropped at once (they are held in memory, in order, to keep it)."""
 
 
 class QueueRefused(BrokerError):

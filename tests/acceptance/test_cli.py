@@ -66,6 +66,8 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["jobs", "show"],
         ["jobs", "cancel"],
         ["jobs", "watch"],
+        ["top"],
+        ["workers"],
         ["sample"],
     ],
 )

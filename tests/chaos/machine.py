@@ -51,14 +51,14 @@ import inspect
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeVar, cast
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from jobtrack.broker.base import Handler, Subscription
+from jobtrack.broker.base import DeadMessage, Handler, QueueStats, Subscription
 from jobtrack.errors import BrokerError, StoreUnavailable
 from jobtrack.jobs.messages import decode_item, item_bodies
 from jobtrack.jobs.reconciler import LedgerReconciler
@@ -192,6 +192,20 @@ class ModelBroker:
     async def in_flight(self, queue: str) -> int:
         """Messages queued or held."""
         return len(self.ready.get(queue, ())) + self.unacked.get(queue, 0)
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """Messages queued and held (no consumers: the rules deliver)."""
+        return QueueStats(queue, len(self.ready.get(queue, ())), 0, self.unacked.get(queue, 0))
+
+    async def dead_messages(self, queue: str, *, limit: int) -> list[DeadMessage]:
+        """Not offered: the machine counts its dead letters itself."""
+        raise BrokerError("the model broker keeps no dead letters to list")
+
+    async def settle_dead(
+        self, queue: str, ids: Collection[str] | None, *, requeue: bool, most: int | None = None
+    ) -> list[DeadMessage]:
+        """Not offered: the machine counts its dead letters itself."""
+        raise BrokerError("the model broker keeps no dead letters to settle")
 
     async def failed(self) -> BrokerError:
         """Never returns."""

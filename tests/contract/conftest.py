@@ -74,6 +74,10 @@ class BrokerUnderTest:
     """Seconds after which a delivery that was going to come has come (the
     in-process broker delivers within a turn of the loop; RabbitMQ over the
     network)."""
+    tells_unacked: bool = False
+    """Whether :meth:`~jobtrack.broker.base.Broker.queue_stats` tells the
+    messages delivered and not settled, and the oldest message's age (the
+    in-process broker does; AMQP does not)."""
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +132,13 @@ def make_broker(name: str, request: pytest.FixtureRequest) -> BrokerUnderTest:
             return memory.consumers(queue)
 
         return BrokerUnderTest(
-            memory, queue, memory.drop_connection, take_memory, memory_consumers, quiet=0.05
+            memory,
+            queue,
+            memory.drop_connection,
+            take_memory,
+            memory_consumers,
+            quiet=0.05,
+            tells_unacked=True,
         )
     if name == "rabbitmq":
         from jobtrack.broker.rabbitmq import RabbitMQBroker

@@ -19,7 +19,7 @@ def test_migrations_apply_once_per_component(tmp_path: Path) -> None:
     assert database.schema_version("jobs") == 0
     store = SqliteJobStore(database)
     SqliteCatalog(database)
-    assert (database.schema_version("jobs"), database.schema_version("catalog")) == (6, 1)
+    assert (database.schema_version("jobs"), database.schema_version("catalog")) == (9, 1)
     # Opening again (another process, a restart) applies nothing more.
     assert database.migrate("jobs", "jobtrack.store.sqlite.migrations") == []
     again = SqliteDatabase(tmp_path / "jobs.db")
@@ -37,6 +37,8 @@ def test_migrations_apply_once_per_component(tmp_path: Path) -> None:
         "change_seq",
         "job_items",
         "item_failures",
+        "workers",
+        "worker_throughput",
         "sqlite_sequence",
         "collections",
         "images",

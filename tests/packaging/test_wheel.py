@@ -29,7 +29,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 CONSTRAINTS = ROOT / "constraints.txt"
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
-STATIC = ("index.html", "dashboard.css", "dashboard.js", "docs.html", "docs.js")
 
 
 @dataclass(frozen=True)
@@ -121,8 +120,10 @@ def core_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:
 
 def test_wheel_holds_the_dashboard_the_sql_and_the_migrations(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    for page in STATIC:
-        assert f"jobtrack/api/static/{page}" in names
+    static = {name for name in names if name.startswith("jobtrack/api/static/")}
+    pages = ROOT / "src" / "jobtrack" / "api" / "static"
+    assert static == {f"jobtrack/api/static/{path.name}" for path in pages.iterdir()}
+    assert "jobtrack/api/static/index.html" in static
     sql = {name for name in names if name.endswith(".sql")}
     in_tree = {path.relative_to(ROOT / "src").as_posix() for path in (ROOT / "src").rglob("*.sql")}
     assert sql == in_tree
@@ -220,6 +221,23 @@ def test_core_installs_and_starts_without_pillow(core_venv: Venv) -> None:
     pillow = core_venv.run(core_venv.python, "-c", "import PIL", check=False)
     assert pillow.returncode == 1
     assert "No module named 'PIL'" in pillow.stderr
+
+
+def test_core_top_runs_without_the_api_extra(core_venv: Venv, tmp_path: Path) -> None:
+    fastapi = core_venv.run(core_venv.python, "-c", "import fastapi", check=False)
+    assert fastapi.returncode == 1
+    missing = tmp_path / "none.db"
+    top = core_venv.run(
+        core_venv.jobtrack,
+        "top",
+        "--once",
+        "--json",
+        "--store",
+        f"sqlite:///{missing}",
+        check=False,
+    )
+    assert top.returncode == 1, top.stderr
+    assert json.loads(top.stdout)["store_error"] == f"no database at {missing}"
 
 
 def test_core_sample_says_which_extra_to_install(core_venv: Venv, tmp_path: Path) -> None:

@@ -137,6 +137,9 @@ class RabbitCluster:
         beside it (``<root>.lock``).
     :param lock_wait: seconds :meth:`start` waits for another run of the
         same cluster to end.
+    :param management_port: enable the management plugin on the first
+        node, listening on 127.0.0.1 at this port, its statistics sampled
+        every half second (None: no plugins).
     :raises ValueError: no names.
     """
 
@@ -147,6 +150,7 @@ class RabbitCluster:
         *,
         root: Path | None = None,
         lock_wait: float = 1200,
+        management_port: int | None = None,
     ) -> None:
         if not names:
             raise ValueError("a cluster needs at least one node")
@@ -159,6 +163,8 @@ class RabbitCluster:
             for index, name in enumerate(names)
         ]
         self._by_name = {node.name: node for node in self.nodes}
+        self.management_port = management_port
+        """The first node's management API port; None: no management plugin."""
 
     def __enter__(self) -> RabbitCluster:
         """Start the cluster (see :meth:`start`); stopped again if that
@@ -378,7 +384,16 @@ class RabbitCluster:
             # tests expect (RabbitMQ 4's default is balanced).
             "queue_leader_locator = client-local\n"
         )
-        (node.home / "enabled_plugins").write_text("[].\n")
+        if self.management_port is not None and node is self.nodes[0]:
+            with (node.home / "rabbitmq.conf").open("a") as conf:
+                conf.write(
+                    f"management.tcp.port = {self.management_port}\n"
+                    "management.tcp.ip = 127.0.0.1\n"
+                    "collect_statistics_interval = 500\n"
+                )
+            (node.home / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        else:
+            (node.home / "enabled_plugins").write_text("[].\n")
         account = pwd.getpwnam(USER)
         for path in (self.root, node.home, *node.home.iterdir()):
             os.chown(path, account.pw_uid, account.pw_gid)

@@ -23,13 +23,14 @@ from jobtrack.errors import StoreUnavailable
 from jobtrack.jobs.consumer import ItemConsumer
 from jobtrack.jobs.executors import HandlerRunner
 from jobtrack.jobs.gate import JobGate
+from jobtrack.jobs.heartbeat import ItemCounter
 from jobtrack.jobs.messages import ItemMessage, encode_item
 from jobtrack.model import Job, JobStatus
 from jobtrack.pipeline.catalog import Artifact, ScannedFile
 from jobtrack.pipeline.stages import JOB_TYPE, STAGES, THUMBNAIL, queue_for
 from jobtrack.runtime import App, Settings
 from jobtrack.runtime.builtin import builtin_app, close_rendition_work, rendition_work
-from jobtrack.store import InMemoryJobStore
+from jobtrack.store import InMemoryJobStore, StageCount
 from jobtrack.tracking import ProgressTracker
 
 QUEUE = queue_for(THUMBNAIL)
@@ -66,7 +67,13 @@ def flaky(app: App, outage: int) -> list[int]:
     return calls
 
 
-async def setup(tmp_path: Path, fault: Callable[[App], object] | None = None) -> Rig:
+async def setup(
+    tmp_path: Path,
+    fault: Callable[[App], object] | None = None,
+    *,
+    counter: ItemCounter | None = None,
+    coalesce: bool = True,
+) -> Rig:
     root = tmp_path / "photos"
     root.mkdir()
     Image.new("RGB", (640, 480), "teal").save(root / "a.jpg")
@@ -87,12 +94,13 @@ async def setup(tmp_path: Path, fault: Callable[[App], object] | None = None) ->
         THUMBNAIL,
         store=store,
         broker=broker,
-        tracker=ProgressTracker(store),
+        tracker=ProgressTracker(store, coalesce=coalesce),
         runner=HandlerRunner(1),
         gate=JobGate(store, ttl=0.0),
         durable_within=None,  # drained means counted
         retry_delay=0.0,
         app=app,
+        counter=counter,
     )
     await broker.consume(QUEUE, consumer.handle, prefetch=1)
     message = ItemMessage(job.id, JOB_TYPE, THUMBNAIL, state.image.id)
@@ -136,6 +144,24 @@ async def test_message_delivered_twice_counts_once(tmp_path: Path) -> None:
     await drain(rig.broker)
     assert (await rig.store.get_job(rig.job_id)).stage(THUMBNAIL).completed_items == 1
     assert [p.name for p in (tmp_path / "data").rglob("*.jpg")] == [f"{rig.message.key}.jpg"]
+    await close(rig)
+
+
+@pytest.mark.parametrize("coalesce", [True, False], ids=["coalesced", "per-item"])
+async def test_a_message_delivered_twice_is_counted_once_for_the_heartbeat(
+    tmp_path: Path, coalesce: bool
+) -> None:
+    counter = ItemCounter()
+    rig = await setup(tmp_path, counter=counter, coalesce=coalesce)
+    await rig.broker.publish(QUEUE, encode_item(rig.message))
+    await drain(rig.broker)
+    await rig.broker.publish(QUEUE, encode_item(rig.message))  # delivered again
+    await drain(rig.broker)
+    await asyncio.sleep(0.01)  # the receipts' callbacks
+
+    assert (await rig.store.get_job(rig.job_id)).stage(THUMBNAIL).completed_items == 1
+    assert counter.take() == [StageCount(JOB_TYPE, THUMBNAIL, 1, 0)]
+    assert (counter.done, counter.failed) == (1, 0)
     await close(rig)
 
 

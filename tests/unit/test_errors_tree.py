@@ -74,4 +74,6 @@ def test_the_reader_sees_the_tree_as_drawn() -> None:
     assert tree["ConfigurationError"] == "InvalidRequest"
     assert tree["WorkerCrashed"] == "JobtrackError"
     assert tree["ScanNotStarted"] == "JobtrackError"
-    assert len(tree) == 20
+    assert tree["PartlySettled"] == "BrokerUnavailable"
+    assert tree["TooManyDeadLetters"] == "BrokerError"
+    assert len(tree) == 22

@@ -16,8 +16,9 @@ from jobtrack.errors import InvalidRequest, StoreError, StoreUnavailable
 from jobtrack.model import StageStatus
 from jobtrack.store import Increment, InMemoryJobStore, ProgressResult, StageProgress
 from jobtrack.tracking import ProgressTracker
-from jobtrack.tracking.coalescer import Coalescer
+from jobtrack.tracking.coalescer import Coalescer, counted_split
 from jobtrack.tracking.progress_log import ProgressLog
+from jobtrack.tracking.receipt import Outcome
 
 
 class FlakyStore(InMemoryJobStore):
@@ -745,3 +746,37 @@ async def test_an_entry_refused_in_a_later_call_is_refused_alone() -> None:
 def test_max_write_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_write must be at least 1"):
         Coalescer(InMemoryJobStore(), ProgressLog(50), max_write=0)
+
+
+@pytest.mark.parametrize(
+    ("entry", "counted", "split"),
+    [
+        (StageProgress("j", "s", 2, 1, ("a", "b"), ("c",)), 6, (4, 2)),  # all counted
+        (StageProgress("j", "s", 0, 0, ("a", "b"), ()), 1, (1, 0)),  # one key counted before
+        (StageProgress("j", "s", 0, 0, (), ("a", "b")), 0, (0, 0)),
+        (StageProgress("j", "s", 0, 0, ("a",), ("a", "b")), 2, (1, 1)),  # "a" both ways
+        (StageProgress("j", "s", 1, 1, (), ()), 2, (1, 1)),  # unkeyed: always counted
+    ],
+)
+def test_the_counted_items_of_an_entry_split_into_done_and_failed(
+    entry: StageProgress, counted: int, split: tuple[int, int]
+) -> None:
+    assert counted_split(entry, counted) == split
+
+
+async def test_a_receipt_tells_what_the_store_counted_of_its_items() -> None:
+    store = InMemoryJobStore()
+    job = await store.create_job("t", ["s"])
+    tracker = ProgressTracker(store)
+    first = tracker.add(job.id, "s", item_key="a")
+    tracker.add(job.id, "s", item_key="b", failed=True)
+    assert await tracker.flush(max_wait=5.0)
+    again = tracker.add(job.id, "s", item_key="a")  # counted before
+    tracker.add(job.id, "s", item_key="c")
+    assert await tracker.flush(max_wait=5.0)
+    outcomes: list[Outcome] = []
+    first.when_known(outcomes.append)
+    again.when_known(outcomes.append)
+    await asyncio.sleep(0)
+
+    assert [(o.durable, o.done, o.failed) for o in outcomes] == [(True, 1, 1), (True, 1, 0)]

@@ -27,39 +27,69 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobtrack.api.config import ApiConfig
 from jobtrack.api.feed import ChangeFeed
-from jobtrack.api.metrics import render_metrics
+from jobtrack.api.metrics import (
+    OverviewCollector,
+    QueueCollector,
+    WorkerCollector,
+    render_metrics,
+)
+from jobtrack.api.overview import overview_json, watched_json
 from jobtrack.api.scans import ScanLauncher
 from jobtrack.api.schemas import (
     ActivityOut,
     CancelOut,
     CancelRefusedOut,
+    DeadIdsIn,
+    DeadLettersOut,
+    DeadSettledOut,
+    DeadSettleIn,
     ErrorOut,
     EventsOut,
     FailuresOut,
     HealthOut,
     JobOut,
     JobPage,
-    JobStatusName,
+    JobStatusFilter,
+    OverviewOut,
+    QueuesOut,
     RetryOut,
     ScanIn,
+    ThroughputOut,
+    WatchPage,
+    WatchStateName,
+    WorkersOut,
 )
 from jobtrack.api.security import BodyLimit, LoopbackHostGuard, TokenGuard
 from jobtrack.api.stream import EventCache, job_events_stream, since_header
+from jobtrack.api.workers import throughput_json, throughput_since, workers_json
 from jobtrack.errors import (
+    BrokerUnavailable,
     Conflict,
     InvalidRequest,
     JobtrackError,
     NotFound,
+    PartlySettled,
     PathRefused,
     ScanNotStarted,
     StoreError,
     StoreMissing,
+    TooManyDeadLetters,
 )
-from jobtrack.jobs.types import failure_json, item_failures_of
+from jobtrack.jobs.types import failure_json, item_failures_of, search_fields
 from jobtrack.model import Clock, JobStatus, utc_now
 from jobtrack.runtime import App, Settings, cancel_job
 from jobtrack.runtime.builtin import builtin_app
-from jobtrack.store import JobQuery, JobStore
+from jobtrack.runtime.queues import (
+    DeadLetterView,
+    QueueRow,
+    app_queue,
+    drop_dead,
+    list_dead,
+    queue_rows,
+    requeue_dead,
+)
+from jobtrack.store import JobQuery, JobStore, WatchQuery, WatchState
+from jobtrack.store.overview import WATCH_LIMIT
 from jobtrack.tracking.stats import WRITE_STATS
 
 __all__ = ["create_app"]
@@ -71,14 +101,18 @@ MAX_PAGE = 200
 #: At most this many failed items (item and stage) read for a job.
 MAX_FAILURES = 10_000
 
+_NO_NUL = "^[^\x00]*$"
+_JobTypeParam = Annotated[str | None, Query(max_length=200, pattern=_NO_NUL)]
+_TypeParam = Annotated[str | None, Query(alias="type", max_length=200, pattern=_NO_NUL)]
+
 _ERROR_TEXT = {
     400: "bad input",
     401: "no or a wrong bearer token",
     403: "not allowed: outside the scan roots, or the server takes no changes",
-    404: "no such job or folder",
-    409: "not now: the job is running, or there is nothing to do",
+    404: "no such job, folder, queue or dead letter",
+    409: "not now: the job is running, there is nothing to do, or too many dead letters",
     422: "malformed request",
-    503: "the store is unreachable, or the server cannot start a scan now",
+    503: "the store or broker is unreachable, or the server cannot start a scan now",
 }
 
 
@@ -112,9 +146,11 @@ def _status_of(exc: JobtrackError) -> int:
         return 404
     if isinstance(exc, PathRefused):
         return 403
+    if isinstance(exc, TooManyDeadLetters):
+        return 409
     if isinstance(exc, InvalidRequest | Conflict):
         return 400 if isinstance(exc, InvalidRequest) else 409
-    if isinstance(exc, StoreError | ScanNotStarted):
+    if isinstance(exc, StoreError | ScanNotStarted | BrokerUnavailable):
         return 503
     return 500
 
@@ -132,6 +168,10 @@ def create_app(
         launcher = ScanLauncher(settings, config.roots)
         chosen = builtin_app(settings, scans=launcher.start) if app is None else app
         async with chosen as opened:
+            if app is None and not opened.shared_broker:
+                # The scans' work runs on the server's in-process broker, so
+                # that its queues and dead letters are the ones shown here.
+                launcher.broker = opened.broker
             store = opened.store
             # The catalog beside the store is made now, at start (its tables
             # migrated), not by a first scan while another process writes.
@@ -252,19 +292,30 @@ async def healthz(request: Request) -> dict[str, str]:
 @router.get("/api/jobs", response_model=JobPage, tags=["jobs"], responses=_errors(401, 422, 503))
 async def list_jobs(
     request: Request,
-    status: JobStatusName | None = None,
-    job_type: Annotated[str | None, Query(max_length=200, pattern="^[^\x00]*$")] = None,
+    *,
+    status: JobStatusFilter | None = None,
+    job_type: _JobTypeParam = None,
+    type_: _TypeParam = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=200, pattern=_NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
-    """Jobs, newest first, filtered by status and type, a page at a time."""
+    """Jobs, newest first, filtered by status (``active``: pending or in
+    progress) and type (``job_type``, or ``type``), a page at a time. With
+    ``q``, only the jobs whose id starts with it, or in one of whose
+    searchable fields (those its type declares, such as a collection scan's
+    ``collection.path``) it is found, case-insensitively."""
+    found = parts(request)
     query = JobQuery(
-        status=None if status is None else JobStatus(status),
-        job_type=job_type,
+        status=None if status in {None, "active"} else JobStatus(status),
+        active=status == "active",
+        job_type=_one_type(job_type, type_),
         limit=limit + 1,
         offset=offset,
+        search=q,
+        search_fields=search_fields(found.app.job_types.values()) if q else (),
     )
-    jobs = await parts(request).store.list_jobs(query)
+    jobs = await found.store.list_jobs(query)
     more = len(jobs) > limit
     return {
         "jobs": [job.to_dict() for job in jobs[:limit]],
@@ -410,14 +461,234 @@ async def stream(request: Request) -> EventSourceResponse:
 )
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: items per stage, jobs per status, stuck jobs,
-    the monitor's events, this process's progress writes and latency."""
+    the monitor's events, workers per state and their items, this
+    process's progress writes and latency."""
     found = parts(request)
     threshold = found.clock() - timedelta(seconds=found.config.stuck_after)
     stats = await found.store.stats(stuck_before=threshold)
+    counts = await found.store.count_by_type(stuck_before=threshold)
+    workers = await found.store.list_workers()
     return Response(
-        render_metrics(stats, WRITE_STATS),
+        render_metrics(
+            stats,
+            WRITE_STATS,
+            OverviewCollector(counts),
+            QueueCollector(await _queue_rows_or_none(found)),
+            WorkerCollector(workers),
+        ),
         media_type="text/plain; version=0.0.4; charset=utf-8",
     )
+
+
+# Queues and dead letters (runtime.queues does the work, as for the CLI)
+
+#: At most this many dead letters listed at once.
+MAX_DEAD = 1000
+
+
+async def _queue_rows_or_none(found: _Parts) -> list[QueueRow]:
+    """The queues' numbers for the metrics; none while the broker is away
+    (the other metrics are still served)."""
+    try:
+        return await queue_rows(found.app)
+    except BrokerUnavailable as exc:
+        logger.warning("queue metrics left out: %s", exc, extra={"action": "queue_metrics_lost"})
+        return []
+
+
+def _by(request: Request) -> str:
+    """Who acts through the API, for the jobs' events."""
+    client = request.client.host if request.client is not None else "an unknown client"
+    return f"the API (from {client})"
+
+
+@router.get("/api/queues", response_model=QueuesOut, tags=["queues"], responses=_errors(401, 503))
+async def list_queues(request: Request) -> dict[str, Any]:
+    """Every stage queue of the server's app: messages ready, consumers,
+    messages in flight and the oldest message's age where the broker tells,
+    and how many dead letters its dead-letter queue holds."""
+    found = parts(request)
+    rows = await queue_rows(found.app)
+    return {
+        "broker": "shared" if found.app.shared_broker else "memory",
+        "queues": [row.to_dict() for row in rows],
+    }
+
+
+@router.get(
+    "/api/queues/{queue}/dead",
+    response_model=DeadLettersOut,
+    tags=["queues"],
+    responses=_errors(401, 404, 409, 422, 503),
+)
+async def dead_letters(
+    request: Request, queue: str, limit: Annotated[int, Query(ge=1, le=MAX_DEAD)] = 100
+) -> dict[str, Any]:
+    """The first ``limit`` dead letters of a stage queue, oldest first,
+    each with its id, reason, delivery count, when it died and the job,
+    stage and item it was for. Listing changes nothing: every dead letter
+    stays, in its order, and the count with it (so it is a GET, open
+    when reads are). A queue holding more than 10,000 is a 409."""
+    app = parts(request).app
+    chosen = app_queue(app, queue)
+    views = await list_dead(app, queue, limit=limit)
+    total = (await app.broker.queue_stats(chosen.dead_queue)).messages
+    return {
+        "queue": chosen.queue,
+        "dead_queue": chosen.dead_queue,
+        "total": total,
+        "dead_letters": [view.to_dict() for view in views],
+    }
+
+
+async def _settle(request: Request, queue: str, chosen: DeadSettleIn, *, requeue: bool) -> Any:
+    app = parts(request).app
+    action = requeue_dead if requeue else drop_dead
+    ids = list(dict.fromkeys(chosen.ids)) if isinstance(chosen, DeadIdsIn) else None
+    answer: dict[str, Any] = {"queue": queue, "action": "requeued" if requeue else "dropped"}
+    try:
+        views = await action(app, queue, ids, by=_by(request))
+    except PartlySettled as exc:
+        logger.warning("%s %s: %s", request.method, request.url.path, exc)
+        done = [view.to_dict() for view in exc.taken if isinstance(view, DeadLetterView)]
+        answer |= {"error": str(exc), "dead_letters": done, "not_done": exc.not_taken}
+        return JSONResponse(answer, status_code=503)
+    remaining = (await app.broker.queue_stats(app_queue(app, queue).dead_queue)).messages
+    return answer | {"dead_letters": [view.to_dict() for view in views], "remaining": remaining}
+
+
+@router.post(
+    "/api/queues/{queue}/dead/requeue",
+    response_model=DeadSettledOut,
+    tags=["queues"],
+    responses=_errors(401, 403, 404, 409, 422, 503),
+)
+async def requeue_dead_letters(request: Request, queue: str, chosen: DeadSettleIn) -> Any:
+    """Send the chosen dead letters back to their queue (each published
+    again, confirmed, before its dead copy goes) and record a ``requeued``
+    event on each one's job. An id not found is a 404 naming it, and
+    nothing is sent back; an id another server's listing holds for a
+    moment is waited for. ``{"all": true}`` sends back at most 1,000 (the
+    answer's ``remaining`` says how many are left). A broker lost part way
+    answers 503 with the ones sent back (``dead_letters``, their events
+    recorded) and the ids not sent back (``not_done``)."""
+    return await _settle(request, queue, chosen, requeue=True)
+
+
+@router.post(
+    "/api/queues/{queue}/dead/drop",
+    response_model=DeadSettledOut,
+    tags=["queues"],
+    responses=_errors(401, 403, 404, 409, 422, 503),
+)
+async def drop_dead_letters(request: Request, queue: str, chosen: DeadSettleIn) -> Any:
+    """Drop the chosen dead letters and record a ``dropped`` event on each
+    one's job. An id not found is a 404 naming it, and nothing is dropped.
+    ``{"all": true}`` drops at most 1,000 (``remaining``: how many are
+    left). A broker lost part way answers 503 with the ones dropped and the
+    ids not dropped (``not_done``)."""
+    return await _settle(request, queue, chosen, requeue=False)
+
+
+# The operator's overview: counts per job type, the watch list.
+
+
+def _one_type(job_type: str | None, type_: str | None) -> str | None:
+    """The type filter, named ``job_type`` or ``type`` (both: both must hold,
+    and when they differ no job does: ``_NO_TYPE``, which no job type is)."""
+    if job_type is not None and type_ is not None and job_type != type_:
+        return _NO_TYPE
+    return job_type if job_type is not None else type_
+
+
+#: A job type no job has (job type names are never empty).
+_NO_TYPE = ""
+
+
+@router.get(
+    "/api/overview", response_model=OverviewOut, tags=["overview"], responses=_errors(401, 503)
+)
+async def overview(request: Request) -> dict[str, Any]:
+    """Per job type and in total: jobs per status, the active ones, and of
+    those the stuck (not written for the server's ``stuck_after``), the
+    waiting (left alone by the monitor behind a backlog being consumed) and
+    the re-driven; read in one query."""
+    found = parts(request)
+    threshold = found.clock() - timedelta(seconds=found.config.stuck_after)
+    counts = await found.store.count_by_type(stuck_before=threshold)
+    return overview_json(counts, found.config.stuck_after)
+
+
+@router.get(
+    "/api/watch",
+    response_model=WatchPage,
+    tags=["overview"],
+    responses=_errors(401, 422, 503),
+)
+async def watch(
+    request: Request,
+    *,
+    state: WatchStateName | None = None,
+    job_type: _JobTypeParam = None,
+    type_: _TypeParam = None,
+    limit: Annotated[int, Query(ge=1, le=WATCH_LIMIT - 1)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> dict[str, Any]:
+    """The active jobs that are stuck, waiting behind a backlog or being
+    re-driven by the monitor (``state``: only those), newest first, each
+    with why and the monitor's last action; a page at a time."""
+    found = parts(request)
+    now = found.clock()
+    stuck_after = found.config.stuck_after
+    query = WatchQuery(
+        stuck_before=now - timedelta(seconds=stuck_after),
+        state=None if state is None else WatchState(state),
+        job_type=_one_type(job_type, type_),
+        limit=limit + 1,
+        offset=offset,
+    )
+    listed = await found.store.list_watched(query)
+    more = len(listed) > limit
+    return {
+        "jobs": [watched_json(w, now=now, stuck_after=stuck_after) for w in listed[:limit]],
+        "limit": limit,
+        "offset": offset,
+        "next_offset": offset + limit if more else None,
+        "stuck_after": stuck_after,
+    }
+
+
+# Workers and throughput: the heartbeats the worker processes write.
+
+
+@router.get(
+    "/api/workers", response_model=WorkersOut, tags=["workers"], responses=_errors(401, 503)
+)
+async def workers(request: Request) -> dict[str, Any]:
+    """Every worker process that wrote a heartbeat in the last day, live
+    first: its host, pid, stages, concurrency, items and last error, and its
+    state (live; dead, since its last beat; stopped)."""
+    found = parts(request)
+    listed = await found.store.list_workers()
+    return workers_json(listed, found.app.settings.heartbeat_interval)
+
+
+@router.get(
+    "/api/throughput",
+    response_model=ThroughputOut,
+    tags=["workers"],
+    responses=_errors(401, 422, 503),
+)
+async def throughput(
+    request: Request, minutes: Annotated[int, Query(ge=1, le=1440)] = 60
+) -> dict[str, Any]:
+    """Items done and failed per job type and stage, summed over the
+    workers, per bucket over the last ``minutes``, with the totals of the
+    last minute and the last hour."""
+    found = parts(request)
+    now = found.clock()
+    points = await found.store.throughput(since=throughput_since(now, minutes))
+    return throughput_json(points, now, minutes)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobtrack.broker import Broker
 from jobtrack.errors import NotFound, PathRefused, ScanNotStarted
 from jobtrack.model import Job
 from jobtrack.pipeline.walk import ResolvedRoot
@@ -66,9 +67,14 @@ class ScanLauncher:
     its broker) keeps its slot until it is done, and is stopped and awaited
     by :meth:`aclose` like the others."""
 
-    def __init__(self, settings: Settings, roots: tuple[Path, ...]) -> None:
+    def __init__(
+        self, settings: Settings, roots: tuple[Path, ...], *, broker: Broker | None = None
+    ) -> None:
         self._settings = settings
         self.roots = roots
+        self.broker = broker
+        """The in-process broker the scans run their work on (None: one of
+        their own each); the server's, so that it shows their queues."""
         self._scans: dict[Path, _Scan] = {}
         self._closing: set[_Scan] = set()  # job ended, task not yet done
 
@@ -117,7 +123,12 @@ class ScanLauncher:
 
         async def run() -> None:
             try:
-                async with EmbeddedRuntime(self._settings) as runtime:
+                runtime = (
+                    EmbeddedRuntime(self._settings)
+                    if self.broker is None
+                    else EmbeddedRuntime(self._settings, broker=self.broker)
+                )
+                async with runtime:
                     outcome = await runtime.scan(folder, on_progress=seen)
                 seen(outcome.job)
             except asyncio.CancelledError:

@@ -19,10 +19,11 @@ __all__ = [
 ]
 
 
-def open_broker(url: str) -> Broker:
+def open_broker(url: str, *, management_url: str | None = None) -> Broker:
     """Open the broker a URL names (connecting lazily, on first use):
     ``memory://``, or ``amqp://…``, one URL or a cluster's nodes separated
-    by commas.
+    by commas; ``management_url``: RabbitMQ's management API, for the
+    numbers of a queue AMQP does not tell (ignored for ``memory://``).
 
     :raises InvalidRequest: another scheme (the URL shown with its password
         masked).
@@ -33,7 +34,7 @@ def open_broker(url: str) -> Broker:
     if url.lstrip().lower().startswith(("amqp://", "amqps://")):
         from jobtrack.broker.rabbitmq import RabbitMQBroker  # noqa: PLC0415 (aio-pika on demand)
 
-        return RabbitMQBroker(url)
+        return RabbitMQBroker(url, management_url=management_url)
     raise InvalidRequest(
         f"unsupported broker URL {masked_url(url)!r}: use memory:// or amqp://…"
         " (a cluster's nodes: amqp:// URLs separated by commas)"

@@ -11,29 +11,50 @@ a RabbitMQ consumer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import time
+import uuid
+from collections import deque
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from jobtrack.broker.base import Handler, dead_letter_queue
+from jobtrack.broker.base import (
+    MAX_HELD_DEAD,
+    DeadMessage,
+    Handler,
+    QueueStats,
+    clip,
+    dead_letter_queue,
+    is_dead_letter_queue,
+)
 from jobtrack.broker.settle import SettleOnce, log_dead_letter, run_handler
-from jobtrack.errors import BrokerError
+from jobtrack.errors import BrokerError, NotFound, TooManyDeadLetters
+from jobtrack.model import utc_now
 
 __all__ = ["DeadLetter", "InMemoryBroker"]
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A rejected message and why it was rejected."""
+    """A rejected message and why it was rejected; its ``id`` and the
+    moment it died (``died_at``) are left out of comparisons."""
 
     body: bytes
     reason: str
     delivery_count: int
+    id: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False)
+    died_at: datetime | None = field(default=None, compare=False)
+
+    def listed(self) -> DeadMessage:
+        """This dead letter as a broker lists it."""
+        return DeadMessage(self.id, self.body, self.reason, self.delivery_count, self.died_at)
 
 
 @dataclass(slots=True)
 class _Message:
     body: bytes
     delivery_count: int = 0
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True)
@@ -180,7 +201,8 @@ class InMemoryBroker:
     def dead_letter(self, queue: str, body: bytes, delivery_count: int, reason: str) -> None:
         """Keep a rejected message in the queue's dead-letter list."""
         target = dead_letter_queue(queue)
-        self.dead_letters.setdefault(target, []).append(DeadLetter(body, reason, delivery_count))
+        letter = DeadLetter(body, reason, delivery_count, died_at=utc_now())
+        self.dead_letters.setdefault(target, []).append(letter)
         log_dead_letter(queue, reason)
 
     async def publish(self, queue: str, body: bytes) -> None:
@@ -225,6 +247,64 @@ class InMemoryBroker:
         """Messages queued or delivered and not yet settled."""
         state = self.queue(queue)
         return state.ready.qsize() + state.unacked
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """The queue's ready messages, consumers, unsettled deliveries and the
+        age of its oldest ready message (a dead-letter queue's: its oldest
+        dead letter's); a queue never used has none of them."""
+        if is_dead_letter_queue(queue):
+            letters = self.dead_letters.get(queue, [])
+            oldest = min((d.died_at for d in letters if d.died_at is not None), default=None)
+            age = None if oldest is None else max((utc_now() - oldest).total_seconds(), 0.0)
+            return QueueStats(queue, len(letters), self.consumers(queue), 0, age)
+        state = self._queues.get(queue)
+        if state is None:
+            return QueueStats(queue, 0, self.consumers(queue), 0, None)
+        ready: deque[_Message] = getattr(state.ready, "_queue")  # noqa: B009 (asyncio's own)
+        age = max(time.monotonic() - ready[0].queued_at, 0.0) if ready else None
+        return QueueStats(queue, state.ready.qsize(), self.consumers(queue), state.unacked, age)
+
+    async def dead_messages(self, queue: str, *, limit: int) -> list[DeadMessage]:
+        """The first ``limit`` dead letters of ``queue``, oldest first.
+
+        :raises TooManyDeadLetters: more than :data:`MAX_HELD_DEAD`, as on RabbitMQ.
+        """
+        letters = self._held(queue)
+        return [letter.listed() for letter in letters[: max(limit, 0)]]
+
+    def _held(self, queue: str) -> list[DeadLetter]:
+        letters = self.dead_letters.get(dead_letter_queue(queue), [])
+        if len(letters) > MAX_HELD_DEAD:
+            raise TooManyDeadLetters(
+                f"{dead_letter_queue(queue)} holds {len(letters)} dead letters, more than"
+                f" the {MAX_HELD_DEAD} listed, sent back or dropped at once"
+            )
+        return letters
+
+    async def settle_dead(
+        self, queue: str, ids: Collection[str] | None, *, requeue: bool, most: int | None = None
+    ) -> list[DeadMessage]:
+        """Take the dead letters ``ids`` (None: all, or the first ``most``)
+        of ``queue``: requeued (their bodies put back on ``queue``) or dropped.
+
+        :raises NotFound: an id is not among them (nothing is taken).
+        :raises TooManyDeadLetters: more than :data:`MAX_HELD_DEAD`, as on RabbitMQ.
+        """
+        letters = self._held(queue)
+        chosen = set(ids) if ids is not None else {letter.id for letter in letters[:most]}
+        missing = sorted(chosen.difference(letter.id for letter in letters))
+        if missing:
+            raise NotFound(
+                f"no dead letter {clip(', '.join(missing))} in {dead_letter_queue(queue)}"
+            )
+        taken = [letter for letter in letters if letter.id in chosen]
+        kept = [letter for letter in letters if letter.id not in chosen]
+        if letters:
+            self.dead_letters[dead_letter_queue(queue)] = kept
+        if requeue:
+            for letter in taken:
+                self.queue(queue).ready.put_nowait(_Message(letter.body))
+        return [letter.listed() for letter in taken]
 
     async def failed(self) -> BrokerError:
         """Never returns: the in-process broker cannot fail apart from its process."""

@@ -74,13 +74,19 @@ of a list must agree on both.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
+import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -94,13 +100,25 @@ from aio_pika.abc import (
 )
 
 from jobtrack.broker.backoff import Backoff
-from jobtrack.broker.base import Handler, dead_letter_queue, is_dead_letter_queue
+from jobtrack.broker.base import (
+    MAX_HELD_DEAD,
+    DeadMessage,
+    Handler,
+    QueueStats,
+    clip,
+    dead_letter_queue,
+    dead_message_id,
+    is_dead_letter_queue,
+)
 from jobtrack.broker.settle import SettleOnce, log_dead_letter, run_handler
 from jobtrack.errors import (
     BrokerError,
     BrokerUnavailable,
     ConfigurationError,
+    NotFound,
+    PartlySettled,
     QueueRefused,
+    TooManyDeadLetters,
     masked_url,
 )
 
@@ -118,6 +136,19 @@ logger = logging.getLogger(__name__)
 REASON_HEADER = "x-jobtrack-reason"
 SOURCE_HEADER = "x-jobtrack-queue"
 COUNT_HEADER = "x-jobtrack-delivery-count"
+DIED_HEADER = "x-jobtrack-died-at"
+# On a dead letter sent back to its queue: the dead-letter queue it came from
+# (its message id is the dead letter's).
+REQUEUED_HEADER = "x-jobtrack-requeued-from"
+# Seconds a listing waits for another process's listing of the same
+# dead-letter queue to give it back, and for all of it to be delivered; and
+# how long a send-back looks again for an id not found.
+_HELD_PATIENCE = 2.0
+# Seconds without a delivery after which a listing stops waiting for more.
+_HELD_IDLE = 0.5
+# Headers the server changes while a message waits (a quorum queue counts
+# each return): left out of a dead letter's derived id.
+_VOLATILE_HEADERS = frozenset({"x-delivery-count"})
 BROKER_SETTING = "JOBTRACK_BROKER_URL / --broker"
 _QUEUE_TYPES = ("quorum", "classic")
 # Errors that mean "the connection or channel is gone", not "this call is
@@ -132,6 +163,9 @@ _GONE: tuple[type[BaseException], ...] = (
     ConnectionError,
 )
 _GONE_OR_SLOW: tuple[type[BaseException], ...] = (*_GONE, TimeoutError)
+# What stops a send-back of dead letters part way: a publish not confirmed,
+# or the channel holding them gone.
+_LOST_SETTLING: tuple[type[BaseException], ...] = (BrokerError, *_GONE_OR_SLOW)
 # What a failed connection attempt raises when the server is away (or refused).
 _CONNECT_FAILED: tuple[type[BaseException], ...] = (
     aiormq.exceptions.AMQPError,
@@ -638,8 +672,12 @@ class RabbitMQBroker:
     :param max_reconnect_delay: the ceiling of the reconnection backoff.
     :param backoff: makes the backoff of each run of attempts (tests inject
         one with their own random and sleep).
+    :param management_url: RabbitMQ's management API
+        (``http://user:password@host:15672``), asked for a queue's numbers,
+        the messages held unacked among them; None: AMQP alone.
     :raises ConfigurationError: for a URL that does not parse, or URLs that
-        disagree on ``queue_type`` or ``delivery_limit``.
+        disagree on ``queue_type`` or ``delivery_limit``, or a management
+        URL that is not ``http://`` or ``https://`` with a host.
     """
 
     def __init__(
@@ -650,8 +688,10 @@ class RabbitMQBroker:
         confirm_window: int = 100,
         max_reconnect_delay: float = 5.0,
         backoff: Callable[[], Backoff] | None = None,
+        management_url: str | None = None,
     ) -> None:
         self._urls, self.queue_type, self.delivery_limit = parse_amqp_urls(url)
+        self._management = None if management_url is None else _Management(management_url)
         self._node = 0  # the index in _urls of the node connected, or to try next
         self._publish_timeout = publish_timeout
         self._window = asyncio.Semaphore(confirm_window)
@@ -1030,7 +1070,14 @@ class RabbitMQBroker:
         except ExceptionGroup as failed:  # the first failure, as publish would raise it
             raise failed.exceptions[0] from None
 
-    async def _publish(self, queue: str, body: bytes, headers: dict[str, Any] | None) -> None:
+    async def _publish(
+        self,
+        queue: str,
+        body: bytes,
+        headers: dict[str, Any] | None,
+        *,
+        message_id: str | None = None,
+    ) -> None:
         deadline = asyncio.get_running_loop().time() + self._publish_timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
@@ -1044,6 +1091,8 @@ class RabbitMQBroker:
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     content_type="application/json",
                     headers=headers,
+                    message_id=message_id,
+                    timestamp=datetime.now(UTC),
                 )
                 confirm = await publisher.default_exchange.publish(
                     message, routing_key=queue, mandatory=True, timeout=max(remaining, 0.001)
@@ -1100,7 +1149,10 @@ class RabbitMQBroker:
         headers.pop(COUNT_HEADER, None)
         if self.queue_type == "quorum":
             headers[COUNT_HEADER] = delivery_count
-        await self._publish(dead_letter_queue(queue), message.body, headers=headers)
+        headers[DIED_HEADER] = datetime.now(UTC).isoformat()
+        await self._publish(
+            dead_letter_queue(queue), message.body, headers=headers, message_id=uuid.uuid4().hex
+        )
         log_dead_letter(queue, reason)
 
     async def consume(self, queue: str, handler: Handler, *, prefetch: int) -> _RabbitSubscription:
@@ -1191,6 +1243,239 @@ class RabbitMQBroker:
             with contextlib.suppress(*_GONE):
                 await channel.close()
 
+    @contextlib.asynccontextmanager
+    async def _side_channel(self, within: float) -> AsyncIterator[AbstractChannel]:
+        """A channel of its own for one operation, closed after it (the
+        server then takes back what it holds unacked).
+
+        :raises BrokerUnavailable: no connection within ``within`` seconds,
+            or it was lost during the operation.
+        """
+        connection = await self._connected(within)
+        try:
+            channel = await _open_channel(connection, publisher_confirms=False)
+        except _GONE_OR_SLOW as exc:
+            raise BrokerUnavailable(f"cannot open a channel to RabbitMQ: {exc!r}") from exc
+        try:
+            yield channel
+        except _GONE_OR_SLOW as exc:
+            raise BrokerUnavailable(f"the RabbitMQ channel was lost: {exc!r}") from exc
+        finally:
+            with contextlib.suppress(*_GONE_OR_SLOW):
+                await asyncio.wait_for(channel.close(), _CLOSE_TIMEOUT)
+
+    async def queue_stats(self, queue: str, *, within: float = 10.0) -> QueueStats:
+        """The ready messages and consumers of ``queue``, from a passive
+        declare (it is not created; a queue that does not exist has none).
+        AMQP tells neither the messages other processes hold unacked nor
+        the age of the oldest message: both None. With a management API,
+        its numbers instead (sampled by the server, every 5 s by default),
+        unacked included, and the oldest message's age where the server
+        tells it (a classic queue's head); if it does not answer, AMQP's.
+
+        :raises BrokerUnavailable: no answer within ``within`` seconds.
+        """
+        if self._management is not None:
+            vhost = unquote(urlsplit(self._url).path[1:]) or "/"
+            try:
+                return await self._management.queue_stats(vhost, queue)
+            except (OSError, ValueError) as exc:
+                logger.warning(
+                    "RabbitMQ's management API at %s did not answer for %s (%s); asking AMQP",
+                    self._management.where,
+                    queue,
+                    exc,
+                    extra={"action": "management_unavailable", "queue": queue},
+                )
+        async with self._side_channel(within) as channel:
+            try:
+                declared = await channel.declare_queue(queue, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return QueueStats(queue, 0, 0)
+        result = declared.declaration_result
+        return QueueStats(queue, result.message_count or 0, result.consumer_count or 0)
+
+    async def _held_dead(
+        self, channel: AbstractChannel, queue: str, within: float
+    ) -> list[tuple[DeadMessage, AbstractIncomingMessage]]:
+        """Take every message of ``queue``'s dead-letter queue on ``channel``,
+        unacked and in order: they go back when it closes, unless acked.
+
+        All of them, never some: a quorum queue puts a message given back
+        behind the others given back before, so returning only the first
+        few would move them to the end; returning all of them, in the order
+        taken, keeps the order. One ``basic.consume`` with a prefetch of the
+        whole queue takes them in a few round trips. While another listing
+        holds the queue (it consumes it), this one waits for it a moment,
+        so that the two do not split the messages between them.
+
+        :raises TooManyDeadLetters: more than :data:`MAX_HELD_DEAD`.
+        """
+        name = dead_letter_queue(queue)
+        loop = asyncio.get_running_loop()
+        patience = loop.time() + _HELD_PATIENCE
+        while True:
+            try:
+                dead = await channel.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return []
+            declared = dead.declaration_result
+            if not declared.consumer_count or loop.time() >= patience:
+                break
+            await asyncio.sleep(0.05)
+        count = declared.message_count or 0
+        if count < 1:
+            return []
+        if count > MAX_HELD_DEAD:
+            raise TooManyDeadLetters(
+                f"{name} holds {count} dead letters, more than the {MAX_HELD_DEAD} jobtrack"
+                " lists, sends back or drops at once: move or purge some with RabbitMQ's"
+                " own tools first"
+            )
+        await channel.set_qos(prefetch_count=count)
+        taken: list[AbstractIncomingMessage] = []
+        every = asyncio.Event()
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            taken.append(message)
+            if len(taken) >= count:
+                every.set()
+
+        tag = await dead.consume(take)
+        # Fewer than counted come when another process took some meanwhile:
+        # then wait only while they keep coming.
+        deadline, seen = loop.time() + within, -1
+        while not every.is_set() and len(taken) > seen and loop.time() < deadline:
+            seen = len(taken)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(every.wait(), _HELD_IDLE)
+        await dead.cancel(tag)
+        taken.sort(key=lambda message: message.delivery_tag or 0)
+        return [(_dead_message(message), message) for message in taken]
+
+    async def dead_messages(
+        self, queue: str, *, limit: int, within: float = 10.0
+    ) -> list[DeadMessage]:
+        """The first ``limit`` messages of ``queue``'s dead-letter queue,
+        oldest first. Every one is taken unacked on a channel of its own, in
+        order, then given back by closing it (none is lost: the dead-letter
+        queue has no delivery limit), so a listing changes neither the
+        order nor the count.
+
+        :raises TooManyDeadLetters: more than :data:`MAX_HELD_DEAD`.
+        :raises BrokerUnavailable: no answer within ``within`` seconds.
+        """
+        if limit < 1:
+            return []
+        held: list[tuple[DeadMessage, AbstractIncomingMessage]] = []
+        try:
+            async with self._side_channel(within) as channel:
+                held = await self._held_dead(channel, queue, within)
+                return [listed for listed, _ in held[:limit]]
+        finally:
+            await self._returned(dead_letter_queue(queue), len(held), within)
+
+    async def _returned(self, queue: str, count: int, within: float) -> None:
+        """Wait until ``queue`` counts at least ``count`` messages again: a
+        closed channel's messages go back to a quorum queue after the close
+        is confirmed, and a caller counting at once must see them."""
+        if count < 1:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        with contextlib.suppress(BrokerError):
+            while (await self.queue_stats(queue, within=within)).messages < count:
+                if loop.time() >= deadline:
+                    logger.warning("%s still counts fewer than the %d returned", queue, count)
+                    return
+                await asyncio.sleep(0.02)
+
+    async def settle_dead(
+        self,
+        queue: str,
+        ids: Collection[str] | None,
+        *,
+        requeue: bool,
+        most: int | None = None,
+        within: float = 10.0,
+    ) -> list[DeadMessage]:
+        """Take the messages ``ids`` (None: all, or the first ``most``) out
+        of ``queue``'s dead-letter queue. Every dead letter is held unacked
+        on a channel of its own; with ``requeue`` each chosen body is
+        published back to ``queue`` (confirmed; its message id the dead
+        letter's, in an ``x-jobtrack-requeued-from`` header the dead-letter
+        queue) before its dead copy is acked; without, it is acked
+        (dropped). Closing the channel gives back the others, in order. An
+        id not found is looked for again for a moment: another process's
+        listing may hold it.
+
+        :raises NotFound: an id is not in the dead-letter queue (named;
+            nothing is taken).
+        :raises TooManyDeadLetters: more than :data:`MAX_HELD_DEAD`.
+        :raises PartlySettled: the broker was lost part way (what was taken
+            and what was not).
+        :raises BrokerUnavailable: no answer within ``within`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        patience = loop.time() + _HELD_PATIENCE
+        while True:
+            returned = 0
+            try:
+                async with self._side_channel(within) as channel:
+                    held = await self._held_dead(channel, queue, within)
+                    returned = len(held)
+                    chosen = _chosen(held, ids, most)
+                    missing = sorted(chosen.difference(listed.id for listed, _ in held))
+                    if not missing:
+                        taken = await self._take(queue, held, chosen, requeue=requeue)
+                        returned -= len(taken)
+                        return taken
+            except PartlySettled as exc:
+                returned -= len(exc.taken)
+                raise
+            finally:
+                await self._returned(dead_letter_queue(queue), returned, within)
+            if loop.time() >= patience:
+                raise NotFound(
+                    f"no dead letter {clip(', '.join(missing))} in {dead_letter_queue(queue)}"
+                )
+            await asyncio.sleep(0.1)
+
+    async def _take(
+        self,
+        queue: str,
+        held: list[tuple[DeadMessage, AbstractIncomingMessage]],
+        chosen: set[str],
+        *,
+        requeue: bool,
+    ) -> list[DeadMessage]:
+        """Send back (or drop) the ``chosen`` of ``held``, in order.
+
+        :raises PartlySettled: the broker was lost part way.
+        """
+        taken: list[DeadMessage] = []
+        try:
+            for listed, message in held:
+                if listed.id not in chosen:
+                    continue
+                if requeue:
+                    headers = {REQUEUED_HEADER: dead_letter_queue(queue)}
+                    await self._publish(queue, listed.body, headers, message_id=listed.id)
+                await message.ack()
+                taken.append(listed)
+        except _LOST_SETTLING as exc:
+            done = {listed.id for listed in taken}
+            not_taken = [listed.id for listed, _ in held if listed.id in chosen - done]
+            what = "sent back" if requeue else "dropped"
+            raise PartlySettled(
+                f"{len(taken)} of {len(chosen)} dead letters of {dead_letter_queue(queue)}"
+                f" {what} before the broker was lost ({exc!r}); the other {len(not_taken)}"
+                " are still dead letters",
+                taken=taken,
+                not_taken=not_taken,
+            ) from exc
+        return taken
+
     async def aclose(self) -> None:
         """Stop every subscription and close the connection."""
         self._closed = True
@@ -1204,3 +1489,121 @@ class RabbitMQBroker:
         if connection is not None:
             with contextlib.suppress(*_GONE_OR_SLOW):
                 await asyncio.wait_for(connection.close(), 5.0)
+
+
+def _chosen(
+    held: list[tuple[DeadMessage, AbstractIncomingMessage]],
+    ids: Collection[str] | None,
+    most: int | None,
+) -> set[str]:
+    """The ids to take: ``ids``, or (None) the first ``most`` held (all)."""
+    if ids is not None:
+        return set(ids)
+    return {listed.id for listed, _ in held[:most]}
+
+
+def _dead_message(message: AbstractIncomingMessage) -> DeadMessage:
+    """A message of a dead-letter queue as listed: its id (the one given
+    when jobtrack dead-lettered it, else one derived from its body and
+    headers), reason, count and death from jobtrack's headers, else from the
+    server's ``x-death`` (a message the server dead-lettered itself)."""
+    headers = dict(message.headers or {})
+    deaths = headers.get("x-death")
+    death = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
+    raw_reason = headers.get(REASON_HEADER)
+    if isinstance(raw_reason, bytes):
+        raw_reason = raw_reason.decode("utf-8", "replace")
+    if isinstance(raw_reason, str):
+        reason = raw_reason
+    else:
+        server_reason = death.get("reason", "unknown")
+        if isinstance(server_reason, bytes):
+            server_reason = server_reason.decode("utf-8", "replace")
+        reason = f"dead-lettered by the server: {server_reason}"
+    count = headers.get(COUNT_HEADER)
+    died: datetime | None = None
+    raw_died = headers.get(DIED_HEADER)
+    if isinstance(raw_died, bytes):
+        raw_died = raw_died.decode("ascii", "replace")
+    if isinstance(raw_died, str):
+        with contextlib.suppress(ValueError):
+            died = datetime.fromisoformat(raw_died)
+    else:
+        when = death.get("time")
+        if isinstance(when, datetime):
+            died = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    stable = {k: v for k, v in headers.items() if k not in _VOLATILE_HEADERS}
+    ident = message.message_id or dead_message_id(message.body, stable)
+    return DeadMessage(
+        ident,
+        message.body,
+        reason,
+        count if isinstance(count, int) and not isinstance(count, bool) else None,
+        died,
+    )
+
+
+class _Management:
+    """RabbitMQ's management API, asked for one queue's numbers at a time
+    (in a thread: the standard library's HTTP client blocks)."""
+
+    def __init__(self, url: str) -> None:
+        refused = ConfigurationError(
+            f"bad RabbitMQ management URL {masked_url(url)}: use http://user:password@host:15672",
+            setting="JOBTRACK_BROKER_MANAGEMENT_URL",
+        )
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise refused from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise refused
+        user, password = unquote(parts.username or "guest"), unquote(parts.password or "guest")
+        netloc = parts.hostname if port is None else f"{parts.hostname}:{port}"
+        self._base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        self._authorization = f"Basic {token}"
+        self.where = masked_url(url)
+
+    async def queue_stats(self, vhost: str, queue: str) -> QueueStats:
+        """``queue``'s numbers in ``vhost`` (none for a queue that does not exist).
+
+        :raises OSError: the API did not answer, or refused (an HTTP error).
+        :raises ValueError: its answer is not the JSON of a queue.
+        """
+        found = await asyncio.to_thread(self._get, vhost, queue)
+        if found is None:
+            return QueueStats(queue, 0, 0)
+        head = found.get("head_message_timestamp")
+        oldest = None
+        if isinstance(head, int | float) and not isinstance(head, bool) and head > 0:
+            oldest = max(datetime.now(UTC).timestamp() - float(head), 0.0)
+        return QueueStats(
+            queue,
+            _whole(found.get("messages_ready")),
+            _whole(found.get("consumers")),
+            _whole(found.get("messages_unacknowledged")),
+            oldest,
+        )
+
+    def _get(self, vhost: str, queue: str) -> dict[str, Any] | None:
+        url = f"{self._base}/api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}"
+        request = urllib.request.Request(
+            url, headers={"Authorization": self._authorization, "Accept": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5.0) as answer:
+                found = json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise OSError(f"HTTP {exc.code} {exc.reason}") from None
+        if not isinstance(found, dict):
+            raise ValueError("not a queue's JSON")
+        return found
+
+
+def _whole(value: object) -> int:
+    """A count from the management API's JSON (0 when missing: not sampled yet)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -7,6 +7,8 @@ import contextlib
 import json
 import signal
 import sys
+from collections.abc import Awaitable
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -25,7 +27,7 @@ from jobtrack.cli.options import (
 from jobtrack.cli.progress import JobProgress
 from jobtrack.cli.views import job_json, jobs_table, print_job
 from jobtrack.errors import StoreMissing
-from jobtrack.jobs.types import item_failures_of
+from jobtrack.jobs.types import item_failures_of, search_fields
 from jobtrack.model import Job, JobEvent, JobStatus
 from jobtrack.runtime import App
 from jobtrack.runtime.cancel import CancelOutcome, cancel_job
@@ -42,6 +44,8 @@ def jobs() -> None:
 
 #: Failed items (item and stage) ``jobs show`` reads, at most.
 MAX_FAILURES = 10_000
+#: The longest search term ``jobs list --search`` takes.
+MAX_SEARCH = 200
 #: Exit status of ``jobs watch`` when Ctrl-C stops the watching (the job goes on).
 EXIT_INTERRUPTED = 130
 
@@ -49,6 +53,11 @@ EXIT_INTERRUPTED = 130
 @jobs.command("list")
 @click.option("--status", type=click.Choice([s.value for s in JobStatus]), help="Only this status.")
 @click.option("--type", "job_type", help="Only this job type.")
+@click.option(
+    "--search",
+    help="Only jobs whose id starts with this, or with it in a field their type declares"
+    " searchable (a collection scan's path), case-insensitively.",
+)
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
 @json_option
@@ -58,6 +67,7 @@ EXIT_INTERRUPTED = 130
 def list_jobs(
     status: str | None,
     job_type: str | None,
+    search: str | None,
     limit: int,
     offset: int,
     as_json: bool,
@@ -67,20 +77,25 @@ def list_jobs(
 ) -> None:
     """List jobs, newest first."""
     settings = settings_from(data_dir=data_dir, store_url=store_url)
+    if search is not None and not 0 < len(search) <= MAX_SEARCH:
+        raise click.BadParameter(f"takes 1 to {MAX_SEARCH} characters", param_hint="--search")
     query = JobQuery(
         status=None if status is None else JobStatus(status),
         job_type=job_type,
         limit=limit,
         offset=offset,
+        search=search,
     )
+
+    def listed(app: App) -> Awaitable[list[Job]]:
+        fields = search_fields(app.job_types.values()) if search else ()
+        return app.store.list_jobs(replace(query, search_fields=fields))
 
     def no_store(exc: StoreMissing) -> list[Job]:
         stderr.print(f"{exc}: nothing has been stored there yet")
         return []
 
-    found = with_app(
-        settings, lambda app: app.store.list_jobs(query), app_spec=app_spec, on_missing=no_store
-    )
+    found = with_app(settings, listed, app_spec=app_spec, on_missing=no_store)
     if as_json:
         click.echo(json.dumps([job.to_dict() for job in found], indent=2))
         return

@@ -1,5 +1,5 @@
 """The ``jobtrack`` command line: ``scan``, ``worker``, ``monitor``, ``jobs``, ``serve``,
-``sample``."""
+``queues``, ``dead``, ``top``, ``workers``, ``sample``."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ from jobtrack.cli.options import (
     usage_error,
 )
 from jobtrack.cli.progress import JobProgress
+from jobtrack.cli.queues import dead, queues
 from jobtrack.cli.serve import serve
+from jobtrack.cli.top import top, workers
 from jobtrack.cli.views import job_json, plural, print_job
 from jobtrack.cli.worker import worker
 from jobtrack.errors import InvalidRequest, JobtrackError
@@ -53,9 +55,10 @@ def cli(verbose: int) -> None:
     JOBTRACK_BROKER_URL, JOBTRACK_WORKERS, JOBTRACK_STUCK_AFTER (seconds
     without progress before a scan's job counts as abandoned, default 300) and
     JOBTRACK_CONSUMER_PROGRESS=on|off (off: consumers report nothing and the
-    counts come from reconciliation against the catalog). monitor, serve and
-    jobs take --app MODULE:ATTR (or JOBTRACK_APP): your app, whose job types
-    they know (the built-in collection scan's by default).
+    counts come from reconciliation against the catalog). monitor, serve,
+    jobs, queues, dead, top and workers take --app MODULE:ATTR (or
+    JOBTRACK_APP): your app, whose job types they know (the built-in
+    collection scan's by default).
     """
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(
@@ -69,6 +72,10 @@ cli.add_command(jobs)
 cli.add_command(worker)
 cli.add_command(monitor)
 cli.add_command(serve)
+cli.add_command(queues)
+cli.add_command(dead)
+cli.add_command(top)
+cli.add_command(workers)
 
 
 @cli.command()

@@ -98,6 +98,10 @@ def worker(
     Messages are acked once their item's progress is durable. SIGTERM or
     Ctrl-C stops taking messages, lets those in flight finish (or hands them
     back to the broker after --shutdown-grace) and exits 0.
+
+    The worker writes a heartbeat to the store every
+    JOBTRACK_HEARTBEAT_INTERVAL seconds (default 5), which the dashboard's
+    Workers view and GET /api/workers show; a last one marks a graceful stop.
     """
     settings = settings_from(
         data_dir=data_dir,

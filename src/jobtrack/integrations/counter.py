@@ -30,6 +30,13 @@ late, and before the process exits.
 The counter is made for one process. A process forked from one that used
 it (Celery's prefork pool, RQ's work horses) starts afresh on first use:
 nothing of the parent's thread, loop or connections is used in the child.
+
+While its thread runs, the process writes a worker's heartbeat
+(:class:`~jobtrack.jobs.heartbeat.Heartbeat`, every ``heartbeat_interval``):
+the stages of the app's types that send their items through a framework,
+and the tasks counted per job type and stage (a job's type read once per
+job, on the counter's thread); closing the counter writes its last beat,
+with ``stopped_at``.
 """
 
 from __future__ import annotations
@@ -47,8 +54,9 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
 
-from jobtrack.errors import InvalidRequest, JobtrackError, StoreUnavailable
+from jobtrack.errors import InvalidRequest, JobtrackError, NotFound, StoreUnavailable
 from jobtrack.integrations.tasks import TaskRef
+from jobtrack.jobs.heartbeat import Heartbeat, ItemCounter
 from jobtrack.store.ledger import storable_error
 from jobtrack.tracking.receipt import Receipt
 
@@ -71,6 +79,11 @@ BATCH = 1_000
 QUIET = 0.5
 #: Flush intervals an end waits at most while others keep coming.
 LONGEST = 2.5
+
+#: Jobs whose type the counter's thread keeps, at most (then it forgets them all).
+JOB_TYPES_KEPT = 10_000
+#: Reads of a job's type an outage may fail before its task counts are left out.
+TYPE_READS = 5
 
 #: Every counter of the process, to reset after a fork.
 _COUNTERS: weakref.WeakSet[TaskCounter] = weakref.WeakSet()
@@ -125,6 +138,12 @@ class _Running:
         self.first = 0.0  # time.monotonic() when the oldest end waiting came
         self.last = 0.0  # when the newest came
         self.taken = 0.0  # when the list was last taken
+        # The heartbeat's counts, and the job types they are counted under.
+        self.items = ItemCounter()
+        self.job_types: dict[str, str] = {}  # job id -> its type
+        # job id -> (stage, receipt, error) of the task ends waiting for its type
+        self.unresolved: dict[str, list[tuple[str, Receipt, str | None]]] = {}
+        self.reads: set[asyncio.Task[None]] = set()  # of job types
         self._opened: Future[None] = Future()
         self._stop: asyncio.Event | None = None
         self.thread = threading.Thread(target=self._run, name="jobtrack-counter", daemon=True)
@@ -159,6 +178,20 @@ class _Running:
             self._opened.set_exception(exc)
             return
         self._opened.set_result(None)
+        heartbeat = Heartbeat(
+            self.app.store,
+            self.items,
+            stages=[
+                f"{job_type.name}/{stage}"
+                for job_type in self.app.job_types.values()
+                if job_type.sender is not None
+                for stage in job_type.stages
+            ],
+            concurrency=0,
+            prefetch=0,
+            interval=self.app.settings.heartbeat_interval,
+        )
+        beating = heartbeat.start()
         try:
             await self._stop.wait()
         finally:
@@ -167,7 +200,56 @@ class _Running:
             self.take()
             if self.writes:
                 await asyncio.wait(set(self.writes))
+            if self.reads:  # a job type still being read: its counts wait no longer
+                await asyncio.wait(set(self.reads), timeout=1.0)
+                for read in set(self.reads):
+                    read.cancel()
+            await heartbeat.stop(beating)
             await self.app.aclose()
+
+    def tally(self, ref: TaskRef, receipt: Receipt, error: str | None) -> None:
+        """Count a task's end for the heartbeat as the store counts it (the
+        receipt's outcome: nothing for a task of an unknown job or stage, or
+        counted before), under its job's type (read once per job, in a task
+        of the counter's loop)."""
+        job_type = self.job_types.get(ref.job_id)
+        if job_type is not None:
+            self.items.count_receipt(job_type, ref.stage, receipt, error)
+            return
+        waiting = self.unresolved.get(ref.job_id)
+        if waiting is None:
+            waiting = self.unresolved[ref.job_id] = []
+            read = self.loop.create_task(self._resolve(ref.job_id))
+            self.reads.add(read)
+            read.add_done_callback(self.reads.discard)
+        waiting.append((ref.stage, receipt, error))
+
+    async def _resolve(self, job_id: str) -> None:
+        job_type = None
+        delay = 0.5
+        for _ in range(TYPE_READS):
+            try:
+                job_type = (await self.app.store.get_job(job_id)).job_type
+                break
+            except NotFound:  # its tasks' counts are refused too: nothing to count
+                break
+            except Exception as exc:  # an outage: read again, a while
+                logger.warning(
+                    "job type of job %s not read (%s); its task counts wait",
+                    job_id,
+                    exc,
+                    extra={"action": "task_counts_waiting", "job_id": job_id},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        waiting = self.unresolved.pop(job_id, [])
+        if job_type is None:
+            return  # an unknown job, or still unreadable: left out of the throughput
+        if len(self.job_types) >= JOB_TYPES_KEPT:
+            self.job_types.clear()
+        self.job_types[job_id] = job_type
+        for stage, receipt, error in waiting:
+            self.items.count_receipt(job_type, stage, receipt, error)
 
     def put(self, callback: Callable[..., None], args: tuple[object, ...], *, arm: bool) -> bool:
         """Have ``callback(self, *args)`` run on the counter's loop, with
@@ -438,11 +520,12 @@ class TaskCounter:
                     extra={"action": "failure_not_recorded", "job_id": ref.job_id},
                 )
                 break
-        TaskCounter._add(running, ref, failed=True)
+        TaskCounter._add(running, ref, failed=True, error=error)
 
     @staticmethod
-    def _add(running: _Running, ref: TaskRef, *, failed: bool) -> None:
+    def _add(running: _Running, ref: TaskRef, *, failed: bool, error: str | None = None) -> None:
         receipt = running.app.tracker.add(ref.job_id, ref.stage, item_key=ref.key, failed=failed)
+        running.tally(ref, receipt, error)
         receipts = running.receipts
         if not receipts or receipts[-1] is not receipt:  # a batch's items share one
             receipts.append(receipt)

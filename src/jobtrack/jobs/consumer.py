@@ -36,6 +36,7 @@ from jobtrack.store.ledger import MAX_LEDGER_BATCH, LedgerItem, check_items
 from jobtrack.tracking import ProgressTracker
 
 if TYPE_CHECKING:
+    from jobtrack.jobs.heartbeat import ItemCounter
     from jobtrack.runtime.app import App
 
 __all__ = ["ADD_BATCH", "CRASH_ALLOWANCE", "ItemConsumer", "OutcomeWriter"]
@@ -150,6 +151,8 @@ class ItemConsumer:
     recorded in the job's ledger instead of its count, before the ack
     (``outcomes``, batched; one of the consumer's own by default).
     Handlers on the loop or in threads get ``app`` as :attr:`Item.app`.
+    Each item counted, done or failed, is also counted in ``counter`` (in
+    memory, for the worker's heartbeat), when there is one.
     """
 
     def __init__(
@@ -167,6 +170,7 @@ class ItemConsumer:
         retry_delay: float = 0.2,
         outcomes: OutcomeWriter | None = None,
         app: App | None = None,
+        counter: ItemCounter | None = None,
     ) -> None:
         handler = job_type.handlers.get(stage)
         if handler is None:
@@ -185,6 +189,7 @@ class ItemConsumer:
         self._retry_delay = retry_delay
         self._outcomes = outcomes or OutcomeWriter(store, retry_delay=retry_delay)
         self._app = app
+        self._counter = counter
 
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivery and settle it; never raises."""
@@ -248,6 +253,7 @@ class ItemConsumer:
         if not self._tracker.enabled:
             await self._record_outcome(message, failed=outcome.error is not None)
             await delivery.ack()
+            self._count(outcome.error)
             return
         receipt = self._tracker.add(
             message.job_id, self.stage, item_key=message.key, failed=outcome.error is not None
@@ -259,8 +265,14 @@ class ItemConsumer:
             )
             return
         await delivery.ack()
+        if self._counter is not None:  # as the store counts it: a key counted before is not
+            self._counter.count_receipt(self.job_type.name, self.stage, receipt, outcome.error)
         if self._sealer is not None:
             self._sealer.poke(self.job_type, message.job_id)
+
+    def _count(self, error: str | None) -> None:
+        if self._counter is not None:
+            self._counter.count(self.job_type.name, self.stage, error=error)
 
     async def _add_discovered(self, message: ItemMessage, outcome: Attempt) -> Attempt:
         """Write the items the handler added to the ledger and publish them,

@@ -37,6 +37,7 @@ from jobtrack.errors import Conflict, InvalidRequest
 from jobtrack.jobs.messages import item_bodies
 from jobtrack.model import Job
 from jobtrack.store.ledger import ItemFailure, LedgerItem
+from jobtrack.store.overview import SearchField
 
 if TYPE_CHECKING:
     from jobtrack.broker import Broker
@@ -58,6 +59,7 @@ __all__ = [
     "failure_json",
     "item_failures_of",
     "ledger_failures",
+    "search_fields",
 ]
 
 #: Where a handler runs: on the event loop (``async``), in a thread, or in a
@@ -195,9 +197,13 @@ class JobType:
     :param sender: sends the type's items somewhere else to be done (a task
         framework's workers count them): no handlers, no jobtrack queue;
         the producer and the monitor's re-drive send through it.
+    :param searchable: dotted paths into a job's attributes whose string
+        values the job list's search looks in (``collection.path``), besides
+        the job's id.
     :raises InvalidRequest: a name that is not lowercase letters, digits,
-        ``-`` and ``_`` (at most 63), no stages, a stage twice, or a stage
-        counted by the producer that is not one of them.
+        ``-`` and ``_`` (at most 63), no stages, a stage twice, a stage
+        counted by the producer that is not one of them, or a searchable
+        path that is not dot-separated names.
     """
 
     def __init__(
@@ -216,6 +222,7 @@ class JobType:
         details: DetailsHook | None = None,
         counted_by_producer: Iterable[str] = (),
         sender: ItemSender | None = None,
+        searchable: Iterable[str] = (),
     ) -> None:
         for what in (name, *stages):
             if not isinstance(what, str) or not _NAME.fullmatch(what):
@@ -245,6 +252,9 @@ class JobType:
         self.retry = retry
         self.describe = details
         self.sender = sender
+        if isinstance(searchable, str):
+            raise InvalidRequest(f"searchable takes a list of paths, not the text {searchable!r}")
+        self.searchable = tuple(SearchField(name, path) for path in dict.fromkeys(searchable))
         self.handlers: dict[str, StageHandler] = {}
 
     def handler(
@@ -443,6 +453,12 @@ async def item_failures_of(app: App, job: Job, *, limit: int) -> list[ItemFailur
     if job_type is None:
         return await ledger_failures(app, job, limit)
     return await job_type.item_failures(app, job, limit)
+
+
+def search_fields(job_types: Iterable[JobType]) -> tuple[SearchField, ...]:
+    """Every searchable field of these job types, type by type: what a job
+    list's search (``JobQuery.search_fields``) looks in."""
+    return tuple(field for job_type in job_types for field in job_type.searchable)
 
 
 def failure_json(failures: Iterable[ItemFailure]) -> list[dict[str, Any]]:

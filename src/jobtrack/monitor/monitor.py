@@ -45,7 +45,9 @@ reconciled in the same claim.
 
 With ``ledger_retention``, a cycle also deletes the ledgers and failures of
 jobs that ended longer ago than that (``JobStore.purge_ledger``): on the
-first cycle, then at most once every ``purge_every`` (an hour).
+first cycle, then at most once every ``purge_every`` (an hour). As often,
+it deletes the heartbeats of workers stopped or dead, and the throughput
+buckets, older than a day (``JobStore.purge_workers``).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from jobtrack.model import Clock, Job, JobEvent, JobStatus, utc_now
 from jobtrack.monitor.backlog import BacklogWatch
 from jobtrack.monitor.base import ItemHooks, Reconciler, Truth
 from jobtrack.store.base import STUCK_QUERY_LIMIT, JobStore
+from jobtrack.store.workers import WORKER_RETENTION
 
 __all__ = ["CycleReport", "Monitor", "describe_changes"]
 
@@ -177,6 +180,7 @@ class Monitor:
         self.ledger_retention = ledger_retention
         self.purge_every = purge_every
         self._purged_at: datetime | None = None
+        self._workers_purged_at: datetime | None = None
         self.mode = mode
         self._store = store
         self._reconcilers = {r.job_type: r for r in reconcilers}
@@ -220,6 +224,8 @@ class Monitor:
                 ", ".join(f"{k} {v}" for k, v in report.to_dict().items() if v and k != "jobs"),
                 extra={"action": "monitor_cycle"},
             )
+        # After the cycle's own work: a store that is away fails the cycle first.
+        await self._purge_workers(now)
         return report
 
     async def _page(
@@ -291,6 +297,24 @@ class Monitor:
         if report.purged:
             logger.info(
                 "ledgers of %d ended jobs purged", report.purged, extra={"action": "ledger_purged"}
+            )
+
+    async def _purge_workers(self, now: datetime) -> None:
+        """Delete the heartbeats and throughput older than a day, when due
+        (as often as the ledgers, at the end of a cycle); a failure is logged
+        and tried again next cycle."""
+        due = timedelta(seconds=self.purge_every)
+        if self._workers_purged_at is not None and now - self._workers_purged_at < due:
+            return
+        try:
+            purged = await self._store.purge_workers(before=now - WORKER_RETENTION)
+        except Exception as exc:  # housekeeping never stops the cycle
+            logger.warning("worker purge failed: %s", exc, extra={"action": "purge_failed"})
+            return
+        self._workers_purged_at = now
+        if purged:
+            logger.info(
+                "heartbeats of %d old workers purged", purged, extra={"action": "workers_purged"}
             )
 
     async def run(self, stop: asyncio.Event, *, interval: float = 60.0) -> None:

@@ -58,6 +58,9 @@ class App:
         progress still pending.
     :param create_store: create the store if there is none (a SQLite file);
         when False, using :attr:`store` raises ``StoreMissing`` instead.
+    :param broker: a broker to use instead of opening the one the settings
+        name (an HTTP server's in-process broker, shared with the scans it
+        runs); the app does not close it.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class App:
         flush_wait: float = 5.0,
         create_store: bool = True,
         job_types: Iterable[JobType] = (),
+        broker: Broker | None = None,
     ) -> None:
         self._job_types: dict[str, JobType] = dict(registry(job_types))
         self.settings_given = settings is not None
@@ -83,7 +87,8 @@ class App:
         """Whether opening the store may create it (else only one that exists)."""
         self._store: JobStore | None = None
         self._catalog: Catalog | None = None
-        self._broker: Broker | None = None
+        self._broker: Broker | None = broker
+        self._own_broker = broker is None
         self._tracker: ProgressTracker | None = None
         self._reconciler: CollectionScanReconciler | None = None
         self._closed = False
@@ -149,7 +154,9 @@ class App:
         """
         if self._broker is None:
             self._check_open()
-            self._broker = open_broker(self.settings.broker_url)
+            self._broker = open_broker(
+                self.settings.broker_url, management_url=self.settings.broker_management_url
+            )
         return self._broker
 
     @property
@@ -544,7 +551,7 @@ class App:
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         if tracker is not None:
             steps.append(("tracker", lambda: tracker.flush(max_wait=self.flush_wait)))
-        if broker is not None:
+        if broker is not None and self._own_broker:
             steps.append(("broker", broker.aclose))
         if catalog is not None:
             close_catalog = getattr(catalog, "aclose", None)  # catalogs share the store's

@@ -153,6 +153,7 @@ def collection_scan_type(*, scans: ScanStarter | None = None) -> JobType:
         retry=retry,
         details=details,
         counted_by_producer=[SCAN],
+        searchable=["collection.path"],
     )
     for stage in (THUMBNAIL, CACHE):
         scan_type.handler(stage, queue=queue_for(stage))(make_rendition)

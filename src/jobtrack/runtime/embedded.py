@@ -10,7 +10,10 @@ progress write lost, a message dead-lettered), the counts are reconciled
 against the catalog and what is still missing fails the job with the
 reason, so a scan always ends. On a shared broker (``amqp://``) the walk
 publishes, ``jobtrack worker`` processes anywhere do the work, and the scan
-follows the job (``enqueue`` only publishes).
+follows the job (``enqueue`` only publishes). A runtime whose consumers
+work here writes a worker's heartbeat while it is open
+(:class:`~jobtrack.jobs.heartbeat.Heartbeat`), and a last one with
+``stopped_at`` when it closes.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from jobtrack.errors import InvalidRequest
 from jobtrack.jobs.consumer import ItemConsumer
 from jobtrack.jobs.executors import HandlerRunner
 from jobtrack.jobs.gate import JobGate
+from jobtrack.jobs.heartbeat import Heartbeat, ItemCounter
 from jobtrack.model import Job, JobStatus, utc_now
 from jobtrack.monitor import describe_changes
 from jobtrack.pipeline.catalog import Catalog
@@ -77,7 +81,12 @@ class ScanOutcome:
 
 
 class EmbeddedRuntime:
-    """Everything a scan needs, in one process; use as ``async with``."""
+    """Everything a scan needs, in one process; use as ``async with``.
+
+    :param broker: an in-process broker to run the scan's work on instead of
+        a new one (an HTTP server's, so that its queues and dead letters are
+        the server's to show); it is not closed with the runtime.
+    """
 
     def __init__(
         self,
@@ -86,6 +95,7 @@ class EmbeddedRuntime:
         renditions: tuple[RenditionSpec, ...] = DEFAULT_RENDITIONS,
         poll_interval: float = 0.1,
         pending_grace: float = 10.0,
+        broker: Broker | None = None,
     ) -> None:
         self.settings = settings
         self.renditions = renditions
@@ -94,12 +104,15 @@ class EmbeddedRuntime:
         self._idle_since: float | None = None
         self._exit = AsyncExitStack()
         self._subscriptions: list[Subscription] = []
-        self.app = builtin_app(settings, renditions=renditions, flush_wait=5.0)
+        self.app = builtin_app(settings, renditions=renditions, flush_wait=5.0, broker=broker)
         """The built-in app, whose parts this runtime uses (store, catalog,
         broker, tracker) and whose collection scan it runs."""
         self.current_job_id: str | None = None  # the job this runtime started
         self.cancelled = False  # whether an interruption cancelled it
         self.idle_hint = 30.0  # seconds without progress before a hint that no worker runs
+        self.heartbeat: Heartbeat | None = None
+        """The heartbeat of the consumers here (None with a shared broker)."""
+        self._beating: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> EmbeddedRuntime:
         try:
@@ -156,6 +169,16 @@ class EmbeddedRuntime:
         self._exit.callback(close_rendition_work, app)
         gate = JobGate(self.store)
         job_type = app.get_type(JOB_TYPE)
+        counter = ItemCounter()
+        prefetch = settings.workers + 1
+        self.heartbeat = Heartbeat(
+            self.store,
+            counter,
+            stages=[f"{job_type.name}/{stage}" for stage in job_type.handlers],
+            concurrency=settings.workers,
+            prefetch=prefetch,
+            interval=settings.heartbeat_interval,
+        )
         for stage in job_type.handlers:
             # The scan waits for its job, not for each ack: an item is acked
             # without waiting for its count to be durable (durable_within 0).
@@ -169,12 +192,12 @@ class EmbeddedRuntime:
                 gate=gate,
                 durable_within=0.0,
                 app=app,
+                counter=counter,
             )
             self._subscriptions.append(
-                await self.broker.consume(
-                    consumer.queue, consumer.handle, prefetch=settings.workers + 1
-                )
+                await self.broker.consume(consumer.queue, consumer.handle, prefetch=prefetch)
             )
+        self._beating = self.heartbeat.start()
 
     async def __aexit__(
         self,
@@ -184,6 +207,8 @@ class EmbeddedRuntime:
     ) -> None:
         for subscription in self._subscriptions:
             await subscription.cancel()
+        if self.heartbeat is not None:
+            await self.heartbeat.stop(self._beating)
         await self._exit.aclose()
 
     @property

@@ -28,6 +28,7 @@ _MOST = {
     "JOBTRACK_STUCK_AFTER": 10**9,  # seconds: about 31 years
     "JOBTRACK_MONITOR_INTERVAL": 10**9,
     "JOBTRACK_LEDGER_RETENTION": 36_500,  # days: a hundred years
+    "JOBTRACK_HEARTBEAT_INTERVAL": 3600,  # seconds: an hour
 }
 
 
@@ -147,6 +148,13 @@ class Settings:
     ledger_retention: int = 7
     """Days the item ledger and failures of an ended job are kept (what a
     retry of the job needs), before the monitor deletes them."""
+    broker_management_url: str | None = None
+    """RabbitMQ's management API (``http://user:password@host:15672``),
+    optional: where set, a queue's numbers come from it, with the messages
+    delivered and not yet acked (AMQP does not tell them)."""
+    heartbeat_interval: float = 5.0
+    """Seconds between two heartbeats of a worker process; a worker silent
+    for more than two of them counts as dead."""
 
     @classmethod
     def from_env(
@@ -185,4 +193,6 @@ class Settings:
             stuck_after=_positive(env, "JOBTRACK_STUCK_AFTER", 300),
             monitor_interval=_positive(env, "JOBTRACK_MONITOR_INTERVAL", 60),
             ledger_retention=_positive(env, "JOBTRACK_LEDGER_RETENTION", 7),
+            broker_management_url=env.get("JOBTRACK_BROKER_MANAGEMENT_URL") or None,
+            heartbeat_interval=_positive(env, "JOBTRACK_HEARTBEAT_INTERVAL", 5),
         )

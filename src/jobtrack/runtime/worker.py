@@ -15,6 +15,11 @@ A graceful stop (``stop`` set, on SIGTERM or Ctrl-C) stops taking messages,
 gives those in flight ``shutdown_grace`` seconds to finish (then hands them
 back to the broker), makes the sealing checks still due, writes the pending
 progress and exits.
+
+While it consumes, the worker writes a heartbeat every
+``heartbeat_interval`` seconds (:class:`~jobtrack.jobs.heartbeat.Heartbeat`:
+its host, pid, stages, concurrency, the items it counted and its last
+error), and a last one with ``stopped_at`` on a graceful stop.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from jobtrack.errors import BrokerError, InvalidRequest
 from jobtrack.jobs.consumer import ItemConsumer
 from jobtrack.jobs.executors import HandlerRunner
 from jobtrack.jobs.gate import JobGate
+from jobtrack.jobs.heartbeat import Heartbeat, ItemCounter
 from jobtrack.jobs.sealer import Sealer
 from jobtrack.jobs.types import JobType
 from jobtrack.pipeline.stages import DEFAULT_RENDITIONS, RenditionSpec
@@ -115,6 +121,8 @@ class Worker:
         self.concurrency = concurrency
         self.prefetch = prefetch or 2 * concurrency
         self.shutdown_grace = shutdown_grace
+        self.heartbeat: Heartbeat | None = None
+        """The heartbeat of the current run (None before the first)."""
 
     @property
     def queues(self) -> list[str]:
@@ -173,6 +181,15 @@ class Worker:
         subscriptions: list[Subscription] = []
         gate = JobGate(app.store)
         sealer = Sealer(app.store)
+        counter = ItemCounter()
+        self.heartbeat = heartbeat = Heartbeat(
+            app.store,
+            counter,
+            stages=[f"{c.job_type.name}/{c.stage}" for c in self.items],
+            concurrency=self.concurrency,
+            prefetch=self.prefetch,
+            interval=settings.heartbeat_interval,
+        )
         for chosen in self.items:
             item_consumer = ItemConsumer(
                 chosen.job_type,
@@ -185,6 +202,7 @@ class Worker:
                 sealer=sealer,
                 durable_within=None,
                 app=app,
+                counter=counter,
             )
             subscriptions.append(
                 await broker.consume(
@@ -199,11 +217,13 @@ class Worker:
             "on" if settings.consumer_progress else "off",
             extra={"action": "worker_ready"},
         )
+        beating = heartbeat.start()
         if ready is not None:
             ready.set()
         try:
             failure = await _until_stopped_or_failed(stop, broker)
         except asyncio.CancelledError:  # no graceful stop: give the messages back now,
+            beating.cancel()
             await asyncio.gather(  # so that no consumer counts into a closing tracker
                 *(subscription.cancel() for subscription in subscriptions),
                 return_exceptions=True,
@@ -227,6 +247,7 @@ class Worker:
                 extra={"action": "seal_abandoned"},
             )
         await sealer.aclose()
+        await heartbeat.stop(beating)
         if failure is not None:
             raise failure
 

@@ -27,7 +27,21 @@ from jobtrack.store.base import (
     StoreStats,
 )
 from jobtrack.store.memory import InMemoryJobStore
+from jobtrack.store.overview import (
+    SearchField,
+    TypeCounts,
+    Watched,
+    WatchQuery,
+    WatchState,
+)
 from jobtrack.store.sqlite import SqliteDatabase, SqliteJobStore
+from jobtrack.store.workers import (
+    StageCount,
+    ThroughputPoint,
+    WorkerBeat,
+    WorkerInfo,
+    WorkerState,
+)
 
 __all__ = [
     "CHANGES_LIMIT",
@@ -41,10 +55,20 @@ __all__ = [
     "JobQuery",
     "JobStore",
     "ProgressResult",
+    "SearchField",
     "SqliteDatabase",
     "SqliteJobStore",
+    "StageCount",
     "StageProgress",
     "StoreStats",
+    "ThroughputPoint",
+    "TypeCounts",
+    "WatchQuery",
+    "WatchState",
+    "Watched",
+    "WorkerBeat",
+    "WorkerInfo",
+    "WorkerState",
     "open_store",
     "sqlite_path",
 ]

@@ -29,7 +29,9 @@ from jobtrack.model import (
     start_stage,
 )
 from jobtrack.store.ledger import ItemFailure, LedgerItem, LedgerTally
+from jobtrack.store.overview import SearchField, TypeCounts, Watched, WatchQuery
 from jobtrack.store.text import MAX_KEY_LENGTH, key_problem, text_problem
+from jobtrack.store.workers import StageCount, ThroughputPoint, WorkerBeat, WorkerInfo
 
 __all__ = [
     "CHANGES_LIMIT",
@@ -157,7 +159,8 @@ class StoreStats:
 
 @dataclass(frozen=True, slots=True)
 class JobQuery:
-    """Filters and paging for :meth:`JobStore.list_jobs`; newest first."""
+    """Filters and paging for :meth:`JobStore.list_jobs`; newest first.
+    Raises :class:`InvalidRequest` for a search no backend can compare."""
 
     status: JobStatus | None = None
     job_type: str | None = None
@@ -165,6 +168,21 @@ class JobQuery:
     offset: int = 0
     #: Only jobs written at or after this moment.
     updated_since: datetime | None = None
+    #: Only jobs whose id starts with this text, or in one of whose
+    #: ``search_fields`` (those of the job's type) this text is found,
+    #: case-insensitively (``%`` and ``_`` are plain characters).
+    search: str | None = None
+    #: The attribute paths ``search`` looks in, per job type.
+    search_fields: tuple[SearchField, ...] = ()
+    #: Only active jobs (pending or in progress).
+    active: bool = False
+
+    def __post_init__(self) -> None:
+        """Raise :class:`InvalidRequest` for a search no backend can compare
+        (a NUL character, a lone surrogate)."""
+        problem = None if self.search is None else text_problem(self.search, "a search")
+        if problem is not None:
+            raise InvalidRequest(problem)
 
 
 class Ended(NamedTuple):
@@ -686,8 +704,53 @@ class JobStore(Protocol):
         number of jobs purged. Active jobs keep theirs whatever their age."""
         ...
 
+    # Worker heartbeats and throughput (store/workers.py).
+
+    async def beat_worker(self, beat: WorkerBeat, counts: Sequence[StageCount] = ()) -> None:
+        """Write a worker's heartbeat (its one row, replaced; ``beat_at``
+        stamped by the store's clock) and, in the same transaction, add
+        ``counts`` (what it counted since its previous beat) to its own row
+        of the throughput bucket the beat falls in. A beat whose ``seq`` the
+        row holds already, or a later one, was written before and changes
+        nothing (its counts are not added twice). Raises
+        :class:`InvalidRequest` for a beat
+        :func:`~jobtrack.store.workers.check_beat` refuses."""
+        ...
+
+    async def list_workers(self, *, limit: int = 1000) -> list[WorkerInfo]:
+        """The workers (at most ``limit``, the latest beats), live first, then
+        dead, then stopped, each with its state judged by the store's clock
+        (:func:`~jobtrack.store.workers.worker_state`)."""
+        ...
+
+    async def throughput(self, *, since: datetime) -> list[ThroughputPoint]:
+        """Items counted per throughput bucket, job type and stage, summed
+        over the workers, from the bucket ``since`` falls in on, oldest first."""
+        ...
+
+    async def purge_workers(self, *, before: datetime) -> int:
+        """Delete the workers last heard of (beat or stop) before ``before``,
+        and the throughput buckets that start before it; returns how many
+        workers were deleted."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+    # The operator's overview (store.overview).
+
+    async def count_by_type(self, *, stuck_before: datetime) -> list[TypeCounts]:
+        """Per job type in the store, in name order, its jobs per status and
+        its active jobs stuck (not written since ``stuck_before``), waiting
+        and being re-driven (the rules of :mod:`jobtrack.store.overview`),
+        read in one query."""
+        ...
+
+    async def list_watched(self, query: WatchQuery) -> list[Watched]:
+        """Active jobs stuck, waiting or being re-driven (as ``query``
+        filters them), newest first (by creation, ties by id), each with the
+        monitor's latest action on it, read in one query."""
         ...
 
 

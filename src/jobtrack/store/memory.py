@@ -61,6 +61,22 @@ from jobtrack.store.ledger import (
     check_outcomes,
     storable_error,
 )
+from jobtrack.store.overview import (
+    MONITOR_ACTIONS,
+    SearchField,
+    TypeCounts,
+    Watched,
+    WatchQuery,
+)
+from jobtrack.store.workers import (
+    StageCount,
+    ThroughputPoint,
+    WorkerBeat,
+    WorkerInfo,
+    bucket_start,
+    check_beat,
+    sorted_workers,
+)
 
 __all__ = ["InMemoryJobStore"]
 
@@ -83,6 +99,9 @@ class InMemoryJobStore(StageWrites):
         self._failures: dict[str, dict[tuple[str, str], _Failure]] = {}
         # job -> (stage, key) -> "done" or "failed", as recorded by record_outcomes
         self._outcomes: dict[str, dict[tuple[str, str], str]] = {}
+        self._workers: dict[str, WorkerBeat] = {}
+        # (bucket, worker, job type, stage) -> (done, failed)
+        self._throughput: dict[tuple[datetime, str, str, str], tuple[int, int]] = {}
         self._lock = asyncio.Lock()
 
     async def create_job(
@@ -132,6 +151,8 @@ class InMemoryJobStore(StageWrites):
             if (query.status is None or job.status is query.status)
             and (query.job_type is None or job.job_type == query.job_type)
             and (query.updated_since is None or job.updated_at >= query.updated_since)
+            and (query.search is None or _found(job, query.search, query.search_fields))
+            and (not query.active or job.status in ACTIVE_JOB_STATUSES)
         ]
         jobs.sort(key=lambda job: (job.created_at, job.id), reverse=True)
         return jobs[query.offset : query.offset + query.limit]
@@ -487,6 +508,58 @@ class InMemoryJobStore(StageWrites):
                 self._outcomes.pop(job_id, None)
             return len(old)
 
+    # Worker heartbeats and throughput (store/workers.py).
+
+    async def beat_worker(self, beat: WorkerBeat, counts: Sequence[StageCount] = ()) -> None:
+        """Keep the worker's heartbeat, stamped by the store's clock, and add
+        ``counts`` to its row of the beat's bucket, unless the beat's number
+        says it was written already. Raises ``InvalidRequest`` for a beat
+        :func:`~jobtrack.store.workers.check_beat` refuses."""
+        beat = check_beat(beat, counts, self._clock())
+        bucket = bucket_start(beat.beat_at)
+        async with self._lock:
+            was = self._workers.get(beat.worker_id)
+            if beat.seq and was is not None and was.seq >= beat.seq:
+                return  # written already: its counts were added then
+            if was is not None and was.seq > beat.seq:
+                beat = replace(beat, seq=was.seq)
+            self._workers[beat.worker_id] = beat
+            for count in counts:
+                if count.done or count.failed:
+                    row = (bucket, beat.worker_id, count.job_type, count.stage)
+                    done, failed = self._throughput.get(row, (0, 0))
+                    self._throughput[row] = (done + count.done, failed + count.failed)
+
+    async def list_workers(self, *, limit: int = 1000) -> list[WorkerInfo]:
+        """The workers, live first, each with its state by the store's clock."""
+        async with self._lock:
+            beats = sorted(
+                self._workers.values(), key=lambda b: (-b.beat_at.timestamp(), b.worker_id)
+            )
+            return sorted_workers(beats[: max(limit, 0)], self._clock())
+
+    async def throughput(self, *, since: datetime) -> list[ThroughputPoint]:
+        """Items counted per bucket, job type and stage, summed over the
+        workers, from the bucket ``since`` falls in on."""
+        first = bucket_start(since)
+        sums: dict[tuple[datetime, str, str], tuple[int, int]] = {}
+        async with self._lock:
+            for (bucket, _, job_type, stage), (done, failed) in self._throughput.items():
+                if bucket >= first:
+                    was = sums.get((bucket, job_type, stage), (0, 0))
+                    sums[bucket, job_type, stage] = (was[0] + done, was[1] + failed)
+        return [ThroughputPoint(*key, *sums[key]) for key in sorted(sums)]
+
+    async def purge_workers(self, *, before: datetime) -> int:
+        """Drop the workers last heard of before ``before``, and older buckets."""
+        async with self._lock:
+            old = [wid for wid, beat in self._workers.items() if beat.beat_at < before]
+            for worker_id in old:
+                del self._workers[worker_id]
+            for row in [row for row in self._throughput if row[0] < before]:
+                del self._throughput[row]
+            return len(old)
+
     async def aclose(self) -> None:
         """Nothing to release."""
 
@@ -514,6 +587,72 @@ class InMemoryJobStore(StageWrites):
             changed = change(current, now)
             self._put_stages(job, [changed], now)
             return changed
+
+    # The operator's overview (store.overview).
+
+    async def count_by_type(self, *, stuck_before: datetime) -> list[TypeCounts]:
+        """Per job type, in name order, its jobs per status and its active
+        jobs stuck, waiting and being re-driven."""
+        counts: dict[str, dict[str, int]] = {}
+        for job in self._jobs.values():
+            row = counts.setdefault(job.job_type, {})
+            row[job.status.value] = row.get(job.status.value, 0) + 1
+            watched = self._watched(job, stuck_before)
+            for state in [] if watched is None else watched.states:
+                row[state.value] = row.get(state.value, 0) + 1
+        return [TypeCounts(job_type, **row) for job_type, row in sorted(counts.items())]
+
+    async def list_watched(self, query: WatchQuery) -> list[Watched]:
+        """Active jobs stuck, waiting or being re-driven, newest first."""
+        found = []
+        for job in sorted(self._jobs.values(), key=lambda j: (j.created_at, j.id), reverse=True):
+            if query.job_type is not None and job.job_type != query.job_type:
+                continue
+            watched = self._watched(job, query.stuck_before)
+            if watched is not None and (query.state is None or query.state in watched.states):
+                found.append(watched)
+        return found[query.offset : query.offset + query.limit]
+
+    def _watched(self, job: Job, stuck_before: datetime) -> Watched | None:
+        """The job as the watch list shows it; None when it is not on it."""
+        if job.status not in ACTIVE_JOB_STATUSES:
+            return None
+        history = self._events.get(job.id, [])
+        actions = [event for event in history if event.kind in MONITOR_ACTIONS]
+        verdicts = [event.kind for event in actions if event.kind != "reconciled"]
+        stuck = job.updated_at < stuck_before
+        waiting = verdicts[-1:] == ["waiting"]
+        redriving = verdicts[-1:] == ["redriven"] or (not verdicts and bool(actions))
+        if not (stuck or waiting or redriving):
+            return None
+        return Watched(
+            job.id,
+            job.job_type,
+            job.status,
+            job.message,
+            job.created_at,
+            job.updated_at,
+            stuck,
+            waiting,
+            redriving,
+            actions[-1] if actions else None,
+        )
+
+
+def _found(job: Job, term: str, fields: Sequence[SearchField]) -> bool:
+    """Whether the job's id starts with ``term``, or one of its type's
+    fields holds a string that contains it, case-insensitively."""
+    if job.id.startswith(term.lower()):  # ids are lowercase hex
+        return True
+    for search in fields:
+        if search.job_type != job.job_type:
+            continue
+        value: Any = job.attributes
+        for part in search.parts:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, str) and term.lower() in value.lower():
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)

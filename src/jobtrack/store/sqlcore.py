@@ -21,6 +21,7 @@ Rows are mappings by column name, decoded by the engine's :class:`Codec`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +65,22 @@ from jobtrack.store.ledger import (
     check_items,
     check_outcomes,
     storable_error,
+)
+from jobtrack.store.overview import (
+    SearchField,
+    TypeCounts,
+    Watched,
+    WatchQuery,
+    like_pattern,
+)
+from jobtrack.store.workers import (
+    StageCount,
+    ThroughputPoint,
+    WorkerBeat,
+    WorkerInfo,
+    bucket_start,
+    check_beat,
+    sorted_workers,
 )
 
 __all__ = [
@@ -147,11 +164,16 @@ class Codec:
             "at",
             "added_at",
             "failed_at",
+            "action_at",
             "stage_started_at",
             "stage_completed_at",
+            "beat_at",
+            "stopped_at",
+            "last_error_at",
+            "bucket_start",
         }
     )
-    JSON: ClassVar[frozenset[str]] = frozenset({"attributes", "data", "payload"})
+    JSON: ClassVar[frozenset[str]] = frozenset({"attributes", "data", "payload", "action_data"})
     BOOLEANS: ClassVar[frozenset[str]] = frozenset({"total_final", "stage_total_final"})
 
     def encode(self, value: Any) -> Any:
@@ -270,8 +292,20 @@ class SqlJobStore(StageWrites):
             "updated_since": query.updated_since,
             "limit": query.limit,
             "offset": query.offset,
+            "search": query.search,
+            # Ids are lowercase hex: the prefix matched whatever the term's case.
+            "id_prefix": None if query.search is None else query.search.lower(),
+            "active": query.active,
+            "pattern": like_pattern(query.search or ""),
+            "search_types": [field.job_type for field in query.search_fields],
+            "search_paths": [self._search_path(field) for field in query.search_fields],
         }
         return jobs_from_rows(await self._connector.fetch(Fetch("list_jobs", params)))
+
+    def _search_path(self, field: SearchField) -> str:
+        """A searchable field's path as the engine's ``list_jobs`` takes it.
+        This one: the dotted path (PostgreSQL splits it)."""
+        return field.path
 
     async def _change(
         self, job_id: str, stage: str, change: Callable[[Stage, datetime], Stage]
@@ -372,6 +406,26 @@ class SqlJobStore(StageWrites):
         """The last ``limit`` events of every job, newest first."""
         params = {"limit": max(limit, 0)}
         return await self._connector.run(_events("recent_events", params, None), write=False)
+
+    # The operator's overview (store.overview).
+
+    async def count_by_type(self, *, stuck_before: datetime) -> list[TypeCounts]:
+        """Per job type, in name order, its jobs per status and its active
+        jobs stuck, waiting and being re-driven, in one query."""
+        rows = await self._connector.fetch(Fetch("count_by_type", {"before": stuck_before}))
+        return [_type_counts(row) for row in rows]
+
+    async def list_watched(self, query: WatchQuery) -> list[Watched]:
+        """Active jobs stuck, waiting or being re-driven, newest first, each
+        with the monitor's latest action, in one query."""
+        params = {
+            "before": query.stuck_before,
+            "state": None if query.state is None else query.state.value,
+            "job_type": query.job_type,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+        return [_watched(row) for row in await self._connector.fetch(Fetch("list_watched", params))]
 
     # The item ledger.
 
@@ -493,6 +547,77 @@ class SqlJobStore(StageWrites):
         ``ended_before``, at most ``limit`` jobs a call; returns how many jobs
         were purged. Active jobs keep theirs whatever their age."""
         return await self._connector.run(_purge(ended_before, max(limit, 0)))
+
+    # Worker heartbeats and throughput (store/workers.py).
+
+    async def beat_worker(self, beat: WorkerBeat, counts: Sequence[StageCount] = ()) -> None:
+        """Write the worker's heartbeat, stamped by the store's clock, and add
+        ``counts`` to its row of the beat's throughput bucket, in one
+        transaction; a beat whose number the row holds already (or a later
+        one) changes nothing. Raises
+        ``InvalidRequest`` for a beat :func:`~jobtrack.store.workers.check_beat`
+        refuses."""
+        beat = check_beat(beat, counts, self._clock())
+        await self._connector.run(_beat(beat, counts))
+
+    async def list_workers(self, *, limit: int = 1000) -> list[WorkerInfo]:
+        """The workers with a row, live first, each with its state by the
+        store's clock (one query)."""
+        rows = await self._connector.fetch(Fetch("list_workers", {"limit": max(limit, 0)}))
+        return sorted_workers([_beat_from_row(row) for row in rows], self._clock())
+
+    async def throughput(self, *, since: datetime) -> list[ThroughputPoint]:
+        """Items counted per bucket, job type and stage, summed over the
+        workers, from the bucket ``since`` falls in on (one query)."""
+        params = {"since": bucket_start(since)}
+        rows = await self._connector.fetch(Fetch("throughput", params))
+        return [
+            ThroughputPoint(
+                row["bucket_start"],
+                row["job_type"],
+                row["stage"],
+                int(row["done"]),
+                int(row["failed"]),
+            )
+            for row in rows
+        ]
+
+    async def purge_workers(self, *, before: datetime) -> int:
+        """Delete the workers whose last beat (or stop) is older than
+        ``before``, and the throughput buckets that start before it; returns
+        how many workers were deleted."""
+        return await self._connector.run(_purge_workers(before))
+
+
+def _type_counts(row: Row) -> TypeCounts:
+    names = ("pending", "in_progress", "completed", "failed", "cancelled")
+    marks = ("stuck", "waiting", "redriving")
+    return TypeCounts(row["job_type"], **{name: int(row[name] or 0) for name in (*names, *marks)})
+
+
+def _watched(row: Row) -> Watched:
+    action = None
+    if row["action_id"] is not None:
+        action = JobEvent(
+            row["id"],
+            row["action_at"],
+            row["action_kind"],
+            row["action_message"],
+            row["action_data"] or {},
+            int(row["action_id"]),
+        )
+    return Watched(
+        row["id"],
+        row["job_type"],
+        JobStatus(row["status"]),
+        row["message"],
+        row["created_at"],
+        row["updated_at"],
+        bool(row["stuck"]),
+        bool(row["waiting"]),
+        bool(row["redriving"]),
+        action,
+    )
 
 
 # The plans. Each runs whole in one transaction of its connector.
@@ -779,3 +904,68 @@ def _purge(before: datetime, limit: int) -> Plan[int]:
     yield Execute("purge_items", {"job_ids": ids})
     yield Execute("purge_failures", {"job_ids": ids})
     return len(ids)
+
+
+def _beat(beat: WorkerBeat, counts: Sequence[StageCount]) -> Plan[None]:
+    written = yield Execute(
+        "beat_worker",
+        {
+            "worker_id": beat.worker_id,
+            "host": beat.host,
+            "pid": beat.pid,
+            "stages_json": json.dumps(list(beat.stages)),
+            "concurrency": beat.concurrency,
+            "prefetch": beat.prefetch,
+            "interval": float(beat.interval),
+            "done": beat.done,
+            "failed": beat.failed,
+            "last_error": beat.last_error,
+            "last_error_at": beat.last_error_at,
+            "started_at": beat.started_at,
+            "beat_at": beat.beat_at,
+            "stopped_at": beat.stopped_at,
+            "seq": beat.seq,
+        },
+    )
+    if not written:
+        return  # this beat was written already, its counts with it
+    bucket = bucket_start(beat.beat_at)
+    for count in counts:
+        if count.done or count.failed:
+            yield Execute(
+                "add_throughput",
+                {
+                    "bucket_start": bucket,
+                    "worker_id": beat.worker_id,
+                    "job_type": count.job_type,
+                    "stage": count.stage,
+                    "done": count.done,
+                    "failed": count.failed,
+                },
+            )
+
+
+def _beat_from_row(row: Row) -> WorkerBeat:
+    return WorkerBeat(
+        worker_id=row["worker_id"],
+        host=row["host"],
+        pid=int(row["pid"]),
+        stages=tuple(json.loads(row["stages_json"])),
+        concurrency=int(row["concurrency"]),
+        prefetch=int(row["prefetch"]),
+        interval=float(row["beat_interval"]),
+        started_at=row["started_at"],
+        beat_at=row["beat_at"],
+        done=int(row["done"]),
+        failed=int(row["failed"]),
+        last_error=row["last_error"],
+        last_error_at=row["last_error_at"],
+        stopped_at=row["stopped_at"],
+        seq=int(row["beat_seq"]),
+    )
+
+
+def _purge_workers(before: datetime) -> Plan[int]:
+    purged = int((yield Execute("purge_workers", {"before": before})))
+    yield Execute("purge_throughput", {"before": before})
+    return purged

@@ -60,12 +60,29 @@ from jobtrack.errors import (
 from jobtrack.model import MAX_INCREMENT
 from jobtrack.store.base import JobStore, ProgressResult, StageProgress
 from jobtrack.tracking.progress_log import ProgressLog
-from jobtrack.tracking.receipt import DURABLE, NOT_WRITTEN, Outcome, Receipt
+from jobtrack.tracking.receipt import NOT_WRITTEN, Outcome, Receipt
 from jobtrack.tracking.stats import WRITE_STATS
 
 __all__ = ["Coalescer", "Receipt"]
 
 logger = logging.getLogger("jobtrack.tracking")
+
+
+def counted_split(progress: StageProgress, counted: int) -> tuple[int, int]:
+    """How many of the entry's done and failed items were among the
+    ``counted`` the store counted: all of them when it counted every item;
+    else the items not counted were keys counted before, taken from the
+    failed keys also reported done, then from the done keys, then from the
+    failed (an estimate only when the entry mixes done and failed keys)."""
+    done = progress.completed + len(progress.completed_keys)
+    failed = progress.failed + len(progress.failed_keys)
+    repeats = max(done + failed - counted, 0)
+    both = len(set(progress.failed_keys).intersection(progress.completed_keys))
+    from_failed = min(repeats, both)
+    repeats -= from_failed
+    from_done = min(repeats, len(progress.completed_keys))
+    repeats -= from_done
+    return done - from_done, max(failed - from_failed - repeats, 0)
 
 
 @dataclass(slots=True)
@@ -80,6 +97,19 @@ class _Fold:
     # The receipt handed out for the last waiter, shared by the items that
     # wait on it (a receipt is only a view of its future).
     receipt: Receipt | None = None
+    # Items of entries already written, as the store counted them.
+    done_counted: int = 0
+    failed_counted: int = 0
+
+    def count(self, result: ProgressResult) -> None:
+        """Add what the store counted of one of this fold's entries."""
+        done, failed = counted_split(result.progress, result.counted)
+        self.done_counted += done
+        self.failed_counted += failed
+
+    def outcome(self, refused: str | None = None) -> Outcome:
+        """The fold's outcome once all its entries have results."""
+        return Outcome(refused is None, refused, self.done_counted, self.failed_counted)
 
     def last_receipt(self) -> Receipt:
         """The receipt of the items added now: the last waiter's."""
@@ -94,6 +124,8 @@ class _Fold:
         self.completed_keys = {**older.completed_keys, **self.completed_keys}
         self.failed_keys = {**older.failed_keys, **self.failed_keys}
         self.waiters = older.waiters + self.waiters
+        self.done_counted += older.done_counted
+        self.failed_counted += older.failed_counted
 
     def settle(self, outcome: Outcome) -> None:
         for waiter in self.waiters:
@@ -426,14 +458,19 @@ class Coalescer:
                 unwritten.setdefault(key, []).append(progress)
             elif result.refused is not None:
                 refusals.setdefault(key, result.refused)
+            else:
+                folds[key].count(result)
         for key, fold in folds.items():
             if key in refusals:  # the refusal wins, at once: see the module's docstring
-                fold.settle(Outcome.refusal(refusals[key]))
+                fold.settle(fold.outcome(refusals[key]))
             if key in unwritten:
-                waiters = [] if key in refusals else fold.waiters
-                self._restore(key, _Fold.of(unwritten[key], waiters))
+                older = _Fold.of(unwritten[key], [] if key in refusals else fold.waiters)
+                if key not in refusals:  # what was written is told with the rest
+                    older.done_counted = fold.done_counted
+                    older.failed_counted = fold.failed_counted
+                self._restore(key, older)
             elif key not in refusals:
-                fold.settle(DURABLE)
+                fold.settle(fold.outcome())
 
     def _restore(self, key: tuple[str, str], older: _Fold) -> None:
         newer = self._folds.get(key)

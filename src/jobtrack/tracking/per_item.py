@@ -27,7 +27,7 @@ from enum import Enum
 from jobtrack.errors import InvalidRequest, NotFound, StoreUnavailable
 from jobtrack.store.base import JobStore
 from jobtrack.tracking.progress_log import ProgressLog
-from jobtrack.tracking.receipt import DURABLE, NOT_WRITTEN, Outcome
+from jobtrack.tracking.receipt import NOT_WRITTEN, Outcome
 from jobtrack.tracking.stats import WRITE_STATS
 
 __all__ = ["PendingIncrement", "PerItemWriter"]
@@ -232,7 +232,8 @@ class PerItemWriter:
             WRITE_STATS.failed()
             return _Outcome.KEPT, exc
         self._succeeded = max(self._succeeded, number)
-        item.settle(DURABLE)
+        counted = int(result.counted)
+        item.settle(Outcome(True, done=0 if item.failed else counted, failed=counted * item.failed))
         if result.counted:
             self._log.counted(item.job_id, result.stage, 1)
         return _Outcome.RECORDED, None

@@ -20,10 +20,21 @@ __all__ = ["Outcome", "Receipt"]
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """The fate of an item: ``durable`` once stored; ``refused`` is the
-    store's reason when it refused the item for good (never durable)."""
+    store's reason when it refused the item for good (never durable).
+
+    ``done`` and ``failed`` are the items the store counted for the
+    receipt: all the items that share it (the items of one stage folded into
+    one write share one receipt), without those it had counted already (a
+    key counted before) or refused. Only a write that mixes done and failed
+    keys some of which were counted before splits them by estimate (the
+    known repeats, a key reported both ways, from the failed; the rest from
+    the done first); their sum is exact.
+    """
 
     durable: bool
     refused: str | None = None
+    done: int = 0
+    failed: int = 0
 
     @classmethod
     def refusal(cls, reason: str) -> Outcome:
@@ -78,6 +89,21 @@ class Receipt:
         if not self._future.done() or self._future.cancelled():
             return None
         return self._future.result().refused
+
+    @property
+    def ident(self) -> int:
+        """The same for every receipt of the same items (one write's fold)."""
+        return id(self._future)
+
+    def when_known(self, callback: Callable[[Outcome], None]) -> None:
+        """Call ``callback(outcome)`` once the outcome is known (soon, on
+        the loop, if it is known already); a cancelled wait is told as not
+        written."""
+
+        def known(future: asyncio.Future[Outcome]) -> None:
+            callback(NOT_WRITTEN if future.cancelled() else future.result())
+
+        self._future.add_done_callback(known)
 
     def add_done_callback(self, callback: Callable[[bool], None]) -> None:
         """Call ``callback(durable)`` once the outcome is known."""

@@ -46,7 +46,15 @@ async function api(method, path, body) {
 const views = new Map();   // name -> {enter(params), leave()}
 const DEFAULT_VIEW = "overview";
 
-function registerView(name, view) { views.set(name, view); }
+// A view registered twice (the overview's counts and its chart, each from a
+// script of its own) enters and leaves both, in the order registered.
+function registerView(name, view) {
+  const before = views.get(name);
+  views.set(name, before ? {
+    enter(params) { before.enter(params); view.enter(params); },
+    leave() { before.leave(); view.leave(); },
+  } : view);
+}
 
 function routeOf(hash) {
   const text = (hash || "").replace(/^#\/?/, "");

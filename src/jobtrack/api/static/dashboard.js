@@ -3,12 +3,22 @@
 // resumed with Last-Event-ID). Every value shown goes through textContent:
 // nothing from the server is ever parsed as HTML. The helpers it uses ($, el,
 // api, say…) are common.js's.
+//
+// Its filters live in the route: "#/jobs?status=failed&type=…&q=…" (q: an id
+// prefix, or text in a field the job's type declares searchable). On the
+// first page with no filter a job that starts appears at the top as it
+// starts, and the oldest row drops off; on a filtered or later page the page
+// stays as it is and a "N new jobs — show" button counts the new ones.
 "use strict";
 
 const PAGE = 50;
 const state = {
   offset: 0,
-  status: "",
+  status: "",           // a job status, "active", or "" for all
+  type: "",             // a job type, or "" for all
+  q: "",                // the search, or ""
+  newest: "",           // created_at of the newest job under these filters
+  loads: 0,             // the latest page load asked for (older answers are dropped)
   jobs: new Map(),      // id -> job shown on this page
   order: [],            // ids in display order
   samples: new Map(),   // "id/stage" -> [[ms, done], ...] for rate and ETA
@@ -132,11 +142,27 @@ function redrawJob(job) {
 
 // ---- data ---------------------------------------------------------------
 
-async function loadPage() {
-  const query = new URLSearchParams({ limit: String(PAGE), offset: String(state.offset) });
+function filters() {
+  const query = new URLSearchParams();
   if (state.status) query.set("status", state.status);
+  if (state.type) query.set("type", state.type);
+  if (state.q) query.set("q", state.q);
+  return query;
+}
+
+function unfiltered() { return !state.status && !state.type && !state.q; }
+
+async function loadPage() {
+  const ticket = ++state.loads;
+  const query = filters();
+  query.set("limit", String(PAGE));
+  query.set("offset", String(state.offset));
   try {
     const page = await api("GET", "/api/jobs?" + query);
+    // On a later page, the newest job under these filters is page 1's first.
+    const first = state.offset === 0 ? page : await api("GET", "/api/jobs?" + filters() + "&limit=1");
+    if (ticket !== state.loads) return;  // a newer load was asked for meanwhile
+    state.newest = first.jobs.length ? first.jobs[0].created_at : "";
     state.jobs = new Map(page.jobs.map((job) => [job.id, job]));
     state.order = page.jobs.map((job) => job.id);
     for (const key of [...state.samples.keys()]) {  // forget the jobs no longer shown
@@ -152,15 +178,52 @@ async function loadPage() {
   }
 }
 
-function newestShown() {
-  let newest = "";
-  for (const job of state.jobs.values()) if (job.created_at > newest) newest = job.created_at;
-  return newest;
+function newer(a, b) {  // newest first, as the API orders them
+  if (a.created_at !== b.created_at) return a.created_at > b.created_at ? -1 : 1;
+  return a.id > b.id ? -1 : (a.id < b.id ? 1 : 0);
+}
+
+// Whether a job may be one of the filtered list's (a search by a field is
+// the server's to tell: only an id prefix is checked here).
+function mayMatch(job) {
+  const active = job.status === "pending" || job.status === "in_progress";
+  if (state.status && !(state.status === "active" ? active : state.status === job.status)) return false;
+  if (state.type && state.type !== job.job_type) return false;
+  return !state.q || job.id.startsWith(state.q);
+}
+
+// Whether a job not shown belongs on the unfiltered first page: every job
+// newer than its oldest row is on it, so one that is not is new. The JSON's
+// times are to the millisecond, the store's finer: a job of the oldest row's
+// millisecond that is not shown is older than it.
+function onFirstPage(job) {
+  if (state.order.length < PAGE) return true;
+  return job.created_at > state.jobs.get(state.order[state.order.length - 1]).created_at;
+}
+
+// A new job on the unfiltered first page: in its place at the top, the page
+// kept at its size (the oldest row drops off, to the next page).
+function showAtTop(job) {
+  record(job);
+  // Before the first row it is newer than; the rows keep the server's order
+  // (its times are finer than the milliseconds the JSON shows).
+  const at = state.order.findIndex((id) => newer(job, state.jobs.get(id)) < 0);
+  state.order.splice(at < 0 ? state.order.length : at, 0, job.id);
+  state.jobs.set(job.id, job);
+  while (state.order.length > PAGE) {
+    const gone = state.order.pop();
+    state.jobs.delete(gone);
+    for (const key of [...state.samples.keys()]) if (key.startsWith(gone + "/")) state.samples.delete(key);
+    $("next").disabled = false;
+  }
+  draw();
 }
 
 // A job from the stream: the row updated in place if it is on this page; a
-// job created after the newest shown counts as new (the first page offers to
-// show it); anything else is on another page and waits for it.
+// job created after the newest one under the filters is new: on the
+// unfiltered first page it is shown at the top at once, elsewhere it is
+// counted (the "show" button goes to the first page); anything else is on
+// another page and waits for it.
 function apply(job, fromSnapshot) {
   const shown = state.jobs.get(job.id);
   if (shown) {
@@ -168,8 +231,9 @@ function apply(job, fromSnapshot) {
     record(job);  // rate and ETA: for the jobs shown only
     state.jobs.set(job.id, job);
     redrawJob(job);
-  } else if (!fromSnapshot && state.offset === 0 && (!state.status || state.status === job.status)
-             && job.created_at > newestShown()) {
+  } else if (state.offset === 0 && unfiltered() && onFirstPage(job)) {
+    showAtTop(job);
+  } else if (!fromSnapshot && job.created_at > state.newest && mayMatch(job)) {
     if (!state.seen.has(job.id)) {
       state.seen.add(job.id);
       state.newJobs += 1;
@@ -324,7 +388,53 @@ $("scan-form").addEventListener("submit", async (event) => {
     say("Scan refused: " + error.message, true);
   }
 });
-$("status-filter").addEventListener("change", () => { state.status = $("status-filter").value; state.offset = 0; loadPage(); });
+// The filters go through the route ("#/jobs?…"), whose view applies them.
+function filterRoute(changes) {
+  const query = filters();
+  for (const [key, value] of Object.entries(changes)) {
+    if (value) query.set(key, value); else query.delete(key);
+  }
+  go("jobs", query);
+}
+
+$("status-filter").addEventListener("change", () => filterRoute({ status: $("status-filter").value }));
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  filterRoute({ q: $("job-search").value.trim() });
+});
+let searchTimer = null;
+$("job-search").addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => filterRoute({ q: $("job-search").value.trim() }), 400);
+});
+$("type-clear").addEventListener("click", () => filterRoute({ type: "" }));
+
+function showFilters() {
+  const known = [...$("status-filter").options].some((option) => option.value === state.status);
+  $("status-filter").value = known ? state.status : "";
+  if (document.activeElement !== $("job-search")) $("job-search").value = state.q;
+  $("type-chip").hidden = !state.type;
+  $("type-name").textContent = "type " + state.type;
+}
+
+function useFilters(wanted) {
+  const changed = Object.keys(wanted).some((key) => wanted[key] !== state[key]);
+  Object.assign(state, wanted);
+  showFilters();
+  if (changed) {
+    state.offset = 0;
+    loadPage();
+  }
+}
+
+registerView("jobs", {
+  enter(params) {
+    useFilters({ status: params.get("status") || "", type: params.get("type") || "", q: params.get("q") || "" });
+  },
+  leave() {},
+});
+// The overview shows the jobs unfiltered: the newest first, live.
+registerView("overview", { enter() { useFilters({ status: "", type: "", q: "" }); }, leave() {} });
 $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadPage(); });
 $("next").addEventListener("click", () => { state.offset += PAGE; loadPage(); });
 $("new-jobs").addEventListener("click", () => { state.offset = 0; loadPage(); });

@@ -14,7 +14,9 @@ function showRoute() {
     for (const view of section.dataset.views.split(/\s+/)) known.add(view);
   });
   if (!known.has(name)) name = DEFAULT_VIEW;
-  if (currentView && currentView !== name && views.has(currentView)) views.get(currentView).leave();
+  // Every enter() follows a leave(), also when only the params change, so a
+  // view never runs two timers.
+  if (currentView && views.has(currentView)) views.get(currentView).leave();
   document.querySelectorAll("section.view").forEach((section) => {
     section.hidden = !section.dataset.views.split(/\s+/).includes(name);
   });

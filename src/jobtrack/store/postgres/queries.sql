@@ -206,6 +206,20 @@ WITH page AS (
     WHERE (%(status)s::text IS NULL OR status = %(status)s)
       AND (%(job_type)s::text IS NULL OR job_type = %(job_type)s)
       AND (%(updated_since)s::timestamptz IS NULL OR updated_at >= %(updated_since)s)
+      AND (NOT %(active)s::boolean OR status IN ('pending', 'in_progress'))
+      -- A search (store.overview): the id's prefix, or a string at one of the
+      -- dotted paths (%(search_paths)s) of the job's type (%(search_types)s,
+      -- the same index), holding the lowercased %(pattern)s. Ids are lowercase:
+      -- %(id_prefix)s is the term lowercased.
+      AND (%(search)s::text IS NULL
+           OR substr(id, 1, length(%(id_prefix)s::text)) = %(id_prefix)s::text
+           OR EXISTS (SELECT 1
+                      FROM unnest(%(search_types)s::text[], %(search_paths)s::text[])
+                          AS f(job_type, path)
+                      WHERE f.job_type = jobs.job_type
+                        AND jsonb_typeof(attributes #> string_to_array(f.path, '.')) = 'string'
+                        AND lower(attributes #>> string_to_array(f.path, '.'))
+                            LIKE %(pattern)s::text ESCAPE '\'))
     ORDER BY created_at DESC, id DESC
     LIMIT %(limit)s OFFSET %(offset)s
 )
@@ -340,3 +354,125 @@ DELETE FROM job_items WHERE job_id = ANY(%(job_ids)s::text[]);
 
 -- name: purge_failures
 DELETE FROM item_failures WHERE job_id = ANY(%(job_ids)s::text[]);
+
+-- The operator's overview (store.overview; migration 0011_watch_list.sql).
+-- A job's verdict is the kind of its latest waiting or redriven event, its
+-- action its latest waiting, redriven or reconciled event, both on
+-- idx_job_events and read for active jobs only.
+
+-- name: count_by_type
+-- The statuses counted over every job (a plain GROUP BY); the marks
+-- computed over the active jobs only, each with one event on idx_job_events
+-- (LEFT JOIN LATERAL): its latest waiting or redriven one, else a
+-- reconciled one. No per-job subquery in a CASE, which the planner priced
+-- high enough to JIT-compile (most of the query's time, at 10,000 jobs).
+WITH statuses AS (
+    SELECT job_type,
+           count(*) FILTER (WHERE status = 'pending') AS pending,
+           count(*) FILTER (WHERE status = 'in_progress') AS in_progress,
+           count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+    FROM jobs
+    GROUP BY job_type
+), marks AS (
+    SELECT j.job_type,
+           count(*) FILTER (WHERE j.updated_at < %(before)s) AS stuck,
+           count(*) FILTER (WHERE v.kind = 'waiting') AS waiting,
+           count(*) FILTER (WHERE v.kind IN ('redriven', 'reconciled')) AS redriving
+    FROM jobs AS j
+    LEFT JOIN LATERAL (SELECT e.kind FROM job_events AS e
+                       WHERE e.job_id = j.id
+                         AND e.kind IN ('waiting', 'redriven', 'reconciled')
+                       ORDER BY e.kind = 'reconciled', e.id DESC LIMIT 1) AS v ON true
+    WHERE j.status IN ('pending', 'in_progress')
+    GROUP BY j.job_type
+)
+SELECT s.job_type, s.pending, s.in_progress, s.completed, s.failed, s.cancelled,
+       coalesce(m.stuck, 0) AS stuck, coalesce(m.waiting, 0) AS waiting,
+       coalesce(m.redriving, 0) AS redriving
+FROM statuses AS s LEFT JOIN marks AS m ON m.job_type = s.job_type
+ORDER BY s.job_type;
+
+-- name: list_watched
+-- The active jobs on idx_jobs_active, newest first; %(state)s NULL, 'stuck',
+-- 'waiting' or 'redriving'.
+WITH active AS (
+    SELECT j.id, j.job_type, j.status, j.message, j.created_at, j.updated_at,
+           j.updated_at < %(before)s AS stuck,
+           (SELECT e.kind FROM job_events AS e
+            WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven')
+            ORDER BY e.id DESC LIMIT 1) AS verdict,
+           (SELECT e.id FROM job_events AS e
+            WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven', 'reconciled')
+            ORDER BY e.id DESC LIMIT 1) AS action_id
+    FROM jobs AS j
+    WHERE j.status IN ('pending', 'in_progress')
+      AND (%(job_type)s::text IS NULL OR j.job_type = %(job_type)s::text)
+), marked AS (
+    SELECT id, job_type, status, message, created_at, updated_at, stuck, action_id,
+           coalesce(verdict = 'waiting', false) AS waiting,
+           coalesce(verdict = 'redriven', false) OR (verdict IS NULL AND action_id IS NOT NULL)
+               AS redriving
+    FROM active
+)
+SELECT m.id, m.job_type, m.status, m.message, m.created_at, m.updated_at,
+       m.stuck, m.waiting, m.redriving,
+       e.id AS action_id, e.kind AS action_kind, e.message AS action_message,
+       e.at AS action_at, e.data AS action_data
+FROM marked AS m LEFT JOIN job_events AS e ON e.id = m.action_id
+WHERE (m.stuck OR m.waiting OR m.redriving)
+  AND (%(state)s::text IS NULL OR (%(state)s::text = 'stuck' AND m.stuck)
+       OR (%(state)s::text = 'waiting' AND m.waiting)
+       OR (%(state)s::text = 'redriving' AND m.redriving))
+ORDER BY m.created_at DESC, m.id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+-- Worker heartbeats and throughput (store/workers.py).
+
+-- name: beat_worker
+-- Skipped (no row changed) when the row holds this beat's number or a later
+-- one: a beat written again; its counts are then not added again.
+INSERT INTO workers (worker_id, host, pid, stages_json, concurrency, prefetch, beat_interval,
+                     done, failed, last_error, last_error_at, started_at, beat_at, stopped_at,
+                     beat_seq)
+VALUES (%(worker_id)s, %(host)s, %(pid)s, %(stages_json)s, %(concurrency)s, %(prefetch)s,
+        %(interval)s, %(done)s, %(failed)s, %(last_error)s, %(last_error_at)s,
+        %(started_at)s, %(beat_at)s, %(stopped_at)s, %(seq)s)
+ON CONFLICT (worker_id) DO UPDATE SET
+    host = excluded.host, pid = excluded.pid, stages_json = excluded.stages_json,
+    concurrency = excluded.concurrency, prefetch = excluded.prefetch,
+    beat_interval = excluded.beat_interval, done = excluded.done, failed = excluded.failed,
+    last_error = excluded.last_error, last_error_at = excluded.last_error_at,
+    started_at = excluded.started_at, beat_at = excluded.beat_at,
+    stopped_at = excluded.stopped_at, beat_seq = GREATEST(workers.beat_seq, excluded.beat_seq)
+WHERE excluded.beat_seq = 0 OR workers.beat_seq < excluded.beat_seq;
+
+-- name: add_throughput
+-- Only this worker writes its rows: no other writer waits on them.
+INSERT INTO worker_throughput (bucket_start, worker_id, job_type, stage, done, failed)
+VALUES (%(bucket_start)s, %(worker_id)s, %(job_type)s, %(stage)s, %(done)s, %(failed)s)
+ON CONFLICT (bucket_start, worker_id, job_type, stage) DO UPDATE SET
+    done = worker_throughput.done + excluded.done,
+    failed = worker_throughput.failed + excluded.failed;
+
+-- name: list_workers
+SELECT worker_id, host, pid, stages_json, concurrency, prefetch, beat_interval, done, failed,
+       last_error, last_error_at, started_at, beat_at, stopped_at, beat_seq
+FROM workers
+ORDER BY beat_at DESC, worker_id
+LIMIT %(limit)s;
+
+-- name: throughput
+-- Summed over the workers, on the primary key's range of buckets.
+SELECT bucket_start, job_type, stage, SUM(done) AS done, SUM(failed) AS failed
+FROM worker_throughput
+WHERE bucket_start >= %(since)s
+GROUP BY bucket_start, job_type, stage
+ORDER BY bucket_start, job_type, stage;
+
+-- name: purge_workers
+-- Workers stopped, or silent (dead), since before the cutoff.
+DELETE FROM workers WHERE beat_at < %(before)s;
+
+-- name: purge_throughput
+DELETE FROM worker_throughput WHERE bucket_start < %(before)s;

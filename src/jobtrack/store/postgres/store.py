@@ -147,6 +147,7 @@ class PostgresJobStore(SqlJobStore):
                 timeout=timeout,
                 open=False,
                 kwargs={"autocommit": True},
+                configure=_configure,
                 # A connection left broken by a server restart is replaced
                 # before use, not handed out to fail once.
                 check=psycopg_pool.AsyncConnectionPool.check_connection,
@@ -202,7 +203,7 @@ class PostgresJobStore(SqlJobStore):
         """A connection, or None if the server is away; a configuration error
         (login refused, no such database) raises."""
         try:
-            return await asyncio.wait_for(
+            conn = await asyncio.wait_for(
                 psycopg.AsyncConnection.connect(self.url, autocommit=True), self._timeout
             )
         except TimeoutError:
@@ -212,6 +213,12 @@ class PostgresJobStore(SqlJobStore):
             if refused is not None:
                 raise refused from exc
             return None
+        try:
+            await _configure(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     async def increment(
         self,
@@ -304,9 +311,15 @@ class PostgresJobStore(SqlJobStore):
         if not self._ready:
             await self._open()  # which keeps its first connection as the direct one
         if self._hot is None or self._hot.closed:
-            self._hot = await psycopg.AsyncConnection.connect(
+            hot = await psycopg.AsyncConnection.connect(
                 self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
             )
+            try:
+                await _configure(hot)
+            except BaseException:
+                await hot.close()
+                raise
+            self._hot = hot
         return self._hot
 
     async def _drop_hot(self) -> None:
@@ -451,3 +464,11 @@ def _result(progress: StageProgress, row: DictRow) -> ProgressResult:
         return ProgressResult(progress, 0, None, missing=refused)
     ended = None if row["job_status"] is None else JobStatus(row["job_status"])
     return ProgressResult(progress, row["counted"], stage_from_row(row), ended)
+
+
+async def _configure(conn: _Connection) -> None:
+    """Settings of every connection of the store: no JIT compilation. The
+    store's statements are short; JIT, which the planner starts on a cost
+    estimate, took most of the overview's count (``count_by_type``) at
+    10,000 jobs (about 340 of 360 ms) and helps none of them."""
+    await conn.execute("SET jit = off")

@@ -18,8 +18,10 @@ import contextlib
 import errno
 import functools
 import logging
+import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -58,6 +60,33 @@ _BUSY = (
 )
 
 
+# Every open database of the process. A fork waits until none is in the middle
+# of a piece of work: SQLite keeps its file locks' state in the process's
+# memory, and a child forked while a transaction held the write lock would
+# inherit that state and wait on a lock nobody will release (Celery's prefork
+# pool and RQ's work horses fork while a TaskCounter's thread writes).
+_OPEN: weakref.WeakSet[SqliteDatabase] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for database in list(_OPEN):
+        database._idle.acquire()
+        database._held_for_fork = True
+
+
+def _after_fork() -> None:
+    for database in list(_OPEN):
+        if database._held_for_fork:
+            database._held_for_fork = False
+            database._idle.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
+    )
+
+
 def _shown(path: Path | str) -> str:
     """A path as an error says it back: quoted, cut short."""
     text = repr(str(path))
@@ -86,6 +115,10 @@ class SqliteDatabase:
             self._prepare_file(Path(self.path), create=create)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobtrack-sqlite")
         self._thread_id: int | None = None
+        # Held by each piece of work on the thread, and by a fork (see _OPEN).
+        self._idle = threading.Lock()
+        self._held_for_fork = False
+        _OPEN.add(self)
         # Made on its thread; usable from another (tests, benchmarks) while idle.
         try:
             self.connection = self.call(self._connect, busy_timeout_ms)
@@ -149,8 +182,12 @@ class SqliteDatabase:
         return self._submit(work, *args, **kwargs).result()
 
     def _submit(self, work: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        def guarded() -> _T:
+            with self._idle:  # no fork in the middle of it
+                return work(*args, **kwargs)
+
         try:
-            return self._thread.submit(work, *args, **kwargs)
+            return self._thread.submit(guarded)
         except RuntimeError as exc:  # shut down
             raise StoreError(f"SQLite database {self.path} is closed") from exc
 

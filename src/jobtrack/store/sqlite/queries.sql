@@ -68,11 +68,25 @@ ORDER BY s.position;
 
 -- name: list_jobs
 -- A page of jobs joined with their stages as in read_job.
-WITH page AS (
+-- A search (store.overview): the id's prefix, or a string at one of the
+-- paths (:search_paths, SQLite JSON paths) of the job's type (:search_types,
+-- the same index) that is LIKE :pattern (lowercased; LIKE folds ASCII case).
+-- Ids are lowercase: :id_prefix is the term lowercased.
+-- The fields are read once (fields), not for every job.
+WITH fields AS MATERIALIZED (
+    SELECT t.value AS job_type, p.value AS path
+    FROM json_each(:search_types) AS t JOIN json_each(:search_paths) AS p ON p.key = t.key
+), page AS (
     SELECT id, job_type, status, attributes, message, created_at, updated_at, completed_at, seq
     FROM jobs
     WHERE (:status IS NULL OR status = :status) AND (:job_type IS NULL OR job_type = :job_type)
       AND (:updated_since IS NULL OR updated_at >= :updated_since)
+      AND (NOT :active OR status IN ('pending', 'in_progress'))
+      AND (:search IS NULL OR substr(id, 1, length(:id_prefix)) = :id_prefix
+           OR EXISTS (SELECT 1 FROM fields AS f
+                      WHERE f.job_type = jobs.job_type
+                        AND (attributes ->> f.path) LIKE :pattern ESCAPE '\'
+                        AND json_type(attributes, f.path) = 'text'))
     ORDER BY created_at DESC, id DESC
     LIMIT :limit OFFSET :offset
 )
@@ -328,3 +342,116 @@ DELETE FROM job_items WHERE job_id IN (SELECT value FROM json_each(:job_ids));
 
 -- name: purge_failures
 DELETE FROM item_failures WHERE job_id IN (SELECT value FROM json_each(:job_ids));
+
+-- The operator's overview (store.overview; migration 0008_watch_list.sql).
+-- A job's verdict is the kind of its latest waiting or redriven event, its
+-- action its latest waiting, redriven or reconciled event, both on
+-- idx_job_events and read for active jobs only.
+
+-- name: count_by_type
+WITH marked AS (
+    SELECT j.job_type, j.status,
+           j.status IN ('pending', 'in_progress') AND j.updated_at < :before AS stuck,
+           CASE WHEN j.status IN ('pending', 'in_progress') THEN
+               (SELECT e.kind FROM job_events AS e
+                WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven')
+                ORDER BY e.id DESC LIMIT 1) END AS verdict,
+           CASE WHEN j.status IN ('pending', 'in_progress') THEN
+               EXISTS (SELECT 1 FROM job_events AS e
+                       WHERE e.job_id = j.id AND e.kind = 'reconciled') END AS reconciled
+    FROM jobs AS j
+)
+SELECT job_type,
+       count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'in_progress') AS in_progress,
+       count(*) FILTER (WHERE status = 'completed') AS completed,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       count(*) FILTER (WHERE stuck) AS stuck,
+       count(*) FILTER (WHERE verdict = 'waiting') AS waiting,
+       count(*) FILTER (WHERE verdict = 'redriven' OR (verdict IS NULL AND reconciled))
+           AS redriving
+FROM marked
+GROUP BY job_type
+ORDER BY job_type;
+
+-- name: list_watched
+-- The active jobs on idx_jobs_active, newest first; :state NULL, 'stuck',
+-- 'waiting' or 'redriving'.
+WITH active AS (
+    SELECT j.id, j.job_type, j.status, j.message, j.created_at, j.updated_at,
+           j.updated_at < :before AS stuck,
+           (SELECT e.kind FROM job_events AS e
+            WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven')
+            ORDER BY e.id DESC LIMIT 1) AS verdict,
+           (SELECT e.id FROM job_events AS e
+            WHERE e.job_id = j.id AND e.kind IN ('waiting', 'redriven', 'reconciled')
+            ORDER BY e.id DESC LIMIT 1) AS action_id
+    FROM jobs AS j
+    WHERE j.status IN ('pending', 'in_progress') AND (:job_type IS NULL OR j.job_type = :job_type)
+), marked AS (
+    SELECT id, job_type, status, message, created_at, updated_at, stuck, action_id,
+           coalesce(verdict = 'waiting', 0) AS waiting,
+           coalesce(verdict = 'redriven', 0) OR (verdict IS NULL AND action_id IS NOT NULL)
+               AS redriving
+    FROM active
+)
+SELECT m.id, m.job_type, m.status, m.message, m.created_at, m.updated_at,
+       m.stuck, m.waiting, m.redriving,
+       e.id AS action_id, e.kind AS action_kind, e.message AS action_message,
+       e.at AS action_at, e.data AS action_data
+FROM marked AS m LEFT JOIN job_events AS e ON e.id = m.action_id
+WHERE (m.stuck OR m.waiting OR m.redriving)
+  AND (:state IS NULL OR (:state = 'stuck' AND m.stuck) OR (:state = 'waiting' AND m.waiting)
+       OR (:state = 'redriving' AND m.redriving))
+ORDER BY m.created_at DESC, m.id DESC
+LIMIT :limit OFFSET :offset;
+-- Worker heartbeats and throughput (store/workers.py).
+
+-- name: beat_worker
+-- Skipped (no row changed) when the row holds this beat's number or a later
+-- one: a beat written again; its counts are then not added again.
+INSERT INTO workers (worker_id, host, pid, stages_json, concurrency, prefetch, beat_interval,
+                     done, failed, last_error, last_error_at, started_at, beat_at, stopped_at,
+                     beat_seq)
+VALUES (:worker_id, :host, :pid, :stages_json, :concurrency, :prefetch,
+        :interval, :done, :failed, :last_error, :last_error_at,
+        :started_at, :beat_at, :stopped_at, :seq)
+ON CONFLICT (worker_id) DO UPDATE SET
+    host = excluded.host, pid = excluded.pid, stages_json = excluded.stages_json,
+    concurrency = excluded.concurrency, prefetch = excluded.prefetch,
+    beat_interval = excluded.beat_interval, done = excluded.done, failed = excluded.failed,
+    last_error = excluded.last_error, last_error_at = excluded.last_error_at,
+    started_at = excluded.started_at, beat_at = excluded.beat_at,
+    stopped_at = excluded.stopped_at, beat_seq = MAX(workers.beat_seq, excluded.beat_seq)
+WHERE excluded.beat_seq = 0 OR workers.beat_seq < excluded.beat_seq;
+
+-- name: add_throughput
+-- Only this worker writes its rows: no other writer waits on them.
+INSERT INTO worker_throughput (bucket_start, worker_id, job_type, stage, done, failed)
+VALUES (:bucket_start, :worker_id, :job_type, :stage, :done, :failed)
+ON CONFLICT (bucket_start, worker_id, job_type, stage) DO UPDATE SET
+    done = worker_throughput.done + excluded.done,
+    failed = worker_throughput.failed + excluded.failed;
+
+-- name: list_workers
+SELECT worker_id, host, pid, stages_json, concurrency, prefetch, beat_interval, done, failed,
+       last_error, last_error_at, started_at, beat_at, stopped_at, beat_seq
+FROM workers
+ORDER BY beat_at DESC, worker_id
+LIMIT :limit;
+
+-- name: throughput
+-- Summed over the workers, on the primary key's range of buckets.
+SELECT bucket_start, job_type, stage, SUM(done) AS done, SUM(failed) AS failed
+FROM worker_throughput
+WHERE bucket_start >= :since
+GROUP BY bucket_start, job_type, stage
+ORDER BY bucket_start, job_type, stage;
+
+-- name: purge_workers
+-- Workers stopped, or silent (dead), since before the cutoff.
+DELETE FROM workers WHERE beat_at < :before;
+
+-- name: purge_throughput
+DELETE FROM worker_throughput WHERE bucket_start < :before;

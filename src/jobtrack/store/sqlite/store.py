@@ -30,6 +30,7 @@ from jobtrack.store.base import (
     merge_screened,
     screen_progress,
 )
+from jobtrack.store.overview import SearchField
 from jobtrack.store.sql import load_queries
 from jobtrack.store.sqlcore import (
     Codec,
@@ -157,6 +158,11 @@ class SqliteJobStore(SqlJobStore):
         """Every key and the failed ones as two JSON arrays, read by
         ``json_each`` in the one ``record_outcomes`` statement."""
         return {"keys": keys, "failed": keys[len(keys) - failed :]}
+
+    def _search_path(self, field: SearchField) -> str:
+        """A searchable field's path as a SQLite JSON path, each name quoted
+        (``$."collection"."path"``; the names hold no quote)."""
+        return "$" + "".join(f'."{part}"' for part in field.parts)
 
     @classmethod
     def open(cls, path: str, *, create: bool = True, clock: Clock = utc_now) -> SqliteJobStore:
