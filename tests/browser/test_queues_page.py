@@ -82,18 +82,10 @@ async def dead_lettered_job(settings: Settings) -> str:
         return job.id
 
 
-async def rows_of(db: Path, job_id: str) -> tuple[int, int]:
-    store = SqliteJobStore.open(str(db))
-    try:
-        stage = (await store.get_job(job_id)).stages["rows"]
-        return stage.completed_items, stage.failed_items
-    finally:
-        await store.aclose()
-
-
-def test_a_dead_letter_sent_back_from_the_page_is_counted_once(
-    browser: Browser, tmp_path: Path, vhost: str
-) -> None:
+def user_app(tmp_path: Path, vhost: str) -> tuple[dict[str, str], Settings, Path]:
+    """The user's app written under ``tmp_path`` on a SQLite store there and
+    RabbitMQ's ``vhost``: the server's environment, the settings to reach the
+    same store and broker from the test, and the store's file."""
     (tmp_path / "myqueues.py").write_text(USER_APP, encoding="utf-8")
     data_dir = tmp_path / "state"
     data_dir.mkdir()
@@ -106,6 +98,22 @@ def test_a_dead_letter_sent_back_from_the_page_is_counted_once(
         "JOBTRACK_BROKER_URL": broker_url,
     }
     settings = Settings(data_dir=data_dir, store_url=f"sqlite:///{db}", broker_url=broker_url)
+    return env, settings, db
+
+
+async def rows_of(db: Path, job_id: str) -> tuple[int, int]:
+    store = SqliteJobStore.open(str(db))
+    try:
+        stage = (await store.get_job(job_id)).stages["rows"]
+        return stage.completed_items, stage.failed_items
+    finally:
+        await store.aclose()
+
+
+def test_a_dead_letter_sent_back_from_the_page_is_counted_once(
+    browser: Browser, tmp_path: Path, vhost: str
+) -> None:
+    env, settings, db = user_app(tmp_path, vhost)
     with ThreadPoolExecutor(1) as thread:  # Playwright's loop runs in this one
         job_id = thread.submit(asyncio.run, dead_lettered_job(settings)).result()
         assert thread.submit(asyncio.run, rows_of(db, job_id)).result() == (2, 0)
@@ -113,7 +121,7 @@ def test_a_dead_letter_sent_back_from_the_page_is_counted_once(
         worker_env = {k: v for k, v in os.environ.items() if not k.startswith("JOBTRACK_")}
         worker_log = (tmp_path / "worker.log").open("w")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "jobtrack", "worker", "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "jobtrack", "worker", "--data-dir", str(settings.data_dir)],
             env=worker_env | env,
             stdout=worker_log,
             stderr=subprocess.STDOUT,
@@ -225,18 +233,7 @@ async def swapped_dead_letter(settings: Settings, job_id: str) -> None:
 def test_the_dead_letters_are_listed_again_when_their_ids_change_but_not_their_count(
     browser: Browser, tmp_path: Path, vhost: str
 ) -> None:
-    (tmp_path / "myqueues.py").write_text(USER_APP, encoding="utf-8")
-    data_dir = tmp_path / "state"
-    data_dir.mkdir()
-    db = data_dir / "jobtrack.db"
-    broker_url = rabbitmq.vhost_url(vhost)
-    env = {
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()]),
-        "JOBTRACK_APP": "myqueues:app",
-        "JOBTRACK_STORE_URL": f"sqlite:///{db}",
-        "JOBTRACK_BROKER_URL": broker_url,
-    }
-    settings = Settings(data_dir=data_dir, store_url=f"sqlite:///{db}", broker_url=broker_url)
+    env, settings, _db = user_app(tmp_path, vhost)
     with ThreadPoolExecutor(1) as thread, running_server(tmp_path, env=env) as server:
         job_id = thread.submit(asyncio.run, dead_lettered_job(settings)).result()
         page: Page = browser.new_page(viewport={"width": 1300, "height": 800})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import signal
@@ -19,8 +18,10 @@ from jobtrack.cli.options import (
     data_dir_option,
     json_option,
     settings_from,
+    signalled,
     stderr,
     stdout,
+    stopped,
     store_option,
     with_app,
 )
@@ -182,43 +183,21 @@ def watch_job(
 
 async def _follow(app: App, job_id: str, *, interval: float, live: bool) -> Job | None:
     """Read the job every ``interval`` seconds until it has ended (the job),
-    or until SIGINT or SIGTERM (None); with ``live``, draw its stages' bars
-    as it goes.
-
-    The signals set an event the loop waits on, rather than cancelling the
-    task as ``asyncio.run`` does: a cancellation that lands as an awaited
-    call completes can be lost on Python 3.11, and the watching would then
-    go on for as long as the job."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
+    or until SIGINT or SIGTERM (None, see :func:`~jobtrack.cli.options.signalled`);
+    with ``live``, draw its stages' bars as it goes."""
+    async with signalled() as stop:
         job = await app.store.get_job(job_id)
         stderr.print(f"watching job {job.id} ({job.job_type}): {job.status.value}", markup=False)
         with JobProgress(stderr) if live else contextlib.nullcontext() as progress:
             if progress is not None:
                 progress.update(job)
             while not job.status.terminal:
-                if await _stopped(stop, interval):
+                if await stopped(stop, interval):
                     return None
                 job = await app.store.get_job(job_id)
                 if progress is not None:
                     progress.update(job)
         return job
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-
-
-async def _stopped(stop: asyncio.Event, interval: float) -> bool:
-    """Wait ``interval`` seconds, or less if ``stop`` is set; whether it is."""
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({waiter}, timeout=interval)
-    finally:
-        waiter.cancel()
-    return stop.is_set()
 
 
 #: ``jobtrack jobs cancel`` exit status per outcome (1 stays an error: no such job, no store).

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,8 +33,10 @@ __all__ = [
     "preflight",
     "settings_for",
     "settings_from",
+    "signalled",
     "stderr",
     "stdout",
+    "stopped",
     "store_option",
     "usage_error",
     "with_app",
@@ -188,3 +192,33 @@ def with_app(
         raise usage_error(exc) from None
     except JobtrackError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@asynccontextmanager
+async def signalled() -> AsyncIterator[asyncio.Event]:
+    """An event SIGINT or SIGTERM sets while the block runs (on the running
+    loop), for a command that draws until it is stopped.
+
+    The signals set an event the loop waits on, rather than cancelling the
+    task as ``asyncio.run`` does: a cancellation that lands as an awaited
+    call completes can be lost on Python 3.11, and the command would then
+    go on."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        yield stop
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def stopped(stop: asyncio.Event, interval: float) -> bool:
+    """Wait ``interval`` seconds, or less if ``stop`` is set; whether it is."""
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=interval)
+    finally:
+        waiter.cancel()
+    return stop.is_set()

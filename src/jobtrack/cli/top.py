@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,14 +31,15 @@ from rich.text import Text
 
 from jobtrack.api.overview import overview_json, reason_of, watched_json
 from jobtrack.api.workers import throughput_json, throughput_since, workers_json
-from jobtrack.cli.jobs import _stopped
 from jobtrack.cli.options import (
     app_option,
     broker_option,
     data_dir_option,
     json_option,
     settings_from,
+    signalled,
     stdout,
+    stopped,
     store_option,
     with_app,
 )
@@ -373,31 +373,22 @@ def render_top(snapshot: TopSnapshot, *, retrying: bool = True) -> RenderableTyp
 
 
 async def _live(app: App, interval: float) -> None:
-    """Draw a frame every ``interval`` seconds until SIGINT or SIGTERM.
-
-    The signals set an event the loop waits on, as ``jobs watch`` does,
-    rather than cancelling a read under way."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    """Draw a frame every ``interval`` seconds until SIGINT or SIGTERM
+    (:func:`~jobtrack.cli.options.signalled`, as ``jobs watch``)."""
     within = max(MIN_READ_WAIT, interval)
-    try:
+    async with signalled() as stop:
         if not stdout.is_terminal:  # piped: one frame after another
             while not stop.is_set():
                 stdout.print(render_top(await top_snapshot(app, within=within)))
-                if await _stopped(stop, interval):
+                if await stopped(stop, interval):
                     return
             return
         with Live(console=stdout, auto_refresh=False, screen=True) as live:
             while not stop.is_set():
                 snapshot = await top_snapshot(app, within=within)
                 live.update(render_top(snapshot), refresh=True)
-                if await _stopped(stop, interval):
+                if await stopped(stop, interval):
                     return
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
 
 
 @click.command("top")
