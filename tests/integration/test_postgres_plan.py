@@ -10,9 +10,7 @@ from jobtrack.store.postgres.store import _Q, PostgresJobStore
 
 
 async def test_the_stuck_query_uses_the_seeds_index(postgres_url: str) -> None:
-    store = open_store(postgres_url)
-    await store.list_jobs()  # migrated
-    await store.aclose()
+    await _migrated(postgres_url)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("TRUNCATE jobs CASCADE")
         # 50,000 jobs, most of them ended, as in a store that has run a while.
@@ -55,9 +53,7 @@ def _three_stages_each(conn: psycopg.Connection[tuple[object, ...]]) -> None:
 
 
 async def test_the_job_reads_join_the_stages_on_their_key(postgres_url: str) -> None:
-    store = open_store(postgres_url)
-    await store.list_jobs()  # migrated
-    await store.aclose()
+    await _migrated(postgres_url)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("TRUNCATE jobs CASCADE")
         conn.execute(
@@ -90,9 +86,7 @@ async def test_the_job_reads_join_the_stages_on_their_key(postgres_url: str) -> 
 
 
 async def test_the_change_feed_uses_its_index(postgres_url: str) -> None:
-    store = open_store(postgres_url)
-    await store.list_jobs()  # migrated
-    await store.aclose()
+    await _migrated(postgres_url)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("TRUNCATE jobs CASCADE")
         conn.execute(
@@ -124,9 +118,7 @@ async def test_the_change_feed_uses_its_index(postgres_url: str) -> None:
 async def test_the_overview_counts_read_the_events_of_the_active_jobs_only(
     postgres_url: str,
 ) -> None:
-    store = open_store(postgres_url)
-    await store.list_jobs()  # migrated
-    await store.aclose()
+    await _migrated(postgres_url)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("TRUNCATE jobs CASCADE")
         # 10,000 jobs, 2,000 of them active, 50,000 events.
@@ -173,3 +165,10 @@ async def test_the_stores_connections_run_without_jit(postgres_url: str) -> None
     finally:
         await store.aclose()
     assert (pooled_jit, hot_jit) == (("off",), ("off",))
+
+
+async def _migrated(url: str) -> None:
+    """The store's schema made (or brought up to date) at ``url``."""
+    store = open_store(url)
+    await store.list_jobs()
+    await store.aclose()
