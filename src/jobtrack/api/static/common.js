@@ -56,6 +56,24 @@ function registerView(name, view) {
   } : view);
 }
 
+// A view that calls load() on entering and every `ms` while shown; `prepare`
+// (optional) first takes the route's params. One timer at most, stopped on leave.
+function pollingView(load, ms, prepare) {
+  let timer = null;
+  return {
+    enter(params) {
+      if (prepare) prepare(params);
+      load();
+      clearInterval(timer);
+      timer = setInterval(load, ms);
+    },
+    leave() {
+      clearInterval(timer);
+      timer = null;
+    },
+  };
+}
+
 function routeOf(hash) {
   const text = (hash || "").replace(/^#\/?/, "");
   const cut = text.indexOf("?");

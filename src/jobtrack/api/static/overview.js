@@ -5,8 +5,6 @@
 // list ("#/watch?state=stuck&type=…"). Values go through textContent only.
 "use strict";
 
-const overview = { timer: null };
-
 const COUNTS = [
   // [field, heading, the list it links to (null: none)]
   ["active", "active", (type) => ["jobs", { status: "active", type }]],
@@ -70,14 +68,4 @@ async function loadOverview() {
   }
 }
 
-registerView("overview", {
-  enter() {
-    loadOverview();
-    clearInterval(overview.timer);
-    overview.timer = setInterval(loadOverview, 2000);
-  },
-  leave() {
-    clearInterval(overview.timer);
-    overview.timer = null;
-  },
-});
+registerView("overview", pollingView(loadOverview, 2000));

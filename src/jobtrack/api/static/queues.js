@@ -11,7 +11,6 @@
   const POLL_MS = 2000;
   const DEAD_LIMIT = 200;
   const LISTS_PER_POLL = 4;
-  let timer = null;
   let polling = false;
   let nextList = 0;              // where the next poll's turn of listings starts
   const seenLists = new Map();   // queue -> its listing last drawn: ids and count
@@ -216,16 +215,5 @@
     }
   }
 
-  registerView("queues", {
-    enter() {
-      clearInterval(timer);  // entered again without a leave: one timer only
-      seenLists.clear();
-      poll();
-      timer = setInterval(poll, POLL_MS);
-    },
-    leave() {
-      clearInterval(timer);
-      timer = null;
-    },
-  });
+  registerView("queues", pollingView(poll, POLL_MS, () => seenLists.clear()));
 })();

@@ -10,7 +10,6 @@
   const SVG = "http://www.w3.org/2000/svg";
   const W = 720, H = 180, PAD = 28;
   const COLORS = ["#1565c0", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f", "#5d4037", "#ad1457"];
-  let timer = null;
 
   function svg(tag, attrs) {
     const node = document.createElementNS(SVG, tag);
@@ -102,16 +101,5 @@
     }
   }
 
-  const chartView = {
-    enter() {
-      clearInterval(timer);  // entered again without a leave: one timer only
-      poll();
-      timer = setInterval(poll, POLL_MS);
-    },
-    leave() {
-      clearInterval(timer);
-      timer = null;
-    },
-  };
-  registerView("overview", chartView);  // beside the overview's counts (common.js chains them)
+  registerView("overview", pollingView(poll, POLL_MS));  // beside the overview's counts (common.js chains them)
 })();

@@ -6,7 +6,7 @@
 "use strict";
 
 const WATCH_PAGE = 50;
-const watch = { timer: null, state: "", type: "", offset: 0 };
+const watch = { state: "", type: "", offset: 0 };
 
 const STATE_TEXT = { stuck: "stuck", waiting: "waiting", redriving: "re-driven" };
 
@@ -88,20 +88,11 @@ $("watch-state").addEventListener("change", () => { watch.state = $("watch-state
 $("watch-prev").addEventListener("click", () => { watch.offset = Math.max(0, watch.offset - WATCH_PAGE); loadWatch(); });
 $("watch-next").addEventListener("click", () => { watch.offset += WATCH_PAGE; loadWatch(); });
 
-registerView("watch", {
-  enter(params) {
-    const state = params.get("state") || "";
-    watch.state = STATE_TEXT[state] ? state : "";
-    watch.type = params.get("type") || "";
-    watch.offset = 0;
-    $("watch-state").value = watch.state;
-    drawWatchType();
-    loadWatch();
-    clearInterval(watch.timer);
-    watch.timer = setInterval(loadWatch, 2000);
-  },
-  leave() {
-    clearInterval(watch.timer);
-    watch.timer = null;
-  },
-});
+registerView("watch", pollingView(loadWatch, 2000, (params) => {
+  const state = params.get("state") || "";
+  watch.state = STATE_TEXT[state] ? state : "";
+  watch.type = params.get("type") || "";
+  watch.offset = 0;
+  $("watch-state").value = watch.state;
+  drawWatchType();
+}));

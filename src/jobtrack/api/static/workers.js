@@ -5,7 +5,6 @@
 
 (function () {
   const POLL_MS = 1000;
-  let timer = null;
 
   function clock(iso) {
     if (!iso) return "";
@@ -86,15 +85,5 @@
     }
   }
 
-  registerView("workers", {
-    enter() {
-      clearInterval(timer);  // entered again without a leave: one timer only
-      poll();
-      timer = setInterval(poll, POLL_MS);
-    },
-    leave() {
-      clearInterval(timer);
-      timer = null;
-    },
-  });
+  registerView("workers", pollingView(poll, POLL_MS));
 })();
