@@ -19,6 +19,9 @@ seen by:
 - ``workers_us``: every process of the workers' trees (a process that
   ended meanwhile, such as an RQ work horse, through its parent's
   children's time);
+- ``roots_us``: of those, the roots' own (without their children's): the
+  process every task passes through where a framework has one (Celery's
+  prefork main process, RQ's worker);
 - ``pg_us``: the PostgreSQL backends serving the workers' processes;
 - ``pg_other_us``: the other backends of the run's database (the
   producer's ledger writes, the completion poll), sampled every 50 ms so
@@ -162,6 +165,7 @@ class Snapshot:
     """CPU seconds of each part of a run, at one moment."""
 
     workers: dict[int, float]
+    roots: dict[int, float]
     pg: dict[int, float]
     servers: dict[int, float]
     bench: float
@@ -173,6 +177,7 @@ class Snapshot:
         tree = _tree(roots)
         return cls(
             workers={pid: _cpu(pid) for pid in tree},
+            roots={pid: _cpu(pid, children=False) for pid in roots},
             pg={pid: _cpu(pid, children=False) for pid in _backends(url, tree)},
             servers={pid: _cpu(pid, children=False) for pid in _servers()},
             bench=_self_cpu(),
@@ -193,6 +198,7 @@ class Snapshot:
         pg = spent(self.pg, before.pg)
         return {
             "workers_us": workers * per,
+            "roots_us": spent(self.roots, before.roots) * per,
             "pg_us": pg * per,
             "bench_us": (self.bench - before.bench) * per,
             "servers_us": spent(self.servers, before.servers) * per,

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from celery import Celery, chain  # type: ignore[import-untyped]
 from celery.app.task import Context  # type: ignore[import-untyped]
+from celery.worker.request import Request as WorkerRequest  # type: ignore[import-untyped]
 
 import jobtrack
-import jobtrack.integrations.celery as celery_integration
 from jobtrack.errors import InvalidRequest
 from jobtrack.integrations import HEADER, TaskCall, TaskCounter, TaskRef
 from jobtrack.integrations.celery import (
@@ -26,6 +26,7 @@ from jobtrack.integrations.celery import (
     error_text,
     item_of,
     task_ref,
+    worker_request,
 )
 from jobtrack.model import JobStatus
 from tests.integrations.contract import STAGE, TYPE, counted, job_of, wait_ended
@@ -120,7 +121,20 @@ class Recording(TaskCounter):
         self.told.append(("failed", ref, f"{error} after {attempts}"))
 
 
-def test_a_retry_touches_and_a_failure_without_its_request_uses_the_received_one(
+class Reporting(WorkerRequest):  # type: ignore[misc]
+    """A worker's request of a task (in the worker's main process) that
+    reports the task's failure, as ``on_timeout`` and ``on_failure`` do."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:  # not a message's
+        self.id = fields["id"]
+        self._request_dict = fields
+
+    def report(self, tracking: CeleryTracking, error: str, task_id: str | None = None) -> None:
+        empty = SimpleNamespace(request=Context())  # the main process's view of the task
+        tracking._on_failure(sender=empty, task_id=task_id or self.id, exception=ValueError(error))
+
+
+def test_a_retry_touches_and_a_failure_without_its_request_uses_the_workers_one(
     tmp_path: Path,
 ) -> None:
     app = jobtrack.App(
@@ -133,22 +147,23 @@ def test_a_retry_touches_and_a_failure_without_its_request_uses_the_received_one
     tracking._on_retry(request=Context({"id": "t1", HEADER: ref.header()}))
     tracking._on_retry(request=Context({"id": "t9"}))  # not an item
 
-    received = SimpleNamespace(request_dict={"id": "t1", "retries": 2, HEADER: ref.header()})
-    tracking._on_received(request=received)
-    empty = SimpleNamespace(request=Context())  # the main process's view of the task
-    tracking._on_failure(sender=empty, task_id="t1", exception=ValueError("late"))
-    tracking._on_failure(sender=empty, task_id="t1", exception=ValueError("again"))  # forgotten
-    tracking._on_received(request=received)
-    tracking._on_revoked(request=Context({"id": "t1"}), terminated=True)
+    reporting = Reporting({"id": "t1", "retries": 2, HEADER: ref.header()})
+    reporting.report(tracking, "late")
+    # Another task's request is not taken; nor is one not up the callers.
+    Reporting({"id": "t2", "retries": 0, HEADER: ref.header()}).report(tracking, "other", "t1")
+    empty = SimpleNamespace(request=Context())
+    tracking._on_failure(sender=empty, task_id="t1", exception=ValueError("nowhere"))
+    tracking._on_revoked(request=Context({"id": "t1", "retries": 1, HEADER: ref.header()}))
+    tracking._on_revoked(request=Context({"id": "t2"}), terminated=True)  # no reference
+    Reporting({"id": "t3"}).report(tracking, "not an item")
     assert counter.told == [
         ("retrying", ref, ""),
         ("failed", ref, "ValueError: late after 3"),
-        ("failed", ref, "terminated after 3"),
+        ("failed", ref, "revoked after 2"),
     ]
-    assert len(tracking._received) == 0
 
 
-def test_a_received_reference_is_read_only_when_used_and_a_malformed_one_is_not_counted(
+def test_a_workers_request_is_found_only_for_its_own_task_and_a_malformed_one_is_not_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = jobtrack.App(
@@ -158,34 +173,13 @@ def test_a_received_reference_is_read_only_when_used_and_a_malformed_one_is_not_
     counter = Recording(app)
     tracking._counter = counter
     bad = {"job": "job-1", "stage": "send"}  # no key
-    tracking._on_received(request=SimpleNamespace(request_dict={"id": "t1", HEADER: bad}))
-    tracking._on_received(
-        request=SimpleNamespace(
-            request_dict={"id": "t2", "retries": "x", HEADER: TaskRef("j", "s", "k").header()}
-        )
-    )
-    assert "malformed" not in caplog.text  # kept as it came, not read yet
-    empty = SimpleNamespace(request=Context())
-    tracking._on_failure(sender=empty, task_id="t1", exception=ValueError("late"))
-    tracking._on_failure(sender=empty, task_id="t2", exception=ValueError("late"))
+    Reporting({"id": "t1", HEADER: bad}).report(tracking, "late")
     assert "malformed" in caplog.text
+    good = Reporting({"id": "t2", "retries": "x", HEADER: TaskRef("j", "s", "k").header()})
+    good.report(tracking, "late")
     assert counter.told == [("failed", TaskRef("j", "s", "k"), "ValueError: late after 1")]
-    assert len(tracking._received) == 0
-
-
-def test_the_received_references_are_bounded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(celery_integration, "MAX_RECEIVED", 2)
-    app = jobtrack.App(
-        jobtrack.Settings(data_dir=tmp_path, store_url=f"sqlite:///{tmp_path / 'j.db'}")
-    )
-    tracking = CeleryTracking(app, celery_app)
-    for n in range(3):
-        ref = TaskRef("job-1", "send", f"k{n}").header()
-        tracking._on_received(request=SimpleNamespace(request_dict={"id": f"t{n}", HEADER: ref}))
-    tracking._on_received(request=SimpleNamespace(request_dict={"id": "t9"}))  # not an item
-    assert list(tracking._received) == ["t1", "t2"]
+    assert worker_request("t2") is None  # not up this frame's callers
+    assert worker_request(None) is None
 
 
 def test_an_error_is_its_type_and_message() -> None:

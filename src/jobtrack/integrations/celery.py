@@ -37,9 +37,13 @@ counts a revoked, expired or terminated task failed (a worker keeps its id
 in its revoked set: sent again, it would not run); ``worker_process_shutdown``
 and ``worker_shutdown`` flush the counts. A hard time limit and
 ``Reject(requeue=False)`` fire ``task_failure`` in the worker's main
-process, where ``task.request`` is an empty context: ``task_received``,
-which runs there with the task's request, keeps each item task's reference
-by its id (the last :data:`MAX_RECEIVED`) for them.
+process, where ``task.request`` is an empty context: the handler then
+takes the reference from the worker's own request of that task, the
+``celery.worker.request.Request`` whose ``on_timeout`` or ``on_failure``
+sent the signal (found up the calling frames, so that the main process,
+which every task passes through, pays nothing per task for these rare
+failures; a failure whose request cannot be found is left to the monitor,
+which sends the task again).
 
 A task that acks late (``acks_late``) has its count made durable before
 its message is acked (unless ``flush_before_ack=False``): ``task_postrun``
@@ -53,15 +57,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
+import sys
 import traceback
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from celery import Celery, Task, signals  # type: ignore[import-untyped]
 from celery.canvas import Signature  # type: ignore[import-untyped]
+from celery.worker.request import Request as WorkerRequest  # type: ignore[import-untyped]
 from kombu.exceptions import ChannelError, KombuError, OperationalError
 
 from jobtrack.errors import BrokerError, BrokerUnavailable, InvalidRequest
@@ -73,12 +77,21 @@ from jobtrack.model import Job
 from jobtrack.runtime.app import App
 from jobtrack.store.ledger import LedgerItem
 
-__all__ = ["CeleryJob", "CeleryTracking", "TaskSender", "error_text", "item_of", "task_ref"]
+__all__ = [
+    "CeleryJob",
+    "CeleryTracking",
+    "TaskSender",
+    "error_text",
+    "item_of",
+    "task_ref",
+    "worker_request",
+]
 
 logger = logging.getLogger(__name__)
 
-#: References of the tasks a worker's main process received, kept at most.
-MAX_RECEIVED = 10_000
+#: Calling frames searched for the worker's request of a task whose failure
+#: the main process reports (the signal's dispatch is 2 or 3 frames deep).
+REQUEST_FRAMES = 8
 
 
 def task_ref(request: Any) -> TaskRef | None:
@@ -87,10 +100,29 @@ def task_ref(request: Any) -> TaskRef | None:
     logged)."""
     value = getattr(request, HEADER, None)
     if value is None:
-        headers = getattr(request, "headers", None)
-        if isinstance(headers, Mapping):
-            value = headers.get(HEADER)
+        for name in ("headers", "request_dict"):
+            fields = getattr(request, name, None)
+            if isinstance(fields, Mapping) and HEADER in fields:
+                value = fields[HEADER]
+                break
     return TaskRef.from_header(value)
+
+
+def worker_request(task_id: Any) -> Any | None:
+    """The worker's ``celery.worker.request.Request`` of ``task_id`` whose
+    method is up the calling frames (a failure the worker's main process
+    reports from its ``on_timeout`` or ``on_failure``); None when none is."""
+    if not isinstance(task_id, str):
+        return None
+    frame = sys._getframe(1)
+    for _ in range(REQUEST_FRAMES):
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, WorkerRequest) and owner.id == task_id:
+            return owner
+    return None
 
 
 def item_of(signature: Signature, key: str | None = None) -> LedgerItem:
@@ -327,11 +359,6 @@ class CeleryTracking:
         self.sender = TaskSender(celery_app, queues)
         self._counter: TaskCounter | None = None
         self.flush_before_ack = True
-        #: By task id, the reference header and retries of each item task
-        #: this process received (the worker's main process), the oldest
-        #: dropped past :data:`MAX_RECEIVED`.
-        self._received: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
-        self._received_lock = threading.Lock()
 
     @property
     def counter(self) -> TaskCounter:
@@ -369,10 +396,11 @@ class CeleryTracking:
         signals: done on ``task_success``; failed on ``task_failure`` (the
         last attempt's: retries fire ``task_retry``, which touches the job)
         and on ``task_revoked`` (revoked, expired or terminated); a flush on
-        ``worker_process_shutdown`` and ``worker_shutdown``. ``task_received``
-        keeps, in the worker's main process, each item task's reference by
-        its id, for the failures Celery reports there without the task's
-        request (a hard time limit, ``Reject(requeue=False)``).
+        ``worker_process_shutdown`` and ``worker_shutdown``. Nothing is
+        connected that runs per task in the worker's main process: the
+        failures Celery reports there without the task's request (a hard
+        time limit, ``Reject(requeue=False)``) are counted from the worker's
+        request that reports them (see :func:`worker_request`).
 
         :param flush_before_ack: for an item task that acks late
             (``acks_late``), block at its ``task_postrun`` until its count is
@@ -386,7 +414,6 @@ class CeleryTracking:
         self.counter  # noqa: B018 - refuses a store in memory now, not per task
         self.flush_before_ack = flush_before_ack
         uid = f"jobtrack-{id(self)}"
-        signals.task_received.connect(self._on_received, weak=False, dispatch_uid=uid)
         signals.task_success.connect(self._on_success, weak=False, dispatch_uid=uid)
         signals.task_failure.connect(self._on_failure, weak=False, dispatch_uid=uid)
         signals.task_retry.connect(self._on_retry, weak=False, dispatch_uid=uid)
@@ -395,36 +422,17 @@ class CeleryTracking:
         signals.worker_process_shutdown.connect(self._on_shutdown, weak=False, dispatch_uid=uid)
         signals.worker_shutdown.connect(self._on_shutdown, weak=False, dispatch_uid=uid)
 
-    def _on_received(self, request: Any = None, **_: Any) -> None:
-        # In the worker's main process, which every task passes through:
-        # the header is kept as it came, and read only if it is ever used.
-        request_dict = getattr(request, "request_dict", None)
-        if not isinstance(request_dict, dict):
-            return
-        header = request_dict.get(HEADER)
-        task_id = request_dict.get("id")
-        if header is None or not isinstance(task_id, str):
-            return
-        with self._received_lock:
-            received = self._received
-            received[task_id] = (header, request_dict.get("retries"))
-            received.move_to_end(task_id)
-            if len(received) > MAX_RECEIVED:
-                received.popitem(last=False)
-
-    def _forget(self, task_id: Any) -> tuple[TaskRef, int] | None:
-        """The reference and attempt received for ``task_id``, forgotten
-        (None: not received here, or its reference is malformed)."""
-        if not isinstance(task_id, str):
-            return None
-        with self._received_lock:
-            kept = self._received.pop(task_id, None)
-        if kept is None:
-            return None
-        header, retries = kept
-        ref = TaskRef.from_header(header)
+    @staticmethod
+    def _reported(request: Any) -> tuple[TaskRef, int] | None:
+        """The reference and attempt of the task whose request (the task's
+        context, or the worker's request of it) is ``request``."""
+        ref = None if request is None else task_ref(request)
         if ref is None:
             return None
+        fields = getattr(request, "request_dict", None)
+        retries = (
+            fields.get("retries") if isinstance(fields, Mapping) else getattr(request, "retries", 0)
+        )
         try:
             attempts = int(retries or 0) + 1
         except (TypeError, ValueError):
@@ -434,9 +442,7 @@ class CeleryTracking:
     def _on_success(self, sender: Task | None = None, **_: Any) -> None:
         if sender is None:
             return
-        request = sender.request
-        received = self._forget(getattr(request, "id", None))
-        ref = task_ref(request) or (received[0] if received is not None else None)
+        ref = task_ref(sender.request)
         if ref is not None:
             self.counter.done(ref)
 
@@ -448,14 +454,14 @@ class CeleryTracking:
         **_: Any,
     ) -> None:
         request = None if sender is None else sender.request
-        received = self._forget(task_id or getattr(request, "id", None))
-        ref = None if request is None else task_ref(request)
-        if ref is not None:  # the task's own request: in the pool process
-            attempts = int(getattr(request, "retries", 0) or 0) + 1
-        elif received is not None:  # reported by the main process, without it
-            ref, attempts = received
-        else:
+        # The task's own request (in the pool process), else the worker's
+        # request of it that reports the failure (in the main process).
+        reported = self._reported(request) or self._reported(
+            worker_request(task_id or getattr(request, "id", None))
+        )
+        if reported is None:
             return
+        ref, attempts = reported
         self.counter.failed(ref, error_text(exception), attempts=attempts)
 
     def _on_retry(self, request: Any = None, **_: Any) -> None:
@@ -470,14 +476,12 @@ class CeleryTracking:
         expired: bool = False,
         **_: Any,
     ) -> None:
-        received = self._forget(getattr(request, "id", None))
-        ref = task_ref(request)
-        if ref is not None:
-            attempts = int(getattr(request, "retries", 0) or 0) + 1
-        elif received is not None:
-            ref, attempts = received
-        else:
+        reported = self._reported(request) or self._reported(
+            worker_request(getattr(request, "id", None))
+        )
+        if reported is None:
             return
+        ref, attempts = reported
         reason = "terminated" if terminated else "expired" if expired else "revoked"
         self.counter.failed(ref, reason, attempts=attempts)
 
