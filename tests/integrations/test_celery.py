@@ -61,6 +61,8 @@ def test_a_signatures_own_headers_are_kept_and_sent_with_the_reference() -> None
     sent: list[dict[str, Any]] = []
 
     class Recording:
+        tasks: dict[str, Any] = {}  # none registered
+
         @contextlib.contextmanager
         def producer_or_acquire(self) -> Iterator[None]:
             yield None
@@ -81,6 +83,33 @@ def test_a_signatures_own_headers_are_kept_and_sent_with_the_reference() -> None
             "add_to_parent": False,
         }
     ]
+
+
+def test_a_task_is_sent_ignoring_its_result_as_its_own_apply_async_sends_it() -> None:
+    # A task that ignores its result must not have the producer wait for one
+    # (a Redis result backend would subscribe to each task's result).
+    sender_app = Celery("ignoring", broker="memory://", set_as_current=False)
+    sender_app.conf.update(task_ignore_result=True, task_default_queue="ignoring")
+
+    def nothing() -> None:
+        """A task that does nothing."""
+
+    sender_app.task(name="t.quiet")(nothing)
+    sender_app.task(name="t.kept", ignore_result=False)(nothing)
+    names = ["t.quiet", "t.kept", "t.unknown", "t.quiet"]
+    calls = [
+        (f"k{n}", TaskCall(name, (), {}, {"ignore_result": False} if n == 3 else {}, ""))
+        for n, name in enumerate(names)
+    ]
+    TaskSender(sender_app)._send("job-1", "send", calls)
+    with sender_app.connection_for_read() as connection:
+        queue = connection.SimpleQueue("ignoring")
+        try:
+            messages = [queue.get(timeout=1) for _ in names]
+        finally:
+            queue.close()
+    assert [m.headers["task"] for m in messages] == names
+    assert [m.headers["ignore_result"] for m in messages] == [True, False, None, False]
 
 
 def test_a_given_key_keeps_the_task_id_in_the_payload() -> None:

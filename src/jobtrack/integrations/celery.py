@@ -187,6 +187,14 @@ class TaskSender:
             with celery_app.producer_or_acquire() as producer:
                 for key, call in calls:
                     options = dict(call.options)
+                    if "ignore_result" not in options:
+                        # As the task's own apply_async sends it: a task that
+                        # ignores its result does not have the producer wait
+                        # for one (a Redis result backend subscribes to each
+                        # task's result otherwise).
+                        task = celery_app.tasks.get(call.task)
+                        if task is not None:
+                            options["ignore_result"] = task.ignore_result
                     headers = dict(options.pop("headers", None) or {})
                     headers[HEADER] = TaskRef(job_id, stage, key).header()
                     celery_app.send_task(
