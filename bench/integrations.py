@@ -4,7 +4,7 @@ fan-out of trivial tasks.
 
 Usage::
 
-    python -m bench.integrations [--tasks 10000,50000] [--runs 1]
+    python -m bench.integrations [--tasks 10000,50000] [--runs 1 | --runs 5,1]
                                  [--kill-tasks 2000] [--only NAME,...] [--out DIR]
 
 Each run sends N tasks of a task that returns at once, to 2 worker
@@ -37,8 +37,14 @@ completion seen; the delay is the completion seen minus the last task's
 end time.
 
 The runs go in rounds: each configuration once per round (``--runs``
-rounds at each N), so that a framework's bare and tracked runs meet the
-same machine; items/s is the median run's.
+rounds at each N: one count for every N, or one per N in ``--tasks``'s
+order, ``--runs 5,1``), the order reversed every other round, so that a
+framework's bare and tracked runs meet the same machine, back to back;
+items/s is the median run's. tracked/bare is the median, over the rounds,
+of the ratio of the tracked run to the bare run of the same round (the
+machine's speed drifts between rounds more than between two runs of one
+round); for configurations whose figures come from different invocations
+(``--keep``), the ratio of the median runs.
 
 The progress read is measured in a run of its own at the largest N, after
 the timed ones (so that no timed run bears a reader, as no bare run does):
@@ -752,6 +758,19 @@ def _num(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _ratio(tracked: dict[str, Any], bare: dict[str, Any]) -> float:
+    """tracked/bare at one N: the median of the rounds' paired ratios when
+    both ran in the same rounds of one invocation, else of the median runs."""
+    rounds = tracked.get("rounds_items_per_second")
+    floor = bare.get("rounds_items_per_second")
+    same = tracked.get("invocation") is not None and tracked.get("invocation") == bare.get(
+        "invocation"
+    )
+    if same and rounds and floor and len(rounds) == len(floor):
+        return float(statistics.median(t / b for t, b in zip(rounds, floor, strict=True)))
+    return float(tracked["items_per_second"]) / float(bare["items_per_second"])
+
+
 def targets(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per configuration, the figures and the targets met (None: not
     applicable): a cost of at most 10% of the bare throughput at every N
@@ -764,11 +783,7 @@ def targets(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for config, by_n in runs.items():
         framework, mode = CONFIGS[config]
         floor = runs.get(FLOORS[framework], {})
-        ratios = [
-            by_n[n]["items_per_second"] / floor[n]["items_per_second"]
-            for n in by_n
-            if n in floor and mode != "bare"
-        ]
+        ratios = [_ratio(by_n[n], floor[n]) for n in by_n if n in floor and mode != "bare"]
         largest = max(by_n, key=int)
         big = by_n[largest]
         timed = mode != "bare"
@@ -796,9 +811,11 @@ bare run: the probe's counter at N, polled every 5 ms; a jobtrack run: the
 job's status `completed`, polled every 5 ms once the probe's counter is at
 N; the chord: its callback ran).
 The raw counter is that same probe read as progress (`GET`), so its run is
-the bare run's code. tracked/bare: the lowest ratio over the N both ran.
-The configurations run in rounds, each once per round; items/s is the
-median run's. Progress read: in a run of its own at the configuration's
+the bare run's code. The configurations run in rounds, each once per
+round, the order reversed every other round; items/s is the median run's.
+tracked/bare: at each N, the median over the rounds of the tracked run's
+items/s over the bare run's of the same round; the lowest over the N both
+ran. Progress read: in a run of its own at the configuration's
 largest N (the timed runs bear no reader), the median of the reads another
 process takes, 2 ms apart, while the run is in progress (jobtrack
 `store.get_job`, the counter's `GET`, the chord's
@@ -809,6 +826,36 @@ times) if the job had not completed after 3 s without a change; counted is
 the job's completed items (the raw counter's value for the raw counter),
 probe the number of task runs.
 """
+
+
+def _paired_lines(runs: dict[str, dict[str, dict[str, Any]]], tasks: Sequence[str]) -> list[str]:
+    """A line per tracked configuration and N run in the same rounds as its
+    bare run: each round's ratio, then their median."""
+    lines = []
+    for config, by_n in runs.items():
+        framework, mode = CONFIGS[config]
+        floor = runs.get(FLOORS[framework], {})
+        if mode == "bare":
+            continue
+        for n in tasks:
+            if n not in by_n or n not in floor:
+                continue
+            mine, bare = by_n[n], floor[n]
+            rounds, floors = (
+                mine.get("rounds_items_per_second"),
+                bare.get("rounds_items_per_second"),
+            )
+            if (
+                mine.get("invocation") is None
+                or mine.get("invocation") != bare.get("invocation")
+                or not rounds
+                or not floors
+                or len(rounds) != len(floors)
+            ):
+                continue
+            each = ", ".join(f"{t / b:.2f}" for t, b in zip(rounds, floors, strict=True))
+            lines.append(f"- {config}, N={int(n):,}: {each} (median {_ratio(mine, bare):.3f})")
+    return lines
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -833,6 +880,10 @@ def markdown(data: dict[str, Any]) -> str:
             ]
         )
     lines.append(table(header, rows))
+    paired = _paired_lines(runs, tasks)
+    if paired:
+        lines.append("tracked/bare in each round (bare and tracked back to back):\n")
+        lines.append("\n".join(paired) + "\n")
     header = [
         "configuration",
         "at N",
@@ -906,8 +957,23 @@ def chart(data: dict[str, Any], path: Path) -> None:
 def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
     ordered = sorted(results, key=lambda r: float(r["items_per_second"]))
     median = dict(ordered[len(ordered) // 2])
-    median["all_items_per_second"] = [r["items_per_second"] for r in results]
+    median["rounds_items_per_second"] = [r["items_per_second"] for r in results]
+    median.pop("all_items_per_second", None)
     return median
+
+
+def _rounds(value: str, tasks: Sequence[int]) -> dict[int, int]:
+    """Rounds at each N of ``tasks``: ``value`` is one count for all, or one
+    per N in ``tasks``'s order.
+
+    :raises ValueError: not counts of at least 1, or not one per N.
+    """
+    counts = [int(v) for v in value.split(",") if v.strip()]
+    if len(counts) == 1:
+        counts *= len(tasks)
+    if len(counts) != len(tasks) or min(counts) < 1:
+        raise ValueError(f"--runs {value!r}: one count of at least 1, or one per N")
+    return dict(zip(tasks, counts, strict=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -919,7 +985,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="jobtrack's integrations against their frameworks, bare"
     )
     parser.add_argument("--tasks", default="10000,50000")
-    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--runs", default="1", help="rounds: one count, or one per N")
     parser.add_argument("--kill-tasks", type=int, default=2000)
     parser.add_argument("--only", default=",".join(CONFIGS))
     parser.add_argument("--out", type=Path, default=RESULTS / NAME)
@@ -930,14 +996,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--report-only", action="store_true", help="write the report of --out's JSON again"
     )
     args = parser.parse_args(argv)
-    tasks = sorted(int(n) for n in args.tasks.split(","))
+    given = [int(n) for n in args.tasks.split(",")]
+    try:
+        rounds = _rounds(args.runs, given)
+    except ValueError as exc:
+        parser.error(str(exc))
+    tasks = sorted(given)
     configs = [c for c in args.only.split(",") if c]
     unknown = set(configs) - set(CONFIGS)
     if unknown:
         parser.error(f"unknown configurations: {sorted(unknown)}")
     data: dict[str, Any] = {
         "tasks": tasks,
-        "runs_per_config": args.runs,
+        "runs_per_config": {str(n): rounds[n] for n in tasks},
         "kill_tasks": args.kill_tasks,
         "workers": "2 worker processes each",
         "runs": {},
@@ -954,19 +1025,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         data["tasks"] = sorted({*before["tasks"], *tasks})
         data["runs"] = {c: r for c, r in before["runs"].items() if c not in configs}
         data["kills"] = {c: r for c, r in before["kills"].items() if c not in configs}
+    invocation = f"{time.time():.0f}-{os.getpid()}"
     with backend("postgres") as url, tempfile.TemporaryDirectory() as folder:
         logs = Path(folder)
         results: dict[str, dict[int, list[dict[str, Any]]]] = {c: {} for c in configs}
         for n in tasks:
             # Interleaved (each configuration once per round), so that a
             # framework's bare and tracked runs see the same machine.
-            for _ in range(args.runs):
-                for config in configs:
+            for round_ in range(rounds[n]):
+                for config in configs if round_ % 2 == 0 else configs[::-1]:
                     result = timed(Run(config, n, url, folder), logs, read=False)
                     results[config].setdefault(n, []).append(result)
                     print(config, n, f"{result['items_per_second']:.0f}/s", flush=True)
         for config in configs:
-            by_n = {str(n): _median_run(results[config][n]) for n in tasks}
+            by_n = {
+                str(n): _median_run(results[config][n]) | {"invocation": invocation} for n in tasks
+            }
             if CONFIGS[config][1] != "bare":
                 # The reads in a run of their own, so that the timed runs'
                 # items/s bear no reader, as the bare runs bear none.

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.integrations import chart, markdown, targets
+import pytest
+from bench.integrations import _rounds, chart, markdown, targets
 
 
 def _run(rate: float, *, read_us: float | None = None, delay_ms: float = 50.0) -> dict[str, Any]:
@@ -76,3 +77,37 @@ def test_chart_writes_a_png(tmp_path: Path) -> None:
     path = tmp_path / "chart" / "integrations.png"
     chart(_data(), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_ratio_is_the_median_of_the_rounds_pairs_from_one_invocation() -> None:
+    data = _data()
+    runs = data["runs"]
+    # Round 2's machine was slower for both: the pairs are 0.9, 0.95, 0.8.
+    runs["celery-bare"]["100"] |= {
+        "rounds_items_per_second": [1000.0, 600.0, 1000.0],
+        "invocation": "a",
+    }
+    runs["celery-jobtrack"]["100"] |= {
+        "rounds_items_per_second": [900.0, 570.0, 800.0],
+        "invocation": "a",
+    }
+    runs["celery-bare"]["500"] |= {"rounds_items_per_second": [1000.0], "invocation": "a"}
+    runs["celery-jobtrack"]["500"] |= {"rounds_items_per_second": [920.0], "invocation": "b"}
+    met = targets(data)
+    # N=100: median of the pairs (0.9); N=500, another invocation: 800 / 1000.
+    assert met["celery-jobtrack"]["ratio"] == 0.8
+    runs["celery-jobtrack"]["500"]["invocation"] = "a"
+    assert targets(data)["celery-jobtrack"]["ratio"] == pytest.approx(0.9)
+    text = markdown(data)
+    assert "- celery-jobtrack, N=100: 0.90, 0.95, 0.80 (median 0.900)" in text
+    assert "- celery-jobtrack, N=500: 0.92 (median 0.920)" in text
+    assert "celery-chord, N=" not in text  # no rounds recorded
+
+
+def test_rounds_are_one_count_for_every_n_or_one_per_n() -> None:
+    assert _rounds("3", [10_000, 50_000]) == {10_000: 3, 50_000: 3}
+    assert _rounds("5,1", [10_000, 50_000]) == {10_000: 5, 50_000: 1}
+    with pytest.raises(ValueError, match="one per N"):
+        _rounds("5,1,2", [10_000, 50_000])
+    with pytest.raises(ValueError, match="at least 1"):
+        _rounds("0", [10_000])
