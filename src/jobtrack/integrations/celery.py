@@ -111,7 +111,8 @@ def task_ref(request: Any) -> TaskRef | None:
 def worker_request(task_id: Any) -> Any | None:
     """The worker's ``celery.worker.request.Request`` of ``task_id`` whose
     method is up the calling frames (a failure the worker's main process
-    reports from its ``on_timeout`` or ``on_failure``); None when none is."""
+    reports from its ``on_timeout`` or ``on_failure``); None when none is.
+    Raises nothing."""
     if not isinstance(task_id, str):
         return None
     frame = sys._getframe(1)
