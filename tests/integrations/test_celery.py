@@ -61,7 +61,7 @@ def test_a_signatures_own_headers_are_kept_and_sent_with_the_reference() -> None
     sent: list[dict[str, Any]] = []
 
     class Recording:
-        tasks: dict[str, Any] = {}  # none registered
+        _tasks: dict[str, Any] = {}  # none registered
 
         @contextlib.contextmanager
         def producer_or_acquire(self) -> Iterator[None]:
@@ -94,9 +94,9 @@ def test_a_task_is_sent_ignoring_its_result_as_its_own_apply_async_sends_it() ->
     def nothing() -> None:
         """A task that does nothing."""
 
-    sender_app.task(name="t.quiet")(nothing)
-    sender_app.task(name="t.kept", ignore_result=False)(nothing)
-    names = ["t.quiet", "t.kept", "t.unknown", "t.quiet"]
+    quiet = sender_app.task(name="t.quiet")(nothing)
+    kept = sender_app.task(name="t.kept", ignore_result=False)(nothing)
+    names = [quiet.name, kept.name, "t.unknown", quiet.name]  # the tasks made, as .s() does
     calls = [
         (f"k{n}", TaskCall(name, (), {}, {"ignore_result": False} if n == 3 else {}, ""))
         for n, name in enumerate(names)
@@ -110,6 +110,7 @@ def test_a_task_is_sent_ignoring_its_result_as_its_own_apply_async_sends_it() ->
             queue.close()
     assert [m.headers["task"] for m in messages] == names
     assert [m.headers["ignore_result"] for m in messages] == [True, False, None, False]
+    assert not sender_app.finalized  # looked up as send_task does, without finalizing
 
 
 def test_a_given_key_keeps_the_task_id_in_the_payload() -> None:

@@ -192,8 +192,10 @@ class TaskSender:
                         # As the task's own apply_async sends it: a task that
                         # ignores its result does not have the producer wait
                         # for one (a Redis result backend subscribes to each
-                        # task's result otherwise).
-                        task = celery_app.tasks.get(call.task)
+                        # task's result otherwise). The registry is read as
+                        # Celery's send_task reads it, without finalizing the
+                        # app (which raises with autofinalize=False).
+                        task = celery_app._tasks.get(call.task)
                         if task is not None:
                             options["ignore_result"] = task.ignore_result
                     headers = dict(options.pop("headers", None) or {})
