@@ -329,6 +329,67 @@ def test_a_busy_worker_hands_the_ends_it_holds_over_together(
     assert counter.calls == [("done", ref, "") for _, ref in made]
 
 
+def test_a_busy_workers_hand_over_is_written_before_its_next_job(
+    tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Counts would wait a minute in the counter: the busy hand-over (2 ends)
+    # is written before the worker takes its next job, with no horse alive;
+    # the one handed over when the queue is empty is left to the counter.
+    monkeypatch.setattr(rq_integration, "HOLD_MAX", 2)
+    settings = jobtrack.Settings(
+        data_dir=tmp_path, store_url=f"sqlite:///{tmp_path / 'j.db'}", flush_interval=60.0
+    )
+    tracking = RQTracking(jobtrack.App(settings), queue)
+    tracking.job_type("emails", ["send"])
+    with tracking.start_job("emails") as job:
+        for n in range(3):
+            job.send("send", succeed, n, key=f"ok{n}")
+
+    class Worker(JobtrackSimpleWorker):
+        jobtrack_app = tracking.app
+
+    worker = Worker([queue], connection=queue.connection)
+    assert worker._held.hold_for == 150.0  # 2.5 flush intervals, longer than HOLD_FOR
+    done = []
+    for _ in range(3):
+        taken = worker.dequeue_job_and_maintain_ttl(1)
+        assert taken is not None
+        worker.execute_job(taken[0], taken[1])
+        done.append(stored_job(tracking, job.job.id).stage("send").completed_items)
+    assert done == [0, 2, 2]
+    assert worker.dequeue_job_and_maintain_ttl(None) is None  # empty: handed over
+    assert stored_job(tracking, job.job.id).stage("send").completed_items == 2
+    worker._close_counter()
+    assert stored_job(tracking, job.job.id).stage("send").completed_items == 3
+
+
+def test_a_hand_over_whose_write_runs_out_does_not_wait_again_for_a_while(
+    tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rq_integration, "HOLD_MAX", 1)
+    waits: list[float | None] = []
+
+    class Stalled(Recorded):
+        def flush(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            return False  # the store is down, say
+
+    tracking = tracking_of(tmp_path, queue)
+    worker = JobtrackSimpleWorker([queue], connection=queue.connection)
+    worker._jobtrack_counter = Stalled(tracking.app)
+    for _ in _enqueued(queue, 3):
+        taken = worker.dequeue_job_and_maintain_ttl(1)
+        assert taken is not None
+        worker.execute_job(taken[0], taken[1])
+    assert waits == [rq_integration.WRITE_WAIT]  # then 5 s without waiting
+    worker._jobtrack_wait_after = 0.0  # those 5 s have passed
+    _enqueued(queue, 1)
+    taken = worker.dequeue_job_and_maintain_ttl(1)
+    assert taken is not None
+    worker.execute_job(taken[0], taken[1])
+    assert waits == [rq_integration.WRITE_WAIT] * 2
+
+
 def test_held_ends_are_handed_over_before_waiting_for_a_job(
     tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -36,10 +36,18 @@ counts are coalesced in that process by a
 stops.
 
 A busy worker holds the ends it has read and hands them to its counter
-together (every :data:`HOLD_FOR` seconds or :data:`HOLD_MAX` ends): every
-wake of the counter's thread after a fork costs copy-on-write page faults.
-A worker that finds its queues empty hands what it holds over before it
-waits for a job.
+together (every :data:`HOLD_FOR` seconds, or 2.5 flush intervals of the
+app if that is longer, or every :data:`HOLD_MAX` ends), then waits,
+between two jobs, until they are written (at most :data:`WRITE_WAIT`
+seconds): the counter's thread then writes while no work horse is alive,
+since every page of memory it touches while a horse shares it costs a
+copy-on-write fault, in the worker and in the horse. A wait that runs out
+(the store is slow or down) is not made again for
+:data:`WRITE_WAIT_BACKOFF` seconds: the ends are then written by the
+counter's thread when it can, as a :class:`TaskCounter` does anywhere. A
+worker that finds its queues empty hands what it holds over before it
+waits for a job, without waiting for the write (no horse is alive then):
+the counter writes it as it writes any end, within about a flush interval.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from rq.queue import EnqueueData
 from rq.registry import FailedJobRegistry
 
 from jobtrack.errors import BrokerUnavailable, InvalidRequest
-from jobtrack.integrations.counter import TaskCounter
+from jobtrack.integrations.counter import LONGEST, TaskCounter
 from jobtrack.integrations.tasks import HEADER, TaskCall, TaskRef, new_task_id
 from jobtrack.jobs.producer import PRODUCER_BATCH
 from jobtrack.jobs.sync import SyncJobProducer
@@ -73,6 +81,8 @@ __all__ = [
     "HOLD_FOR",
     "HOLD_MAX",
     "RETRIES",
+    "WRITE_WAIT",
+    "WRITE_WAIT_BACKOFF",
     "EndCounter",
     "JobtrackSimpleWorker",
     "JobtrackWorker",
@@ -95,6 +105,12 @@ RETRIES = "jobtrack_retries"
 HOLD_FOR = 0.25
 #: Job ends a busy worker holds at most before it hands them over.
 HOLD_MAX = 100
+#: Seconds a worker waits, between two jobs, for the ends it handed over
+#: to be written.
+WRITE_WAIT = 0.25
+#: Seconds a worker hands ends over without waiting for them to be written,
+#: after a wait ran out.
+WRITE_WAIT_BACKOFF = 5.0
 
 #: The send options :meth:`RQJobSender.send` takes, as ``Queue.enqueue`` names them.
 _OPTIONS = ("job_timeout", "result_ttl", "ttl", "failure_ttl", "description", "at_front")
@@ -411,9 +427,10 @@ class _HeldEnds:
     """Job ends read in a worker's main process, held for its counter: the
     :class:`EndCounter` :func:`count_end` tells while the worker is busy."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold_for: float = 0.0) -> None:
         self.ends: list[tuple[str, TaskRef, str, int]] = []
         self.since = 0.0  # time.monotonic() of the oldest end held
+        self.hold_for = hold_for  # seconds, if longer than HOLD_FOR
 
     def done(self, ref: TaskRef) -> None:
         """Hold ``ref`` done."""
@@ -434,9 +451,10 @@ class _HeldEnds:
 
     def due(self) -> bool:
         """Whether the ends held are to be handed over now: :data:`HOLD_MAX`
-        of them, or the oldest held :data:`HOLD_FOR` seconds."""
+        of them, or the oldest held :data:`HOLD_FOR` seconds (``hold_for``
+        if longer)."""
         return len(self.ends) >= HOLD_MAX or (
-            bool(self.ends) and time.monotonic() - self.since >= HOLD_FOR
+            bool(self.ends) and time.monotonic() - self.since >= max(HOLD_FOR, self.hold_for)
         )
 
     def hand(self, counter: EndCounter) -> None:
@@ -462,6 +480,8 @@ class _Counted:
 
     _jobtrack_counter: TaskCounter | None = None
     _jobtrack_held: _HeldEnds | None = None
+    _jobtrack_wait_after = 0.0  # time.monotonic() before which hand-overs do not wait
+    _jobtrack_default_app: App | None = None  # jobtrack.App(), without jobtrack_app
 
     @property
     def jobtrack_counter(self) -> TaskCounter:
@@ -470,14 +490,24 @@ class _Counted:
         :raises InvalidRequest: the app's store is ``memory://``.
         """
         if self._jobtrack_counter is None:
-            app = self.jobtrack_app if self.jobtrack_app is not None else App()
-            self._jobtrack_counter = TaskCounter(app)
+            self._jobtrack_counter = TaskCounter(self._jobtrack_app_used)
         return self._jobtrack_counter
+
+    @property
+    def _jobtrack_app_used(self) -> App:
+        """:attr:`jobtrack_app`, else ``jobtrack.App()`` (made once)."""
+        app = self.jobtrack_app
+        if app is None:
+            if self._jobtrack_default_app is None:
+                self._jobtrack_default_app = App()
+            app = self._jobtrack_default_app
+        return app
 
     @property
     def _held(self) -> _HeldEnds:
         if self._jobtrack_held is None:
-            self._jobtrack_held = _HeldEnds()
+            interval = self._jobtrack_app_used.settings.flush_interval
+            self._jobtrack_held = _HeldEnds(interval * LONGEST)
         return self._jobtrack_held
 
     def _count(self, job: RQJob) -> None:
@@ -499,18 +529,24 @@ class _Counted:
                 extra={"action": "task_end_not_counted"},
             )
         if self._held.due():
-            self._hand_over()
+            self._hand_over(wait=True)
 
-    def _hand_over(self) -> None:
-        """Hand the ends held to the counter (which starts on first use).
-        Never raises: what cannot be handed over is logged, and the monitor
-        sends those tasks again."""
+    def _hand_over(self, *, wait: bool = False) -> None:
+        """Hand the ends held to the counter (which starts on first use);
+        with ``wait``, wait until they are written (see the module). Never
+        raises: what cannot be handed over is logged, and the monitor sends
+        those tasks again."""
         held = self._held
         if not held.ends:
             return
         count = len(held.ends)
         try:
-            held.hand(self.jobtrack_counter)
+            counter = self.jobtrack_counter
+            with counter.gathering():  # one take, by the flush: no wake-up per end
+                held.hand(counter)
+                now = time.monotonic()
+                if wait and now >= self._jobtrack_wait_after and not counter.flush(WRITE_WAIT):
+                    self._jobtrack_wait_after = now + WRITE_WAIT_BACKOFF
         except Exception:  # nothing from counting may stop the worker
             logger.exception(
                 "%d RQ job ends not counted",
