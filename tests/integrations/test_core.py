@@ -24,6 +24,7 @@ from jobtrack.integrations import TaskCall, TaskCounter, TaskRef
 from jobtrack.integrations import counter as counter_module
 from jobtrack.model import Job, JobStatus
 from jobtrack.store.ledger import LedgerItem
+from jobtrack.store.sqlite.store import SqliteJobStore
 from jobtrack.tracking.stats import WRITE_STATS
 
 
@@ -485,3 +486,37 @@ async def test_a_busy_counter_writes_every_few_intervals_and_soon_once_ends_stop
     # interval), and the last ends within about an interval of the last.
     assert writes <= busy / 0.25 + 2, (writes, busy)
     assert written < 0.5, written
+
+
+@pytest.mark.parametrize("keep_writing", [True, False])
+async def test_a_flush_that_runs_out_is_cancelled_unless_asked_to_keep_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_writing: bool
+) -> None:
+    app = make_two_stage_app(tmp_path, flush_interval=60.0)  # only flushes write
+    job_id = await new_job(app, 2)
+    writes: list[str] = []
+    add_progress = SqliteJobStore.add_progress
+
+    async def slow(self: SqliteJobStore, progress: Any) -> Any:
+        writes.append("started")
+        await asyncio.sleep(0.5)  # a slow store
+        written = await add_progress(self, progress)
+        writes.append("ended")
+        return written
+
+    monkeypatch.setattr(SqliteJobStore, "add_progress", slow)
+    counter = TaskCounter(app)
+    counter.done(TaskRef(job_id, "send", "t0"))
+    assert not await asyncio.to_thread(counter.flush, 0.1, keep_writing=keep_writing)
+    await asyncio.sleep(1.0)
+    # Kept on: the write ends. Cancelled: that write never ends, and the
+    # count waits in the counter for a write of its own.
+    if keep_writing:
+        assert writes == ["started", "ended"]
+        assert await counted(app, job_id, "send") == 1
+    else:
+        assert writes[0] == "started"
+        assert writes[1:2] != ["ended"]
+    monkeypatch.setattr(SqliteJobStore, "add_progress", add_progress)
+    counter.close()
+    assert await counted(app, job_id, "send") == 1

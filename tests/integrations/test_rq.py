@@ -370,7 +370,8 @@ def test_a_hand_over_whose_write_runs_out_does_not_wait_again_for_a_while(
     waits: list[float | None] = []
 
     class Stalled(Recorded):
-        def flush(self, timeout: float | None = None) -> bool:
+        def flush(self, timeout: float | None = None, *, keep_writing: bool = False) -> bool:
+            assert keep_writing  # a slow write is not cancelled
             waits.append(timeout)
             return False  # the store is down, say
 

@@ -532,11 +532,14 @@ class TaskCounter:
         if len(receipts) >= 1_000:  # keep only those not known yet
             running.receipts = [r for r in receipts if not r.done()]
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None, *, keep_writing: bool = False) -> bool:
         """Block until every task end reported so far in this process is
         durable in the store; False if that is not so within ``timeout``
         seconds (default :attr:`flush_timeout`): the store is down, say.
-        What is not durable is kept and written when the store is back."""
+        What is not durable is kept and written when the store is back. A
+        flush that runs out is cancelled, unless ``keep_writing``: then the
+        counter's thread goes on with its write (a slow store, not a lost
+        one). Raises nothing."""
         running = self._running
         if running is None or self._pid != os.getpid() or not running.thread.is_alive():
             return True
@@ -545,7 +548,8 @@ class TaskCounter:
         try:
             return future.result(wait)
         except FutureTimeout:
-            future.cancel()
+            if not keep_writing:
+                future.cancel()
             return False
 
     @staticmethod

@@ -545,7 +545,11 @@ class _Counted:
             with counter.gathering():  # one take, by the flush: no wake-up per end
                 held.hand(counter)
                 now = time.monotonic()
-                if wait and now >= self._jobtrack_wait_after and not counter.flush(WRITE_WAIT):
+                if (
+                    wait
+                    and now >= self._jobtrack_wait_after
+                    and not counter.flush(WRITE_WAIT, keep_writing=True)
+                ):
                     self._jobtrack_wait_after = now + WRITE_WAIT_BACKOFF
         except Exception:  # nothing from counting may stop the worker
             logger.exception(
