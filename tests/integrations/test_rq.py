@@ -26,6 +26,7 @@ from jobtrack.integrations import rq as rq_integration
 from jobtrack.integrations.rq import (
     RETRIES,
     JobtrackSimpleWorker,
+    RQJobSender,
     RQTracking,
     count_end,
     function_path,
@@ -329,6 +330,21 @@ def test_a_busy_worker_hands_the_ends_it_holds_over_together(
     assert counter.calls == [("done", ref, "") for _, ref in made]
 
 
+def _three_items_and_a_worker(
+    tracking: RQTracking, queue: Queue
+) -> tuple[RQJobSender, JobtrackSimpleWorker]:
+    """A job of 3 items sent to ``queue``, and a worker counting into
+    ``tracking``'s app."""
+    with tracking.start_job("emails") as job:
+        for n in range(3):
+            job.send("send", succeed, n, key=f"ok{n}")
+
+    class Worker(JobtrackSimpleWorker):
+        jobtrack_app = tracking.app
+
+    return job, Worker([queue], connection=queue.connection)
+
+
 def test_a_busy_workers_hand_over_is_written_before_its_next_job(
     tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -341,14 +357,7 @@ def test_a_busy_workers_hand_over_is_written_before_its_next_job(
     )
     tracking = RQTracking(jobtrack.App(settings), queue)
     tracking.job_type("emails", ["send"])
-    with tracking.start_job("emails") as job:
-        for n in range(3):
-            job.send("send", succeed, n, key=f"ok{n}")
-
-    class Worker(JobtrackSimpleWorker):
-        jobtrack_app = tracking.app
-
-    worker = Worker([queue], connection=queue.connection)
+    job, worker = _three_items_and_a_worker(tracking, queue)
     assert worker._held.hold_for == 150.0  # 2.5 flush intervals, longer than HOLD_FOR
     done = []
     for _ in range(3):
@@ -421,14 +430,7 @@ def test_held_ends_are_counted_when_the_worker_stops(
 ) -> None:
     monkeypatch.setattr(rq_integration, "HOLD_FOR", 3600.0)
     tracking = tracking_of(tmp_path, queue)
-    with tracking.start_job("emails") as job:
-        for n in range(3):
-            job.send("send", succeed, n, key=f"ok{n}")
-
-    class Worker(JobtrackSimpleWorker):
-        jobtrack_app = tracking.app
-
-    worker = Worker([queue], connection=queue.connection)
+    job, worker = _three_items_and_a_worker(tracking, queue)
     assert worker.work(burst=True, max_jobs=3)  # stops after its 3rd job, ends held
     assert stored_job(tracking, job.job.id).stage("send").completed_items == 3
 
