@@ -215,7 +215,7 @@ class GatedCounter(TaskCounter):
         self.gate = threading.Event()
         self.calls = 0
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None, *, keep_writing: bool = False) -> bool:
         self.calls += 1
         if self.calls == 1:
             self.gate.wait(10)
@@ -311,10 +311,10 @@ class HeldFlush(TaskCounter):
         self.gate = threading.Event()
         self.flushes = 0
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None, *, keep_writing: bool = False) -> bool:
         self.flushes += 1
         self.gate.wait(30)
-        return super().flush(timeout)
+        return super().flush(timeout, keep_writing=keep_writing)
 
 
 def _wait(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
@@ -411,7 +411,7 @@ def test_a_stopping_worker_settles_every_message_it_holds(tmp_path: Path) -> Non
 class Unflushable(TaskCounter):
     """A counter whose flushes never make anything durable (the store is down)."""
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = None, *, keep_writing: bool = False) -> bool:
         return False
 
 
