@@ -44,7 +44,9 @@ items/s is the median run's. tracked/bare is the median, over the rounds,
 of the ratio of the tracked run to the bare run of the same round (the
 machine's speed drifts between rounds more than between two runs of one
 round); for configurations whose figures come from different invocations
-(``--keep``), the ratio of the median runs.
+(``--keep``), the ratio of the median runs. ``--keep`` adds to the
+figures already in ``--out``: a configuration's figures are replaced only
+at the N it runs again, and ``--kill-tasks 0`` keeps the kill runs.
 
 The progress read is measured in a run of its own at the largest N, after
 the timed ones (so that no timed run bears a reader, as no bare run does):
@@ -976,6 +978,23 @@ def _rounds(value: str, tasks: Sequence[int]) -> dict[int, int]:
     return dict(zip(tasks, counts, strict=True))
 
 
+def _kept(before: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a new invocation's, before its runs) on top of ``before``
+    (``--keep``): every N of both; every configuration's figures kept, to
+    be replaced only at the N run again; the kill runs kept unless run
+    again (``--kill-tasks`` 0 keeps them all)."""
+    merged = dict(data)
+    merged["tasks"] = sorted({*before["tasks"], *data["tasks"]})
+    merged["runs"] = {config: dict(by_n) for config, by_n in before["runs"].items()}
+    merged["kills"] = dict(before.get("kills", {}))
+    if not data["kill_tasks"]:
+        merged["kill_tasks"] = before["kill_tasks"]
+    rounds = before.get("runs_per_config")
+    if isinstance(rounds, dict):
+        merged["runs_per_config"] = rounds | data["runs_per_config"]
+    return merged
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write ``integrations.{json,md,png}``.
 
@@ -990,7 +1009,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(CONFIGS))
     parser.add_argument("--out", type=Path, default=RESULTS / NAME)
     parser.add_argument(
-        "--keep", action="store_true", help="add to the configurations already in --out"
+        "--keep",
+        action="store_true",
+        help="add to --out's figures: only the configurations and N run again are replaced",
     )
     parser.add_argument(
         "--report-only", action="store_true", help="write the report of --out's JSON again"
@@ -1020,11 +1041,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.keep and kept.exists():
         before = json.loads(kept.read_text(encoding="utf-8"))
-        if before["kill_tasks"] != args.kill_tasks:
-            parser.error(f"{kept} has another --kill-tasks")
-        data["tasks"] = sorted({*before["tasks"], *tasks})
-        data["runs"] = {c: r for c, r in before["runs"].items() if c not in configs}
-        data["kills"] = {c: r for c, r in before["kills"].items() if c not in configs}
+        if args.kill_tasks and before["kill_tasks"] != args.kill_tasks:
+            parser.error(f"{kept} has another --kill-tasks (0: keep its kill runs)")
+        data = _kept(before, data)
     invocation = f"{time.time():.0f}-{os.getpid()}"
     with backend("postgres") as url, tempfile.TemporaryDirectory() as folder:
         logs = Path(folder)
@@ -1051,7 +1070,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "items_per_second_while_read": reading["items_per_second"],
                 }
                 print(config, "reads", f"{reading['read_us']:.0f} µs", flush=True)
-            data["runs"][config] = by_n
+            earlier = data["runs"].get(config, {})
+            data["runs"][config] = {n: r for n, r in earlier.items() if n not in by_n} | by_n
             if CONFIGS[config][1] in {"tracked", "raw"} and args.kill_tasks:
                 data["kills"][config] = killed(Run(config, args.kill_tasks, url, folder), logs)
                 print(config, "kill", data["kills"][config], flush=True)

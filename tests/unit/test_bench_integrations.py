@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.integrations import _rounds, chart, markdown, targets
+from bench.integrations import _kept, _rounds, chart, markdown, targets
 
 
 def _run(rate: float, *, read_us: float | None = None, delay_ms: float = 50.0) -> dict[str, Any]:
@@ -111,3 +111,22 @@ def test_rounds_are_one_count_for_every_n_or_one_per_n() -> None:
         _rounds("5,1,2", [10_000, 50_000])
     with pytest.raises(ValueError, match="at least 1"):
         _rounds("0", [10_000])
+
+
+def test_keep_replaces_only_the_configurations_and_n_run_again() -> None:
+    before = _data() | {"runs_per_config": {"100": 3, "500": 1}}
+    again = {
+        "tasks": [500],
+        "kill_tasks": 0,
+        "runs_per_config": {"500": 3},
+        "workers": "2 worker processes each",
+        "runs": {},
+        "kills": {},
+    }
+    merged = _kept(before, again)
+    assert merged["tasks"] == [100, 500]
+    assert merged["kill_tasks"] == 50  # kept, as the kill runs are
+    assert merged["kills"] == before["kills"]
+    assert merged["runs_per_config"] == {"100": 3, "500": 3}
+    assert merged["runs"] == before["runs"]
+    assert merged["runs"]["celery-bare"] is not before["runs"]["celery-bare"]  # a copy
