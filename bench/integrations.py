@@ -1,6 +1,5 @@
-"""Celery, Dramatiq and arq (and RQ, once its integration is there) each
-bare, against the same framework with jobtrack's integration, on the same
-fan-out of trivial tasks.
+"""Celery, Dramatiq, arq and RQ each bare, against the same framework with
+jobtrack's integration, on the same fan-out of trivial tasks.
 
 Usage::
 
@@ -11,7 +10,9 @@ Each run sends N tasks of a task that returns at once, to 2 worker
 processes: Celery prefork ``--concurrency 2`` (Redis broker, tasks acked
 early: Celery's default); ``dramatiq --processes 2 --threads 8`` (RabbitMQ,
 Dramatiq's default thread count, the same bare and tracked); 2 ``arq``
-worker processes (Redis). The configurations:
+worker processes (Redis, polling every 0.05 s: see
+:mod:`bench.integrations_apps.arq_app`); 2 ``rq worker`` processes, each
+forking a work horse per job (Redis). The configurations:
 
 - ``<framework>-bare``: no tracking, the framework's floor;
 - ``celery-raw-counter``: the Sidekiq-style counter, a Redis ``INCR`` per

@@ -3,8 +3,16 @@ bench.integrations_apps.arq_app.BareSettings`` (no tracking) or
 ``…TrackedSettings`` (jobtrack's wrapper), one process each; monitor:
 ``jobtrack monitor --app bench.integrations_apps.arq_app:app``.
 
-arq's defaults but two: no results kept (``keep_result = 0``) and a 5 s job
-timeout, after which a killed worker's job is run again.
+arq's defaults but three: no results kept (``keep_result = 0``), a 5 s job
+timeout, after which a killed worker's job is run again, and a 0.05 s
+``poll_delay``. With arq's 0.5 s, a worker reads at most 100 job ids a poll
+(its ``queue_read_limit``) and sleeps out the rest of the half second when
+it has run them sooner, which an instant task always does: one worker over
+a full queue ran 199 jobs/s, bare and tracked alike. Two workers then read
+the same ids when their polls fall together, and apart when they do not,
+and where each one's poll falls is set by when it started: the speed of a
+run measured that, not the work. At 0.05 s the workers run as fast as the
+machine lets them, as the other frameworks' workers do.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from jobtrack.integrations.arq import ArqTracking
 
 QUEUE = os.environ.get("JOBTRACK_BENCH_QUEUE", "jobtrack-bench:arq")
 JOB_TIMEOUT = 5
+POLL_DELAY = 0.05
 
 app = jobtrack.App()
 tracking = ArqTracking(app, RedisSettings.from_dsn(REDIS_URL), queue_name=QUEUE)
@@ -50,6 +59,7 @@ class BareSettings:
     queue_name = QUEUE
     keep_result = 0
     job_timeout = JOB_TIMEOUT
+    poll_delay = POLL_DELAY
     on_startup = ready
 
 
@@ -62,4 +72,5 @@ class TrackedSettings:
     queue_name = QUEUE
     keep_result = 0
     job_timeout = JOB_TIMEOUT
+    poll_delay = POLL_DELAY
     on_startup = ready
