@@ -351,6 +351,24 @@ async def test_in_flight_asked_while_the_server_closes_the_connection_waits_and_
     assert broker.connections >= 4  # the first, then once after each close
 
 
+async def test_in_flight_asked_when_the_amqp_connection_closed_unnoticed_waits_and_answers(
+    broker: RabbitMQBroker, queue: str
+) -> None:
+    # aiormq's connection can be closed while aio-pika's still says it is
+    # connected; opening a channel then raised a RuntimeError at once, and a
+    # caller asking again in a loop never let the event loop run.
+    await broker.publish_many(queue, [b"{}"] * 5)
+    connection = await broker._connected(10.0)
+    assert connection.transport is not None
+    # What aiormq's reader does on a close from the server, before the
+    # callbacks that tell aio-pika (and the broker) have had their turn.
+    closing: asyncio.Future[None] = connection.transport.connection._closing  # type: ignore[attr-defined]
+    closing.set_exception(ConnectionError("closed by the server"))
+    assert connection.connected.is_set()  # aio-pika has not been told
+    assert not connection.is_closed
+    assert await asyncio.wait_for(broker.in_flight(queue), 30) == 5
+
+
 @pytest.fixture
 def full_queue(vhost: str, queue: str) -> Iterator[str]:
     """``queue`` under a policy that makes the server nack a publish while

@@ -43,6 +43,8 @@ class Driver(Protocol):
     """``module:attr`` of the jobtrack App, for ``jobtrack monitor --app``."""
     env: dict[str, str]
     """The environment of every process of the test."""
+    slots: int
+    """How many tasks the test's workers run at once, in all."""
     kill_redelivers: bool
     """Whether the framework delivers again a task whose worker was killed
     while running it (then the raw counter over-counts it)."""

@@ -75,7 +75,9 @@ def test_a_task_delivered_twice_counts_once(driver: Driver) -> None:
 def test_a_worker_killed_mid_run_leaves_exact_counts_after_a_restart(driver: Driver) -> None:
     total = 400
     driver.start_workers()
-    job_id = driver.produce(total, pause=0.02)
+    # Tasks long enough for the run to last about 3 s whatever the workers'
+    # slots: when a quarter is counted, the killed worker still runs some.
+    job_id = driver.produce(total, pause=3.0 * driver.slots / total)
     wait_counted(driver, job_id, 100)
     driver.kill_worker()
     # What the killed process held is delivered again (or, where the

@@ -380,8 +380,12 @@ async def _open_channel(
 def _gone(connection: AbstractConnection) -> bool:
     """Whether ``connection`` is closed, by us or by the server: aio-pika's
     ``is_closed`` turns true only when we close it, while a close from the
-    server clears its ``connected`` event."""
-    return connection.is_closed or not connection.connected.is_set()
+    server clears its ``connected`` event, and the AMQP connection beneath
+    can close before either is told."""
+    if connection.is_closed or not connection.connected.is_set():
+        return True
+    transport = connection.transport
+    return transport is None or bool(transport.connection.is_closed)
 
 
 class _Acks:

@@ -50,6 +50,7 @@ class ArqDriver:
     app_spec = "tests.integrations.apps.arq_app:app"
     # arq runs a job again once the in-progress key of its killed worker
     # expires (the app's job timeout plus 10 s).
+    slots = WORKERS * 20  # the app's WorkerSettings.max_jobs per worker
     kill_redelivers = True
     acks_after_count = False  # arq deletes a job once it returns; counts flush at the interval
 

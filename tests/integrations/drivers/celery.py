@@ -59,6 +59,7 @@ class CeleryDriver:
     def __init__(self, tmp_path: Path, name: str) -> None:
         self.name = name
         self.app_spec = APP_SPEC
+        self.slots = 2  # one prefork worker of concurrency 2
         self.kill_redelivers = True  # acks late, rejects with requeue when its process is lost
         # The contract app flushes at the interval (the library default, a flush
         # before each late ack, has a test of its own in test_celery.py).

@@ -40,6 +40,7 @@ _PID = re.compile(r"\[PID (\d+)\].*" + re.escape(READY))
 class DramatiqDriver:
     """Dramatiq workers (one ``dramatiq`` command, 2 processes) on RabbitMQ."""
 
+    slots = PROCESSES * THREADS
     kill_redelivers = True
     """RabbitMQ delivers again what a killed process held unacked."""
     acks_after_count = True

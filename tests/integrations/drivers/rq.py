@@ -49,6 +49,7 @@ def _kill(pid: int) -> None:
 class RQDriver:
     """RQ under the contract (see :class:`tests.integrations.contract.Driver`)."""
 
+    slots = WORKERS
     kill_redelivers = True
     """A killed work horse's job is retried by its worker (every task has retries)."""
     acks_after_count = False
