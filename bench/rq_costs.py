@@ -21,8 +21,13 @@ The variants:
   through jobtrack: the ledger, the job's ``meta``);
 - ``readonly``: the end read from Redis (:func:`count_end`) but handed to
   a counter that drops it: no counter thread;
-- ``idle``: the counter thread started (its app open), nothing counted;
-- ``tracked``: ``JobtrackWorker`` as it is;
+- ``idle``: a counter thread started in the worker's process (its app
+  open), nothing counted;
+- ``inprocess``: ``JobtrackWorker`` counting with a ``TaskCounter`` in its
+  own process, waiting between jobs for the writes (as it did before its
+  counter had a process of its own);
+- ``tracked``: ``JobtrackWorker`` as it is (its counter in a process of
+  its own);
 - ``eachend``: ``JobtrackWorker`` handing each end to its counter at once
   (what it did before it held them).
 
@@ -55,7 +60,8 @@ import jobtrack
 from bench.integrations_apps.probe import REDIS_URL, STAGE, TYPE, count_key
 from bench.integrations_apps.rq_app import KEEP, BareWorker, TrackedWorker
 from bench.progress import backend
-from jobtrack.integrations.rq import RQTracking, count_end
+from jobtrack.integrations import TaskCounter
+from jobtrack.integrations.rq import Counter, RQTracking, count_end
 from jobtrack.integrations.tasks import TaskRef
 from jobtrack.model import JobStatus
 from jobtrack.store import open_store
@@ -67,10 +73,11 @@ WORKERS = {
     "nocount": "bench.rq_costs.NoCountWorker",
     "readonly": "bench.rq_costs.ReadOnlyWorker",
     "idle": "bench.rq_costs.IdleCounterWorker",
+    "inprocess": "bench.rq_costs.InProcessWorker",
     "tracked": "bench.rq_costs.TrackedStatsWorker",
     "eachend": "bench.rq_costs.EachEndWorker",
 }
-COUNTED = {"tracked", "eachend"}
+COUNTED = {"tracked", "inprocess", "eachend"}
 STATS = "jobtrack-bench-rqc-stats"
 
 
@@ -170,11 +177,31 @@ class EachEndWorker(_Stats, TrackedWorker):
         count_end(self.jobtrack_counter, job)
 
 
+class InProcessWorker(_Stats, TrackedWorker):
+    """Counts with a counter thread in the worker's process, waiting
+    between jobs for what it hands over to be written."""
+
+    _jobtrack_waits = True
+
+    def _jobtrack_new_counter(self, app: jobtrack.App) -> Counter:
+        return TaskCounter(app)
+
+
 class IdleCounterWorker(_Stats, TrackedWorker):
-    """Starts the counter (its thread, its app open) and counts nothing."""
+    """Starts a counter thread in the worker's process (its app open) and
+    counts nothing."""
+
+    _idle: TaskCounter | None = None
 
     def _count(self, job: RQJob) -> None:
-        self.jobtrack_counter.start()
+        if self._idle is None:
+            self._idle = TaskCounter(self._jobtrack_app_used)
+        self._idle.start()
+
+    def teardown(self) -> None:
+        super().teardown()
+        if self._idle is not None:
+            self._idle.close()
 
 
 def _ticks(pid: int, children: bool) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import click
@@ -21,13 +22,16 @@ from jobtrack.runtime import Settings
 class ClosedByServer:
     """What aio-pika's connection looks like once the server closed it: its
     ``connected`` event cleared, ``is_closed`` still false (only our own
-    close sets that), and aiormq's bare RuntimeError from ``channel()``."""
+    close sets that), and aiormq's bare RuntimeError from ``channel()``.
+    Until aio-pika is told, ``connected`` is still set and only aiormq's
+    connection beneath (``transport.connection``) says it is closed."""
 
-    def __init__(self, *, connected: bool) -> None:
+    def __init__(self, *, connected: bool, amqp_closed: bool = False) -> None:
         self.is_closed = False
         self.connected = asyncio.Event()
         if connected:
             self.connected.set()
+        self.transport = SimpleNamespace(connection=SimpleNamespace(is_closed=amqp_closed))
 
     async def channel(self, **_: Any) -> Any:
         raise RuntimeError("<Connection: 'amqp://guest:******@127.0.0.1:5672/'> closed")
@@ -35,6 +39,12 @@ class ClosedByServer:
 
 async def test_a_connection_the_server_closed_is_a_connection_error() -> None:
     connection = cast(AbstractConnection, ClosedByServer(connected=False))
+    with pytest.raises(ConnectionError, match="the connection closed"):
+        await _open_channel(connection, publisher_confirms=True)
+
+
+async def test_a_connection_closed_before_aio_pika_is_told_is_a_connection_error() -> None:
+    connection = cast(AbstractConnection, ClosedByServer(connected=True, amqp_closed=True))
     with pytest.raises(ConnectionError, match="the connection closed"):
         await _open_channel(connection, publisher_confirms=True)
 

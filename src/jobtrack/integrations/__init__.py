@@ -13,7 +13,9 @@ The parts they share:
 - :class:`~jobtrack.integrations.tasks.TaskRef`: which item of which job a
   task is, sent with it;
 - :class:`~jobtrack.integrations.counter.TaskCounter`: the worker side's
-  coalesced counts, written by a thread of its own.
+  coalesced counts, written by a thread of its own;
+- :class:`~jobtrack.integrations.counter_process.CounterProcess`: the same,
+  written by a process of its own (for a worker that forks per task).
 """
 
 from jobtrack.integrations.counter import TaskCounter

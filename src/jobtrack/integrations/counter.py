@@ -63,7 +63,7 @@ from jobtrack.tracking.receipt import Receipt
 if TYPE_CHECKING:
     from jobtrack.runtime.app import App
 
-__all__ = ["TaskCounter"]
+__all__ = ["TaskCounter", "register_at_exit", "require_shared_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _register_at_exit(close: Callable[[], None]) -> None:
+def require_shared_store(app: App) -> None:
+    """Refuse ``app`` as a counter's: task counts are written by another
+    thread or process, with a copy of the app, so its store must be one
+    other processes reach.
+
+    :raises InvalidRequest: the app's store is ``memory://``.
+    """
+    if app.settings.store_url.startswith("memory://"):
+        raise InvalidRequest(
+            "task counts need a store other processes reach (postgresql://… or sqlite:///…)"
+        )
+
+
+def register_at_exit(close: Callable[[], None]) -> None:
     """Call ``close`` when the process exits: before the interpreter stops
     its thread pools where Python allows it (``threading``'s exit hooks),
     else with :mod:`atexit`."""
@@ -345,10 +358,7 @@ class TaskCounter:
     """
 
     def __init__(self, app: App, *, flush_timeout: float = 30.0) -> None:
-        if app.settings.store_url.startswith("memory://"):
-            raise InvalidRequest(
-                "task counts need a store other processes reach (postgresql://… or sqlite:///…)"
-            )
+        require_shared_store(app)
         self._app = app
         self.flush_timeout = flush_timeout
         self._lock = threading.Lock()
@@ -360,7 +370,7 @@ class TaskCounter:
         self.dropped = 0
         """Task ends this process could not hand to the store (it did not
         open, or the counter was closed): the monitor sends their tasks again."""
-        _register_at_exit(self.close)
+        register_at_exit(self.close)
         _COUNTERS.add(self)
 
     def _after_fork(self) -> None:

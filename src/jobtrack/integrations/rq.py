@@ -30,29 +30,32 @@ Redis and counts a finished job done, a failed one failed with its error
 (after its last retry: a job RQ enqueues or schedules again is not
 counted yet; its jobtrack job is touched, so the monitor does not take it
 for a stuck one while it waits). Nothing that goes wrong while counting
-stops the worker: it is logged, and the monitor sends the item again. The
-counts are coalesced in that process by a
-:class:`~jobtrack.integrations.TaskCounter` and flushed when the worker
-stops.
+stops the worker: it is logged, and the monitor sends the item again.
 
-A busy worker holds the ends it has read and hands them to its counter
-together (every :data:`HOLD_FOR` seconds, or 2.5 flush intervals of the
-app if that is longer, or every :data:`HOLD_MAX` ends), then waits,
-between two jobs, until they are written (at most :data:`WRITE_WAIT`
-seconds): the counter's thread then writes while no work horse is alive,
-since every page of memory it touches while a horse shares it costs a
-copy-on-write fault, in the worker and in the horse. A wait that runs out
-(the store is slow or down) is not made again for
-:data:`WRITE_WAIT_BACKOFF` seconds: the ends are then written by the
-counter's thread when it can, as a :class:`TaskCounter` does anywhere. A
-worker that finds its queues empty hands what it holds over before it
-waits for a job, without waiting for the write (no horse is alive then):
-the counter writes it as it writes any end, within about a flush interval.
+A busy worker holds the ends it has read and hands them over together
+(every :data:`HOLD_FOR` seconds, or 2.5 flush intervals of the app if
+that is longer, or every :data:`HOLD_MAX` ends); a worker that finds its
+queues empty hands what it holds over before it waits for a job, so the
+last jobs of a run are counted at once. Everything is flushed when the
+worker stops.
+
+:class:`JobtrackWorker` hands the ends to a
+:class:`~jobtrack.integrations.counter_process.CounterProcess`: the
+writing is done by a process of its own, forked once, so the worker's
+process maps nothing more than a worker that counts nothing (no
+PostgreSQL client library, no thread) and forks its horses as cheaply.
+:class:`JobtrackSimpleWorker`, which does not fork, counts with a
+:class:`~jobtrack.integrations.TaskCounter` in its own process; after a
+busy hand-over it waits, between two jobs, until the ends are written (at
+most :data:`WRITE_WAIT` seconds), so the counter's thread writes between
+jobs rather than during one. A wait that runs out (the store is slow or
+down) is not made again for :data:`WRITE_WAIT_BACKOFF` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +72,7 @@ from rq.registry import FailedJobRegistry
 
 from jobtrack.errors import BrokerUnavailable, InvalidRequest
 from jobtrack.integrations.counter import LONGEST, TaskCounter
+from jobtrack.integrations.counter_process import CounterProcess
 from jobtrack.integrations.tasks import HEADER, TaskCall, TaskRef, new_task_id
 from jobtrack.jobs.producer import PRODUCER_BATCH
 from jobtrack.jobs.sync import SyncJobProducer
@@ -83,6 +87,7 @@ __all__ = [
     "RETRIES",
     "WRITE_WAIT",
     "WRITE_WAIT_BACKOFF",
+    "Counter",
     "EndCounter",
     "JobtrackSimpleWorker",
     "JobtrackWorker",
@@ -105,8 +110,8 @@ RETRIES = "jobtrack_retries"
 HOLD_FOR = 0.25
 #: Job ends a busy worker holds at most before it hands them over.
 HOLD_MAX = 100
-#: Seconds a worker waits, between two jobs, for the ends it handed over
-#: to be written.
+#: Seconds a :class:`JobtrackSimpleWorker` waits, between two jobs, for the
+#: ends it handed over to be written.
 WRITE_WAIT = 0.25
 #: Seconds a worker hands ends over without waiting for them to be written,
 #: after a wait ran out.
@@ -423,6 +428,22 @@ def _tries(job: RQJob) -> int:
     return int(retries) + 1 if isinstance(retries, int) else 1
 
 
+class Counter(EndCounter, Protocol):
+    """What a worker counts with: a :class:`~jobtrack.integrations.TaskCounter`
+    (in the worker's process) or a
+    :class:`~jobtrack.integrations.counter_process.CounterProcess` (in a
+    process of its own)."""
+
+    def gathering(self) -> contextlib.AbstractContextManager[None]:
+        """A block whose ends are handed over together when it is left."""
+
+    def flush(self, timeout: float | None = None, *, keep_writing: bool = False) -> bool:
+        """Block until the ends reported are durable; False if not within ``timeout``."""
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then stop counting."""
+
+
 class _HeldEnds:
     """Job ends read in a worker's main process, held for its counter: the
     :class:`EndCounter` :func:`count_end` tells while the worker is busy."""
@@ -478,20 +499,25 @@ class _Counted:
     """The app whose store the counts go to; None: ``jobtrack.App()``
     (the store from ``JOBTRACK_STORE_URL``)."""
 
-    _jobtrack_counter: TaskCounter | None = None
+    _jobtrack_counter: Counter | None = None
+    # Whether a busy worker waits for what it hands over to be written.
+    _jobtrack_waits: ClassVar[bool] = True
     _jobtrack_held: _HeldEnds | None = None
     _jobtrack_wait_after = 0.0  # time.monotonic() before which hand-overs do not wait
     _jobtrack_default_app: App | None = None  # jobtrack.App(), without jobtrack_app
 
     @property
-    def jobtrack_counter(self) -> TaskCounter:
+    def jobtrack_counter(self) -> Counter:
         """This worker's counter, made on first use.
 
         :raises InvalidRequest: the app's store is ``memory://``.
         """
         if self._jobtrack_counter is None:
-            self._jobtrack_counter = TaskCounter(self._jobtrack_app_used)
+            self._jobtrack_counter = self._jobtrack_new_counter(self._jobtrack_app_used)
         return self._jobtrack_counter
+
+    def _jobtrack_new_counter(self, app: App) -> Counter:
+        return TaskCounter(app)
 
     @property
     def _jobtrack_app_used(self) -> App:
@@ -547,6 +573,7 @@ class _Counted:
                 now = time.monotonic()
                 if (
                     wait
+                    and self._jobtrack_waits
                     and now >= self._jobtrack_wait_after
                     and not counter.flush(WRITE_WAIT, keep_writing=True)
                 ):
@@ -587,8 +614,17 @@ class JobtrackWorker(_Counted, Worker):
     (``rq worker -w jobtrack.integrations.rq.JobtrackWorker``): in its main
     process once the work horse has ended, handed to its counter a batch at
     a time while it is busy (see the module); flushed when the worker stops.
-    Set :attr:`jobtrack_app` in a subclass to count into another app's store.
+    Its counter is a :class:`~jobtrack.integrations.counter_process.CounterProcess`:
+    the writing is done by a process of its own, so the worker forks its
+    horses as cheaply as one that counts nothing, and never waits for a
+    write. Set :attr:`jobtrack_app` in a subclass to count into another
+    app's store.
     """
+
+    _jobtrack_waits = False
+
+    def _jobtrack_new_counter(self, app: App) -> Counter:
+        return CounterProcess(app)
 
     def execute_job(self, job: RQJob, queue: Queue) -> None:
         """Run ``job`` in a work horse (as RQ does), then read its end and
