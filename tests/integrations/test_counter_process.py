@@ -49,6 +49,16 @@ def new_job(app: jobtrack.App, items: int) -> str:
     return asyncio.run(_new_job(app, items))
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` (not a child of this process) runs: neither gone
+    nor a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def ended(pid: int, within: float = 30.0) -> bool:
     """Whether ``pid`` (a child of this process) ends within ``within`` s."""
     deadline = time.monotonic() + within
@@ -132,6 +142,7 @@ def test_a_writer_that_dies_is_replaced_and_only_its_ends_are_lost(
         counter.done(TaskRef(job_id, "send", "t1"))  # to a dead writer: dropped
         counter.done(TaskRef(job_id, "send", "t2"))  # to a new one
         counter.done(TaskRef(job_id, "send", "t3"))
+        assert counter.flush(10.0) is False  # t1 was dropped
         assert counter.flush(10.0)
     second = counter.pid
     assert second is not None
@@ -165,24 +176,82 @@ def test_signals_to_the_process_group_do_not_stop_the_writer(tmp_path: Path) -> 
     assert stored(app, job_id).stage("send").completed_items == 2
 
 
-def test_a_forked_child_does_not_use_its_parents_writer(tmp_path: Path) -> None:
-    counter = CounterProcess(make_app(tmp_path, Recorder()))
-    counter.flush(1.0)  # nothing handed over: no writer yet
-    assert counter.pid is None
-    counter.retrying(TaskRef("0" * 32, "send", "t0"))  # a job the store does not know
+def test_a_forked_child_counts_through_a_writer_of_its_own(tmp_path: Path) -> None:
+    app = make_app(tmp_path, Recorder())
+    job_id = new_job(app, 2)
+    counter = CounterProcess(app)
+    counter.done(TaskRef(job_id, "send", "t0"))
     parent_writer = counter.pid
     assert parent_writer is not None
     child = os.fork()
     if child == 0:
         code = 1
         try:
-            code = 0 if counter.pid is None else 2
+            assert counter.pid is None  # the parent's pipe was let go at the fork
+            counter.done(TaskRef(job_id, "send", "t1"))
+            assert counter.pid not in (None, parent_writer)
+            assert counter.flush(10.0)
+            counter.close()
+            code = 0
         finally:
             os._exit(code)
     _, status = os.waitpid(child, 0)
     assert os.WEXITSTATUS(status) == 0
+    assert counter.flush(10.0)  # the parent's writer still answers
     assert counter.pid == parent_writer
     counter.close()
+    assert stored(app, job_id).stage("send").completed_items == 2
+
+
+def test_a_child_forked_after_the_writer_does_not_keep_it_waiting(tmp_path: Path) -> None:
+    # A work horse (or RQ's scheduler) alive when its worker is killed must
+    # not hold the writer's pipe open: the writer writes and ends at once.
+    app = make_app(tmp_path, Recorder())
+    job_id = new_job(app, 3)
+    read, write = os.pipe()
+    worker = os.fork()
+    if worker == 0:
+        try:
+            os.close(read)
+            counter = CounterProcess(app)
+            with counter.gathering():
+                for n in range(3):
+                    counter.done(TaskRef(job_id, "send", f"t{n}"))
+            horse = os.fork()
+            if horse == 0:
+                time.sleep(60)
+                os._exit(0)
+            os.write(write, f"{horse} {counter.pid}".encode())
+            os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    os.close(write)
+    horse, writer = (int(pid) for pid in os.read(read, 64).split())
+    os.close(read)
+    os.waitpid(worker, 0)
+    try:
+        deadline = time.monotonic() + 20
+        while running(writer):  # it ends once its pipe is closed
+            assert time.monotonic() < deadline, "the writer waited for the horse"
+            time.sleep(0.05)
+        assert running(horse)  # still alive: it was not what let the writer go
+    finally:
+        os.kill(horse, signal.SIGKILL)
+    assert stored(app, job_id).stage("send").completed_items == 3
+
+
+def test_a_flush_after_ends_were_dropped_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_fork() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    counter = CounterProcess(make_app(tmp_path, Recorder()))
+    monkeypatch.setattr(os, "fork", no_fork)
+    counter.done(TaskRef("0" * 32, "send", "t0"))
+    assert counter.dropped == 1
+    assert counter.flush(1.0) is False
+    assert counter.flush(1.0) is True  # nothing dropped since
 
 
 def test_the_counter_process_refuses_a_store_in_memory(tmp_path: Path) -> None:

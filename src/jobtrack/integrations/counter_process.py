@@ -7,19 +7,22 @@ worker's threads write while a horse lives costs a copy-on-write fault.
 A :class:`~jobtrack.integrations.counter.TaskCounter` in the worker brings
 PostgreSQL's client library, an event loop and a thread into it, and each
 fork costs more for them (see the RQ page of the documentation for the
-figures). A :class:`CounterProcess` keeps them out: on first use it forks a
-*writer*, a process of its own that runs the ``TaskCounter``, and hands it
-the task ends over a pipe, a batch at a time. The worker's process then
-holds a list of ends and one end of a pipe, and forks as cheaply as a
-worker that counts nothing.
+figures). A :class:`CounterProcess` keeps them out: at the first hand-over
+it forks a *writer*, a process of its own that runs the ``TaskCounter``,
+and hands it the task ends over a pipe, a batch at a time (a writer that
+dies is replaced at the next hand-over). The worker's process then holds
+a list of ends and one end of a pipe, runs no thread of jobtrack's, and
+forks as cheaply as a worker that counts nothing. A child forked from it
+later (a work horse, RQ's scheduler) closes its copy of the pipe at once.
 
 The writer ignores SIGINT and SIGTERM: a terminal's Ctrl-C or a service
 manager signals the whole process group, and the worker, which shuts down
 warmly, closes the writer once its last ends are handed over. It stops
-when told to (:meth:`CounterProcess.close`) or when the pipe closes, and
-writes what it was handed before it ends: a worker killed with SIGKILL
-loses only the ends it had not handed over yet (the monitor sends those
-tasks again).
+when told to (:meth:`CounterProcess.close`) or when the pipe closes or
+breaks, and closes its counter before it ends, which writes what it holds
+(unless the store stays away past the counter's flush timeout: then what
+it holds is lost). A worker killed with SIGKILL loses only the ends it had
+not handed over yet. The monitor sends the tasks of lost ends again.
 """
 
 from __future__ import annotations
@@ -29,12 +32,18 @@ import logging
 import os
 import signal
 import time
+import weakref
 from collections.abc import Iterator
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from jobtrack.integrations.counter import TaskCounter, register_at_exit, require_shared_store
+from jobtrack.integrations.counter import (
+    MAX_ERROR,
+    TaskCounter,
+    register_at_exit,
+    require_shared_store,
+)
 from jobtrack.integrations.tasks import TaskRef
 
 if TYPE_CHECKING:
@@ -51,6 +60,35 @@ _REPLY_MARGIN = 5.0
 _End = tuple[str, TaskRef, str, int]
 # What the pipe's errors are when the other side is gone.
 _PIPE_GONE = (OSError, EOFError, ValueError)
+# The signals that stop a worker, held back while a message is written to
+# the pipe (a handler that raises mid-write would cut a frame in two) and
+# while the writer is forked (it ignores them once it runs).
+_STOPPING = {signal.SIGINT, signal.SIGTERM}
+
+#: Every counter process of this process, to let go of their pipes in a
+#: child forked from it.
+_COUNTERS: weakref.WeakSet[CounterProcess] = weakref.WeakSet()
+
+
+def _let_go_after_fork() -> None:
+    # A child (a work horse, RQ's scheduler) holding a copy of the pipe
+    # would keep the writer from seeing its worker die.
+    for counter in list(_COUNTERS):
+        counter._let_go()
+
+
+os.register_at_fork(after_in_child=_let_go_after_fork)
+
+
+@contextlib.contextmanager
+def _stopping_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back in this thread for the block; they are
+    delivered when it ends."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 class CounterProcess:
@@ -87,7 +125,18 @@ class CounterProcess:
         self.dropped = 0
         """Task ends this process could not hand to its writer (it could
         not start, or it died): the monitor sends their tasks again."""
+        self._dropped_seen = 0  # `dropped` at the last flush
         register_at_exit(self.close)
+        _COUNTERS.add(self)
+
+    def _let_go(self) -> None:
+        """In a forked child: close this process's copy of the parent's
+        pipe, without a word to its writer."""
+        connection, self._connection = self._connection, None
+        self._ends = []
+        if connection is not None:
+            with contextlib.suppress(OSError):
+                connection.close()
 
     @property
     def pid(self) -> int | None:
@@ -106,7 +155,7 @@ class CounterProcess:
         """Count ``ref``'s item failed with ``error`` after ``attempts``
         tries (the error recorded in the ledger first)."""
         self.reported += 1
-        self._report(("failed", ref, error, attempts))
+        self._report(("failed", ref, error[:MAX_ERROR], attempts))
 
     def retrying(self, ref: TaskRef) -> None:
         """Say that ``ref``'s task will be tried again: its job is touched
@@ -140,7 +189,8 @@ class CounterProcess:
             self._drop(len(ends), f"the counting process could not start: {exc}")
             return
         try:
-            connection.send(("ends", ends))
+            with _stopping_held():
+                connection.send(("ends", ends))
         except _PIPE_GONE as exc:
             self._lost(exc)
             self._drop(len(ends), f"the counting process is gone: {exc!r}")
@@ -159,17 +209,12 @@ class CounterProcess:
         this process (or the one there was is gone)."""
         if self._connection is not None and self._owner == os.getpid():
             return self._connection
-        # A forked child: the parent's writer is not ours. Close our copy
-        # of its pipe, without a word to it.
-        if self._connection is not None:
-            with contextlib.suppress(OSError):
-                self._connection.close()
-            self._connection = None
         ours, theirs = Pipe()
-        pid = os.fork()
-        if pid == 0:  # the writer
-            ours.close()
-            _serve(theirs, self._app, self.flush_timeout)
+        with _stopping_held():
+            pid = os.fork()
+            if pid == 0:  # the writer
+                ours.close()
+                _serve(theirs, self._app, self.flush_timeout)
         theirs.close()
         self._connection, self._writer, self._owner = ours, pid, os.getpid()
         logger.debug("counting process %d started", pid)
@@ -203,7 +248,8 @@ class CounterProcess:
         number = self._asked
         deadline = time.monotonic() + wait + _REPLY_MARGIN
         try:
-            connection.send((question[0], number, *question[1:]))
+            with _stopping_held():
+                connection.send((question[0], number, *question[1:]))
             while connection.poll(max(deadline - time.monotonic(), 0.0)):
                 answered, answer = connection.recv()
                 if answered == number:  # an earlier question's late answer is let go
@@ -215,15 +261,18 @@ class CounterProcess:
     def flush(self, timeout: float | None = None, *, keep_writing: bool = False) -> bool:
         """Hand over what is gathered and block until every task end
         handed over is durable in the store; False if that is not so within
-        ``timeout`` seconds (default :attr:`flush_timeout`), or the writer
-        is gone. What the writer could not write yet it keeps and writes
-        when the store is back; ``keep_writing`` as in
-        :meth:`TaskCounter.flush`. Raises nothing."""
+        ``timeout`` seconds (default :attr:`flush_timeout`), if the writer
+        is gone, or if ends were dropped since the last flush. What the
+        writer could not write yet it keeps and writes when the store is
+        back; ``keep_writing`` as in :meth:`TaskCounter.flush`. Raises
+        nothing."""
         self._send()
+        kept = self.dropped == self._dropped_seen  # nothing dropped since the last flush
+        self._dropped_seen = self.dropped
         if self._connection is None or self._owner != os.getpid():
-            return not self._ends
+            return kept
         wait = self.flush_timeout if timeout is None else timeout
-        return self._ask(("flush", wait, keep_writing), wait) is True
+        return self._ask(("flush", wait, keep_writing), wait) is True and kept
 
     def close(self, timeout: float | None = None) -> None:
         """Hand over what is gathered, have the writer write it (for up to
@@ -236,7 +285,16 @@ class CounterProcess:
         if self._connection is None or self._owner != os.getpid():
             return
         wait = self.flush_timeout if timeout is None else timeout
-        answered = self._ask(("close", wait), wait)
+        # The writer's counter flushes, then stops its thread: each may take `wait`.
+        answered = self._ask(("close", wait), 2 * wait)
+        if not answered:
+            logger.warning(
+                "the counting process %d did not say it closed within %g s; "
+                "it ends once it has written what it holds or given up",
+                self._writer,
+                2 * wait + _REPLY_MARGIN,
+                extra={"action": "task_counter_not_closed"},
+            )
         self._forget(wait=_REPLY_MARGIN if answered else 0.0)
 
 
@@ -261,8 +319,16 @@ def _serve(connection: Connection, app: App, flush_timeout: float) -> NoReturn:
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPPING)  # held since the fork
         counter = TaskCounter(app, flush_timeout=flush_timeout)
-        _answer(connection, counter)
+        closing: tuple[int, float] | None = None
+        try:
+            closing = _answer(connection, counter)
+        finally:
+            counter.close(closing[1] if closing is not None else None)
+        if closing is not None:
+            with contextlib.suppress(*_PIPE_GONE):
+                connection.send((closing[0], True))
     except BaseException:  # an exit code says it; the worker logs the writer as gone
         logger.exception("the counting process failed", extra={"action": "task_counter_failed"})
         code = 1
@@ -272,15 +338,21 @@ def _serve(connection: Connection, app: App, flush_timeout: float) -> NoReturn:
         os._exit(code)
 
 
-def _answer(connection: Connection, counter: TaskCounter) -> None:
-    """Answer the worker until it says close or goes away; then close the
-    counter (its ends written first)."""
-    closing: tuple[int, float] | None = None
+def _answer(connection: Connection, counter: TaskCounter) -> tuple[int, float] | None:
+    """Answer the worker until it says close (its question's number and
+    timeout) or goes away (None): its pipe closed, reset, or cut mid-frame."""
     while True:
         try:
             message = connection.recv()
-        except EOFError:  # the worker is gone: write what it handed over
-            break
+        except EOFError:  # the worker is gone: what it handed over is written
+            return None
+        except Exception as exc:  # the same, less cleanly
+            logger.warning(
+                "the counting process's pipe broke (%r); it writes what it holds and ends",
+                exc,
+                extra={"action": "task_counter_pipe_broken"},
+            )
+            return None
         kind = message[0]
         if kind == "ends":
             with counter.gathering():
@@ -293,12 +365,11 @@ def _answer(connection: Connection, counter: TaskCounter) -> None:
                         counter.retrying(ref)
         elif kind == "flush":
             _, number, timeout, keep_writing = message
-            connection.send((number, counter.flush(timeout, keep_writing=keep_writing)))
+            flushed = counter.flush(timeout, keep_writing=keep_writing)
+            try:
+                connection.send((number, flushed))
+            except _PIPE_GONE:
+                return None
         else:  # "close"
             _, number, timeout = message
-            closing = (number, timeout)
-            break
-    counter.close(closing[1] if closing is not None else None)
-    if closing is not None:
-        with contextlib.suppress(*_PIPE_GONE):
-            connection.send((closing[0], True))
+            return (number, timeout)

@@ -41,9 +41,9 @@ worker stops.
 
 :class:`JobtrackWorker` hands the ends to a
 :class:`~jobtrack.integrations.counter_process.CounterProcess`: the
-writing is done by a process of its own, forked once, so the worker's
-process maps nothing more than a worker that counts nothing (no
-PostgreSQL client library, no thread) and forks its horses as cheaply.
+writing is done by a process of its own, so the worker's process maps
+nothing more than a worker that counts nothing (no PostgreSQL client
+library, no thread of jobtrack's) and forks its horses as cheaply.
 :class:`JobtrackSimpleWorker`, which does not fork, counts with a
 :class:`~jobtrack.integrations.TaskCounter` in its own process; after a
 busy hand-over it waits, between two jobs, until the ends are written (at
@@ -64,7 +64,7 @@ from typing import Any, ClassVar, Protocol
 
 from redis.exceptions import RedisError
 from rq import Queue, Retry, SimpleWorker, Worker
-from rq.exceptions import InvalidJobOperation
+from rq.exceptions import InvalidJobOperation, StopRequested
 from rq.job import Job as RQJob
 from rq.job import JobStatus as RQStatus
 from rq.queue import EnqueueData
@@ -538,7 +538,8 @@ class _Counted:
 
     def _count(self, job: RQJob) -> None:
         """Read ``job``'s end and hold it; hand what is held over when it
-        is due. Never raises."""
+        is due. Raises nothing of its own: only RQ's ``StopRequested``, which
+        RQ's signal handler raises when a stop comes meanwhile, goes through."""
         try:
             count_end(self._held, job)
         except RedisError as exc:  # its end unknown here: the monitor sends it again
@@ -548,6 +549,8 @@ class _Counted:
                 exc,
                 extra={"action": "task_end_not_counted"},
             )
+        except StopRequested:  # RQ's warm stop, raised by its signal handler
+            raise
         except Exception:  # nothing from counting may stop the worker
             logger.exception(
                 "end of RQ job %s not counted",
@@ -559,9 +562,10 @@ class _Counted:
 
     def _hand_over(self, *, wait: bool = False) -> None:
         """Hand the ends held to the counter (which starts on first use);
-        with ``wait``, wait until they are written (see the module). Never
-        raises: what cannot be handed over is logged, and the monitor sends
-        those tasks again."""
+        with ``wait``, wait until they are written (see the module). Raises
+        nothing of its own (RQ's ``StopRequested`` goes through): what
+        cannot be handed over is logged, and the monitor sends those tasks
+        again."""
         held = self._held
         if not held.ends:
             return
@@ -578,6 +582,8 @@ class _Counted:
                     and not counter.flush(WRITE_WAIT, keep_writing=True)
                 ):
                     self._jobtrack_wait_after = now + WRITE_WAIT_BACKOFF
+        except StopRequested:  # RQ's warm stop, raised by its signal handler
+            raise
         except Exception:  # nothing from counting may stop the worker
             logger.exception(
                 "%d RQ job ends not counted",

@@ -32,7 +32,8 @@ READY = "Listening on"
 
 
 def _children(pid: int) -> list[int]:
-    """The pids of ``pid``'s children (a worker's work horse)."""
+    """The pids of ``pid``'s children (a worker's work horse, its
+    counter's writer)."""
     found: list[int] = []
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
@@ -172,7 +173,8 @@ class RQDriver:
         _kill(int(pid))
 
     def kill_all(self) -> None:
-        """SIGKILL every worker and work horse."""
+        """SIGKILL every worker, work horse and counter's writer: what
+        none of them wrote is lost, as when the machine goes down."""
         for process in self.workers:
             horses = _children(process.pid)
             process.kill()
