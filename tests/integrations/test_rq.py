@@ -17,6 +17,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, Retry, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.job import Job as RQJob
 
 import jobtrack
@@ -455,3 +456,25 @@ def test_a_hand_over_that_fails_does_not_stop_the_worker(
         for r in caplog.records
         if getattr(r, "action", None) == "task_end_not_counted"
     ] == [("2 RQ job ends not counted", "counter broke")]
+
+
+def test_a_stop_requested_while_the_ends_are_handed_over_stops_the_worker(
+    tmp_path: Path, queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RQ's signal handler raises StopRequested when a stop comes while the
+    # worker is idle, which it is while it counts: it is not swallowed.
+    monkeypatch.setattr(rq_integration, "HOLD_MAX", 1)
+    tracking = tracking_of(tmp_path, queue)
+
+    class Stopping(Recorded):
+        def done(self, ref: TaskRef) -> None:
+            super().done(ref)
+            raise StopRequested()
+
+    worker = JobtrackSimpleWorker([queue], connection=queue.connection)
+    counter = Stopping(tracking.app)
+    worker._jobtrack_counter = counter
+    made = _enqueued(queue, 3)
+    worker.work(burst=True)
+    assert [call[1] for call in counter.calls] == [made[0][1]]  # stopped after the first
+    assert len(queue.job_ids) == 2
