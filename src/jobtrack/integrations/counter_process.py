@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Iterator
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from jobtrack.integrations.counter import (
     MAX_ERROR,
@@ -49,15 +49,45 @@ from jobtrack.integrations.tasks import TaskRef
 if TYPE_CHECKING:
     from jobtrack.runtime.app import App
 
-__all__ = ["CounterProcess"]
+__all__ = ["CounterProcess", "End", "EndCounter", "tell"]
 
 logger = logging.getLogger(__name__)
 
 #: Seconds a reply from the writer may come after the time it was given.
 _REPLY_MARGIN = 5.0
 
-# An end as it crosses the pipe: ("done" | "failed" | "retrying", ref, error, attempts).
-_End = tuple[str, TaskRef, str, int]
+#: A task's end as a worker holds it and as it crosses the pipe:
+#: ``("done" | "failed" | "retrying", ref, error, attempts)``.
+End = tuple[str, TaskRef, str, int]
+
+
+class EndCounter(Protocol):
+    """What task ends are told to: a
+    :class:`~jobtrack.integrations.TaskCounter`, a :class:`CounterProcess`,
+    or what holds the ends for one."""
+
+    def done(self, ref: TaskRef) -> None:
+        """Count ``ref``'s item done."""
+
+    def failed(self, ref: TaskRef, error: str, *, attempts: int = 1) -> None:
+        """Count ``ref``'s item failed with ``error`` after ``attempts`` tries."""
+
+    def retrying(self, ref: TaskRef) -> None:
+        """Say that ``ref``'s task will be tried again."""
+
+
+def tell(counter: EndCounter, ends: list[End]) -> None:
+    """Tell ``counter`` each of ``ends``, in order. Raises what ``counter``
+    raises."""
+    for what, ref, error, attempts in ends:
+        if what == "done":
+            counter.done(ref)
+        elif what == "failed":
+            counter.failed(ref, error, attempts=attempts)
+        else:
+            counter.retrying(ref)
+
+
 # What the pipe's errors are when the other side is gone.
 _PIPE_GONE = (OSError, EOFError, ValueError)
 # The signals that stop a worker, held back while a message is written to
@@ -118,7 +148,7 @@ class CounterProcess:
         self._writer = 0  # the writer's pid
         self._owner = 0  # the pid of the process that forked it
         self._asked = 0  # the number of the last question put to the writer
-        self._ends: list[_End] = []
+        self._ends: list[End] = []
         self._gathering = 0
         self.reported = 0
         """Task ends reported in this process (done and failed)."""
@@ -162,7 +192,7 @@ class CounterProcess:
         (see :meth:`TaskCounter.retrying`)."""
         self._report(("retrying", ref, "", 0))
 
-    def _report(self, end: _End) -> None:
+    def _report(self, end: End) -> None:
         self._ends.append(end)
         if not self._gathering:
             self._send()
@@ -356,13 +386,7 @@ def _answer(connection: Connection, counter: TaskCounter) -> tuple[int, float] |
         kind = message[0]
         if kind == "ends":
             with counter.gathering():
-                for what, ref, error, attempts in message[1]:
-                    if what == "done":
-                        counter.done(ref)
-                    elif what == "failed":
-                        counter.failed(ref, error, attempts=attempts)
-                    else:
-                        counter.retrying(ref)
+                tell(counter, message[1])
         elif kind == "flush":
             _, number, timeout, keep_writing = message
             flushed = counter.flush(timeout, keep_writing=keep_writing)

@@ -72,7 +72,7 @@ from rq.registry import FailedJobRegistry
 
 from jobtrack.errors import BrokerUnavailable, InvalidRequest
 from jobtrack.integrations.counter import LONGEST, TaskCounter
-from jobtrack.integrations.counter_process import CounterProcess
+from jobtrack.integrations.counter_process import CounterProcess, End, EndCounter, tell
 from jobtrack.integrations.tasks import HEADER, TaskCall, TaskRef, new_task_id
 from jobtrack.jobs.producer import PRODUCER_BATCH
 from jobtrack.jobs.sync import SyncJobProducer
@@ -372,21 +372,6 @@ class RQTracking:
         return RQJobSender(self.app.start_job_sync(job_type, attributes=attributes))
 
 
-class EndCounter(Protocol):
-    """What :func:`count_end` tells a job's end to: a
-    :class:`~jobtrack.integrations.TaskCounter`, or what holds the ends
-    for one."""
-
-    def done(self, ref: TaskRef) -> None:
-        """Count ``ref``'s item done."""
-
-    def failed(self, ref: TaskRef, error: str, *, attempts: int = 1) -> None:
-        """Count ``ref``'s item failed with ``error`` after ``attempts`` tries."""
-
-    def retrying(self, ref: TaskRef) -> None:
-        """Say that ``ref``'s task will be tried again."""
-
-
 def count_end(counter: EndCounter, job: RQJob) -> bool:
     """Count ``job``'s end, read back from Redis after it ran: done when it
     finished (or is gone: a result TTL of 0), failed with its error when it
@@ -449,7 +434,7 @@ class _HeldEnds:
     :class:`EndCounter` :func:`count_end` tells while the worker is busy."""
 
     def __init__(self, hold_for: float = 0.0) -> None:
-        self.ends: list[tuple[str, TaskRef, str, int]] = []
+        self.ends: list[End] = []
         self.since = 0.0  # time.monotonic() of the oldest end held
         self.hold_for = hold_for  # seconds, if longer than HOLD_FOR
 
@@ -482,13 +467,7 @@ class _HeldEnds:
         """Tell ``counter`` every end held, in the order they were read, and
         hold none. Raises what ``counter`` raises (the ends are let go)."""
         ends, self.ends = self.ends, []
-        for what, ref, error, attempts in ends:
-            if what == "done":
-                counter.done(ref)
-            elif what == "failed":
-                counter.failed(ref, error, attempts=attempts)
-            else:
-                counter.retrying(ref)
+        tell(counter, ends)
 
 
 class _Counted:
