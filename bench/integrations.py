@@ -463,18 +463,22 @@ async def _produce_arq(run: Run, started: Callable[[Any], None]) -> str | None:
 
 def _reader(run: Run, conn: Connection) -> None:
     """A forked process's progress reads: gets its target, reads until told
-    to stop (a byte on ``conn``), sends back each read's µs."""
+    to stop (a byte on ``conn``), sends back each read's µs, then each
+    read's CPU µs in the reader (its thread's time: what the read cost it,
+    without the waits for the server and to be scheduled)."""
     target = conn.recv()
     reads: list[float] = []
+    cpus: list[float] = []
     if run.mode == "tracked":
 
         async def loop() -> None:
             store = open_store(run.store_url)
             try:
                 while not conn.poll():
-                    began = time.perf_counter()
+                    spent, began = time.thread_time(), time.perf_counter()
                     await store.get_job(target)
                     reads.append((time.perf_counter() - began) * 1e6)
+                    cpus.append((time.thread_time() - spent) * 1e6)
                     await asyncio.sleep(READ_PAUSE)
             finally:
                 await store.aclose()
@@ -488,20 +492,22 @@ def _reader(run: Run, conn: Connection) -> None:
             str(uuid.uuid4()), [AsyncResult(i, app=parts.celery_app) for i in target]
         )
         while not conn.poll():
-            began = time.perf_counter()
+            spent, began = time.thread_time(), time.perf_counter()
             result.completed_count()
             reads.append((time.perf_counter() - began) * 1e6)
+            cpus.append((time.thread_time() - spent) * 1e6)
             time.sleep(READ_PAUSE)
     else:
         client = redis.Redis.from_url(REDIS_URL)
         while not conn.poll():
-            began = time.perf_counter()
+            spent, began = time.thread_time(), time.perf_counter()
             client.get(target)
             reads.append((time.perf_counter() - began) * 1e6)
+            cpus.append((time.thread_time() - spent) * 1e6)
             time.sleep(READ_PAUSE)
         client.close()
     conn.recv()
-    conn.send(reads)
+    conn.send((reads, cpus))
     conn.close()
 
 
@@ -630,9 +636,10 @@ def timed(run: Run, logs: Path, *, read: bool) -> dict[str, Any]:
         job_id = produce(run, started)
         seen = _wait_complete(run, job_id, RUN_TIMEOUT)
         reads: list[float] = []
+        cpus: list[float] = []
         if ours is not None and reader is not None:
             ours.send(b"stop")
-            reads = ours.recv()
+            reads, cpus = ours.recv()
             reader.join(60)
         result = _check(run, job_id)
         client = redis.Redis.from_url(REDIS_URL)
@@ -646,7 +653,11 @@ def timed(run: Run, logs: Path, *, read: bool) -> dict[str, Any]:
         "load": [load, os.getloadavg()[0]],
     }
     if reads:
-        result |= {"read_us": statistics.median(reads), "reads": len(reads)}
+        result |= {
+            "read_us": statistics.median(reads),
+            "read_cpu_us": statistics.median(cpus),
+            "reads": len(reads),
+        }
     return result
 
 
@@ -795,6 +806,7 @@ def targets(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "ratio": min(ratios) if ratios else None,
             "within_10pct": (min(ratios) >= 0.9) if ratios else None,
             "read_us": big.get("read_us"),
+            "read_cpu_us": big.get("read_cpu_us"),
             "reads": big.get("reads"),
             "read_under_1ms": (big["read_us"] < 1000) if "read_us" in big else None,
             "delay_ms": big["delay_ms"] if timed else None,
@@ -822,7 +834,9 @@ ran. Progress read: in a run of its own at the configuration's
 largest N (the timed runs bear no reader), the median of the reads another
 process takes, 2 ms apart, while the run is in progress (jobtrack
 `store.get_job`, the counter's `GET`, the chord's
-`GroupResult.completed_count()`). Delay: completion seen minus the last
+`GroupResult.completed_count()`); its CPU: the median of the reader
+thread's CPU time per read (measured from this column's first run on;
+"-" where a configuration's reads are older). Delay: completion seen minus the last
 task's end. SIGKILL: one worker process killed once a quarter of the tasks
 ended, replaced, then `jobtrack monitor --once --stuck-after 2` (up to 3
 times) if the job had not completed after 3 s without a change; counted is
@@ -891,6 +905,7 @@ def markdown(data: dict[str, Any]) -> str:
         "configuration",
         "at N",
         "progress read µs (reads)",
+        "its CPU µs",
         "read < 1 ms",
         "delay ms",
         "delay < 200 ms",
@@ -909,6 +924,7 @@ def markdown(data: dict[str, Any]) -> str:
                 config,
                 f"{row['largest']:,}",
                 read,
+                _num(row["read_cpu_us"]),
                 _yes(row["read_under_1ms"]),
                 _num(row["delay_ms"], 1),
                 _yes(row["delay_under_200ms"]),
@@ -1067,10 +1083,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reading = timed(Run(config, tasks[-1], url, folder), logs, read=True)
                 by_n[str(tasks[-1])] |= {
                     "read_us": reading["read_us"],
+                    "read_cpu_us": reading["read_cpu_us"],
                     "reads": reading["reads"],
+                    "load_while_read": reading["load"],
                     "items_per_second_while_read": reading["items_per_second"],
                 }
-                print(config, "reads", f"{reading['read_us']:.0f} µs", flush=True)
+                print(
+                    config,
+                    "reads",
+                    f"{reading['read_us']:.0f} µs ({reading['read_cpu_us']:.0f} µs CPU)",
+                    flush=True,
+                )
             earlier = data["runs"].get(config, {})
             data["runs"][config] = {n: r for n, r in earlier.items() if n not in by_n} | by_n
             if CONFIGS[config][1] in {"tracked", "raw"} and args.kill_tasks:

@@ -9,10 +9,18 @@ import pytest
 from bench.integrations import _kept, _rounds, chart, markdown, targets
 
 
-def _run(rate: float, *, read_us: float | None = None, delay_ms: float = 50.0) -> dict[str, Any]:
+def _run(
+    rate: float,
+    *,
+    read_us: float | None = None,
+    read_cpu_us: float | None = None,
+    delay_ms: float = 50.0,
+) -> dict[str, Any]:
     run: dict[str, Any] = {"items_per_second": rate, "delay_ms": delay_ms, "load": [1.0, 1.5]}
     if read_us is not None:
         run |= {"read_us": read_us, "reads": 10}
+    if read_cpu_us is not None:
+        run |= {"read_cpu_us": read_cpu_us}
     return run
 
 
@@ -26,7 +34,7 @@ def _data() -> dict[str, Any]:
             "celery-bare": {"100": _run(1000.0), "500": _run(1000.0)},
             "celery-jobtrack": {
                 "100": _run(950.0),
-                "500": _run(800.0, read_us=900.0, delay_ms=120.0),
+                "500": _run(800.0, read_us=900.0, read_cpu_us=310.0, delay_ms=120.0),
             },
             "celery-chord": {"100": _run(500.0), "500": _run(400.0, read_us=5000.0)},
             "rq-bare": {"100": _run(100.0)},
@@ -47,6 +55,8 @@ def test_targets_take_the_lowest_ratio_and_the_largest_n_of_each_configuration()
     assert met["celery-jobtrack"]["within_10pct"] is False
     assert met["celery-jobtrack"]["largest"] == 500
     assert met["celery-jobtrack"]["read_under_1ms"] is True
+    assert met["celery-jobtrack"]["read_cpu_us"] == 310.0
+    assert met["rq-jobtrack"]["read_cpu_us"] is None
     assert met["celery-jobtrack"]["delay_under_200ms"] is True
     assert met["celery-jobtrack"]["kill_exact"] is True
     assert met["celery-chord"]["read_under_1ms"] is False
@@ -67,9 +77,13 @@ def test_markdown_has_a_row_per_configuration_with_its_figures() -> None:
     assert rows[4] == "| rq-bare | 100 | - | - | - |"
     assert rows[5] == "| rq-jobtrack | 95 | - | 0.950 | yes |"
     assert (
-        rows[8] == "| celery-jobtrack | 500 | 900 (10) | yes | 120.0 | yes | 50/50 | 52 | - | yes |"
+        rows[8]
+        == "| celery-jobtrack | 500 | 900 (10) | 310 | yes | 120.0 | yes | 50/50 | 52 | - | yes |"
     )
-    assert rows[11] == "| rq-jobtrack | 100 | 1,500 (10) | no | 250.0 | no | 49/50 | 50 | - | no |"
+    # Reads recorded before their CPU was: "-" in its column.
+    assert (
+        rows[11] == "| rq-jobtrack | 100 | 1,500 (10) | - | no | 250.0 | no | 49/50 | 50 | - | no |"
+    )
     assert text.endswith("Load average (1 min) at the runs' start: 1.00 to 1.00.\n")
 
 
