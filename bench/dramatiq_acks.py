@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.integrations import (
-    RUN_TIMEOUT,
+    STALL_TIMEOUT,
     Run,
     _check,
     _reader,
@@ -73,7 +73,7 @@ def one(config: str, n: int, url: str, folder: str, *, read: bool = False) -> di
         mine = _self_cpu()
         began = time.time()
         job_id = produce(run, ours.send if read else lambda _: None)
-        seen = _wait_complete(run, job_id, RUN_TIMEOUT)
+        seen = _wait_complete(run, job_id, STALL_TIMEOUT)
         workers_cpu = sum(_cpu(pid) for pid in workers.pids) - before
         mine = _self_cpu() - mine
         reader_cpu = 0.0

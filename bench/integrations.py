@@ -110,7 +110,7 @@ NAME = "integrations"
 POLL = 0.005  # seconds between two looks at completion
 READ_PAUSE = 0.002  # seconds between two progress reads
 STARTUP = 90.0  # seconds workers have to start
-RUN_TIMEOUT = 600.0  # seconds a timed run has to complete
+STALL_TIMEOUT = 180.0  # seconds a timed run may go without a task ending
 QUIET = 3.0  # seconds without a change before the monitor runs (kill runs)
 MONITOR_RUNS = 3
 
@@ -522,14 +522,41 @@ def _job(run: Run, job_id: str) -> Any:
     return asyncio.run(get())
 
 
+class _Stall:
+    """A deadline that moves on each time another task ends (the probe's
+    counter went up): a slow run goes on, a stalled one times out."""
+
+    def __init__(self, client: redis.Redis, run: Run, timeout: float) -> None:
+        self.client, self.key, self.timeout = client, count_key(run.prefix), timeout
+        self.ended = 0
+        self.deadline = time.monotonic() + timeout
+        self.checked = 0.0
+
+    def ended_now(self, value: bytes | str | None) -> None:
+        """Move the deadline on if ``value`` (the probe's counter) went up."""
+        ended = int(value or 0)
+        if ended > self.ended:
+            self.ended, self.deadline = ended, time.monotonic() + self.timeout
+
+    def alive(self) -> bool:
+        """Whether the run has not stalled: the probe's counter is read
+        again once a second at most."""
+        now = time.monotonic()
+        if now >= self.checked + 1.0:
+            self.checked = now
+            self.ended_now(self.client.get(self.key))
+        return time.monotonic() < self.deadline
+
+
 def _wait_complete(run: Run, job_id: str | None, timeout: float) -> float:
     """Poll every 5 ms until the run is complete; the time (``time.time()``)
     it was seen.
 
-    :raises TimeoutError: not complete within ``timeout`` seconds.
+    :raises TimeoutError: ``timeout`` seconds went by without a task ending,
+        or without the job completing after its last task.
     """
     client = redis.Redis.from_url(REDIS_URL)
-    deadline = time.monotonic() + timeout
+    stall = _Stall(client, run, timeout)
     try:
         if run.mode == "tracked":
             assert job_id is not None
@@ -537,11 +564,15 @@ def _wait_complete(run: Run, job_id: str | None, timeout: float) -> float:
             # probe's counter is polled, as a bare run's (a read of the store
             # every 5 ms for the whole run would load the machine, and so the
             # tracked run, more than the bare run's GET does).
-            while time.monotonic() < deadline:
+            while True:
                 value = client.get(count_key(run.prefix))
+                stall.ended_now(value)
                 if value is not None and int(value) >= run.items:
                     break
+                if not stall.alive():
+                    raise TimeoutError(f"{run.config}: not complete")
                 time.sleep(POLL)
+            deadline = time.monotonic() + timeout
 
             async def poll() -> float:
                 store = open_store(run.store_url)
@@ -557,7 +588,7 @@ def _wait_complete(run: Run, job_id: str | None, timeout: float) -> float:
 
             return asyncio.run(poll())
         key = chord_key(run.prefix) if run.mode == "chord" else count_key(run.prefix)
-        while time.monotonic() < deadline:
+        while stall.alive():
             value = client.get(key)
             if value is not None and (run.mode == "chord" or int(value) >= run.items):
                 return time.time()
@@ -634,7 +665,7 @@ def timed(run: Run, logs: Path, *, read: bool) -> dict[str, Any]:
 
         began = time.time()
         job_id = produce(run, started)
-        seen = _wait_complete(run, job_id, RUN_TIMEOUT)
+        seen = _wait_complete(run, job_id, STALL_TIMEOUT)
         reads: list[float] = []
         cpus: list[float] = []
         if ours is not None and reader is not None:

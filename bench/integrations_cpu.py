@@ -57,7 +57,7 @@ import psycopg
 from bench.celery_cpu import _backends
 from bench.integrations import (
     FLOORS,
-    RUN_TIMEOUT,
+    STALL_TIMEOUT,
     Run,
     _check,
     _children,
@@ -239,7 +239,7 @@ def one(config: str, items: int, url: str, folder: str, source: str = "") -> dic
         with BackendSampler(url) as sampler:
             began = time.time()
             job_id = produce(run, lambda _: None)
-            seen = _wait_complete(run, job_id, RUN_TIMEOUT)
+            seen = _wait_complete(run, job_id, STALL_TIMEOUT)
             after = Snapshot.take(roots, url)
         _check(run, job_id)
     other = sampler.spent(started, set(after.pg)) * 1e6 / items

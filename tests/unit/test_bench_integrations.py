@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.integrations import _kept, _rounds, chart, markdown, targets
+from bench.integrations import Run, _kept, _rounds, _Stall, chart, markdown, targets
 
 
 def _run(
@@ -144,3 +144,35 @@ def test_keep_replaces_only_the_configurations_and_n_run_again() -> None:
     assert merged["runs_per_config"] == {"100": 3, "500": 3}
     assert merged["runs"] == before["runs"]
     assert merged["runs"]["celery-bare"] is not before["runs"]["celery-bare"]  # a copy
+
+
+class _Probe:
+    """A Redis client whose probe counter is set by the test."""
+
+    def __init__(self) -> None:
+        self.value: bytes | None = None
+
+    def get(self, key: str) -> bytes | None:
+        return self.value
+
+
+def test_a_run_times_out_only_after_no_task_ended_for_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("bench.integrations.time.monotonic", lambda: now[0])
+    probe = _Probe()
+    stall = _Stall(probe, Run("rq-bare", 10, "sqlite://", "/tmp"), 60.0)  # type: ignore[arg-type]
+    now[0] += 59.0
+    assert stall.alive()
+    probe.value = b"3"
+    now[0] += 2.0  # 61 s from the start, but a task ended: the deadline moved on
+    assert stall.alive()
+    now[0] += 59.5
+    assert stall.alive()
+    now[0] += 1.0  # 60.5 s since the probe last went up
+    assert not stall.alive()
+    probe.value = b"4"
+    assert not stall.alive()  # read at most once a second
+    now[0] += 1.0
+    assert stall.alive()  # read again: moved on
