@@ -461,6 +461,16 @@ async def _produce_arq(run: Run, started: Callable[[Any], None]) -> str | None:
         await tracking.aclose()
 
 
+@contextlib.contextmanager
+def _timing(reads: list[float], cpus: list[float]) -> Iterator[None]:
+    """Append the block's wall time to ``reads`` and its thread's CPU time
+    to ``cpus``, in µs."""
+    spent, began = time.thread_time(), time.perf_counter()
+    yield
+    reads.append((time.perf_counter() - began) * 1e6)
+    cpus.append((time.thread_time() - spent) * 1e6)
+
+
 def _reader(run: Run, conn: Connection) -> None:
     """A forked process's progress reads: gets its target, reads until told
     to stop (a byte on ``conn``), sends back each read's µs, then each
@@ -475,10 +485,8 @@ def _reader(run: Run, conn: Connection) -> None:
             store = open_store(run.store_url)
             try:
                 while not conn.poll():
-                    spent, began = time.thread_time(), time.perf_counter()
-                    await store.get_job(target)
-                    reads.append((time.perf_counter() - began) * 1e6)
-                    cpus.append((time.thread_time() - spent) * 1e6)
+                    with _timing(reads, cpus):
+                        await store.get_job(target)
                     await asyncio.sleep(READ_PAUSE)
             finally:
                 await store.aclose()
@@ -492,18 +500,14 @@ def _reader(run: Run, conn: Connection) -> None:
             str(uuid.uuid4()), [AsyncResult(i, app=parts.celery_app) for i in target]
         )
         while not conn.poll():
-            spent, began = time.thread_time(), time.perf_counter()
-            result.completed_count()
-            reads.append((time.perf_counter() - began) * 1e6)
-            cpus.append((time.thread_time() - spent) * 1e6)
+            with _timing(reads, cpus):
+                result.completed_count()
             time.sleep(READ_PAUSE)
     else:
         client = redis.Redis.from_url(REDIS_URL)
         while not conn.poll():
-            spent, began = time.thread_time(), time.perf_counter()
-            client.get(target)
-            reads.append((time.perf_counter() - began) * 1e6)
-            cpus.append((time.thread_time() - spent) * 1e6)
+            with _timing(reads, cpus):
+                client.get(target)
             time.sleep(READ_PAUSE)
         client.close()
     conn.recv()
@@ -532,20 +536,22 @@ class _Stall:
         self.deadline = time.monotonic() + timeout
         self.checked = 0.0
 
-    def ended_now(self, value: bytes | str | None) -> None:
-        """Move the deadline on if ``value`` (the probe's counter) went up."""
+    def seen(self, value: bytes | str | None) -> bool:
+        """Move the deadline on if ``value`` (the probe's counter, just
+        read) went up; whether the run has not stalled."""
         ended = int(value or 0)
         if ended > self.ended:
             self.ended, self.deadline = ended, time.monotonic() + self.timeout
+        return time.monotonic() < self.deadline
 
     def alive(self) -> bool:
-        """Whether the run has not stalled: the probe's counter is read
-        again once a second at most."""
+        """Whether the run has not stalled, for a caller that does not read
+        the probe's counter itself: read here once a second at most."""
         now = time.monotonic()
         if now >= self.checked + 1.0:
             self.checked = now
-            self.ended_now(self.client.get(self.key))
-        return time.monotonic() < self.deadline
+            return self.seen(self.client.get(self.key))
+        return now < self.deadline
 
 
 def _wait_complete(run: Run, job_id: str | None, timeout: float) -> float:
@@ -566,10 +572,9 @@ def _wait_complete(run: Run, job_id: str | None, timeout: float) -> float:
             # tracked run, more than the bare run's GET does).
             while True:
                 value = client.get(count_key(run.prefix))
-                stall.ended_now(value)
                 if value is not None and int(value) >= run.items:
                     break
-                if not stall.alive():
+                if not stall.seen(value):
                     raise TimeoutError(f"{run.config}: not complete")
                 time.sleep(POLL)
             deadline = time.monotonic() + timeout
@@ -587,11 +592,15 @@ def _wait_complete(run: Run, job_id: str | None, timeout: float) -> float:
                 raise TimeoutError(f"{run.config}: job {job_id} not completed")
 
             return asyncio.run(poll())
-        key = chord_key(run.prefix) if run.mode == "chord" else count_key(run.prefix)
-        while stall.alive():
+        chord = run.mode == "chord"
+        key = chord_key(run.prefix) if chord else count_key(run.prefix)
+        while True:
             value = client.get(key)
-            if value is not None and (run.mode == "chord" or int(value) >= run.items):
+            if value is not None and (chord or int(value) >= run.items):
                 return time.time()
+            # The chord's key is set at its end only: the probe is read apart.
+            if not (stall.alive() if chord else stall.seen(value)):
+                break
             time.sleep(POLL)
         raise TimeoutError(f"{run.config}: not complete")
     finally:
